@@ -1,0 +1,1 @@
+"""otari: the operator CLI for the otari gateway."""

@@ -1,0 +1,168 @@
+"""Gateway: the one HTTP client of the CLI; failures become errors that carry exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import simplejson
+
+from otari_cli.errors import Unreachable, error_for_status
+
+DEFAULT_TIMEOUT = 10.0
+Params = Mapping[str, str | int | None]
+
+
+def path(*segments: str) -> str:
+    """An API path from segments, each percent-encoded (model keys hold ':' and '/')."""
+    return "/" + "/".join(quote(segment, safe="") for segment in segments)
+
+
+def encode(body: object) -> bytes:
+    """JSON text for a request body; Decimal money is written as an exact JSON number."""
+    return simplejson.dumps(body, use_decimal=True).encode()
+
+
+def decode(text: str) -> Any:
+    """Parse a JSON response; numbers with a fraction become Decimal, never float."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def error_message(response: httpx.Response) -> str:
+    """The gateway's own words for an error response, on one line."""
+    try:
+        body = decode(response.text)
+    except ValueError:
+        body = response.text.strip()
+    detail: Any = body.get("detail", body.get("error")) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        detail = detail.get("message", detail)
+    if isinstance(detail, list):
+        detail = "; ".join(_validation_problem(item) for item in detail)
+    text = " ".join(str(detail).split()) if detail not in (None, "") else response.reason_phrase
+    return f"HTTP {response.status_code}: {text[:500]}"
+
+
+def _validation_problem(item: object) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    loc = [str(part) for part in item.get("loc", []) if part not in ("body", "query", "path")]
+    where = ".".join(loc)
+    return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", item))
+
+
+class Gateway:
+    """A client for one gateway: base URL, master key, and a timeout on every call."""
+
+    def __init__(
+        self,
+        url: str,
+        master_key: str | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        hint: str = "",
+    ) -> None:
+        headers = {"User-Agent": "otari-cli", "Accept": "application/json"}
+        if master_key:
+            headers["Authorization"] = f"Bearer {master_key}"
+        self.url = url
+        self.timeout = timeout
+        self.hint = hint
+        self._http = httpx.Client(
+            base_url=url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._http.close()
+
+    def send(
+        self, method: str, url_path: str, *, params: Params | None = None, body: object = None
+    ) -> httpx.Response:
+        """One HTTP exchange; transport failures become Unreachable (exit 3)."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        content = None if body is None else encode(body)
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            return self._http.request(
+                method, url_path, params=query, content=content, headers=headers
+            )
+        except httpx.TimeoutException:
+            raise Unreachable(
+                f"the gateway at {self.url} did not answer within {self.timeout:g}s{self.hint}"
+            ) from None
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the gateway at {self.url}: {exc}{self.hint}") from None
+
+    def call(
+        self, method: str, url_path: str, *, params: Params | None = None, body: object = None
+    ) -> Any:
+        """Send, raise the matching error for a non-2xx answer, and return the decoded body."""
+        response = self.send(method, url_path, params=params, body=body)
+        if response.status_code >= 400:
+            raise error_for_status(response.status_code, error_message(response))
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return decode(response.text)
+        except ValueError:
+            return response.text
+
+    def get(self, url_path: str, params: Params | None = None) -> Any:
+        """GET and decode."""
+        return self.call("GET", url_path, params=params)
+
+    def post(self, url_path: str, body: object) -> Any:
+        """POST a JSON body and decode."""
+        return self.call("POST", url_path, body=body)
+
+    def patch(self, url_path: str, body: object) -> Any:
+        """PATCH a JSON body and decode."""
+        return self.call("PATCH", url_path, body=body)
+
+    def delete(self, url_path: str, params: Params | None = None) -> None:
+        """DELETE (the answer is 204 No Content)."""
+        self.call("DELETE", url_path, params=params)
+
+    def pages(
+        self,
+        url_path: str,
+        params: Params | None = None,
+        *,
+        page_size: int = 100,
+        limit: int | None = None,
+    ) -> list[Any]:
+        """Every item of a skip/limit list (or the first `limit`), fetching until a short page."""
+        items: list[Any] = []
+        while limit is None or len(items) < limit:
+            want = page_size if limit is None else min(page_size, limit - len(items))
+            page = self.get(url_path, {**(params or {}), "skip": len(items), "limit": want})
+            if not isinstance(page, list):
+                raise error_for_status(502, f"expected a list from {url_path}")
+            items.extend(page)
+            if len(page) < want:
+                break
+        return items
+
+    def readiness(self) -> tuple[bool, Any]:
+        """Whether /health/readiness answers 200, and its body."""
+        response = self.send("GET", "/health/readiness")
+        try:
+            body = decode(response.text)
+        except ValueError:
+            body = response.text
+        return response.status_code == 200, body

@@ -1,0 +1,59 @@
+"""`otari init`: a config file with a fresh master key, ready for `otari start`."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from otari_cli.config import DEFAULT_HOST, DEFAULT_PORT, local_url, write_private
+from otari_cli.errors import UsageError
+from otari_cli.runtime import runtime
+
+app = typer.Typer()
+
+
+def new_master_key() -> str:
+    """A fresh random master key."""
+    return "sk-otari-" + secrets.token_urlsafe(32)
+
+
+@app.command("init")
+def init(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Where to write [default: $OTARI_CONFIG or the platform config dir]."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = DEFAULT_PORT,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Database URL [default: SQLite].")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a config file with a new master key (mode 0600); never overwrites without --force."""
+    import tomli_w
+
+    rt = runtime(ctx)
+    env_path = rt.env.get("OTARI_CONFIG")
+    target = config or (Path(env_path) if env_path else rt.dirs.config_file)
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists: pass --force to overwrite it (and its master key)")
+    settings: dict[str, object] = {"host": host, "port": port, "auto_migrate": True}
+    if database_url:
+        settings["database_url"] = database_url
+    settings["master_key"] = new_master_key()
+    write_private(target, tomli_w.dumps(settings))
+    rt.output.item({"config": str(target), "url": local_url(host, port)}, id_field="config")
+    flag = "" if config is None else f" --config {target}"
+    rt.output.message(
+        f"Wrote {target} (mode 0600, with a new master key).\nNext:\n"
+        f"  otari start{flag}    # run the gateway in the background\n"
+        "  otari status         # check it\n"
+        "  otari keys create    # make an API key for a client"
+    )

@@ -1,0 +1,109 @@
+"""`otari keys`: API keys for the gateway's clients."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from otari_cli import params
+from otari_cli.client import path
+from otari_cli.output import Column, Format, when
+from otari_cli.runtime import runtime
+
+app = typer.Typer(help="API keys (list is the default).")
+
+COLUMNS = [
+    Column("ID", "id"),
+    Column("NAME", "key_name"),
+    Column("PREFIX", "key_prefix"),
+    Column("USER", "user_id"),
+    Column("ACTIVE", "is_active"),
+    Column("EXPIRES", "expires_at", when),
+    Column("LAST USED", "last_used_at", when),
+    Column("CREATED", "created_at", when),
+]
+SHOWS = {c.field: c.show for c in COLUMNS}
+
+Expires = Annotated[
+    str | None,
+    typer.Option(
+        "--expires",
+        parser=params.future,
+        help="Expiry: a duration from now (30d, 12h) or an ISO date/datetime.",
+    ),
+]
+
+
+@app.callback(invoke_without_command=True)
+def keys(ctx: typer.Context) -> None:
+    """Manage API keys."""
+    if ctx.invoked_subcommand is None:
+        list_keys(ctx)
+
+
+@app.command("list")
+def list_keys(ctx: typer.Context, limit: params.Limit = None) -> None:
+    """List API keys."""
+    rt = runtime(ctx)
+    rt.output.items(rt.gateway.pages("/v1/keys", limit=limit), COLUMNS)
+
+
+@app.command("get")
+def get_key(ctx: typer.Context, key_id: str) -> None:
+    """Show one API key."""
+    rt = runtime(ctx)
+    rt.output.item(rt.gateway.get(path("v1", "keys", key_id)), shows=SHOWS)
+
+
+@app.command("create")
+def create_key(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option("--name", help="A name for the key.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="The user the key spends for.")] = None,
+    expires: Expires = None,
+    metadata: params.Metadata = None,
+) -> None:
+    """Create an API key and print its secret (shown this once only; -q prints the id)."""
+    rt = runtime(ctx)
+    body = {"key_name": name, "user_id": user, "expires_at": expires}
+    body = {k: v for k, v in body.items() if v is not None}
+    created = rt.gateway.post("/v1/keys", {**body, "metadata": params.metadata(metadata)})
+    rt.output.item(created, shows=SHOWS)
+    if rt.output.format is Format.TABLE:
+        rt.output.message("Save the key now: the gateway cannot show it again.")
+
+
+@app.command("update")
+def update_key(
+    ctx: typer.Context,
+    key_id: str,
+    name: Annotated[str | None, typer.Option("--name", help="A new name.")] = None,
+    expires: Expires = None,
+    active: Annotated[
+        bool | None, typer.Option("--active/--inactive", help="Enable or disable the key.")
+    ] = None,
+    metadata: params.Metadata = None,
+) -> None:
+    """Change an API key's name, expiry, active state or metadata."""
+    rt = runtime(ctx)
+    body = params.changes(
+        key_name=name,
+        expires_at=expires,
+        is_active=active,
+        metadata=params.metadata(metadata) if metadata else None,
+    )
+    rt.output.item(rt.gateway.patch(path("v1", "keys", key_id), body), shows=SHOWS)
+
+
+@app.command("revoke")
+def revoke_keys(ctx: typer.Context, key_ids: list[str], yes: params.Yes = False) -> None:
+    """Revoke API keys (asks first on a terminal)."""
+    rt = runtime(ctx)
+    rt.confirm(f"Revoke {len(key_ids)} key(s): {', '.join(key_ids)}", yes)
+    for key_id in key_ids:
+        rt.gateway.delete(path("v1", "keys", key_id))
+    rt.output.items(
+        [{"id": key_id, "status": "revoked"} for key_id in key_ids],
+        [Column("ID", "id"), Column("STATUS", "status")],
+    )

@@ -1,0 +1,296 @@
+"""`otari serve|start|stop|restart|status|logs`: run the daemon, here or in the background."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from otari_cli import daemon
+from otari_cli.client import Gateway
+from otari_cli.durations import format_duration
+from otari_cli.errors import CliError, NotRunning, UsageError
+from otari_cli.output import cell
+from otari_cli.runtime import Runtime, runtime
+
+app = typer.Typer()
+
+
+def log_level(text: str) -> str:
+    """A logging level name (info, DEBUG) or number (10), as the daemon accepts it."""
+    if text.isdigit() or text.upper() in logging.getLevelNamesMapping():
+        return text.lower() if not text.isdigit() else text
+    raise typer.BadParameter(f"{text!r} is not a level name (debug, info, ...) or a number")
+
+
+Config = Annotated[Path | None, typer.Option("--config", "-c", help="Config TOML file.")]
+Host = Annotated[str | None, typer.Option("--host", help="Address to listen on.")]
+Port = Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port to listen on.")]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="SQLite or PostgreSQL URL.")
+]
+MasterKey = Annotated[str | None, typer.Option("--master-key", help="The master key.")]
+LogLevel = Annotated[
+    str | None, typer.Option("--log-level", parser=log_level, help="Level name or number.")
+]
+AutoMigrate = Annotated[
+    bool | None,
+    typer.Option("--auto-migrate/--no-auto-migrate", help="Migrate the database at startup."),
+]
+Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes.")]
+Wait = Annotated[
+    float, typer.Option("--wait", min=1.0, help="Seconds to wait for readiness before failing.")
+]
+
+
+@dataclass(frozen=True)
+class ServeFlags:
+    """The daemon options the user gave (None: not given)."""
+
+    config: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    database_url: str | None = None
+    master_key: str | None = None
+    log_level: str | None = None
+    auto_migrate: bool | None = None
+    workers: int | None = None
+
+    def overrides(self) -> dict[str, object]:
+        """Settings overrides for otari_server.serve.run: only what was given."""
+        given = {
+            "host": self.host,
+            "port": self.port,
+            "database_url": self.database_url,
+            "master_key": self.master_key,
+            "log_level": self.log_level,
+            "auto_migrate": self.auto_migrate,
+            "workers": self.workers,
+        }
+        return {k: v for k, v in given.items() if v is not None}
+
+    def args(self) -> list[str]:
+        """`otari serve` arguments for the background daemon; the master key is left out
+        (it goes through the environment, never a command line others can read)."""
+        args: list[str] = []
+        if self.config is not None:
+            args += ["--config", str(self.config.resolve())]
+        for flag, value in (
+            ("--host", self.host),
+            ("--port", self.port),
+            ("--database-url", self.database_url),
+            ("--log-level", self.log_level),
+            ("--workers", self.workers),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        if self.auto_migrate is not None:
+            args.append("--auto-migrate" if self.auto_migrate else "--no-auto-migrate")
+        return args
+
+    def given(self) -> bool:
+        """Whether any option was given."""
+        return bool(self.overrides()) or self.config is not None
+
+
+@app.command("serve")
+def serve(
+    config: Config = None,
+    host: Host = None,
+    port: Port = None,
+    database_url: DatabaseUrl = None,
+    master_key: MasterKey = None,
+    log_level: LogLevel = None,
+    auto_migrate: AutoMigrate = None,
+    workers: Workers = None,
+) -> None:
+    """Run the gateway in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
+    flags = ServeFlags(
+        config, host, port, database_url, master_key, log_level, auto_migrate, workers
+    )
+    # The only import of the server: management commands stay fast without it.
+    from otari_server.serve import run
+    from otari_server.settings import ConfigError
+
+    try:
+        run(config, flags.overrides())
+    except ConfigError as exc:
+        raise UsageError(f"invalid configuration: {exc}") from None
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    config: Config = None,
+    host: Host = None,
+    port: Port = None,
+    database_url: DatabaseUrl = None,
+    master_key: MasterKey = None,
+    log_level: LogLevel = None,
+    auto_migrate: AutoMigrate = None,
+    workers: Workers = None,
+    wait: Wait = 30.0,
+) -> None:
+    """Run the gateway in the background; return once it is ready."""
+    flags = ServeFlags(
+        config, host, port, database_url, master_key, log_level, auto_migrate, workers
+    )
+    _launch(runtime(ctx), flags, None, wait)
+
+
+@app.command("stop")
+def stop(
+    ctx: typer.Context,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0.0, help="Seconds after SIGTERM before SIGKILL.")
+    ] = 10.0,
+) -> None:
+    """Stop the background gateway (SIGTERM, then SIGKILL after --grace seconds)."""
+    rt = runtime(ctx)
+    with daemon.locked(rt.dirs.pidfile):
+        stopped = daemon.stop(rt.dirs.pidfile, grace)
+    if stopped is None:
+        rt.output.message("otari is not running")
+        return
+    how = f" (SIGKILL after {grace:g}s)" if stopped.killed else ""
+    rt.output.message(f"Stopped otari (pid {stopped.record.pid}){how}")
+    rt.output.item(
+        {"pid": stopped.record.pid, "stopped": True, "killed": stopped.killed}, id_field="pid"
+    )
+
+
+@app.command("restart")
+def restart(
+    ctx: typer.Context,
+    config: Config = None,
+    host: Host = None,
+    port: Port = None,
+    database_url: DatabaseUrl = None,
+    master_key: MasterKey = None,
+    log_level: LogLevel = None,
+    auto_migrate: AutoMigrate = None,
+    workers: Workers = None,
+    wait: Wait = 30.0,
+    grace: Annotated[float, typer.Option("--grace", min=0.0)] = 10.0,
+) -> None:
+    """Stop and start again; without options, with the options it was started with."""
+    rt = runtime(ctx)
+    flags = ServeFlags(
+        config, host, port, database_url, master_key, log_level, auto_migrate, workers
+    )
+    with daemon.locked(rt.dirs.pidfile):
+        stopped = daemon.stop(rt.dirs.pidfile, grace)
+    if stopped:
+        rt.output.message(f"Stopped otari (pid {stopped.record.pid})")
+    previous = stopped.record if stopped and not flags.given() else None
+    _launch(rt, flags, previous, wait)
+
+
+def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait: float) -> None:
+    pidfile = rt.dirs.pidfile
+    if previous is not None:
+        record = daemon.Record(0, previous.url, None, previous.config, previous.args)
+    else:
+        local = rt.local(flags.config, flags.overrides())
+        config = str(local.config_file.resolve()) if local.config_file else None
+        record = daemon.Record(0, local.url, None, config, flags.args())
+    env = dict(os.environ)
+    if flags.master_key:
+        env["OTARI_MASTER_KEY"] = flags.master_key
+    with daemon.locked(pidfile):
+        running, stale = daemon.check(pidfile)
+        if stale:
+            rt.output.warning("removed a stale pidfile (its process is gone)")
+        if running:
+            rt.output.message(
+                f"otari is already running (pid {running.pid}) at {running.url}; nothing changed"
+            )
+            rt.output.item(_describe(rt, running), id_field="pid")
+            return
+        if _probe(record.url, 2.0)[0]:
+            raise CliError(
+                f"a gateway already answers at {record.url} but was not started by "
+                "`otari start`: stop it first, or choose another --port"
+            )
+        command = [sys.executable, "-m", "otari_cli", "serve", *record.args]
+        started = daemon.start(
+            pidfile, rt.dirs.logfile, command, record, lambda: _probe(record.url, 2.0)[1], wait, env
+        )
+    rt.output.message(
+        f"otari is running at {started.url} (pid {started.pid}); logs: {rt.dirs.logfile}"
+    )
+    rt.output.item(_describe(rt, started), id_field="pid")
+
+
+def _describe(rt: Runtime, record: daemon.Record) -> dict[str, Any]:
+    return {
+        "pid": record.pid,
+        "url": record.url,
+        "logfile": str(rt.dirs.logfile),
+        "pidfile": str(rt.dirs.pidfile),
+    }
+
+
+def _probe(url: str, timeout: float) -> tuple[dict[str, Any], bool]:
+    """The gateway's /health body ({} if it does not answer) and whether it is ready."""
+    with Gateway(url, None, timeout=timeout) as gateway:
+        try:
+            health = gateway.get("/health")
+            ready, _ = gateway.readiness()
+        except CliError:
+            return {}, False
+    return (health if isinstance(health, dict) else {}), ready
+
+
+def uptime(value: object) -> str:
+    """uptime_seconds as a human duration."""
+    try:
+        return format_duration(int(float(str(value))))
+    except ValueError:
+        return cell(value)
+
+
+@app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Whether the background gateway runs (exit 0) or not (exit 3), and how it is."""
+    rt = runtime(ctx)
+    record, stale = daemon.check(rt.dirs.pidfile)
+    if record is None:
+        rt.output.item({"running": False, "pidfile": str(rt.dirs.pidfile)}, id_field="running")
+        raise NotRunning("otari is not running" + (" (removed a stale pidfile)" if stale else ""))
+    health, ready = _probe(record.url, rt.options.timeout)
+    fields = ("version", "database", "started_at", "uptime_seconds")
+    rt.output.item(
+        {
+            "running": True,
+            "pid": record.pid,
+            "url": record.url,
+            **{f: health.get(f) for f in fields},
+            "ready": ready,
+            "logfile": str(rt.dirs.logfile),
+        },
+        id_field="pid",
+        shows={"uptime_seconds": uptime},
+    )
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 50,
+) -> None:
+    """Show the background gateway's log."""
+    rt = runtime(ctx)
+    if not rt.dirs.logfile.exists():
+        rt.output.message(f"no log yet at {rt.dirs.logfile}")
+        return
+    logfile = rt.dirs.logfile
+    rt.output.text(daemon.follow(logfile, lines) if follow else daemon.tail(logfile, lines))

@@ -1,0 +1,119 @@
+"""`otari pricing`: what each model costs per million tokens, over time."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+import typer
+
+from otari_cli import params
+from otari_cli.client import path
+from otari_cli.output import Column, when
+from otari_cli.runtime import runtime
+
+app = typer.Typer(help="Model pricing (list is the default).")
+ID = "model_key"
+
+COLUMNS = [
+    Column("MODEL", ID),
+    Column("INPUT /1M", "input_price_per_million"),
+    Column("OUTPUT /1M", "output_price_per_million"),
+    Column("EFFECTIVE", "effective_at", when),
+    Column("UPDATED", "updated_at", when),
+]
+SHOWS = {c.field: c.show for c in COLUMNS}
+
+ModelKey = Annotated[str, typer.Argument(help="provider:model, e.g. openai:gpt-4o-mini.")]
+
+
+def _price(flag: str, what: str) -> object:
+    return typer.Option(flag, parser=params.money, help=f"Price per million {what} tokens.")
+
+
+@app.callback(invoke_without_command=True)
+def pricing(ctx: typer.Context) -> None:
+    """Manage model pricing."""
+    if ctx.invoked_subcommand is None:
+        list_pricing(ctx)
+
+
+@app.command("list")
+def list_pricing(ctx: typer.Context, limit: params.Limit = None) -> None:
+    """List the pricing entries."""
+    rt = runtime(ctx)
+    rt.output.items(rt.gateway.pages("/v1/pricing", limit=limit), COLUMNS, ID)
+
+
+@app.command("get")
+def get_pricing(
+    ctx: typer.Context,
+    model_key: ModelKey,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", parser=params.past, help="The price in effect at this time."),
+    ] = None,
+) -> None:
+    """Show the price in effect for a model (now, or --as-of a time)."""
+    rt = runtime(ctx)
+    rt.output.item(rt.gateway.get(path("v1", "pricing", model_key), {"as_of": as_of}), ID, SHOWS)
+
+
+@app.command("set")
+def set_pricing(
+    ctx: typer.Context,
+    model_key: ModelKey,
+    input_price: Annotated[Decimal, _price("--input-price", "input")],
+    output_price: Annotated[Decimal, _price("--output-price", "output")],
+    effective_at: Annotated[
+        str | None,
+        typer.Option(
+            "--effective-at",
+            parser=params.future,
+            help="From when the price applies (default: now): ISO time or a duration from now.",
+        ),
+    ] = None,
+) -> None:
+    """Set a model's price from now (or --effective-at); earlier prices stay in history."""
+    rt = runtime(ctx)
+    body: dict[str, object] = {
+        "model_key": model_key,
+        "input_price_per_million": input_price,
+        "output_price_per_million": output_price,
+    }
+    if effective_at:
+        body["effective_at"] = effective_at
+    rt.output.item(rt.gateway.post("/v1/pricing", body), ID, SHOWS)
+
+
+@app.command("history")
+def pricing_history(ctx: typer.Context, model_key: ModelKey) -> None:
+    """Every price a model has had."""
+    rt = runtime(ctx)
+    rt.output.items(rt.gateway.get(path("v1", "pricing", model_key, "history")), COLUMNS, ID)
+
+
+@app.command("delete")
+def delete_pricing(
+    ctx: typer.Context,
+    model_key: ModelKey,
+    effective_at: Annotated[
+        str | None,
+        typer.Option(
+            "--effective-at",
+            parser=params.past,
+            help="Delete only the entry effective at this time.",
+        ),
+    ] = None,
+    yes: params.Yes = False,
+) -> None:
+    """Delete a model's pricing (asks first on a terminal)."""
+    rt = runtime(ctx)
+    which = f" entry effective at {effective_at}" if effective_at else ""
+    rt.confirm(f"Delete the pricing{which} of {model_key}", yes)
+    rt.gateway.delete(path("v1", "pricing", model_key), {"effective_at": effective_at})
+    rt.output.items(
+        [{ID: model_key, "status": "deleted"}],
+        [Column("MODEL", ID), Column("STATUS", "status")],
+        ID,
+    )

@@ -1,0 +1,119 @@
+"""`otari users`: the people or services that keys spend for."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from otari_cli import params
+from otari_cli.client import path
+from otari_cli.commands.usage import COLUMNS as USAGE_COLUMNS
+from otari_cli.output import Column, when
+from otari_cli.runtime import runtime
+
+app = typer.Typer(help="Users (list is the default).")
+
+COLUMNS = [
+    Column("USER ID", "user_id"),
+    Column("ALIAS", "alias"),
+    Column("SPEND", "spend"),
+    Column("BUDGET", "budget_id"),
+    Column("BLOCKED", "blocked"),
+    Column("NEXT RESET", "next_budget_reset_at", when),
+    Column("CREATED", "created_at", when),
+]
+SHOWS = {c.field: c.show for c in COLUMNS}
+ID = "user_id"
+
+Alias = Annotated[str | None, typer.Option("--alias", help="A name for people to read.")]
+Budget = Annotated[str | None, typer.Option("--budget", help="The budget id to spend against.")]
+
+
+@app.callback(invoke_without_command=True)
+def users(ctx: typer.Context) -> None:
+    """Manage users."""
+    if ctx.invoked_subcommand is None:
+        list_users(ctx)
+
+
+@app.command("list")
+def list_users(ctx: typer.Context, limit: params.Limit = None) -> None:
+    """List users."""
+    rt = runtime(ctx)
+    rt.output.items(rt.gateway.pages("/v1/users", limit=limit), COLUMNS, ID)
+
+
+@app.command("get")
+def get_user(ctx: typer.Context, user_id: str) -> None:
+    """Show one user."""
+    rt = runtime(ctx)
+    rt.output.item(rt.gateway.get(path("v1", "users", user_id)), ID, SHOWS)
+
+
+@app.command("create")
+def create_user(
+    ctx: typer.Context,
+    user_id: str,
+    alias: Alias = None,
+    budget: Budget = None,
+    blocked: Annotated[bool, typer.Option("--blocked", help="Create it blocked.")] = False,
+    metadata: params.Metadata = None,
+) -> None:
+    """Create a user."""
+    rt = runtime(ctx)
+    body = {
+        "user_id": user_id,
+        "alias": alias,
+        "budget_id": budget,
+        "blocked": blocked,
+        "metadata": params.metadata(metadata),
+    }
+    created = rt.gateway.post("/v1/users", {k: v for k, v in body.items() if v is not None})
+    rt.output.item(created, ID, SHOWS)
+
+
+@app.command("update")
+def update_user(
+    ctx: typer.Context,
+    user_id: str,
+    alias: Alias = None,
+    budget: Budget = None,
+    blocked: Annotated[
+        bool | None, typer.Option("--blocked/--unblocked", help="Block or unblock the user.")
+    ] = None,
+    metadata: params.Metadata = None,
+) -> None:
+    """Change a user's alias, budget, blocked state or metadata."""
+    rt = runtime(ctx)
+    body = params.changes(
+        alias=alias,
+        budget_id=budget,
+        blocked=blocked,
+        metadata=params.metadata(metadata) if metadata else None,
+    )
+    rt.output.item(rt.gateway.patch(path("v1", "users", user_id), body), ID, SHOWS)
+
+
+@app.command("delete")
+def delete_users(ctx: typer.Context, user_ids: list[str], yes: params.Yes = False) -> None:
+    """Delete users and deactivate their keys (asks first on a terminal)."""
+    rt = runtime(ctx)
+    rt.confirm(
+        f"Delete {len(user_ids)} user(s) and deactivate their keys: {', '.join(user_ids)}", yes
+    )
+    for user_id in user_ids:
+        rt.gateway.delete(path("v1", "users", user_id))
+    rt.output.items(
+        [{ID: user_id, "status": "deleted"} for user_id in user_ids],
+        [Column("USER ID", ID), Column("STATUS", "status")],
+        ID,
+    )
+
+
+@app.command("usage")
+def user_usage(ctx: typer.Context, user_id: str, limit: params.Limit = None) -> None:
+    """A user's usage history, newest first."""
+    rt = runtime(ctx)
+    rows = rt.gateway.pages(path("v1", "users", user_id, "usage"), limit=limit)
+    rt.output.items(rows, USAGE_COLUMNS)

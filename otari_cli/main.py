@@ -1,0 +1,164 @@
+"""The root `otari` app: global options, one add_typer per resource, and main()."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
+
+from otari_cli.client import DEFAULT_TIMEOUT
+from otari_cli.commands import (
+    budgets,
+    context,
+    health,
+    init,
+    keys,
+    lifecycle,
+    models,
+    pricing,
+    usage,
+    users,
+)
+from otari_cli.errors import CliError, ExitCode, StartFailed
+from otari_cli.output import Format, Output
+from otari_cli.runtime import Options, Runtime
+
+EXIT_CODES = """\b
+Exit codes:
+  0  ok
+  1  the API refused the request (4xx; its message is shown), or another error
+  2  bad usage (wrong options, bad configuration, confirmation needed: pass --yes)
+  3  gateway unreachable or timed out (also: `otari status` when not running)
+  4  authentication failed (401/403: missing, unknown or non-master key)
+  5  server error (5xx)
+"""
+
+# Options that may appear anywhere on the line (`otari keys list -o json`), moved in front of
+# the subcommand before parsing. Name -> whether it takes a value.
+ANYWHERE = {"-o": True, "--output": True, "-q": False, "--quiet": False, "--debug": False}
+
+
+def hoist(args: Sequence[str]) -> list[str]:
+    """Move the output options found after the subcommand to the front (stop at `--`)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in ANYWHERE:
+            takes_value = ANYWHERE[name] and "=" not in arg
+            front.extend(args[i : i + 2] if takes_value else [arg])
+            i += 2 if takes_value else 1
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class OtariGroup(TyperGroup):
+    """The root group: hoists output options and turns CliErrors into exit codes."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist(args))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, ClickException, BrokenPipeError):
+            raise
+        except CliError as exc:
+            _report(ctx, exc)
+            raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:  # the one place an unexpected error is rendered
+            _report(ctx, exc)
+            raise typer.Exit(ExitCode.REFUSED) from None
+
+
+def _report(ctx: Any, exc: Exception) -> None:
+    rt = ctx.find_object(Runtime)
+    out = rt.output if rt else Output(Format.JSON)
+    if rt and rt.options.debug:
+        out.stderr.write("".join(traceback.format_exception(exc)))
+    if isinstance(exc, CliError):
+        out.error(exc.message)
+    else:
+        out.error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
+    if isinstance(exc, StartFailed) and exc.log_tail:
+        out.stderr.write("last log lines:\n" + "".join(f"  {ln}\n" for ln in exc.log_tail))
+
+
+app = typer.Typer(
+    cls=OtariGroup,
+    name="otari",
+    help="Run and administer an otari LLM gateway.",
+    epilog=EXIT_CODES,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", envvar="OTARI_URL", help="Gateway URL (overrides contexts)."),
+    ] = None,
+    master_key: Annotated[
+        str | None,
+        typer.Option(
+            "--master-key",
+            envvar="OTARI_MASTER_KEY",
+            show_envvar=True,
+            help="Master key (overrides contexts and local discovery).",
+        ),
+    ] = None,
+    context_name: Annotated[
+        str | None,
+        typer.Option("--context", envvar="OTARI_CONTEXT", help="Use this context for one call."),
+    ] = None,
+    output: Annotated[
+        Format | None,
+        typer.Option(
+            "--output", "-o", help="Output format [default: table on a terminal, else json]."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only ids (for xargs).")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", envvar="OTARI_TIMEOUT", min=0.1, help="Seconds per request."),
+    ] = DEFAULT_TIMEOUT,
+) -> None:
+    """Run and administer an otari LLM gateway."""
+    rt = Runtime(Options(url, master_key, context_name, output, quiet, debug, timeout))
+    ctx.obj = rt
+    ctx.call_on_close(rt.close)
+
+
+app.add_typer(lifecycle.app)
+app.add_typer(init.app)
+app.add_typer(context.app, name="context")
+app.add_typer(keys.app, name="keys")
+app.add_typer(users.app, name="users")
+app.add_typer(budgets.app, name="budgets")
+app.add_typer(pricing.app, name="pricing")
+app.add_typer(usage.app)
+app.add_typer(models.app, name="models")
+app.add_typer(health.app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="otari")

@@ -1,0 +1,208 @@
+"""Output: the one renderer. Tables on a terminal, JSON when piped or asked, CSV, bare ids."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TextIO
+
+import simplejson
+
+from otari_cli.errors import UsageError
+
+
+class Format(StrEnum):
+    """How data is written to stdout."""
+
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+
+
+def cell(value: object) -> str:
+    """A value as table text: None is '-', money keeps its exact digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(cell(v) for v in value) or "-"
+    return str(value)
+
+
+def when(value: object) -> str:
+    """An ISO timestamp as `YYYY-MM-DD HH:MM:SS` UTC (other text unchanged)."""
+    if not isinstance(value, str):
+        return cell(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a header, the API field it shows, and how to show it."""
+
+    header: str
+    field: str
+    show: Callable[[object], str] = cell
+
+
+def _csv_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping | list):
+        return simplejson.dumps(value, use_decimal=True, sort_keys=True)
+    return str(value)
+
+
+class Output:
+    """Writes data to stdout in the chosen format and messages to stderr."""
+
+    def __init__(
+        self,
+        fmt: Format | None = None,
+        *,
+        quiet: bool = False,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+        stdin: TextIO | None = None,
+    ) -> None:
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.stdin = stdin or sys.stdin
+        self.quiet = quiet
+        self.format = fmt or (Format.TABLE if _isatty(self.stdout) else Format.JSON)
+
+    # data -------------------------------------------------------------------------------------
+
+    def items(
+        self, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], id_field: str = "id"
+    ) -> None:
+        """A list: a table of `columns`, a JSON array, CSV of every field, or ids."""
+        if self.quiet:
+            self._write("".join(f"{row.get(id_field)}\n" for row in rows))
+        elif self.format is Format.JSON:
+            self._json(list(rows))
+        elif self.format is Format.CSV:
+            self._csv(rows)
+        else:
+            self._table(
+                [c.header for c in columns],
+                [[c.show(row.get(c.field)) for c in columns] for row in rows],
+                empty="(none)",
+            )
+
+    def item(
+        self,
+        data: Mapping[str, Any],
+        id_field: str = "id",
+        shows: Mapping[str, Callable[[object], str]] | None = None,
+    ) -> None:
+        """One object: a field/value table, a JSON object, one CSV row, or its id."""
+        if self.quiet:
+            self._write(f"{data.get(id_field)}\n")
+        elif self.format is Format.JSON:
+            self._json(data)
+        elif self.format is Format.CSV:
+            self._csv([data])
+        else:
+            shows = shows or {}
+            rows = [[k, shows.get(k, cell)(v)] for k, v in data.items()]
+            self._table(["field", "value"], rows, empty="(empty)")
+
+    def text(self, lines: Iterable[str]) -> None:
+        """Raw text lines to stdout, as they are (log lines)."""
+        for line in lines:
+            self._write(line if line.endswith("\n") else line + "\n")
+
+    # messages ---------------------------------------------------------------------------------
+
+    def message(self, text: str) -> None:
+        """Information for a person, on stderr; silenced by --quiet."""
+        if not self.quiet:
+            self._err(text, style=None)
+
+    def warning(self, text: str) -> None:
+        """A warning on stderr."""
+        self._err(f"warning: {text}", style="yellow")
+
+    def error(self, text: str) -> None:
+        """An error on stderr."""
+        self._err(f"error: {text}", style="bold red")
+
+    def confirm(self, question: str) -> bool:
+        """Ask on a terminal; without one, refuse (exit 2) so scripts must pass --yes."""
+        if not _isatty(self.stdin):
+            raise UsageError("refusing to proceed without confirmation: pass --yes")
+        self.stderr.write(f"{question} [y/N]: ")
+        self.stderr.flush()
+        answer = self.stdin.readline().strip().lower()
+        return answer in ("y", "yes")
+
+    # writers ----------------------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def _json(self, data: object) -> None:
+        text = simplejson.dumps(data, use_decimal=True, indent=2, ensure_ascii=False)
+        self._write(text + "\n")
+
+    def _csv(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        fields: dict[str, None] = {}
+        for row in rows:
+            fields.update(dict.fromkeys(row))
+        writer = csv.writer(self.stdout, lineterminator="\n")
+        writer.writerow(fields)
+        writer.writerows([_csv_value(row.get(f)) for f in fields] for row in rows)
+        self.stdout.flush()
+
+    def _table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
+        # Rich is imported only here: JSON output and scripts never pay for it.
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        if not rows:
+            self.message(empty)
+            return
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for header in headers:
+            table.add_column(header, overflow="fold")
+        for row in rows:
+            # Text(): server-supplied strings are never parsed as Rich markup.
+            table.add_row(*(Text(value) for value in row))
+        Console(file=self.stdout, markup=False, highlight=False, emoji=False).print(table)
+
+    def _err(self, text: str, style: str | None) -> None:
+        if style and _isatty(self.stderr):
+            from rich.console import Console
+            from rich.text import Text
+
+            Console(file=self.stderr, markup=False, highlight=False, emoji=False).print(
+                Text(text, style=style)
+            )
+        else:
+            self.stderr.write(text + "\n")
+            self.stderr.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

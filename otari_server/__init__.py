@@ -1,0 +1,3 @@
+"""otari gateway daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""Who is calling: token from the accepted headers, hashed lookup, constant-time master compare."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from otari_server.errors import AuthenticationFailed
+from otari_server.tables import APIKey, User, utcnow
+
+KEY_PREFIX = "gw-"
+# Checked in this order; the first header present wins.
+_TOKEN_HEADERS = ("otari-key", "anyllm-key", "x-anyllm-key", "authorization", "x-api-key")
+
+
+def generate_key() -> str:
+    """A new API key secret: gw- plus 256 bits from the OS CSPRNG."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a token; what we store and look up."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_from(headers: Mapping[str, str]) -> str | None:
+    """The credential of a request, with an optional 'Bearer ' prefix removed."""
+    for name in _TOKEN_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        value = value.strip()
+        scheme, _, rest = value.partition(" ")
+        if rest and scheme.lower() == "bearer":
+            value = rest.strip()
+        elif name == "authorization":
+            return None  # Authorization must use the Bearer scheme
+        return value or None
+    return None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller of one request."""
+
+    is_master: bool
+    key_id: str | None = None
+    user_id: str | None = None
+    key_name: str | None = None
+
+
+MASTER = Caller(is_master=True)
+
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    """What authentication needs to know about a key and its user, cached in memory."""
+
+    key_id: str
+    key_name: str | None
+    is_active: bool
+    expires_at: datetime | None
+    user_id: str | None
+    user_blocked: bool
+    user_deleted: bool
+
+
+def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
+    """One query: the key with its user, or None when the hash is unknown."""
+    row = session.execute(
+        select(APIKey, User).outerjoin(User, APIKey.user_id == User.user_id)
+        .where(APIKey.key_hash == token_hash)
+    ).first()
+    if row is None:
+        return None
+    key, user = row
+    return KeySnapshot(
+        key_id=key.id, key_name=key.key_name, is_active=key.is_active,
+        expires_at=key.expires_at, user_id=key.user_id,
+        user_blocked=bool(user and user.blocked),
+        user_deleted=bool(user and user.deleted_at is not None),
+    )
+
+
+def check(snapshot: KeySnapshot | None, now: datetime) -> Caller:
+    """Turn a key snapshot into a Caller, or refuse with a message that says why."""
+    if snapshot is None:
+        raise AuthenticationFailed("Invalid API key")
+    if not snapshot.is_active:
+        raise AuthenticationFailed("API key is inactive", code="key_inactive")
+    if snapshot.expires_at is not None and snapshot.expires_at <= now:
+        raise AuthenticationFailed("API key has expired", code="key_expired")
+    if snapshot.user_deleted:
+        raise AuthenticationFailed("The key's user has been deleted", code="user_deleted")
+    if snapshot.user_blocked:
+        raise AuthenticationFailed("The key's user is blocked", code="user_blocked")
+    return Caller(is_master=False, key_id=snapshot.key_id, user_id=snapshot.user_id,
+                  key_name=snapshot.key_name)
+
+
+class MasterKey:
+    """The master key, kept only as a digest and compared in constant time."""
+
+    def __init__(self, key: str) -> None:
+        self._digest = hashlib.sha256(key.encode("utf-8")).digest()
+
+    def matches(self, token: str) -> bool:
+        """Constant-time comparison of a presented token with the master key."""
+        presented = hashlib.sha256(token.encode("utf-8")).digest()
+        return hmac.compare_digest(presented, self._digest)
+
+
+class KeyCache:
+    """Key snapshots by token hash, kept for `ttl` seconds.
+
+    Mutations through this instance's management API clear it at once; other instances see
+    a change within `ttl`, which bounds how long a revoked key keeps working elsewhere.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, KeySnapshot | None]] = {}
+
+    def get(self, token_hash: str) -> tuple[bool, KeySnapshot | None]:
+        """(hit, snapshot); a hit may be a cached 'unknown key' (None)."""
+        entry = self._entries.get(token_hash)
+        if entry is None or self._clock() - entry[0] > self._ttl:
+            return False, None
+        return True, entry[1]
+
+    def put(self, token_hash: str, snapshot: KeySnapshot | None) -> None:
+        """Remember a lookup result; bounded so random tokens cannot grow it forever."""
+        if len(self._entries) >= 100_000:
+            self._entries.clear()
+        self._entries[token_hash] = (self._clock(), snapshot)
+
+    def clear(self) -> None:
+        """Forget everything (after any management change)."""
+        self._entries.clear()
+
+
+class KeyActivity:
+    """last_used_at, written at most once per `interval` seconds per key."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self._interval = interval
+        self._written: dict[str, float] = {}
+        self.pending: dict[str, datetime] = {}
+
+    def touch(self, key_id: str) -> None:
+        """Note a use of the key; cheap enough for every request."""
+        now = time.monotonic()
+        last = self._written.get(key_id)
+        if last is None or now - last >= self._interval:
+            self._written[key_id] = now
+            self.pending[key_id] = utcnow()
+
+    def drain(self) -> dict[str, datetime]:
+        """Take the uses not yet written."""
+        pending, self.pending = self.pending, {}
+        return pending

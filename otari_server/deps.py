@@ -1,0 +1,71 @@
+"""Named dependencies: RuntimeDep, SessionDep, CallerDep, MasterDep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from otari_server import auth
+from otari_server.errors import AuthenticationFailed, PermissionDenied
+from otari_server.runtime import Runtime
+from otari_server.tables import utcnow
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The app's runtime state."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    """A database session for one request, committed by the route when it writes."""
+    with runtime.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _lookup(runtime: Runtime, token_hash: str) -> auth.KeySnapshot | None:
+    with runtime.sessions() as session:
+        return auth.load_snapshot(session, token_hash)
+
+
+async def authenticate(request: Request) -> auth.Caller:
+    """The caller: the master key, or an active API key (cached; DB only on a miss)."""
+    runtime: Runtime = request.app.state.runtime
+    token = auth.token_from(request.headers)
+    if token is None:
+        raise AuthenticationFailed(
+            "Missing API key: send 'Otari-Key: Bearer <key>' or 'Authorization: Bearer <key>'")
+    if runtime.master.matches(token):
+        return auth.MASTER
+    token_hash = auth.hash_token(token)
+    hit, snapshot = runtime.keys.get(token_hash)
+    if not hit:
+        snapshot = await to_thread.run_sync(_lookup, runtime, token_hash)
+        runtime.keys.put(token_hash, snapshot)
+    caller = auth.check(snapshot, utcnow())
+    if caller.key_id is not None:
+        runtime.activity.touch(caller.key_id)
+    return caller
+
+
+CallerDep = Annotated[auth.Caller, Depends(authenticate)]
+
+
+async def require_master(caller: CallerDep) -> auth.Caller:
+    """Only the master key may pass."""
+    if not caller.is_master:
+        raise PermissionDenied("This endpoint requires the master key")
+    return caller
+
+
+MasterDep = Annotated[auth.Caller, Depends(require_master)]

@@ -1,0 +1,241 @@
+"""The OtariError tree and the one place that renders errors in each API's shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("otari.errors")
+
+
+class OtariError(Exception):
+    """Base of every error we answer on purpose; the class carries status and error type."""
+
+    status = 500
+    type = "server_error"
+    anthropic_type = "api_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(OtariError):
+    """The request is well-formed JSON but asks for something we cannot do."""
+
+    status = 400
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class AuthenticationFailed(OtariError):
+    """No credential, or one we do not know, or one that is no longer valid."""
+
+    status = 401
+    type = "authentication_error"
+    anthropic_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(OtariError):
+    """A valid credential that may not do this."""
+
+    status = 403
+    type = "permission_error"
+    anthropic_type = "permission_error"
+
+
+class NotFound(OtariError):
+    """The named resource does not exist."""
+
+    status = 404
+    type = "not_found_error"
+    anthropic_type = "not_found_error"
+
+
+class Conflict(OtariError):
+    """The request conflicts with the current state (duplicate id, resource still in use)."""
+
+    status = 409
+    type = "conflict_error"
+    anthropic_type = "invalid_request_error"
+
+
+class BudgetExceeded(OtariError):
+    """The worst-case cost of the request does not fit the remaining budget.
+
+    402 rather than 429: SDKs retry 429 automatically, and retrying cannot help here.
+    """
+
+    status = 402
+    type = "budget_exceeded"
+    anthropic_type = "permission_error"
+    code = "budget_exceeded"
+
+
+class PayloadTooLarge(OtariError):
+    """The request body is over the configured limit."""
+
+    status = 413
+    type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+    code = "request_too_large"
+
+
+class RateLimited(OtariError):
+    """A requests- or tokens-per-minute limit is reached."""
+
+    status = 429
+    type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(OtariError):
+    """The provider refused the request; its status and message are passed on."""
+
+    type = "upstream_error"
+    anthropic_type = "api_error"
+
+    def __init__(self, message: str, status: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status = status
+        if 400 <= status < 500:
+            self.type = "invalid_request_error"
+
+
+class BadGateway(OtariError):
+    """The provider failed (5xx, connection error, malformed answer)."""
+
+    status = 502
+    type = "upstream_error"
+    anthropic_type = "api_error"
+    code = "bad_gateway"
+
+
+class ServiceUnavailable(OtariError):
+    """A dependency of ours (the database) is down; retry later."""
+
+    status = 503
+    type = "service_unavailable"
+    anthropic_type = "overloaded_error"
+    code = "service_unavailable"
+
+
+class GatewayTimeout(OtariError):
+    """The provider did not answer in time."""
+
+    status = 504
+    type = "timeout_error"
+    anthropic_type = "api_error"
+    code = "upstream_timeout"
+
+
+# Which error shape a path answers in: the API its clients expect.
+_MANAGEMENT_PREFIXES = ("/v1/keys", "/v1/users", "/v1/budgets", "/v1/pricing", "/v1/usage")
+
+
+def shape_for(path: str) -> str:
+    """'detail' (management, FastAPI style), 'anthropic' or 'openai'."""
+    if path.startswith("/api/"):
+        path = path[4:]
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith(_MANAGEMENT_PREFIXES) or not path.startswith("/v1/"):
+        return "detail"
+    return "openai"
+
+
+def error_body(shape: str, status: int, message: str, error_type: str,
+               anthropic_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """The JSON body of an error in the given shape."""
+    if shape == "anthropic":
+        return {"type": "error", "error": {"type": anthropic_type, "message": message}}
+    if shape == "openai":
+        return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return {"detail": message}
+
+
+def render(request: Request, exc: OtariError) -> JSONResponse:
+    """An OtariError as a response in the shape the path's clients expect."""
+    body = error_body(shape_for(request.url.path), exc.status, exc.message, exc.type,
+                      exc.anthropic_type, exc.code, exc.param)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def _validation_message(errors: list[Any]) -> str:
+    parts = []
+    for error in errors[:5]:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {error.get('msg')}" if loc else str(error.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+async def _on_otari_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OtariError)
+    return render(request, exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    shape = shape_for(request.url.path)
+    errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+    if shape == "detail":
+        return JSONResponse({"detail": errors}, status_code=422)
+    body = error_body(shape, 422, _validation_message(errors), "invalid_request_error",
+                      "invalid_request_error", "invalid_request")
+    return JSONResponse(body, status_code=422)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    shape = shape_for(request.url.path)
+    message = str(exc.detail)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    body = error_body(shape, exc.status_code, message, kind, kind, None)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_database_error(request: Request, exc: Exception) -> Response:
+    # Connection-level failures mean the database is down: fail fast with 503 and let the
+    # pool reconnect by itself once it is back.
+    assert isinstance(exc, DBAPIError)
+    if not exc.connection_invalidated and not _is_connection_error(exc):
+        return await _on_unexpected(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                type(exc.orig).__name__)
+    return render(request, ServiceUnavailable("database unavailable, retry later"))
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    name = type(exc.orig).__name__
+    return name in {"OperationalError", "InterfaceError"} and "locked" not in str(exc.orig)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    # The one catch-all: log the traceback for operators, never send it to clients.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    body = error_body(shape_for(request.url.path), 500, "internal server error",
+                      "server_error", "api_error", "internal_error")
+    return JSONResponse(body, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into the right shape."""
+    app.add_exception_handler(OtariError, _on_otari_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(DBAPIError, _on_database_error)
+    app.add_exception_handler(Exception, _on_unexpected)

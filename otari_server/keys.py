@@ -1,0 +1,38 @@
+"""API keys: minting (secret shown once, hash stored) and their wire form."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from otari_server.auth import generate_key, hash_token
+from otari_server.schemas import CreateKeyResponse, KeyInfo
+from otari_server.tables import APIKey
+
+
+def create_key(session: Session, *, key_name: str | None, user_id: str | None,
+               expires_at: datetime | None, metadata: dict[str, Any],
+               rpm_limit: int | None = None, tpm_limit: int | None = None) -> CreateKeyResponse:
+    """Insert a new key and return it with its plaintext secret (the only time it exists)."""
+    secret = generate_key()
+    row = APIKey(
+        id=str(uuid.uuid4()), key_hash=hash_token(secret), key_prefix=secret[:7],
+        key_name=key_name, user_id=user_id, expires_at=expires_at, metadata_=metadata,
+        is_active=True, rpm_limit=rpm_limit, tpm_limit=tpm_limit,
+    )
+    session.add(row)
+    session.flush()
+    return CreateKeyResponse(**key_info(row).model_dump(), key=secret)
+
+
+def key_info(row: APIKey) -> KeyInfo:
+    """The public view of a key row."""
+    return KeyInfo(
+        id=row.id, key_name=row.key_name, user_id=row.user_id, created_at=row.created_at,
+        last_used_at=row.last_used_at, expires_at=row.expires_at, is_active=row.is_active,
+        metadata=row.metadata_ or {}, key_prefix=row.key_prefix, spend=row.spend,
+        rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
+    )

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource; `ROUTERS` is the one list app.py mounts."""

@@ -1,0 +1,108 @@
+"""Budget management; a budget still used by users cannot be deleted (409)."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from otari_server import budgets
+from otari_server.deps import RuntimeDep, SessionDep, require_master
+from otari_server.errors import Conflict, NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
+from otari_server.routes.paging import Limit, Skip
+from otari_server.schemas import BudgetResponse, CreateBudgetRequest, UpdateBudgetRequest
+from otari_server.tables import Budget, User, utcnow
+
+router = APIRouter(prefix="/v1/budgets", tags=["budgets"], route_class=ExactRoute,
+                   dependencies=[Depends(require_master)])
+
+
+def _response(session: Session, row: Budget) -> BudgetResponse:
+    count, spend, reserved = session.execute(
+        select(func.count(), func.coalesce(func.sum(User.spend), 0),
+               func.coalesce(func.sum(User.reserved), 0))
+        .where(User.budget_id == row.budget_id, User.deleted_at.is_(None))
+    ).one()
+    return BudgetResponse(
+        budget_id=row.budget_id, max_budget=row.max_budget,
+        budget_duration_sec=row.budget_duration_sec, created_at=row.created_at,
+        updated_at=row.updated_at, user_count=count,
+        total_spend=Decimal(spend), total_reserved=Decimal(reserved),
+    )
+
+
+def _get(session: Session, budget_id: str) -> Budget:
+    row = session.get(Budget, budget_id)
+    if row is None:
+        raise NotFound(f"Budget '{budget_id}' not found")
+    return row
+
+
+@router.post("", response_model=BudgetResponse)
+def create(body: CreateBudgetRequest, session: SessionDep) -> Response:
+    """Create a budget; max_budget null means unlimited (spend is still tracked)."""
+    budget_id = body.budget_id or str(uuid.uuid4())
+    if session.get(Budget, budget_id) is not None:
+        raise Conflict(f"Budget '{budget_id}' already exists")
+    row = Budget(budget_id=budget_id, max_budget=body.max_budget,
+                 budget_duration_sec=body.budget_duration_sec)
+    session.add(row)
+    session.commit()
+    return ExactJSONResponse(_response(session, row))
+
+
+@router.get("", response_model=list[BudgetResponse])
+def list_budgets(session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
+    """List budgets, oldest first."""
+    rows = session.scalars(select(Budget).order_by(Budget.created_at, Budget.budget_id)
+                           .offset(skip).limit(limit))
+    return ExactJSONResponse([_response(session, row) for row in rows])
+
+
+@router.get("/{budget_id}", response_model=BudgetResponse)
+def get(budget_id: str, session: SessionDep) -> Response:
+    """One budget, with how many users draw on it."""
+    return ExactJSONResponse(_response(session, _get(session, budget_id)))
+
+
+@router.patch("/{budget_id}", response_model=BudgetResponse)
+def patch(budget_id: str, body: UpdateBudgetRequest, session: SessionDep,
+          runtime: RuntimeDep) -> Response:
+    """Change only the fields sent; a new duration re-times its users' next reset."""
+    row = _get(session, budget_id)
+    sent = body.model_dump(exclude_unset=True)
+    if "max_budget" in sent:
+        row.max_budget = sent["max_budget"]
+    if "budget_duration_sec" in sent and sent["budget_duration_sec"] != row.budget_duration_sec:
+        row.budget_duration_sec = sent["budget_duration_sec"]
+        now = utcnow()
+        for user in session.scalars(select(User).where(User.budget_id == budget_id)):
+            started = user.budget_started_at or now
+            period = budgets.current_period(started, row.budget_duration_sec, now)
+            user.budget_started_at = period.started_at
+            user.next_budget_reset_at = period.resets_at
+    row.updated_at = utcnow()
+    session.commit()
+    runtime.changed()
+    return ExactJSONResponse(_response(session, row))
+
+
+@router.delete("/{budget_id}", status_code=204)
+def delete(budget_id: str, session: SessionDep) -> Response:
+    """Delete a budget no user references; otherwise 409 naming how many do."""
+    row = _get(session, budget_id)
+    users = session.scalar(select(func.count()).where(
+        User.budget_id == budget_id, User.deleted_at.is_(None))) or 0
+    if users:
+        raise Conflict(f"Budget '{budget_id}' is still assigned to {users} user(s); "
+                       "move them to another budget first")
+    # Deleted users keep their history but no longer hold on to the budget.
+    session.execute(update(User).where(User.budget_id == budget_id).values(
+        budget_id=None, budget_started_at=None, next_budget_reset_at=None))
+    session.delete(row)
+    session.commit()
+    return Response(status_code=204)

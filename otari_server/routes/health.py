@@ -1,0 +1,47 @@
+"""Health probes: general, liveness, readiness (503 when the database is unreachable)."""
+
+from __future__ import annotations
+
+import os
+
+from anyio import to_thread
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from otari_server import __version__, db
+from otari_server.deps import RuntimeDep
+from otari_server.tables import utcnow
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("", response_model=dict[str, str])
+def health(runtime: RuntimeDep) -> dict[str, str]:
+    """Process facts for operators (`otari status`); all values are strings."""
+    uptime = (utcnow() - runtime.started_at).total_seconds()
+    return {
+        "status": "healthy",
+        "version": __version__,
+        "mode": "standalone",
+        "database": runtime.settings.database_kind,
+        "pid": str(os.getpid()),
+        "started_at": runtime.started_at.isoformat(),
+        "uptime_seconds": f"{uptime:.1f}",
+    }
+
+
+@router.get("/liveness", response_model=str)
+def liveness() -> str:
+    """The process answers."""
+    return "alive"
+
+
+@router.get("/readiness", response_model=dict[str, object])
+async def readiness(runtime: RuntimeDep) -> JSONResponse:
+    """Ready when the database answers a query; 503 otherwise."""
+    try:
+        await to_thread.run_sync(db.ping, runtime.engine)
+    except Exception as exc:  # any failure to reach the database means not ready
+        return JSONResponse({"status": "not ready", "database": "unreachable",
+                             "error": type(exc).__name__}, status_code=503)
+    return JSONResponse({"status": "ready", "database": "ok", "version": __version__})

@@ -1,0 +1,81 @@
+"""Key management: create (secret shown once), list, get, update, revoke."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy import select
+
+from otari_server.deps import RuntimeDep, SessionDep, require_master
+from otari_server.errors import NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
+from otari_server.keys import create_key, key_info
+from otari_server.routes.paging import Limit, Skip
+from otari_server.schemas import CreateKeyRequest, CreateKeyResponse, KeyInfo, UpdateKeyRequest
+from otari_server.tables import APIKey, User
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ExactRoute,
+                   dependencies=[Depends(require_master)])
+
+
+def _get(session: SessionDep, key_id: str) -> APIKey:
+    row = session.get(APIKey, key_id)
+    if row is None:
+        raise NotFound(f"Key '{key_id}' not found")
+    return row
+
+
+@router.post("", response_model=CreateKeyResponse)
+def create(body: CreateKeyRequest, session: SessionDep, runtime: RuntimeDep) -> Response:
+    """Create an API key; the response is the only place its secret appears."""
+    if body.user_id is not None:
+        user = session.get(User, body.user_id)
+        if user is None or user.deleted_at is not None:
+            raise NotFound(f"User '{body.user_id}' not found")
+    created = create_key(session, key_name=body.key_name, user_id=body.user_id,
+                         expires_at=body.expires_at, metadata=body.metadata,
+                         rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit)
+    session.commit()
+    runtime.changed()
+    return ExactJSONResponse(created)
+
+
+@router.get("", response_model=list[KeyInfo])
+def list_keys(session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
+    """List keys, oldest first."""
+    rows = session.scalars(select(APIKey).order_by(APIKey.created_at, APIKey.id)
+                           .offset(skip).limit(limit))
+    return ExactJSONResponse([key_info(row) for row in rows])
+
+
+@router.get("/{key_id}", response_model=KeyInfo)
+def get(key_id: str, session: SessionDep) -> Response:
+    """One key."""
+    return ExactJSONResponse(key_info(_get(session, key_id)))
+
+
+@router.patch("/{key_id}", response_model=KeyInfo)
+def patch(key_id: str, body: UpdateKeyRequest, session: SessionDep,
+          runtime: RuntimeDep) -> Response:
+    """Change only the fields sent (name, active status, expiration, metadata, limits)."""
+    row = _get(session, key_id)
+    sent = body.model_dump(exclude_unset=True)
+    for name in ("key_name", "expires_at", "rpm_limit", "tpm_limit"):
+        if name in sent:
+            setattr(row, name, sent[name])
+    if sent.get("is_active") is not None:
+        row.is_active = sent["is_active"]
+    if "metadata" in sent:
+        row.metadata_ = sent["metadata"] or {}
+    session.commit()
+    runtime.changed()
+    return ExactJSONResponse(key_info(row))
+
+
+@router.delete("/{key_id}", status_code=204)
+def revoke(key_id: str, session: SessionDep, runtime: RuntimeDep) -> Response:
+    """Revoke a key: it stops working at once; its usage history stays."""
+    row = _get(session, key_id)
+    row.is_active = False
+    session.commit()
+    runtime.changed()
+    return Response(status_code=204)

@@ -1,0 +1,43 @@
+"""Models, OpenAI style, built from the pricing entries in effect."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from sqlalchemy import func, select
+
+from otari_server.deps import CallerDep, SessionDep
+from otari_server.errors import NotFound
+from otari_server.jsonio import ExactJSONResponse
+from otari_server.schemas import ModelListResponse, ModelObject
+from otari_server.tables import Pricing, utcnow
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _model(model_key: str, first_effective: int) -> ModelObject:
+    return ModelObject(id=model_key, created=first_effective,
+                       owned_by=model_key.partition(":")[0])
+
+
+def _priced(session: SessionDep, model_key: str | None = None) -> list[ModelObject]:
+    statement = (select(Pricing.model_key, func.min(Pricing.effective_at))
+                 .where(Pricing.effective_at <= utcnow())
+                 .group_by(Pricing.model_key).order_by(Pricing.model_key))
+    if model_key is not None:
+        statement = statement.where(Pricing.model_key == model_key)
+    return [_model(key, int(first.timestamp())) for key, first in session.execute(statement)]
+
+
+@router.get("", response_model=ModelListResponse)
+def list_models(_caller: CallerDep, session: SessionDep) -> Response:
+    """Every model with a price in effect."""
+    return ExactJSONResponse(ModelListResponse(data=_priced(session)))
+
+
+@router.get("/{model_id:path}", response_model=ModelObject)
+def get(model_id: str, _caller: CallerDep, session: SessionDep) -> Response:
+    """One model."""
+    found = _priced(session, model_id)
+    if not found:
+        raise NotFound(f"Model '{model_id}' not found", code="model_not_found")
+    return ExactJSONResponse(found[0])

@@ -1,0 +1,115 @@
+"""Pricing with history: each entry applies from its effective_at until the next one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import func, select
+
+from otari_server.deps import CallerDep, RuntimeDep, SessionDep, require_master
+from otari_server.errors import InvalidRequest, NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
+from otari_server.pricing import price_at
+from otari_server.routes.paging import Limit, Skip
+from otari_server.schemas import PricingResponse, SetPricingRequest
+from otari_server.tables import Pricing, utcnow
+
+# Reads are open to API keys; writes need the master key (per the reference).
+router = APIRouter(prefix="/v1/pricing", tags=["pricing"], route_class=ExactRoute)
+
+
+def pricing_response(row: Pricing) -> PricingResponse:
+    """The public view of a price entry."""
+    return PricingResponse(
+        model_key=row.model_key, effective_at=row.effective_at,
+        input_price_per_million=row.input_price_per_million,
+        output_price_per_million=row.output_price_per_million,
+        created_at=row.created_at, updated_at=row.updated_at,
+        price_per_image=row.price_per_image, price_per_audio_second=row.price_per_audio_second,
+        price_per_million_characters=row.price_per_million_characters,
+        price_per_request=row.price_per_request,
+    )
+
+
+def _check_model_key(model_key: str) -> None:
+    provider, sep, model = model_key.partition(":")
+    if not sep or not provider or not model:
+        raise InvalidRequest(f"model_key must look like 'provider:model', got '{model_key}'",
+                             param="model_key")
+
+
+@router.post("", response_model=PricingResponse, dependencies=[Depends(require_master)])
+def set_price(body: SetPricingRequest, session: SessionDep, runtime: RuntimeDep) -> Response:
+    """Add a price from effective_at (default now); the same instant again replaces it."""
+    _check_model_key(body.model_key)
+    now = utcnow()
+    effective_at = body.effective_at or now
+    row = session.scalars(select(Pricing).where(
+        Pricing.model_key == body.model_key, Pricing.effective_at == effective_at)).first()
+    if row is None:
+        row = Pricing(model_key=body.model_key, effective_at=effective_at, created_at=now)
+        session.add(row)
+    fields = body.model_dump(exclude={"model_key", "effective_at"})
+    for name, value in fields.items():
+        setattr(row, name, value)
+    row.updated_at = now
+    session.commit()
+    runtime.changed()
+    return ExactJSONResponse(pricing_response(row))
+
+
+@router.get("", response_model=list[PricingResponse])
+def list_prices(_caller: CallerDep, session: SessionDep, skip: Skip = 0,
+                limit: Limit = 100) -> Response:
+    """The price in effect now for every model (one entry per model_key)."""
+    now = utcnow()
+    latest = (select(Pricing.model_key, func.max(Pricing.effective_at).label("at"))
+              .where(Pricing.effective_at <= now).group_by(Pricing.model_key).subquery())
+    rows = session.scalars(
+        select(Pricing).join(latest, (Pricing.model_key == latest.c.model_key)
+                             & (Pricing.effective_at == latest.c.at))
+        .order_by(Pricing.model_key).offset(skip).limit(limit))
+    return ExactJSONResponse([pricing_response(row) for row in rows])
+
+
+# Registered before the catch-all path below: model keys may contain '/'.
+@router.get("/{model_key:path}/history", response_model=list[PricingResponse])
+def history(model_key: str, _caller: CallerDep, session: SessionDep) -> Response:
+    """Every entry for a model, newest effective_at first."""
+    rows = list(session.scalars(select(Pricing).where(Pricing.model_key == model_key)
+                                .order_by(Pricing.effective_at.desc())))
+    if not rows:
+        raise NotFound(f"No pricing for model '{model_key}'")
+    return ExactJSONResponse([pricing_response(row) for row in rows])
+
+
+@router.get("/{model_key:path}", response_model=PricingResponse)
+def get(model_key: str, _caller: CallerDep, session: SessionDep,
+        as_of: datetime | None = Query(None, description="Instant to price at (default now)"),
+        ) -> Response:
+    """The price in effect for a model now, or at `as_of`."""
+    at = as_of or utcnow()
+    row = price_at(session, model_key, at)
+    if row is None:
+        raise NotFound(f"No pricing for model '{model_key}' in effect at {at.isoformat()}")
+    return ExactJSONResponse(pricing_response(row))
+
+
+@router.delete("/{model_key:path}", status_code=204, dependencies=[Depends(require_master)])
+def delete(model_key: str, session: SessionDep, runtime: RuntimeDep,
+           effective_at: datetime | None = Query(
+               None, description="Delete only this entry; without it, the whole history"),
+           ) -> Response:
+    """Delete one entry (effective_at given) or every entry of the model."""
+    statement = sql_delete(Pricing).where(Pricing.model_key == model_key)
+    if effective_at is not None:
+        statement = statement.where(Pricing.effective_at == effective_at)
+    deleted = session.execute(statement).rowcount  # type: ignore[attr-defined]
+    if not deleted:
+        raise NotFound(f"No pricing for model '{model_key}'"
+                       + (f" effective at {effective_at.isoformat()}" if effective_at else ""))
+    session.commit()
+    runtime.changed()
+    return Response(status_code=204)

@@ -1,0 +1,127 @@
+"""The daemon's state, owned by the app: database, caches, background work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from anyio import to_thread
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from otari_server import db, secretfiles
+from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
+from otari_server.settings import Settings, master_key_path, state_dir
+from otari_server.tables import APIKey, utcnow
+
+log = logging.getLogger("otari")
+
+
+@dataclass
+class Runtime:
+    """Everything a request may need, created once per app by `open_runtime`."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    master: MasterKey
+    keys: KeyCache
+    activity: KeyActivity
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: datetime = field(default_factory=utcnow)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def changed(self) -> None:
+        """Management data changed: drop cached auth so this instance sees it at once."""
+        self.keys.clear()
+
+
+def resolve_master_key(settings: Settings) -> str:
+    """The configured master key, else the one generated on first start (file mode 0600)."""
+    if settings.master_key:
+        return settings.master_key
+    path = master_key_path()
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    key = "sk-otari-" + generate_key()[3:]
+    secretfiles.write(path, key + "\n")
+    log.warning("no master key configured: generated one and saved it to %s", path)
+    return key
+
+
+def bootstrap_api_key(runtime: Runtime) -> None:
+    """When no API key exists yet, mint one and show it once (never through the log)."""
+    with runtime.sessions.begin() as session:
+        if session.scalar(select(func.count()).select_from(APIKey)):
+            return
+        from otari_server.keys import create_key  # keys imports runtime's callers
+
+        created = create_key(session, key_name="bootstrap", user_id=None, expires_at=None,
+                             metadata={"bootstrap": True})
+    if sys.stdout.isatty():
+        print(f"Created a first API key (shown once): {created.key}", flush=True)
+        return
+    path = state_dir() / "bootstrap_api_key"
+    secretfiles.write(path, created.key + "\n")
+    log.warning("created a first API key; it is in %s (mode 0600), shown nowhere else", path)
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    """Migrate (unless switched off), open the database, and build the caches."""
+    if settings.auto_migrate:
+        db.migrate(settings.database_url)
+    engine = db.create_db_engine(settings.database_url)
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=db.session_factory(engine),
+        master=MasterKey(resolve_master_key(settings)),
+        keys=KeyCache(settings.auth_cache_ttl),
+        activity=KeyActivity(),
+    )
+    if settings.bootstrap_api_key:
+        bootstrap_api_key(runtime)
+    return runtime
+
+
+def flush_activity(runtime: Runtime) -> None:
+    """Write pending last_used_at values in one transaction."""
+    pending = runtime.activity.drain()
+    if not pending:
+        return
+    with runtime.sessions.begin() as session:
+        for key_id, used_at in pending.items():
+            session.execute(update(APIKey).where(APIKey.id == key_id)
+                            .values(last_used_at=used_at))
+
+
+async def _flush_activity_forever(runtime: Runtime, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await to_thread.run_sync(flush_activity, runtime)
+        except Exception:  # a database outage must not kill the loop; we retry next tick
+            log.warning("could not record key activity; will retry", exc_info=True)
+
+
+def start_background(runtime: Runtime) -> None:
+    """Start the periodic writers."""
+    runtime.tasks.append(asyncio.create_task(_flush_activity_forever(runtime, 5.0)))
+
+
+async def close_runtime(runtime: Runtime) -> None:
+    """Stop background work, flush what is pending, release the database."""
+    for task in runtime.tasks:
+        task.cancel()
+    for task in runtime.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with contextlib.suppress(Exception):
+        await to_thread.run_sync(flush_activity, runtime)
+    runtime.engine.dispose()
+

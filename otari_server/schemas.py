@@ -1,0 +1,247 @@
+"""Wire models of the management API, named as in the OpenAPI contract.
+
+Responses carry a superset of the contract's fields: the official otari client SDK reads a few
+more (workspace_id, key_prefix, reserved, unit, ...), so we send them too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Money accepts JSON numbers only, parsed exactly (see jsonio), never strings or booleans.
+Money = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=30, decimal_places=10)]
+NonNegativeMoney = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, max_digits=30,
+                                            decimal_places=10)]
+Metadata = dict[str, Any]
+
+# Keys in a self-hosted gateway belong to one implicit workspace; the SDK requires its id.
+DEFAULT_WORKSPACE_ID = uuid.UUID("00000000-0000-4000-8000-000000000000")
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored: newer clients (the otari SDK) send fields we do not use.
+    model_config = ConfigDict(extra="ignore")
+
+
+class CreateKeyRequest(_Request):
+    """Body of POST /v1/keys."""
+
+    key_name: str | None = Field(None, description="Optional name for the key", max_length=255)
+    user_id: str | None = Field(None, description="Optional user ID to associate with this key")
+    expires_at: datetime | None = Field(None, description="Optional expiration timestamp")
+    metadata: Metadata = Field(default_factory=dict, description="Optional metadata")
+    rpm_limit: int | None = Field(None, ge=1, description="Requests per minute (beyond the contract)")
+    tpm_limit: int | None = Field(None, ge=1, description="Tokens per minute (beyond the contract)")
+
+
+class UpdateKeyRequest(_Request):
+    """Body of PATCH /v1/keys/{key_id}; only the fields sent change."""
+
+    key_name: str | None = Field(None, max_length=255)
+    is_active: bool | None = None
+    expires_at: datetime | None = None
+    metadata: Metadata | None = None
+    rpm_limit: int | None = Field(None, ge=1)
+    tpm_limit: int | None = Field(None, ge=1)
+
+
+class KeyInfo(BaseModel):
+    """A key as listed; never includes the secret."""
+
+    id: str
+    key_name: str | None
+    user_id: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    is_active: bool
+    metadata: Metadata
+    key_prefix: str | None = None
+    key_suffix: str | None = None
+    spend: Decimal = Decimal(0)
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    workspace_id: uuid.UUID = DEFAULT_WORKSPACE_ID
+    allowed_models: list[str] | None = None
+    exclude_from_budget: bool = False
+    capture_agent_telemetry: bool | None = None
+    reject_user_mismatch: bool | None = None
+
+
+class CreateKeyResponse(KeyInfo):
+    """A new key, with its secret: the only time the secret is shown."""
+
+    key: str
+
+
+class CreateUserRequest(_Request):
+    """Body of POST /v1/users."""
+
+    user_id: str = Field(..., min_length=1, max_length=255, description="Unique user identifier")
+    alias: str | None = Field(None, max_length=255, description="Optional admin-facing alias")
+    budget_id: str | None = Field(None, description="Optional budget ID")
+    blocked: bool = Field(False, description="Whether user is blocked")
+    metadata: Metadata = Field(default_factory=dict, description="Optional metadata")
+    rpm_limit: int | None = Field(None, ge=1)
+    tpm_limit: int | None = Field(None, ge=1)
+
+
+class UpdateUserRequest(_Request):
+    """Body of PATCH /v1/users/{user_id}; only the fields sent change."""
+
+    alias: str | None = Field(None, max_length=255)
+    budget_id: str | None = None
+    blocked: bool | None = None
+    metadata: Metadata | None = None
+    rpm_limit: int | None = Field(None, ge=1)
+    tpm_limit: int | None = Field(None, ge=1)
+
+
+class UserResponse(BaseModel):
+    """A user with its current budget period."""
+
+    user_id: str
+    alias: str | None
+    spend: Decimal
+    budget_id: str | None
+    budget_started_at: datetime | None
+    next_budget_reset_at: datetime | None
+    blocked: bool
+    created_at: datetime
+    updated_at: datetime
+    metadata: Metadata
+    reserved: Decimal = Decimal(0)
+    deleted_at: datetime | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    allowed_models: list[str] | None = None
+    current_requests: int = 0
+    current_tokens: int = 0
+    reserved_requests: int = 0
+    reserved_tokens: int = 0
+
+
+class CreateBudgetRequest(_Request):
+    """Body of POST /v1/budgets."""
+
+    max_budget: NonNegativeMoney | None = Field(None, description="Maximum spending limit")
+    budget_duration_sec: int | None = Field(
+        None, gt=0, description="Budget duration in seconds (e.g., 86400 for daily)"
+    )
+    budget_id: str | None = Field(None, min_length=1, max_length=64,
+                                  description="Optional id; generated when omitted")
+
+
+class UpdateBudgetRequest(_Request):
+    """Body of PATCH /v1/budgets/{budget_id}; only the fields sent change."""
+
+    max_budget: NonNegativeMoney | None = None
+    budget_duration_sec: int | None = Field(None, gt=0)
+
+
+class BudgetResponse(BaseModel):
+    """A budget."""
+
+    budget_id: str
+    max_budget: Decimal | None
+    budget_duration_sec: int | None
+    created_at: datetime
+    updated_at: datetime
+    user_count: int = 0
+    total_spend: Decimal = Decimal(0)
+    total_reserved: Decimal = Decimal(0)
+    name: str | None = None
+    organization_id: uuid.UUID | None = None
+    request_limit: int | None = None
+    token_limit: int | None = None
+    reset_alignment: str | None = None
+
+
+class SetPricingRequest(_Request):
+    """Body of POST /v1/pricing."""
+
+    model_key: str = Field(..., min_length=3, max_length=255,
+                           description="Model identifier in format 'provider:model'")
+    input_price_per_million: NonNegativeMoney = Field(..., description="Price per 1M input tokens")
+    output_price_per_million: NonNegativeMoney = Field(
+        ..., description="Price per 1M output tokens")
+    effective_at: datetime | None = Field(
+        None, description="ISO 8601 datetime from which this price applies. Defaults to now.")
+    price_per_image: NonNegativeMoney | None = None
+    price_per_audio_second: NonNegativeMoney | None = None
+    price_per_million_characters: NonNegativeMoney | None = None
+    price_per_request: NonNegativeMoney | None = None
+
+
+class PricingResponse(BaseModel):
+    """A price entry."""
+
+    model_key: str
+    effective_at: datetime
+    input_price_per_million: Decimal
+    output_price_per_million: Decimal
+    created_at: datetime
+    updated_at: datetime
+    price_per_image: Decimal | None = None
+    price_per_audio_second: Decimal | None = None
+    price_per_million_characters: Decimal | None = None
+    price_per_request: Decimal | None = None
+    unit: str = "tokens"
+    origin: str | None = "api"
+    pricing_tiers: list[dict[str, Any]] = Field(default_factory=list)
+    cache_read_price_per_million: Decimal | None = None
+    cache_write_price_per_million: Decimal | None = None
+    cache_write_1h_price_per_million: Decimal | None = None
+
+
+class UsageLogResponse(BaseModel):
+    """One usage row."""
+
+    id: str
+    user_id: str | None
+    api_key_id: str | None
+    timestamp: datetime
+    model: str
+    provider: str | None
+    endpoint: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cost: Decimal | None
+    status: str
+    error_message: str | None
+    latency_ms: int | None = None
+    request_id: str | None = None
+
+
+class UsageEntry(UsageLogResponse):
+    """One usage row as listed by GET /v1/usage."""
+
+    source: str = "gateway"
+    counts_toward_budget: bool = True
+    bulk_editable: bool = False
+    status_code: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+
+
+class ModelObject(BaseModel):
+    """A model, OpenAI style."""
+
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+
+
+class ModelListResponse(BaseModel):
+    """The models list, OpenAI style."""
+
+    object: str = "list"
+    data: list[ModelObject]

@@ -1,0 +1,226 @@
+"""Settings: defaults < config.toml < OTARI_* environment < command-line flags, resolved once."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+APP_NAME = "otari"
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message is one line naming the key."""
+
+
+def config_dir() -> Path:
+    """Directory holding config.toml and CLI contexts."""
+    return platformdirs.user_config_path(APP_NAME)
+
+
+def state_dir() -> Path:
+    """Directory holding the generated master key and the daemon's pidfile."""
+    return platformdirs.user_state_path(APP_NAME)
+
+
+def data_dir() -> Path:
+    """Directory holding the embedded SQLite database."""
+    return platformdirs.user_data_path(APP_NAME)
+
+
+def default_config_path() -> Path:
+    """Where `otari init` writes and the daemon looks when no --config is given."""
+    return config_dir() / "config.toml"
+
+
+def master_key_path() -> Path:
+    """File the daemon writes a generated master key to (mode 0600)."""
+    return state_dir() / "master_key"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon needs, resolved once at start-up and passed explicitly."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = ""
+    master_key: str | None = None
+    log_level: str = "info"
+    auto_migrate: bool = True
+    workers: int = 1
+    bootstrap_api_key: bool = True
+    require_pricing: bool = True
+    default_max_tokens: int = 4096
+    request_timeout: float = 600.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    auth_cache_ttl: float = 2.0
+    reservation_ttl: float = 3600.0
+    usage_flush_interval: float = 0.2
+    shutdown_timeout: float = 30.0
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def database_kind(self) -> str:
+        """'sqlite' or 'postgresql', for health output."""
+        return "postgresql" if self.database_url.startswith("postgres") else "sqlite"
+
+
+# Keys that may come from the file, the environment and flags, with their parsers.
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    return int(str(value).strip())
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        return float(Decimal(str(value).strip()))
+    except InvalidOperation as exc:
+        raise ValueError(f"expected a number, got {value!r}") from exc
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _parse_log_level(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return text
+    if text in {"critical", "error", "warning", "info", "debug", "trace"}:
+        return text
+    raise ValueError(f"expected a level name or number, got {value!r}")
+
+
+_PARSERS = {
+    "host": _parse_str,
+    "port": _parse_int,
+    "database_url": _parse_str,
+    "master_key": _parse_str,
+    "log_level": _parse_log_level,
+    "auto_migrate": _parse_bool,
+    "workers": _parse_int,
+    "bootstrap_api_key": _parse_bool,
+    "require_pricing": _parse_bool,
+    "default_max_tokens": _parse_int,
+    "request_timeout": _parse_float,
+    "max_body_bytes": _parse_int,
+    "auth_cache_ttl": _parse_float,
+    "reservation_ttl": _parse_float,
+    "usage_flush_interval": _parse_float,
+    "shutdown_timeout": _parse_float,
+}
+_TABLES = {"providers"}
+_POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes"}
+
+
+def interpolate(value: Any, environ: Mapping[str, str], key: str) -> Any:
+    """Replace ${VAR} in every string of a TOML value; an unset variable is an error."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError(f"{key}: environment variable {name} is not set")
+            return environ[name]
+
+        return _INTERPOLATION.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse a config TOML file and interpolate ${VAR} references."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config: file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    return {k: interpolate(v, environ, k) for k, v in raw.items()}
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        name: environ[f"OTARI_{name.upper()}"]
+        for name in _PARSERS
+        if f"OTARI_{name.upper()}" in environ
+    }
+
+
+def _apply(values: dict[str, Any], source: str, layer: Mapping[str, Any],
+           sources: dict[str, str]) -> None:
+    for key, raw in layer.items():
+        if raw is None:
+            continue
+        if key in _TABLES:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{key}: expected a table")
+            values[key] = raw
+        elif key in _PARSERS:
+            try:
+                parsed = _PARSERS[key](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc} (from {source})") from exc
+            if key in _POSITIVE and parsed <= 0:
+                raise ConfigError(f"{key}: must be positive, got {raw!r} (from {source})")
+            values[key] = parsed
+        else:
+            raise ConfigError(f"{key}: unknown setting (from {source})")
+        sources[key] = source
+
+
+def load(config_path: Path | None = None, overrides: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings from every source in precedence order."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = config_path
+    if path is None and env.get("OTARI_CONFIG"):
+        path = Path(env["OTARI_CONFIG"])
+    if path is None and default_config_path().is_file():
+        path = default_config_path()
+    if path is not None:
+        _apply(values, f"file {path}", read_file(path, env), sources)
+    _apply(values, "environment", _from_env(env), sources)
+    _apply(values, "flags", dict(overrides or {}), sources)
+    if not values.get("database_url"):
+        values["database_url"] = f"sqlite:///{data_dir() / 'otari.db'}"
+        sources["database_url"] = "default"
+    if not values.get("master_key"):
+        values.pop("master_key", None)
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known}, sources=sources)

@@ -1,0 +1,220 @@
+"""SQLAlchemy 2.0 tables ("tables", because in a gateway a "model" is an LLM)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Money keeps ten decimal places everywhere: a token priced at $0.0375 per million costs
+# 0.0000000375, which this holds exactly.
+MONEY_PLACES = 10
+_MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
+_MONEY_SCALE = 10**MONEY_PLACES
+
+
+def quantize(amount: Decimal) -> Decimal:
+    """Round an amount to the stored precision (half-even, like the database would)."""
+    return amount.quantize(_MONEY_QUANTUM)
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact money: NUMERIC on PostgreSQL, integer units of 1e-10 on SQLite.
+
+    SQLite's NUMERIC affinity silently turns fractions into binary floats, so there we store
+    scaled integers; SQL arithmetic and comparisons stay exact because every operand is
+    scaled the same way.
+    """
+
+    impl = Numeric(30, MONEY_PLACES)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(30, MONEY_PLACES, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = quantize(Decimal(value))
+        if dialect.name == "sqlite":
+            return int(amount * _MONEY_SCALE)
+        return amount
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-MONEY_PLACES)
+        return quantize(Decimal(value))
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current instant, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every table."""
+
+
+class Budget(Base):
+    """A spending limit, optionally renewed every budget_duration_sec."""
+
+    __tablename__ = "budgets"
+
+    budget_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_budget: Mapped[Decimal | None] = mapped_column(Money())
+    budget_duration_sec: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class User(Base):
+    """A person or service whose keys are metered together."""
+
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    alias: Mapped[str | None] = mapped_column(String(255))
+    # spend is settled cost in the current budget period; reserved is the worst-case cost of
+    # requests in flight. The budget check is spend + reserved + request <= max_budget.
+    spend: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    budget_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("budgets.budget_id", ondelete="RESTRICT"), index=True
+    )
+    budget_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    next_budget_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class APIKey(Base):
+    """A virtual API key; only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    key_name: Mapped[str | None] = mapped_column(String(255))
+    user_id: Mapped[str | None] = mapped_column(
+        String(255), ForeignKey("users.user_id", ondelete="SET NULL"), index=True
+    )
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Keys without a user are metered on the key itself.
+    spend: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Pricing(Base):
+    """A model's price from effective_at on; older rows are its history."""
+
+    __tablename__ = "pricing"
+    __table_args__ = (UniqueConstraint("model_key", "effective_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_key: Mapped[str] = mapped_column(String(255), index=True)
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    input_price_per_million: Mapped[Decimal] = mapped_column(Money())
+    output_price_per_million: Mapped[Decimal] = mapped_column(Money())
+    # Non-token billing rules for other endpoints (images, audio, per request).
+    price_per_image: Mapped[Decimal | None] = mapped_column(Money())
+    price_per_audio_second: Mapped[Decimal | None] = mapped_column(Money())
+    price_per_million_characters: Mapped[Decimal | None] = mapped_column(Money())
+    price_per_request: Mapped[Decimal | None] = mapped_column(Money())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class UsageLog(Base):
+    """One row per metered request: success, provider error or client disconnect."""
+
+    __tablename__ = "usage_logs"
+    __table_args__ = (Index("ix_usage_logs_user_timestamp", "user_id", "timestamp"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost: Mapped[Decimal | None] = mapped_column(Money())
+    status: Mapped[str] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Reservation(Base):
+    """Worst-case cost held against a budget while a request is in flight.
+
+    Rows outlive a crash, so the next start (or any instance, after expires_at) can give the
+    held amount back.
+    """
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    amount: Mapped[Decimal] = mapped_column(Money())
+    instance_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

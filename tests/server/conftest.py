@@ -1,0 +1,25 @@
+"""Server test fixtures: an in-process client on a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from otari_server.app import create_app
+from tests.servers import make_settings
+
+
+@pytest.fixture
+def client(database_url: str) -> Iterator[TestClient]:
+    """The app on SQLite and on PostgreSQL (each test runs twice)."""
+    with TestClient(create_app(make_settings(database_url))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def sqlite_client(sqlite_url: str) -> Iterator[TestClient]:
+    """The app on a SQLite file only, for behaviour that does not depend on the backend."""
+    with TestClient(create_app(make_settings(sqlite_url))) as test_client:
+        yield test_client

@@ -1,0 +1,82 @@
+"""First start (generated master key, bootstrap key), migrations, readiness."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from starlette.testclient import TestClient
+
+from otari_server import db, settings
+from otari_server.app import create_app
+from tests.factories import MASTER
+from tests.servers import free_port, make_settings
+
+
+def test_first_start_generates_a_private_master_key(sqlite_url: str) -> None:
+    resolved = settings.load(None, {"database_url": sqlite_url}, environ={})
+    with TestClient(create_app(resolved)) as client:
+        path = settings.master_key_path()
+        key = path.read_text().strip()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}
+                          ).status_code == 200
+    with TestClient(create_app(resolved)) as client:  # the same key on the next start
+        assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}
+                          ).status_code == 200
+
+
+def test_bootstrap_api_key_is_minted_once_and_kept_private(
+        sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    resolved = settings.load(None, {"database_url": sqlite_url, "master_key": "mk"}, environ={})
+    with TestClient(create_app(resolved)) as client:
+        path = settings.state_dir() / "bootstrap_api_key"
+        secret = path.read_text().strip()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert secret.startswith("gw-")
+        assert secret not in caplog.text
+        assert client.get("/v1/models", headers={"Otari-Key": secret}).status_code == 200
+        keys = client.get("/v1/keys", headers={"Authorization": "Bearer mk"}).json()
+    with TestClient(create_app(resolved)) as client:
+        again = client.get("/v1/keys", headers={"Authorization": "Bearer mk"}).json()
+    assert len(keys) == len(again) == 1
+
+
+def test_migrations_create_the_schema_and_can_be_switched_off(database_url: str) -> None:
+    with TestClient(create_app(make_settings(database_url, auto_migrate=False))) as client:
+        assert client.get("/health/readiness").status_code == 200
+    engine = create_engine(db.normalize_url(database_url))
+    assert "api_keys" not in inspect(engine).get_table_names()
+    db.migrate(database_url)
+    assert {"api_keys", "users", "budgets", "pricing", "usage_logs", "reservations",
+            "alembic_version"} <= set(inspect(engine).get_table_names())
+    engine.dispose()
+    with TestClient(create_app(make_settings(database_url, auto_migrate=False))) as client:
+        assert client.get("/v1/keys", headers=MASTER).status_code == 200
+
+
+def test_failed_migration_stops_start_up(sqlite_url: str) -> None:
+    # A database claiming a revision we do not know cannot be upgraded safely.
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('9999_from_the_future')"))
+    engine.dispose()
+    with pytest.raises(Exception, match="9999_from_the_future"), \
+            TestClient(create_app(make_settings(sqlite_url))):
+        pass
+
+
+def test_readiness_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    url = f"postgresql://nobody:nothing@127.0.0.1:{free_port()}/none"
+    app = create_app(make_settings(url, auto_migrate=False))
+    with TestClient(app) as client:
+        response = client.get("/health/readiness")
+        assert response.status_code == 503
+        assert response.json()["database"] == "unreachable"
+        assert client.get("/health/liveness").status_code == 200
+        keys = client.get("/v1/keys", headers=MASTER)
+        assert keys.status_code == 503 and "database unavailable" in keys.json()["detail"]
+        assert "Traceback" not in keys.text
