@@ -153,7 +153,7 @@ class Gateway:
             page = self.get(url_path, {**(params or {}), "skip": len(items), "limit": want})
             if not isinstance(page, list):
                 raise error_for_status(502, f"expected a list from {url_path}")
-            items.extend(page)
+            items.extend(page[:want])
             if len(page) < want:
                 break
         return items

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -218,7 +219,10 @@ def local_settings(
     dirs: Dirs,
 ) -> LocalSettings:
     """host/port/master key as the daemon resolves them: defaults < file < OTARI_* env < flags."""
-    data = read_toml(config_file) if config_file is not None else {}
+    raw = read_toml(config_file) if config_file is not None else {}
+    data: dict[str, object] = {
+        k: _interpolate(raw[k], env, k) for k in ("host", "port", "master_key") if k in raw
+    }
     host = str(overrides.get("host") or env.get("OTARI_HOST") or data.get("host") or DEFAULT_HOST)
     raw_port = overrides.get("port") or env.get("OTARI_PORT") or data.get("port") or DEFAULT_PORT
     try:
@@ -229,9 +233,25 @@ def local_settings(
     return LocalSettings(config_file, host, port, key, source)
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _interpolate(value: object, env: Mapping[str, str], key: str) -> object:
+    """${VAR} in a config string, as the daemon expands it."""
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1) not in env:
+            raise UsageError(f"{key}: environment variable {match.group(1)} is not set")
+        return env[match.group(1)]
+
+    return _VARIABLE.sub(substitute, value)
+
+
 def _local_master_key(
     config_file: Path | None,
-    data: Mapping[str, Any],
+    data: Mapping[str, object],
     overrides: Mapping[str, object],
     env: Mapping[str, str],
     dirs: Dirs,
@@ -240,8 +260,9 @@ def _local_master_key(
         return str(overrides["master_key"]), "--master-key"
     if env.get("OTARI_MASTER_KEY"):
         return env["OTARI_MASTER_KEY"], "OTARI_MASTER_KEY"
-    if isinstance(data.get("master_key"), str) and data["master_key"]:
-        return data["master_key"], f"config file {config_file}"
+    from_file = data.get("master_key")
+    if isinstance(from_file, str) and from_file:
+        return from_file, f"config file {config_file}"
     if dirs.master_key_file.exists():
         key = dirs.master_key_file.read_text(encoding="utf-8").strip()
         if key:

@@ -9,13 +9,15 @@ from anyio import to_thread
 from fastapi import APIRouter, FastAPI
 
 from otari_server import __version__, errors
-from otari_server.routes import budgets, health, keys, models, pricing, usage, users
+from otari_server import wire
+from otari_server.middleware import RequestContext
+from otari_server.routes import budgets, chat, health, keys, models, pricing, usage, users
 from otari_server.runtime import close_runtime, open_runtime, start_background
 from otari_server.settings import Settings
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    keys.router, users.router, budgets.router, pricing.router, usage.router, models.router,
+    chat.router, keys.router, users.router, budgets.router, pricing.router, usage.router, models.router,
 ]
 
 
@@ -26,7 +28,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await to_thread.run_sync(open_runtime, settings)
         app.state.runtime = runtime
-        start_background(runtime)
+        await start_background(runtime)
         try:
             yield
         finally:
@@ -39,4 +41,23 @@ def create_app(settings: Settings) -> FastAPI:
     for router in API_ROUTERS:
         app.include_router(router)
         app.include_router(router, prefix="/api", include_in_schema=False)
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
+    _document_wire_schemas(app)
     return app
+
+
+def _document_wire_schemas(app: FastAPI) -> None:
+    """Add the generation endpoints' request schemas to the generated OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in wire.SCHEMAS:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -55,6 +55,8 @@ class Caller:
     key_id: str | None = None
     user_id: str | None = None
     key_name: str | None = None
+    # The key's user has a budget, so requests must reserve against it before the call.
+    budgeted: bool = False
 
 
 MASTER = Caller(is_master=True)
@@ -71,6 +73,7 @@ class KeySnapshot:
     user_id: str | None
     user_blocked: bool
     user_deleted: bool
+    user_budget_id: str | None = None
 
 
 def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
@@ -87,6 +90,7 @@ def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
         expires_at=key.expires_at, user_id=key.user_id,
         user_blocked=bool(user and user.blocked),
         user_deleted=bool(user and user.deleted_at is not None),
+        user_budget_id=user.budget_id if user else None,
     )
 
 
@@ -103,7 +107,7 @@ def check(snapshot: KeySnapshot | None, now: datetime) -> Caller:
     if snapshot.user_blocked:
         raise AuthenticationFailed("The key's user is blocked", code="user_blocked")
     return Caller(is_master=False, key_id=snapshot.key_id, user_id=snapshot.user_id,
-                  key_name=snapshot.key_name)
+                  key_name=snapshot.key_name, budgeted=snapshot.user_budget_id is not None)
 
 
 class MasterKey:

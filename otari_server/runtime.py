@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -14,10 +16,14 @@ from anyio import to_thread
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, secretfiles
+from otari_server import db, ledger, secretfiles
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
-from otari_server.settings import Settings, master_key_path, state_dir
+from otari_server.ledger import Ledger
+from otari_server.pricing import PriceBook
+from otari_server.providers import Provider, ProviderConfigError, build_providers
+from otari_server.settings import ConfigError, Settings, master_key_path, state_dir
 from otari_server.tables import APIKey, utcnow
+from otari_server.upstream import Upstream
 
 log = logging.getLogger("otari")
 
@@ -32,13 +38,18 @@ class Runtime:
     master: MasterKey
     keys: KeyCache
     activity: KeyActivity
+    prices: PriceBook
+    ledger: Ledger
+    providers: dict[str, Provider]
+    upstream: Upstream = field(default_factory=Upstream)
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=utcnow)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def changed(self) -> None:
-        """Management data changed: drop cached auth so this instance sees it at once."""
+        """Management data changed: drop cached auth and prices so this instance sees it."""
         self.keys.clear()
+        self.prices.clear()
 
 
 def resolve_master_key(settings: Settings) -> str:
@@ -71,21 +82,52 @@ def bootstrap_api_key(runtime: Runtime) -> None:
     log.warning("created a first API key; it is in %s (mode 0600), shown nowhere else", path)
 
 
+def providers_of(settings: Settings) -> dict[str, Provider]:
+    """Configured providers, plus well-known ones whose key is in the environment."""
+    table = {name: {"timeout": settings.request_timeout, **dict(values)}
+             if isinstance(values, dict) else values
+             for name, values in settings.providers.items()}
+    try:
+        return build_providers(table, os.environ, autodetect=True)
+    except ProviderConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def instance_name(settings: Settings) -> str:
+    """A name that survives restarts, so a restarted instance can reclaim its own holds.
+
+    Worker processes share host and port, so each adds its pid (their leftovers are
+    reclaimed when they expire instead).
+    """
+    name = f"{socket.gethostname()}:{settings.port}"
+    return name if settings.workers == 1 else f"{name}:{os.getpid()}"
+
+
 def open_runtime(settings: Settings) -> Runtime:
     """Migrate (unless switched off), open the database, and build the caches."""
+    providers = providers_of(settings)
     if settings.auto_migrate:
         db.migrate(settings.database_url)
     engine = db.create_db_engine(settings.database_url)
+    sessions = db.session_factory(engine)
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        sessions=db.session_factory(engine),
+        sessions=sessions,
         master=MasterKey(resolve_master_key(settings)),
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
+        prices=PriceBook(sessions, ttl=max(settings.auth_cache_ttl, 1.0)),
+        ledger=Ledger(sessions),
+        providers=providers,
+        instance_id=instance_name(settings),
     )
     if settings.bootstrap_api_key:
         bootstrap_api_key(runtime)
+    with sessions.begin() as session:
+        reclaimed = ledger.reclaim(session, runtime.instance_id, utcnow())
+    if reclaimed:
+        log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
     return runtime
 
 
@@ -109,9 +151,49 @@ async def _flush_activity_forever(runtime: Runtime, interval: float) -> None:
             log.warning("could not record key activity; will retry", exc_info=True)
 
 
-def start_background(runtime: Runtime) -> None:
-    """Start the periodic writers."""
-    runtime.tasks.append(asyncio.create_task(_flush_activity_forever(runtime, 5.0)))
+async def flush_ledger(runtime: Runtime) -> None:
+    """Write queued settlements; on failure keep them for the next attempt."""
+    batch = runtime.ledger.take()
+    if not batch:
+        return
+    try:
+        await to_thread.run_sync(runtime.ledger.write, batch)
+    except BaseException:
+        runtime.ledger.put_back(batch)
+        raise
+
+
+async def _flush_ledger_forever(runtime: Runtime, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await flush_ledger(runtime)
+        except Exception:  # the database may be down; the batch waits for the next tick
+            log.warning("could not write usage; will retry", exc_info=True)
+
+
+async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
+    def reclaim_expired() -> int:
+        with runtime.sessions.begin() as session:
+            return ledger.reclaim(session, "", utcnow())
+
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await to_thread.run_sync(reclaim_expired)
+        except Exception:
+            log.warning("could not reclaim expired reservations; will retry", exc_info=True)
+
+
+async def start_background(runtime: Runtime) -> None:
+    """Open the upstream client and start the periodic writers."""
+    await runtime.upstream.open()
+    interval = runtime.settings.usage_flush_interval
+    runtime.tasks += [
+        asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
+        asyncio.create_task(_flush_ledger_forever(runtime, interval)),
+        asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),
+    ]
 
 
 async def close_runtime(runtime: Runtime) -> None:
@@ -121,6 +203,12 @@ async def close_runtime(runtime: Runtime) -> None:
     for task in runtime.tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await runtime.upstream.close()
+    try:
+        await flush_ledger(runtime)
+    except Exception:
+        log.error("could not write %d usage row(s) at shutdown", runtime.ledger.depth,
+                  exc_info=True)
     with contextlib.suppress(Exception):
         await to_thread.run_sync(flush_activity, runtime)
     runtime.engine.dispose()

@@ -23,8 +23,8 @@ app = typer.Typer()
 
 def log_level(text: str) -> str:
     """A logging level name (info, DEBUG) or number (10), as the daemon accepts it."""
-    if text.isdigit() or text.upper() in logging.getLevelNamesMapping():
-        return text.lower() if not text.isdigit() else text
+    if text.isdigit() or text.upper() in logging.getLevelNamesMapping() or text.lower() == "trace":
+        return text.lower()
     raise typer.BadParameter(f"{text!r} is not a level name (debug, info, ...) or a number")
 
 

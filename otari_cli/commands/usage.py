@@ -31,7 +31,7 @@ Since = Annotated[
     typer.Option(
         "--since",
         parser=params.past,
-        help="From this time: ISO date/datetime or a duration ago (7d).",
+        help="From this time: ISO date/datetime, or a duration ago (7d).",
     ),
 ]
 Until = Annotated[

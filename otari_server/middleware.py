@@ -1,0 +1,59 @@
+"""Per-request context as plain ASGI (cheap on the hot path): request id, body size limit."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from otari_server.errors import error_body, shape_for
+from otari_server.jsonio import dumps
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class RequestContext:
+    """Give every response an X-Request-ID and refuse declared bodies over the limit."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope["otari.request_id"] = request_id
+        header = (REQUEST_ID_HEADER, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        length = _content_length(scope)
+        if length is not None and length > self.max_body_bytes:
+            await _too_large(scope, send_with_id, self.max_body_bytes)
+            return
+        await self.app(scope, receive, send_with_id)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    message = f"Request body is over the {limit}-byte limit"
+    body = dumps(error_body(shape_for(scope["path"]), 413, message, "invalid_request_error",
+                            "request_too_large", "request_too_large")).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

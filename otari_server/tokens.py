@@ -1,0 +1,28 @@
+"""Worst-case token estimates for budget reservations (pure, cheap, over- not under-estimating)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Tokenizers average about four bytes of English per token; JSON framing only adds bytes, so
+# three bytes per token over the raw body errs on the side of reserving too much.
+_BYTES_PER_TOKEN = 3
+
+
+def input_tokens(raw_body: bytes) -> int:
+    """An upper estimate of the prompt tokens in a request body."""
+    return len(raw_body) // _BYTES_PER_TOKEN + 1
+
+
+def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
+    """The most output the request allows: its token limit (times n choices) or `default`."""
+    limit = next((body[k] for k in keys if isinstance(body.get(k), int)), None)
+    n = body.get("n")
+    choices = n if isinstance(n, int) and n > 1 else 1
+    return (limit if limit is not None and limit > 0 else default) * choices
+
+
+def text_tokens(text: str) -> int:
+    """A rough count for text received when a stream ended without a usage report."""
+    return (len(text.encode("utf-8")) + 3) // 4

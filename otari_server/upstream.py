@@ -1,0 +1,93 @@
+"""The one pooled HTTP client to providers, and how its failures become our errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from otari_server.errors import BadGateway, GatewayTimeout, OtariError, UpstreamError
+from otari_server.providers import Provider
+
+_MAX_MESSAGE = 1000
+
+
+class Upstream:
+    """Owns the aiohttp session: opened and closed with the app, shared by every request."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Create the connection pool (must run inside the event loop)."""
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                              skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def post(self, provider: Provider, path: str, body: dict[str, Any],
+                   extra_headers: dict[str, str] | None = None, *,
+                   stream: bool = False) -> aiohttp.ClientResponse:
+        """POST JSON to a provider; the caller reads (and releases) the response."""
+        assert self._session is not None, "upstream client used before open()"
+        headers = provider.request_headers()
+        headers["Content-Type"] = "application/json"
+        if extra_headers:
+            headers.update(extra_headers)
+        # A stream may run long; what must not stall is each read, not the whole answer.
+        timeout = (aiohttp.ClientTimeout(total=None, sock_connect=min(provider.timeout, 30),
+                                         sock_read=provider.timeout) if stream
+                   else aiohttp.ClientTimeout(total=provider.timeout))
+        try:
+            return await self._session.post(provider.url(path), data=orjson.dumps(body),
+                                            headers=headers, timeout=timeout)
+        except Exception as exc:
+            raise failure(provider, exc) from None
+
+
+def failure(provider: Provider, exc: BaseException) -> OtariError:
+    """A transport-level failure talking to a provider, as the error we answer with."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return GatewayTimeout(f"Provider '{provider.name}' did not answer in time")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return BadGateway(f"Could not reach provider '{provider.name}': {type(exc).__name__}")
+    return BadGateway(f"Provider '{provider.name}' failed: {type(exc).__name__}")
+
+
+def sanitize(provider: Provider, message: str) -> str:
+    """A provider message safe to show: its key removed, its length bounded."""
+    if provider.api_key:
+        message = message.replace(provider.api_key, "[redacted]")
+    return message[:_MAX_MESSAGE]
+
+
+def error_message(body: bytes) -> str:
+    """The human message inside a provider error body (OpenAI or Anthropic shape)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace").strip() or "no details"
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return str(parsed["message"])
+    return body.decode("utf-8", "replace")[:_MAX_MESSAGE]
+
+
+def refusal(provider: Provider, status: int, body: bytes) -> OtariError:
+    """A provider's non-2xx answer: 4xx keeps its status and message; 5xx becomes 502."""
+    message = sanitize(provider, error_message(body))
+    if 400 <= status < 500:
+        return UpstreamError(f"Provider '{provider.name}': {message}", status,
+                             code=f"upstream_{status}")
+    return BadGateway(f"Provider '{provider.name}' failed with HTTP {status}: {message}")

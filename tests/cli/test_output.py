@@ -1,0 +1,128 @@
+"""Output: the format follows the destination; markup in data is never interpreted."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+
+import pytest
+
+from otari_cli.errors import UsageError
+from otari_cli.output import Column, Format, Output, when
+
+ROWS = [
+    {"id": "k1", "key_name": "[bold red]boom[/]", "spend": Decimal("0.10"), "meta": {"a": "1"}},
+    {"id": "k2", "key_name": None, "spend": Decimal("12.345678901234567890"), "meta": {}},
+]
+COLUMNS = [Column("ID", "id"), Column("NAME", "key_name"), Column("SPEND", "spend")]
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def make(fmt: Format | None = None, quiet: bool = False, tty: bool = False) -> Output:
+    stdout = Tty() if tty else io.StringIO()
+    return Output(fmt, quiet=quiet, stdout=stdout, stderr=io.StringIO(), stdin=io.StringIO())
+
+
+def stdout(out: Output) -> str:
+    assert isinstance(out.stdout, io.StringIO)
+    return out.stdout.getvalue()
+
+
+def stderr(out: Output) -> str:
+    assert isinstance(out.stderr, io.StringIO)
+    return out.stderr.getvalue()
+
+
+def test_format_defaults_to_table_on_a_terminal_and_json_otherwise() -> None:
+    assert make(tty=True).format is Format.TABLE
+    assert make(tty=False).format is Format.JSON
+
+
+def test_json_keeps_api_field_names_and_exact_money() -> None:
+    out = make(Format.JSON)
+    out.items(ROWS, COLUMNS)
+    text = stdout(out)
+    assert "12.345678901234567890" in text  # no float rounding
+    parsed = json.loads(text, parse_float=Decimal)
+    assert parsed[0]["key_name"] == "[bold red]boom[/]"
+    assert parsed[1]["spend"] == Decimal("12.345678901234567890")
+    assert stderr(out) == ""
+
+
+def test_table_shows_markup_literally() -> None:
+    out = make(Format.TABLE)
+    out.items(ROWS, COLUMNS)
+    text = stdout(out)
+    assert "[bold red]boom[/]" in text
+    assert "SPEND" in text and "0.10" in text
+    assert "\x1b[" not in text  # not a terminal: no escape codes
+
+
+def test_table_on_a_terminal_still_shows_markup_literally() -> None:
+    out = make(tty=True)
+    out.item({"id": "x", "note": "[link=http://evil]click[/link] [red]x"})
+    text = stdout(out)
+    assert "[link=http://evil]click[/link]" in text
+    assert "[red]x" in text
+
+
+def test_csv_has_every_field_with_a_header() -> None:
+    out = make(Format.CSV)
+    out.items(ROWS, COLUMNS)
+    rows = list(csv.reader(io.StringIO(stdout(out))))
+    assert rows[0] == ["id", "key_name", "spend", "meta"]
+    assert rows[1] == ["k1", "[bold red]boom[/]", "0.10", '{"a": "1"}']
+    assert rows[2][1] == ""
+
+
+def test_quiet_prints_only_ids() -> None:
+    out = make(Format.JSON, quiet=True)
+    out.items(ROWS, COLUMNS)
+    out.message("chatter")
+    assert stdout(out) == "k1\nk2\n"
+    assert stderr(out) == ""
+
+
+def test_quiet_item_uses_the_id_field() -> None:
+    out = make(quiet=True)
+    out.item({"user_id": "alice", "alias": "A"}, id_field="user_id")
+    assert stdout(out) == "alice\n"
+
+
+def test_empty_list_is_an_empty_json_array() -> None:
+    out = make(Format.JSON)
+    out.items([], COLUMNS)
+    assert json.loads(stdout(out)) == []
+
+
+def test_messages_go_to_stderr() -> None:
+    out = make(Format.JSON)
+    out.message("hello")
+    out.error("[b]bad[/b]")
+    assert stdout(out) == ""
+    assert stderr(out) == "hello\nerror: [b]bad[/b]\n"
+
+
+def test_confirm_without_a_terminal_refuses() -> None:
+    with pytest.raises(UsageError, match="--yes"):
+        make().confirm("Delete it?")
+
+
+@pytest.mark.parametrize(("answer", "expected"), [("y\n", True), ("yes\n", True), ("\n", False),
+                                                  ("n\n", False)])
+def test_confirm_on_a_terminal_reads_the_answer(answer: str, expected: bool) -> None:
+    out = Output(Format.JSON, stdout=io.StringIO(), stderr=io.StringIO(), stdin=Tty(answer))
+    assert out.confirm("Delete it?") is expected
+    assert "Delete it? [y/N]" in stderr(out)
+
+
+def test_when_formats_iso_timestamps_in_utc() -> None:
+    assert when("2025-01-02T03:04:05.678+02:00") == "2025-01-02 01:04:05"
+    assert when(None) == "-"
+    assert when("not a time") == "not a time"
