@@ -225,14 +225,14 @@ def stop(pidfile: Path, grace: float) -> Stopped | None:
 # logs -----------------------------------------------------------------------------------------
 
 
-def tail(logfile: Path, lines: int, offset: int = 0) -> list[str]:
-    """The last `lines` lines of `logfile` from byte `offset` on ([] if there is no log)."""
+def tail(logfile: Path, lines: int, offset: int = 0, end: int | None = None) -> list[str]:
+    """The last `lines` lines of `logfile` between byte `offset` and `end` ([] without a log)."""
     if lines <= 0:
         return []
     try:
         with logfile.open("rb") as handle:
             handle.seek(offset)
-            data = handle.read()
+            data = handle.read() if end is None else handle.read(max(0, end - offset))
     except OSError:
         return []
     text = data.decode("utf-8", errors="replace")
@@ -241,8 +241,8 @@ def tail(logfile: Path, lines: int, offset: int = 0) -> list[str]:
 
 def follow(logfile: Path, lines: int, interval: float = 0.25) -> Iterator[str]:
     """The last `lines` lines, then each new line as it is written (until interrupted)."""
-    yield from tail(logfile, lines)
     position = logfile.stat().st_size if logfile.exists() else 0
+    yield from tail(logfile, lines, max(0, position - 1024 * 1024), end=position)
     pending = b""
     while True:
         size = logfile.stat().st_size if logfile.exists() else 0

@@ -120,7 +120,9 @@ class Output:
             self._csv([data])
         else:
             shows = shows or {}
-            rows = [[k, shows.get(k, cell)(v)] for k, v in data.items()]
+            rows = [
+                [k, shows.get(k, when if k.endswith("_at") else cell)(v)] for k, v in data.items()
+            ]
             self._table(["field", "value"], rows, empty="(empty)")
 
     def text(self, lines: Iterable[str]) -> None:
@@ -181,7 +183,10 @@ class Output:
             self.message(empty)
             return
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for header in headers:
+        # The first column (the id) is never folded: it is what people copy.
+        first = max(len(headers[0]), *(len(row[0]) for row in rows))
+        table.add_column(headers[0], no_wrap=True, min_width=first)
+        for header in headers[1:]:
             table.add_column(header, overflow="fold")
         for row in rows:
             # Text(): server-supplied strings are never parsed as Rich markup.

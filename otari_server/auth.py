@@ -57,6 +57,21 @@ class Caller:
     key_name: str | None = None
     # The key's user has a budget, so requests must reserve against it before the call.
     budgeted: bool = False
+    # Requests are metered but never gated by, or charged to, the budget.
+    exclude_from_budget: bool = False
+    # Model allow-lists of the key and of its user; a model must pass every one.
+    allowed_models: tuple[tuple[str, ...], ...] = ()
+
+    def may_use(self, model_key: str) -> bool:
+        """Whether every allow-list admits `model_key` ('provider:*', 'prefix*' match too)."""
+        return all(any(_matches(pattern, model_key) for pattern in patterns)
+                   for patterns in self.allowed_models)
+
+
+def _matches(pattern: str, model_key: str) -> bool:
+    if pattern.endswith("*"):
+        return model_key.startswith(pattern[:-1])
+    return pattern == model_key
 
 
 MASTER = Caller(is_master=True)
@@ -74,6 +89,8 @@ class KeySnapshot:
     user_blocked: bool
     user_deleted: bool
     user_budget_id: str | None = None
+    exclude_from_budget: bool = False
+    allowed_models: tuple[tuple[str, ...], ...] = ()
 
 
 def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
@@ -91,6 +108,10 @@ def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
         user_blocked=bool(user and user.blocked),
         user_deleted=bool(user and user.deleted_at is not None),
         user_budget_id=user.budget_id if user else None,
+        exclude_from_budget=bool(key.exclude_from_budget),
+        allowed_models=tuple(tuple(models) for models in
+                             (key.allowed_models, user.allowed_models if user else None)
+                             if models is not None),
     )
 
 
@@ -107,7 +128,9 @@ def check(snapshot: KeySnapshot | None, now: datetime) -> Caller:
     if snapshot.user_blocked:
         raise AuthenticationFailed("The key's user is blocked", code="user_blocked")
     return Caller(is_master=False, key_id=snapshot.key_id, user_id=snapshot.user_id,
-                  key_name=snapshot.key_name, budgeted=snapshot.user_budget_id is not None)
+                  key_name=snapshot.key_name, budgeted=snapshot.user_budget_id is not None,
+                  exclude_from_budget=snapshot.exclude_from_budget,
+                  allowed_models=snapshot.allowed_models)
 
 
 class MasterKey:

@@ -15,13 +15,16 @@ from otari_server.tables import APIKey
 
 def create_key(session: Session, *, key_name: str | None, user_id: str | None,
                expires_at: datetime | None, metadata: dict[str, Any],
-               rpm_limit: int | None = None, tpm_limit: int | None = None) -> CreateKeyResponse:
+               rpm_limit: int | None = None, tpm_limit: int | None = None,
+               allowed_models: list[str] | None = None,
+               exclude_from_budget: bool = False) -> CreateKeyResponse:
     """Insert a new key and return it with its plaintext secret (the only time it exists)."""
     secret = generate_key()
     row = APIKey(
         id=str(uuid.uuid4()), key_hash=hash_token(secret), key_prefix=secret[:7],
         key_name=key_name, user_id=user_id, expires_at=expires_at, metadata_=metadata,
         is_active=True, rpm_limit=rpm_limit, tpm_limit=tpm_limit,
+        allowed_models=allowed_models, exclude_from_budget=exclude_from_budget,
     )
     session.add(row)
     session.flush()
@@ -34,5 +37,6 @@ def key_info(row: APIKey) -> KeyInfo:
         id=row.id, key_name=row.key_name, user_id=row.user_id, created_at=row.created_at,
         last_used_at=row.last_used_at, expires_at=row.expires_at, is_active=row.is_active,
         metadata=row.metadata_ or {}, key_prefix=row.key_prefix, spend=row.spend,
-        rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
+        rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit, allowed_models=row.allowed_models,
+        exclude_from_budget=bool(row.exclude_from_budget),
     )

@@ -47,7 +47,10 @@ class Settlement:
     status: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
     cost: Decimal | None = None
+    counts_toward_budget: bool = True
     error_message: str | None = None
     latency_ms: int | None = None
     request_id: str | None = None
@@ -116,12 +119,14 @@ def write(session: Session, batch: list[Settlement]) -> None:
          "completion_tokens": s.completion_tokens,
          "total_tokens": (None if s.prompt_tokens is None and s.completion_tokens is None
                           else (s.prompt_tokens or 0) + (s.completion_tokens or 0)),
+         "cache_read_tokens": s.cache_read_tokens, "cache_write_tokens": s.cache_write_tokens,
+         "counts_toward_budget": s.counts_toward_budget,
          "cost": s.cost, "status": s.status, "error_message": s.error_message,
          "latency_ms": s.latency_ms, "request_id": s.request_id} for s in batch])
     user_spend: dict[str, Decimal] = defaultdict(Decimal)
     key_spend: dict[str, Decimal] = defaultdict(Decimal)
     for s in batch:
-        if not s.cost:
+        if not s.cost or not s.counts_toward_budget:
             continue
         if s.user_id is not None:
             user_spend[s.user_id] += s.cost

@@ -40,11 +40,28 @@ class Price:
     effective_at: datetime
     input_per_million: Decimal
     output_per_million: Decimal
+    unit: str = "tokens"
+    cache_read_per_million: Decimal | None = None
+    cache_write_per_million: Decimal | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        """Exact cost of a token count at this price."""
-        return token_cost(self.input_per_million, self.output_per_million,
-                          prompt_tokens, completion_tokens)
+    def cost(self, prompt_tokens: int, completion_tokens: int, cache_read_tokens: int = 0,
+             cache_write_tokens: int = 0) -> Decimal:
+        """Exact cost of one request.
+
+        Tokens: prompt tokens (cached reads and cache writes at their own rates when set)
+        and completion tokens. Requests and images: input_price_per_million per million of
+        them, one per request here.
+        """
+        if self.unit != "tokens":
+            return quantize(self.input_per_million / _MILLION)
+        read = min(cache_read_tokens, prompt_tokens)
+        written = min(cache_write_tokens, prompt_tokens - read)
+        fresh = prompt_tokens - read - written
+        total = (self.input_per_million * fresh
+                 + (self.cache_read_per_million or self.input_per_million) * read
+                 + (self.cache_write_per_million or self.input_per_million) * written
+                 + self.output_per_million * completion_tokens)
+        return quantize(total / _MILLION)
 
 
 def load_prices(session: Session, model_key: str) -> list[Price]:
@@ -52,7 +69,9 @@ def load_prices(session: Session, model_key: str) -> list[Price]:
     rows = session.scalars(select(Pricing).where(Pricing.model_key == model_key)
                            .order_by(Pricing.effective_at.desc()))
     return [Price(r.model_key, r.effective_at, r.input_price_per_million,
-                  r.output_price_per_million) for r in rows]
+                  r.output_price_per_million, r.unit or "tokens",
+                  r.cache_read_price_per_million, r.cache_write_price_per_million)
+            for r in rows]
 
 
 class PriceBook:

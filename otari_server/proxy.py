@@ -47,20 +47,38 @@ class Call:
     hold: Hold
     request_id: str | None
     started: float
+    counts: bool = True
 
-    def settle(self, status: str, prompt_tokens: int | None = None,
-               completion_tokens: int | None = None, error: str | None = None) -> None:
+    def settle(self, status: str, usage: dict[str, Any] | None = None,
+               error: str | None = None) -> None:
         """Queue the usage row and the reservation's release (never blocks)."""
+        usage = usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        details = usage.get("prompt_tokens_details")
+        details = details if isinstance(details, dict) else {}
+        read = details.get("cached_tokens") if isinstance(details.get("cached_tokens"),
+                                                          int) else None
+        written = (details.get("cache_creation_tokens")
+                   if isinstance(details.get("cache_creation_tokens"), int) else None)
         cost = None
         if self.price is not None:
-            cost = self.price.cost(prompt_tokens or 0, completion_tokens or 0)
+            cost = self.price.cost(_int(prompt), _int(completion), read or 0, written or 0)
         self.runtime.ledger.record(Settlement(
             hold=self.hold, user_id=self.user_id, api_key_id=self.key_id,
             model=self.model_key, provider=self.provider.name, endpoint=self.endpoint.path,
-            status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            cost=cost, error_message=error,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            status=status, prompt_tokens=_int_or_none(prompt),
+            completion_tokens=_int_or_none(completion), cache_read_tokens=read,
+            cache_write_tokens=written, cost=cost, counts_toward_budget=self.counts,
+            error_message=error, latency_ms=int((time.perf_counter() - self.started) * 1000),
             request_id=self.request_id))
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
@@ -116,6 +134,9 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
     except ModelAddressError as exc:
         raise InvalidRequest(str(exc), param="model", code="model_not_found") from None
     model_key = f"{provider.name}:{upstream_model}"
+    if not caller.may_use(model_key):
+        raise PermissionDenied(f"This API key may not use model '{model_key}'",
+                               code="model_not_allowed")
     user_id = billed_user(caller, body.get("user"))
     now = utcnow()
     price = await runtime.prices.at(model_key, now)
@@ -125,7 +146,8 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
             "POST /v1/pricing (otari pricing set) or turn require_pricing off",
             param="model", code="model_not_priced")
     hold = NO_HOLD
-    if user_id is not None and (caller.is_master or caller.budgeted):
+    counts = not caller.exclude_from_budget
+    if counts and user_id is not None and (caller.is_master or caller.budgeted):
         worst = Decimal(0)
         if price is not None:
             worst = price.cost(tokens.input_tokens(raw),
@@ -133,7 +155,7 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
                                                     *endpoint.output_limits))
         hold = await to_thread.run_sync(_reserve, runtime, user_id, worst)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
-                request_id, time.perf_counter())
+                request_id, time.perf_counter(), counts)
     return call, upstream_model
 
 
@@ -178,8 +200,7 @@ async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
         return StreamingResponse(_relay_openai(call, response, strip_usage),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     content = await _read(call, response)
-    usage = _usage_of(call, content)
-    call.settle("success", usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    call.settle("success", _usage_of(call, content))
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
@@ -245,10 +266,10 @@ async def _relay_openai(call: Call, response: aiohttp.ClientResponse,
         response.release()
         if usage is None:
             # Cut off before the usage chunk: bill what we saw (about a token per chunk).
-            call.settle(status, None, max(chunks - 1, 0), error or "stream ended early")
+            call.settle(status, {"completion_tokens": max(chunks - 1, 0)},
+                        error or "stream ended before its usage report")
         else:
-            call.settle(status, usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                        error)
+            call.settle(status, usage, error)
 
 
 async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
@@ -276,8 +297,7 @@ async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         raise failure_malformed(call) from None
-    usage = completion["usage"]
-    call.settle("success", usage["prompt_tokens"], usage["completion_tokens"])
+    call.settle("success", completion["usage"])
     return Response(orjson.dumps(completion), headers=JSON_HEADERS)
 
 
@@ -302,5 +322,4 @@ async def _relay_anthropic(call: Call, response: aiohttp.ClientResponse,
         yield _error_event(sanitize(call.provider, error))
     finally:
         response.release()
-        usage = translator.usage or {}
-        call.settle(status, usage.get("prompt_tokens"), usage.get("completion_tokens"), error)
+        call.settle(status, translator.usage, error)

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from anyio import to_thread
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from otari_server import db, ledger, secretfiles
@@ -122,12 +123,17 @@ def open_runtime(settings: Settings) -> Runtime:
         providers=providers,
         instance_id=instance_name(settings),
     )
-    if settings.bootstrap_api_key:
-        bootstrap_api_key(runtime)
-    with sessions.begin() as session:
-        reclaimed = ledger.reclaim(session, runtime.instance_id, utcnow())
-    if reclaimed:
-        log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
+    try:
+        if settings.bootstrap_api_key:
+            bootstrap_api_key(runtime)
+        with sessions.begin() as session:
+            reclaimed = ledger.reclaim(session, runtime.instance_id, utcnow())
+        if reclaimed:
+            log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
+    except DBAPIError as exc:
+        # Without auto-migration the database may be down or not migrated yet: serve anyway
+        # (readiness says 503) rather than refuse to start; the periodic sweep reclaims later.
+        log.warning("database not usable at start-up (%s); continuing", type(exc.orig).__name__)
     return runtime
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,11 @@ Money = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=30, decimal_pla
 NonNegativeMoney = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, max_digits=30,
                                             decimal_places=10)]
 Metadata = dict[str, Any]
+ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
+                      Field(max_length=1000)]
+# Fields the otari SDK knows that this gateway does not implement: refused unless null, so a
+# caller is never told a limit exists when none is enforced.
+Unsupported = Annotated[None, Field(None, description="Not supported by this gateway; null")]
 
 # Keys in a self-hosted gateway belong to one implicit workspace; the SDK requires its id.
 DEFAULT_WORKSPACE_ID = uuid.UUID("00000000-0000-4000-8000-000000000000")
@@ -37,6 +42,10 @@ class CreateKeyRequest(_Request):
     metadata: Metadata = Field(default_factory=dict, description="Optional metadata")
     rpm_limit: int | None = Field(None, ge=1, description="Requests per minute (beyond the contract)")
     tpm_limit: int | None = Field(None, ge=1, description="Tokens per minute (beyond the contract)")
+    allowed_models: ModelList | None = Field(
+        None, description="null: any model; else provider:model entries ('provider:*' ok)")
+    exclude_from_budget: bool = Field(
+        False, description="Meter this key's requests but never gate or charge the budget")
 
 
 class UpdateKeyRequest(_Request):
@@ -48,6 +57,8 @@ class UpdateKeyRequest(_Request):
     metadata: Metadata | None = None
     rpm_limit: int | None = Field(None, ge=1)
     tpm_limit: int | None = Field(None, ge=1)
+    allowed_models: ModelList | None = None
+    exclude_from_budget: bool | None = None
 
 
 class KeyInfo(BaseModel):
@@ -89,6 +100,7 @@ class CreateUserRequest(_Request):
     metadata: Metadata = Field(default_factory=dict, description="Optional metadata")
     rpm_limit: int | None = Field(None, ge=1)
     tpm_limit: int | None = Field(None, ge=1)
+    allowed_models: ModelList | None = None
 
 
 class UpdateUserRequest(_Request):
@@ -100,6 +112,7 @@ class UpdateUserRequest(_Request):
     metadata: Metadata | None = None
     rpm_limit: int | None = Field(None, ge=1)
     tpm_limit: int | None = Field(None, ge=1)
+    allowed_models: ModelList | None = None
 
 
 class UserResponse(BaseModel):
@@ -135,6 +148,10 @@ class CreateBudgetRequest(_Request):
     )
     budget_id: str | None = Field(None, min_length=1, max_length=64,
                                   description="Optional id; generated when omitted")
+    name: str | None = Field(None, max_length=255)
+    request_limit: Unsupported = None
+    token_limit: Unsupported = None
+    reset_alignment: Unsupported = None
 
 
 class UpdateBudgetRequest(_Request):
@@ -142,6 +159,10 @@ class UpdateBudgetRequest(_Request):
 
     max_budget: NonNegativeMoney | None = None
     budget_duration_sec: int | None = Field(None, gt=0)
+    name: str | None = Field(None, max_length=255)
+    request_limit: Unsupported = None
+    token_limit: Unsupported = None
+    reset_alignment: Unsupported = None
 
 
 class BudgetResponse(BaseModel):
@@ -172,10 +193,16 @@ class SetPricingRequest(_Request):
         ..., description="Price per 1M output tokens")
     effective_at: datetime | None = Field(
         None, description="ISO 8601 datetime from which this price applies. Defaults to now.")
+    unit: Literal["tokens", "requests", "images"] = Field(
+        "tokens", description="What input_price_per_million is per: tokens, requests, images")
+    cache_read_price_per_million: NonNegativeMoney | None = None
+    cache_write_price_per_million: NonNegativeMoney | None = None
+    cache_write_1h_price_per_million: NonNegativeMoney | None = None
     price_per_image: NonNegativeMoney | None = None
     price_per_audio_second: NonNegativeMoney | None = None
     price_per_million_characters: NonNegativeMoney | None = None
     price_per_request: NonNegativeMoney | None = None
+    pricing_tiers: Unsupported = None
 
 
 class PricingResponse(BaseModel):
@@ -217,17 +244,17 @@ class UsageLogResponse(BaseModel):
     error_message: str | None
     latency_ms: int | None = None
     request_id: str | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    counts_toward_budget: bool = True
 
 
 class UsageEntry(UsageLogResponse):
     """One usage row as listed by GET /v1/usage."""
 
     source: str = "gateway"
-    counts_toward_budget: bool = True
     bulk_editable: bool = False
     status_code: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
 
 

@@ -104,6 +104,7 @@ class Budget(Base):
     __tablename__ = "budgets"
 
     budget_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
     max_budget: Mapped[Decimal | None] = mapped_column(Money())
     budget_duration_sec: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -130,6 +131,8 @@ class User(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rpm_limit: Mapped[int | None] = mapped_column(Integer)
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    # None: any model; otherwise "provider:model" entries, "provider:*" and "prefix*" allowed.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
@@ -155,6 +158,9 @@ class APIKey(Base):
     reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     rpm_limit: Mapped[int | None] = mapped_column(Integer)
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    # Requests on such a key are metered but never reserved against or added to the budget.
+    exclude_from_budget: Mapped[bool] = mapped_column(Boolean, default=False)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -170,6 +176,11 @@ class Pricing(Base):
     effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
     input_price_per_million: Mapped[Decimal] = mapped_column(Money())
     output_price_per_million: Mapped[Decimal] = mapped_column(Money())
+    # What the rates are per: "tokens", "requests" or "images" (see pricing.Price.cost).
+    unit: Mapped[str] = mapped_column(String(16), default="tokens")
+    cache_read_price_per_million: Mapped[Decimal | None] = mapped_column(Money())
+    cache_write_price_per_million: Mapped[Decimal | None] = mapped_column(Money())
+    cache_write_1h_price_per_million: Mapped[Decimal | None] = mapped_column(Money())
     # Non-token billing rules for other endpoints (images, audio, per request).
     price_per_image: Mapped[Decimal | None] = mapped_column(Money())
     price_per_audio_second: Mapped[Decimal | None] = mapped_column(Money())
@@ -195,7 +206,10 @@ class UsageLog(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
     cost: Mapped[Decimal | None] = mapped_column(Money())
+    counts_toward_budget: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
@@ -218,3 +232,14 @@ class Reservation(Base):
     instance_id: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class RateCounter(Base):
+    """Requests and tokens used by one key or user in one minute, shared by all instances."""
+
+    __tablename__ = "rate_counters"
+
+    subject: Mapped[str] = mapped_column(String(300), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -19,6 +19,8 @@ def usage_log(row: UsageLog) -> dict[str, Any]:
         "completion_tokens": row.completion_tokens, "total_tokens": row.total_tokens,
         "cost": row.cost, "status": row.status, "error_message": row.error_message,
         "latency_ms": row.latency_ms, "request_id": row.request_id,
+        "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,
+        "counts_toward_budget": row.counts_toward_budget,
     }
 
 

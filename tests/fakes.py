@@ -565,7 +565,7 @@ class FakeAnthropic(FakeServer):
     )
 
     def __init__(
-        self, *, api_key: str | None = None, models: tuple[str, ...] = ("claude-sonnet-4-5",)
+        self, *, api_key: str | None = None, models: tuple[str, ...] = ("claude-fake",)
     ):
         super().__init__(api_key=api_key)
         self.models = models

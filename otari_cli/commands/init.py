@@ -50,10 +50,14 @@ def init(
     settings["master_key"] = new_master_key()
     write_private(target, tomli_w.dumps(settings))
     rt.output.item({"config": str(target), "url": local_url(host, port)}, id_field="config")
-    flag = "" if config is None else f" --config {target}"
-    rt.output.message(
-        f"Wrote {target} (mode 0600, with a new master key).\nNext:\n"
-        f"  otari start{flag}    # run the gateway in the background\n"
-        "  otari status         # check it\n"
-        "  otari keys create    # make an API key for a client"
-    )
+    steps = [
+        (
+            "otari start" + ("" if config is None else f" --config {target}"),
+            "run it in the background",
+        ),
+        ("otari status", "check it"),
+        ("otari keys create", "make an API key for a client"),
+    ]
+    width = max(len(command) for command, _ in steps)
+    lines = "".join(f"\n  {command.ljust(width)}  # {why}" for command, why in steps)
+    rt.output.message(f"Wrote {target} (mode 0600, with a new master key).\nNext:{lines}")

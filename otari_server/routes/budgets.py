@@ -28,7 +28,7 @@ def _response(session: Session, row: Budget) -> BudgetResponse:
         .where(User.budget_id == row.budget_id, User.deleted_at.is_(None))
     ).one()
     return BudgetResponse(
-        budget_id=row.budget_id, max_budget=row.max_budget,
+        budget_id=row.budget_id, name=row.name, max_budget=row.max_budget,
         budget_duration_sec=row.budget_duration_sec, created_at=row.created_at,
         updated_at=row.updated_at, user_count=count,
         total_spend=Decimal(spend), total_reserved=Decimal(reserved),
@@ -48,7 +48,7 @@ def create(body: CreateBudgetRequest, session: SessionDep) -> Response:
     budget_id = body.budget_id or str(uuid.uuid4())
     if session.get(Budget, budget_id) is not None:
         raise Conflict(f"Budget '{budget_id}' already exists")
-    row = Budget(budget_id=budget_id, max_budget=body.max_budget,
+    row = Budget(budget_id=budget_id, name=body.name, max_budget=body.max_budget,
                  budget_duration_sec=body.budget_duration_sec)
     session.add(row)
     session.commit()
@@ -75,8 +75,9 @@ def patch(budget_id: str, body: UpdateBudgetRequest, session: SessionDep,
     """Change only the fields sent; a new duration re-times its users' next reset."""
     row = _get(session, budget_id)
     sent = body.model_dump(exclude_unset=True)
-    if "max_budget" in sent:
-        row.max_budget = sent["max_budget"]
+    for name in ("max_budget", "name"):
+        if name in sent:
+            setattr(row, name, sent[name])
     if "budget_duration_sec" in sent and sent["budget_duration_sec"] != row.budget_duration_sec:
         row.budget_duration_sec = sent["budget_duration_sec"]
         now = utcnow()

@@ -33,7 +33,9 @@ def create(body: CreateKeyRequest, session: SessionDep, runtime: RuntimeDep) -> 
             raise NotFound(f"User '{body.user_id}' not found")
     created = create_key(session, key_name=body.key_name, user_id=body.user_id,
                          expires_at=body.expires_at, metadata=body.metadata,
-                         rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit)
+                         rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit,
+                         allowed_models=body.allowed_models,
+                         exclude_from_budget=body.exclude_from_budget)
     session.commit()
     runtime.changed()
     return ExactJSONResponse(created)
@@ -59,11 +61,12 @@ def patch(key_id: str, body: UpdateKeyRequest, session: SessionDep,
     """Change only the fields sent (name, active status, expiration, metadata, limits)."""
     row = _get(session, key_id)
     sent = body.model_dump(exclude_unset=True)
-    for name in ("key_name", "expires_at", "rpm_limit", "tpm_limit"):
+    for name in ("key_name", "expires_at", "rpm_limit", "tpm_limit", "allowed_models"):
         if name in sent:
             setattr(row, name, sent[name])
-    if sent.get("is_active") is not None:
-        row.is_active = sent["is_active"]
+    for flag in ("is_active", "exclude_from_budget"):
+        if sent.get(flag) is not None:
+            setattr(row, flag, sent[flag])
     if "metadata" in sent:
         row.metadata_ = sent["metadata"] or {}
     session.commit()

@@ -29,7 +29,10 @@ def pricing_response(row: Pricing) -> PricingResponse:
         created_at=row.created_at, updated_at=row.updated_at,
         price_per_image=row.price_per_image, price_per_audio_second=row.price_per_audio_second,
         price_per_million_characters=row.price_per_million_characters,
-        price_per_request=row.price_per_request,
+        price_per_request=row.price_per_request, unit=row.unit,
+        cache_read_price_per_million=row.cache_read_price_per_million,
+        cache_write_price_per_million=row.cache_write_price_per_million,
+        cache_write_1h_price_per_million=row.cache_write_1h_price_per_million,
     )
 
 
@@ -51,7 +54,7 @@ def set_price(body: SetPricingRequest, session: SessionDep, runtime: RuntimeDep)
     if row is None:
         row = Pricing(model_key=body.model_key, effective_at=effective_at, created_at=now)
         session.add(row)
-    fields = body.model_dump(exclude={"model_key", "effective_at"})
+    fields = body.model_dump(exclude={"model_key", "effective_at", "pricing_tiers"})
     for name, value in fields.items():
         setattr(row, name, value)
     row.updated_at = now

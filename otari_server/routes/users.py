@@ -34,7 +34,7 @@ def user_response(row: User) -> UserResponse:
         budget_started_at=row.budget_started_at, next_budget_reset_at=row.next_budget_reset_at,
         blocked=row.blocked, created_at=row.created_at, updated_at=row.updated_at,
         metadata=row.metadata_ or {}, reserved=row.reserved, deleted_at=row.deleted_at,
-        rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
+        rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit, allowed_models=row.allowed_models,
     )
 
 
@@ -88,6 +88,7 @@ def create(body: CreateUserRequest, session: SessionDep, runtime: RuntimeDep) ->
     row.metadata_ = body.metadata
     row.rpm_limit = body.rpm_limit
     row.tpm_limit = body.tpm_limit
+    row.allowed_models = body.allowed_models
     row.spend = Decimal(0)
     row.reserved = Decimal(0)
     row.deleted_at = None
@@ -122,7 +123,7 @@ def patch(user_id: str, body: UpdateUserRequest, session: SessionDep,
     """Change only the fields sent; sending budget_id null detaches the budget."""
     row = _current(session, _live_user(session, user_id))
     sent = body.model_dump(exclude_unset=True)
-    for name in ("alias", "rpm_limit", "tpm_limit"):
+    for name in ("alias", "rpm_limit", "tpm_limit", "allowed_models"):
         if name in sent:
             setattr(row, name, sent[name])
     if sent.get("blocked") is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +27,9 @@ class Script:
     """Canned answers by (method, path); unknown routes answer 404."""
 
     routes: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    dynamic: dict[tuple[str, str], Callable[[dict[str, list[str]]], object]] = field(
+        default_factory=dict
+    )
     seen: list[Seen] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     hang: set[str] = field(default_factory=set)  # paths that never answer (until release)
@@ -35,6 +38,13 @@ class Script:
         """Answer `method path` with `status` and `body` (JSON-encoded unless a str)."""
         text = body if isinstance(body, str) else json.dumps(body)
         self.routes[(method, path)] = (status, text)
+
+
+    def answer_with(
+        self, method: str, path: str, make: Callable[[dict[str, list[str]]], object]
+    ) -> None:
+        """Answer `method path` with 200 and make(query) as JSON."""
+        self.dynamic[(method, path)] = make
 
 
 def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
@@ -51,9 +61,13 @@ def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
             )
             if parts.path in script.hang:
                 script.release.wait(10)
-            status, text = script.routes.get(
-                (self.command, parts.path), (404, '{"detail": "Not Found"}')
-            )
+            make = script.dynamic.get((self.command, parts.path))
+            if make is not None:
+                status, text = 200, json.dumps(make(parse_qs(parts.query)))
+            else:
+                status, text = script.routes.get(
+                    (self.command, parts.path), (404, '{"detail": "Not Found"}')
+                )
             data = text.encode()
             self.send_response(status)
             if status != 204:

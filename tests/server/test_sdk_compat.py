@@ -354,10 +354,9 @@ def test_models(cp: ControlPlane, gateway: str) -> None:
         assert missing.value.status == 404
 
 
-# Request fields the SDK sends that the gateway accepts and silently drops today. Each must come
-# back as sent, or be refused with 400/422; ignoring it (a key with allowed_models that can call
-# any model, a cache price that is never charged) is the one wrong answer. Strict xfail: when the
-# server is fixed the case XPASSes and its mark must go.
+# Request fields the SDK knows beyond the reference. Each must come back as sent, or be refused
+# with 400/422; ignoring it (a key with allowed_models that can call any model, a cache price
+# that is never charged) is the one wrong answer.
 def _budget_name(cp: ControlPlane) -> tuple[object, object]:
     return "team", cp.budgets.create(CreateBudgetRequest(name="team")).name
 
@@ -405,8 +404,7 @@ def _pricing_unit(cp: ControlPlane) -> tuple[object, object]:
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(case, id=case.__name__.lstrip("_"), marks=pytest.mark.xfail(
-        strict=True, reason="server ignores this SDK request field (extra='ignore')"))
+    pytest.param(case, id=case.__name__.lstrip("_"))
     for case in (_budget_name, _budget_limits, _budget_alignment, _key_allowed_models,
                  _key_exclude_from_budget, _user_allowed_models, _pricing_cache_prices,
                  _pricing_unit)

@@ -19,6 +19,7 @@ def upgrade() -> None:
     op.create_table(
         "budgets",
         sa.Column("budget_id", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=True),
         sa.Column("max_budget", otari_server.tables.Money(precision=30, scale=10), nullable=True),
         sa.Column("budget_duration_sec", sa.Integer(), nullable=True),
         sa.Column("created_at", otari_server.tables.UTCDateTime(timezone=True), nullable=False),
@@ -39,6 +40,22 @@ def upgrade() -> None:
             "output_price_per_million",
             otari_server.tables.Money(precision=30, scale=10),
             nullable=False,
+        ),
+        sa.Column("unit", sa.String(length=16), nullable=False),
+        sa.Column(
+            "cache_read_price_per_million",
+            otari_server.tables.Money(precision=30, scale=10),
+            nullable=True,
+        ),
+        sa.Column(
+            "cache_write_price_per_million",
+            otari_server.tables.Money(precision=30, scale=10),
+            nullable=True,
+        ),
+        sa.Column(
+            "cache_write_1h_price_per_million",
+            otari_server.tables.Money(precision=30, scale=10),
+            nullable=True,
         ),
         sa.Column(
             "price_per_image", otari_server.tables.Money(precision=30, scale=10), nullable=True
@@ -64,6 +81,14 @@ def upgrade() -> None:
     with op.batch_alter_table("pricing", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_pricing_model_key"), ["model_key"], unique=False)
 
+    op.create_table(
+        "rate_counters",
+        sa.Column("subject", sa.String(length=300), nullable=False),
+        sa.Column("window_start", sa.BigInteger(), nullable=False),
+        sa.Column("requests", sa.Integer(), nullable=False),
+        sa.Column("tokens", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("subject", "window_start"),
+    )
     op.create_table(
         "reservations",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -99,7 +124,10 @@ def upgrade() -> None:
         sa.Column("prompt_tokens", sa.Integer(), nullable=True),
         sa.Column("completion_tokens", sa.Integer(), nullable=True),
         sa.Column("total_tokens", sa.Integer(), nullable=True),
+        sa.Column("cache_read_tokens", sa.Integer(), nullable=True),
+        sa.Column("cache_write_tokens", sa.Integer(), nullable=True),
         sa.Column("cost", otari_server.tables.Money(precision=30, scale=10), nullable=True),
+        sa.Column("counts_toward_budget", sa.Boolean(), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("latency_ms", sa.Integer(), nullable=True),
@@ -130,6 +158,7 @@ def upgrade() -> None:
         sa.Column("deleted_at", otari_server.tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("rpm_limit", sa.Integer(), nullable=True),
         sa.Column("tpm_limit", sa.Integer(), nullable=True),
+        sa.Column("allowed_models", sa.JSON(), nullable=True),
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("created_at", otari_server.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", otari_server.tables.UTCDateTime(timezone=True), nullable=False),
@@ -153,6 +182,8 @@ def upgrade() -> None:
         sa.Column("reserved", otari_server.tables.Money(precision=30, scale=10), nullable=False),
         sa.Column("rpm_limit", sa.Integer(), nullable=True),
         sa.Column("tpm_limit", sa.Integer(), nullable=True),
+        sa.Column("allowed_models", sa.JSON(), nullable=True),
+        sa.Column("exclude_from_budget", sa.Boolean(), nullable=False),
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("created_at", otari_server.tables.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["user_id"], ["users.user_id"], ondelete="SET NULL"),
@@ -185,6 +216,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_reservations_api_key_id"))
 
     op.drop_table("reservations")
+    op.drop_table("rate_counters")
     with op.batch_alter_table("pricing", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_pricing_model_key"))
 

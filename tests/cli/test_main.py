@@ -1,0 +1,269 @@
+"""The root app in-process (CliRunner) against a scripted gateway: options, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import stat
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from otari_cli.config import Dirs
+from otari_cli.errors import ExitCode
+from otari_cli.main import app, hoist
+from tests.cli.conftest import free_port
+from tests.cli.fakes import Script
+
+runner = CliRunner()
+KEY = {"id": "k1", "key_name": "ci", "user_id": None, "created_at": "2025-01-01T00:00:00",
+       "last_used_at": None, "expires_at": None, "is_active": True, "metadata": {}}
+
+
+def otari(url: str, *args: str, key: str = "sk-master", stdin: str | None = None) -> tuple[
+    int, str, str
+]:
+    result = runner.invoke(app, ["--url", url, "--master-key", key, *args], input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_hoist_moves_output_options_to_the_front() -> None:
+    assert hoist(["keys", "list", "-o", "json", "-q"]) == ["-o", "json", "-q", "keys", "list"]
+    assert hoist(["keys", "list", "--output=csv"]) == ["--output=csv", "keys", "list"]
+    assert hoist(["keys", "create", "--name", "x", "--", "-q"]) == [
+        "keys", "create", "--name", "x", "--", "-q"]
+    assert hoist(["context", "add", "p", "--url", "u"]) == ["context", "add", "p", "--url", "u"]
+
+
+def test_help_documents_the_exit_codes() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for line in ("0  ok", "1  the API refused", "2  bad usage", "3  gateway unreachable",
+                 "4  authentication failed", "5  server error"):
+        assert line in result.stdout
+
+
+def test_list_is_json_when_piped_with_api_field_names(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/keys", 200, [KEY])
+    code, out, err = otari(url, "keys", "list")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == [KEY]
+    assert script.seen[0].headers["Authorization"] == "Bearer sk-master"
+
+
+def test_list_is_the_default_verb(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/keys", 200, [KEY])
+    code, out, _ = otari(url, "keys", "-q")
+    assert (code, out) == (0, "k1\n")
+
+
+def test_output_options_work_after_the_subcommand(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/keys", 200, [KEY])
+    code, out, _ = otari(url, "keys", "list", "-o", "table")
+    assert code == 0
+    assert "NAME" in out and "ci" in out and not out.lstrip().startswith("[")
+    code, out, _ = otari(url, "keys", "list", "-o", "csv")
+    assert out.splitlines()[0].startswith("id,key_name")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "message"),
+    [(401, {"detail": "Invalid or missing credential"}, ExitCode.AUTH, "HTTP 401"),
+     (403, {"detail": "Master key required"}, ExitCode.AUTH, "Master key required"),
+     (404, {"detail": "Key not found"}, ExitCode.REFUSED, "HTTP 404: Key not found"),
+     (422, {"detail": [{"loc": ["path", "key_id"], "msg": "bad"}]}, ExitCode.REFUSED, "key_id: bad"),
+     (500, {"detail": "boom"}, ExitCode.SERVER, "HTTP 500: boom")],
+)
+def test_http_errors_map_to_exit_codes(
+    fake: tuple[str, Script], status: int, body: object, code: int, message: str
+) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/keys/k1", status, body)
+    exit_code, out, err = otari(url, "keys", "get", "k1")
+    assert exit_code == code
+    assert out == ""
+    assert message in err and err.startswith("error: ")
+    assert "Traceback" not in err
+
+
+def test_unreachable_gateway_exits_3() -> None:
+    code, out, err = otari(f"http://127.0.0.1:{free_port()}", "users", "list")
+    assert code == ExitCode.UNREACHABLE
+    assert "cannot reach the gateway" in err and "Traceback" not in err
+
+
+def test_debug_shows_a_traceback() -> None:
+    result = runner.invoke(app, ["--debug", "--url", f"http://127.0.0.1:{free_port()}", "health"])
+    assert result.exit_code == ExitCode.UNREACHABLE
+    assert "Traceback" in result.stderr
+
+
+def test_server_text_is_not_interpreted_as_markup(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/keys/k1", 404, {"detail": "no [bold]such[/bold] key"})
+    _, _, err = otari(url, "keys", "get", "k1")
+    assert "no [bold]such[/bold] key" in err
+
+
+def test_bad_usage_exits_2_before_any_request(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    for args in (["keys", "create", "--expires", "soon"], ["budgets", "create", "--max", "lots"],
+                 ["budgets", "create", "--period", "0d"], ["keys", "update", "k1"],
+                 ["keys", "create", "--metadata", "novalue"], ["nosuchcommand"]):
+        code, _, err = otari(url, *args)
+        assert code == ExitCode.USAGE, args
+        assert "Traceback" not in err
+    assert script.seen == []
+
+
+def test_destructive_command_without_a_terminal_needs_yes(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("DELETE", "/v1/keys/k1", 204, "")
+    code, _, err = otari(url, "keys", "revoke", "k1")
+    assert code == ExitCode.USAGE and "--yes" in err
+    assert script.seen == []
+    code, out, _ = otari(url, "keys", "revoke", "k1", "--yes")
+    assert code == 0
+    assert json.loads(out) == [{"id": "k1", "status": "revoked"}]
+    assert [(s.method, s.path) for s in script.seen] == [("DELETE", "/v1/keys/k1")]
+
+
+def test_budget_money_and_period_are_sent_exactly(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("POST", "/v1/budgets", 200, '{"budget_id": "b1", "max_budget": 25.00, '
+                  '"budget_duration_sec": 2592000, "created_at": "x", "updated_at": "x"}')
+    code, out, _ = otari(url, "budgets", "create", "--max", "25.00", "--period", "30d")
+    assert code == 0
+    assert json.loads(script.seen[0].body, parse_float=Decimal) == {
+        "max_budget": Decimal("25.00"), "budget_duration_sec": 2592000}
+    assert '"max_budget": 25.00' in script.seen[0].body
+    assert '"max_budget": 25.00' in out
+
+
+def test_key_create_sends_expiry_and_metadata(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("POST", "/v1/keys", 200, {**KEY, "key": "gw-secret"})
+    code, out, _ = otari(url, "keys", "create", "--name", "ci", "--user", "u1", "--expires",
+                         "2030-01-02", "-m", "team=ml", "-m", "env=prod")
+    assert code == 0 and json.loads(out)["key"] == "gw-secret"
+    body = json.loads(script.seen[0].body)
+    assert body == {"key_name": "ci", "user_id": "u1", "expires_at": "2030-01-02T00:00:00+00:00",
+                    "metadata": {"team": "ml", "env": "prod"}}
+
+
+def test_usage_filters_and_paging(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    rows = [{"id": f"u{i}"} for i in range(2500)]
+
+    def page(query: dict[str, list[str]]) -> object:
+        skip, limit = int(query["skip"][0]), int(query["limit"][0])
+        return rows[skip: skip + limit]
+
+    script.answer_with("GET", "/v1/usage", page)
+    code, out, _ = otari(url, "usage", "--user", "alice", "--since", "2025-01-01",
+                         "--until", "2025-02-01T12:00:00Z", "--limit", "5")
+    assert code == 0 and len(json.loads(out)) == 5
+    assert script.seen[0].query == {
+        "user_id": ["alice"], "start_date": ["2025-01-01T00:00:00+00:00"],
+        "end_date": ["2025-02-01T12:00:00+00:00"], "skip": ["0"], "limit": ["5"]}
+    code, out, _ = otari(url, "usage", "--all", "-q")
+    assert out.split() == [r["id"] for r in rows]
+    assert [s.query["skip"][0] for s in script.seen[1:]] == ["0", "1000", "2000"]
+
+
+def test_model_keys_are_url_encoded(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/pricing/openrouter%3Ameta%2Fllama/history", 200, [])
+    code, out, _ = otari(url, "pricing", "history", "openrouter:meta/llama")
+    assert (code, json.loads(out)) == (0, [])
+
+
+def test_health_not_ready_exits_5(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/health", 200, {"status": "healthy", "version": "0.1.0"})
+    script.answer("GET", "/health/readiness", 503, {"status": "not ready"})
+    code, out, err = otari(url, "health")
+    assert code == ExitCode.SERVER
+    assert json.loads(out)["ready"] is False and "not ready" in err
+    script.answer("GET", "/health/readiness", 200, {"status": "ready"})
+    code, out, _ = otari(url, "health")
+    assert code == 0 and json.loads(out) == {"status": "healthy", "version": "0.1.0",
+                                             "ready": True}
+
+
+def test_init_writes_a_private_config_and_refuses_to_overwrite(dirs: Dirs) -> None:
+    result = runner.invoke(app, ["init", "--port", "8123"])
+    assert result.exit_code == 0, result.stderr
+    settings = tomllib.loads(dirs.config_file.read_text())
+    assert settings["port"] == 8123 and settings["master_key"].startswith("sk-otari-")
+    assert stat.S_IMODE(dirs.config_file.stat().st_mode) == 0o600
+    assert settings["master_key"] not in result.output
+    assert str(dirs.config_file) in result.stdout and "otari start" in result.stderr
+    again = runner.invoke(app, ["init"])
+    assert again.exit_code == ExitCode.USAGE and "--force" in again.stderr
+    assert tomllib.loads(dirs.config_file.read_text()) == settings
+    forced = runner.invoke(app, ["init", "--force"])
+    assert forced.exit_code == 0
+    assert tomllib.loads(dirs.config_file.read_text())["master_key"] != settings["master_key"]
+
+
+def test_contexts_add_use_list_show_remove(fake: tuple[str, Script], dirs: Dirs) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/users", 200, [])
+    add = runner.invoke(app, ["context", "add", "prod", "--url", url, "--key-env", "PROD_KEY"])
+    assert add.exit_code == 0, add.stderr
+    stored = runner.invoke(app, ["context", "add", "lab", "--url", "https://lab.example.com",
+                                 "--key-stdin"], input="sk-lab-secret\n")
+    assert stored.exit_code == 0
+    assert stat.S_IMODE(dirs.contexts_file.stat().st_mode) == 0o600
+    assert runner.invoke(app, ["context", "use", "prod"]).exit_code == 0
+
+    listed = runner.invoke(app, ["context", "list"])
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["prod"]["current"] and not rows["local"]["current"]
+    assert rows["lab"]["master_key"] == "stored" and "sk-lab-secret" not in listed.output
+
+    missing = runner.invoke(app, ["users", "list"])
+    assert missing.exit_code == ExitCode.USAGE and "$PROD_KEY" in missing.stderr
+    used = runner.invoke(app, ["users", "list"], env={"PROD_KEY": "sk-prod"})
+    assert used.exit_code == 0, used.stderr
+    assert script.seen[-1].headers["Authorization"] == "Bearer sk-prod"
+
+    shown = json.loads(runner.invoke(app, ["context", "show"], env={"PROD_KEY": "x"}).stdout)
+    assert shown == {"context": "prod", "url": url, "url_source": "context prod",
+                     "master_key": "set", "master_key_source": "context prod (env $PROD_KEY)"}
+    local = json.loads(runner.invoke(app, ["--context", "local", "context", "show"]).stdout)
+    assert local["url"] == "http://127.0.0.1:8000"
+
+    assert runner.invoke(app, ["context", "remove", "prod"]).exit_code == 0
+    assert runner.invoke(app, ["context", "use", "prod"]).exit_code == ExitCode.USAGE
+    assert "prod" not in dirs.contexts_file.read_text()
+
+
+def test_status_when_not_running_exits_3_and_cleans_a_stale_pidfile(dirs: Dirs) -> None:
+    dirs.state.mkdir(parents=True)
+    dirs.pidfile.write_text('{"pid": 1, "url": "http://127.0.0.1:1", "started": "0"}')
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == ExitCode.UNREACHABLE
+    assert json.loads(result.stdout)["running"] is False
+    assert "stale" in result.stderr
+    assert not dirs.pidfile.exists()
+    stop = runner.invoke(app, ["stop"])
+    assert stop.exit_code == 0 and "not running" in stop.stderr
+
+
+def test_logs_prints_the_last_lines(dirs: Dirs) -> None:
+    dirs.log.mkdir(parents=True)
+    dirs.logfile.write_text("".join(f"line {i}\n" for i in range(100)))
+    result = runner.invoke(app, ["logs", "-n", "3"])
+    assert (result.exit_code, result.stdout) == (0, "line 97\nline 98\nline 99\n")
+
+
+def test_serve_rejects_a_bad_log_level_without_importing_the_server(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--log-level", "loud"])
+    assert result.exit_code == ExitCode.USAGE
