@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
@@ -59,9 +60,13 @@ def metadata(pairs: list[str] | None) -> dict[str, str]:
     return result
 
 
-def changes(**fields: object) -> dict[str, object]:
-    """The fields the user actually gave, for a PATCH body; none at all is a usage error."""
+def changes(clear: Iterable[str] = (), **fields: object) -> dict[str, object]:
+    """A PATCH body: the fields the user gave, plus `clear` fields set to null (to remove them).
+
+    Giving nothing at all is a usage error.
+    """
     body = {k: v for k, v in fields.items() if v is not None}
+    body.update(dict.fromkeys(clear))
     if not body:
         raise UsageError("nothing to update: give at least one option (see --help)")
     return body

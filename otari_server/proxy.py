@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 from anyio import to_thread
 from fastapi import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from otari_server import ledger, tokens
 from otari_server.auth import Caller
@@ -25,6 +25,7 @@ from otari_server.providers import anthropic as anthropic_wire
 from otari_server.providers.anthropic import ChatStreamTranslator, TranslationError
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.providers.sse import DONE_EVENT, SSEParser, encode
+from otari_server.relay import RelayResponse
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
 from otari_server.upstream import failure, refusal, sanitize
@@ -197,7 +198,7 @@ async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
     if response.status >= 400:
         raise refusal(call.provider, response.status, await _read(call, response))
     if streaming:
-        return StreamingResponse(_relay_openai(call, response, strip_usage),
+        return RelayResponse(_relay_openai(call, response, strip_usage),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     content = await _read(call, response)
     call.settle("success", _usage_of(call, content))
@@ -289,7 +290,7 @@ async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
         options = body.get("stream_options")
         include = isinstance(options, dict) and bool(options.get("include_usage"))
         translator = ChatStreamTranslator(model=body["model"], include_usage=include)
-        return StreamingResponse(_relay_anthropic(call, response, translator),
+        return RelayResponse(_relay_anthropic(call, response, translator),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     content = await _read(call, response)
     try:

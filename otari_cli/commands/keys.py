@@ -8,6 +8,7 @@ import typer
 
 from otari_cli import params
 from otari_cli.client import path
+from otari_cli.errors import UsageError
 from otari_cli.output import Column, Format, when
 from otari_cli.runtime import runtime
 
@@ -84,10 +85,14 @@ def update_key(
         bool | None, typer.Option("--active/--inactive", help="Enable or disable the key.")
     ] = None,
     metadata: params.Metadata = None,
+    no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Never expire.")] = False,
 ) -> None:
     """Change an API key's name, expiry, active state or metadata."""
     rt = runtime(ctx)
+    if no_expiry and expires:
+        raise UsageError("give --expires or --no-expiry, not both")
     body = params.changes(
+        ["expires_at"] if no_expiry else [],
         key_name=name,
         expires_at=expires,
         is_active=active,

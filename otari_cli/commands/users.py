@@ -9,6 +9,7 @@ import typer
 from otari_cli import params
 from otari_cli.client import path
 from otari_cli.commands.usage import COLUMNS as USAGE_COLUMNS
+from otari_cli.errors import UsageError
 from otari_cli.output import Column, when
 from otari_cli.runtime import runtime
 
@@ -83,10 +84,16 @@ def update_user(
         bool | None, typer.Option("--blocked/--unblocked", help="Block or unblock the user.")
     ] = None,
     metadata: params.Metadata = None,
+    no_budget: Annotated[
+        bool, typer.Option("--no-budget", help="Take the user off its budget.")
+    ] = False,
 ) -> None:
     """Change a user's alias, budget, blocked state or metadata."""
     rt = runtime(ctx)
+    if no_budget and budget:
+        raise UsageError("give --budget or --no-budget, not both")
     body = params.changes(
+        ["budget_id"] if no_budget else [],
         alias=alias,
         budget_id=budget,
         blocked=blocked,

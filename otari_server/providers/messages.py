@@ -37,10 +37,14 @@ ERROR_TYPES = {
 }
 
 
-def to_chat_request(body: Mapping[str, Any], *, model: str | None = None) -> dict[str, Any]:
+def to_chat_request(
+    body: Mapping[str, Any], *, model: str | None = None, limit_field: str = "max_tokens"
+) -> dict[str, Any]:
     """Translate an Anthropic Messages request into an OpenAI chat completion request.
 
-    `thinking` and `top_k` are dropped: generic OpenAI-compatible servers reject them.
+    `limit_field` names the output limit: "max_tokens" reaches the most OpenAI-compatible
+    servers, OpenAI's reasoning models want "max_completion_tokens". `thinking` and `top_k`
+    are dropped: generic OpenAI-compatible servers reject them.
     """
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -48,7 +52,7 @@ def to_chat_request(body: Mapping[str, Any], *, model: str | None = None) -> dic
     request: dict[str, Any] = {
         "model": model or body.get("model"),
         "messages": _system(body.get("system")) + _conversation(body.get("messages")),
-        "max_tokens": max_tokens,
+        limit_field: max_tokens,
     }
     stop = body.get("stop_sequences")
     if stop:

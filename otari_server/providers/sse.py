@@ -32,32 +32,44 @@ class SSEParser:
     """Feed bytes as they arrive, in any split; get back the events they complete."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._parts: list[bytes] = []  # an unfinished event, line endings already normalized
+        self._cr = False  # a trailing CR held back: it may be half of a CRLF split across chunks
         self._started = False
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Parse what `chunk` completes; an unfinished event waits for the next call."""
-        buffer = self._pending + chunk if self._pending else chunk
-        if not self._started and buffer:
+        # Fast path for a large event arriving in many pieces: remember the piece, scan nothing.
+        if (
+            self._parts
+            and not self._cr
+            and b"\r" not in chunk
+            and b"\n\n" not in chunk
+            and not (chunk[:1] == b"\n" and self._parts[-1][-1:] == b"\n")
+        ):
+            self._parts.append(chunk)
+            return []
+        buffer = b"".join(self._parts) + (b"\r" if self._cr else b"") + chunk
+        if not self._started:
             if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
-                self._pending = buffer
+                self._parts, self._cr = [buffer], False
                 return []
             self._started = True
             buffer = buffer.removeprefix(_BOM)
-        held = b""
+        self._cr = buffer.endswith(b"\r")
+        if self._cr:
+            buffer = buffer[:-1]
         if b"\r" in buffer:
-            # A trailing CR may be half of a CRLF split across chunks: decide next time.
-            if buffer.endswith(b"\r"):
-                buffer, held = buffer[:-1], b"\r"
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         blocks = buffer.split(b"\n\n")
-        self._pending = blocks.pop() + held
+        rest = blocks.pop()
+        self._parts = [rest] if rest else []
         return [event for block in blocks if (event := _parse(block)) is not None]
 
     def close(self) -> list[Event]:
         """End of stream: dispatch a final event that lacked its blank line."""
-        rest, self._pending = self._pending, b""
-        event = _parse(rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
+        rest = b"".join(self._parts)
+        self._parts, self._cr = [], False
+        event = _parse(rest)
         return [] if event is None else [event]
 
 

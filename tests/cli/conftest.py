@@ -18,9 +18,18 @@ import pytest
 from otari_cli.config import Dirs
 from tests.cli.fakes import Script, fake_gateway
 
-ISOLATED = ("OTARI_URL", "OTARI_MASTER_KEY", "OTARI_CONTEXT", "OTARI_CONFIG", "OTARI_HOST",
-            "OTARI_PORT", "OTARI_DATABASE_URL", "OTARI_LOG_LEVEL", "OTARI_AUTO_MIGRATE",
-            "OTARI_TIMEOUT")
+ISOLATED = (
+    "OTARI_URL",
+    "OTARI_MASTER_KEY",
+    "OTARI_CONTEXT",
+    "OTARI_CONFIG",
+    "OTARI_HOST",
+    "OTARI_PORT",
+    "OTARI_DATABASE_URL",
+    "OTARI_LOG_LEVEL",
+    "OTARI_AUTO_MIGRATE",
+    "OTARI_TIMEOUT",
+)
 
 
 def isolated_env(root: Path) -> dict[str, str]:
@@ -96,11 +105,18 @@ class Executable:
         )
 
     def __call__(
-        self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+        self,
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
         timeout: float = 90,
     ) -> Result:
         done = subprocess.run(
-            [self.exe, *args], input=input, capture_output=True, text=True, timeout=timeout,
+            [self.exe, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             env={**self.env, **(env or {})},
         )
         return Result(done.returncode, done.stdout, done.stderr)
@@ -114,7 +130,10 @@ class InProcess:
         self.master_key = master_key
 
     def __call__(
-        self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+        self,
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
         timeout: float = 90,
     ) -> Result:
         from typer.testing import CliRunner
@@ -122,7 +141,9 @@ class InProcess:
         from otari_cli.main import app
 
         result = CliRunner().invoke(
-            app, ["--url", self.url, "--master-key", self.master_key, *args], input=input,
+            app,
+            ["--url", self.url, "--master-key", self.master_key, *args],
+            input=input,
             env=env,
         )
         if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -134,9 +155,13 @@ Cli = Executable | InProcess
 
 FAKE_MODEL = "fakeai:gpt-test"
 COMPLETION = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-test",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                 "finish_reason": "stop"}],
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "gpt-test",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
 }
 

@@ -39,7 +39,6 @@ class Script:
         text = body if isinstance(body, str) else json.dumps(body)
         self.routes[(method, path)] = (status, text)
 
-
     def answer_with(
         self, method: str, path: str, make: Callable[[dict[str, list[str]]], object]
     ) -> None:

@@ -125,16 +125,23 @@ def test_loopback_detection() -> None:
     assert not is_loopback("http://10.1.2.3")
 
 
-def resolve(chosen: Selection, contexts: Contexts = Contexts(), daemon_url: str | None = None,
-            env: dict[str, str] | None = None) -> tuple[str, str | None, str]:
+def resolve(
+    chosen: Selection,
+    contexts: Contexts = Contexts(),
+    daemon_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[str, str | None, str]:
     target = resolve_target(chosen, contexts, lambda: LOCAL, daemon_url, env or {})
     return target.url, target.master_key, target.url_source
 
 
-PROD = Contexts(current="prod", entries={
-    "prod": Context("prod", "https://prod.example.com/", key_env="PROD_KEY"),
-    "lab": Context("lab", "https://lab.example.com", key="sk-lab"),
-})
+PROD = Contexts(
+    current="prod",
+    entries={
+        "prod": Context("prod", "https://prod.example.com/", key_env="PROD_KEY"),
+        "lab": Context("lab", "https://lab.example.com", key="sk-lab"),
+    },
+)
 
 
 def test_default_is_the_local_daemon() -> None:

@@ -36,9 +36,12 @@ def reap(pid: int) -> None:
 def started(dirs: Dirs, tmp_path: Path) -> Iterator[daemon.Record]:
     marker = tmp_path / "ready"
     record = daemon.start(
-        dirs.pidfile, dirs.logfile, [sys.executable, "-c", FAKE, str(marker), "polite"],
+        dirs.pidfile,
+        dirs.logfile,
+        [sys.executable, "-c", FAKE, str(marker), "polite"],
         daemon.Record(0, "http://127.0.0.1:1", config="/c.toml", args=["--port", "1"]),
-        marker.exists, timeout=30,
+        marker.exists,
+        timeout=30,
     )
     yield record
     if daemon.is_alive(record):
@@ -105,8 +108,12 @@ def test_stop_terminates_and_removes_the_pidfile(started: daemon.Record, dirs: D
 def test_stop_kills_a_process_ignoring_sigterm(dirs: Dirs, tmp_path: Path) -> None:
     marker = tmp_path / "ready"
     record = daemon.start(
-        dirs.pidfile, dirs.logfile, [sys.executable, "-c", FAKE, str(marker), "stubborn"],
-        daemon.Record(0, "u"), marker.exists, timeout=30,
+        dirs.pidfile,
+        dirs.logfile,
+        [sys.executable, "-c", FAKE, str(marker), "stubborn"],
+        daemon.Record(0, "u"),
+        marker.exists,
+        timeout=30,
     )
     stopped = daemon.stop(dirs.pidfile, grace=0.5)
     reap(record.pid)
@@ -119,8 +126,14 @@ def test_start_fails_with_the_log_when_the_process_exits(dirs: Dirs) -> None:
     dirs.logfile.write_text("old run\n")
     script = "import sys; print('config: port: bad value', file=sys.stderr); sys.exit(2)"
     with pytest.raises(StartFailed) as caught:
-        daemon.start(dirs.pidfile, dirs.logfile, [sys.executable, "-c", script],
-                     daemon.Record(0, "u"), lambda: False, timeout=30)
+        daemon.start(
+            dirs.pidfile,
+            dirs.logfile,
+            [sys.executable, "-c", script],
+            daemon.Record(0, "u"),
+            lambda: False,
+            timeout=30,
+        )
     assert caught.value.exit_code == ExitCode.USAGE
     assert caught.value.log_tail == ["config: port: bad value"]  # this run's lines only
     assert not dirs.pidfile.exists()
@@ -128,19 +141,30 @@ def test_start_fails_with_the_log_when_the_process_exits(dirs: Dirs) -> None:
 
 def test_start_crash_is_a_server_error(dirs: Dirs) -> None:
     with pytest.raises(StartFailed) as caught:
-        daemon.start(dirs.pidfile, dirs.logfile, [sys.executable, "-c", "raise SystemExit(1)"],
-                     daemon.Record(0, "u"), lambda: False, timeout=30)
+        daemon.start(
+            dirs.pidfile,
+            dirs.logfile,
+            [sys.executable, "-c", "raise SystemExit(1)"],
+            daemon.Record(0, "u"),
+            lambda: False,
+            timeout=30,
+        )
     assert caught.value.exit_code == ExitCode.SERVER
 
 
-def test_start_gives_up_after_the_deadline_and_stops_the_process(dirs: Dirs, tmp_path: Path) -> (
-    None
-):
+def test_start_gives_up_after_the_deadline_and_stops_the_process(
+    dirs: Dirs, tmp_path: Path
+) -> None:
     marker = tmp_path / "ready"
     with pytest.raises(StartFailed) as caught:
-        daemon.start(dirs.pidfile, dirs.logfile,
-                     [sys.executable, "-c", FAKE, str(marker), "polite"],
-                     daemon.Record(0, "u"), lambda: False, timeout=1.0)
+        daemon.start(
+            dirs.pidfile,
+            dirs.logfile,
+            [sys.executable, "-c", FAKE, str(marker), "polite"],
+            daemon.Record(0, "u"),
+            lambda: False,
+            timeout=1.0,
+        )
     assert caught.value.exit_code == ExitCode.UNREACHABLE
     assert "booting" in caught.value.log_tail
     assert not dirs.pidfile.exists()

@@ -14,8 +14,16 @@ NOW = datetime(2025, 6, 15, 12, 0, 0, tzinfo=UTC)
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30d", 2_592_000), ("12h", 43_200), ("1w", 604_800), ("90m", 5_400), ("3600s", 3_600),
-     ("3600", 3_600), ("1d12h", 129_600), (" 2W ", 1_209_600)],
+    [
+        ("30d", 2_592_000),
+        ("12h", 43_200),
+        ("1w", 604_800),
+        ("90m", 5_400),
+        ("3600s", 3_600),
+        ("3600", 3_600),
+        ("1d12h", 129_600),
+        (" 2W ", 1_209_600),
+    ],
 )
 def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds

@@ -18,13 +18,21 @@ from tests.cli.conftest import free_port
 from tests.cli.fakes import Script
 
 runner = CliRunner()
-KEY = {"id": "k1", "key_name": "ci", "user_id": None, "created_at": "2025-01-01T00:00:00",
-       "last_used_at": None, "expires_at": None, "is_active": True, "metadata": {}}
+KEY: dict[str, object] = {
+    "id": "k1",
+    "key_name": "ci",
+    "user_id": None,
+    "created_at": "2025-01-01T00:00:00",
+    "last_used_at": None,
+    "expires_at": None,
+    "is_active": True,
+    "metadata": {},
+}
 
 
-def otari(url: str, *args: str, key: str = "sk-master", stdin: str | None = None) -> tuple[
-    int, str, str
-]:
+def otari(
+    url: str, *args: str, key: str = "sk-master", stdin: str | None = None
+) -> tuple[int, str, str]:
     result = runner.invoke(app, ["--url", url, "--master-key", key, *args], input=stdin)
     return result.exit_code, result.stdout, result.stderr
 
@@ -33,15 +41,27 @@ def test_hoist_moves_output_options_to_the_front() -> None:
     assert hoist(["keys", "list", "-o", "json", "-q"]) == ["-o", "json", "-q", "keys", "list"]
     assert hoist(["keys", "list", "--output=csv"]) == ["--output=csv", "keys", "list"]
     assert hoist(["keys", "create", "--name", "x", "--", "-q"]) == [
-        "keys", "create", "--name", "x", "--", "-q"]
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--",
+        "-q",
+    ]
     assert hoist(["context", "add", "p", "--url", "u"]) == ["context", "add", "p", "--url", "u"]
 
 
 def test_help_documents_the_exit_codes() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for line in ("0  ok", "1  the API refused", "2  bad usage", "3  gateway unreachable",
-                 "4  authentication failed", "5  server error"):
+    for line in (
+        "0  ok",
+        "1  the API refused",
+        "2  bad usage",
+        "3  gateway unreachable",
+        "4  authentication failed",
+        "5  server error",
+    ):
         assert line in result.stdout
 
 
@@ -73,11 +93,18 @@ def test_output_options_work_after_the_subcommand(fake: tuple[str, Script]) -> N
 
 @pytest.mark.parametrize(
     ("status", "body", "code", "message"),
-    [(401, {"detail": "Invalid or missing credential"}, ExitCode.AUTH, "HTTP 401"),
-     (403, {"detail": "Master key required"}, ExitCode.AUTH, "Master key required"),
-     (404, {"detail": "Key not found"}, ExitCode.REFUSED, "HTTP 404: Key not found"),
-     (422, {"detail": [{"loc": ["path", "key_id"], "msg": "bad"}]}, ExitCode.REFUSED, "key_id: bad"),
-     (500, {"detail": "boom"}, ExitCode.SERVER, "HTTP 500: boom")],
+    [
+        (401, {"detail": "Invalid or missing credential"}, ExitCode.AUTH, "HTTP 401"),
+        (403, {"detail": "Master key required"}, ExitCode.AUTH, "Master key required"),
+        (404, {"detail": "Key not found"}, ExitCode.REFUSED, "HTTP 404: Key not found"),
+        (
+            422,
+            {"detail": [{"loc": ["path", "key_id"], "msg": "bad"}]},
+            ExitCode.REFUSED,
+            "key_id: bad",
+        ),
+        (500, {"detail": "boom"}, ExitCode.SERVER, "HTTP 500: boom"),
+    ],
 )
 def test_http_errors_map_to_exit_codes(
     fake: tuple[str, Script], status: int, body: object, code: int, message: str
@@ -92,7 +119,7 @@ def test_http_errors_map_to_exit_codes(
 
 
 def test_unreachable_gateway_exits_3() -> None:
-    code, out, err = otari(f"http://127.0.0.1:{free_port()}", "users", "list")
+    code, _out, err = otari(f"http://127.0.0.1:{free_port()}", "users", "list")
     assert code == ExitCode.UNREACHABLE
     assert "cannot reach the gateway" in err and "Traceback" not in err
 
@@ -112,9 +139,14 @@ def test_server_text_is_not_interpreted_as_markup(fake: tuple[str, Script]) -> N
 
 def test_bad_usage_exits_2_before_any_request(fake: tuple[str, Script]) -> None:
     url, script = fake
-    for args in (["keys", "create", "--expires", "soon"], ["budgets", "create", "--max", "lots"],
-                 ["budgets", "create", "--period", "0d"], ["keys", "update", "k1"],
-                 ["keys", "create", "--metadata", "novalue"], ["nosuchcommand"]):
+    for args in (
+        ["keys", "create", "--expires", "soon"],
+        ["budgets", "create", "--max", "lots"],
+        ["budgets", "create", "--period", "0d"],
+        ["keys", "update", "k1"],
+        ["keys", "create", "--metadata", "novalue"],
+        ["nosuchcommand"],
+    ):
         code, _, err = otari(url, *args)
         assert code == ExitCode.USAGE, args
         assert "Traceback" not in err
@@ -135,12 +167,19 @@ def test_destructive_command_without_a_terminal_needs_yes(fake: tuple[str, Scrip
 
 def test_budget_money_and_period_are_sent_exactly(fake: tuple[str, Script]) -> None:
     url, script = fake
-    script.answer("POST", "/v1/budgets", 200, '{"budget_id": "b1", "max_budget": 25.00, '
-                  '"budget_duration_sec": 2592000, "created_at": "x", "updated_at": "x"}')
+    script.answer(
+        "POST",
+        "/v1/budgets",
+        200,
+        '{"budget_id": "b1", "max_budget": 25.00, '
+        '"budget_duration_sec": 2592000, "created_at": "x", "updated_at": "x"}',
+    )
     code, out, _ = otari(url, "budgets", "create", "--max", "25.00", "--period", "30d")
     assert code == 0
     assert json.loads(script.seen[0].body, parse_float=Decimal) == {
-        "max_budget": Decimal("25.00"), "budget_duration_sec": 2592000}
+        "max_budget": Decimal("25.00"),
+        "budget_duration_sec": 2592000,
+    }
     assert '"max_budget": 25.00' in script.seen[0].body
     assert '"max_budget": 25.00' in out
 
@@ -148,12 +187,29 @@ def test_budget_money_and_period_are_sent_exactly(fake: tuple[str, Script]) -> N
 def test_key_create_sends_expiry_and_metadata(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.answer("POST", "/v1/keys", 200, {**KEY, "key": "gw-secret"})
-    code, out, _ = otari(url, "keys", "create", "--name", "ci", "--user", "u1", "--expires",
-                         "2030-01-02", "-m", "team=ml", "-m", "env=prod")
+    code, out, _ = otari(
+        url,
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--user",
+        "u1",
+        "--expires",
+        "2030-01-02",
+        "-m",
+        "team=ml",
+        "-m",
+        "env=prod",
+    )
     assert code == 0 and json.loads(out)["key"] == "gw-secret"
     body = json.loads(script.seen[0].body)
-    assert body == {"key_name": "ci", "user_id": "u1", "expires_at": "2030-01-02T00:00:00+00:00",
-                    "metadata": {"team": "ml", "env": "prod"}}
+    assert body == {
+        "key_name": "ci",
+        "user_id": "u1",
+        "expires_at": "2030-01-02T00:00:00+00:00",
+        "metadata": {"team": "ml", "env": "prod"},
+    }
 
 
 def test_usage_filters_and_paging(fake: tuple[str, Script]) -> None:
@@ -162,15 +218,29 @@ def test_usage_filters_and_paging(fake: tuple[str, Script]) -> None:
 
     def page(query: dict[str, list[str]]) -> object:
         skip, limit = int(query["skip"][0]), int(query["limit"][0])
-        return rows[skip: skip + limit]
+        return rows[skip : skip + limit]
 
     script.answer_with("GET", "/v1/usage", page)
-    code, out, _ = otari(url, "usage", "--user", "alice", "--since", "2025-01-01",
-                         "--until", "2025-02-01T12:00:00Z", "--limit", "5")
+    code, out, _ = otari(
+        url,
+        "usage",
+        "--user",
+        "alice",
+        "--since",
+        "2025-01-01",
+        "--until",
+        "2025-02-01T12:00:00Z",
+        "--limit",
+        "5",
+    )
     assert code == 0 and len(json.loads(out)) == 5
     assert script.seen[0].query == {
-        "user_id": ["alice"], "start_date": ["2025-01-01T00:00:00+00:00"],
-        "end_date": ["2025-02-01T12:00:00+00:00"], "skip": ["0"], "limit": ["5"]}
+        "user_id": ["alice"],
+        "start_date": ["2025-01-01T00:00:00+00:00"],
+        "end_date": ["2025-02-01T12:00:00+00:00"],
+        "skip": ["0"],
+        "limit": ["5"],
+    }
     code, out, _ = otari(url, "usage", "--all", "-q")
     assert out.split() == [r["id"] for r in rows]
     assert [s.query["skip"][0] for s in script.seen[1:]] == ["0", "1000", "2000"]
@@ -192,8 +262,7 @@ def test_health_not_ready_exits_5(fake: tuple[str, Script]) -> None:
     assert json.loads(out)["ready"] is False and "not ready" in err
     script.answer("GET", "/health/readiness", 200, {"status": "ready"})
     code, out, _ = otari(url, "health")
-    assert code == 0 and json.loads(out) == {"status": "healthy", "version": "0.1.0",
-                                             "ready": True}
+    assert code == 0 and json.loads(out) == {"status": "healthy", "version": "0.1.0", "ready": True}
 
 
 def test_init_writes_a_private_config_and_refuses_to_overwrite(dirs: Dirs) -> None:
@@ -217,8 +286,11 @@ def test_contexts_add_use_list_show_remove(fake: tuple[str, Script], dirs: Dirs)
     script.answer("GET", "/v1/users", 200, [])
     add = runner.invoke(app, ["context", "add", "prod", "--url", url, "--key-env", "PROD_KEY"])
     assert add.exit_code == 0, add.stderr
-    stored = runner.invoke(app, ["context", "add", "lab", "--url", "https://lab.example.com",
-                                 "--key-stdin"], input="sk-lab-secret\n")
+    stored = runner.invoke(
+        app,
+        ["context", "add", "lab", "--url", "https://lab.example.com", "--key-stdin"],
+        input="sk-lab-secret\n",
+    )
     assert stored.exit_code == 0
     assert stat.S_IMODE(dirs.contexts_file.stat().st_mode) == 0o600
     assert runner.invoke(app, ["context", "use", "prod"]).exit_code == 0
@@ -235,8 +307,13 @@ def test_contexts_add_use_list_show_remove(fake: tuple[str, Script], dirs: Dirs)
     assert script.seen[-1].headers["Authorization"] == "Bearer sk-prod"
 
     shown = json.loads(runner.invoke(app, ["context", "show"], env={"PROD_KEY": "x"}).stdout)
-    assert shown == {"context": "prod", "url": url, "url_source": "context prod",
-                     "master_key": "set", "master_key_source": "context prod (env $PROD_KEY)"}
+    assert shown == {
+        "context": "prod",
+        "url": url,
+        "url_source": "context prod",
+        "master_key": "set",
+        "master_key_source": "context prod (env $PROD_KEY)",
+    }
     local = json.loads(runner.invoke(app, ["--context", "local", "context", "show"]).stdout)
     assert local["url"] == "http://127.0.0.1:8000"
 

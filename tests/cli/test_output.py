@@ -6,13 +6,14 @@ import csv
 import io
 import json
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from otari_cli.errors import UsageError
 from otari_cli.output import Column, Format, Output, when
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {"id": "k1", "key_name": "[bold red]boom[/]", "spend": Decimal("0.10"), "meta": {"a": "1"}},
     {"id": "k2", "key_name": None, "spend": Decimal("12.345678901234567890"), "meta": {}},
 ]
@@ -114,8 +115,9 @@ def test_confirm_without_a_terminal_refuses() -> None:
         make().confirm("Delete it?")
 
 
-@pytest.mark.parametrize(("answer", "expected"), [("y\n", True), ("yes\n", True), ("\n", False),
-                                                  ("n\n", False)])
+@pytest.mark.parametrize(
+    ("answer", "expected"), [("y\n", True), ("yes\n", True), ("\n", False), ("n\n", False)]
+)
 def test_confirm_on_a_terminal_reads_the_answer(answer: str, expected: bool) -> None:
     out = Output(Format.JSON, stdout=io.StringIO(), stderr=io.StringIO(), stdin=Tty(answer))
     assert out.confirm("Delete it?") is expected

@@ -39,14 +39,30 @@ def test_budgets_round_trip(cli: Cli) -> None:
 def test_users_round_trip(cli: Cli) -> None:
     budget_id = ok(cli("budgets", "create", "--max", "5")).json()["budget_id"]
     user_id = unique("alice")
-    created = ok(cli("users", "create", user_id, "--alias", "Alice", "--budget", budget_id,
-                     "--metadata", "team=ml")).json()
+    created = ok(
+        cli(
+            "users",
+            "create",
+            user_id,
+            "--alias",
+            "Alice",
+            "--budget",
+            budget_id,
+            "--metadata",
+            "team=ml",
+        )
+    ).json()
     assert (created["user_id"], created["alias"], created["budget_id"]) == (
-        user_id, "Alice", budget_id)
+        user_id,
+        "Alice",
+        budget_id,
+    )
     assert created["metadata"] == {"team": "ml"} and created["blocked"] is False
     updated = ok(cli("users", "update", user_id, "--alias", "Al", "--blocked")).json()
     assert (updated["alias"], updated["blocked"]) == ("Al", True)
     assert ok(cli("users", "get", user_id)).json()["alias"] == "Al"
+    detached = ok(cli("users", "update", user_id, "--no-budget")).json()
+    assert detached["budget_id"] is None and detached["alias"] == "Al"
     assert user_id in ok(cli("users", "list", "-q")).out.split()
     assert ok(cli("users", "usage", user_id)).json() == []
     duplicate = cli("users", "create", user_id)
@@ -58,8 +74,20 @@ def test_users_round_trip(cli: Cli) -> None:
 def test_keys_round_trip(cli: Cli) -> None:
     user_id = unique("bob")
     ok(cli("users", "create", user_id))
-    created = ok(cli("keys", "create", "--name", "ci", "--user", user_id, "--expires", "30d",
-                     "-m", "env=prod")).json()
+    created = ok(
+        cli(
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--user",
+            user_id,
+            "--expires",
+            "30d",
+            "-m",
+            "env=prod",
+        )
+    ).json()
     key_id, secret = created["id"], created["key"]
     assert secret.startswith("gw-") and created["user_id"] == user_id
     assert created["metadata"] == {"env": "prod"}
@@ -70,7 +98,8 @@ def test_keys_round_trip(cli: Cli) -> None:
     assert shown["key_name"] == "ci" and "key" not in shown
     updated = ok(cli("keys", "update", key_id, "--name", "ci-2", "--inactive")).json()
     assert (updated["key_name"], updated["is_active"]) == ("ci-2", False)
-    ok(cli("keys", "update", key_id, "--active"))
+    reactivated = ok(cli("keys", "update", key_id, "--active", "--no-expiry")).json()
+    assert reactivated["is_active"] is True and reactivated["expires_at"] is None
     assert key_id in ok(cli("keys", "list", "-q")).out.split()
     revoked = cli("keys", "revoke", key_id, "--yes", "-q")
     assert ok(revoked).out == f"{key_id}\n"
@@ -89,8 +118,10 @@ def test_pricing_round_trip(cli: Cli) -> None:
     old = ok(cli("pricing", "get", model, "--as-of", between)).json()
     assert old["input_price_per_million"] == Decimal("0.15")
     history = ok(cli("pricing", "history", model)).json()
-    assert sorted(h["input_price_per_million"] for h in history) == [Decimal("0.15"),
-                                                                     Decimal("0.20")]
+    assert sorted(h["input_price_per_million"] for h in history) == [
+        Decimal("0.15"),
+        Decimal("0.20"),
+    ]
     assert model in ok(cli("pricing", "list", "-q")).out.split()
     assert model in [m["id"] for m in ok(cli("models", "list")).json()]
     assert ok(cli("models", "get", model)).json()["id"] == model
@@ -111,10 +142,12 @@ def test_usage_filters(cli: Cli) -> None:
     secret = ok(cli("keys", "create", "--user", user_id)).json()["key"]
     url = gateway_url(cli)
     for _ in range(3):
-        answer = httpx.post(f"{url}/v1/chat/completions", timeout=30,
-                            headers={"Authorization": f"Bearer {secret}"},
-                            json={"model": FAKE_MODEL, "messages": [{"role": "user",
-                                                                     "content": "hello"}]})
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            timeout=30,
+            headers={"Authorization": f"Bearer {secret}"},
+            json={"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hello"}]},
+        )
         assert answer.status_code == 200, answer.text
     rows = poll_usage(cli, user_id, 3)
     assert {r["user_id"] for r in rows} == {user_id}

@@ -8,6 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from otari_server.app import create_app
+from tests.gateway import gateway_factory_fixture, gateway_fixture
 from tests.servers import make_settings
 
 
@@ -23,3 +24,8 @@ def sqlite_client(sqlite_url: str) -> Iterator[TestClient]:
     """The app on a SQLite file only, for behaviour that does not depend on the backend."""
     with TestClient(create_app(make_settings(sqlite_url))) as test_client:
         yield test_client
+
+
+# End-to-end fixtures (a live gateway before fake providers), shared by the chat tests.
+gateway_factory = pytest.fixture(name="gateway_factory")(gateway_factory_fixture)
+gateway = pytest.fixture(name="gateway")(gateway_fixture)

@@ -504,3 +504,10 @@ def test_other_choices_are_ignored() -> None:
     }
     _, events = run([other])
     assert [e["type"] for e in events] == ["message_start", "message_delta", "message_stop"]
+
+
+def test_reasoning_models_take_the_limit_as_max_completion_tokens() -> None:
+    body = {"model": "m", "max_tokens": 7, "messages": [{"role": "user", "content": "x"}]}
+    request = to_chat_request(body, limit_field="max_completion_tokens")
+    assert request["max_completion_tokens"] == 7
+    assert "max_tokens" not in request

@@ -1,0 +1,1 @@
+complete --command otari --no-files --arguments "(env _OTARI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) otari)" --condition "env _OTARI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) otari"

@@ -1,0 +1,266 @@
+"""End to end through the installed executable: init, start, stop, restart, status, logs,
+stale pidfiles, contexts, auth and reachability failures, and the README walkthrough."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from otari_cli.errors import ExitCode
+from tests.cli.conftest import Executable, Result, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The README's operator walkthrough; test_readme_has_the_walkthrough keeps them identical.
+WALKTHROUGH = """\
+otari init                                   # config with a fresh master key (mode 0600)
+otari start                                  # background daemon; returns once ready
+otari status
+BUDGET=$(otari budgets create --max 25.00 --period 30d -q)
+otari users create alice --alias "Alice" --budget "$BUDGET"
+otari keys create --name alice-laptop --user alice   # prints the key once
+otari usage --user alice --since 7d
+otari stop
+"""
+
+
+def ok(result: Result) -> Result:
+    assert result.code == 0, f"exit {result.code}: {result.err}"
+    return result
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Executable:
+    return Executable(tmp_path)
+
+
+@pytest.fixture
+def running(cli: Executable) -> Iterator[Executable]:
+    """A daemon started with `otari init && otari start` on a free port (stopped after)."""
+    ok(cli("init", "--port", str(free_port())))
+    ok(cli("start"))
+    yield cli
+    cli("stop")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_walkthrough(cli: Executable) -> None:
+    env = {"OTARI_PORT": str(free_port())}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", WALKTHROUGH],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**cli.env, **env},
+    )
+    assert done.returncode == 0, done.stderr
+    documents = [json.loads(d) for d in re.split(r"\n(?=[\[{])", done.stdout.strip())]
+    init, start, status, user, key, usage, stop = documents
+    assert Path(init["config"]).stat().st_mode & 0o777 == 0o600
+    assert status["running"] is True and status["ready"] is True
+    assert status["url"] == f"http://127.0.0.1:{env['OTARI_PORT']}" == start["url"]
+    assert user["user_id"] == "alice" and user["budget_id"]
+    assert key["key"].startswith("gw-") and key["user_id"] == "alice"
+    assert usage == []
+    assert stop["stopped"] is True and not pid_alive(stop["pid"])
+    config_key = re.search(r'master_key = "([^"]+)"', Path(init["config"]).read_text())
+    assert config_key and config_key.group(1) not in done.stdout + done.stderr
+
+
+def test_readme_has_the_walkthrough() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert WALKTHROUGH in readme, "README.md must contain the operator walkthrough verbatim"
+
+
+def test_start_twice_changes_nothing_and_restart_replaces_the_process(
+    running: Executable,
+) -> None:
+    first = ok(running("status")).json()
+    again = ok(running("start"))
+    assert "already running" in again.err and again.json()["pid"] == first["pid"]
+    restarted = ok(running("restart")).json()
+    assert restarted["pid"] != first["pid"] and restarted["url"] == first["url"]
+    assert not pid_alive(first["pid"]) and pid_alive(restarted["pid"])
+    status = ok(running("status")).json()
+    assert (status["pid"], status["ready"], status["version"]) == (restarted["pid"], True, "0.1.0")
+    assert status["database"] == "sqlite" and float(status["uptime_seconds"]) >= 0
+    ok(running("stop"))
+    stopped = running("status")
+    assert stopped.code == ExitCode.UNREACHABLE and stopped.json()["running"] is False
+
+
+def test_daemon_is_detached_in_its_own_session(running: Executable) -> None:
+    pid = running("status").json()["pid"]
+    assert os.getsid(pid) == pid  # not in the test's (the shell's) session
+    assert os.getsid(pid) != os.getsid(0)
+
+
+def test_crashed_daemon_leaves_a_stale_pidfile_that_is_cleaned(running: Executable) -> None:
+    pid = running("status").json()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(pid))
+    status = running("status")
+    assert status.code == ExitCode.UNREACHABLE and "stale" in status.err
+    assert not running.dirs.pidfile.exists()
+    assert ok(running("start")).json()["pid"] != pid
+
+
+def test_pid_reused_by_another_program_is_never_signalled(cli: Executable) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        cli.dirs.state.mkdir(parents=True)
+        record = {"pid": other.pid, "url": "http://127.0.0.1:1", "started": "1", "args": []}
+        cli.dirs.pidfile.write_text(json.dumps(record))
+        stop = ok(cli("stop"))
+        assert "not running" in stop.err
+        assert other.poll() is None  # the unrelated program still runs
+        assert not cli.dirs.pidfile.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_start_failure_exits_non_zero_with_the_last_log_lines(cli: Executable) -> None:
+    ok(cli("init", "--port", str(free_port())))
+    failed = cli("start", env={"OTARI_LOG_LEVEL": "loud"})
+    assert failed.code == ExitCode.USAGE
+    assert "last log lines" in failed.err and "log_level" in failed.err
+    assert not cli.dirs.pidfile.exists()
+    assert cli("status").code == ExitCode.UNREACHABLE
+
+
+def test_start_refuses_a_port_another_gateway_answers_on(
+    running: Executable, tmp_path: Path
+) -> None:
+    url = running("status").json()["url"]
+    other = Executable(tmp_path / "other")
+    refused = other("start", "--port", url.rsplit(":", 1)[1])
+    assert refused.code == ExitCode.REFUSED and "already answers" in refused.err
+    assert not other.dirs.pidfile.exists()
+
+
+def test_wrong_master_key_exits_4_and_no_gateway_exits_3(
+    running: Executable, tmp_path: Path
+) -> None:
+    wrong = running("--master-key", "sk-wrong", "keys", "list")
+    assert wrong.code == ExitCode.AUTH and "401" in wrong.err and wrong.out == ""
+    api_key = ok(running("keys", "create")).json()["key"]
+    not_master = running("--master-key", api_key, "users", "list")
+    assert not_master.code == ExitCode.AUTH, not_master.err
+    nobody = Executable(tmp_path / "empty")
+    down = nobody("--url", f"http://127.0.0.1:{free_port()}", "keys", "list")
+    assert down.code == ExitCode.UNREACHABLE and "Traceback" not in down.err
+    local = nobody("keys", "list")
+    assert local.code == ExitCode.UNREACHABLE and "otari start" in local.err
+
+
+def test_contexts_against_a_running_gateway(running: Executable, tmp_path: Path) -> None:
+    url = running("status").json()["url"]
+    master = re.search(r'master_key = "([^"]+)"', running.dirs.config_file.read_text())
+    assert master
+    remote = Executable(tmp_path / "remote")  # another HOME: no local daemon, no local key
+    ok(remote("context", "add", "prod", "--url", url, "--key-env", "PROD_KEY", "--use"))
+    assert remote("keys", "list").code == ExitCode.USAGE  # $PROD_KEY unset
+    key_id = ok(running("keys", "create", "--name", "for-remote")).json()["id"]
+    listed = ok(remote("keys", "list", "-q", env={"PROD_KEY": master.group(1)})).out.split()
+    assert key_id in listed
+    stored = remote(
+        "context", "add", "stored", "--url", url, "--key-stdin", input=master.group(1) + "\n"
+    )
+    ok(stored)
+    assert master.group(1) not in ok(remote("context", "list")).out
+    assert ok(remote("--context", "stored", "health")).json()["ready"] is True
+    ok(remote("--context", "stored", "users", "list"))
+    assert remote("--context", "local", "users", "list").code == ExitCode.UNREACHABLE
+    ok(remote("context", "use", "local"))
+    assert remote("users", "list").code == ExitCode.UNREACHABLE
+
+
+def confirm_on_a_terminal(cli: Executable, args: list[str], answer: str) -> Result:
+    """Run with stdin on a pseudo-terminal and type `answer`."""
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, answer.encode())
+        done = subprocess.run(
+            [cli.exe, *args],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli.env,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def test_destructive_commands_ask_on_a_terminal(running: Executable) -> None:
+    key_id = ok(running("keys", "create")).json()["id"]
+    declined = confirm_on_a_terminal(running, ["keys", "revoke", key_id], "n\n")
+    assert declined.code == ExitCode.REFUSED and "aborted" in declined.err
+    assert "Revoke 1 key(s)" in declined.err
+    assert ok(running("keys", "get", key_id)).json()["is_active"] is True
+    accepted = confirm_on_a_terminal(running, ["keys", "revoke", key_id], "y\n")
+    assert accepted.code == 0, accepted.err
+    assert ok(running("keys", "get", key_id)).json()["is_active"] is False
+    piped = running("keys", "revoke", key_id)
+    assert piped.code == ExitCode.USAGE and "--yes" in piped.err
+
+
+def test_logs_tail_and_follow(running: Executable) -> None:
+    tail = ok(running("logs", "-n", "5")).out.splitlines()
+    assert len(tail) == 5 and any("startup complete" in line for line in tail)
+    follower = subprocess.Popen(
+        [running.exe, "logs", "-f", "-n", "0"], stdout=subprocess.PIPE, text=True, env=running.env
+    )
+    try:
+        ok(running("stop"))
+        seen = read_until(follower, "Shutting down", timeout=20)
+        assert any("Shutting down" in line for line in seen), seen
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        assert follower.stdout is not None
+        follower.stdout.close()
+
+
+def read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline and not any(text in line for line in lines):
+            if selector.select(timeout=deadline - time.monotonic()):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+    return lines
