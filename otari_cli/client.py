@@ -74,8 +74,13 @@ class Gateway:
         self.url = url
         self.timeout = timeout
         self.hint = hint
+        # Plain-http gateways (the local daemon) need no TLS context: skip loading CA certificates.
         self._http = httpx.Client(
-            base_url=url, headers=headers, timeout=timeout, transport=transport
+            base_url=url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=url.startswith("https:"),
         )
 
     def __enter__(self) -> Gateway:

@@ -86,13 +86,13 @@ def _report(ctx: Any, exc: Exception) -> None:
     rt = ctx.find_object(Runtime)
     out = rt.output if rt else Output(Format.JSON)
     if rt and rt.options.debug:
-        out.stderr.write("".join(traceback.format_exception(exc)))
+        out.detail("".join(traceback.format_exception(exc)))
     if isinstance(exc, CliError):
         out.error(exc.message)
     else:
         out.error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
     if isinstance(exc, StartFailed) and exc.log_tail:
-        out.stderr.write("last log lines:\n" + "".join(f"  {ln}\n" for ln in exc.log_tail))
+        out.detail("last log lines:\n" + "".join(f"  {line}\n" for line in exc.log_tail))
 
 
 app = typer.Typer(

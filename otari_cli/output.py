@@ -145,6 +145,11 @@ class Output:
         """An error on stderr."""
         self._err(f"error: {text}", style="bold red")
 
+    def detail(self, text: str) -> None:
+        """Supporting text for an error (a traceback, log lines) on stderr, as it is."""
+        self.stderr.write(text if text.endswith("\n") else text + "\n")
+        self.stderr.flush()
+
     def confirm(self, question: str) -> bool:
         """Ask on a terminal; without one, refuse (exit 2) so scripts must pass --yes."""
         if not _isatty(self.stdin):

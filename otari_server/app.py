@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 
 from otari_server import __version__, errors
 from otari_server import wire
+from otari_server.hotpath import HotPath
 from otari_server.middleware import RequestContext
 from otari_server.routes import budgets, chat, health, keys, models, pricing, usage, users
 from otari_server.runtime import close_runtime, open_runtime, start_background
@@ -41,6 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
     for router in API_ROUTERS:
         app.include_router(router)
         app.include_router(router, prefix="/api", include_in_schema=False)
+    # Outermost first: every request gets its id and size check, then the hot path.
+    app.add_middleware(HotPath)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     _document_wire_schemas(app)
     return app

@@ -63,8 +63,9 @@ def create_db_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
-            pool_size=8,
-            max_overflow=8,
+            # Enough pooled connections for the threadpool, so none are opened per request.
+            pool_size=20,
+            max_overflow=20,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)

@@ -232,6 +232,17 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500)
 
 
+async def respond(request: Request, exc: Exception) -> Response:
+    """The response for any exception, as the app's handlers would render it."""
+    if isinstance(exc, OtariError):
+        return render(request, exc)
+    if isinstance(exc, DBAPIError):
+        return await _on_database_error(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await _on_http_exception(request, exc)
+    return await _on_unexpected(request, exc)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into the right shape."""
     app.add_exception_handler(OtariError, _on_otari_error)

@@ -1,33 +1,46 @@
 """Money in motion: reserve the worst case before a call, settle the real cost after.
 
-Reservations are written at once (they are the concurrency guarantee); settlements and usage
-rows are queued and written in batches off the response path, and flushed on shutdown.
+One writer thread owns every hot-path write. Requests queue their reservations and
+settlements; the writer takes whatever has queued and applies it in one transaction (group
+commit), so a burst of N requests costs one commit, not N, and SQLite never sees two writers
+fight over its lock. Reservations are answered as soon as their transaction commits (they are
+the concurrency guarantee); settlements and usage rows ride along in the next transaction.
+
+Holds are kept per (instance, user) in `reservations`, so an instance that dies leaves rows
+that say exactly how much to give back; the next start of that instance, or any instance once
+the row expires, returns it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, or_, select, update
 
 from otari_server import budgets
-from otari_server.errors import BudgetExceeded, NotFound
+from otari_server.errors import BudgetExceeded, NotFound, OtariError, ServiceUnavailable
 from otari_server.tables import APIKey, Budget, Reservation, UsageLog, User, utcnow
 
 log = logging.getLogger("otari.ledger")
 
+_RETRY_DELAY = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """A reservation made for one request (amount zero when nothing had to be held)."""
+    """What one request holds against a user's budget (nothing when user_id is None)."""
 
-    reservation_id: str | None
+    user_id: str | None
     amount: Decimal
 
 
@@ -36,7 +49,7 @@ NO_HOLD = Hold(None, Decimal(0))
 
 @dataclass(slots=True)
 class Settlement:
-    """The outcome of one request: its usage row and the reservation it releases."""
+    """The outcome of one request: its usage row and the hold it releases."""
 
     hold: Hold
     user_id: str | None
@@ -54,140 +67,331 @@ class Settlement:
     error_message: str | None = None
     latency_ms: int | None = None
     request_id: str | None = None
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = ""  # the request id when there is one (see Ledger.record)
     timestamp: datetime = field(default_factory=utcnow)
 
 
-def reserve(session: Session, user_id: str, amount: Decimal, instance_id: str,
-            ttl: float, now: datetime) -> Hold:
-    """Atomically hold `amount` against the user's budget, or refuse the request.
-
-    The row lock (PostgreSQL) or the write lock (SQLite, BEGIN IMMEDIATE) makes the
-    check-and-add one step, so concurrent requests can never overspend together.
-    """
-    statement = (select(User, Budget).outerjoin(Budget, User.budget_id == Budget.budget_id)
-                 .where(User.user_id == user_id))
-    if session.get_bind().dialect.name == "postgresql":
-        statement = statement.with_for_update(of=User)
-    row = session.execute(statement).first()
-    if row is None or row[0].deleted_at is not None:
-        raise NotFound(f"User '{user_id}' not found")
-    user, budget = row
-    if budget is None or budget.max_budget is None:
-        return NO_HOLD
-    budgets.roll_over(session, user, budget.budget_duration_sec, now)
-    if user.spend + user.reserved + amount > budget.max_budget:
-        remaining = max(budget.max_budget - user.spend - user.reserved, Decimal(0))
-        raise BudgetExceeded(
-            f"Budget exceeded for user '{user_id}': this request may cost up to "
-            f"{amount.normalize():f}, {remaining.normalize():f} of "
-            f"{budget.max_budget.normalize():f} remains"
-            + (f" until {user.next_budget_reset_at.isoformat()}"
-               if user.next_budget_reset_at else ""))
-    reservation_id = uuid.uuid4().hex
-    session.execute(update(User).where(User.user_id == user_id)
-                    .values(reserved=User.reserved + amount)
-                    .execution_options(synchronize_session=False))
-    session.execute(insert(Reservation).values(
-        id=reservation_id, user_id=user_id, api_key_id=None, amount=amount,
-        instance_id=instance_id, created_at=now, expires_at=now + timedelta(seconds=ttl)))
-    return Hold(reservation_id, amount)
+@dataclass(slots=True)
+class _Ask:
+    user_id: str
+    amount: Decimal
+    future: asyncio.Future[Hold]
 
 
-def _release(session: Session, reservation_ids: list[str]) -> None:
-    """Delete reservations and give their amounts back; ids already reclaimed are skipped."""
-    if not reservation_ids:
-        return
-    returned = session.execute(delete(Reservation).where(Reservation.id.in_(reservation_ids))
-                               .returning(Reservation.user_id, Reservation.amount)).all()
-    per_user: dict[str, Decimal] = defaultdict(Decimal)
-    for user_id, amount in returned:
-        if user_id is not None:
-            per_user[user_id] += amount
-    for user_id, amount in per_user.items():
-        session.execute(update(User).where(User.user_id == user_id)
-                        .values(reserved=User.reserved - amount)
-                        .execution_options(synchronize_session=False))
+# Statements built once: constructing SQLAlchemy expressions costs more than running them.
+_USER_BUDGETS = (select(User.user_id, User.spend, User.reserved, User.budget_started_at,
+                        User.next_budget_reset_at, User.deleted_at, Budget.max_budget,
+                        Budget.budget_duration_sec)
+                 .outerjoin(Budget, User.budget_id == Budget.budget_id)
+                 .where(User.user_id.in_(bindparam("user_ids", expanding=True))))
+_USER_BUDGETS_LOCKED = _USER_BUDGETS.with_for_update(of=User)
+_ROLL_OVER = (update(User).where(User.user_id == bindparam("uid"))
+              .values(spend=0, budget_started_at=bindparam("started"),
+                      next_budget_reset_at=bindparam("resets")))
+_ADD_RESERVED = (update(User).where(User.user_id == bindparam("uid"))
+                 .values(reserved=User.reserved + bindparam("amount", type_=User.reserved.type)))
+_SETTLE_USER = (update(User).where(User.user_id == bindparam("uid"))
+                .values(spend=User.spend + bindparam("cost", type_=User.spend.type),
+                        reserved=User.reserved - bindparam("release", type_=User.reserved.type)))
+_SETTLE_KEY = (update(APIKey).where(APIKey.id == bindparam("kid"))
+               .values(spend=APIKey.spend + bindparam("cost", type_=APIKey.spend.type)))
+_GROW_HOLD = (update(Reservation).where(Reservation.id == bindparam("hid"))
+              .values(amount=Reservation.amount + bindparam("amount",
+                                                            type_=Reservation.amount.type),
+                      expires_at=bindparam("expires")))
+_SHRINK_HOLD = (update(Reservation).where(Reservation.id == bindparam("hid"))
+                .values(amount=Reservation.amount - bindparam("amount",
+                                                              type_=Reservation.amount.type)))
+_HELD = (select(Reservation.user_id, Reservation.amount)
+         .where(Reservation.id.in_(bindparam("ids", expanding=True))))
+_INSERT_USAGE = insert(UsageLog)
 
 
-def write(session: Session, batch: list[Settlement]) -> None:
-    """Apply settlements in one transaction: usage rows, spend, released reservations."""
-    session.execute(insert(UsageLog), [
-        {"id": s.id, "user_id": s.user_id, "api_key_id": s.api_key_id,
-         "timestamp": s.timestamp, "model": s.model, "provider": s.provider,
-         "endpoint": s.endpoint, "prompt_tokens": s.prompt_tokens,
-         "completion_tokens": s.completion_tokens,
-         "total_tokens": (None if s.prompt_tokens is None and s.completion_tokens is None
-                          else (s.prompt_tokens or 0) + (s.completion_tokens or 0)),
-         "cache_read_tokens": s.cache_read_tokens, "cache_write_tokens": s.cache_write_tokens,
-         "counts_toward_budget": s.counts_toward_budget,
-         "cost": s.cost, "status": s.status, "error_message": s.error_message,
-         "latency_ms": s.latency_ms, "request_id": s.request_id} for s in batch])
+def hold_id(instance_id: str, user_id: str) -> str:
+    """Primary key of an instance's aggregated hold on a user's budget."""
+    return f"{instance_id}|{user_id}"
+
+
+def refusal(user_id: str, amount: Decimal, available: Decimal, max_budget: Decimal,
+            resets_at: datetime | None) -> BudgetExceeded:
+    """The error for a request whose worst case does not fit."""
+    until = f" until {resets_at.isoformat()}" if resets_at else ""
+    return BudgetExceeded(
+        f"Budget exceeded for user '{user_id}': this request may cost up to "
+        f"{amount.normalize():f}, {max(available, Decimal(0)).normalize():f} of "
+        f"{max_budget.normalize():f} remains{until}")
+
+
+def admit(amounts: Iterable[Decimal], available: Decimal) -> list[bool]:
+    """Which requests, in order, fit what is available (pure: the budget rule)."""
+    admitted = []
+    for amount in amounts:
+        fits = amount <= available
+        if fits:
+            available -= amount
+        admitted.append(fits)
+    return admitted
+
+
+def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float,
+                now: datetime) -> dict[int, Hold | OtariError]:
+    """Apply a batch of reservations in the caller's transaction; results by ask index."""
+    by_user: dict[str, list[int]] = defaultdict(list)
+    for index, ask in enumerate(asks):
+        by_user[ask.user_id].append(index)
+    # On PostgreSQL the row lock makes check-and-add atomic across instances; SQLite has
+    # a single writer per database file anyway.
+    statement = _USER_BUDGETS_LOCKED if conn.dialect.name == "postgresql" else _USER_BUDGETS
+    rows = {row.user_id: row for row in conn.execute(statement, {"user_ids": list(by_user)})}
+    results: dict[int, Hold | OtariError] = {}
+    for user_id, indexes in by_user.items():
+        row = rows.get(user_id)
+        if row is None or row.deleted_at is not None:
+            for index in indexes:
+                results[index] = NotFound(f"User '{user_id}' not found")
+            continue
+        if row.max_budget is None:
+            for index in indexes:
+                results[index] = NO_HOLD
+            continue
+        spend, resets_at = row.spend, row.next_budget_reset_at
+        if resets_at is not None and row.budget_started_at is not None and now >= resets_at:
+            period = budgets.current_period(row.budget_started_at, row.budget_duration_sec, now)
+            conn.execute(_ROLL_OVER, {"uid": user_id, "started": period.started_at,
+                                      "resets": period.resets_at})
+            spend, resets_at = Decimal(0), period.resets_at
+        available = row.max_budget - spend - row.reserved
+        fits = admit((asks[i].amount for i in indexes), available)
+        total = Decimal(0)
+        for index, ok in zip(indexes, fits, strict=True):
+            amount = asks[index].amount
+            if ok:
+                total += amount
+                results[index] = Hold(user_id, amount)
+            else:
+                results[index] = refusal(user_id, amount, available - total, row.max_budget,
+                                         resets_at)
+        if total:
+            conn.execute(_ADD_RESERVED, {"uid": user_id, "amount": total})
+            _add_hold(conn, instance_id, user_id, total, now, ttl)
+    return results
+
+
+def _add_hold(conn: Connection, instance_id: str, user_id: str, amount: Decimal,
+              now: datetime, ttl: float) -> None:
+    key = hold_id(instance_id, user_id)
+    expires_at = now + timedelta(seconds=ttl)
+    changed = conn.execute(_GROW_HOLD, {"hid": key, "amount": amount,
+                                        "expires": expires_at}).rowcount
+    if not changed:
+        conn.execute(insert(Reservation).values(
+            id=key, user_id=user_id, api_key_id=None, amount=amount, instance_id=instance_id,
+            created_at=now, expires_at=expires_at))
+
+
+def settle_all(conn: Connection, batch: list[Settlement], instance_id: str) -> None:
+    """Apply settlements in the caller's transaction: usage rows, spend, released holds."""
+    conn.execute(_INSERT_USAGE, [_usage_row(s) for s in batch])
     user_spend: dict[str, Decimal] = defaultdict(Decimal)
     key_spend: dict[str, Decimal] = defaultdict(Decimal)
+    released: dict[str, Decimal] = defaultdict(Decimal)
     for s in batch:
+        if s.hold.user_id is not None and s.hold.amount:
+            released[s.hold.user_id] += s.hold.amount
         if not s.cost or not s.counts_toward_budget:
             continue
         if s.user_id is not None:
             user_spend[s.user_id] += s.cost
         elif s.api_key_id is not None:
             key_spend[s.api_key_id] += s.cost
-    for user_id, amount in user_spend.items():
-        session.execute(update(User).where(User.user_id == user_id)
-                        .values(spend=User.spend + amount)
-                        .execution_options(synchronize_session=False))
-    for key_id, amount in key_spend.items():
-        session.execute(update(APIKey).where(APIKey.id == key_id)
-                        .values(spend=APIKey.spend + amount)
-                        .execution_options(synchronize_session=False))
-    _release(session, [s.hold.reservation_id for s in batch if s.hold.reservation_id])
+    held = _held(conn, instance_id, list(released))
+    users, holds = [], []
+    for user_id in user_spend.keys() | released.keys():
+        # A hold reclaimed meanwhile (it expired) was given back already: release no more
+        # than this instance still holds.
+        release = min(released.get(user_id, Decimal(0)), held.get(user_id, Decimal(0)))
+        users.append({"uid": user_id, "cost": user_spend.get(user_id, Decimal(0)),
+                      "release": release})
+        if release:
+            holds.append({"hid": hold_id(instance_id, user_id), "amount": release})
+    if users:
+        conn.execute(_SETTLE_USER, users)
+    if holds:
+        conn.execute(_SHRINK_HOLD, holds)
+    if key_spend:
+        conn.execute(_SETTLE_KEY, [{"kid": k, "cost": v} for k, v in key_spend.items()])
 
 
-def reclaim(session: Session, instance_id: str, now: datetime) -> int:
-    """Give back reservations that expired or that an earlier life of this instance left."""
-    ids = list(session.scalars(select(Reservation.id).where(
-        or_(Reservation.expires_at <= now, Reservation.instance_id == instance_id))))
-    _release(session, ids)
-    return len(ids)
+def _held(conn: Connection, instance_id: str, user_ids: list[str]) -> dict[str, Decimal]:
+    if not user_ids:
+        return {}
+    ids = [hold_id(instance_id, user_id) for user_id in user_ids]
+    return {user_id: amount for user_id, amount in conn.execute(_HELD, {"ids": ids})}
+
+
+def _usage_row(s: Settlement) -> dict[str, Any]:
+    total = None
+    if s.prompt_tokens is not None or s.completion_tokens is not None:
+        total = (s.prompt_tokens or 0) + (s.completion_tokens or 0)
+    return {"id": s.id, "user_id": s.user_id, "api_key_id": s.api_key_id,
+            "timestamp": s.timestamp, "model": s.model, "provider": s.provider,
+            "endpoint": s.endpoint, "prompt_tokens": s.prompt_tokens,
+            "completion_tokens": s.completion_tokens, "total_tokens": total,
+            "cache_read_tokens": s.cache_read_tokens, "cache_write_tokens": s.cache_write_tokens,
+            "counts_toward_budget": s.counts_toward_budget, "cost": s.cost, "status": s.status,
+            "error_message": s.error_message, "latency_ms": s.latency_ms,
+            "request_id": s.request_id}
+
+
+def reclaim(conn: Connection, instance_id: str | None, now: datetime) -> int:
+    """Give back holds that expired, and (at start-up) those this instance left behind."""
+    condition = Reservation.expires_at <= now
+    if instance_id is not None:
+        condition = or_(condition, Reservation.instance_id == instance_id)
+    rows = conn.execute(delete(Reservation).where(condition)
+                        .returning(Reservation.user_id, Reservation.amount)).all()
+    per_user: dict[str, Decimal] = defaultdict(Decimal)
+    for user_id, amount in rows:
+        if user_id is not None and amount:
+            per_user[user_id] += amount
+    for user_id, amount in per_user.items():
+        conn.execute(update(User).where(User.user_id == user_id)
+                     .values(reserved=User.reserved - amount))
+    return sum(1 for _, amount in rows if amount)
 
 
 class Ledger:
-    """The queue of settlements and the code that writes them."""
+    """The writer thread and its two queues (reservations, settlements)."""
 
-    def __init__(self, sessions: sessionmaker[Session], max_pending: int = 100_000) -> None:
-        self._sessions = sessions
-        self._pending: list[Settlement] = []
-        self._max_pending = max_pending
+    def __init__(self, engine: Engine, instance_id: str, ttl: float,
+                 flush_interval: float) -> None:
+        self._engine = engine
+        self._instance_id = instance_id
+        self._ttl = ttl
+        self._flush_interval = flush_interval
+        self._asks: list[_Ask] = []
+        self._settlements: list[Settlement] = []
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: Connection | None = None
 
     @property
     def depth(self) -> int:
         """Settlements waiting to be written."""
-        return len(self._pending)
+        return len(self._settlements)
+
+    def start(self) -> None:
+        """Start the writer (from inside the event loop that will await reservations)."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="otari-ledger", daemon=True)
+        self._thread.start()
+
+    async def reserve(self, user_id: str, amount: Decimal) -> Hold:
+        """Hold `amount` against the user's budget, or raise BudgetExceeded/NotFound."""
+        assert self._loop is not None, "ledger used before start()"
+        future: asyncio.Future[Hold] = self._loop.create_future()
+        with self._wake:
+            self._asks.append(_Ask(user_id, amount, future))
+            self._wake.notify()
+        return await future
 
     def record(self, settlement: Settlement) -> None:
         """Queue a settlement; never blocks the request."""
-        if len(self._pending) >= self._max_pending:
-            log.error("usage queue full (%d); writing is falling behind", self._max_pending)
-        self._pending.append(settlement)
+        if not settlement.id:
+            settlement.id = settlement.request_id or uuid.uuid4().hex
+        with self._wake:
+            self._settlements.append(settlement)
+            if len(self._settlements) == 1:
+                self._wake.notify()  # the writer starts its write-behind window
 
-    def take(self) -> list[Settlement]:
-        """Everything queued so far (call from the event loop)."""
-        batch, self._pending = self._pending, []
-        return batch
+    def stop(self, timeout: float) -> None:
+        """Write everything queued, then stop the writer (blocking; call from a thread)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("usage writer did not finish within %.0fs; %d row(s) unwritten",
+                          timeout, len(self._settlements))
 
-    def put_back(self, batch: list[Settlement]) -> None:
-        """Return a batch that could not be written, ahead of newer ones."""
-        self._pending[:0] = batch
+    def _run(self) -> None:
+        last_failure = 0.0
+        last_flush = time.monotonic()
+        while True:
+            with self._wake:
+                while not (self._asks or self._stopping or self._settlements):
+                    self._wake.wait()
+                if not self._asks and not self._stopping:
+                    # Only settlements: let them gather for the write-behind window.
+                    self._wake.wait(max(self._flush_interval
+                                        - (time.monotonic() - last_flush), 0))
+                asks, self._asks = self._asks, []
+                stopping = self._stopping
+                # Settlements go in batches, once per window (or when many are waiting).
+                due = (stopping or len(self._settlements) >= 1000
+                       or time.monotonic() - last_flush >= self._flush_interval)
+                settlements: list[Settlement] = []
+                if due:
+                    settlements, self._settlements = self._settlements, []
+                    last_flush = time.monotonic()
+            if time.monotonic() - last_failure < _RETRY_DELAY and not asks and not stopping:
+                self._requeue(settlements)
+                time.sleep(0.05)
+                continue
+            try:
+                self._write(asks, settlements)
+            except Exception as exc:
+                last_failure = time.monotonic()
+                log.warning("database write failed (%s); %d usage row(s) kept for retry",
+                            type(exc).__name__, len(settlements))
+                self._requeue(settlements)
+                self._answer(asks, {i: ServiceUnavailable("database unavailable, retry later")
+                                    for i in range(len(asks))})
+                if stopping:
+                    return
+                continue
+            if stopping and not self._asks and not self._settlements:
+                if self._conn is not None:
+                    self._conn.close()
+                return
 
-    def write(self, batch: list[Settlement]) -> None:
-        """Write a batch in one transaction (call from a worker thread)."""
-        if batch:
-            with self._sessions.begin() as session:
-                write(session, batch)
+    def _write(self, asks: list[_Ask], settlements: list[Settlement]) -> None:
+        # The writer keeps one connection for its lifetime: no pool round trip per batch.
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self._engine.connect()
+        conn = self._conn
+        try:
+            # Reservations first, in their own short transaction: a request waits on them.
+            if asks:
+                with conn.begin():
+                    results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
+                self._answer(asks, results)
+            if settlements:
+                with conn.begin():
+                    settle_all(conn, settlements, self._instance_id)
+        except Exception:
+            conn.invalidate()  # a broken connection is replaced on the next batch
+            raise
 
+    def _requeue(self, settlements: list[Settlement]) -> None:
+        with self._wake:
+            self._settlements[:0] = settlements
 
-def engine_of(sessions: sessionmaker[Session]) -> Engine:
-    """The engine behind a session factory."""
-    bind = sessions.kw["bind"]
-    assert isinstance(bind, Engine)
-    return bind
+    def _answer(self, asks: list[_Ask], results: dict[int, Hold | OtariError]) -> None:
+        if not asks or self._loop is None:
+            return
+
+        def deliver() -> None:
+            for index, ask in enumerate(asks):
+                if ask.future.done():
+                    continue
+                result = results[index]
+                if isinstance(result, Hold):
+                    ask.future.set_result(result)
+                else:
+                    ask.future.set_exception(result)
+
+        self._loop.call_soon_threadsafe(deliver)

@@ -10,11 +10,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from anyio import to_thread
 from fastapi import Request
 from starlette.responses import Response
 
-from otari_server import ledger, tokens
+from otari_server import tokens
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
 from otari_server.errors import InvalidRequest, OtariError, PayloadTooLarge, PermissionDenied
@@ -154,16 +153,10 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
             worst = price.cost(tokens.input_tokens(raw),
                                tokens.output_tokens(body, settings.default_max_tokens,
                                                     *endpoint.output_limits))
-        hold = await to_thread.run_sync(_reserve, runtime, user_id, worst)
+        hold = await runtime.ledger.reserve(user_id, worst)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
                 request_id, time.perf_counter(), counts)
     return call, upstream_model
-
-
-def _reserve(runtime: Runtime, user_id: str, amount: Decimal) -> Hold:
-    with runtime.sessions.begin() as session:
-        return ledger.reserve(session, user_id, amount, runtime.instance_id,
-                              runtime.settings.reservation_ttl, utcnow())
 
 
 async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> Response:

@@ -119,15 +119,16 @@ def open_runtime(settings: Settings) -> Runtime:
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
         prices=PriceBook(sessions, ttl=max(settings.auth_cache_ttl, 1.0)),
-        ledger=Ledger(sessions),
+        ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
+                      settings.usage_flush_interval),
         providers=providers,
         instance_id=instance_name(settings),
     )
     try:
         if settings.bootstrap_api_key:
             bootstrap_api_key(runtime)
-        with sessions.begin() as session:
-            reclaimed = ledger.reclaim(session, runtime.instance_id, utcnow())
+        with engine.begin() as conn:
+            reclaimed = ledger.reclaim(conn, runtime.instance_id, utcnow())
         if reclaimed:
             log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
     except DBAPIError as exc:
@@ -157,31 +158,10 @@ async def _flush_activity_forever(runtime: Runtime, interval: float) -> None:
             log.warning("could not record key activity; will retry", exc_info=True)
 
 
-async def flush_ledger(runtime: Runtime) -> None:
-    """Write queued settlements; on failure keep them for the next attempt."""
-    batch = runtime.ledger.take()
-    if not batch:
-        return
-    try:
-        await to_thread.run_sync(runtime.ledger.write, batch)
-    except BaseException:
-        runtime.ledger.put_back(batch)
-        raise
-
-
-async def _flush_ledger_forever(runtime: Runtime, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await flush_ledger(runtime)
-        except Exception:  # the database may be down; the batch waits for the next tick
-            log.warning("could not write usage; will retry", exc_info=True)
-
-
 async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
     def reclaim_expired() -> int:
-        with runtime.sessions.begin() as session:
-            return ledger.reclaim(session, "", utcnow())
+        with runtime.engine.begin() as conn:
+            return ledger.reclaim(conn, None, utcnow())
 
     while True:
         await asyncio.sleep(interval)
@@ -194,10 +174,9 @@ async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
 async def start_background(runtime: Runtime) -> None:
     """Open the upstream client and start the periodic writers."""
     await runtime.upstream.open()
-    interval = runtime.settings.usage_flush_interval
+    runtime.ledger.start()
     runtime.tasks += [
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
-        asyncio.create_task(_flush_ledger_forever(runtime, interval)),
         asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),
     ]
 
@@ -210,11 +189,7 @@ async def close_runtime(runtime: Runtime) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await runtime.upstream.close()
-    try:
-        await flush_ledger(runtime)
-    except Exception:
-        log.error("could not write %d usage row(s) at shutdown", runtime.ledger.depth,
-                  exc_info=True)
+    await to_thread.run_sync(runtime.ledger.stop, runtime.settings.shutdown_timeout)
     with contextlib.suppress(Exception):
         await to_thread.run_sync(flush_activity, runtime)
     runtime.engine.dispose()

@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Money accepts JSON numbers only, parsed exactly (see jsonio), never strings or booleans.
-Money = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=30, decimal_places=10)]
-NonNegativeMoney = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, max_digits=30,
-                                            decimal_places=10)]
+# Money is exact to 1e-10 and, so that SQLite's 64-bit integers hold any sum of it, below
+# a hundred million per amount.
+MAX_MONEY = Decimal(100_000_000)
+NonNegativeMoney = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False,
+                                            max_digits=30, decimal_places=10)]
 Metadata = dict[str, Any]
 ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
                       Field(max_length=1000)]

@@ -19,6 +19,9 @@ class Upstream:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # Per provider, built once: headers and timeouts are the same for every request.
+        self._headers: dict[str, dict[str, str]] = {}
+        self._timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = {}
 
     async def open(self) -> None:
         """Create the connection pool (must run inside the event loop)."""
@@ -37,19 +40,28 @@ class Upstream:
                    stream: bool = False) -> aiohttp.ClientResponse:
         """POST JSON to a provider; the caller reads (and releases) the response."""
         assert self._session is not None, "upstream client used before open()"
-        headers = provider.request_headers()
-        headers["Content-Type"] = "application/json"
+        headers = self._headers.get(provider.name)
+        if headers is None:
+            headers = self._headers[provider.name] = {
+                **provider.request_headers(), "Content-Type": "application/json"}
         if extra_headers:
-            headers.update(extra_headers)
-        # A stream may run long; what must not stall is each read, not the whole answer.
-        timeout = (aiohttp.ClientTimeout(total=None, sock_connect=min(provider.timeout, 30),
-                                         sock_read=provider.timeout) if stream
-                   else aiohttp.ClientTimeout(total=provider.timeout))
+            headers = {**headers, **extra_headers}
+        timeout = self._timeouts.get((provider.name, stream))
+        if timeout is None:
+            timeout = self._timeouts[provider.name, stream] = _timeout(provider.timeout, stream)
         try:
             return await self._session.post(provider.url(path), data=orjson.dumps(body),
                                             headers=headers, timeout=timeout)
         except Exception as exc:
             raise failure(provider, exc) from None
+
+
+def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
+    # A stream may run long; what must not stall is each read, not the whole answer.
+    if stream:
+        return aiohttp.ClientTimeout(total=None, sock_connect=min(seconds, 30),
+                                     sock_read=seconds)
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 def failure(provider: Provider, exc: BaseException) -> OtariError:

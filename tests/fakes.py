@@ -13,6 +13,15 @@ inspect what arrived in `requests`.
 Usage is deterministic: prompt tokens are the words in the request's message texts (and
 system), completion tokens the words answered plus, per tool call, the words of its name and
 JSON arguments; `count_tokens` is the word counter and each `Received.usage` the reported usage.
+
+A new endpoint is a handler added in `routes`; the scripted behaviours apply to it for free:
+
+    class FakeReranker(FakeOpenAI):
+        def routes(self):
+            return [*super().routes(), ("POST", "/v1/rerank", self.rerank)]
+
+        async def rerank(self, request, call, behaviour):
+            return await self.send_json(request, {"results": []}, behaviour)
 """
 
 from __future__ import annotations
@@ -158,6 +167,7 @@ class FakeServer:
     """Base: one aiohttp application on loopback in a thread; subclasses add `routes`."""
 
     name = "fake"
+    tool_prefix = "call_"  # how the provider's tool call ids begin
 
     def __init__(self, *, api_key: str | None = None) -> None:
         self.api_key = api_key
@@ -371,8 +381,6 @@ class FakeServer:
             stop_sequence=matched,
         )
 
-    tool_prefix = "call_"
-
 
 class FakeOpenAI(FakeServer):
     """An OpenAI-compatible API: chat completions (JSON and SSE), embeddings, moderations, models.
@@ -564,9 +572,7 @@ class FakeAnthropic(FakeServer):
         }
     )
 
-    def __init__(
-        self, *, api_key: str | None = None, models: tuple[str, ...] = ("claude-fake",)
-    ):
+    def __init__(self, *, api_key: str | None = None, models: tuple[str, ...] = ("claude-fake",)):
         super().__init__(api_key=api_key)
         self.models = models
 

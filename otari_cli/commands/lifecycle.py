@@ -178,7 +178,8 @@ def restart(
     wait: Wait = 30.0,
     grace: Annotated[float, typer.Option("--grace", min=0.0)] = 10.0,
 ) -> None:
-    """Stop and start again; without options, with the options it was started with."""
+    """Stop and start again; without options, with those it was started with (but for
+    --master-key, which is never stored: give it again, or keep it in the config file)."""
     rt = runtime(ctx)
     flags = ServeFlags(
         config, host, port, database_url, master_key, log_level, auto_migrate, workers

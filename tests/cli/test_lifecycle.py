@@ -238,9 +238,11 @@ def test_logs_tail_and_follow(running: Executable) -> None:
     tail = ok(running("logs", "-n", "5")).out.splitlines()
     assert len(tail) == 5 and any("startup complete" in line for line in tail)
     follower = subprocess.Popen(
-        [running.exe, "logs", "-f", "-n", "0"], stdout=subprocess.PIPE, text=True, env=running.env
+        [running.exe, "logs", "-f", "-n", "1"], stdout=subprocess.PIPE, text=True, env=running.env
     )
     try:
+        # Its first line (the last one so far) proves it is following before we stop.
+        assert read_until(follower, tail[-1], timeout=20) == [tail[-1] + "\n"]
         ok(running("stop"))
         seen = read_until(follower, "Shutting down", timeout=20)
         assert any("Shutting down" in line for line in seen), seen

@@ -173,6 +173,7 @@ def poll_usage(cli: Cli, user_id: str, count: int) -> list[dict[str, object]]:
     while True:
         rows: list[dict[str, object]] = ok(cli("usage", "--user", user_id)).json()
         if len(rows) >= count or time.monotonic() > deadline:
-            assert len(rows) == count
+            recent = cli("usage", "--limit", "5")
+            assert len(rows) == count, f"recent usage: {recent.out} {recent.err}"
             return rows
         time.sleep(0.1)

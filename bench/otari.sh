@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# bench/otari.sh [compare|quick]  - load-test otari with the shared harness (../shared/bench).
+#
+#   quick    (default) one pinned otari (CPU 1) and the fake upstream (CPU 0); runs
+#            non-streaming and streaming at concurrency 1, 16 and 64, direct and through
+#            otari, 10 s each, and prints the BENCH lines.
+#   compare  the shared harness's full A/B (compare.sh with the custom adapter; ~18 min,
+#            CONCS/DELAYS/ROUNDS/SECS shorten it).
+#
+# Auth, budget reservation and usage are all on: the key belongs to a user with a budget.
+# Everything runs on loopback and every load run is bounded by wrk -d.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+MODE=${1:-quick}
+WORK=${BENCH_WORK:-/tmp/otari-bench}
+PORT=${OTARI_BENCH_PORT:-18100}
+MOCK_PORT=${MOCK_PORT:-18000}
+export MOCK_URL=http://127.0.0.1:$MOCK_PORT/v1
+export MOCK_API_KEY=${MOCK_API_KEY:-sk-mock-upstream-key}
+MOCK_PYTHON=${MOCK_PYTHON:-${BENCH_TMP:-${TMPDIR:-/tmp}}/bench-venv/bin/python}
+
+bash "$SHARED/setup.sh" >/dev/null
+rm -rf "$WORK" && mkdir -p "$WORK"
+cat >"$WORK/config.toml" <<TOML
+database_url = "sqlite:///$WORK/otari.db"
+master_key = "sk-bench-master"
+bootstrap_api_key = false
+log_level = "warning"
+port = $PORT
+[providers.mock]
+type = "openai"
+base_url = "$MOCK_URL"
+api_key = "$MOCK_API_KEY"
+TOML
+KEY=$(python "$HERE/prepare.py" "sqlite:///$WORK/otari.db" mock)
+export HOME=$WORK
+START="exec otari serve --config $WORK/config.toml"
+
+if [ "$MODE" = compare ]; then
+  GW_START_CMD=$START GW_URL=http://127.0.0.1:$PORT GW_AUTH="Authorization: Bearer $KEY" \
+    GW_MODEL=mock:gpt-4o-mini GW_NAME=otari OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)-otari} \
+    MOCK_PORT=$MOCK_PORT bash "$SHARED/compare.sh" custom
+  exit
+fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+MOCK_PORT=$MOCK_PORT taskset -c 0 "$MOCK_PYTHON" "$SHARED/mock_upstream.py" >"$WORK/mock.log" 2>&1 &
+pids+=($!)
+(taskset -c 1 bash -c "$START") >"$WORK/otari.log" 2>&1 &
+OTARI_PID=$!
+pids+=($OTARI_PID)
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$PORT/health/readiness" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$MOCK_PORT/v1/models" >/dev/null 2>&1 || true
+for stream in 0 1; do
+  for conc in ${CONCS:-1 16 64}; do
+    STREAM=$stream LABEL=direct "$SHARED/run_bench.sh" "$MOCK_URL" "Authorization: Bearer $MOCK_API_KEY" gpt-4o-mini "$conc" "${SECS:-10}"
+    STREAM=$stream LABEL=otari TARGET_PIDS=$OTARI_PID "$SHARED/run_bench.sh" "http://127.0.0.1:$PORT" "Authorization: Bearer $KEY" mock:gpt-4o-mini "$conc" "${SECS:-10}"
+  done
+done
