@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, FastAPI
 
-from otari_server import __version__, errors
-from otari_server import wire
+from otari_server import __version__, errors, wire
 from otari_server.hotpath import HotPath
 from otari_server.middleware import RequestContext
 from otari_server.routes import budgets, chat, health, keys, models, pricing, usage, users
@@ -18,7 +18,8 @@ from otari_server.settings import Settings
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    chat.router, keys.router, users.router, budgets.router, pricing.router, usage.router, models.router,
+    chat.router, models.router, keys.router, users.router, budgets.router, pricing.router,
+    usage.router,
 ]
 
 
@@ -53,7 +54,7 @@ def _document_wire_schemas(app: FastAPI) -> None:
     """Add the generation endpoints' request schemas to the generated OpenAPI document."""
     generate = app.openapi
 
-    def openapi() -> dict[str, object]:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = generate()
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
@@ -61,6 +62,7 @@ def _document_wire_schemas(app: FastAPI) -> None:
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+        assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -226,7 +226,7 @@ def _held(conn: Connection, instance_id: str, user_ids: list[str]) -> dict[str, 
     if not user_ids:
         return {}
     ids = [hold_id(instance_id, user_id) for user_id in user_ids]
-    return {user_id: amount for user_id, amount in conn.execute(_HELD, {"ids": ids})}
+    return {str(user_id): amount for user_id, amount in conn.execute(_HELD, {"ids": ids})}
 
 
 def _usage_row(s: Settlement) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -19,10 +21,9 @@ class RelayResponse(StreamingResponse):
         async with anyio.create_task_group() as group:
 
             async def stream() -> None:
-                try:
+                # An OSError means the client is gone; the watcher sees the disconnect.
+                with contextlib.suppress(OSError):
                     await self.stream_response(send)
-                except OSError:
-                    pass  # the client is gone; the watcher below sees the disconnect
                 group.cancel_scope.cancel()
 
             async def watch() -> None:

@@ -41,8 +41,8 @@ class CreateKeyRequest(_Request):
     user_id: str | None = Field(None, description="Optional user ID to associate with this key")
     expires_at: datetime | None = Field(None, description="Optional expiration timestamp")
     metadata: Metadata = Field(default_factory=dict, description="Optional metadata")
-    rpm_limit: int | None = Field(None, ge=1, description="Requests per minute (beyond the contract)")
-    tpm_limit: int | None = Field(None, ge=1, description="Tokens per minute (beyond the contract)")
+    rpm_limit: int | None = Field(None, ge=1, description="Requests per minute (extension)")
+    tpm_limit: int | None = Field(None, ge=1, description="Tokens per minute (extension)")
     allowed_models: ModelList | None = Field(
         None, description="null: any model; else provider:model entries ('provider:*' ok)")
     exclude_from_budget: bool = Field(

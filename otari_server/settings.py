@@ -194,7 +194,7 @@ def _apply(values: dict[str, Any], source: str, layer: Mapping[str, Any],
                 parsed = _PARSERS[key](raw)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc} (from {source})") from exc
-            if key in _POSITIVE and parsed <= 0:
+            if key in _POSITIVE and isinstance(parsed, int | float) and parsed <= 0:
                 raise ConfigError(f"{key}: must be positive, got {raw!r} (from {source})")
             values[key] = parsed
         else:

@@ -25,7 +25,7 @@ def usage_log(row: UsageLog) -> dict[str, Any]:
 
 
 def query(start_date: datetime | None, end_date: datetime | None,
-          user_ids: list[str] | None) -> Select[tuple[UsageLog]]:
+          user_ids: list[str] | None) -> Select[UsageLog]:
     """Usage rows in [start_date, end_date) for any of the users, newest first."""
     statement = select(UsageLog)
     if start_date is not None:
