@@ -24,7 +24,15 @@ API_ROUTERS: list[APIRouter] = [
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """A fresh app; its lifespan opens the database and background work."""
+    """A fresh app; its lifespan opens the database and background work.
+
+    With a platform token the gateway runs connected to an otari platform instead: no
+    database, no local keys or providers (see otari_server.connected).
+    """
+    if settings.connected:
+        from otari_server.connected.app import create_connected_app
+
+        return create_connected_app(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

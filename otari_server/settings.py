@@ -67,7 +67,14 @@ class Settings:
     usage_flush_interval: float = 0.2
     shutdown_timeout: float = 30.0
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Connected mode ([platform] table): the gateway serves as a platform's data plane.
+    platform: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a platform token switches the gateway to connected mode."""
+        return bool(self.platform.get("token"))
 
     @property
     def database_kind(self) -> str:
@@ -137,7 +144,10 @@ _PARSERS = {
     "usage_flush_interval": _parse_float,
     "shutdown_timeout": _parse_float,
 }
-_TABLES = {"providers"}
+_TABLES = {"providers", "platform"}
+# Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
+_TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
+              "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
 _POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes"}
 
 
@@ -173,11 +183,20 @@ def read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    return {
+    values: dict[str, Any] = {
         name: environ[f"OTARI_{name.upper()}"]
         for name in _PARSERS
         if f"OTARI_{name.upper()}" in environ
     }
+    return values
+
+
+def _tables_from_env(values: dict[str, Any], environ: Mapping[str, str],
+                     sources: dict[str, str]) -> None:
+    for variable, (table, key) in _TABLE_ENV.items():
+        if environ.get(variable):
+            values[table] = {**values.get(table, {}), key: environ[variable]}
+            sources[f"{table}.{key}"] = "environment"
 
 
 def _apply(values: dict[str, Any], source: str, layer: Mapping[str, Any],
@@ -216,6 +235,7 @@ def load(config_path: Path | None = None, overrides: Mapping[str, Any] | None = 
     if path is not None:
         _apply(values, f"file {path}", read_file(path, env), sources)
     _apply(values, "environment", _from_env(env), sources)
+    _tables_from_env(values, env, sources)
     _apply(values, "flags", dict(overrides or {}), sources)
     if not values.get("database_url"):
         values["database_url"] = f"sqlite:///{data_dir() / 'otari.db'}"

@@ -1,0 +1,1 @@
+"""Connected mode: the gateway as a data plane for an otari platform."""
