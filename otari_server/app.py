@@ -12,13 +12,22 @@ from fastapi import APIRouter, FastAPI
 from otari_server import __version__, errors, wire
 from otari_server.hotpath import HotPath
 from otari_server.middleware import RequestContext
-from otari_server.routes import budgets, chat, health, keys, models, pricing, usage, users
+from otari_server.routes import (
+    budgets,
+    generation,
+    health,
+    keys,
+    models,
+    pricing,
+    usage,
+    users,
+)
 from otari_server.runtime import close_runtime, open_runtime, start_background
 from otari_server.settings import Settings
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    chat.router, models.router, keys.router, users.router, budgets.router, pricing.router,
+    generation.router, models.router, keys.router, users.router, budgets.router, pricing.router,
     usage.router,
 ]
 
@@ -70,6 +79,7 @@ def _document_wire_schemas(app: FastAPI) -> None:
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+            schemas[wire.TRANSCRIPTION_FORM["title"]] = wire.TRANSCRIPTION_FORM
         assert app.openapi_schema is not None
         return app.openapi_schema
 

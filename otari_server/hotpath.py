@@ -14,16 +14,39 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from otari_server import errors, proxy
+from otari_server import audio, chat, errors, messages, moderations, proxy, responses
 from otari_server.auth import Caller
 from otari_server.deps import authenticate
-from otari_server.endpoints import CHAT, Endpoint
+from otari_server.endpoints import (
+    CHAT,
+    EMBEDDINGS,
+    IMAGES_GENERATIONS,
+    MESSAGES,
+    MODERATIONS,
+    RERANK,
+    RESPONSES,
+    SPEECH,
+    TRANSCRIPTIONS,
+    Endpoint,
+)
 
 Handler = Callable[[Request, Caller, Endpoint], Awaitable[Response]]
 
+# POST endpoints served here; each is also a FastAPI route (routes/generation.py) for docs.
+_HANDLERS: list[tuple[Handler, Endpoint]] = [
+    (chat.forward_chat, CHAT),
+    (messages.forward, MESSAGES),
+    (responses.forward, RESPONSES),
+    (proxy.forward_json, EMBEDDINGS),
+    (moderations.forward, MODERATIONS),
+    (proxy.forward_json, RERANK),
+    (proxy.forward_json, IMAGES_GENERATIONS),
+    (audio.forward, TRANSCRIPTIONS),
+    (audio.forward, SPEECH),
+]
 ROUTES: dict[str, tuple[Handler, Endpoint]] = {
-    "/v1/chat/completions": (proxy.forward_chat, CHAT),
-    "/api/v1/chat/completions": (proxy.forward_chat, CHAT),
+    prefix + endpoint.path: (handler, endpoint)
+    for handler, endpoint in _HANDLERS for prefix in ("", "/api")
 }
 
 

@@ -33,6 +33,25 @@ def token_cost(input_price_per_million: Decimal, output_price_per_million: Decim
 
 
 @dataclass(frozen=True, slots=True)
+class Consumption:
+    """What one request used, in every unit a price may be quoted in."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    images: int = 0
+    audio_seconds: Decimal = Decimal(0)
+    characters: int = 0
+    requests: int = 1
+
+
+# Billing rules: which price field an endpoint cannot do without (see Price.covers).
+TOKENS, IMAGES, AUDIO_SECONDS, CHARACTERS, REQUESTS = (
+    "tokens", "images", "audio_seconds", "characters", "requests")
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """A price entry as the hot path needs it."""
 
@@ -40,28 +59,53 @@ class Price:
     effective_at: datetime
     input_per_million: Decimal
     output_per_million: Decimal
-    unit: str = "tokens"
+    unit: str = TOKENS
     cache_read_per_million: Decimal | None = None
     cache_write_per_million: Decimal | None = None
+    per_image: Decimal | None = None
+    per_audio_second: Decimal | None = None
+    per_million_characters: Decimal | None = None
+    per_request: Decimal | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cache_read_tokens: int = 0,
-             cache_write_tokens: int = 0) -> Decimal:
+    def cost(self, used: Consumption) -> Decimal:
         """Exact cost of one request.
 
-        Tokens: prompt tokens (cached reads and cache writes at their own rates when set)
-        and completion tokens. Requests and images: input_price_per_million per million of
-        them, one per request here.
+        The unit says what input_price_per_million counts: tokens (with output, cached
+        reads and cache writes at their own rates when set), or requests or images (per
+        million of them). The per-image, per-audio-second, per-million-characters and
+        per-request prices add to that.
         """
-        if self.unit != "tokens":
-            return quantize(self.input_per_million / _MILLION)
-        read = min(cache_read_tokens, prompt_tokens)
-        written = min(cache_write_tokens, prompt_tokens - read)
-        fresh = prompt_tokens - read - written
-        total = (self.input_per_million * fresh
-                 + (self.cache_read_per_million or self.input_per_million) * read
-                 + (self.cache_write_per_million or self.input_per_million) * written
-                 + self.output_per_million * completion_tokens)
-        return quantize(total / _MILLION)
+        total = Decimal(0)
+        if self.unit == TOKENS:
+            read = min(used.cache_read_tokens, used.prompt_tokens)
+            written = min(used.cache_write_tokens, used.prompt_tokens - read)
+            fresh = used.prompt_tokens - read - written
+            total += (self.input_per_million * fresh
+                      + (self.cache_read_per_million or self.input_per_million) * read
+                      + (self.cache_write_per_million or self.input_per_million) * written
+                      + self.output_per_million * used.completion_tokens) / _MILLION
+        else:
+            count = used.images if self.unit == IMAGES else used.requests
+            total += self.input_per_million * count / _MILLION
+        if self.per_image is not None:
+            total += self.per_image * used.images
+        if self.per_audio_second is not None:
+            total += self.per_audio_second * used.audio_seconds
+        if self.per_million_characters is not None:
+            total += self.per_million_characters * used.characters / _MILLION
+        if self.per_request is not None:
+            total += self.per_request * used.requests
+        return quantize(total)
+
+    def covers(self, billing: str) -> bool:
+        """Whether this entry prices what an endpoint with this billing rule consumes."""
+        if billing == IMAGES:
+            return self.per_image is not None or self.unit == IMAGES
+        if billing == AUDIO_SECONDS:
+            return self.per_audio_second is not None
+        if billing == CHARACTERS:
+            return self.per_million_characters is not None
+        return True
 
 
 def load_prices(session: Session, model_key: str) -> list[Price]:
@@ -69,8 +113,10 @@ def load_prices(session: Session, model_key: str) -> list[Price]:
     rows = session.scalars(select(Pricing).where(Pricing.model_key == model_key)
                            .order_by(Pricing.effective_at.desc()))
     return [Price(r.model_key, r.effective_at, r.input_price_per_million,
-                  r.output_price_per_million, r.unit or "tokens",
-                  r.cache_read_price_per_million, r.cache_write_price_per_million)
+                  r.output_price_per_million, r.unit or TOKENS,
+                  r.cache_read_price_per_million, r.cache_write_price_per_million,
+                  r.price_per_image, r.price_per_audio_second,
+                  r.price_per_million_characters, r.price_per_request)
             for r in rows]
 
 

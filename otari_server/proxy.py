@@ -1,9 +1,13 @@
-"""The hot path: authenticate (done by the route), reserve, forward, relay, settle."""
+"""The hot path shared by every generation endpoint: admit (price, budget), forward, settle.
+
+Each endpoint family's module (chat, messages, responses, audio, batches) reads its body,
+calls `admit`, talks to the provider and calls `Call.settle` exactly once. Endpoints whose
+request and answer pass through unchanged use `forward_json` here.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,18 +20,19 @@ from starlette.responses import Response
 from otari_server import tokens
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
-from otari_server.errors import InvalidRequest, OtariError, PayloadTooLarge, PermissionDenied
+from otari_server.errors import (
+    BadGateway,
+    InvalidRequest,
+    OtariError,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from otari_server.ledger import NO_HOLD, Hold, Settlement
-from otari_server.pricing import Price
+from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Consumption, Price
 from otari_server.providers import ModelAddressError, Provider, resolve
-from otari_server.providers import anthropic as anthropic_wire
-from otari_server.providers.anthropic import ChatStreamTranslator, TranslationError
-from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.providers.sse import DONE_EVENT, SSEParser, encode
-from otari_server.relay import RelayResponse
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
-from otari_server.upstream import failure, refusal, sanitize
+from otari_server.upstream import failure, refusal
 
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -49,36 +54,39 @@ class Call:
     started: float
     counts: bool = True
 
-    def settle(self, status: str, usage: dict[str, Any] | None = None,
+    def settle(self, status: str, used: Consumption | None = None,
                error: str | None = None) -> None:
-        """Queue the usage row and the reservation's release (never blocks)."""
-        usage = usage or {}
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        details = usage.get("prompt_tokens_details")
-        details = details if isinstance(details, dict) else {}
-        read = details.get("cached_tokens") if isinstance(details.get("cached_tokens"),
-                                                          int) else None
-        written = (details.get("cache_creation_tokens")
-                   if isinstance(details.get("cache_creation_tokens"), int) else None)
-        cost = None
-        if self.price is not None:
-            cost = self.price.cost(_int(prompt), _int(completion), read or 0, written or 0)
+        """Queue the usage row and the hold's release (never blocks); call exactly once."""
+        used = used or Consumption(requests=0 if status != "success" else 1)
+        cost = None if self.price is None else self.price.cost(used)
+        tokens_seen = used.prompt_tokens or used.completion_tokens
         self.runtime.ledger.record(Settlement(
             hold=self.hold, user_id=self.user_id, api_key_id=self.key_id,
             model=self.model_key, provider=self.provider.name, endpoint=self.endpoint.path,
-            status=status, prompt_tokens=_int_or_none(prompt),
-            completion_tokens=_int_or_none(completion), cache_read_tokens=read,
-            cache_write_tokens=written, cost=cost, counts_toward_budget=self.counts,
-            error_message=error, latency_ms=int((time.perf_counter() - self.started) * 1000),
+            status=status, prompt_tokens=used.prompt_tokens if tokens_seen else None,
+            completion_tokens=used.completion_tokens if tokens_seen else None,
+            cache_read_tokens=used.cache_read_tokens or None,
+            cache_write_tokens=used.cache_write_tokens or None, cost=cost,
+            counts_toward_budget=self.counts, error_message=error,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
             request_id=self.request_id))
+
+
+def consumption(usage: object, **extra: Any) -> Consumption:
+    """Consumption from an OpenAI-style usage object (chat, embeddings, responses)."""
+    if not isinstance(usage, dict):
+        return Consumption(**extra)
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    return Consumption(prompt_tokens=prompt, completion_tokens=completion,
+                       cache_read_tokens=_int(details.get("cached_tokens")),
+                       cache_write_tokens=_int(details.get("cache_creation_tokens")), **extra)
 
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
@@ -95,24 +103,6 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, dict[str, Any]
     return raw, body
 
 
-def check_chat(body: dict[str, Any]) -> None:
-    """The minimum a chat request needs before we spend anything on it."""
-    if not isinstance(body.get("model"), str):
-        raise InvalidRequest("'model' is required and must be a string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
-    if not all(isinstance(m, dict) for m in messages):
-        raise InvalidRequest("each message must be an object", param="messages")
-    if not isinstance(body.get("stream", False), bool):
-        raise InvalidRequest("'stream' must be a boolean", param="stream")
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):
-            raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
-
-
 def billed_user(caller: Caller, requested: object) -> str | None:
     """Who pays: the key's user; the master key may name any user in the `user` field."""
     if requested is not None and not isinstance(requested, str):
@@ -125,8 +115,41 @@ def billed_user(caller: Caller, requested: object) -> str | None:
     return caller.user_id
 
 
+def check_fields(body: dict[str, Any], endpoint: Endpoint) -> None:
+    """The fields an endpoint cannot do without, before anything is spent on it."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidRequest("'model' is required and must be a string", param="model")
+    for name in endpoint.required:
+        if body.get(name) in (None, "", []):
+            raise InvalidRequest(f"'{name}' is required", param=name)
+    if not isinstance(body.get("stream", False), bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    for name in (*endpoint.output_limits, "n"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
+
+
+def worst_case(endpoint: Endpoint, raw: bytes, body: dict[str, Any],
+               default_max_tokens: int) -> Consumption:
+    """The most a request can consume: what the budget reservation holds."""
+    n = body.get("n")
+    count = n if isinstance(n, int) and n > 1 else 1
+    return Consumption(
+        prompt_tokens=tokens.input_tokens(raw),
+        completion_tokens=(tokens.output_tokens(body, default_max_tokens,
+                                                *endpoint.output_limits)
+                           if endpoint.output_limits else 0),
+        images=count if endpoint.billing == IMAGES else 0,
+        characters=len(raw) if endpoint.billing == CHARACTERS else 0,
+        audio_seconds=Decimal(tokens.audio_seconds_bound(len(raw)))
+        if endpoint.billing == AUDIO_SECONDS else Decimal(0))
+
+
 async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
-                body: dict[str, Any], request_id: str | None) -> tuple[Call, str]:
+                body: dict[str, Any], request_id: str | None,
+                worst: Consumption | None = None) -> tuple[Call, str]:
     """Resolve provider and price, then reserve the worst case; raises if it cannot run."""
     settings = runtime.settings
     try:
@@ -138,182 +161,99 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
         raise PermissionDenied(f"This API key may not use model '{model_key}'",
                                code="model_not_allowed")
     user_id = billed_user(caller, body.get("user"))
-    now = utcnow()
-    price = await runtime.prices.at(model_key, now)
-    if price is None and settings.require_pricing:
+    price = await runtime.prices.at(model_key, utcnow())
+    if settings.require_pricing and (price is None or not price.covers(endpoint.billing)):
+        what = "no price" if price is None else f"no price per {endpoint.billing}"
         raise InvalidRequest(
-            f"Model '{model_key}' has no price, and require_pricing is on: set one with "
+            f"Model '{model_key}' has {what}, and require_pricing is on: set one with "
             "POST /v1/pricing (otari pricing set) or turn require_pricing off",
             param="model", code="model_not_priced")
     hold = NO_HOLD
     counts = not caller.exclude_from_budget
     if counts and user_id is not None and (caller.is_master or caller.budgeted):
-        worst = Decimal(0)
-        if price is not None:
-            worst = price.cost(tokens.input_tokens(raw),
-                               tokens.output_tokens(body, settings.default_max_tokens,
-                                                    *endpoint.output_limits))
-        hold = await runtime.ledger.reserve(user_id, worst)
+        if worst is None:
+            worst = worst_case(endpoint, raw, body, settings.default_max_tokens)
+        hold = await runtime.ledger.reserve(user_id, price.cost(worst) if price else Decimal(0))
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
                 request_id, time.perf_counter(), counts)
     return call, upstream_model
 
 
-async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
-    """POST /v1/chat/completions: the whole story of one request."""
+def runtime_of(request: Request) -> Runtime:
+    """The app's runtime, from a request."""
     runtime: Runtime = request.app.state.runtime
-    raw, body = await read_body(request, runtime.settings.max_body_bytes)
-    check_chat(body)
-    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
-                                       request.scope.get("otari.request_id"))
-    streaming = body.get("stream") is True
+    return runtime
+
+
+def openai_only(call: Call) -> None:
+    """Refuse, before any provider call, an endpoint the provider's wire format lacks."""
+    if call.provider.type != "openai":
+        raise InvalidRequest(
+            f"Provider '{call.provider.name}' ({call.provider.type}) does not offer "
+            f"{call.endpoint.path}", param="model", code="unsupported_endpoint")
+
+
+async def read_upstream(call: Call, response: aiohttp.ClientResponse) -> bytes:
+    """The whole upstream body, released; non-2xx answers become our errors."""
     try:
-        if call.provider.type == "anthropic":
-            return await _anthropic_chat(call, body, upstream_model, streaming)
-        return await _openai_chat(call, body, upstream_model, streaming)
-    except OtariError as exc:
-        call.settle("error", error=exc.message)
-        raise
-
-
-async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
-                       streaming: bool) -> Response:
-    outgoing = dict(body, model=upstream_model)
-    strip_usage = False
-    if streaming:
-        options = body.get("stream_options")
-        options = dict(options) if isinstance(options, dict) else {}
-        # We need the usage chunk to bill the stream; hide it again if nobody asked for it.
-        strip_usage = not options.get("include_usage")
-        outgoing["stream_options"] = {**options, "include_usage": True}
-    response = await call.runtime.upstream.post(call.provider, call.endpoint.upstream_path,
-                                                outgoing, stream=streaming)
-    if response.status >= 400:
-        raise refusal(call.provider, response.status, await _read(call, response))
-    if streaming:
-        return RelayResponse(_relay_openai(call, response, strip_usage),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
-    content = await _read(call, response)
-    call.settle("success", _usage_of(call, content))
-    return Response(content, status_code=response.status, headers=JSON_HEADERS)
-
-
-async def _read(call: Call, response: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await response.read()
+        content = await response.read()
     except Exception as exc:
         raise failure(call.provider, exc) from None
     finally:
         response.release()
+    if response.status >= 400:
+        raise refusal(call.provider, response.status, content)
+    return content
 
 
-def _usage_of(call: Call, content: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        raise failure_malformed(call) from None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    return usage if isinstance(usage, dict) else {}
-
-
-def failure_malformed(call: Call) -> OtariError:
-    """The provider answered 200 with something that is not JSON."""
-    from otari_server.errors import BadGateway
-
+def malformed(call: Call) -> BadGateway:
+    """The error for a provider answer we cannot read."""
     return BadGateway(f"Provider '{call.provider.name}' returned a malformed response")
 
 
-def _error_event(message: str) -> bytes:
-    return encode({"error": {"message": message, "type": "upstream_error",
-                             "code": "stream_interrupted"}})
-
-
-async def _relay_openai(call: Call, response: aiohttp.ClientResponse,
-                        strip_usage: bool) -> AsyncIterator[bytes]:
-    """Pass each SSE event on as it arrives; read usage on the way; settle at the end."""
-    parser = SSEParser()
-    usage: dict[str, Any] | None = None
-    chunks = 0
-    status, error = "client_disconnected", None
+def parse_upstream(call: Call, content: bytes) -> dict[str, Any]:
+    """A provider's JSON object; anything else is a 502."""
     try:
-        async for data in response.content.iter_any():
-            out = []
-            for event in parser.feed(data):
-                if event.done:
-                    out.append(DONE_EVENT)
-                    continue
-                chunks += 1
-                if '"usage":{' in event.data or '"usage": {' in event.data:
-                    parsed = orjson.loads(event.data)
-                    if isinstance(parsed.get("usage"), dict):
-                        usage = parsed["usage"]
-                        if strip_usage and not parsed.get("choices"):
-                            continue
-                out.append(encode(event.data, event.event))
-            if out:
-                yield b"".join(out)
-        status = "success"
-    except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
-        status, error = "error", failure(call.provider, exc).message
-        yield _error_event(sanitize(call.provider, error))
-    finally:
-        response.release()
-        if usage is None:
-            # Cut off before the usage chunk: bill what we saw (about a token per chunk).
-            call.settle(status, {"completion_tokens": max(chunks - 1, 0)},
-                        error or "stream ended before its usage report")
-        else:
-            call.settle(status, usage, error)
+        parsed = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise malformed(call)
+    return parsed
 
 
-async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
-                          streaming: bool) -> Response:
+async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
+    """An endpoint whose request and answer pass through unchanged (embeddings, ...)."""
+    runtime = runtime_of(request)
+    raw, body = await read_body(request, runtime.settings.max_body_bytes)
+    check_fields(body, endpoint)
+    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
+                                       request.scope.get("otari.request_id"))
     try:
-        outgoing = anthropic_wire.to_messages_request(
-            body, model=upstream_model,
-            default_max_tokens=call.runtime.settings.default_max_tokens)
-    except TranslationError as exc:
-        raise InvalidRequest(str(exc)) from None
-    headers = {"anthropic-version": ANTHROPIC_VERSION}
-    response = await call.runtime.upstream.post(call.provider, "/messages", outgoing,
-                                                headers, stream=streaming)
-    if response.status >= 400:
-        raise refusal(call.provider, response.status, await _read(call, response))
-    if streaming:
-        options = body.get("stream_options")
-        include = isinstance(options, dict) and bool(options.get("include_usage"))
-        translator = ChatStreamTranslator(model=body["model"], include_usage=include)
-        return RelayResponse(_relay_anthropic(call, response, translator),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
-    content = await _read(call, response)
-    try:
-        message = orjson.loads(content)
-        completion = anthropic_wire.to_chat_completion(message, model=body["model"])
-    except (orjson.JSONDecodeError, AttributeError, TypeError):
-        raise failure_malformed(call) from None
-    call.settle("success", completion["usage"])
-    return Response(orjson.dumps(completion), headers=JSON_HEADERS)
+        openai_only(call)
+        response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
+                                               dict(body, model=upstream_model))
+        content = await read_upstream(call, response)
+        answer = parse_upstream(call, content)
+    except OtariError as exc:
+        call.settle("error", error=exc.message)
+        raise
+    call.settle("success", metered(endpoint, answer))
+    return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
-async def _relay_anthropic(call: Call, response: aiohttp.ClientResponse,
-                           translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
-    """Translate Anthropic events into OpenAI chunks as they arrive."""
-    parser = SSEParser()
-    status, error = "client_disconnected", None
-    try:
-        async for data in response.content.iter_any():
-            out = [encode(chunk) for event in parser.feed(data)
-                   for chunk in translator.feed(orjson.loads(event.data))]
-            if out:
-                yield b"".join(out)
-        if translator.error is not None:
-            status, error = "error", str(translator.error.get("message", "upstream error"))
-        else:
-            status = "success"
-            yield DONE_EVENT
-    except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
-        status, error = "error", failure(call.provider, exc).message
-        yield _error_event(sanitize(call.provider, error))
-    finally:
-        response.release()
-        call.settle(status, translator.usage, error)
+def metered(endpoint: Endpoint, answer: dict[str, Any]) -> Consumption:
+    """What a pass-through answer says was consumed."""
+    usage = answer.get("usage")
+    if endpoint.billing == IMAGES:
+        data = answer.get("data")
+        return consumption(usage, images=len(data) if isinstance(data, list) else 0)
+    if endpoint.billing == REQUESTS and not isinstance(usage, dict):
+        meta = answer.get("meta")
+        units = meta.get("billed_units") if isinstance(meta, dict) else None
+        if isinstance(units, dict):  # Cohere-style rerank
+            return Consumption(prompt_tokens=_int(units.get("input_tokens")),
+                               completion_tokens=_int(units.get("output_tokens")))
+    if isinstance(usage, dict) and "total_tokens" in usage and "prompt_tokens" not in usage:
+        return Consumption(prompt_tokens=_int(usage["total_tokens"]))  # Jina-style rerank
+    return consumption(usage)

@@ -26,3 +26,13 @@ def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
 def text_tokens(text: str) -> int:
     """A rough count for text received when a stream ended without a usage report."""
     return (len(text.encode("utf-8")) + 3) // 4
+
+
+# The lowest common speech bitrates are about 8 kbit/s: no audio file holds more seconds
+# than its size in bytes over this.
+_MIN_AUDIO_BYTES_PER_SECOND = 1000
+
+
+def audio_seconds_bound(size_bytes: int) -> int:
+    """An upper bound on the duration of an audio upload, from its size."""
+    return size_bytes // _MIN_AUDIO_BYTES_PER_SECOND + 1

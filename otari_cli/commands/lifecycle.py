@@ -218,7 +218,8 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
                 f"a gateway already answers at {record.url} but was not started by "
                 "`otari start`: stop it first, or choose another --port"
             )
-        command = [sys.executable, "-m", "otari_cli", "serve", *record.args]
+        debug = ["--debug"] if rt.options.debug else []
+        command = [sys.executable, "-m", "otari_cli", *debug, "serve", *record.args]
         started = daemon.start(
             pidfile, rt.dirs.logfile, command, record, lambda: _probe(record.url, 2.0)[1], wait, env
         )

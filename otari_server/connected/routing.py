@@ -1,0 +1,110 @@
+"""The platform's routing answer: an ordered list of attempts, each a provider to call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from otari_server.providers import Provider
+from otari_server.providers.presets import PRESETS
+
+
+class MalformedRoute(ValueError):
+    """A resolve answer that lacks what we need to route the request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One provider to try; `attempt_id` correlates it with its usage report."""
+
+    attempt_id: str
+    position: int
+    provider: str
+    model: str
+    api_key: str = field(repr=False)
+    api_base: str | None = None
+    managed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the platform decided for one request: its id and the attempts, in order."""
+
+    request_id: str
+    fallback_enabled: bool
+    attempts: tuple[Attempt, ...]
+
+
+def split_model(model: str) -> tuple[str | None, str]:
+    """`provider:model` into its parts; a model without a prefix leaves the provider open."""
+    prefix, colon, rest = model.partition(":")
+    if colon and prefix:
+        return prefix, rest
+    return None, model
+
+
+def parse_route(payload: object) -> Route:
+    """A resolve answer in either shape: `attempts` or the older flat single attempt."""
+    if not isinstance(payload, Mapping):
+        raise MalformedRoute("not a JSON object")
+    attempts = payload.get("attempts")
+    if attempts is None:
+        correlation_id = _string(payload, "correlation_id")
+        only = _attempt({**payload, "attempt_id": correlation_id, "position": 0})
+        return Route(request_id=correlation_id, fallback_enabled=False, attempts=(only,))
+    if not isinstance(attempts, list):
+        raise MalformedRoute("attempts: not a list")
+    ordered = sorted((_attempt(a) for a in attempts), key=lambda a: a.position)
+    return Route(request_id=_string(payload, "request_id"),
+                 fallback_enabled=payload.get("fallback_enabled") is True,
+                 attempts=tuple(ordered))
+
+
+def _attempt(raw: object) -> Attempt:
+    if not isinstance(raw, Mapping):
+        raise MalformedRoute("attempt: not a JSON object")
+    position = raw.get("position", 0)
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise MalformedRoute("attempt.position: not an integer")
+    base = raw.get("api_base")
+    if base is not None and not (isinstance(base, str) and base.startswith(("http://",
+                                                                          "https://"))):
+        raise MalformedRoute("attempt.api_base: not an http(s) URL")
+    return Attempt(attempt_id=_string(raw, "attempt_id"), position=position,
+                   provider=_string(raw, "provider"), model=_string(raw, "model"),
+                   api_key=_string(raw, "api_key"), api_base=base or None,
+                   managed=raw.get("managed") is True)
+
+
+def _string(raw: Mapping[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # ids may come as numbers from some platforms
+    if not isinstance(value, str) or not value:
+        raise MalformedRoute(f"{key}: missing or not a string")
+    return value
+
+
+def provider_for(attempt: Attempt, timeout: float) -> Provider | None:
+    """The upstream for an attempt: its api_base, else the preset's; None when unknown.
+
+    The key is left out: it travels per request (see `auth_headers`), because the shared
+    upstream client caches headers per provider name and keys differ between attempts.
+    """
+    preset = PRESETS.get(attempt.provider)
+    base_url = attempt.api_base or (preset.base_url if preset else None)
+    if base_url is None:
+        return None
+    kind = preset.type if preset else "openai"
+    headers = preset.headers if preset else MappingProxyType({})
+    return Provider(name=attempt.provider, type=kind, base_url=base_url.rstrip("/"),
+                    headers=headers, timeout=timeout)
+
+
+def auth_headers(provider: Provider, api_key: str) -> dict[str, str]:
+    """How the provider's wire format carries the key."""
+    if provider.type == "anthropic":
+        return {"x-api-key": api_key}
+    return {"Authorization": f"Bearer {api_key}"}

@@ -1,0 +1,95 @@
+"""Generation endpoints as FastAPI routes: what /openapi.json documents.
+
+Requests normally reach the same handlers through otari_server.hotpath, ahead of FastAPI's
+routing; these routes describe them (and serve them if the hot path is bypassed).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request, Response
+
+from otari_server import audio, chat, messages, moderations, proxy, responses
+from otari_server.deps import CallerDep
+from otari_server.endpoints import (
+    CHAT,
+    EMBEDDINGS,
+    IMAGES_GENERATIONS,
+    MESSAGES,
+    MODERATIONS,
+    RERANK,
+    RESPONSES,
+    SPEECH,
+    TRANSCRIPTIONS,
+)
+from otari_server.wire import (
+    AudioSpeechRequest,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    ImageGenerationRequest,
+    MessagesRequest,
+    ModerationRequest,
+    ModerationResponse,
+    RerankRequest,
+    ResponsesRequest,
+    body_of,
+)
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/chat/completions", tags=["chat"], openapi_extra=body_of(ChatCompletionRequest))
+async def chat_completions(request: Request, caller: CallerDep) -> Response:
+    """OpenAI-compatible chat completions, streaming or not, to any configured provider."""
+    return await chat.forward_chat(request, caller, CHAT)
+
+
+@router.post("/messages", tags=["messages"], openapi_extra=body_of(MessagesRequest))
+async def create_message(request: Request, caller: CallerDep) -> Response:
+    """Anthropic Messages API-compatible endpoint (streaming, tools, extended thinking)."""
+    return await messages.forward(request, caller, MESSAGES)
+
+
+@router.post("/responses", tags=["responses"], openapi_extra=body_of(ResponsesRequest))
+async def create_response(request: Request, caller: CallerDep) -> Response:
+    """OpenAI Responses API-compatible endpoint."""
+    return await responses.forward(request, caller, RESPONSES)
+
+
+@router.post("/embeddings", tags=["embeddings"], openapi_extra=body_of(EmbeddingRequest))
+async def create_embedding(request: Request, caller: CallerDep) -> Response:
+    """Embeddings for text input."""
+    return await proxy.forward_json(request, caller, EMBEDDINGS)
+
+
+@router.post("/moderations", tags=["moderations"], response_model=ModerationResponse,
+             openapi_extra=body_of(ModerationRequest))
+async def create_moderation(request: Request, caller: CallerDep,
+                            include_raw: bool = Query(False)) -> Response:
+    """OpenAI-compatible moderation; include_raw adds each provider result verbatim."""
+    return await moderations.forward(request, caller, MODERATIONS)
+
+
+@router.post("/rerank", tags=["rerank"], openapi_extra=body_of(RerankRequest))
+async def create_rerank(request: Request, caller: CallerDep) -> Response:
+    """Reorder documents by relevance to a query."""
+    return await proxy.forward_json(request, caller, RERANK)
+
+
+@router.post("/images/generations", tags=["images"],
+             openapi_extra=body_of(ImageGenerationRequest))
+async def create_image(request: Request, caller: CallerDep) -> Response:
+    """Images from a text prompt."""
+    return await proxy.forward_json(request, caller, IMAGES_GENERATIONS)
+
+
+@router.post("/audio/transcriptions", tags=["audio"], openapi_extra=body_of(
+    "Body_create_transcription_v1_audio_transcriptions_post", "multipart/form-data"))
+async def create_transcription(request: Request, caller: CallerDep) -> Response:
+    """Transcribe an audio upload."""
+    return await audio.forward(request, caller, TRANSCRIPTIONS)
+
+
+@router.post("/audio/speech", tags=["audio"], openapi_extra=body_of(AudioSpeechRequest))
+async def create_speech(request: Request, caller: CallerDep) -> Response:
+    """Speech from text, streamed back with the provider's content type."""
+    return await audio.forward(request, caller, SPEECH)
