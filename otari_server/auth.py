@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from otari_server.errors import AuthenticationFailed
+from otari_server.ratelimits import Limit
 from otari_server.tables import APIKey, User, utcnow
 
 KEY_PREFIX = "gw-"
@@ -61,6 +62,8 @@ class Caller:
     exclude_from_budget: bool = False
     # Model allow-lists of the key and of its user; a model must pass every one.
     allowed_models: tuple[tuple[str, ...], ...] = ()
+    # Requests- and tokens-per-minute limits of the key and of its user.
+    limits: tuple[Limit, ...] = ()
 
     def may_use(self, model_key: str) -> bool:
         """Whether every allow-list admits `model_key` ('provider:*', 'prefix*' match too)."""
@@ -91,6 +94,7 @@ class KeySnapshot:
     user_budget_id: str | None = None
     exclude_from_budget: bool = False
     allowed_models: tuple[tuple[str, ...], ...] = ()
+    limits: tuple[Limit, ...] = ()
 
 
 def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
@@ -112,6 +116,10 @@ def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
         allowed_models=tuple(tuple(models) for models in
                              (key.allowed_models, user.allowed_models if user else None)
                              if models is not None),
+        limits=tuple(limit for limit in (
+            Limit(f"key:{key.id}", key.rpm_limit, key.tpm_limit),
+            Limit(f"user:{user.user_id}", user.rpm_limit, user.tpm_limit) if user else None,
+        ) if limit is not None and (limit.rpm is not None or limit.tpm is not None)),
     )
 
 
@@ -130,7 +138,7 @@ def check(snapshot: KeySnapshot | None, now: datetime) -> Caller:
     return Caller(is_master=False, key_id=snapshot.key_id, user_id=snapshot.user_id,
                   key_name=snapshot.key_name, budgeted=snapshot.user_budget_id is not None,
                   exclude_from_budget=snapshot.exclude_from_budget,
-                  allowed_models=snapshot.allowed_models)
+                  allowed_models=snapshot.allowed_models, limits=snapshot.limits)
 
 
 class MasterKey:

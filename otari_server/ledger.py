@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, or_, select, update
 
-from otari_server import budgets
+from otari_server import budgets, ratelimits
 from otari_server.errors import BudgetExceeded, NotFound, OtariError, ServiceUnavailable
 from otari_server.tables import APIKey, Budget, Reservation, UsageLog, User, utcnow
 
@@ -67,14 +67,17 @@ class Settlement:
     error_message: str | None = None
     latency_ms: int | None = None
     request_id: str | None = None
+    # Rate-limit subjects whose tokens-per-minute this request's tokens count toward.
+    rate_subjects: tuple[str, ...] = ()
     id: str = ""  # the request id when there is one (see Ledger.record)
     timestamp: datetime = field(default_factory=utcnow)
 
 
 @dataclass(slots=True)
 class _Ask:
-    user_id: str
+    user_id: str | None  # None: nothing to hold, only rate limits to count
     amount: Decimal
+    limits: tuple[ratelimits.Limit, ...]
     future: asyncio.Future[Hold]
 
 
@@ -136,14 +139,22 @@ def admit(amounts: Iterable[Decimal], available: Decimal) -> list[bool]:
 def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float,
                 now: datetime) -> dict[int, Hold | OtariError]:
     """Apply a batch of reservations in the caller's transaction; results by ask index."""
+    results: dict[int, Hold | OtariError] = {}
     by_user: dict[str, list[int]] = defaultdict(list)
     for index, ask in enumerate(asks):
-        by_user[ask.user_id].append(index)
+        refused = ratelimits.admit(conn, ask.limits, now) if ask.limits else None
+        if refused is not None:
+            results[index] = refused
+        elif ask.user_id is None:
+            results[index] = NO_HOLD
+        else:
+            by_user[ask.user_id].append(index)
+    if not by_user:
+        return results
     # On PostgreSQL the row lock makes check-and-add atomic across instances; SQLite has
     # a single writer per database file anyway.
     statement = _USER_BUDGETS_LOCKED if conn.dialect.name == "postgresql" else _USER_BUDGETS
     rows = {row.user_id: row for row in conn.execute(statement, {"user_ids": list(by_user)})}
-    results: dict[int, Hold | OtariError] = {}
     for user_id, indexes in by_user.items():
         row = rows.get(user_id)
         if row is None or row.deleted_at is not None:
@@ -189,9 +200,16 @@ def _add_hold(conn: Connection, instance_id: str, user_id: str, amount: Decimal,
             created_at=now, expires_at=expires_at))
 
 
-def settle_all(conn: Connection, batch: list[Settlement], instance_id: str) -> None:
+def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
+               now: datetime) -> None:
     """Apply settlements in the caller's transaction: usage rows, spend, released holds."""
     conn.execute(_INSERT_USAGE, [_usage_row(s) for s in batch])
+    rate_tokens: dict[str, int] = defaultdict(int)
+    for s in batch:
+        for subject in s.rate_subjects:
+            rate_tokens[subject] += (s.prompt_tokens or 0) + (s.completion_tokens or 0)
+    if rate_tokens:
+        ratelimits.add_tokens(conn, rate_tokens, now)
     user_spend: dict[str, Decimal] = defaultdict(Decimal)
     key_spend: dict[str, Decimal] = defaultdict(Decimal)
     released: dict[str, Decimal] = defaultdict(Decimal)
@@ -288,12 +306,14 @@ class Ledger:
         self._thread = threading.Thread(target=self._run, name="otari-ledger", daemon=True)
         self._thread.start()
 
-    async def reserve(self, user_id: str, amount: Decimal) -> Hold:
-        """Hold `amount` against the user's budget, or raise BudgetExceeded/NotFound."""
+    async def reserve(self, user_id: str | None, amount: Decimal,
+                      limits: tuple[ratelimits.Limit, ...] = ()) -> Hold:
+        """Count the request against its rate limits and hold `amount` against the user's
+        budget; raises RateLimited, BudgetExceeded or NotFound."""
         assert self._loop is not None, "ledger used before start()"
         future: asyncio.Future[Hold] = self._loop.create_future()
         with self._wake:
-            self._asks.append(_Ask(user_id, amount, future))
+            self._asks.append(_Ask(user_id, amount, limits, future))
             self._wake.notify()
         return await future
 
@@ -371,7 +391,7 @@ class Ledger:
                 self._answer(asks, results)
             if settlements:
                 with conn.begin():
-                    settle_all(conn, settlements, self._instance_id)
+                    settle_all(conn, settlements, self._instance_id, utcnow())
         except Exception:
             conn.invalidate()  # a broken connection is replaced on the next batch
             raise

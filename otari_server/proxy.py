@@ -53,6 +53,7 @@ class Call:
     request_id: str | None
     started: float
     counts: bool = True
+    rate_subjects: tuple[str, ...] = ()
 
     def settle(self, status: str, used: Consumption | None = None,
                error: str | None = None) -> None:
@@ -69,7 +70,7 @@ class Call:
             cache_write_tokens=used.cache_write_tokens or None, cost=cost,
             counts_toward_budget=self.counts, error_message=error,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
-            request_id=self.request_id))
+            request_id=self.request_id, rate_subjects=self.rate_subjects))
 
 
 def consumption(usage: object, **extra: Any) -> Consumption:
@@ -170,12 +171,17 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
             param="model", code="model_not_priced")
     hold = NO_HOLD
     counts = not caller.exclude_from_budget
-    if counts and user_id is not None and (caller.is_master or caller.budgeted):
-        if worst is None:
-            worst = worst_case(endpoint, raw, body, settings.default_max_tokens)
-        hold = await runtime.ledger.reserve(user_id, price.cost(worst) if price else Decimal(0))
+    budgeted = counts and user_id is not None and (caller.is_master or caller.budgeted)
+    if budgeted or caller.limits:
+        amount = Decimal(0)
+        if budgeted and price is not None:
+            worst = worst or worst_case(endpoint, raw, body, settings.default_max_tokens)
+            amount = price.cost(worst)
+        hold = await runtime.ledger.reserve(user_id if budgeted else None, amount,
+                                            caller.limits)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
-                request_id, time.perf_counter(), counts)
+                request_id, time.perf_counter(), counts,
+                tuple(limit.subject for limit in caller.limits if limit.tpm is not None))
     return call, upstream_model
 
 

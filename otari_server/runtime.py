@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, ledger, secretfiles
+from otari_server import db, ledger, ratelimits, secretfiles
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
 from otari_server.pricing import PriceBook
@@ -161,6 +161,7 @@ async def _flush_activity_forever(runtime: Runtime, interval: float) -> None:
 async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
     def reclaim_expired() -> int:
         with runtime.engine.begin() as conn:
+            ratelimits.prune(conn, utcnow())
             return ledger.reclaim(conn, None, utcnow())
 
     while True:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from otari_server.providers import Provider
@@ -88,23 +87,13 @@ def _string(raw: Mapping[str, Any], key: str) -> str:
 
 
 def provider_for(attempt: Attempt, timeout: float) -> Provider | None:
-    """The upstream for an attempt: its api_base, else the preset's; None when unknown.
-
-    The key is left out: it travels per request (see `auth_headers`), because the shared
-    upstream client caches headers per provider name and keys differ between attempts.
-    """
+    """The upstream for an attempt: its api_base, else the preset's; None when unknown."""
     preset = PRESETS.get(attempt.provider)
     base_url = attempt.api_base or (preset.base_url if preset else None)
     if base_url is None:
         return None
-    kind = preset.type if preset else "openai"
-    headers = preset.headers if preset else MappingProxyType({})
-    return Provider(name=attempt.provider, type=kind, base_url=base_url.rstrip("/"),
-                    headers=headers, timeout=timeout)
-
-
-def auth_headers(provider: Provider, api_key: str) -> dict[str, str]:
-    """How the provider's wire format carries the key."""
-    if provider.type == "anthropic":
-        return {"x-api-key": api_key}
-    return {"Authorization": f"Bearer {api_key}"}
+    if preset is None:
+        return Provider(name=attempt.provider, type="openai", base_url=base_url.rstrip("/"),
+                        api_key=attempt.api_key, timeout=timeout)
+    return Provider(name=attempt.provider, type=preset.type, base_url=base_url.rstrip("/"),
+                    api_key=attempt.api_key, headers=preset.headers, timeout=timeout)
