@@ -57,12 +57,14 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Self-hosted, OpenAI-compatible LLM gateway")
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(health.metrics_router)
     for router in API_ROUTERS:
         app.include_router(router)
         app.include_router(router, prefix="/api", include_in_schema=False)
     # Outermost first: every request gets its id and size check, then the hot path.
     app.add_middleware(HotPath)
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
+                       max_header_bytes=settings.max_header_bytes)
     _document_wire_schemas(app)
     return app
 

@@ -57,7 +57,16 @@ class ExactRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = loads(await self.body())
+            body = await self.body()
+            try:
+                self._json = loads(body)
+            except (RecursionError, UnicodeDecodeError, ValueError) as exc:
+                # Too deeply nested, not UTF-8, or NaN/Infinity: FastAPI answers a
+                # JSONDecodeError with a 422 naming the body, as for any malformed JSON.
+                if isinstance(exc, json.JSONDecodeError):
+                    raise
+                raise json.JSONDecodeError(f"invalid JSON: {type(exc).__name__}",
+                                           body.decode("utf-8", "replace")[:100], 0) from None
         return self._json
 
 

@@ -261,11 +261,16 @@ def _usage_row(s: Settlement) -> dict[str, Any]:
             "request_id": s.request_id}
 
 
-def reclaim(conn: Connection, instance_id: str | None, now: datetime) -> int:
-    """Give back holds that expired, and (at start-up) those this instance left behind."""
+def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:
+    """Give back holds that expired, and (at start-up) those an earlier run left behind.
+
+    `left_by` names this host and port: holds of that instance, and of worker processes
+    that ran under it ("host:port:pid"), cannot belong to anyone alive once we have the port.
+    """
     condition = Reservation.expires_at <= now
-    if instance_id is not None:
-        condition = or_(condition, Reservation.instance_id == instance_id)
+    if left_by is not None:
+        condition = or_(condition, Reservation.instance_id == left_by,
+                        Reservation.instance_id.startswith(left_by + ":", autoescape=True))
     rows = conn.execute(delete(Reservation).where(condition)
                         .returning(Reservation.user_id, Reservation.amount)).all()
     per_user: dict[str, Decimal] = defaultdict(Decimal)

@@ -16,9 +16,11 @@ REQUEST_ID_HEADER = b"x-request-id"
 class RequestContext:
     """Give every response an X-Request-ID and refuse declared bodies over the limit."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_header_bytes: int = 65536,
+                 ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_headers = max_header_bytes
         # A random per-process prefix and a counter: unique across instances, and far
         # cheaper than a uuid4 (a urandom call) per request.
         self._prefix = secrets.token_hex(8)
@@ -39,7 +41,12 @@ class RequestContext:
 
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            await _too_large(scope, send_with_id, self.max_body_bytes)
+            await _refuse(scope, send_with_id, 413,
+                          f"Request body is over the {self.max_body_bytes}-byte limit")
+            return
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > self.max_headers:
+            await _refuse(scope, send_with_id, 431,
+                          f"Request headers are over the {self.max_headers}-byte limit")
             return
         await self.app(scope, receive, send_with_id)
 
@@ -54,11 +61,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _too_large(scope: Scope, send: Send, limit: int) -> None:
-    message = f"Request body is over the {limit}-byte limit"
-    body = dumps(error_body(shape_for(scope["path"]), 413, message, "invalid_request_error",
+async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+    body = dumps(error_body(shape_for(scope["path"]), status, message, "invalid_request_error",
                             "request_too_large", "request_too_large")).encode()
-    await send({"type": "http.response.start", "status": 413,
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

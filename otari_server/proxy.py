@@ -60,6 +60,11 @@ class Call:
         """Queue the usage row and the hold's release (never blocks); call exactly once."""
         used = used or Consumption(requests=0 if status != "success" else 1)
         cost = None if self.price is None else self.price.cost(used)
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.tokens.labels("prompt").inc(used.prompt_tokens)
+            self.runtime.metrics.tokens.labels("completion").inc(used.completion_tokens)
+            if cost:
+                self.runtime.metrics.cost.inc(float(cost))  # a gauge of money, not a ledger
         tokens_seen = used.prompt_tokens or used.completion_tokens
         self.runtime.ledger.record(Settlement(
             hold=self.hold, user_id=self.user_id, api_key_id=self.key_id,

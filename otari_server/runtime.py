@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from otari_server import db, ledger, ratelimits, secretfiles
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
+from otari_server.metrics import Metrics
 from otari_server.pricing import PriceBook
 from otari_server.providers import Provider, ProviderConfigError, build_providers
 from otari_server.settings import ConfigError, Settings, master_key_path, state_dir
@@ -43,6 +44,7 @@ class Runtime:
     ledger: Ledger
     providers: dict[str, Provider]
     upstream: Upstream = field(default_factory=Upstream)
+    metrics: Metrics | None = None
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=utcnow)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -66,9 +68,9 @@ def resolve_master_key(settings: Settings) -> str:
     return key
 
 
-def bootstrap_api_key(runtime: Runtime) -> None:
+def bootstrap_api_key(sessions: sessionmaker[Session]) -> None:
     """When no API key exists yet, mint one and show it once (never through the log)."""
-    with runtime.sessions.begin() as session:
+    with sessions.begin() as session:
         if session.scalar(select(func.count()).select_from(APIKey)):
             return
         from otari_server.keys import create_key  # keys imports runtime's callers
@@ -94,21 +96,48 @@ def providers_of(settings: Settings) -> dict[str, Provider]:
         raise ConfigError(str(exc)) from None
 
 
-def instance_name(settings: Settings) -> str:
-    """A name that survives restarts, so a restarted instance can reclaim its own holds.
+def node_name(settings: Settings) -> str:
+    """This host and port: stable across restarts, so a restart can reclaim its holds."""
+    return f"{socket.gethostname()}:{settings.port}"
 
-    Worker processes share host and port, so each adds its pid (their leftovers are
-    reclaimed when they expire instead).
-    """
-    name = f"{socket.gethostname()}:{settings.port}"
+
+def instance_name(settings: Settings) -> str:
+    """The name this process's holds are recorded under (workers add their pid)."""
+    name = node_name(settings)
     return name if settings.workers == 1 else f"{name}:{os.getpid()}"
 
 
-def open_runtime(settings: Settings) -> Runtime:
-    """Migrate (unless switched off), open the database, and build the caches."""
-    providers = providers_of(settings)
+def prepare(settings: Settings) -> None:
+    """Start-up work done once per host and port, before any worker serves.
+
+    Migrate (unless switched off), make sure a master key exists, mint the bootstrap key,
+    and give back budget holds an earlier run left behind. With --workers the parent runs
+    this once; each worker then skips it.
+    """
     if settings.auto_migrate:
         db.migrate(settings.database_url)
+    resolve_master_key(settings)
+    engine = db.create_db_engine(settings.database_url)
+    try:
+        if settings.bootstrap_api_key:
+            bootstrap_api_key(db.session_factory(engine))
+        with engine.begin() as conn:
+            reclaimed = ledger.reclaim(conn, node_name(settings), utcnow())
+        if reclaimed:
+            log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
+    except DBAPIError as exc:
+        # Without auto-migration the database may be down or not migrated yet: serve anyway
+        # (readiness says 503) rather than refuse to start; the periodic sweep reclaims later.
+        log.warning("database not usable at start-up (%s); continuing", type(exc.orig).__name__)
+    finally:
+        engine.dispose()
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    """Prepare (single process only) and build the app's state."""
+    providers = providers_of(settings)
+    if settings.workers == 1:
+        prepare(settings)
     engine = db.create_db_engine(settings.database_url)
     sessions = db.session_factory(engine)
     runtime = Runtime(
@@ -124,17 +153,9 @@ def open_runtime(settings: Settings) -> Runtime:
         providers=providers,
         instance_id=instance_name(settings),
     )
-    try:
-        if settings.bootstrap_api_key:
-            bootstrap_api_key(runtime)
-        with engine.begin() as conn:
-            reclaimed = ledger.reclaim(conn, runtime.instance_id, utcnow())
-        if reclaimed:
-            log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
-    except DBAPIError as exc:
-        # Without auto-migration the database may be down or not migrated yet: serve anyway
-        # (readiness says 503) rather than refuse to start; the periodic sweep reclaims later.
-        log.warning("database not usable at start-up (%s); continuing", type(exc.orig).__name__)
+    if settings.metrics:
+        runtime.metrics = Metrics(lambda: runtime.ledger.depth)
+        runtime.upstream.observe = runtime.metrics.upstream_latency
     return runtime
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from otari_server import logs, settings
 from otari_server.app import create_app
 from otari_server.db import redact
+from otari_server.runtime import prepare
 
-__all__ = ["ConfigError", "run"]
+__all__ = ["ConfigError", "run", "worker_app"]
 ConfigError = settings.ConfigError
 
 
@@ -24,19 +27,45 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     # The ledger's writer thread shares the GIL with the event loop; a shorter switch
     # interval than the default 5 ms keeps a request from waiting behind a batch write.
     sys.setswitchinterval(0.0005)
-    config = uvicorn.Config(
-        create_app(resolved),
-        host=resolved.host,
-        port=resolved.port,
-        log_level=logs.level_number(resolved.log_level),
-        log_config=None,
-        timeout_graceful_shutdown=int(resolved.shutdown_timeout),
-        server_header=False,
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    print(f"otari: serving on http://{resolved.host}:{resolved.port} "
-          f"(database {redact(resolved.database_url)})", file=sys.stderr, flush=True)
+    options: dict[str, Any] = {
+        "host": resolved.host, "port": resolved.port,
+        "log_level": logs.level_number(resolved.log_level), "log_config": None,
+        "timeout_graceful_shutdown": int(resolved.shutdown_timeout),
+        "server_header": False, "access_log": False,
+    }
+    target = "connected to a platform" if resolved.connected else (
+        f"database {redact(resolved.database_url)}")
+    print(f"otari: serving on http://{resolved.host}:{resolved.port} ({target}"
+          + (f", {resolved.workers} workers" if resolved.workers > 1 else "") + ")",
+          file=sys.stderr, flush=True)
+    if resolved.workers > 1:
+        _serve_workers(resolved, config_path, overrides, options)
+        return
+    server = uvicorn.Server(uvicorn.Config(create_app(resolved), **options))
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+def _serve_workers(resolved: settings.Settings, config_path: Path | None,
+                   overrides: Mapping[str, Any], options: dict[str, Any]) -> None:
+    """Prepare once here, then let uvicorn run N worker processes of `worker_app`."""
+    if not resolved.connected:
+        prepare(resolved)
+    # Workers resolve the same settings from the environment, and skip what was just done.
+    if config_path is not None:
+        os.environ["OTARI_CONFIG"] = str(config_path)
+    for key, value in overrides.items():
+        os.environ[f"OTARI_{key.upper()}"] = str(value)
+    os.environ["OTARI_AUTO_MIGRATE"] = "false"
+    os.environ["OTARI_BOOTSTRAP_API_KEY"] = "false"
+    uvicorn.run("otari_server.serve:worker_app", factory=True, workers=resolved.workers,
+                **options)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (settings from the environment set by the parent)."""
+    resolved = settings.load()
+    logs.configure(resolved.log_level)
+    sys.setswitchinterval(0.0005)
+    return create_app(resolved)

@@ -66,6 +66,8 @@ class Settings:
     reservation_ttl: float = 3600.0
     usage_flush_interval: float = 0.2
     shutdown_timeout: float = 30.0
+    metrics: bool = False
+    max_header_bytes: int = 65536
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Connected mode ([platform] table): the gateway serves as a platform's data plane.
     platform: Mapping[str, Any] = field(default_factory=dict)
@@ -143,12 +145,15 @@ _PARSERS = {
     "reservation_ttl": _parse_float,
     "usage_flush_interval": _parse_float,
     "shutdown_timeout": _parse_float,
+    "metrics": _parse_bool,
+    "max_header_bytes": _parse_int,
 }
 _TABLES = {"providers", "platform"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
-_POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes"}
+_POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes",
+             "max_header_bytes"}
 
 
 def interpolate(value: Any, environ: Mapping[str, str], key: str) -> Any:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client import Histogram
 
 from otari_server.errors import BadGateway, GatewayTimeout, OtariError, UpstreamError
 from otari_server.providers import Provider
@@ -22,6 +25,8 @@ class Upstream:
         # Per provider, built once: headers and timeouts are the same for every request.
         self._headers: dict[str, dict[str, str]] = {}
         self._timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = {}
+        # A Prometheus histogram of provider answer times, when metrics are on.
+        self.observe: Histogram | None = None
 
     async def open(self) -> None:
         """Create the connection pool (must run inside the event loop)."""
@@ -49,9 +54,37 @@ class Upstream:
         timeout = self._timeouts.get((provider.name, stream))
         if timeout is None:
             timeout = self._timeouts[provider.name, stream] = _timeout(provider.timeout, stream)
+        started = time.perf_counter()
         try:
-            return await self._session.post(provider.url(path), data=orjson.dumps(body),
-                                            headers=headers, timeout=timeout)
+            response = await self._session.post(provider.url(path), data=orjson.dumps(body),
+                                                headers=headers, timeout=timeout)
+        except Exception as exc:
+            raise failure(provider, exc) from None
+        if self.observe is not None:
+            self.observe.labels(provider.name).observe(time.perf_counter() - started)
+        return response
+
+    async def post_form(self, provider: Provider, path: str, form: aiohttp.FormData, *,
+                        stream: bool = False) -> aiohttp.ClientResponse:
+        """POST multipart form data (uploads); the caller reads (and releases) the response."""
+        return await self._send(provider, "POST", path, data=form, stream=stream)
+
+    async def get(self, provider: Provider, path: str,
+                  params: Mapping[str, str] | None = None, *,
+                  stream: bool = False) -> aiohttp.ClientResponse:
+        """GET from a provider (status, lists, file contents); the caller releases it."""
+        return await self._send(provider, "GET", path, params=params, stream=stream)
+
+    async def _send(self, provider: Provider, method: str, path: str, *,
+                    data: aiohttp.FormData | None = None,
+                    params: Mapping[str, str] | None = None,
+                    stream: bool) -> aiohttp.ClientResponse:
+        assert self._session is not None, "upstream client used before open()"
+        # No Content-Type of ours: aiohttp sets the multipart boundary itself.
+        try:
+            return await self._session.request(
+                method, provider.url(path), data=data, params=params,
+                headers=provider.request_headers(), timeout=_timeout(provider.timeout, stream))
         except Exception as exc:
             raise failure(provider, exc) from None
 

@@ -6,10 +6,12 @@ import os
 
 from anyio import to_thread
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from otari_server import __version__, db
 from otari_server.deps import RuntimeDep
+from otari_server.errors import NotFound
+from otari_server.metrics import CONTENT_TYPE
 from otari_server.tables import utcnow
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -45,3 +47,14 @@ async def readiness(runtime: RuntimeDep) -> JSONResponse:
         return JSONResponse({"status": "not ready", "database": "unreachable",
                              "error": type(exc).__name__}, status_code=503)
     return JSONResponse({"status": "ready", "database": "ok", "version": __version__})
+
+
+metrics_router = APIRouter(tags=["metrics"])
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus metrics, when switched on (metrics = true); 404 otherwise."""
+    if runtime.metrics is None:
+        raise NotFound("Metrics are off: set metrics = true (OTARI_METRICS=true)")
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
