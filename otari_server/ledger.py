@@ -29,7 +29,8 @@ from sqlalchemy import Connection, Engine, bindparam, delete, insert, or_, selec
 
 from otari_server import budgets, ratelimits
 from otari_server.errors import BudgetExceeded, NotFound, OtariError, ServiceUnavailable
-from otari_server.tables import APIKey, Budget, Reservation, UsageLog, User, utcnow
+from otari_server.holds import Holds
+from otari_server.tables import APIKey, Reservation, UsageLog, User, utcnow
 
 log = logging.getLogger("otari.ledger")
 
@@ -82,26 +83,11 @@ class _Ask:
 
 
 # Statements built once: constructing SQLAlchemy expressions costs more than running them.
-_USER_BUDGETS = (select(User.user_id, User.spend, User.reserved, User.budget_started_at,
-                        User.next_budget_reset_at, User.deleted_at, Budget.max_budget,
-                        Budget.budget_duration_sec)
-                 .outerjoin(Budget, User.budget_id == Budget.budget_id)
-                 .where(User.user_id.in_(bindparam("user_ids", expanding=True))))
-_USER_BUDGETS_LOCKED = _USER_BUDGETS.with_for_update(of=User)
-_ROLL_OVER = (update(User).where(User.user_id == bindparam("uid"))
-              .values(spend=0, budget_started_at=bindparam("started"),
-                      next_budget_reset_at=bindparam("resets")))
-_ADD_RESERVED = (update(User).where(User.user_id == bindparam("uid"))
-                 .values(reserved=User.reserved + bindparam("amount", type_=User.reserved.type)))
 _SETTLE_USER = (update(User).where(User.user_id == bindparam("uid"))
                 .values(spend=User.spend + bindparam("cost", type_=User.spend.type),
                         reserved=User.reserved - bindparam("release", type_=User.reserved.type)))
 _SETTLE_KEY = (update(APIKey).where(APIKey.id == bindparam("kid"))
                .values(spend=APIKey.spend + bindparam("cost", type_=APIKey.spend.type)))
-_GROW_HOLD = (update(Reservation).where(Reservation.id == bindparam("hid"))
-              .values(amount=Reservation.amount + bindparam("amount",
-                                                            type_=Reservation.amount.type),
-                      expires_at=bindparam("expires")))
 _SHRINK_HOLD = (update(Reservation).where(Reservation.id == bindparam("hid"))
                 .values(amount=Reservation.amount - bindparam("amount",
                                                               type_=Reservation.amount.type)))
@@ -151,10 +137,18 @@ def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float
             by_user[ask.user_id].append(index)
     if not by_user:
         return results
-    # On PostgreSQL the row lock makes check-and-add atomic across instances; SQLite has
-    # a single writer per database file anyway.
-    statement = _USER_BUDGETS_LOCKED if conn.dialect.name == "postgresql" else _USER_BUDGETS
-    rows = {row.user_id: row for row in conn.execute(statement, {"user_ids": list(by_user)})}
+    holds = Holds(conn)
+    try:
+        _reserve_budgets(holds, asks, by_user, results, instance_id, ttl, now)
+    finally:
+        holds.close()
+    return results
+
+
+def _reserve_budgets(holds: Holds, asks: list[_Ask], by_user: dict[str, list[int]],
+                     results: dict[int, Hold | OtariError], instance_id: str, ttl: float,
+                     now: datetime) -> None:
+    rows = holds.user_budgets(list(by_user))
     for user_id, indexes in by_user.items():
         row = rows.get(user_id)
         if row is None or row.deleted_at is not None:
@@ -168,8 +162,7 @@ def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float
         spend, resets_at = row.spend, row.next_budget_reset_at
         if resets_at is not None and row.budget_started_at is not None and now >= resets_at:
             period = budgets.current_period(row.budget_started_at, row.budget_duration_sec, now)
-            conn.execute(_ROLL_OVER, {"uid": user_id, "started": period.started_at,
-                                      "resets": period.resets_at})
+            holds.roll_over(user_id, period.started_at, period.resets_at)
             spend, resets_at = Decimal(0), period.resets_at
         available = row.max_budget - spend - row.reserved
         fits = admit((asks[i].amount for i in indexes), available)
@@ -183,21 +176,9 @@ def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float
                 results[index] = refusal(user_id, amount, available - total, row.max_budget,
                                          resets_at)
         if total:
-            conn.execute(_ADD_RESERVED, {"uid": user_id, "amount": total})
-            _add_hold(conn, instance_id, user_id, total, now, ttl)
-    return results
-
-
-def _add_hold(conn: Connection, instance_id: str, user_id: str, amount: Decimal,
-              now: datetime, ttl: float) -> None:
-    key = hold_id(instance_id, user_id)
-    expires_at = now + timedelta(seconds=ttl)
-    changed = conn.execute(_GROW_HOLD, {"hid": key, "amount": amount,
-                                        "expires": expires_at}).rowcount
-    if not changed:
-        conn.execute(insert(Reservation).values(
-            id=key, user_id=user_id, api_key_id=None, amount=amount, instance_id=instance_id,
-            created_at=now, expires_at=expires_at))
+            holds.add_reserved(user_id, total)
+            holds.grow_hold(hold_id(instance_id, user_id), user_id, instance_id, total, now,
+                            now + timedelta(seconds=ttl))
 
 
 def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
