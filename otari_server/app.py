@@ -17,6 +17,7 @@ from otari_server.routes import (
     generation,
     health,
     keys,
+    messages,
     models,
     pricing,
     usage,
@@ -27,7 +28,7 @@ from otari_server.settings import Settings
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    generation.router, models.router, keys.router, users.router, budgets.router, pricing.router,
+    generation.router, messages.router, models.router, keys.router, users.router, budgets.router, pricing.router,
     usage.router,
 ]
 

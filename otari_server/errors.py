@@ -103,6 +103,12 @@ class RateLimited(OtariError):
     code = "rate_limit_exceeded"
 
 
+# The Anthropic error type of each status a provider's refusal keeps.
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    429: "rate_limit_error"}
+
+
 class UpstreamError(OtariError):
     """The provider refused the request; its status and message are passed on."""
 
@@ -114,6 +120,7 @@ class UpstreamError(OtariError):
         self.status = status
         if 400 <= status < 500:
             self.type = "invalid_request_error"
+            self.anthropic_type = _ANTHROPIC_TYPES.get(status, "invalid_request_error")
 
 
 class BadGateway(OtariError):

@@ -54,7 +54,7 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     check_fields(body, endpoint)
     _check(body)
     call, upstream_model = await admit(runtime, caller, endpoint, raw,
-                                       dict(body, user=_attribution(body)),
+                                       dict(body, user=_attribution(body, caller)),
                                        request.scope.get("otari.request_id"))
     streaming = body.get("stream") is True
     try:
@@ -116,8 +116,8 @@ def _check(body: Mapping[str, Any]) -> None:
                              param="system")
 
 
-def _attribution(body: Mapping[str, Any]) -> str | None:
-    """Who the client bills: `metadata.user_id`, with the rules of OpenAI's `user` field."""
+def _attribution(body: Mapping[str, Any], caller: Caller) -> str | None:
+    """The user the master key bills: `metadata.user_id` (an API key's own user always pays)."""
     metadata = body.get("metadata")
     if metadata is None:
         return None
@@ -126,7 +126,9 @@ def _attribution(body: Mapping[str, Any]) -> str | None:
     user = metadata.get("user_id")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("'metadata.user_id' must be a string", param="metadata.user_id")
-    return user or None
+    # Unlike OpenAI's `user`, a mismatch is no refusal: clients such as Claude Code fill
+    # user_id with their own opaque session ids.
+    return (user or None) if caller.is_master else None
 
 
 def _used(usage: object) -> Consumption:

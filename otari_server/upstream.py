@@ -22,7 +22,9 @@ class Upstream:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        # Per provider, built once: headers and timeouts are the same for every request.
+        # Per provider name, built once: headers (with the provider's key) and timeouts are
+        # the same for every request. Connected mode, whose keys vary per request, passes
+        # key-less providers and sends the key in extra_headers.
         self._headers: dict[str, dict[str, str]] = {}
         self._timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = {}
         # A Prometheus histogram of provider answer times, when metrics are on.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,13 +28,15 @@ async def chat_completions(request: Request) -> Response:
 @router.api_route("/v1/{rest:path}", methods=METHODS, include_in_schema=False)
 @router.api_route("/api/v1/{rest:path}", methods=METHODS, include_in_schema=False)
 async def not_available(request: Request) -> Response:
-    """Every other /v1 endpoint belongs to standalone mode."""
+    """Every other /v1 endpoint belongs to standalone mode (OpenAI-shaped, whatever the path)."""
     path = request.url.path
     if path in CHAT_PATHS:
         raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
-    raise NotFound(f"{request.method} {path} is not available in connected mode: this "
-                   "gateway serves POST /v1/chat/completions and /health only",
-                   code="not_available_in_connected_mode")
+    message = (f"{request.method} {path} is not available in connected mode: this gateway "
+               "serves POST /v1/chat/completions and /health only")
+    body = errors.error_body("openai", 404, message, NotFound.type, NotFound.anthropic_type,
+                             "not_available_in_connected_mode")
+    return JSONResponse(body, status_code=404)
 
 
 class ChatPath:

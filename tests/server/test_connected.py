@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import DEFAULT_TEXT, FakeAnthropic, FakeOpenAI, Failure, count_tokens
+from tests.fakes import DEFAULT_TEXT, Failure, FakeAnthropic, FakeOpenAI, count_tokens
 from tests.platform_fake import (
     GATEWAY_TOKEN,
     USER_TOKEN,
@@ -24,7 +24,7 @@ from tests.servers import free_port, running
 KEY = "sk-platform-issued-key-0123456789"
 BACKUP_KEY = "sk-platform-backup-key-987654321"
 CLAUDE_KEY = "sk-ant-platform-key-555"
-MESSAGES = [{"role": "user", "content": "Say hello"}]
+MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
 
 
 @dataclass
@@ -53,7 +53,7 @@ class World:
     def ask(self, model: str = "openai:gpt-4o-mini", **kwargs: Any) -> Any:
         """A chat completion through the gateway; the raw response (headers and parse())."""
         return self.client().chat.completions.with_raw_response.create(
-            model=model, messages=MESSAGES, **kwargs)  # type: ignore[arg-type]
+            model=model, messages=MESSAGES, **kwargs)
 
     def first(self) -> dict[str, Any]:
         return attempt(self.primary, "att-primary", api_key=KEY)
@@ -92,7 +92,7 @@ def usage_of(text: str = DEFAULT_TEXT) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-# -- the happy path ---------------------------------------------------------------------------
+# -- the happy path --------------------------------------------------------------------------------
 
 
 def test_chat_completion_is_routed_by_the_platform(gw: World) -> None:
@@ -142,7 +142,7 @@ def test_an_anthropic_attempt_is_translated(gw: World) -> None:
     assert report["status"] == "success" and report["usage"]["completion_tokens"] == 5
 
 
-# -- fallback ------------------------------------------------------------------------------------
+# -- fallback --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", [401, 403, 408, 429, 500, 503])
@@ -197,6 +197,14 @@ def test_a_non_retryable_failure_stops_with_the_providers_answer(gw: World, stat
         {"correlation_id": "att-primary", "status": "error", "error_class": f"http_{status}"}]
 
 
+def test_a_malformed_answer_stops_with_502(gw: World) -> None:
+    gw.primary.push(malformed=True)
+    with pytest.raises(openai.APIStatusError) as info:
+        gw.ask()
+    assert info.value.status_code == 502 and gw.backup.requests == []
+    assert gw.platform.wait_usage(1)[0]["error_class"] == "malformed_response"
+
+
 def test_all_attempts_failing_is_502(gw: World) -> None:
     gw.primary.fail(500, "down")
     gw.backup.fail(429, f"slow down {BACKUP_KEY}")
@@ -220,13 +228,13 @@ def test_all_attempts_failing_is_504_when_the_last_timed_out(world: World) -> No
     assert errors == {"att-primary": "http_503", "att-backup": "timeout"}
 
 
-# -- streaming --------------------------------------------------------------------------------
+# -- streaming -------------------------------------------------------------------------------------
 
 
 def stream_text(world: World, **kwargs: Any) -> tuple[str, list[Any], Any]:
-    raw = world.client().chat.completions.with_raw_response.create(
-        model="openai:gpt-4o-mini", messages=MESSAGES, stream=True, **kwargs)  # type: ignore
-    chunks = list(raw.parse())
+    raw: Any = world.client().chat.completions.with_raw_response.create(
+        model="openai:gpt-4o-mini", messages=MESSAGES, stream=True, **kwargs)
+    chunks: list[Any] = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return text, chunks, raw
 
@@ -291,6 +299,20 @@ def test_errors_after_the_first_chunk_go_down_the_stream(gw: World) -> None:
         {"correlation_id": "att-primary", "status": "error", "error_class": "conn_err"}]
 
 
+def test_a_client_leaving_mid_stream_is_reported(gw: World) -> None:
+    gate = gw.primary.gate()
+    gw.primary.push(hold_after=2, gate=gate)
+    body = {"model": "openai:gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {USER_TOKEN}"}) as response:
+        assert response.status_code == 200
+        assert next(response.iter_lines()).startswith("data: ")
+    assert gw.platform.wait_usage(1) == [
+        {"correlation_id": "att-primary", "status": "error",
+         "error_class": "client_disconnected"}]
+    gate.release()
+
+
 def test_an_anthropic_stream_is_translated(gw: World) -> None:
     gw.platform.route(gw.anthropic())
     text, chunks, _ = stream_text(gw, stream_options={"include_usage": True})
@@ -301,7 +323,7 @@ def test_an_anthropic_stream_is_translated(gw: World) -> None:
     assert report["usage"]["completion_tokens"] == count_tokens(DEFAULT_TEXT)
 
 
-# -- authentication ---------------------------------------------------------------------------
+# -- authentication --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("header", [None, "Basic abc", "Bearer", "Token abc", "Bearer a b"])
