@@ -28,8 +28,8 @@ from otari_server.settings import Settings
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    generation.router, messages.router, models.router, keys.router, users.router, budgets.router, pricing.router,
-    usage.router,
+    generation.router, messages.router, models.router,
+    keys.router, users.router, budgets.router, pricing.router, usage.router,
 ]
 
 
