@@ -10,6 +10,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from otari_server import tools
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
 from otari_server.errors import InvalidRequest, OtariError
@@ -43,6 +44,9 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
     if not all(isinstance(m, dict) for m in body["messages"]) or not isinstance(
             body["messages"], list):
         raise InvalidRequest("'messages' must be an array of objects", param="messages")
+    if tools.wanted(body):
+        # MCP servers, web search or code execution: the gateway runs the tool loop.
+        return await tools.forward(request, caller, endpoint, raw, body)
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"))
     streaming = body.get("stream") is True

@@ -71,6 +71,8 @@ class Settings:
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Connected mode ([platform] table): the gateway serves as a platform's data plane.
     platform: Mapping[str, Any] = field(default_factory=dict)
+    # Gateway-run tools ([tools] table: web search backend, code sandbox, URL safety).
+    tools: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -148,7 +150,7 @@ _PARSERS = {
     "metrics": _parse_bool,
     "max_header_bytes": _parse_int,
 }
-_TABLES = {"providers", "platform"}
+_TABLES = {"providers", "platform", "tools"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
