@@ -1,4 +1,4 @@
-"""OpenAI Responses API clients in front of a Chat Completions-shaped call: request, response, stream.
+"""Responses API clients in front of a Chat Completions-shaped call: request, response, stream.
 
 Serves `/v1/responses` from providers that lack the Responses API. The request becomes a chat
 completion request (which `providers.anthropic` turns into a Messages request), the answer a
@@ -200,16 +200,6 @@ class ResponseStreamTranslator:
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
         self.done = False
-
-    @property
-    def chat_usage(self) -> Mapping[str, Any] | None:
-        """The chat usage the upstream reported, None before it did."""
-        return self._chat_usage
-
-    @property
-    def response(self) -> dict[str, Any]:
-        """The response object as it stands."""
-        return self._response
 
     def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Translate one chunk into zero or more events."""
@@ -557,7 +547,7 @@ def _parts(content: object, where: str) -> list[dict[str, Any]]:
     """Chat content parts for a list of Responses input content parts."""
     if not isinstance(content, list):
         raise TranslationError(f"{where}: expected a string or a list of content parts")
-    parts = []
+    parts: list[dict[str, Any]] = []
     for i, part in enumerate(content):
         at = f"{where}[{i}]"
         if not isinstance(part, Mapping):
@@ -575,7 +565,7 @@ def _parts(content: object, where: str) -> list[dict[str, Any]]:
         elif kind == "input_file":
             if not isinstance(part.get("file_data"), str):
                 raise TranslationError(f"{at}: only inline file_data is supported")
-            file = {"file_data": part["file_data"]}
+            file: dict[str, Any] = {"file_data": part["file_data"]}
             if isinstance(part.get("filename"), str):
                 file["filename"] = part["filename"]
             parts.append({"type": "file", "file": file})
