@@ -13,6 +13,7 @@ from otari_server import __version__, errors, wire
 from otari_server.hotpath import HotPath
 from otari_server.middleware import RequestContext
 from otari_server.routes import (
+    batches,
     budgets,
     generation,
     health,
@@ -28,7 +29,7 @@ from otari_server.settings import Settings
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    generation.router, messages.router, models.router,
+    generation.router, messages.router, batches.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
 ]
 

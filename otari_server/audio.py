@@ -1,15 +1,248 @@
-"""Placeholder: built by the issue-5 work on /v1/audio."""
+"""POST /v1/audio/transcriptions (multipart upload) and /v1/audio/speech (streamed audio).
+
+Transcriptions are billed per second of audio. Only verbose_json reports the duration on
+every Whisper-style server, so the gateway always asks the provider for verbose_json and
+renders the format the client asked for (json, text, srt, vtt or verbose_json) from it.
+Speech is billed per character of input and streamed back as the provider sends it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterator
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import aiohttp
+import orjson
 from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
+from otari_server import tokens
 from otari_server.auth import Caller
-from otari_server.endpoints import Endpoint
-from otari_server.errors import NotFound
+from otari_server.endpoints import SPEECH, Endpoint
+from otari_server.errors import InvalidRequest, OtariError, PayloadTooLarge
+from otari_server.pricing import Consumption
+from otari_server.proxy import (
+    JSON_HEADERS,
+    Call,
+    admit,
+    check_fields,
+    consumption,
+    malformed,
+    openai_only,
+    parse_upstream,
+    read_body,
+    read_upstream,
+    runtime_of,
+)
+from otari_server.relay import RelayResponse
+from otari_server.upstream import failure
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+TEXT_TYPE = "text/plain; charset=utf-8"
+# Form fields the gateway answers itself rather than forwarding.
+_OWN_FIELDS = frozenset({"file", "model", "user", "response_format", "stream"})
 
 
 async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
-    """Not served yet."""
-    raise NotFound(f"{endpoint.path} is not available yet")
+    """Serve the audio endpoint `endpoint` names."""
+    if endpoint == SPEECH:
+        return await _speak(request, caller, endpoint)
+    return await _transcribe(request, caller, endpoint)
+
+
+# -- transcriptions ----------------------------------------------------------------------
+
+
+async def _transcribe(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
+    """Upload the audio as verbose_json, bill its duration, answer in the asked format."""
+    runtime = runtime_of(request)
+    form = await read_form(request, runtime.settings.max_body_bytes)
+    try:
+        upload, fields = _transcription_fields(form)
+        asked = fields.get("response_format") or "json"
+        worst = Consumption(audio_seconds=Decimal(tokens.audio_seconds_bound(upload.size or 0)))
+        call, upstream_model = await admit(
+            runtime, caller, endpoint, b"", {"model": fields["model"], "user": fields.get("user")},
+            request.scope.get("otari.request_id"), worst=worst)
+        try:
+            openai_only(call)
+            outgoing = _upstream_form(form, upload, upstream_model)
+            response = await runtime.upstream.post_form(call.provider, endpoint.upstream_path,
+                                                        outgoing)
+            answer = parse_upstream(call, await read_upstream(call, response))
+            used = _consumed(call, answer)
+            content, media_type = render(answer, asked)
+        except OtariError as exc:
+            call.settle("error", error=exc.message)
+            raise
+    finally:
+        await form.close()
+    call.settle("success", used)
+    return Response(content, media_type=media_type)
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """The multipart form of a request; 413 as soon as the body passes `limit` bytes."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("Send the audio as multipart/form-data with 'file' and 'model'")
+
+    async def limited() -> AsyncGenerator[bytes, None]:
+        # Chunked uploads carry no Content-Length for the middleware to check: count here.
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"Request body is over the {limit}-byte limit")
+            yield chunk
+
+    parser = MultiPartParser(request.headers, limited(), max_files=1, max_fields=100)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"Malformed multipart body: {exc.message}") from None
+
+
+def _transcription_fields(form: FormData) -> tuple[UploadFile, dict[str, str]]:
+    """The uploaded file and the text fields the gateway reads, checked."""
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("'file' is required and must be a file upload", param="file")
+    fields = {name: value for name, value in form.multi_items()
+              if isinstance(value, str) and name in _OWN_FIELDS}
+    if not fields.get("model"):
+        raise InvalidRequest("'model' is required and must be a string", param="model")
+    if fields.get("response_format", "json") not in FORMATS:
+        raise InvalidRequest(f"'response_format' must be one of {', '.join(FORMATS)}",
+                             param="response_format")
+    if fields.get("stream", "false").lower() not in ("false", "0"):
+        raise InvalidRequest("Streaming transcriptions are not supported", param="stream")
+    return upload, fields
+
+
+def _upstream_form(form: FormData, upload: UploadFile, upstream_model: str) -> aiohttp.FormData:
+    """The provider's form: the client's fields, our model, verbose_json, the same file."""
+    outgoing = aiohttp.FormData()
+    outgoing.add_field("model", upstream_model)
+    outgoing.add_field("response_format", "verbose_json")
+    for name, value in form.multi_items():
+        if isinstance(value, str) and name not in _OWN_FIELDS:
+            outgoing.add_field(name, value)
+    outgoing.add_field("file", upload.file, filename=upload.filename or "audio",
+                       content_type=upload.content_type or "application/octet-stream")
+    return outgoing
+
+
+def _consumed(call: Call, answer: dict[str, Any]) -> Consumption:
+    """Seconds from `duration` (or usage.seconds); tokens too when the usage is in tokens."""
+    usage = answer.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    duration = answer.get("duration", usage.get("seconds"))
+    if isinstance(duration, bool) or not isinstance(duration, int | float | str):
+        raise malformed(call)
+    try:
+        seconds = Decimal(str(duration))
+    except InvalidOperation:
+        raise malformed(call) from None
+    if not seconds.is_finite() or seconds < 0 or not isinstance(answer.get("text"), str):
+        raise malformed(call)
+    return consumption(usage if usage.get("type") == "tokens" else None, audio_seconds=seconds)
+
+
+def render(answer: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+    """A verbose_json transcription in the format the client asked for."""
+    if fmt == "verbose_json":
+        return orjson.dumps(answer), JSON_HEADERS["content-type"]
+    text: str = answer["text"]
+    if fmt == "json":
+        out: dict[str, Any] = {"text": text}
+        if isinstance(answer.get("usage"), dict):
+            out["usage"] = answer["usage"]
+        return orjson.dumps(out), JSON_HEADERS["content-type"]
+    if fmt == "text":
+        return (text + "\n").encode(), TEXT_TYPE
+    return subtitles(_cues(answer), fmt).encode(), TEXT_TYPE
+
+
+def _cues(answer: dict[str, Any]) -> list[tuple[float, float, str]]:
+    """(start, end, text) per segment; the whole text as one cue when there are none."""
+    cues = []
+    for segment in answer.get("segments") or ():
+        if isinstance(segment, dict) and isinstance(segment.get("text"), str):
+            start, end = segment.get("start"), segment.get("end")
+            if isinstance(start, int | float) and isinstance(end, int | float):
+                cues.append((float(start), float(end), segment["text"].strip()))
+    if not cues:
+        duration = answer.get("duration")
+        end = float(duration) if isinstance(duration, int | float) else 0.0
+        cues.append((0.0, end, str(answer["text"]).strip()))
+    return cues
+
+
+def subtitles(cues: list[tuple[float, float, str]], fmt: str) -> str:
+    """SubRip (srt) or WebVTT (vtt) text for timed cues."""
+    separator = "," if fmt == "srt" else "."
+
+    def stamp(seconds: float) -> str:
+        millis = max(round(seconds * 1000), 0)
+        hours, millis = divmod(millis, 3_600_000)
+        minutes, millis = divmod(millis, 60_000)
+        whole, millis = divmod(millis, 1000)
+        return f"{hours:02d}:{minutes:02d}:{whole:02d}{separator}{millis:03d}"
+
+    blocks = [f"{stamp(start)} --> {stamp(end)}\n{text}\n" for start, end, text in cues]
+    if fmt == "srt":
+        return "\n".join(f"{number}\n{block}" for number, block in enumerate(blocks, 1))
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+# -- speech ----------------------------------------------------------------------------------
+
+
+async def _speak(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
+    """Relay the provider's audio as it arrives; bill the characters of the input."""
+    runtime = runtime_of(request)
+    raw, body = await read_body(request, runtime.settings.max_body_bytes)
+    check_fields(body, endpoint)
+    text = body["input"]
+    if not isinstance(text, str):
+        raise InvalidRequest("'input' must be a string", param="input")
+    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
+                                       request.scope.get("otari.request_id"),
+                                       worst=Consumption(characters=len(text)))
+    try:
+        openai_only(call)
+        response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
+                                               dict(body, model=upstream_model), stream=True)
+        if response.status >= 400:
+            await read_upstream(call, response)  # raises the provider's refusal
+    except OtariError as exc:
+        call.settle("error", error=exc.message)
+        raise
+    media_type = response.headers.get("content-type", "audio/mpeg")
+    return RelayResponse(_relay(call, response, len(text)), media_type=media_type)
+
+
+async def _relay(call: Call, response: aiohttp.ClientResponse,
+                 characters: int) -> AsyncIterator[bytes]:
+    """Pass audio bytes on unbuffered; settle once, however the stream ends.
+
+    The provider charges for the input once it has accepted it, so every outcome after that
+    (success, client gone, cut-off stream) bills the characters.
+    """
+    status, error = "client_disconnected", None
+    try:
+        async for data in response.content.iter_any():
+            yield data
+        status = "success"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        status, error = "error", failure(call.provider, exc).message
+        # Audio has no in-band error: end our response without its last chunk, so the
+        # client sees a broken transfer rather than a complete but truncated file.
+        raise ConnectionAbortedError(error) from None
+    finally:
+        response.release()
+        call.settle(status, Consumption(characters=characters), error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+import otari_server.batch_tables  # noqa: F401  (registers the batches table)
 from otari_server.tables import Base
 
 config = context.config

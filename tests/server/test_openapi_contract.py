@@ -33,13 +33,7 @@ METHODS = frozenset({"get", "put", "post", "patch", "delete", "head", "options"}
 
 # Generation endpoints: not served yet. Strict xfail, so the day one lands its test XPASSes,
 # fails the run, and whoever landed it must delete its entry here.
-PENDING: frozenset[tuple[str, str]] = frozenset({
-    ("GET", "/v1/batches"),
-    ("POST", "/v1/batches"),
-    ("GET", "/v1/batches/{batch_id}"),
-    ("POST", "/v1/batches/{batch_id}/cancel"),
-    ("GET", "/v1/batches/{batch_id}/results"),
-})
+PENDING: frozenset[tuple[str, str]] = frozenset()
 
 
 def reference_operations() -> list[tuple[str, str]]:
