@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -70,6 +70,14 @@ class Conflict(OtariError):
 
     status = 409
     type = "conflict_error"
+    anthropic_type = "invalid_request_error"
+
+
+class Unprocessable(OtariError):
+    """Well-formed JSON with a value we cannot accept."""
+
+    status = 422
+    type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
 
 
@@ -219,6 +227,12 @@ async def _on_database_error(request: Request, exc: Exception) -> Response:
     # Connection-level failures mean the database is down: fail fast with 503 and let the
     # pool reconnect by itself once it is back.
     assert isinstance(exc, DBAPIError)
+    if isinstance(exc, IntegrityError):
+        # Two requests raced to create the same row: the loser learns it exists.
+        return render(request, Conflict("the request conflicts with existing data"))
+    if isinstance(exc, DataError):
+        # A value the database cannot store (a NUL character, an out-of-range number).
+        return render(request, Unprocessable("a value in the request cannot be stored"))
     if not exc.connection_invalidated and not _is_connection_error(exc):
         return await _on_unexpected(request, exc)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path,

@@ -39,6 +39,10 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
+        if b"%00" in scope.get("raw_path", b"") or b"%00" in scope["query_string"]:
+            # A NUL can be stored in no database column and means nothing in a path.
+            await _refuse(scope, send_with_id, 400, "NUL characters are not allowed in URLs")
+            return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
             await _refuse(scope, send_with_id, 413,

@@ -62,3 +62,10 @@ def test_api_v1_alias_serves_management(client: TestClient) -> None:
 
 def test_unknown_path_is_404(client: TestClient) -> None:
     assert client.get("/v1/nothing-here", headers=MASTER).status_code == 404
+
+
+def test_values_the_database_cannot_store_are_4xx_not_500(client: TestClient) -> None:
+    stored = client.post("/v1/users", json={"user_id": "nul\u0000inside"}, headers=MASTER)
+    assert stored.status_code in (200, 422), stored.text  # SQLite stores NUL; PostgreSQL can't
+    assert client.get("/v1/users/a%00b", headers=MASTER).status_code == 400
+    assert client.get("/v1/usage?user_id=%00", headers=MASTER).status_code == 400
