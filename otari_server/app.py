@@ -26,6 +26,7 @@ from otari_server.routes import (
 )
 from otari_server.runtime import close_runtime, open_runtime, start_background
 from otari_server.settings import Settings
+from otari_server.tools.config import tools_config
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         from otari_server.connected.app import create_connected_app
 
         return create_connected_app(settings)
+    tools_config(settings)  # a bad [tools] table stops start-up, not the first tool call
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

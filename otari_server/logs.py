@@ -18,3 +18,6 @@ def configure(level: str) -> None:
     """Send otari's and uvicorn's logs to stderr at the given level."""
     logging.basicConfig(level=level_number(level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # Client libraries log every request at info; the gateway's own log says what matters.
+    for name in ("httpx", "httpx2", "mcp", "aiohttp.access"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, level_number(level)))

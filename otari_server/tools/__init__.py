@@ -1,6 +1,9 @@
-"""Gateway-run tools on chat completions (MCP servers, web search, code execution).
+"""Gateway-run tools on chat completions: MCP servers, web search and code execution.
 
-Placeholder until issue 8 lands: no request asks for gateway tools yet.
+The gateway offers the model its own functions beside the client's, runs the calls the
+model makes to them, feeds the results back and repeats until the model answers (or calls
+one of the client's tools). Every model call is metered into one usage row; the budget
+hold grows before each call to cover its worst case (see loop.cover).
 """
 
 from __future__ import annotations
@@ -12,15 +15,39 @@ from starlette.responses import Response
 
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
-from otari_server.errors import InvalidRequest
+from otari_server.errors import OtariError
+from otari_server.proxy import admit, runtime_of
+from otari_server.tools import answer, loop, plan
+from otari_server.tools.config import tools_config
+from otari_server.tools.toolbox import open_toolbox
+
+__all__ = ["forward", "wanted"]
 
 
 def wanted(body: dict[str, Any]) -> bool:
     """Whether the request asks the gateway to run tools itself."""
-    return bool(body.get("mcp_servers") or body.get("mcp_server_ids"))
+    return plan.wanted(body)
 
 
 async def forward(request: Request, caller: Caller, endpoint: Endpoint, raw: bytes,
                   body: dict[str, Any]) -> Response:
-    """Not available yet."""
-    raise InvalidRequest("gateway-run tools are not available yet", param="mcp_servers")
+    """POST /v1/chat/completions when the gateway runs tools: the whole story."""
+    runtime = runtime_of(request)
+    config = tools_config(runtime.settings)
+    checked = plan.parse(body, config)
+    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
+                                       request.scope.get("otari.request_id"))
+    meter = loop.Meter()
+    status: str = "error"
+    error: str | None = "interrupted"
+    try:
+        async with open_toolbox(checked, config) as toolbox:
+            completion = await loop.run(call, upstream_model, checked, toolbox, meter)
+        status, error = "success", None
+    except OtariError as exc:
+        error = exc.message
+        raise
+    finally:
+        # Exactly once, whatever happened: every model call made so far is billed.
+        call.settle(status, meter.consumption(), error)
+    return answer.respond(completion, checked, meter)

@@ -1,0 +1,66 @@
+"""The loop's last completion as the client asked for it: one JSON body, or an SSE stream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from otari_server.providers.sse import DONE_EVENT, encode
+from otari_server.proxy import JSON_HEADERS, SSE_HEADERS
+from otari_server.tools.loop import Meter
+from otari_server.tools.plan import Plan
+
+
+def respond(completion: dict[str, Any], plan: Plan, meter: Meter) -> Response:
+    """The final answer, with the usage of every model call of the loop summed in."""
+    completion = dict(completion, usage=usage(meter))
+    if not plan.streaming:
+        return Response(orjson.dumps(completion), headers=JSON_HEADERS)
+    return Response(b"".join(events(completion, plan.include_usage)),
+                    media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def usage(meter: Meter) -> dict[str, Any]:
+    """An OpenAI usage object for everything the loop used."""
+    used = meter.used
+    summed: dict[str, Any] = {"prompt_tokens": used.prompt_tokens,
+                              "completion_tokens": used.completion_tokens,
+                              "total_tokens": used.prompt_tokens + used.completion_tokens}
+    if used.cache_read_tokens or used.cache_write_tokens:
+        summed["prompt_tokens_details"] = {"cached_tokens": used.cache_read_tokens,
+                                           "cache_creation_tokens": used.cache_write_tokens}
+    return summed
+
+
+def events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
+    """A completion as the chunks of a chat stream, ending with [DONE] (pure)."""
+    envelope = {"id": completion.get("id", ""), "object": "chat.completion.chunk",
+                "created": completion.get("created") or int(time.time()),
+                "model": completion.get("model", "")}
+    if completion.get("system_fingerprint"):
+        envelope["system_fingerprint"] = completion["system_fingerprint"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        out = {**envelope, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                        "finish_reason": finish}]}
+        if include_usage:
+            out["usage"] = None  # as OpenAI does on every chunk but the last
+        return out
+
+    choice = completion["choices"][0]
+    message = choice["message"]
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    for key in ("reasoning_content", "content", "refusal"):
+        if isinstance(message.get(key), str) and message[key]:
+            chunks.append(chunk({key: message[key]}))
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        chunks.append(chunk({"tool_calls": [{"index": index, "id": call.get("id"),
+                                             "type": call.get("type", "function"),
+                                             "function": call.get("function")}]}))
+    chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
+    if include_usage:
+        chunks.append({**envelope, "choices": [], "usage": completion["usage"]})
+    return [*(encode(item) for item in chunks), DONE_EVENT]

@@ -1,0 +1,139 @@
+"""The tool loop: call the model, run the gateway's tools it asks for, repeat; meter it all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from otari_server.errors import InvalidRequest
+from otari_server.ledger import Hold
+from otari_server.pricing import Consumption
+from otari_server.providers import anthropic as anthropic_wire
+from otari_server.providers.anthropic import TranslationError
+from otari_server.providers.presets import ANTHROPIC_VERSION
+from otari_server.proxy import (
+    Call,
+    consumption,
+    malformed,
+    parse_upstream,
+    read_upstream,
+    worst_case,
+)
+from otari_server.tools.plan import MAX_ITERATIONS, Plan, Unprocessable, hints, model_request
+from otari_server.tools.toolbox import Toolbox
+
+
+@dataclass(slots=True)
+class Meter:
+    """What every model call of the loop used so far."""
+
+    used: Consumption = field(default_factory=lambda: Consumption(requests=1))
+    calls: int = 0
+
+    def add(self, usage: object) -> None:
+        """Count one model call's usage (an OpenAI-style usage object)."""
+        self.used = plus(self.used, consumption(usage))
+        self.calls += 1
+
+    def consumption(self) -> Consumption | None:
+        """The total to settle; None when no model call finished."""
+        return self.used if self.calls else None
+
+
+def plus(a: Consumption, b: Consumption) -> Consumption:
+    """The token counts of two consumptions added up (one request)."""
+    return Consumption(prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+                       completion_tokens=a.completion_tokens + b.completion_tokens,
+                       cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
+                       cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens)
+
+
+async def run(call: Call, upstream_model: str, plan: Plan, toolbox: Toolbox,
+              meter: Meter) -> dict[str, Any]:
+    """The model's last completion: its answer, or the client's own tool calls."""
+    messages = list(plan.body["messages"])
+    if (hint := hints(plan, toolbox.offered)) is not None:
+        messages.insert(0, hint)
+    for iteration in range(plan.max_iterations + 1):
+        body = model_request(plan, messages, toolbox.functions, first=iteration == 0)
+        await cover(call, meter, body)
+        completion = await complete(call, body, upstream_model)
+        meter.add(completion.get("usage"))
+        message = _message(call, completion)
+        calls = message.get("tool_calls") or []
+        ours = [tool_call for tool_call in calls if _name(tool_call) in toolbox]
+        if not ours:
+            return completion
+        if len(ours) < len(calls):
+            # The client's own tools end the loop; calls to ours would reach a client that
+            # cannot answer them, so they are dropped (the model asks again next turn).
+            message["tool_calls"] = [c for c in calls if _name(c) not in toolbox]
+            return completion
+        if iteration == plan.max_iterations:
+            raise Unprocessable(
+                f"the model still asked for tools after {plan.max_iterations} tool "
+                f"iteration(s), the request's max_tool_iterations (at most {MAX_ITERATIONS})",
+                param="max_tool_iterations", code="tool_iterations_exceeded")
+        messages.append({"role": "assistant", "content": message.get("content"),
+                         "tool_calls": calls})
+        messages.extend(await toolbox.run_all(ours))
+    raise AssertionError("unreachable: the last iteration returns or raises")
+
+
+async def cover(call: Call, meter: Meter, body: dict[str, Any]) -> None:
+    """Before a model call, hold what was spent plus that call's worst case.
+
+    Each top-up is an atomic reservation like the first, so a budget cannot be overspent
+    by a loop however long; when it does not fit, the request ends with 402.
+    """
+    hold = call.hold
+    if call.price is None or hold.user_id is None:
+        return  # nothing to hold: no price, or no budget limit on this request
+    worst = worst_case(call.endpoint, orjson.dumps(body), body,
+                       call.runtime.settings.default_max_tokens)
+    need = call.price.cost(plus(meter.used, worst))
+    if need > hold.amount:
+        extra = await call.runtime.ledger.reserve(hold.user_id, need - hold.amount)
+        call.hold = Hold(hold.user_id, hold.amount + extra.amount)
+
+
+async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
+    """One model call, not streamed; request and completion in the OpenAI chat shape."""
+    runtime = call.runtime
+    if call.provider.type != "anthropic":
+        response = await runtime.upstream.post(call.provider, call.endpoint.upstream_path,
+                                               dict(body, model=upstream_model))
+        return parse_upstream(call, await read_upstream(call, response))
+    try:
+        outgoing = anthropic_wire.to_messages_request(
+            body, model=upstream_model, default_max_tokens=runtime.settings.default_max_tokens)
+    except TranslationError as exc:
+        raise InvalidRequest(str(exc)) from None
+    response = await runtime.upstream.post(call.provider, "/messages", outgoing,
+                                           {"anthropic-version": ANTHROPIC_VERSION})
+    message = parse_upstream(call, await read_upstream(call, response))
+    try:
+        return anthropic_wire.to_chat_completion(message, model=body["model"])
+    except (AttributeError, TypeError):
+        raise malformed(call) from None
+
+
+def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:
+    choices = completion.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
+        raise malformed(call)
+    calls = message.get("tool_calls")
+    if calls is not None and not (isinstance(calls, list)
+                                  and all(isinstance(c, dict) for c in calls)):
+        raise malformed(call)
+    return message
+
+
+def _name(tool_call: Mapping[str, Any]) -> object:
+    function = tool_call.get("function")
+    return function.get("name") if isinstance(function, Mapping) else None
