@@ -33,7 +33,7 @@ from otari_server.proxy import (
     runtime_of,
 )
 from otari_server.relay import RelayResponse
-from otari_server.upstream import failure, sanitize
+from otari_server.upstream import failure, sanitize, scrubbed
 
 
 async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
@@ -101,6 +101,11 @@ async def _relay_openai(call: Call, response: aiohttp.ClientResponse,
                     out.append(DONE_EVENT)
                     continue
                 chunks += 1
+                if '"error"' in event.data and error is None:
+                    # A provider failure reported inside the stream (OpenAI's shape).
+                    problem = orjson.loads(event.data).get("error")
+                    if isinstance(problem, dict):
+                        error = sanitize(call.provider, str(problem.get("message", problem)))
                 if '"usage":{' in event.data or '"usage": {' in event.data:
                     parsed = orjson.loads(event.data)
                     if isinstance(parsed.get("usage"), dict):
@@ -109,8 +114,8 @@ async def _relay_openai(call: Call, response: aiohttp.ClientResponse,
                             continue
                 out.append(encode(event.data, event.event))
             if out:
-                yield b"".join(out)
-        status = "success"
+                yield scrubbed(call.provider, b"".join(out))
+        status = "error" if error else "success"
     except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
         status, error = "error", failure(call.provider, exc).message
         yield _error_event(sanitize(call.provider, error))
@@ -162,9 +167,10 @@ async def _relay_anthropic(call: Call, response: aiohttp.ClientResponse,
             out = [encode(chunk) for event in parser.feed(data)
                    for chunk in translator.feed(orjson.loads(event.data))]
             if out:
-                yield b"".join(out)
+                yield scrubbed(call.provider, b"".join(out))
         if translator.error is not None:
-            status, error = "error", str(translator.error.get("message", "upstream error"))
+            status, error = "error", sanitize(
+                call.provider, str(translator.error.get("message", "upstream error")))
         else:
             status = "success"
             yield DONE_EVENT

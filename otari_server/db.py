@@ -11,6 +11,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from otari_server import jsonio
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -62,6 +64,7 @@ def create_db_engine(url: str) -> Engine:
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
+            json_serializer=jsonio.dumps,  # JSON columns may hold exact Decimals
             connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
             # Enough pooled connections for the threadpool, so none are opened per request.
             pool_size=20,
@@ -72,6 +75,7 @@ def create_db_engine(url: str) -> Engine:
         return engine
     return create_engine(
         url,
+        json_serializer=jsonio.dumps,
         pool_size=10,
         max_overflow=10,
         pool_pre_ping=True,

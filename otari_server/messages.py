@@ -36,7 +36,7 @@ from otari_server.proxy import (
     runtime_of,
 )
 from otari_server.relay import RelayResponse
-from otari_server.upstream import failure, sanitize
+from otari_server.upstream import failure, sanitize, scrubbed
 
 # Client headers an Anthropic upstream must see: the API version and opted-in beta features.
 _CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -224,10 +224,11 @@ async def _relay(call: Call, response: aiohttp.ClientResponse) -> AsyncIterator[
             if data:
                 for event in parser.feed(data):
                     meter.read(event)
-                yield data
+                yield scrubbed(call.provider, data)
         if pending:
-            yield pending
-        status, error = ("error", meter.error) if meter.error else ("success", None)
+            yield scrubbed(call.provider, pending)
+        status, error = (("error", sanitize(call.provider, meter.error)) if meter.error
+                         else ("success", None))
     except _STREAM_ERRORS as exc:
         status, error = "error", failure(call.provider, exc).message
         yield _error_event("api_error", sanitize(call.provider, error))
@@ -276,7 +277,7 @@ async def _relay_translated(call: Call, response: aiohttp.ClientResponse,
                            else translator.feed(orjson.loads(sse.data)))
             if events:
                 deltas += sum(event["type"] == "content_block_delta" for event in events)
-                yield _encoded(events)
+                yield scrubbed(call.provider, _encoded(events))
         if closing := translator.finish():  # the provider ended without [DONE]
             yield _encoded(closing)
         if translator.error is not None:

@@ -44,7 +44,7 @@ from otari_server.proxy import (
     runtime_of,
 )
 from otari_server.relay import RelayResponse
-from otari_server.upstream import failure, sanitize
+from otari_server.upstream import failure, sanitize, scrubbed
 
 # Stream events that end a response and carry it whole, usage included.
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -142,7 +142,9 @@ async def _relay(call: Call, response: aiohttp.ClientResponse) -> AsyncIterator[
                         deltas += 1
                 out.append(encode(event.data, name))
             if out:
-                yield b"".join(out)
+                yield scrubbed(call.provider, b"".join(out))
+        if error is not None:
+            error = sanitize(call.provider, error)
         status = "error" if error is not None else "success"
     except _STREAM_ERRORS as exc:
         status, error = "error", failure(call.provider, exc).message
@@ -207,9 +209,9 @@ async def _relay_messages(call: Call, response: aiohttp.ClientResponse,
                    for chunk in chunks.feed(orjson.loads(event.data))
                    for typed in events.feed(chunk)]
             if out:
-                yield b"".join(out)
+                yield scrubbed(call.provider, b"".join(out))
         if events.error is not None:
-            status, error = "error", events.error["message"]
+            status, error = "error", sanitize(call.provider, str(events.error["message"]))
         elif not chunks.done:
             status, error = "error", "stream ended before message_stop"
             yield b"".join(encode(e, e["type"]) for e in events.fail(error))

@@ -11,13 +11,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 # Money is exact to 1e-10 and, so that SQLite's 64-bit integers hold any sum of it, below
 # a hundred million per amount.
 MAX_MONEY = Decimal(100_000_000)
 NonNegativeMoney = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False,
-                                            max_digits=30, decimal_places=10)]
+                                            max_digits=30, decimal_places=10),
+                             WithJsonSchema({"type": "number", "minimum": 0})]
+# Money in responses: exact Decimals, written as JSON numbers (see jsonio), so documented so.
+Money = Annotated[Decimal, WithJsonSchema({"type": "number"})]
+# Counts the databases must hold (SQLite integers and datetimes overflow far above this).
+Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Metadata = dict[str, Any]
 ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
                       Field(max_length=1000)]
@@ -41,8 +46,8 @@ class CreateKeyRequest(_Request):
     user_id: str | None = Field(None, description="Optional user ID to associate with this key")
     expires_at: datetime | None = Field(None, description="Optional expiration timestamp")
     metadata: Metadata = Field(default_factory=dict, description="Optional metadata")
-    rpm_limit: int | None = Field(None, ge=1, description="Requests per minute (extension)")
-    tpm_limit: int | None = Field(None, ge=1, description="Tokens per minute (extension)")
+    rpm_limit: Count | None = Field(None, description="Requests per minute (extension)")
+    tpm_limit: Count | None = Field(None, description="Tokens per minute (extension)")
     allowed_models: ModelList | None = Field(
         None, description="null: any model; else provider:model entries ('provider:*' ok)")
     exclude_from_budget: bool = Field(
@@ -56,8 +61,8 @@ class UpdateKeyRequest(_Request):
     is_active: bool | None = None
     expires_at: datetime | None = None
     metadata: Metadata | None = None
-    rpm_limit: int | None = Field(None, ge=1)
-    tpm_limit: int | None = Field(None, ge=1)
+    rpm_limit: Count | None = Field(None)
+    tpm_limit: Count | None = Field(None)
     allowed_models: ModelList | None = None
     exclude_from_budget: bool | None = None
 
@@ -75,7 +80,7 @@ class KeyInfo(BaseModel):
     metadata: Metadata
     key_prefix: str | None = None
     key_suffix: str | None = None
-    spend: Decimal = Decimal(0)
+    spend: Money = Decimal(0)
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     workspace_id: uuid.UUID = DEFAULT_WORKSPACE_ID
@@ -99,8 +104,8 @@ class CreateUserRequest(_Request):
     budget_id: str | None = Field(None, description="Optional budget ID")
     blocked: bool = Field(False, description="Whether user is blocked")
     metadata: Metadata = Field(default_factory=dict, description="Optional metadata")
-    rpm_limit: int | None = Field(None, ge=1)
-    tpm_limit: int | None = Field(None, ge=1)
+    rpm_limit: Count | None = Field(None)
+    tpm_limit: Count | None = Field(None)
     allowed_models: ModelList | None = None
 
 
@@ -111,8 +116,8 @@ class UpdateUserRequest(_Request):
     budget_id: str | None = None
     blocked: bool | None = None
     metadata: Metadata | None = None
-    rpm_limit: int | None = Field(None, ge=1)
-    tpm_limit: int | None = Field(None, ge=1)
+    rpm_limit: Count | None = Field(None)
+    tpm_limit: Count | None = Field(None)
     allowed_models: ModelList | None = None
 
 
@@ -121,7 +126,7 @@ class UserResponse(BaseModel):
 
     user_id: str
     alias: str | None
-    spend: Decimal
+    spend: Money
     budget_id: str | None
     budget_started_at: datetime | None
     next_budget_reset_at: datetime | None
@@ -129,7 +134,7 @@ class UserResponse(BaseModel):
     created_at: datetime
     updated_at: datetime
     metadata: Metadata
-    reserved: Decimal = Decimal(0)
+    reserved: Money = Decimal(0)
     deleted_at: datetime | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
@@ -144,8 +149,8 @@ class CreateBudgetRequest(_Request):
     """Body of POST /v1/budgets."""
 
     max_budget: NonNegativeMoney | None = Field(None, description="Maximum spending limit")
-    budget_duration_sec: int | None = Field(
-        None, gt=0, description="Budget duration in seconds (e.g., 86400 for daily)"
+    budget_duration_sec: Count | None = Field(
+        None, description="Budget duration in seconds (e.g., 86400 for daily)"
     )
     budget_id: str | None = Field(None, min_length=1, max_length=64,
                                   description="Optional id; generated when omitted")
@@ -159,7 +164,7 @@ class UpdateBudgetRequest(_Request):
     """Body of PATCH /v1/budgets/{budget_id}; only the fields sent change."""
 
     max_budget: NonNegativeMoney | None = None
-    budget_duration_sec: int | None = Field(None, gt=0)
+    budget_duration_sec: Count | None = None
     name: str | None = Field(None, max_length=255)
     request_limit: Unsupported = None
     token_limit: Unsupported = None
@@ -170,13 +175,13 @@ class BudgetResponse(BaseModel):
     """A budget."""
 
     budget_id: str
-    max_budget: Decimal | None
+    max_budget: Money | None
     budget_duration_sec: int | None
     created_at: datetime
     updated_at: datetime
     user_count: int = 0
-    total_spend: Decimal = Decimal(0)
-    total_reserved: Decimal = Decimal(0)
+    total_spend: Money = Decimal(0)
+    total_reserved: Money = Decimal(0)
     name: str | None = None
     organization_id: uuid.UUID | None = None
     request_limit: int | None = None
@@ -211,20 +216,20 @@ class PricingResponse(BaseModel):
 
     model_key: str
     effective_at: datetime
-    input_price_per_million: Decimal
-    output_price_per_million: Decimal
+    input_price_per_million: Money
+    output_price_per_million: Money
     created_at: datetime
     updated_at: datetime
-    price_per_image: Decimal | None = None
-    price_per_audio_second: Decimal | None = None
-    price_per_million_characters: Decimal | None = None
-    price_per_request: Decimal | None = None
+    price_per_image: Money | None = None
+    price_per_audio_second: Money | None = None
+    price_per_million_characters: Money | None = None
+    price_per_request: Money | None = None
     unit: str = "tokens"
     origin: str | None = "api"
     pricing_tiers: list[dict[str, Any]] = Field(default_factory=list)
-    cache_read_price_per_million: Decimal | None = None
-    cache_write_price_per_million: Decimal | None = None
-    cache_write_1h_price_per_million: Decimal | None = None
+    cache_read_price_per_million: Money | None = None
+    cache_write_price_per_million: Money | None = None
+    cache_write_1h_price_per_million: Money | None = None
 
 
 class UsageLogResponse(BaseModel):
@@ -240,7 +245,7 @@ class UsageLogResponse(BaseModel):
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
-    cost: Decimal | None
+    cost: Money | None
     status: str
     error_message: str | None
     latency_ms: int | None = None

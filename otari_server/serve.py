@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,24 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     if resolved.workers > 1:
         _serve_workers(resolved, config_path, overrides, options)
         return
-    server = uvicorn.Server(uvicorn.Config(create_app(resolved), **options))
+    server = _Server(uvicorn.Config(create_app(resolved), **options))
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising SIGTERM/SIGINT after a clean graceful shutdown.
+
+    uvicorn re-raises the caught signal on exit, which makes a clean stop look like a crash
+    (exit status 143) to supervisors and scripts.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def _serve_workers(resolved: settings.Settings, config_path: Path | None,

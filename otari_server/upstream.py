@@ -115,6 +115,13 @@ def sanitize(provider: Provider, message: str) -> str:
     return message[:_MAX_MESSAGE]
 
 
+def scrubbed(provider: Provider, data: bytes) -> bytes:
+    """Stream bytes with the provider's key removed (a provider may echo it in an error)."""
+    if provider.api_key and provider.api_key.encode() in data:
+        return data.replace(provider.api_key.encode(), b"[redacted]")
+    return data
+
+
 def error_message(body: bytes) -> str:
     """The human message inside a provider error body (OpenAI or Anthropic shape)."""
     try:
