@@ -51,8 +51,30 @@ class Holds:
 
     def __init__(self, conn: Connection) -> None:
         self._dialect: Dialect = conn.dialect
-        self._cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        self._driver: Any = conn.connection.driver_connection
+        self._cursor: Any = self._driver.cursor()  # type: ignore[union-attr]
         self._postgres = conn.dialect.name == "postgresql"
+
+    # A transaction of our own, for when nothing else runs in it: SQLite is in autocommit
+    # mode (we BEGIN IMMEDIATE, as the engine does), psycopg opens one implicitly.
+    def begin(self) -> None:
+        """Start a write transaction on the driver connection."""
+        if not self._postgres:
+            self._cursor.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        """Commit it."""
+        if self._postgres:
+            self._driver.commit()
+        else:
+            self._cursor.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Abandon it."""
+        if self._postgres:
+            self._driver.rollback()
+        else:
+            self._cursor.execute("ROLLBACK")
 
     def _sql(self, statement: str) -> str:
         return statement if self._postgres else statement.replace("%s", "?")

@@ -124,24 +124,44 @@ def admit(amounts: Iterable[Decimal], available: Decimal) -> list[bool]:
 
 def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float,
                 now: datetime) -> dict[int, Hold | OtariError]:
-    """Apply a batch of reservations in the caller's transaction; results by ask index."""
+    """Apply a batch of reservations in one transaction; results by ask index.
+
+    Without rate limits to count, the whole transaction runs on the driver's connection
+    (see holds.py): the common case, and the one a request waits on.
+    """
+    holds = Holds(conn)
+    try:
+        if any(ask.limits for ask in asks):
+            with conn.begin():
+                return _reserve(conn, holds, asks, instance_id, ttl, now)
+        holds.begin()
+        try:
+            results = _reserve(None, holds, asks, instance_id, ttl, now)
+        except BaseException:
+            holds.rollback()
+            raise
+        holds.commit()
+        return results
+    finally:
+        holds.close()
+
+
+def _reserve(conn: Connection | None, holds: Holds, asks: list[_Ask], instance_id: str,
+             ttl: float, now: datetime) -> dict[int, Hold | OtariError]:
     results: dict[int, Hold | OtariError] = {}
     by_user: dict[str, list[int]] = defaultdict(list)
     for index, ask in enumerate(asks):
-        refused = ratelimits.admit(conn, ask.limits, now) if ask.limits else None
+        refused = None
+        if ask.limits and conn is not None:
+            refused = ratelimits.admit(conn, ask.limits, now)
         if refused is not None:
             results[index] = refused
         elif ask.user_id is None:
             results[index] = NO_HOLD
         else:
             by_user[ask.user_id].append(index)
-    if not by_user:
-        return results
-    holds = Holds(conn)
-    try:
+    if by_user:
         _reserve_budgets(holds, asks, by_user, results, instance_id, ttl, now)
-    finally:
-        holds.close()
     return results
 
 
@@ -372,8 +392,7 @@ class Ledger:
         try:
             # Reservations first, in their own short transaction: a request waits on them.
             if asks:
-                with conn.begin():
-                    results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
+                results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
                 self._answer(asks, results)
             if settlements:
                 with conn.begin():

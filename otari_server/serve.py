@@ -25,9 +25,6 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     """Resolve settings and serve until SIGINT/SIGTERM; exit non-zero if start-up fails."""
     resolved = settings.load(config_path, overrides)
     logs.configure(resolved.log_level)
-    # The ledger's writer thread shares the GIL with the event loop; a shorter switch
-    # interval than the default 5 ms keeps a request from waiting behind a batch write.
-    sys.setswitchinterval(0.0005)
     options: dict[str, Any] = {
         "host": resolved.host, "port": resolved.port,
         "log_level": logs.level_number(resolved.log_level), "log_config": None,
@@ -82,5 +79,4 @@ def worker_app() -> FastAPI:
     """The app of one worker process (settings from the environment set by the parent)."""
     resolved = settings.load()
     logs.configure(resolved.log_level)
-    sys.setswitchinterval(0.0005)
     return create_app(resolved)
