@@ -64,10 +64,13 @@ def create_key(
     user: Annotated[str | None, typer.Option("--user", help="The user the key spends for.")] = None,
     expires: Expires = None,
     metadata: params.Metadata = None,
+    rpm_limit: params.RpmLimit = None,
+    tpm_limit: params.TpmLimit = None,
 ) -> None:
     """Create an API key and print its secret (shown this once only; -q prints the id)."""
     rt = runtime(ctx)
-    body = {"key_name": name, "user_id": user, "expires_at": expires}
+    body = {"key_name": name, "user_id": user, "expires_at": expires,
+            "rpm_limit": rpm_limit, "tpm_limit": tpm_limit}
     body = {k: v for k, v in body.items() if v is not None}
     created = rt.gateway.post("/v1/keys", {**body, "metadata": params.metadata(metadata)})
     rt.output.item(created, shows=SHOWS)
@@ -86,17 +89,24 @@ def update_key(
     ] = None,
     metadata: params.Metadata = None,
     no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Never expire.")] = False,
+    rpm_limit: params.RpmLimit = None,
+    tpm_limit: params.TpmLimit = None,
+    no_limits: params.NoLimits = False,
 ) -> None:
-    """Change an API key's name, expiry, active state or metadata."""
+    """Change an API key's name, expiry, active state, metadata or rate limits."""
     rt = runtime(ctx)
     if no_expiry and expires:
         raise UsageError("give --expires or --no-expiry, not both")
+    if no_limits and (rpm_limit or tpm_limit):
+        raise UsageError("give --rpm-limit/--tpm-limit or --no-limits, not both")
     body = params.changes(
-        ["expires_at"] if no_expiry else [],
+        (["expires_at"] if no_expiry else []) + (["rpm_limit", "tpm_limit"] if no_limits else []),
         key_name=name,
         expires_at=expires,
         is_active=active,
         metadata=params.metadata(metadata) if metadata else None,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
     )
     rt.output.item(rt.gateway.patch(path("v1", "keys", key_id), body), shows=SHOWS)
 

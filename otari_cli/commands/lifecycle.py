@@ -148,7 +148,7 @@ def stop(
     ctx: typer.Context,
     grace: Annotated[
         float, typer.Option("--grace", min=0.0, help="Seconds after SIGTERM before SIGKILL.")
-    ] = 10.0,
+    ] = 40.0,
 ) -> None:
     """Stop the background gateway (SIGTERM, then SIGKILL after --grace seconds)."""
     rt = runtime(ctx)
@@ -176,7 +176,7 @@ def restart(
     auto_migrate: AutoMigrate = None,
     workers: Workers = None,
     wait: Wait = 30.0,
-    grace: Annotated[float, typer.Option("--grace", min=0.0)] = 10.0,
+    grace: Annotated[float, typer.Option("--grace", min=0.0)] = 40.0,
 ) -> None:
     """Stop and start again; without options, with those it was started with (but for
     --master-key, which is never stored: give it again, or keep it in the config file)."""

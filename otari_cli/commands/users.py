@@ -60,6 +60,8 @@ def create_user(
     budget: Budget = None,
     blocked: Annotated[bool, typer.Option("--blocked", help="Create it blocked.")] = False,
     metadata: params.Metadata = None,
+    rpm_limit: params.RpmLimit = None,
+    tpm_limit: params.TpmLimit = None,
 ) -> None:
     """Create a user."""
     rt = runtime(ctx)
@@ -69,6 +71,8 @@ def create_user(
         "budget_id": budget,
         "blocked": blocked,
         "metadata": params.metadata(metadata),
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
     }
     created = rt.gateway.post("/v1/users", {k: v for k, v in body.items() if v is not None})
     rt.output.item(created, ID, SHOWS)
@@ -87,17 +91,24 @@ def update_user(
     no_budget: Annotated[
         bool, typer.Option("--no-budget", help="Take the user off its budget.")
     ] = False,
+    rpm_limit: params.RpmLimit = None,
+    tpm_limit: params.TpmLimit = None,
+    no_limits: params.NoLimits = False,
 ) -> None:
-    """Change a user's alias, budget, blocked state or metadata."""
+    """Change a user's alias, budget, blocked state, metadata or rate limits."""
     rt = runtime(ctx)
     if no_budget and budget:
         raise UsageError("give --budget or --no-budget, not both")
+    if no_limits and (rpm_limit or tpm_limit):
+        raise UsageError("give --rpm-limit/--tpm-limit or --no-limits, not both")
     body = params.changes(
-        ["budget_id"] if no_budget else [],
+        (["budget_id"] if no_budget else []) + (["rpm_limit", "tpm_limit"] if no_limits else []),
         alias=alias,
         budget_id=budget,
         blocked=blocked,
         metadata=params.metadata(metadata) if metadata else None,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
     )
     rt.output.item(rt.gateway.patch(path("v1", "users", user_id), body), ID, SHOWS)
 

@@ -177,3 +177,17 @@ def poll_usage(cli: Cli, user_id: str, count: int) -> list[dict[str, object]]:
             assert len(rows) == count, f"recent usage: {recent.out} {recent.err}"
             return rows
         time.sleep(0.1)
+
+
+def test_rate_limits_are_settable_on_keys_and_users(cli: Cli) -> None:
+    user_id = unique("limited")
+    created = ok(cli("users", "create", user_id, "--rpm-limit", "60", "--tpm-limit", "1000"))
+    assert (created.json()["rpm_limit"], created.json()["tpm_limit"]) == (60, 1000)
+    cleared = ok(cli("users", "update", user_id, "--no-limits")).json()
+    assert (cleared["rpm_limit"], cleared["tpm_limit"]) == (None, None)
+    key = ok(cli("keys", "create", "--rpm-limit", "5", "-o", "json")).json()
+    assert key["rpm_limit"] == 5 and key["tpm_limit"] is None
+    changed = ok(cli("keys", "update", key["id"], "--tpm-limit", "900")).json()
+    assert (changed["rpm_limit"], changed["tpm_limit"]) == (5, 900)
+    refused = cli("keys", "update", key["id"], "--rpm-limit", "0")
+    assert refused.code == ExitCode.USAGE
