@@ -7,8 +7,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from otari_server import jsonio
@@ -109,7 +111,20 @@ def migrate(url: str, revision: str = "head") -> None:
         engine.dispose()
 
 
-def ping(engine: Engine) -> None:
-    """One round trip to the database; raises when it is unreachable."""
+def schema_head() -> str:
+    """The newest migration revision this code expects."""
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return str(head)
+
+
+def ping(engine: Engine) -> str | None:
+    """One round trip: the schema revision the database is at (raises when unreachable)."""
     with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+        try:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except ProgrammingError:
+            return None  # not migrated at all
+        except OperationalError as exc:
+            if "no such table" in str(exc.orig):
+                return None
+            raise

@@ -45,6 +45,7 @@ class Runtime:
     providers: dict[str, Provider]
     upstream: Upstream = field(default_factory=Upstream)
     metrics: Metrics | None = None
+    schema: str = field(default_factory=db.schema_head)
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=utcnow)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -42,10 +42,15 @@ def liveness() -> str:
 async def readiness(runtime: RuntimeDep) -> JSONResponse:
     """Ready when the database answers a query; 503 otherwise."""
     try:
-        await to_thread.run_sync(db.ping, runtime.engine)
+        revision = await to_thread.run_sync(db.ping, runtime.engine)
     except Exception as exc:  # any failure to reach the database means not ready
         return JSONResponse({"status": "not ready", "database": "unreachable",
                              "error": type(exc).__name__}, status_code=503)
+    if revision != runtime.schema:
+        # Serving an old or missing schema would fail request by request: say so here.
+        return JSONResponse({"status": "not ready", "database": "not migrated",
+                             "schema": revision or "none", "expected": runtime.schema},
+                            status_code=503)
     return JSONResponse({"status": "ready", "database": "ok", "version": __version__})
 
 

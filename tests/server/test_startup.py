@@ -46,7 +46,9 @@ def test_bootstrap_api_key_is_minted_once_and_kept_private(
 
 def test_migrations_create_the_schema_and_can_be_switched_off(database_url: str) -> None:
     with TestClient(create_app(make_settings(database_url, auto_migrate=False))) as client:
-        assert client.get("/health/readiness").status_code == 200
+        unmigrated = client.get("/health/readiness")
+        assert unmigrated.status_code == 503
+        assert unmigrated.json()["database"] == "not migrated"
     engine = create_engine(db.normalize_url(database_url))
     assert "api_keys" not in inspect(engine).get_table_names()
     db.migrate(database_url)
@@ -55,6 +57,7 @@ def test_migrations_create_the_schema_and_can_be_switched_off(database_url: str)
     engine.dispose()
     with TestClient(create_app(make_settings(database_url, auto_migrate=False))) as client:
         assert client.get("/v1/keys", headers=MASTER).status_code == 200
+        assert client.get("/health/readiness").status_code == 200
 
 
 def test_failed_migration_stops_start_up(sqlite_url: str) -> None:
