@@ -233,8 +233,12 @@ def parse_upstream(call: Call, content: bytes) -> dict[str, Any]:
     return parsed
 
 
-async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
-    """An endpoint whose request and answer pass through unchanged (embeddings, ...)."""
+async def exchange_json(request: Request, caller: Caller,
+                        endpoint: Endpoint) -> tuple[Call, bytes, dict[str, Any]]:
+    """Admit a JSON request, send it to an OpenAI-type provider, return its JSON answer.
+
+    A failure is settled here; on success the caller settles what the answer says.
+    """
     runtime = runtime_of(request)
     raw, body = await read_body(request, runtime.settings.max_body_bytes)
     check_fields(body, endpoint)
@@ -245,12 +249,17 @@ async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> 
         response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
                                                dict(body, model=upstream_model))
         content = await read_upstream(call, response)
-        answer = parse_upstream(call, content)
+        return call, content, parse_upstream(call, content)
     except OtariError as exc:
         call.settle("error", error=exc.message)
         raise
+
+
+async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
+    """An endpoint whose request and answer pass through unchanged (embeddings, ...)."""
+    call, content, answer = await exchange_json(request, caller, endpoint)
     call.settle("success", metered(endpoint, answer))
-    return Response(content, status_code=response.status, headers=JSON_HEADERS)
+    return Response(content, headers=JSON_HEADERS)
 
 
 def metered(endpoint: Endpoint, answer: dict[str, Any]) -> Consumption:
