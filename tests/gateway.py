@@ -78,12 +78,14 @@ class Gateway:
         return result
 
 
-def gateway_factory_fixture(database_url: str) -> Iterator[Callable[..., Gateway]]:
+def gateway_factory_fixture(database_url: str,
+                            openai_fake: type[FakeOpenAI] = FakeOpenAI,
+                            ) -> Iterator[Callable[..., Gateway]]:
     """Start gateways (each with its own fakes) on the test's database; stop them after."""
     with ExitStack() as stack:
 
         def start(**overrides: Any) -> Gateway:
-            fake = stack.enter_context(FakeOpenAI(api_key=UPSTREAM_KEY))
+            fake = stack.enter_context(openai_fake(api_key=UPSTREAM_KEY))
             claude = stack.enter_context(FakeAnthropic(api_key=ANTHROPIC_KEY))
             providers = {"fake": {"type": "openai", "base_url": fake.base_url,
                                   "api_key": UPSTREAM_KEY},

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from decimal import Decimal
 from typing import Any
 
@@ -18,10 +17,10 @@ import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
-from tests.fakes import DEFAULT_TEXT, Behaviour, Failure, FakeAnthropic, ToolCall
+from tests.fakes import DEFAULT_TEXT, Behaviour, Failure, ToolCall
 from tests.fakes_responses import FakeOpenAIResponses
-from tests.gateway import ANTHROPIC_KEY, MASTER, UPSTREAM_KEY, Gateway
-from tests.servers import MASTER_KEY, make_settings, running
+from tests.gateway import ANTHROPIC_KEY, UPSTREAM_KEY, Gateway, gateway_factory_fixture
+from tests.servers import MASTER_KEY
 
 OPENAI_MODEL = "fake:gpt-4o-mini"
 CLAUDE_MODEL = "claude:claude-sonnet"
@@ -50,24 +49,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in
 @pytest.fixture
 def gateway_factory(database_url: str) -> Iterator[Callable[..., Gateway]]:
     """Gateways whose OpenAI-type fake also serves /v1/responses."""
-    with ExitStack() as stack:
-
-        def start(**overrides: Any) -> Gateway:
-            fake = stack.enter_context(FakeOpenAIResponses(api_key=UPSTREAM_KEY))
-            claude = stack.enter_context(FakeAnthropic(api_key=ANTHROPIC_KEY))
-            providers = {"fake": {"type": "openai", "base_url": fake.base_url,
-                                  "api_key": UPSTREAM_KEY},
-                         "claude": {"type": "anthropic", "base_url": claude.base_url,
-                                    "api_key": ANTHROPIC_KEY}}
-            settings = make_settings(database_url, providers=providers,
-                                     usage_flush_interval=0.05, **overrides)
-            url = stack.enter_context(running(settings))
-            admin = stack.enter_context(httpx.Client(base_url=url, headers=MASTER, timeout=30))
-            gateway = Gateway(url, fake, claude, admin)
-            stack.callback(gateway.close)
-            return gateway
-
-        yield start
+    yield from gateway_factory_fixture(database_url, FakeOpenAIResponses)
 
 
 @pytest.fixture
