@@ -134,7 +134,7 @@ def test_client_disconnect_mid_stream_is_recorded_and_settled(gw: Gateway,
             headers={"x-api-key": gw.key(user_id="alice")}) as response:
         first = next(response.iter_bytes())
         assert first.startswith(b"event: message_start")
-    gate.wait_for(1)
+    # No wait at the gate: the relay may stop before the provider even reaches it.
     [row] = gw.usage(1)  # written without the provider ever finishing: the relay stopped
     gate.release()
     assert row["status"] == "client_disconnected"

@@ -508,7 +508,7 @@ def test_client_disconnect_mid_stream_is_recorded_and_settled(gateway: Gateway) 
             "POST", "/v1/responses", headers={"Authorization": f"Bearer {key}"},
             json={"model": OPENAI_MODEL, "input": "hi", "stream": True}) as response:
         assert next(response.iter_bytes()).startswith(b"event: response.created")
-    gate.wait_for(1)
+    # No wait at the gate: the relay may stop before the provider even reaches it.
     [row] = gateway.usage(1)
     gate.release()
     assert row["status"] == "client_disconnected"
