@@ -30,15 +30,12 @@ from otari_server.proxy import (
     admit,
     check_fields,
     consumption,
-    malformed,
     openai_only,
-    parse_upstream,
     read_body,
-    read_upstream,
     runtime_of,
 )
 from otari_server.relay import RelayResponse
-from otari_server.upstream import failure
+from otari_server.upstream import failure, malformed, parse_upstream, read_upstream
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -72,7 +69,7 @@ async def _transcribe(request: Request, caller: Caller, endpoint: Endpoint) -> R
             outgoing = _upstream_form(form, upload, upstream_model)
             response = await runtime.upstream.post_form(call.provider, endpoint.upstream_path,
                                                         outgoing)
-            answer = parse_upstream(call, await read_upstream(call, response))
+            answer = parse_upstream(call.provider, await read_upstream(call.provider, response))
             used = _consumed(call, answer)
             content, media_type = render(answer, asked)
         except OtariError as exc:
@@ -142,13 +139,13 @@ def _consumed(call: Call, answer: dict[str, Any]) -> Consumption:
     usage = usage if isinstance(usage, dict) else {}
     duration = answer.get("duration", usage.get("seconds"))
     if isinstance(duration, bool) or not isinstance(duration, int | float | str):
-        raise malformed(call)
+        raise malformed(call.provider)
     try:
         seconds = Decimal(str(duration))
     except InvalidOperation:
-        raise malformed(call) from None
+        raise malformed(call.provider) from None
     if not seconds.is_finite() or seconds < 0 or not isinstance(answer.get("text"), str):
-        raise malformed(call)
+        raise malformed(call.provider)
     return consumption(usage if usage.get("type") == "tokens" else None, audio_seconds=seconds)
 
 
@@ -218,7 +215,7 @@ async def _speak(request: Request, caller: Caller, endpoint: Endpoint) -> Respon
         response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
                                                dict(body, model=upstream_model), stream=True)
         if response.status >= 400:
-            await read_upstream(call, response)  # raises the provider's refusal
+            await read_upstream(call.provider, response)  # raises the provider's refusal
     except OtariError as exc:
         call.settle("error", error=exc.message)
         raise

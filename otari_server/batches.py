@@ -31,20 +31,18 @@ from otari_server.auth import Caller
 from otari_server.batch_tables import BatchJob
 from otari_server.endpoints import BATCHES
 from otari_server.errors import (
-    BadGateway,
     BudgetExceeded,
     Conflict,
     InvalidRequest,
     NotFound,
-    PermissionDenied,
 )
 from otari_server.ledger import NO_HOLD, Settlement
 from otari_server.pricing import Consumption, Price
-from otari_server.providers import ModelAddressError, Provider, resolve
-from otari_server.proxy import billed_user, consumption
+from otari_server.providers import Provider
+from otari_server.proxy import billed_user, consumption, route, unpriced
 from otari_server.runtime import Runtime
 from otari_server.tables import Budget, User, utcnow
-from otari_server.upstream import failure, refusal
+from otari_server.upstream import malformed, parse_upstream, read_upstream
 from otari_server.wire import CreateBatchRequest
 
 # What every line of a batch file asks for; the only endpoint batches run here.
@@ -56,21 +54,11 @@ ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 async def create(runtime: Runtime, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     """Upload the batch file, create the batch at the provider, remember who pays for it."""
     batch = _parse(body)
-    try:
-        provider, upstream_model = resolve(batch.model, runtime.providers)
-    except ModelAddressError as exc:
-        raise InvalidRequest(str(exc), param="model", code="model_not_found") from None
+    provider, upstream_model, model_key = route(runtime, caller, batch.model)
     _offers_batches(provider)
-    model_key = f"{provider.name}:{upstream_model}"
-    if not caller.may_use(model_key):
-        raise PermissionDenied(f"This API key may not use model '{model_key}'",
-                               code="model_not_allowed")
     user_id = billed_user(caller, body.get("user"))
     if runtime.settings.require_pricing and await runtime.prices.at(model_key, utcnow()) is None:
-        raise InvalidRequest(
-            f"Model '{model_key}' has no price, and require_pricing is on: set one with "
-            "POST /v1/pricing (otari pricing set) or turn require_pricing off",
-            param="model", code="model_not_priced")
+        raise unpriced(model_key)
     counts = not caller.exclude_from_budget
     if counts and user_id is not None and (caller.is_master or caller.budgeted):
         await to_thread.run_sync(_check_budget, runtime, user_id)
@@ -91,7 +79,7 @@ async def list_batches(runtime: Runtime, caller: Caller, provider_name: str,
     page = await _json(provider, await runtime.upstream.get(provider, "/batches", params))
     data = page.get("data")
     if not isinstance(data, list):
-        raise _malformed(provider)
+        raise malformed(provider)
     if not caller.is_master:
         ids = [item["id"] for item in data if isinstance(item, dict)
                and isinstance(item.get("id"), str)]
@@ -162,14 +150,14 @@ async def _submit(runtime: Runtime, provider: Provider, batch: CreateBatchReques
                    content_type="application/jsonl")
     uploaded = await _json(provider, await runtime.upstream.post_form(provider, "/files", form))
     if not isinstance(uploaded.get("id"), str):
-        raise _malformed(provider)
+        raise malformed(provider)
     request: dict[str, Any] = {"input_file_id": uploaded["id"], "endpoint": LINE_URL,
                                "completion_window": batch.completion_window}
     if batch.metadata is not None:
         request["metadata"] = batch.metadata
     created = await _json(provider, await runtime.upstream.post(provider, "/batches", request))
     if not isinstance(created.get("id"), str):
-        raise _malformed(provider)
+        raise malformed(provider)
     return created
 
 
@@ -195,34 +183,14 @@ async def _fetch(runtime: Runtime, provider: Provider, batch_id: str) -> dict[st
     return await _json(provider, response)
 
 
-async def _read(provider: Provider, response: aiohttp.ClientResponse) -> bytes:
-    """A provider's whole answer, released; non-2xx answers become our errors."""
-    try:
-        content = await response.read()
-    except Exception as exc:
-        raise failure(provider, exc) from None
-    finally:
-        response.release()
-    if response.status >= 400:
-        raise refusal(provider, response.status, content)
-    return content
-
-
 async def _json(provider: Provider, response: aiohttp.ClientResponse) -> dict[str, Any]:
-    content = await _read(provider, response)
-    try:
-        parsed = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise _malformed(provider)
-    return parsed
+    return parse_upstream(provider, await read_upstream(provider, response))
 
 
 async def _download(runtime: Runtime, provider: Provider, file_id: str) -> list[dict[str, Any]]:
     """The lines of a batch output or error file."""
     response = await runtime.upstream.get(provider, f"/files/{quote(file_id, safe='')}/content")
-    content = await _read(provider, response)
+    content = await read_upstream(provider, response)
     lines = []
     for raw in content.splitlines():
         if not raw.strip():
@@ -232,13 +200,10 @@ async def _download(runtime: Runtime, provider: Provider, file_id: str) -> list[
         except orjson.JSONDecodeError:
             line = None
         if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
-            raise _malformed(provider)
+            raise malformed(provider)
         lines.append(line)
     return lines
 
-
-def _malformed(provider: Provider) -> BadGateway:
-    return BadGateway(f"Provider '{provider.name}' returned a malformed response")
 
 
 # -- pure rules -------------------------------------------------------------------------------

@@ -26,14 +26,18 @@ from otari_server.proxy import (
     admit,
     check_fields,
     consumption,
-    malformed,
-    parse_upstream,
     read_body,
-    read_upstream,
     runtime_of,
 )
 from otari_server.relay import RelayResponse
-from otari_server.upstream import failure, sanitize, scrubbed
+from otari_server.upstream import (
+    failure,
+    malformed,
+    parse_upstream,
+    read_upstream,
+    sanitize,
+    scrubbed,
+)
 
 
 async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
@@ -72,12 +76,12 @@ async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
     response = await call.runtime.upstream.post(call.provider, call.endpoint.upstream_path,
                                                 outgoing, stream=streaming)
     if response.status >= 400:
-        await read_upstream(call, response)  # raises the provider's refusal
+        await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
         return RelayResponse(_relay_openai(call, response, strip_usage),
                              media_type="text/event-stream", headers=SSE_HEADERS)
-    content = await read_upstream(call, response)
-    call.settle("success", consumption(parse_upstream(call, content).get("usage")))
+    content = await read_upstream(call.provider, response)
+    call.settle("success", consumption(parse_upstream(call.provider, content).get("usage")))
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
@@ -141,18 +145,18 @@ async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
     response = await call.runtime.upstream.post(call.provider, "/messages", outgoing,
                                                 headers, stream=streaming)
     if response.status >= 400:
-        await read_upstream(call, response)  # raises the provider's refusal
+        await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
         options = body.get("stream_options")
         include = isinstance(options, dict) and bool(options.get("include_usage"))
         translator = ChatStreamTranslator(model=body["model"], include_usage=include)
         return RelayResponse(_relay_anthropic(call, response, translator),
                              media_type="text/event-stream", headers=SSE_HEADERS)
-    message = parse_upstream(call, await read_upstream(call, response))
+    message = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
     except (AttributeError, TypeError):
-        raise malformed(call) from None
+        raise malformed(call.provider) from None
     call.settle("success", consumption(completion["usage"]))
     return Response(orjson.dumps(completion), headers=JSON_HEADERS)
 

@@ -15,9 +15,9 @@ from starlette.responses import Response
 
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
-from otari_server.errors import InvalidRequest, OtariError, PermissionDenied
+from otari_server.errors import InvalidRequest, OtariError
 from otari_server.pricing import Consumption
-from otari_server.providers import ModelAddressError, Provider, resolve
+from otari_server.providers import Provider
 from otari_server.providers.anthropic import TranslationError, chat_usage
 from otari_server.providers.messages import MessageStreamTranslator, to_chat_request, to_message
 from otari_server.providers.presets import ANTHROPIC_VERSION
@@ -29,14 +29,19 @@ from otari_server.proxy import (
     admit,
     check_fields,
     consumption,
-    malformed,
-    parse_upstream,
     read_body,
-    read_upstream,
+    route,
     runtime_of,
 )
 from otari_server.relay import RelayResponse
-from otari_server.upstream import failure, sanitize, scrubbed
+from otari_server.upstream import (
+    failure,
+    malformed,
+    parse_upstream,
+    read_upstream,
+    sanitize,
+    scrubbed,
+)
 
 # Client headers an Anthropic upstream must see: the API version and opted-in beta features.
 _CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -73,14 +78,7 @@ async def count_tokens(request: Request, caller: Caller) -> Response:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequest("'model' is required and must be a string", param="model")
     _check(body)
-    try:
-        provider, upstream_model = resolve(body["model"], runtime.providers)
-    except ModelAddressError as exc:
-        raise InvalidRequest(str(exc), param="model", code="model_not_found") from None
-    model_key = f"{provider.name}:{upstream_model}"
-    if not caller.may_use(model_key):
-        raise PermissionDenied(f"This API key may not use model '{model_key}'",
-                               code="model_not_allowed")
+    route(runtime, caller, body["model"])  # an unknown or forbidden model is refused here too
     return Response(orjson.dumps({"input_tokens": estimate(body)}), headers=JSON_HEADERS)
 
 
@@ -164,12 +162,12 @@ async def _pass_through(call: Call, body: dict[str, Any], upstream_model: str, s
         call.provider, call.endpoint.upstream_path, dict(body, model=upstream_model), headers,
         stream=streaming)
     if response.status >= 400:
-        await read_upstream(call, response)  # raises the provider's refusal
+        await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
         return RelayResponse(_relay(call, response), media_type="text/event-stream",
                              headers=SSE_HEADERS)
-    content = await read_upstream(call, response)
-    call.settle("success", _used(parse_upstream(call, content).get("usage")))
+    content = await read_upstream(call.provider, response)
+    call.settle("success", _used(parse_upstream(call.provider, content).get("usage")))
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
@@ -249,16 +247,16 @@ async def _translated(call: Call, body: dict[str, Any], upstream_model: str,
     response = await call.runtime.upstream.post(call.provider, "/chat/completions", outgoing,
                                                 stream=streaming)
     if response.status >= 400:
-        await read_upstream(call, response)  # raises the provider's refusal
+        await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
         translator = MessageStreamTranslator(model=body["model"], input_tokens=estimate(body))
         return RelayResponse(_relay_translated(call, response, translator),
                              media_type="text/event-stream", headers=SSE_HEADERS)
-    completion = parse_upstream(call, await read_upstream(call, response))
+    completion = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         message = to_message(completion, model=body["model"])
     except (AttributeError, TypeError, IndexError):
-        raise malformed(call) from None
+        raise malformed(call.provider) from None
     call.settle("success", consumption(completion.get("usage")))
     return Response(orjson.dumps(message), headers=JSON_HEADERS)
 

@@ -25,12 +25,6 @@ def price_at(session: Session, model_key: str, at: datetime) -> Pricing | None:
     ).first()
 
 
-def token_cost(input_price_per_million: Decimal, output_price_per_million: Decimal,
-               prompt_tokens: int, completion_tokens: int) -> Decimal:
-    """Exact cost of a token count at per-million prices, at stored precision."""
-    return quantize((input_price_per_million * prompt_tokens
-                     + output_price_per_million * completion_tokens) / _MILLION)
-
 
 @dataclass(frozen=True, slots=True)
 class Consumption:

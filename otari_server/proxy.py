@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import orjson
 from fastapi import Request
 from starlette.responses import Response
@@ -21,7 +20,6 @@ from otari_server import tokens
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
 from otari_server.errors import (
-    BadGateway,
     InvalidRequest,
     OtariError,
     PayloadTooLarge,
@@ -32,7 +30,7 @@ from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Co
 from otari_server.providers import ModelAddressError, Provider, resolve
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
-from otari_server.upstream import failure, refusal
+from otari_server.upstream import parse_upstream, read_upstream
 
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -153,27 +151,39 @@ def worst_case(endpoint: Endpoint, raw: bytes, body: dict[str, Any],
         if endpoint.billing == AUDIO_SECONDS else Decimal(0))
 
 
-async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
-                body: dict[str, Any], request_id: str | None,
-                worst: Consumption | None = None) -> tuple[Call, str]:
-    """Resolve provider and price, then reserve the worst case; raises if it cannot run."""
-    settings = runtime.settings
+def route(runtime: Runtime, caller: Caller, model: str) -> tuple[Provider, str, str]:
+    """(provider, upstream model, model key) that `provider:model` names, if the caller may
+    use it: 400 for an unknown provider, 403 outside the key's or user's allow-list."""
     try:
-        provider, upstream_model = resolve(body["model"], runtime.providers)
+        provider, upstream_model = resolve(model, runtime.providers)
     except ModelAddressError as exc:
         raise InvalidRequest(str(exc), param="model", code="model_not_found") from None
     model_key = f"{provider.name}:{upstream_model}"
     if not caller.may_use(model_key):
         raise PermissionDenied(f"This API key may not use model '{model_key}'",
                                code="model_not_allowed")
+    return provider, upstream_model, model_key
+
+
+def unpriced(model_key: str, billing: str = "") -> InvalidRequest:
+    """The refusal of a model without the price it needs while require_pricing is on."""
+    what = f"no price per {billing}" if billing else "no price"
+    return InvalidRequest(
+        f"Model '{model_key}' has {what}, and require_pricing is on: set one with "
+        "POST /v1/pricing (otari pricing set) or turn require_pricing off",
+        param="model", code="model_not_priced")
+
+
+async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
+                body: dict[str, Any], request_id: str | None,
+                worst: Consumption | None = None) -> tuple[Call, str]:
+    """Resolve provider and price, then reserve the worst case; raises if it cannot run."""
+    settings = runtime.settings
+    provider, upstream_model, model_key = route(runtime, caller, body["model"])
     user_id = billed_user(caller, body.get("user"))
     price = await runtime.prices.at(model_key, utcnow())
     if settings.require_pricing and (price is None or not price.covers(endpoint.billing)):
-        what = "no price" if price is None else f"no price per {endpoint.billing}"
-        raise InvalidRequest(
-            f"Model '{model_key}' has {what}, and require_pricing is on: set one with "
-            "POST /v1/pricing (otari pricing set) or turn require_pricing off",
-            param="model", code="model_not_priced")
+        raise unpriced(model_key, "" if price is None else endpoint.billing)
     hold = NO_HOLD
     counts = not caller.exclude_from_budget
     budgeted = counts and user_id is not None and (caller.is_master or caller.budgeted)
@@ -204,35 +214,6 @@ def openai_only(call: Call) -> None:
             f"{call.endpoint.path}", param="model", code="unsupported_endpoint")
 
 
-async def read_upstream(call: Call, response: aiohttp.ClientResponse) -> bytes:
-    """The whole upstream body, released; non-2xx answers become our errors."""
-    try:
-        content = await response.read()
-    except Exception as exc:
-        raise failure(call.provider, exc) from None
-    finally:
-        response.release()
-    if response.status >= 400:
-        raise refusal(call.provider, response.status, content)
-    return content
-
-
-def malformed(call: Call) -> BadGateway:
-    """The error for a provider answer we cannot read."""
-    return BadGateway(f"Provider '{call.provider.name}' returned a malformed response")
-
-
-def parse_upstream(call: Call, content: bytes) -> dict[str, Any]:
-    """A provider's JSON object; anything else is a 502."""
-    try:
-        parsed = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise malformed(call)
-    return parsed
-
-
 async def exchange_json(request: Request, caller: Caller,
                         endpoint: Endpoint) -> tuple[Call, bytes, dict[str, Any]]:
     """Admit a JSON request, send it to an OpenAI-type provider, return its JSON answer.
@@ -248,8 +229,8 @@ async def exchange_json(request: Request, caller: Caller,
         openai_only(call)
         response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
                                                dict(body, model=upstream_model))
-        content = await read_upstream(call, response)
-        return call, content, parse_upstream(call, content)
+        content = await read_upstream(call.provider, response)
+        return call, content, parse_upstream(call.provider, content)
     except OtariError as exc:
         call.settle("error", error=exc.message)
         raise

@@ -37,14 +37,18 @@ from otari_server.proxy import (
     admit,
     check_fields,
     consumption,
-    malformed,
-    parse_upstream,
     read_body,
-    read_upstream,
     runtime_of,
 )
 from otari_server.relay import RelayResponse
-from otari_server.upstream import failure, sanitize, scrubbed
+from otari_server.upstream import (
+    failure,
+    malformed,
+    parse_upstream,
+    read_upstream,
+    sanitize,
+    scrubbed,
+)
 
 # Stream events that end a response and carry it whole, usage included.
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -91,12 +95,12 @@ async def _pass_through(call: Call, body: dict[str, Any], upstream_model: str,
                                                 dict(body, model=upstream_model),
                                                 stream=streaming)
     if response.status >= 400:
-        await read_upstream(call, response)  # raises the provider's refusal
+        await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
         return RelayResponse(_relay(call, response), media_type="text/event-stream",
                              headers=SSE_HEADERS)
-    content = await read_upstream(call, response)
-    answer = parse_upstream(call, content)
+    content = await read_upstream(call.provider, response)
+    answer = parse_upstream(call.provider, content)
     error = answer.get("error") if answer.get("status") == "failed" else None
     if isinstance(error, dict):
         call.settle("error", metered(answer.get("usage")), _message(error))
@@ -181,18 +185,18 @@ async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
     response = await call.runtime.upstream.post(call.provider, "/messages", outgoing,
                                                 headers, stream=streaming)
     if response.status >= 400:
-        await read_upstream(call, response)  # raises the provider's refusal
+        await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
         chunks = ChatStreamTranslator(model=body["model"], include_usage=True)
         events = ResponseStreamTranslator(body, model=body["model"])
         return RelayResponse(_relay_messages(call, response, chunks, events),
                              media_type="text/event-stream", headers=SSE_HEADERS)
-    message = parse_upstream(call, await read_upstream(call, response))
+    message = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
         answer = responses_wire.to_response(completion, body, model=body["model"])
     except (AttributeError, TypeError):
-        raise malformed(call) from None
+        raise malformed(call.provider) from None
     call.settle("success", consumption(completion["usage"]))
     return Response(orjson.dumps(answer), headers=JSON_HEADERS)
 

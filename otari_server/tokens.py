@@ -23,10 +23,6 @@ def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
     return (limit if limit is not None and limit > 0 else default) * choices
 
 
-def text_tokens(text: str) -> int:
-    """A rough count for text received when a stream ended without a usage report."""
-    return (len(text.encode("utf-8")) + 3) // 4
-
 
 # The lowest common speech bitrates are about 8 kbit/s: no audio file holds more seconds
 # than its size in bytes over this.

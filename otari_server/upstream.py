@@ -13,6 +13,7 @@ from prometheus_client import Histogram
 
 from otari_server.errors import BadGateway, GatewayTimeout, OtariError, UpstreamError
 from otari_server.providers import Provider
+from otari_server.providers.failures import error_details
 
 _MAX_MESSAGE = 1000
 
@@ -99,6 +100,35 @@ def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds)
 
 
+async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) -> bytes:
+    """A provider's whole answer, released; non-2xx answers become our errors."""
+    try:
+        content = await response.read()
+    except Exception as exc:
+        raise failure(provider, exc) from None
+    finally:
+        response.release()
+    if response.status >= 400:
+        raise refusal(provider, response.status, content)
+    return content
+
+
+def parse_upstream(provider: Provider, content: bytes) -> dict[str, Any]:
+    """A provider's JSON object; anything else is a 502."""
+    try:
+        parsed = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise malformed(provider)
+    return parsed
+
+
+def malformed(provider: Provider) -> BadGateway:
+    """The error for a provider answer we cannot read."""
+    return BadGateway(f"Provider '{provider.name}' returned a malformed response")
+
+
 def failure(provider: Provider, exc: BaseException) -> OtariError:
     """A transport-level failure talking to a provider, as the error we answer with."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
@@ -123,19 +153,13 @@ def scrubbed(provider: Provider, data: bytes) -> bytes:
 
 
 def error_message(body: bytes) -> str:
-    """The human message inside a provider error body (OpenAI or Anthropic shape)."""
+    """The human message inside a provider error body, whatever its shape."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace").strip() or "no details"
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
-        return str(parsed["message"])
-    return body.decode("utf-8", "replace")[:_MAX_MESSAGE]
+    _, message = error_details(parsed)
+    return message or body.decode("utf-8", "replace")[:_MAX_MESSAGE]
 
 
 def refusal(provider: Provider, status: int, body: bytes) -> OtariError:

@@ -17,13 +17,11 @@ from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.proxy import (
     Call,
     consumption,
-    malformed,
-    parse_upstream,
-    read_upstream,
     worst_case,
 )
 from otari_server.tools.plan import MAX_ITERATIONS, Plan, Unprocessable, hints, model_request
 from otari_server.tools.toolbox import Toolbox
+from otari_server.upstream import malformed, parse_upstream, read_upstream
 
 
 @dataclass(slots=True)
@@ -106,7 +104,7 @@ async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dic
     if call.provider.type != "anthropic":
         response = await runtime.upstream.post(call.provider, call.endpoint.upstream_path,
                                                dict(body, model=upstream_model))
-        return parse_upstream(call, await read_upstream(call, response))
+        return parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         outgoing = anthropic_wire.to_messages_request(
             body, model=upstream_model, default_max_tokens=runtime.settings.default_max_tokens)
@@ -114,11 +112,11 @@ async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dic
         raise InvalidRequest(str(exc)) from None
     response = await runtime.upstream.post(call.provider, "/messages", outgoing,
                                            {"anthropic-version": ANTHROPIC_VERSION})
-    message = parse_upstream(call, await read_upstream(call, response))
+    message = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         return anthropic_wire.to_chat_completion(message, model=body["model"])
     except (AttributeError, TypeError):
-        raise malformed(call) from None
+        raise malformed(call.provider) from None
 
 
 def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +124,11 @@ def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:
     first = choices[0] if isinstance(choices, list) and choices else None
     message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, dict):
-        raise malformed(call)
+        raise malformed(call.provider)
     calls = message.get("tool_calls")
     if calls is not None and not (isinstance(calls, list)
                                   and all(isinstance(c, dict) for c in calls)):
-        raise malformed(call)
+        raise malformed(call.provider)
     return message
 
 

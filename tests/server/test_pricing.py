@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import quote
 
 from starlette.testclient import TestClient
 
 from otari_server.jsonio import loads
-from otari_server.pricing import token_cost
+from otari_server.pricing import Consumption, Price
 from tests.factories import MASTER, make_key, make_price
 
 MODEL = "openrouter:meta-llama/llama-3-70b"
@@ -88,6 +89,12 @@ def test_invalid_prices_are_refused(client: TestClient) -> None:
         headers=MASTER)
     assert no_provider.status_code == 400
     assert client.get("/v1/pricing", headers=MASTER).json() == []
+
+
+def token_cost(input_price: Decimal, output_price: Decimal, prompt: int,
+               completion: int) -> Decimal:
+    price = Price("a:b", datetime.now(UTC), input_price, output_price)
+    return price.cost(Consumption(prompt_tokens=prompt, completion_tokens=completion))
 
 
 def test_token_cost_is_exact() -> None:
