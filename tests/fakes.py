@@ -36,10 +36,12 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
+
+from tests.loopback import LoopbackServer
 
 DEFAULT_TEXT = "Hello from the fake provider"
 FLAG_MARKER = "[flag]"  # moderation input containing this is flagged
@@ -163,76 +165,33 @@ class Answer:
         return len(self.pieces) + sum(call.tokens for call in self.tool_calls)
 
 
-class FakeServer:
-    """Base: one aiohttp application on loopback in a thread; subclasses add `routes`."""
+class FakeServer(LoopbackServer):
+    """Base of the fake providers: one loopback application; subclasses add `routes`."""
 
     name = "fake"
     tool_prefix = "call_"  # how the provider's tool call ids begin
 
     def __init__(self, *, api_key: str | None = None) -> None:
+        super().__init__()
         self.api_key = api_key
         self.requests: list[Received] = []
         self.default = Behaviour()
-        self.base_url = ""
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
-        self._runner: web.AppRunner | None = None
         self._counter = 0
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Start serving; `base_url` is set when this returns."""
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
-        return self
-
-    def close(self) -> None:
-        """Stop serving; requests still held or delayed are cancelled, not waited for."""
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
-            self._runner = None
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_closed() and not self._loop.is_running():
-            self._loop.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def _serve(self) -> None:
+    def application(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         for method, path, handler in self.routes():
             app.router.add_route(method, path, self._endpoint(handler))
-        self._runner = web.AppRunner(
-            app, shutdown_timeout=0.1, handler_cancellation=True, access_log=None
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-
-    async def _stop(self) -> None:
-        current = asyncio.current_task()
-        pending = [task for task in asyncio.all_tasks() if task is not current]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    # -- scripting -------------------------------------------------------------------------
+        return app
 
     @property
-    def url(self) -> str:
-        """The server root, without the /v1 prefix."""
-        return self.base_url.removesuffix("/v1")
+    def base_url(self) -> str:
+        """The API root clients are given, ending in /v1."""
+        return f"{self.url}/v1"
+
+    # -- scripting -------------------------------------------------------------------------
 
     def push(self, behaviour: Behaviour | None = None, **fields: Any) -> None:
         """Queue what the next unscripted call does (fields as in `Behaviour`)."""

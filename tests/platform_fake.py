@@ -26,13 +26,14 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
 from otari_server import settings as settings_module
 from otari_server.settings import Settings
 from tests.fakes import FakeServer
+from tests.loopback import LoopbackServer
 
 GATEWAY_TOKEN = "gw-platform-token-0123456789"
 USER_TOKEN = "otari-user-token-alice"
@@ -77,12 +78,14 @@ def connected_settings(platform: FakePlatform, overrides: Mapping[str, Any] | No
     return settings_module.load(None, {**(overrides or {}), "platform": table}, environ={})
 
 
-class FakePlatform:
+class FakePlatform(LoopbackServer):
     """The platform's gateway API: POST resolve, POST usage, GET / and /health."""
 
+    name = "fake-platform"
+
     def __init__(self, token: str = GATEWAY_TOKEN) -> None:
+        super().__init__()
         self.token = token
-        self.url = ""
         self.healthy = True
         self.attempts: list[dict[str, Any]] = []
         self.resolves: list[Seen] = []
@@ -92,56 +95,14 @@ class FakePlatform:
         self._usage_replies: deque[Reply] = deque()
         self._ids = itertools.count(1)
         self._condition = threading.Condition()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-platform",
-                                        daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Start serving; `url` is set when this returns."""
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
-        return self
-
-    def close(self) -> None:
-        """Stop serving; delayed answers are cancelled."""
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
-            self._runner = None
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_closed() and not self._loop.is_running():
-            self._loop.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def _serve(self) -> None:
+    def application(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/gateway/provider-keys/resolve", self._resolve)
         app.router.add_post("/gateway/usage", self._usage)
         app.router.add_get("/", self._health)
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True,
-                                     access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def _stop(self) -> None:
-        current = asyncio.current_task()
-        pending = [task for task in asyncio.all_tasks() if task is not current]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        assert self._runner is not None
-        await self._runner.cleanup()
+        return app
 
     # -- scripting -------------------------------------------------------------------------
 
