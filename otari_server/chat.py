@@ -45,8 +45,8 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
     runtime = runtime_of(request)
     raw, body = await read_body(request, runtime.settings.max_body_bytes)
     check_fields(body, endpoint)
-    if not all(isinstance(m, dict) for m in body["messages"]) or not isinstance(
-            body["messages"], list):
+    messages = body["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be an array of objects", param="messages")
     if tools.wanted(body):
         # MCP servers, web search or code execution: the gateway runs the tool loop.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from datetime import UTC, datetime
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from otari_server import __version__
 from otari_server.connected.runtime import runtime_of
+from otari_server.routes.health import process_facts
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -19,17 +17,13 @@ async def health(request: Request) -> dict[str, str]:
     """Process facts for operators (`otari status`), and whether the platform answers."""
     runtime = runtime_of(request)
     reachable = await runtime.platform.reachable()
-    uptime = (datetime.now(UTC) - runtime.started_at).total_seconds()
     return {
         "status": "healthy" if reachable else "degraded",
-        "version": __version__,
         "mode": "connected",
         "database": "none",
         "platform": "reachable" if reachable else "unreachable",
         "platform_url": runtime.config.base_url,
-        "pid": str(os.getpid()),
-        "started_at": runtime.started_at.isoformat(),
-        "uptime_seconds": f"{uptime:.1f}",
+        **process_facts(runtime.started_at),
     }
 
 

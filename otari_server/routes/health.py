@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 
 from anyio import to_thread
 from fastapi import APIRouter
@@ -17,19 +18,18 @@ from otari_server.tables import utcnow
 router = APIRouter(prefix="/health", tags=["health"])
 
 
+def process_facts(started_at: datetime) -> dict[str, str]:
+    """Version, pid and uptime, as strings (both deployment modes report them)."""
+    uptime = (utcnow() - started_at).total_seconds()
+    return {"version": __version__, "pid": str(os.getpid()),
+            "started_at": started_at.isoformat(), "uptime_seconds": f"{uptime:.1f}"}
+
+
 @router.get("", response_model=dict[str, str])
 def health(runtime: RuntimeDep) -> dict[str, str]:
     """Process facts for operators (`otari status`); all values are strings."""
-    uptime = (utcnow() - runtime.started_at).total_seconds()
-    return {
-        "status": "healthy",
-        "version": __version__,
-        "mode": "standalone",
-        "database": runtime.settings.database_kind,
-        "pid": str(os.getpid()),
-        "started_at": runtime.started_at.isoformat(),
-        "uptime_seconds": f"{uptime:.1f}",
-    }
+    return {"status": "healthy", "mode": "standalone",
+            "database": runtime.settings.database_kind, **process_facts(runtime.started_at)}
 
 
 @router.get("/liveness", response_model=str)
