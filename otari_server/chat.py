@@ -28,6 +28,7 @@ from otari_server.proxy import (
     consumption,
     read_body,
     runtime_of,
+    stream_outcome,
 )
 from otari_server.relay import RelayResponse
 from otari_server.upstream import (
@@ -125,6 +126,7 @@ async def _relay_openai(call: Call, response: aiohttp.ClientResponse,
         yield _error_event(sanitize(call.provider, error))
     finally:
         response.release()
+        status, error = stream_outcome(call, status, error, error)
         if usage is None:
             # Cut off before the usage chunk: bill what we saw (about a token per chunk).
             call.settle(status, Consumption(completion_tokens=max(chunks - 1, 0)),
@@ -183,4 +185,6 @@ async def _relay_anthropic(call: Call, response: aiohttp.ClientResponse,
         yield _error_event(sanitize(call.provider, error))
     finally:
         response.release()
+        status, error = stream_outcome(call, status, error,
+                                       (translator.error or {}).get("message"))
         call.settle(status, consumption(translator.usage), error)

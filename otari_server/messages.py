@@ -32,6 +32,7 @@ from otari_server.proxy import (
     read_body,
     route,
     runtime_of,
+    stream_outcome,
 )
 from otari_server.relay import RelayResponse
 from otari_server.upstream import (
@@ -232,6 +233,7 @@ async def _relay(call: Call, response: aiohttp.ClientResponse) -> AsyncIterator[
         yield _error_event("api_error", sanitize(call.provider, error))
     finally:
         response.release()
+        status, error = stream_outcome(call, status, error, meter.error)
         call.settle(status, meter.consumption(), error)
 
 
@@ -279,7 +281,7 @@ async def _relay_translated(call: Call, response: aiohttp.ClientResponse,
         if closing := translator.finish():  # the provider ended without [DONE]
             yield _encoded(closing)
         if translator.error is not None:
-            status, error = "error", str(translator.error["message"])
+            status, error = "error", sanitize(call.provider, str(translator.error["message"]))
         else:
             status = "success"
     except _STREAM_ERRORS as exc:
@@ -287,6 +289,8 @@ async def _relay_translated(call: Call, response: aiohttp.ClientResponse,
         yield _error_event("api_error", sanitize(call.provider, error))
     finally:
         response.release()
+        status, error = stream_outcome(call, status, error,
+                                       (translator.error or {}).get("message"))
         if translator.usage is None:
             # Cut off before the usage report: bill what we saw (about a token per delta).
             call.settle(status, Consumption(completion_tokens=deltas),

@@ -30,7 +30,7 @@ from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Co
 from otari_server.providers import ModelAddressError, Provider, resolve
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
-from otari_server.upstream import parse_upstream, read_upstream
+from otari_server.upstream import parse_upstream, read_upstream, sanitize
 
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -74,6 +74,15 @@ class Call:
             counts_toward_budget=self.counts, error_message=error,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             request_id=self.request_id, rate_subjects=self.rate_subjects))
+
+
+def stream_outcome(call: Call, status: str, error: str | None,
+                   seen: object) -> tuple[str, str | None]:
+    """How a relayed stream ended. A provider error already relayed (`seen`, its message)
+    decides it, even when the client, having read the error, left before the stream closed."""
+    if status == "client_disconnected" and seen:
+        return "error", sanitize(call.provider, str(seen))
+    return status, error
 
 
 def consumption(usage: object, **extra: Any) -> Consumption:

@@ -39,6 +39,7 @@ from otari_server.proxy import (
     consumption,
     read_body,
     runtime_of,
+    stream_outcome,
 )
 from otari_server.relay import RelayResponse
 from otari_server.upstream import (
@@ -155,6 +156,7 @@ async def _relay(call: Call, response: aiohttp.ClientResponse) -> AsyncIterator[
         yield _stream_error(sanitize(call.provider, error), events)
     finally:
         response.release()
+        status, error = stream_outcome(call, status, error, error)
         if usage is None:
             # Cut off before the final event: bill what we saw (about a token per delta).
             call.settle(status, Consumption(completion_tokens=deltas),
@@ -228,4 +230,6 @@ async def _relay_messages(call: Call, response: aiohttp.ClientResponse,
         yield b"".join(encode(e, e["type"]) for e in failed)
     finally:
         response.release()
+        status, error = stream_outcome(call, status, error,
+                                       (events.error or {}).get("message"))
         call.settle(status, consumption(chunks.usage), error)
