@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# bench/otari.sh [compare|quick]  - load-test otari with the shared harness (../shared/bench).
+# bench/otari.sh [compare|quick]  - load-test otari with the load harness in bench/harness.
 #
 #   quick    (default) one pinned otari (CPU 1) and the fake upstream (CPU 0); runs
 #            non-streaming and streaming at concurrency 1, 16 and 64, direct and through
 #            otari, 10 s each, and prints the BENCH lines.
-#   compare  the shared harness's full A/B (compare.sh with the custom adapter; ~18 min,
+#   compare  the harness's full A/B (compare.sh with the custom adapter; ~18 min,
 #            CONCS/DELAYS/ROUNDS/SECS shorten it).
 #
 # Auth, budget reservation and usage are all on: the key belongs to a user with a budget.
@@ -12,7 +12,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+SHARED=${HARNESS:-$HERE/harness}
 MODE=${1:-quick}
 WORK=${BENCH_WORK:-/tmp/otari-bench}
 PORT=${OTARI_BENCH_PORT:-18100}
