@@ -71,6 +71,7 @@ class Gateway:
         headers = {"User-Agent": "otari-cli", "Accept": "application/json"}
         if master_key:
             headers["Authorization"] = f"Bearer {master_key}"
+        self.has_key = bool(master_key)
         self.url = url
         self.timeout = timeout
         self.hint = hint
@@ -119,7 +120,11 @@ class Gateway:
         """Send, raise the matching error for a non-2xx answer, and return the decoded body."""
         response = self.send(method, url_path, params=params, body=body)
         if response.status_code >= 400:
-            raise error_for_status(response.status_code, error_message(response))
+            message = error_message(response)
+            if response.status_code in (401, 403) and not self.has_key:
+                message += (f" (no master key was sent to {self.url}: pass --master-key or set "
+                            "OTARI_MASTER_KEY, or add a context with its key: otari context add)")
+            raise error_for_status(response.status_code, message)
         if response.status_code == 204 or not response.content:
             return None
         try:

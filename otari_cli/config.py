@@ -162,6 +162,16 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def same_gateway(url: str, other: str) -> bool:
+    """Whether two gateway URLs reach the same listener (loopback spellings are alike)."""
+    a, b = urlsplit(url), urlsplit(other)
+    defaults = {"http": 80, "https": 443}
+    port_a, port_b = a.port or defaults.get(a.scheme), b.port or defaults.get(b.scheme)
+    if a.scheme != b.scheme or port_a != port_b:
+        return False
+    return a.hostname == b.hostname or (is_loopback(url) and is_loopback(other))
+
+
 def is_loopback(url: str) -> bool:
     """Whether `url` points at this machine (then the local master key may be sent to it)."""
     host = urlsplit(url).hostname or ""
@@ -317,15 +327,18 @@ def resolve_target(
 ) -> Target:
     """Pick the gateway: --url/OTARI_URL > --context or current context > the local daemon.
 
-    The local master key is only ever sent to a loopback URL.
+    Credentials belong to their gateway: the local master key is only ever sent to the local
+    daemon's own URL, a context's key only to that context's URL; any other URL gets only a key
+    given explicitly (--master-key / OTARI_MASTER_KEY).
     """
     key_flag = (chosen.master_key, "--master-key/OTARI_MASTER_KEY")
     if chosen.url:
         url = check_url(chosen.url)
         key, source = key_flag
-        if key is None and is_loopback(url):
+        if key is None:
             local = local_settings()
-            key, source = local.master_key, local.master_key_source
+            if any(same_gateway(url, own) for own in (local.url, daemon_url) if own):
+                key, source = local.master_key, local.master_key_source
         return Target(url, key, "--url/OTARI_URL", source if key else "none")
     name = chosen.context or contexts.current
     if name and name != LOCAL:

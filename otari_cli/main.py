@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
+from typer._click.core import Command, Context
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
@@ -37,13 +38,19 @@ Exit codes:
   5  server error (5xx)
 """
 
-# Options that may appear anywhere on the line (`otari keys list -o json`), moved in front of
-# the subcommand before parsing. Name -> whether it takes a value.
-ANYWHERE = {"-o": True, "--output": True, "-q": False, "--quiet": False, "--debug": False}
+# Global options that may appear anywhere on the line (`otari keys list -o json --context
+# prod`), moved in front of the subcommand before parsing. Name -> whether it takes a value.
+ANYWHERE = {
+    "-o": True, "--output": True, "-q": False, "--quiet": False, "--debug": False,
+    "--url": True, "--master-key": True, "--context": True, "--timeout": True,
+}
 
 
-def hoist(args: Sequence[str]) -> list[str]:
-    """Move the output options found after the subcommand to the front (stop at `--`)."""
+def hoist(args: Sequence[str], own: frozenset[str] = frozenset()) -> list[str]:
+    """Move the global options found after the subcommand to the front (stop at `--`).
+
+    `own` names options the subcommand defines itself (`otari context add --url`): those stay.
+    """
     front: list[str] = []
     rest: list[str] = []
     i = 0
@@ -53,7 +60,7 @@ def hoist(args: Sequence[str]) -> list[str]:
             rest.extend(args[i:])
             break
         name = arg.split("=", 1)[0]
-        if name in ANYWHERE:
+        if name in ANYWHERE and name not in own:
             takes_value = ANYWHERE[name] and "=" not in arg
             front.extend(args[i : i + 2] if takes_value else [arg])
             i += 2 if takes_value else 1
@@ -63,11 +70,26 @@ def hoist(args: Sequence[str]) -> list[str]:
     return front + rest
 
 
+def own_options(group: TyperGroup, ctx: Context, args: Sequence[str]) -> frozenset[str]:
+    """The option names the subcommand named in `args` defines itself."""
+    command: Command = group
+    for arg in args:
+        if arg == "--":
+            break
+        if isinstance(command, TyperGroup) and not arg.startswith("-"):
+            sub = command.get_command(ctx, arg)
+            if sub is not None:
+                command = sub
+    if command is group:
+        return frozenset()
+    return frozenset(opt for param in command.params for opt in getattr(param, "opts", ()))
+
+
 class OtariGroup(TyperGroup):
     """The root group: hoists output options and turns CliErrors into exit codes."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist(args))
+        return super().parse_args(ctx, hoist(args, own_options(self, ctx, args)))
 
     def invoke(self, ctx: Any) -> Any:
         try:

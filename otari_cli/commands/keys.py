@@ -67,13 +67,14 @@ def create_key(
     rpm_limit: params.RpmLimit = None,
     tpm_limit: params.TpmLimit = None,
 ) -> None:
-    """Create an API key and print its secret (shown this once only; -q prints the id)."""
+    """Create an API key and print its secret (shown this once only; -q prints only the secret)."""
     rt = runtime(ctx)
     body = {"key_name": name, "user_id": user, "expires_at": expires,
             "rpm_limit": rpm_limit, "tpm_limit": tpm_limit}
     body = {k: v for k, v in body.items() if v is not None}
     created = rt.gateway.post("/v1/keys", {**body, "metadata": params.metadata(metadata)})
-    rt.output.item(created, shows=SHOWS)
+    # -q prints the secret: the one thing a script needs and can never get again.
+    rt.output.item(created, id_field="key", shows=SHOWS)
     if rt.output.format is Format.TABLE:
         rt.output.message("Save the key now: the gateway cannot show it again.")
 
@@ -111,9 +112,10 @@ def update_key(
     rt.output.item(rt.gateway.patch(path("v1", "keys", key_id), body), shows=SHOWS)
 
 
+@app.command("delete")
 @app.command("revoke")
 def revoke_keys(ctx: typer.Context, key_ids: list[str], yes: params.Yes = False) -> None:
-    """Revoke API keys (asks first on a terminal)."""
+    """Revoke API keys (asks first on a terminal); `delete` is the same command."""
     rt = runtime(ctx)
     rt.confirm(f"Revoke {len(key_ids)} key(s): {', '.join(key_ids)}", yes)
     for key_id in key_ids:

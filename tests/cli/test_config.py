@@ -185,7 +185,17 @@ def test_url_and_key_flags_override_everything() -> None:
 
 def test_local_key_is_never_sent_to_a_remote_url() -> None:
     assert resolve(Selection(url="https://remote.example.com"))[1] is None
-    assert resolve(Selection(url="http://127.0.0.1:8123"))[1] == "local-key"
+    # Another port on loopback may be a tunnel to another gateway: not the local key either.
+    assert resolve(Selection(url="http://127.0.0.1:8123"))[1] is None
+    assert resolve(Selection(url="http://localhost:8000/"))[1] == "local-key"
+    assert resolve(Selection(url="http://127.0.0.1:9999"), daemon_url="http://127.0.0.1:9999")[
+        1
+    ] == "local-key"
+
+
+def test_a_context_key_goes_only_to_its_context_url() -> None:
+    chosen = Selection(url="https://elsewhere.example.com", context="lab")
+    assert resolve(chosen, PROD)[:2] == ("https://elsewhere.example.com", None)
 
 
 def test_selection_reads_env_when_no_flags() -> None:

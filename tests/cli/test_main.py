@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from otari_cli.config import Dirs
@@ -48,7 +49,9 @@ def test_hoist_moves_output_options_to_the_front() -> None:
         "--",
         "-q",
     ]
-    assert hoist(["context", "add", "p", "--url", "u"]) == ["context", "add", "p", "--url", "u"]
+    own = frozenset({"--url"})
+    assert hoist(["context", "add", "p", "--url", "u"], own) == ["context", "add", "p", "--url",
+                                                                "u"]
 
 
 def test_help_documents_the_exit_codes() -> None:
@@ -344,3 +347,52 @@ def test_logs_prints_the_last_lines(dirs: Dirs) -> None:
 def test_serve_rejects_a_bad_log_level_without_importing_the_server(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--log-level", "loud"])
     assert result.exit_code == ExitCode.USAGE
+
+
+def test_global_options_work_after_the_subcommand(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/keys", 200, [KEY])
+    result = runner.invoke(app, ["keys", "list", "--url", url, "--master-key", "sk-late",
+                                 "--timeout", "5"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == [KEY]
+    assert script.seen[0].headers["Authorization"] == "Bearer sk-late"
+    assert hoist(["keys", "list", "--context", "prod"]) == ["--context", "prod", "keys", "list"]
+
+
+def test_a_subcommand_keeps_its_own_option_of_a_global_name() -> None:
+    from otari_cli.main import own_options
+
+    group = typer.main.get_group(app)
+    with group.make_context("otari", ["context", "add", "p", "--url", "u"]) as ctx:
+        own = own_options(group, ctx, ["context", "add", "p", "--url", "u"])
+    assert "--url" in own
+    assert hoist(["context", "add", "p", "--url", "u"], own) == ["context", "add", "p", "--url",
+                                                                "u"]
+
+
+def test_keys_create_quiet_prints_the_secret(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("POST", "/v1/keys", 200, {**KEY, "key": "gw-secret-once"})
+    code, out, _ = otari(url, "keys", "create", "--name", "ci", "-q")
+    assert (code, out) == (0, "gw-secret-once\n")
+
+
+def test_keys_delete_is_revoke(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("DELETE", "/v1/keys/k1", 204, "")
+    code, out, _ = otari(url, "keys", "delete", "k1", "--yes", "-q")
+    assert (code, out) == (0, "k1\n")
+    assert [(s.method, s.path) for s in script.seen] == [("DELETE", "/v1/keys/k1")]
+
+
+def test_without_a_key_for_a_remote_url_the_message_says_which_key_to_give(
+    fake: tuple[str, Script],
+) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/keys", 401, {"detail": "Invalid or missing credential"})
+    # The fake listens on loopback but is not the local gateway: no local key goes there.
+    result = runner.invoke(app, ["--url", url, "keys", "list"])
+    assert result.exit_code == ExitCode.AUTH
+    assert "Authorization" not in script.seen[0].headers
+    assert "--master-key" in result.stderr and "OTARI_MASTER_KEY" in result.stderr
