@@ -155,11 +155,19 @@ def save_contexts(path: Path, contexts: Contexts) -> None:
 
 
 def check_url(url: str) -> str:
-    """`url` without a trailing slash, or a usage error if it is not http(s)://host[:port]."""
+    """`url` without a trailing slash, or a usage error if it is not http(s)://host[:port].
+
+    A URL ending in `/v1` (or `/api/v1`), as an OpenAI SDK's base_url does, is taken to mean
+    the gateway itself: the CLI adds `/v1/...` to every path.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"invalid gateway URL {url!r}: expected http(s)://host[:port]")
-    return url.rstrip("/")
+    url = url.rstrip("/")
+    for suffix in ("/api/v1", "/v1"):
+        if url.endswith(suffix):
+            return url[: -len(suffix)]
+    return url
 
 
 def same_gateway(url: str, other: str) -> bool:

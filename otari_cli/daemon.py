@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -50,6 +51,19 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 # processes ------------------------------------------------------------------------------------
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on (host, port): binding there fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Same option uvicorn sets, so a port in TIME_WAIT is not reported as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _proc_stat(pid: int) -> list[str] | None:

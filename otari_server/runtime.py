@@ -59,9 +59,11 @@ class Runtime:
 def resolve_master_key(settings: Settings) -> str:
     """The configured master key, else the one generated on first start (file mode 0600)."""
     if settings.master_key:
+        log.info("master key: from the configuration (config file or OTARI_MASTER_KEY)")
         return settings.master_key
     path = master_key_path()
     if path.exists():
+        log.info("master key: from the generated key file %s", path)
         return path.read_text(encoding="utf-8").strip()
     key = "sk-otari-" + generate_key()[3:]
     secretfiles.write(path, key + "\n")

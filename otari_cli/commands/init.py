@@ -47,7 +47,11 @@ def init(
     settings: dict[str, object] = {"host": host, "port": port, "auto_migrate": True}
     if database_url:
         settings["database_url"] = database_url
-    settings["master_key"] = new_master_key()
+    # One master key: a key `otari serve` already generated stays the key, so clients and
+    # scripts that use it keep working after `otari init`.
+    generated = rt.dirs.master_key_file
+    existing = generated.read_text(encoding="utf-8").strip() if generated.exists() else ""
+    settings["master_key"] = existing or new_master_key()
     write_private(target, tomli_w.dumps(settings))
     rt.output.item({"config": str(target), "url": local_url(host, port)}, id_field="config")
     steps = [
@@ -60,4 +64,5 @@ def init(
     ]
     width = max(len(command) for command, _ in steps)
     lines = "".join(f"\n  {command.ljust(width)}  # {why}" for command, why in steps)
-    rt.output.message(f"Wrote {target} (mode 0600, with a new master key).\nNext:{lines}")
+    origin = f"the master key generated earlier in {generated}" if existing else "a new master key"
+    rt.output.message(f"Wrote {target} (mode 0600, with {origin}).\nNext:{lines}")

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -200,6 +201,7 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
         local = rt.local(flags.config, flags.overrides())
         config = str(local.config_file.resolve()) if local.config_file else None
         record = daemon.Record(0, local.url, None, config, flags.args())
+    host, port = _listen_address(rt, flags, previous)
     env = dict(os.environ)
     if flags.master_key:
         env["OTARI_MASTER_KEY"] = flags.master_key
@@ -218,6 +220,9 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
                 f"a gateway already answers at {record.url} but was not started by "
                 "`otari start`: stop it first, or choose another --port"
             )
+        if daemon.port_in_use(host, port):
+            raise UsageError(f"port {port} is in use: stop what listens there, or choose "
+                             "another --port")
         debug = ["--debug"] if rt.options.debug else []
         command = [sys.executable, "-m", "otari_cli", *debug, "serve", *record.args]
         started = daemon.start(
@@ -227,6 +232,17 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
         f"otari is running at {started.url} (pid {started.pid}); logs: {rt.dirs.logfile}"
     )
     rt.output.item(_describe(rt, started), id_field="pid")
+
+
+def _listen_address(
+    rt: Runtime, flags: ServeFlags, previous: daemon.Record | None
+) -> tuple[str, int]:
+    """Where the daemon will listen (the previous run's address on a plain restart)."""
+    if previous is not None:
+        parts = urlsplit(previous.url)
+        return parts.hostname or "127.0.0.1", parts.port or 80
+    local = rt.local(flags.config, flags.overrides())
+    return local.host, local.port
 
 
 def _describe(rt: Runtime, record: daemon.Record) -> dict[str, Any]:
@@ -262,11 +278,23 @@ def status(ctx: typer.Context) -> None:
     """Whether the background gateway runs (exit 0) or not (exit 3), and how it is."""
     rt = runtime(ctx)
     record, stale = daemon.check(rt.dirs.pidfile)
+    fields = ("version", "database", "started_at", "uptime_seconds")
     if record is None:
+        # A gateway may answer at the configured URL without `otari start` (a systemd unit,
+        # `otari serve` in another terminal): report it rather than "not running".
+        url = rt.local().url
+        health, ready = _probe(url, min(rt.options.timeout, 2.0))
+        if health:
+            rt.output.item(
+                {"running": True, "pid": health.get("pid"), "url": url,
+                 **{f: health.get(f) for f in fields}, "ready": ready,
+                 "started_by": "not `otari start` (no pidfile)"},
+                id_field="pid", shows={"uptime_seconds": uptime},
+            )
+            return
         rt.output.item({"running": False, "pidfile": str(rt.dirs.pidfile)}, id_field="running")
         raise NotRunning("otari is not running" + (" (removed a stale pidfile)" if stale else ""))
     health, ready = _probe(record.url, rt.options.timeout)
-    fields = ("version", "database", "started_at", "uptime_seconds")
     rt.output.item(
         {
             "running": True,

@@ -9,6 +9,7 @@ import typer
 
 from otari_cli import params
 from otari_cli.client import path
+from otari_cli.errors import UsageError
 from otari_cli.output import Column, when
 from otari_cli.runtime import runtime
 
@@ -116,4 +117,23 @@ def delete_pricing(
         [{ID: model_key, "status": "deleted"}],
         [Column("MODEL", ID), Column("STATUS", "status")],
         ID,
+    )
+
+
+@app.command(
+    "create",
+    hidden=True,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@app.command(
+    "update",
+    hidden=True,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def create_or_update(ctx: typer.Context) -> None:
+    """Prices are set, never edited in place: point to `otari pricing set`."""
+    raise UsageError(
+        f"there is no `otari pricing {ctx.info_name}`: a price is set with "
+        "`otari pricing set MODEL --input-price X --output-price Y` (it takes effect now, or at "
+        "--effective-at, and keeps the history)"
     )

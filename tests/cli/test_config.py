@@ -204,6 +204,12 @@ def test_selection_reads_env_when_no_flags() -> None:
     assert Selection.from_flags("http://f:1", None, None, env).url == "http://f:1"
 
 
+def test_an_sdk_style_base_url_means_the_gateway() -> None:
+    assert resolve(Selection(url="https://gw.example.com/v1/"))[0] == "https://gw.example.com"
+    assert resolve(Selection(url="https://gw.example.com/api/v1"))[0] == "https://gw.example.com"
+    assert resolve(Selection(url="https://h.example.com/otari"))[0] == "https://h.example.com/otari"
+
+
 def test_bad_url_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="invalid gateway URL"):
         resolve(Selection(url="gw.example.com"))

@@ -266,3 +266,29 @@ def read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> list[s
                     break
                 lines.append(line)
     return lines
+
+
+def test_start_on_a_busy_port_is_one_line_and_exit_2(cli: Executable) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ok(cli("init", "--port", str(port)))
+        refused = cli("start")
+    assert refused.code == ExitCode.USAGE
+    assert refused.err.strip() == f"error: port {port} is in use: stop what listens there, " \
+        "or choose another --port"
+    assert not cli.dirs.pidfile.exists()
+
+
+def test_status_reports_a_gateway_not_started_by_otari_start(
+    running: Executable, tmp_path: Path
+) -> None:
+    url = running("status").json()["url"]
+    other = Executable(tmp_path / "other")
+    ok(other("init", "--port", url.rsplit(":", 1)[1]))
+    seen = ok(other("status")).json()
+    assert seen["running"] is True and seen["url"] == url and seen["ready"] is True
+    assert "no pidfile" in seen["started_by"]

@@ -284,6 +284,18 @@ def test_init_writes_a_private_config_and_refuses_to_overwrite(dirs: Dirs) -> No
     assert tomllib.loads(dirs.config_file.read_text())["master_key"] != settings["master_key"]
 
 
+def test_init_reuses_the_master_key_serve_generated(dirs: Dirs) -> None:
+    from otari_server.runtime import resolve_master_key
+    from otari_server.settings import load
+
+    generated = resolve_master_key(load())  # what `otari serve` does with no config
+    assert dirs.master_key_file.read_text().strip() == generated
+    result = runner.invoke(app, ["init"])
+    assert result.exit_code == 0, result.stderr
+    assert tomllib.loads(dirs.config_file.read_text())["master_key"] == generated
+    assert "generated earlier" in result.stderr and generated not in result.output
+
+
 def test_contexts_add_use_list_show_remove(fake: tuple[str, Script], dirs: Dirs) -> None:
     url, script = fake
     script.answer("GET", "/v1/users", 200, [])
@@ -396,3 +408,12 @@ def test_without_a_key_for_a_remote_url_the_message_says_which_key_to_give(
     assert result.exit_code == ExitCode.AUTH
     assert "Authorization" not in script.seen[0].headers
     assert "--master-key" in result.stderr and "OTARI_MASTER_KEY" in result.stderr
+
+
+@pytest.mark.parametrize("verb", ["create", "update"])
+def test_pricing_create_and_update_point_to_set(fake: tuple[str, Script], verb: str) -> None:
+    url, script = fake
+    code, out, err = otari(url, "pricing", verb, "openai:gpt-4o", "--input-price", "1")
+    assert code == ExitCode.USAGE and out == ""
+    assert "otari pricing set MODEL --input-price X --output-price Y" in err
+    assert script.seen == []
