@@ -128,7 +128,15 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"otari {version('otari-gateway')}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
     url: Annotated[
@@ -162,8 +170,15 @@ def root(
         float,
         typer.Option("--timeout", envvar="OTARI_TIMEOUT", min=0.1, help="Seconds per request."),
     ] = DEFAULT_TIMEOUT,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     """Run and administer an otari LLM gateway."""
+    if ctx.invoked_subcommand is None:  # bare `otari`: the help, not an error
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
     rt = Runtime(Options(url, master_key, context_name, output, quiet, debug, timeout))
     ctx.obj = rt
     ctx.call_on_close(rt.close)

@@ -417,3 +417,13 @@ def test_pricing_create_and_update_point_to_set(fake: tuple[str, Script], verb: 
     assert code == ExitCode.USAGE and out == ""
     assert "otari pricing set MODEL --input-price X --output-price Y" in err
     assert script.seen == []
+
+
+def test_version_and_bare_otari_prints_help() -> None:
+    from importlib.metadata import version
+
+    shown = runner.invoke(app, ["--version"])
+    assert (shown.exit_code, shown.stdout) == (0, f"otari {version('otari-gateway')}\n")
+    bare = runner.invoke(app, [])
+    assert bare.exit_code == 0
+    assert "Usage: otari" in bare.stdout and "keys" in bare.stdout
