@@ -15,6 +15,7 @@ from otari_cli.client import DEFAULT_TIMEOUT
 from otari_cli.commands import (
     budgets,
     context,
+    db,
     health,
     init,
     keys,
@@ -186,6 +187,8 @@ def root(
 
 app.add_typer(lifecycle.app)
 app.add_typer(init.app)
+app.command("migrate")(db.migrate)  # `otari migrate`, the upgrade step's name in the docs
+app.add_typer(db.app, name="db")
 app.add_typer(context.app, name="context")
 app.add_typer(keys.app, name="keys")
 app.add_typer(users.app, name="users")

@@ -30,6 +30,7 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
         "log_level": logs.level_number(resolved.log_level), "log_config": None,
         "timeout_graceful_shutdown": int(resolved.shutdown_timeout),
         "server_header": False, "access_log": False,
+        "proxy_headers": True, "forwarded_allow_ips": resolved.forwarded_allow_ips,
     }
     target = "connected to a platform" if resolved.connected else (
         f"database {redact(resolved.database_url)}")

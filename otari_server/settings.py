@@ -52,6 +52,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Proxies whose X-Forwarded-For / -Proto are believed (uvicorn's forwarded_allow_ips).
+    forwarded_allow_ips: str = "127.0.0.1"
     database_url: str = ""
     master_key: str | None = None
     log_level: str = "info"
@@ -133,6 +135,7 @@ def _parse_log_level(value: Any) -> str:
 _PARSERS = {
     "host": _parse_str,
     "port": _parse_int,
+    "forwarded_allow_ips": _parse_str,
     "database_url": _parse_str,
     "master_key": _parse_str,
     "log_level": _parse_log_level,

@@ -1,0 +1,55 @@
+"""`otari db backup` (SQLite's online backup while the daemon runs) and `otari migrate`."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+from otari_cli.errors import ExitCode
+from tests.cli.conftest import Executable, free_port
+
+
+def test_backup_of_a_running_gateway_is_complete_and_private(tmp_path: Path) -> None:
+    cli = Executable(tmp_path / "home")
+    assert cli("init", "--port", str(free_port())).code == 0
+    assert cli("start").code == 0
+    try:
+        created = cli("keys", "create", "--name", "before-backup")
+        assert created.code == 0, created.err
+        key_id = created.json()["id"]
+        target = tmp_path / "backups" / "otari.db"
+        done = cli("db", "backup", str(target))
+        assert done.code == 0, done.err
+        assert done.json()["backup"] == str(target) and done.json()["pages"] > 0
+    finally:
+        cli("stop")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with sqlite3.connect(target) as copy:
+        ids = {row[0] for row in copy.execute("SELECT id FROM api_keys")}
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert key_id in ids
+    again = cli("db", "backup", str(target))
+    assert again.code == ExitCode.USAGE and "--force" in again.err
+
+
+def test_backup_of_postgresql_points_to_pg_dump(tmp_path: Path) -> None:
+    cli = Executable(tmp_path)
+    refused = cli("db", "backup", str(tmp_path / "x.db"), "--database-url",
+                  "postgresql://u:p@127.0.0.1:1/otari")
+    assert refused.code == ExitCode.USAGE
+    assert "pg_dump" in refused.err and "p@" not in refused.err
+
+
+def test_migrate_brings_a_new_database_to_the_head_schema(tmp_path: Path) -> None:
+    from otari_server import db
+
+    cli = Executable(tmp_path)
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    done = cli("migrate", "--database-url", url)
+    assert done.code == 0, done.err
+    assert done.json()["schema"] == db.schema_head()
+    with sqlite3.connect(tmp_path / "fresh.db") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            db.schema_head(),)
+    assert cli("db", "migrate", "--database-url", url).code == 0  # idempotent
