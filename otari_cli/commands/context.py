@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from otari_cli.completion import ContextName
 from otari_cli.config import LOCAL, Context, check_url, load_contexts, save_contexts
 from otari_cli.errors import UsageError
 from otari_cli.output import Column
@@ -87,7 +88,7 @@ def add_context(
 
 
 @app.command("use")
-def use_context(ctx: typer.Context, name: str) -> None:
+def use_context(ctx: typer.Context, name: ContextName) -> None:
     """Make a context current (`local` for the daemon on this machine)."""
     rt = runtime(ctx)
     known = load_contexts(rt.dirs.contexts_file)
@@ -99,7 +100,7 @@ def use_context(ctx: typer.Context, name: str) -> None:
 
 
 @app.command("remove")
-def remove_context(ctx: typer.Context, name: str) -> None:
+def remove_context(ctx: typer.Context, name: ContextName) -> None:
     """Forget a context (and its stored master key)."""
     rt = runtime(ctx)
     known = load_contexts(rt.dirs.contexts_file)

@@ -8,6 +8,7 @@ import typer
 
 from otari_cli import params
 from otari_cli.client import path
+from otari_cli.completion import KeyId, KeyIds
 from otari_cli.errors import UsageError
 from otari_cli.output import Column, Format, when
 from otari_cli.runtime import runtime
@@ -51,7 +52,7 @@ def list_keys(ctx: typer.Context, limit: params.Limit = None) -> None:
 
 
 @app.command("get")
-def get_key(ctx: typer.Context, key_id: str) -> None:
+def get_key(ctx: typer.Context, key_id: KeyId) -> None:
     """Show one API key."""
     rt = runtime(ctx)
     rt.output.item(rt.gateway.get(path("v1", "keys", key_id)), shows=SHOWS)
@@ -82,7 +83,7 @@ def create_key(
 @app.command("update")
 def update_key(
     ctx: typer.Context,
-    key_id: str,
+    key_id: KeyId,
     name: Annotated[str | None, typer.Option("--name", help="A new name.")] = None,
     expires: Expires = None,
     active: Annotated[
@@ -114,7 +115,7 @@ def update_key(
 
 @app.command("delete")
 @app.command("revoke")
-def revoke_keys(ctx: typer.Context, key_ids: list[str], yes: params.Yes = False) -> None:
+def revoke_keys(ctx: typer.Context, key_ids: KeyIds, yes: params.Yes = False) -> None:
     """Revoke API keys (asks first on a terminal); `delete` is the same command."""
     rt = runtime(ctx)
     rt.confirm(f"Revoke {len(key_ids)} key(s): {', '.join(key_ids)}", yes)

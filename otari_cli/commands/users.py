@@ -9,6 +9,7 @@ import typer
 from otari_cli import params
 from otari_cli.client import path
 from otari_cli.commands.usage import COLUMNS as USAGE_COLUMNS
+from otari_cli.completion import UserId, UserIds
 from otari_cli.errors import UsageError
 from otari_cli.output import Column, when
 from otari_cli.runtime import runtime
@@ -46,7 +47,7 @@ def list_users(ctx: typer.Context, limit: params.Limit = None) -> None:
 
 
 @app.command("get")
-def get_user(ctx: typer.Context, user_id: str) -> None:
+def get_user(ctx: typer.Context, user_id: UserId) -> None:
     """Show one user."""
     rt = runtime(ctx)
     rt.output.item(rt.gateway.get(path("v1", "users", user_id)), ID, SHOWS)
@@ -55,7 +56,7 @@ def get_user(ctx: typer.Context, user_id: str) -> None:
 @app.command("create")
 def create_user(
     ctx: typer.Context,
-    user_id: str,
+    user_id: Annotated[str, typer.Argument(help="The new user's id.")],
     alias: Alias = None,
     budget: Budget = None,
     blocked: Annotated[bool, typer.Option("--blocked", help="Create it blocked.")] = False,
@@ -81,7 +82,7 @@ def create_user(
 @app.command("update")
 def update_user(
     ctx: typer.Context,
-    user_id: str,
+    user_id: UserId,
     alias: Alias = None,
     budget: Budget = None,
     blocked: Annotated[
@@ -114,7 +115,7 @@ def update_user(
 
 
 @app.command("delete")
-def delete_users(ctx: typer.Context, user_ids: list[str], yes: params.Yes = False) -> None:
+def delete_users(ctx: typer.Context, user_ids: UserIds, yes: params.Yes = False) -> None:
     """Delete users and deactivate their keys (asks first on a terminal)."""
     rt = runtime(ctx)
     rt.confirm(
@@ -130,7 +131,7 @@ def delete_users(ctx: typer.Context, user_ids: list[str], yes: params.Yes = Fals
 
 
 @app.command("usage")
-def user_usage(ctx: typer.Context, user_id: str, limit: params.Limit = None) -> None:
+def user_usage(ctx: typer.Context, user_id: UserId, limit: params.Limit = None) -> None:
     """A user's usage history, newest first."""
     rt = runtime(ctx)
     rows = rt.gateway.pages(path("v1", "users", user_id, "usage"), limit=limit)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cli.fakes import Script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,3 +40,29 @@ def test_bash_script_is_valid_and_completes_commands() -> None:
     }
     done = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["revoke"]
+
+
+def test_completion_offers_key_ids_user_ids_and_context_names(
+    fake: tuple[str, Script], tmp_path: Path
+) -> None:
+    from otari_cli.config import Context, Contexts, save_contexts
+    from tests.cli.conftest import Executable
+
+    url, script = fake
+    script.answer("GET", "/v1/keys", 200, [{"id": "k-alpha"}, {"id": "k-beta"}, {"id": "x-1"}])
+    script.answer("GET", "/v1/users", 200, [{"user_id": "alice"}, {"user_id": "bob"}])
+    cli = Executable(tmp_path)
+    save_contexts(cli.dirs.contexts_file,
+                  Contexts(entries={"prod": Context("prod", "https://p.example.com")}))
+
+    def complete(*words: str) -> list[str]:
+        line = ["otari", "--url", url, "--master-key", "sk-m", *words]
+        env = {"_OTARI_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(line),
+               "COMP_CWORD": str(len(line) - 1)}
+        done = cli(env=env)
+        return done.out.split()
+
+    assert complete("keys", "get", "k-") == ["k-alpha", "k-beta"]
+    assert complete("users", "delete", "") == ["alice", "bob"]
+    assert complete("context", "use", "pr") == ["prod"]
+    assert script.seen[0].headers["Authorization"] == "Bearer sk-m"
