@@ -22,6 +22,7 @@ from otari_cli.commands import (
     lifecycle,
     models,
     pricing,
+    providers,
     usage,
     users,
 )
@@ -196,6 +197,7 @@ app.add_typer(budgets.app, name="budgets")
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(usage.app)
 app.add_typer(models.app, name="models")
+app.add_typer(providers.app, name="providers")
 app.add_typer(health.app)
 
 

@@ -21,6 +21,7 @@ from otari_server.routes import (
     messages,
     models,
     pricing,
+    providers,
     usage,
     users,
 )
@@ -32,6 +33,7 @@ from otari_server.tools.config import tools_config
 API_ROUTERS: list[APIRouter] = [
     generation.router, messages.router, batches.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
+    providers.router,
 ]
 
 

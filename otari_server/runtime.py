@@ -99,6 +99,17 @@ def providers_of(settings: Settings) -> dict[str, Provider]:
         raise ConfigError(str(exc)) from None
 
 
+def announce(providers: dict[str, Provider], settings: Settings) -> None:
+    """Say at start-up which providers requests can reach, and warn when none can."""
+    if not providers:
+        log.warning("no providers configured: every generation request will be refused; add "
+                    "a [providers.NAME] table or set a preset's key variable (OPENAI_API_KEY, ...)")
+        return
+    log.info("providers: %s", ", ".join(
+        f"{name} ({provider.type}, {'config' if name in settings.providers else 'environment'})"
+        for name, provider in sorted(providers.items())))
+
+
 def node_name(settings: Settings) -> str:
     """This host and port: stable across restarts, so a restart can reclaim its holds."""
     return f"{socket.gethostname()}:{settings.port}"
@@ -139,6 +150,7 @@ def prepare(settings: Settings) -> None:
 def open_runtime(settings: Settings) -> Runtime:
     """Prepare (single process only) and build the app's state."""
     providers = providers_of(settings)
+    announce(providers, settings)
     if settings.workers == 1:
         prepare(settings)
     engine = db.create_db_engine(settings.database_url)
