@@ -134,7 +134,7 @@ class Reporter:
         """Lease what is due into free delivery slots; seconds until worth looking again."""
         config = self._config
         now = time.time()
-        if now - self._expired_at >= POLL:
+        if now - self._expired_at >= min(POLL, config.usage_max_age):
             self._expired_at = now
             self._expire(now)
         free = config.usage_concurrency - len(self._deliveries)
