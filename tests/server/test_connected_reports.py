@@ -22,7 +22,7 @@ from tests.servers import running
 KEY = "sk-platform-issued-key-0123456789"
 MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
 # Short but real backoff: retries keep coming during an outage, and soon after it ends.
-QUICK = {"usage_backoff": 0.01, "usage_backoff_max": 0.1}
+QUICK: dict[str, Any] = {"usage_backoff": 0.01, "usage_backoff_max": 0.1}
 
 
 @pytest.fixture
