@@ -137,6 +137,7 @@ class Reporter:
         if now - self._expired_at >= min(POLL, config.usage_max_age):
             self._expired_at = now
             self._expire(now)
+            self.queue.stats()  # recounts the bytes, which other worker processes change too
         free = config.usage_concurrency - len(self._deliveries)
         if free <= 0:
             return POLL  # every slot busy: a finished delivery wakes us
