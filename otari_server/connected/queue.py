@@ -17,6 +17,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from otari_server.settings import ConfigError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
     key     TEXT PRIMARY KEY,        -- the idempotency key, the same on every try
@@ -79,6 +81,15 @@ class UsageQueue:
         db.executescript(_SCHEMA)
         self._db = db
         self._size = self.stats().size
+
+    def check(self) -> None:
+        """Open and close the file once: ConfigError naming the setting when it is unusable."""
+        try:
+            self.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"platform.usage_queue: cannot use {self.path}: {exc}") from None
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Close the file (what is queued stays for the next start)."""

@@ -8,13 +8,15 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from otari_server.settings import state_dir
+from otari_server.app import create_app
+from otari_server.settings import ConfigError, state_dir
 from tests.fakes import DEFAULT_TEXT, FakeOpenAI
 from tests.platform_fake import USER_TOKEN, FakePlatform, Reply, attempt, connected_settings
 from tests.servers import running
@@ -211,3 +213,21 @@ def test_a_hanging_usage_endpoint_holds_only_usage_concurrency_connections(
         assert len(platform.usage_requests) == 2
         platform.outage = None
     assert platform.usage_peak == 2
+
+
+def test_an_unusable_queue_file_stops_start_up(platform: FakePlatform, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    settings = connected_settings(platform, usage_queue=str(blocker / "queue.sqlite3"))
+    with pytest.raises(ConfigError, match=r"^platform\.usage_queue: cannot use .*queue\.sqlite3"):
+        create_app(settings)
+
+
+def test_the_queue_file_can_be_placed_anywhere(platform: FakePlatform, provider: FakeOpenAI,
+                                               tmp_path: Path) -> None:
+    queue = tmp_path / "spool" / "reports.db"
+    with running(connected_settings(platform, usage_queue=str(queue))) as url:
+        chat(url)
+        platform.wait_usage(1)
+    assert stat.S_IMODE(os.stat(queue).st_mode) == 0o600
+    assert not (state_dir() / "usage-reports.sqlite3").exists()
