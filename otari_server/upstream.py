@@ -111,7 +111,7 @@ def unredirected(provider: Provider, response: aiohttp.ClientResponse) -> aiohtt
         return response
     response.release()
     log.warning("provider %s answered a redirect (HTTP %d); not followed: its key stays "
-                "with %s", provider.name, response.status, provider.base_url)
+                "with its own origin", provider.name, response.status)
     raise BadGateway(f"Provider '{provider.name}' answered with a redirect "
                      f"(HTTP {response.status}), which is not followed")
 

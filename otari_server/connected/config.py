@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from otari_server.settings import ConfigError, Settings, state_dir
 
@@ -57,6 +58,14 @@ class PlatformConfig:
         """The usage queue file: `usage_queue`, else usage-reports.sqlite3 in the state dir."""
         return Path(self.usage_queue).expanduser() if self.usage_queue else (
             state_dir() / "usage-reports.sqlite3")
+
+
+def redacted(url: str) -> str:
+    """`url` without any user:password@ part, for /health (no credentials needed) and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2]))
 
 
 _SECONDS = ("resolve_timeout", "usage_timeout", "usage_backoff", "usage_backoff_max",

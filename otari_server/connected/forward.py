@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from otari_server.connected.addresses import url_refusal
+from otari_server.connected.config import redacted
 from otari_server.connected.failures import (
     ADDRESS_REFUSED,
     CLIENT_DISCONNECTED,
@@ -195,7 +196,7 @@ async def _attempt(runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, 
     if reason := url_refusal(provider.base_url, runtime.config):
         # Names are checked as they resolve (GuardedResolver); literals here, before any I/O.
         log.warning("attempt %s: provider address %s not called: %s", attempt.attempt_id,
-                    provider.base_url, reason)
+                    redacted(provider.base_url), reason)
         error = BadGateway(f"Provider '{attempt.provider}' has an address this gateway does "
                            "not call")
         raise AttemptFailure(error, ADDRESS_REFUSED, retryable=True)

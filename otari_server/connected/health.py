@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from otari_server import __version__
 from otari_server.connected import metrics as connected_metrics
+from otari_server.connected.config import redacted
 from otari_server.connected.runtime import runtime_of
 from otari_server.errors import NotFound
 from otari_server.metrics import CONTENT_TYPE
@@ -31,14 +30,6 @@ async def health(request: Request) -> dict[str, str]:
         "platform_url": redacted(runtime.config.base_url),
         **process_facts(runtime.started_at),
     }
-
-
-def redacted(url: str) -> str:
-    """`url` without any user:password@ part (this endpoint needs no credentials)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2]))
 
 
 @router.get("/liveness", response_model=str)

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from otari_server.connected.config import PlatformConfig
+from otari_server.connected.config import PlatformConfig, redacted
 from otari_server.connected.routing import MalformedRoute, Route, parse_route, split_model
 from otari_server.errors import (
     AuthenticationFailed,
@@ -106,7 +106,7 @@ class Platform:
         rejection = REJECTIONS.get(status)
         if 300 <= status < 400:
             log.warning("platform resolve answered a redirect (HTTP %d); not followed: "
-                        "credentials stay with %s", status, self.config.base_url)
+                        "credentials stay with %s", status, redacted(self.config.base_url))
             raise BadGateway(UNAVAILABLE, code="authorization_unavailable")
         if rejection is None:
             log.warning("platform resolve answered HTTP %d", status)

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from otari_server.connected.config import redacted
 from otari_server.connected.platform import TRANSPORT_ERRORS, Platform
 from otari_server.connected.queue import Queued, UsageQueue
 
@@ -183,7 +184,7 @@ class Reporter:
             retry = status in (408, 429) or status < 400 or status >= 500
             if 300 <= status < 400:
                 log.warning("usage report answered a redirect (HTTP %d); not followed: "
-                            "credentials stay with %s", status, config.base_url)
+                            "credentials stay with %s", status, redacted(config.base_url))
         self.counts.add(self.counts.failed, outcome)
         tries = report.tries + 1
         if not retry or tries == config.usage_max_tries:

@@ -294,15 +294,21 @@ def test_a_flat_answer_with_a_crlf_correlation_id_is_refused(platform: FakePlatf
 # -- 20.8 small leaks and rough edges --------------------------------------------------------------
 
 
-def test_health_redacts_credentials_in_the_platform_url(platform: FakePlatform,
-                                                        provider: FakeOpenAI) -> None:
+def test_health_and_logs_redact_credentials_in_the_platform_url(
+    platform: FakePlatform, provider: FakeOpenAI, recorder: Recorder,
+    caplog: pytest.LogCaptureFixture
+) -> None:
     base = platform.url.replace("http://", "http://admin:hunter2@")
     with running(connected_settings(platform, base_url=base)) as url:
         health = httpx.get(f"{url}/health")
+        platform.push_resolve(status=307, body={}, headers={"Location": recorder.url})
+        with pytest.raises(openai.APIStatusError):
+            chat(url)
     assert health.status_code == 200
     assert "hunter2" not in health.text and "admin" not in health.text
     assert health.json()["platform_url"] == platform.url.replace("http://",
                                                                   "http://[redacted]@")
+    assert "redirect (HTTP 307)" in caplog.text and "hunter2" not in caplog.text
 
 
 def test_max_header_bytes_applies(serve: Callable[..., str], platform: FakePlatform,
