@@ -63,9 +63,6 @@ async def forward_chat(request: Request) -> Response:
     check_chat(body)
     if runtime.reporter.full:
         # Nothing is served that could not be billed: the queue keeps what it has.
-        log.error("usage queue %s is full (usage_queue_max_bytes = %d): refusing requests "
-                  "until the platform takes reports again", runtime.reporter.queue.path,
-                  runtime.config.usage_queue_max_bytes)
         raise ServiceUnavailable("The gateway cannot record usage right now; try again later",
                                  code="usage_queue_full")
     route = await runtime.platform.resolve(user_token, body["model"])

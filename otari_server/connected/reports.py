@@ -74,6 +74,7 @@ class Reporter:
         self._closing = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._expired_at = 0.0
+        self._was_full = False
         self._deliveries: dict[str, asyncio.Task[None]] = {}
 
     def open(self) -> None:
@@ -87,7 +88,17 @@ class Reporter:
     @property
     def full(self) -> bool:
         """Whether the queue reached its size bound (new requests are refused then)."""
-        return self.queue.full
+        full = self.queue.full
+        if full != self._was_full:  # log the changes, not every refused request
+            self._was_full = full
+            if full:
+                log.error("usage queue %s is full (usage_queue_max_bytes = %d): refusing chat "
+                          "requests until the platform takes reports again", self.queue.path,
+                          self.queue.max_bytes)
+            else:
+                log.warning("usage queue %s has room again: serving chat requests",
+                            self.queue.path)
+        return full
 
     @property
     def pending(self) -> int:
