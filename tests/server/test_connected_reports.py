@@ -229,5 +229,8 @@ def test_the_queue_file_can_be_placed_anywhere(platform: FakePlatform, provider:
     with running(connected_settings(platform, usage_queue=str(queue))) as url:
         chat(url)
         platform.wait_usage(1)
+        # The database and its -wal and -shm companions alike.
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in queue.parent.iterdir()}
+        assert modes == {"reports.db": 0o600, "reports.db-wal": 0o600, "reports.db-shm": 0o600}
     assert stat.S_IMODE(os.stat(queue).st_mode) == 0o600
     assert not (state_dir() / "usage-reports.sqlite3").exists()
