@@ -40,6 +40,21 @@ def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def backoff(tries: int, retry_after: str | None, first: float, longest: float,
+            rng: random.Random) -> float:
+    """Seconds before the next try after `tries` failed ones.
+
+    Exponential (`first`, doubling, at most `longest`) with jitter: a random half to all of
+    that step, so gateways that failed together do not retry together. A longer numeric
+    Retry-After is honoured, up to `longest`.
+    """
+    step = min(first * 2 ** min(tries - 1, 32), longest)
+    delay = step * rng.uniform(0.5, 1.0)
+    if retry_after is not None and retry_after.isdigit():
+        delay = max(delay, min(float(retry_after), longest))
+    return delay
+
+
 @dataclass
 class DeliveryCounts:
     """What the deliveries did since start-up, for /metrics."""
@@ -205,19 +220,11 @@ class Reporter:
             self.queue.remove(report.key)
             self.counts.add(self.counts.dropped, reason)
             return
-        delay = self._backoff(tries, retry_after)
+        delay = backoff(tries, retry_after, config.usage_backoff, config.usage_backoff_max,
+                        self._random)
         log.warning("usage report %s not delivered (%s); try %d again in %.2fs", report.key,
                     outcome, tries + 1, delay)
         self.queue.retry_at(report.key, time.time() + delay)
-
-    def _backoff(self, tries: int, retry_after: str | None) -> float:
-        """Exponential backoff with jitter (half to all of the step); Retry-After if longer."""
-        config = self._config
-        step = min(config.usage_backoff * 2 ** min(tries - 1, 32), config.usage_backoff_max)
-        delay = step * self._random.uniform(0.5, 1.0)
-        if retry_after is not None and retry_after.isdigit():
-            delay = max(delay, min(float(retry_after), config.usage_backoff_max))
-        return delay
 
     async def close(self, timeout: float) -> None:
         """Keep delivering what is due for up to `timeout` seconds, then stop.

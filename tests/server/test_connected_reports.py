@@ -4,6 +4,7 @@ deduplicated by idempotency key, bounded, and delivered apart from request traff
 from __future__ import annotations
 
 import os
+import random
 import stat
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from otari_server.app import create_app
+from otari_server.connected.reports import backoff
 from otari_server.settings import ConfigError, state_dir
 from tests.fakes import DEFAULT_TEXT, FakeOpenAI
 from tests.platform_fake import USER_TOKEN, FakePlatform, Reply, attempt, connected_settings
@@ -234,3 +236,14 @@ def test_the_queue_file_can_be_placed_anywhere(platform: FakePlatform, provider:
         assert modes == {"reports.db": 0o600, "reports.db-wal": 0o600, "reports.db-shm": 0o600}
     assert stat.S_IMODE(os.stat(queue).st_mode) == 0o600
     assert not (state_dir() / "usage-reports.sqlite3").exists()
+
+
+def test_backoff_doubles_with_jitter_up_to_its_maximum() -> None:
+    rng = random.Random(7)
+    for tries, step in [(1, 0.25), (2, 0.5), (3, 1.0), (4, 2.0), (9, 60.0), (200, 60.0)]:
+        delays = {backoff(tries, None, 0.25, 60.0, rng) for _ in range(50)}
+        assert all(step / 2 <= delay <= step for delay in delays), (tries, delays)
+        assert len(delays) == 50  # jittered: no two gateways wait alike
+    assert backoff(1, "30", 0.25, 60.0, rng) == 30.0  # a longer Retry-After is honoured
+    assert backoff(1, "999", 0.25, 60.0, rng) == 60.0  # up to the maximum
+    assert backoff(3, "soon", 0.25, 60.0, rng) <= 1.0  # a non-numeric one is ignored
