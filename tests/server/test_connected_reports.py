@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from otari_server.app import create_app
+from otari_server.connected.queue import QueueStats, UsageQueue
 from otari_server.connected.reports import backoff
 from otari_server.settings import ConfigError, state_dir
 from tests.fakes import DEFAULT_TEXT, FakeOpenAI
@@ -247,3 +248,31 @@ def test_backoff_doubles_with_jitter_up_to_its_maximum() -> None:
     assert backoff(1, "30", 0.25, 60.0, rng) == 30.0  # a longer Retry-After is honoured
     assert backoff(1, "999", 0.25, 60.0, rng) == 60.0  # up to the maximum
     assert backoff(3, "soon", 0.25, 60.0, rng) <= 1.0  # a non-numeric one is ignored
+
+
+def test_worker_processes_sharing_the_queue_never_take_the_same_report(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    first, second = UsageQueue(path, 1 << 20), UsageQueue(path, 1 << 20)
+    first.open()
+    second.open()
+    try:
+        first.put("key-a", b'{"a": 1}', 1000.0)
+        second.put("key-b", b'{"b": 2}', 1000.0)
+        [taken] = first.claim(1001.0, 1, lease=35)
+        [other] = second.claim(1001.0, 5, lease=35)
+        assert {taken.key, other.key} == {"key-a", "key-b"}
+        assert second.claim(1001.0, 5, lease=35) == []  # both leased
+        second.remove(other.key)  # delivered
+        assert first.stats() == QueueStats(depth=1, size=len(taken.body), oldest=1000.0)
+        # A lease its holder never ended (the process died) runs out; the report is taken again.
+        [again] = second.claim(1036.0, 5, lease=35)
+        assert again == taken
+        second.retry_at(again.key, 1100.0)
+        assert second.claim(1099.0, 5, lease=35) == [] and second.next_due() == 1100.0
+        [retried] = first.claim(1100.0, 5, lease=35)
+        assert retried.key == taken.key and retried.tries == 1
+        first.remove(retried.key)
+        assert second.stats() == QueueStats(depth=0, size=0, oldest=None)
+    finally:
+        first.close()
+        second.close()
