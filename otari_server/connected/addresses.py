@@ -34,6 +34,8 @@ def address_refusal(address: Address, policy: AddressPolicy) -> str | None:
     if address.is_link_local and not any(address in net for net in policy.private_networks):
         return "link-local addresses (cloud metadata services) are never called"
     reason = refusal(address, policy)
+    # The shared reasons name the [tools] keys; for provider addresses the same keys live
+    # in [platform].
     return None if reason is None else reason.replace("tools.", "platform.")
 
 
