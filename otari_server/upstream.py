@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 from prometheus_client import Histogram
 
 from otari_server.errors import BadGateway, GatewayTimeout, OtariError, UpstreamError
 from otari_server.providers import Provider
 from otari_server.providers.failures import error_details
 
+log = logging.getLogger("otari.upstream")
+
 _MAX_MESSAGE = 1000
 
 
 class Upstream:
-    """Owns the aiohttp session: opened and closed with the app, shared by every request."""
+    """Owns the aiohttp session: opened and closed with the app, shared by every request.
 
-    def __init__(self) -> None:
+    Redirects are never followed: every call carries a provider key, which must reach no
+    other origin. A 3xx answer is a 502, logged.
+    """
+
+    def __init__(self, resolver: AbstractResolver | None = None) -> None:
+        # Connected mode passes a resolver that refuses forbidden provider addresses.
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         # Per provider name, built once: headers (with the provider's key) and timeouts are
         # the same for every request. Connected mode, whose keys vary per request, passes
@@ -34,7 +44,7 @@ class Upstream:
     async def open(self) -> None:
         """Create the connection pool (must run inside the event loop)."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=60)
+                                         keepalive_timeout=60, resolver=self._resolver)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                               skip_auto_headers=("User-Agent",))
 
@@ -60,12 +70,13 @@ class Upstream:
         started = time.perf_counter()
         try:
             response = await self._session.post(provider.url(path), data=orjson.dumps(body),
-                                                headers=headers, timeout=timeout)
+                                                headers=headers, timeout=timeout,
+                                                allow_redirects=False)
         except Exception as exc:
             raise failure(provider, exc) from None
         if self.observe is not None:
             self.observe.labels(provider.name).observe(time.perf_counter() - started)
-        return response
+        return unredirected(provider, response)
 
     async def post_form(self, provider: Provider, path: str, form: aiohttp.FormData, *,
                         stream: bool = False) -> aiohttp.ClientResponse:
@@ -85,11 +96,24 @@ class Upstream:
         assert self._session is not None, "upstream client used before open()"
         # No Content-Type of ours: aiohttp sets the multipart boundary itself.
         try:
-            return await self._session.request(
+            response = await self._session.request(
                 method, provider.url(path), data=data, params=params,
-                headers=provider.request_headers(), timeout=_timeout(provider.timeout, stream))
+                headers=provider.request_headers(), timeout=_timeout(provider.timeout, stream),
+                allow_redirects=False)
         except Exception as exc:
             raise failure(provider, exc) from None
+        return unredirected(provider, response)
+
+
+def unredirected(provider: Provider, response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    """The response, unless it is a redirect: then BadGateway (released, logged)."""
+    if not 300 <= response.status < 400:
+        return response
+    response.release()
+    log.warning("provider %s answered a redirect (HTTP %d); not followed: its key stays "
+                "with its own origin", provider.name, response.status)
+    raise BadGateway(f"Provider '{provider.name}' answered with a redirect "
+                     f"(HTTP {response.status}), which is not followed")
 
 
 def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:

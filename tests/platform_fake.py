@@ -12,8 +12,9 @@ talks to it over real sockets.
         [report] = platform.wait_usage(1)
 
 Resolve answers the attempts given to `route` (the current shape), or exactly a queued
-`Reply`. Usage reports answer 200 unless a reply is queued; `usage` holds the delivered
-bodies (2xx answered), `usage_requests` every try.
+`Reply`. Usage reports answer 200 unless a reply is queued or an `outage` runs; `usage`
+holds the delivered bodies (2xx answered), once per `Idempotency-Key` as a platform that
+dedupes records them, and `usage_requests` every try.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering (cancelled when the gateway gives up)
     drop: bool = False  # close the connection without an answer
+    landed: bool = False  # usage: record the report first, then delay (a slow 200)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ def attempt(provider: FakeServer | None, attempt_id: str, *, name: str = "openai
 def connected_settings(platform: FakePlatform, overrides: Mapping[str, Any] | None = None,
                        **keys: Any) -> Settings:
     """Settings for a gateway connected to `platform`; `keys` go in [platform]."""
-    table = {"token": platform.token, "base_url": platform.url, "usage_backoff": 0.01, **keys}
+    # Fake providers listen on loopback, which connected mode refuses unless allowed.
+    table = {"token": platform.token, "base_url": platform.url, "usage_backoff": 0.01,
+             "allow_loopback": True, **keys}
     return settings_module.load(None, {**(overrides or {}), "platform": table}, environ={})
 
 
@@ -91,6 +95,10 @@ class FakePlatform(LoopbackServer):
         self.resolves: list[Seen] = []
         self.usage_requests: list[Seen] = []
         self.usage: list[dict[str, Any]] = []
+        self.usage_keys: set[str] = set()  # Idempotency-Key of every recorded report
+        self.outage: Reply | None = None  # while set, every usage try gets this reply
+        self.usage_in_flight = 0
+        self.usage_peak = 0  # most usage tries held open at once
         self._resolve_replies: deque[Reply] = deque()
         self._usage_replies: deque[Reply] = deque()
         self._ids = itertools.count(1)
@@ -186,18 +194,35 @@ class FakePlatform(LoopbackServer):
         seen = await self._seen(request)
         with self._condition:
             self.usage_requests.append(seen)
-            reply = self._usage_replies.popleft() if self._usage_replies else Reply()
+            reply = self._usage_replies.popleft() if self._usage_replies else (
+                self.outage or Reply())
+            self.usage_in_flight += 1
+            self.usage_peak = max(self.usage_peak, self.usage_in_flight)
             self._condition.notify_all()
-        if (refused := self._refuse(seen)) is not None:
-            return refused
-        body = reply.body if reply.body is not None else {
-            "correlation_id": seen.body.get("correlation_id"), "status": "recorded"}
-        response = await self._answer(request, reply, body)
-        if 200 <= reply.status < 300 and not reply.drop:
+        try:
+            if (refused := self._refuse(seen)) is not None:
+                return refused
+            body = reply.body if reply.body is not None else {
+                "correlation_id": seen.body.get("correlation_id"), "status": "recorded"}
+            if reply.landed:
+                self._record(seen)
+            response = await self._answer(request, reply, body)
+            if 200 <= reply.status < 300 and not reply.drop:
+                self._record(seen)
+            return response
+        finally:
             with self._condition:
+                self.usage_in_flight -= 1
+
+    def _record(self, seen: Seen) -> None:
+        """Keep a report once per idempotency key (a retry of a landed report is not new)."""
+        key = seen.headers.get("idempotency-key")
+        with self._condition:
+            if key is None or key not in self.usage_keys:
+                if key is not None:
+                    self.usage_keys.add(key)
                 self.usage.append(seen.body)
-                self._condition.notify_all()
-        return response
+            self._condition.notify_all()
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         if self.healthy:

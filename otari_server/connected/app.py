@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from otari_server import __version__, errors
 from otari_server.connected import health, routes
 from otari_server.connected.config import platform_config
+from otari_server.connected.queue import UsageQueue
 from otari_server.connected.runtime import ConnectedRuntime
 from otari_server.middleware import RequestContext
 from otari_server.settings import Settings
@@ -20,9 +21,10 @@ from otari_server.wire import ChatCompletionRequest, McpServerConfig
 def create_connected_app(settings: Settings) -> FastAPI:
     """A fresh app serving health and chat completions; no database, no local keys.
 
-    Raises ConfigError when the `[platform]` table is not usable.
+    Raises ConfigError when the `[platform]` table, or the usage queue file, is not usable.
     """
     config = platform_config(settings)
+    UsageQueue(config.queue_path, config.usage_queue_max_bytes).check()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,10 +41,12 @@ def create_connected_app(settings: Settings) -> FastAPI:
                               "otari platform")
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(health.metrics_router)
     app.include_router(routes.router)
     # Outermost first: every request gets its id and size check, then the chat fast path.
     app.add_middleware(routes.ChatPath)
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
+                       max_header_bytes=settings.max_header_bytes)
     _document_chat_schema(app)
     return app
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from otari_server.settings import ConfigError, Settings
+from otari_server.settings import ConfigError, Settings, state_dir
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,12 +22,26 @@ class PlatformConfig:
     base_url: str
     # POST /gateway/provider-keys/resolve, once per request before any provider call.
     resolve_timeout: float = 5.0
-    # POST /gateway/usage, after every attempt: each try's timeout, how many tries in all,
-    # the first pause between tries (doubling after each), and how long shutdown waits.
+    # POST /gateway/usage, one report per attempt, queued on disk (docs/deployment.md): each
+    # try's timeout; the first pause between tries (doubling, with jitter, up to
+    # usage_backoff_max); tries in all (0: no limit) and the age at which a report is given
+    # up; the queue file and its size bound (when full, new chat requests get 503);
+    # deliveries at once; and how long shutdown keeps delivering.
     usage_timeout: float = 5.0
-    usage_max_tries: int = 3
     usage_backoff: float = 0.25
+    usage_backoff_max: float = 60.0
+    usage_max_tries: int = 0
+    usage_max_age: float = 7 * 24 * 3600.0
+    usage_queue: str = ""
+    usage_queue_max_bytes: int = 64 * 1024 * 1024
+    usage_concurrency: int = 4
     usage_drain_timeout: float = 10.0
+    # A resolve answer asking for more attempts than this is cut to its first max_attempts.
+    max_attempts: int = 5
+    # Provider addresses the platform may send, besides public ones (as [tools] has them).
+    allow_loopback: bool = False
+    allow_private_networks: bool = False
+    private_networks: tuple[Network, ...] = ()
     # Streams: an attempt that sends no chunk within this many seconds is abandoned for the next.
     first_chunk_timeout: float = 60.0
     # Readiness: GET base_url + health_path; any answer below 500 counts as reachable.
@@ -34,10 +53,26 @@ class PlatformConfig:
         """Absolute platform URL for a path such as `/gateway/usage`."""
         return self.base_url + path
 
+    @property
+    def queue_path(self) -> Path:
+        """The usage queue file: `usage_queue`, else usage-reports.sqlite3 in the state dir."""
+        return Path(self.usage_queue).expanduser() if self.usage_queue else (
+            state_dir() / "usage-reports.sqlite3")
 
-_SECONDS = ("resolve_timeout", "usage_timeout", "usage_backoff", "usage_drain_timeout",
-            "first_chunk_timeout", "health_timeout")
-_KEYS = tuple(f.name for f in fields(PlatformConfig))
+
+def redacted(url: str) -> str:
+    """`url` without any user:password@ part, for /health (no credentials needed) and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2]))
+
+
+_SECONDS = ("resolve_timeout", "usage_timeout", "usage_backoff", "usage_backoff_max",
+            "usage_max_age", "usage_drain_timeout", "first_chunk_timeout", "health_timeout")
+_COUNTS = {"usage_max_tries": 0, "usage_queue_max_bytes": 1, "usage_concurrency": 1,
+           "max_attempts": 1}  # each with its least allowed value
+_KEYS = tuple(f.name for f in fields(PlatformConfig) if f.name != "private_networks")
 
 
 def platform_config(settings: Settings) -> PlatformConfig:
@@ -56,8 +91,19 @@ def platform_config(settings: Settings) -> PlatformConfig:
             values[key] = _seconds(table[key], key, positive=True)
     if "health_cache" in table:
         values["health_cache"] = _seconds(table["health_cache"], "health_cache", positive=False)
-    if "usage_max_tries" in table:
-        values["usage_max_tries"] = _tries(table["usage_max_tries"])
+    for key, least in _COUNTS.items():
+        if key in table:
+            values[key] = _count(table[key], key, least)
+    if "usage_queue" in table:
+        values["usage_queue"] = _text(table, "usage_queue", required=False)
+    if "allow_loopback" in table:
+        values["allow_loopback"] = _flag(table["allow_loopback"], "allow_loopback")
+    if "allow_private_networks" in table:
+        allowed = table["allow_private_networks"]
+        if isinstance(allowed, list):
+            values["private_networks"] = tuple(_network(item) for item in allowed)
+        else:
+            values["allow_private_networks"] = _flag(allowed, "allow_private_networks")
     if "health_path" in table:
         path = _text(table, "health_path", required=False)
         if path and not path.startswith("/"):
@@ -93,8 +139,24 @@ def _seconds(value: object, key: str, *, positive: bool) -> float:
     return float(value)
 
 
-def _tries(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"platform.usage_max_tries: expected an integer of 1 or more, "
+def _count(value: object, key: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"platform.{key}: expected an integer of {least} or more, "
                           f"got {value!r}")
     return value
+
+
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"platform.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _network(value: object) -> Network:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(f"platform.allow_private_networks: expected true, false or a list "
+                          f"of networks such as \"10.0.0.0/8\", got {value!r}") from None

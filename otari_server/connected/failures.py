@@ -16,6 +16,7 @@ MALFORMED = "malformed_response"
 INVALID_REQUEST = "invalid_request"
 UNSUPPORTED_PROVIDER = "unsupported_provider"
 CLIENT_DISCONNECTED = "client_disconnected"
+ADDRESS_REFUSED = "address_refused"
 
 
 class AttemptFailure(Exception):

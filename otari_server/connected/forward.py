@@ -13,7 +13,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from otari_server.connected.addresses import url_refusal
+from otari_server.connected.config import redacted
 from otari_server.connected.failures import (
+    ADDRESS_REFUSED,
     CLIENT_DISCONNECTED,
     INVALID_REQUEST,
     MALFORMED,
@@ -27,7 +30,7 @@ from otari_server.connected.failures import (
 )
 from otari_server.connected.platform import TRANSPORT_ERRORS
 from otari_server.connected.reports import Reporter, usage_numbers
-from otari_server.connected.routing import Attempt, provider_for
+from otari_server.connected.routing import Attempt, Route, provider_for
 from otari_server.connected.runtime import ConnectedRuntime, runtime_of
 from otari_server.connected.streams import AnthropicRelay, OpenAIRelay, Relay, error_event
 from otari_server.errors import (
@@ -36,6 +39,7 @@ from otari_server.errors import (
     GatewayTimeout,
     InvalidRequest,
     OtariError,
+    ServiceUnavailable,
 )
 from otari_server.providers import Provider
 from otari_server.providers import anthropic as anthropic_wire
@@ -57,12 +61,17 @@ async def forward_chat(request: Request) -> Response:
     user_token = bearer_token(request.headers.get("authorization"))
     _, body = await read_body(request, runtime.settings.max_body_bytes)
     check_chat(body)
+    if runtime.reporter.full:
+        # Nothing is served that could not be billed: the queue keeps what it has.
+        raise ServiceUnavailable("The gateway cannot record usage right now; try again later",
+                                 code="usage_queue_full")
     route = await runtime.platform.resolve(user_token, body["model"])
     ids = {"X-Otari-Request-ID": route.request_id}
     if not route.attempts:
         raise _tagged(BadGateway("Authorization service returned no provider to try"), ids)
     last: AttemptFailure | None = None
-    for attempt in route.attempts:
+    attempts = allowed_attempts(runtime, route)
+    for attempt in attempts:
         try:
             response = await _attempt(runtime, attempt, body)
         except AttemptFailure as failed:
@@ -80,7 +89,22 @@ async def forward_chat(request: Request) -> Response:
         response.headers.update({**ids, "X-Correlation-ID": attempt.attempt_id})
         return response
     assert last is not None
-    raise _tagged(exhausted(last, len(route.attempts)), ids)
+    raise _tagged(exhausted(last, len(attempts)), ids)
+
+
+def allowed_attempts(runtime: ConnectedRuntime, route: Route) -> tuple[Attempt, ...]:
+    """The attempts to make: only the first without fallback, never over `max_attempts`."""
+    attempts = route.attempts if route.fallback_enabled else route.attempts[:1]
+    cap = runtime.config.max_attempts
+    if len(attempts) > cap:
+        log.warning("request %s: the platform asked for %d attempts; trying the first %d "
+                    "(platform.max_attempts)", route.request_id, len(attempts), cap)
+        attempts = attempts[:cap]
+    return attempts
+
+
+# Tokens are visible ASCII (they travel in headers); longer than any real token is malformed.
+MAX_TOKEN_CHARS = 4096
 
 
 def bearer_token(header: str | None) -> str:
@@ -90,6 +114,9 @@ def bearer_token(header: str | None) -> str:
     if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
         raise AuthenticationFailed("Missing or malformed credentials: send "
                                    "'Authorization: Bearer <token>' with your otari token")
+    if len(token) > MAX_TOKEN_CHARS or not token.isascii() or not token.isprintable():
+        raise AuthenticationFailed(f"Malformed token: an otari token is printable ASCII of "
+                                   f"at most {MAX_TOKEN_CHARS} characters")
     return token
 
 
@@ -163,6 +190,13 @@ async def _attempt(runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, 
         error = BadGateway(f"Provider '{attempt.provider}' is not known to this gateway and "
                            "the platform gave no api_base for it")
         raise AttemptFailure(error, UNSUPPORTED_PROVIDER, retryable=True)
+    if reason := url_refusal(provider.base_url, runtime.config):
+        # Names are checked as they resolve (GuardedResolver); literals here, before any I/O.
+        log.warning("attempt %s: provider address %s not called: %s", attempt.attempt_id,
+                    redacted(provider.base_url), reason)
+        error = BadGateway(f"Provider '{attempt.provider}' has an address this gateway does "
+                           "not call")
+        raise AttemptFailure(error, ADDRESS_REFUSED, retryable=True)
     call = Call(runtime, attempt, provider)
     path, outgoing, relay = _request(call, body)
     if relay is not None:

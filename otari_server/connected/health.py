@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from otari_server import __version__
+from otari_server.connected import metrics as connected_metrics
+from otari_server.connected.config import redacted
 from otari_server.connected.runtime import runtime_of
+from otari_server.errors import NotFound
+from otari_server.metrics import CONTENT_TYPE
 from otari_server.routes.health import process_facts
 
 router = APIRouter(prefix="/health", tags=["health"])
+metrics_router = APIRouter(tags=["metrics"])
 
 
 @router.get("", response_model=dict[str, str])
@@ -22,7 +27,7 @@ async def health(request: Request) -> dict[str, str]:
         "mode": "connected",
         "database": "none",
         "platform": "reachable" if reachable else "unreachable",
-        "platform_url": runtime.config.base_url,
+        "platform_url": redacted(runtime.config.base_url),
         **process_facts(runtime.started_at),
     }
 
@@ -39,3 +44,12 @@ async def readiness(request: Request) -> JSONResponse:
     if not await runtime_of(request).platform.reachable():
         return JSONResponse({"status": "not ready", "platform": "unreachable"}, status_code=503)
     return JSONResponse({"status": "ready", "platform": "reachable", "version": __version__})
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics of the usage report queue, when switched on; 404 otherwise."""
+    runtime = runtime_of(request)
+    if not runtime.settings.metrics:
+        raise NotFound("Metrics are off: set metrics = true (OTARI_METRICS=true)")
+    return Response(connected_metrics.render(runtime.reporter), media_type=CONTENT_TYPE)

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from otari_server.connected.config import PlatformConfig
+from otari_server.connected.config import PlatformConfig, redacted
 from otari_server.connected.routing import MalformedRoute, Route, parse_route, split_model
 from otari_server.errors import (
     AuthenticationFailed,
@@ -38,11 +38,19 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
 class Platform:
-    """Owns the connection pool to the platform, opened and closed with the app."""
+    """Owns the connection pools to the platform, opened and closed with the app.
+
+    Resolve (and the readiness probe) and usage reports use separate pools: reports, however
+    many wait and however slowly the platform takes them, hold at most `usage_concurrency`
+    connections and never the ones requests need to be authorized. No call follows a
+    redirect: each carries the gateway's token (and resolve the user's), which must reach
+    no other origin; a 3xx answer is a failure.
+    """
 
     def __init__(self, config: PlatformConfig) -> None:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
+        self._usage_session: aiohttp.ClientSession | None = None
         self._gateway = {"X-Gateway-Token": config.token, "Content-Type": "application/json"}
         self._resolve_timeout = aiohttp.ClientTimeout(total=config.resolve_timeout)
         self._usage_timeout = aiohttp.ClientTimeout(total=config.usage_timeout)
@@ -52,19 +60,24 @@ class Platform:
         self._reachable = False
 
     async def open(self) -> None:
-        """Create the connection pool (must run inside the event loop)."""
+        """Create the connection pools (must run inside the event loop)."""
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         self._session = aiohttp.ClientSession(connector=connector,
                                               skip_auto_headers=("User-Agent",))
+        reports = aiohttp.TCPConnector(limit=self.config.usage_concurrency, ttl_dns_cache=300,
+                                       keepalive_timeout=60)
+        self._usage_session = aiohttp.ClientSession(connector=reports,
+                                                    skip_auto_headers=("User-Agent",))
 
     async def close(self) -> None:
         """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._usage_session):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The open pool."""
+        """The open pool for resolve and readiness."""
         assert self._session is not None, "platform client used before open()"
         return self._session
 
@@ -77,8 +90,8 @@ class Platform:
         headers = {**self._gateway, "X-User-Token": user_token}
         try:
             async with self.session.post(self.config.url(RESOLVE_PATH), data=orjson.dumps(body),
-                                         headers=headers,
-                                         timeout=self._resolve_timeout) as response:
+                                         headers=headers, timeout=self._resolve_timeout,
+                                         allow_redirects=False) as response:
                 status, content = response.status, await response.read()
                 retry_after = response.headers.get("Retry-After")
         except TRANSPORT_ERRORS as exc:
@@ -91,19 +104,28 @@ class Platform:
                 log.warning("platform resolve answered an unusable body: %s", exc)
                 raise BadGateway(UNAVAILABLE, code="authorization_unavailable") from None
         rejection = REJECTIONS.get(status)
+        if 300 <= status < 400:
+            log.warning("platform resolve answered a redirect (HTTP %d); not followed: "
+                        "credentials stay with %s", status, redacted(self.config.base_url))
+            raise BadGateway(UNAVAILABLE, code="authorization_unavailable")
         if rejection is None:
             log.warning("platform resolve answered HTTP %d", status)
             raise BadGateway(UNAVAILABLE, code="authorization_unavailable")
         keep = {"Retry-After": retry_after} if status == 429 and retry_after else None
         raise rejection(_detail(content), headers=keep)
 
-    async def post_usage(self, body: dict[str, Any]) -> int:
-        """Send one usage report once; its HTTP status (transport errors propagate)."""
-        async with self.session.post(self.config.url(USAGE_PATH), data=orjson.dumps(body),
-                                     headers=self._gateway,
-                                     timeout=self._usage_timeout) as response:
+    async def post_usage(self, body: bytes, key: str) -> tuple[int, str | None]:
+        """Send one usage report once, under its idempotency key.
+
+        Returns the HTTP status and Retry-After header; transport errors propagate.
+        """
+        assert self._usage_session is not None, "platform client used before open()"
+        headers = {**self._gateway, "Idempotency-Key": key}
+        async with self._usage_session.post(self.config.url(USAGE_PATH), data=body,
+                                            headers=headers, timeout=self._usage_timeout,
+                                            allow_redirects=False) as response:
             await response.read()
-            return response.status
+            return response.status, response.headers.get("Retry-After")
 
     async def reachable(self) -> bool:
         """Whether the platform answers, probed at most once per `health_cache` seconds."""
@@ -122,7 +144,8 @@ class Platform:
     async def _probe(self) -> bool:
         try:
             async with self.session.get(self.config.url(self.config.health_path),
-                                        timeout=self._health_timeout) as response:
+                                        timeout=self._health_timeout,
+                                        allow_redirects=False) as response:
                 return response.status < 500
         except TRANSPORT_ERRORS:
             return False

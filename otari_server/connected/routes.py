@@ -25,6 +25,9 @@ async def chat_completions(request: Request) -> Response:
     return await forward_chat(request)
 
 
+# The bare prefixes too: without them /v1 would be redirected (307) to /v1/.
+@router.api_route("/v1", methods=METHODS, include_in_schema=False)
+@router.api_route("/api/v1", methods=METHODS, include_in_schema=False)
 @router.api_route("/v1/{rest:path}", methods=METHODS, include_in_schema=False)
 @router.api_route("/api/v1/{rest:path}", methods=METHODS, include_in_schema=False)
 async def not_available(request: Request) -> Response:

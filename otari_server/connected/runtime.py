@@ -1,4 +1,4 @@
-"""Connected mode's state, owned by the app: the two HTTP clients and the report queue."""
+"""Connected mode's state, owned by the app: the HTTP clients and the usage report queue."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 
+from otari_server.connected.addresses import GuardedResolver
 from otari_server.connected.config import PlatformConfig
 from otari_server.connected.platform import Platform
+from otari_server.connected.queue import UsageQueue
 from otari_server.connected.reports import Reporter
 from otari_server.settings import Settings
 from otari_server.upstream import Upstream
@@ -22,24 +24,30 @@ class ConnectedRuntime:
     config: PlatformConfig
     platform: Platform
     reporter: Reporter
-    upstream: Upstream = field(default_factory=Upstream)
+    upstream: Upstream
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
     def build(cls, settings: Settings, config: PlatformConfig) -> ConnectedRuntime:
         """A runtime whose clients are not open yet."""
         platform = Platform(config)
+        queue = UsageQueue(config.queue_path, config.usage_queue_max_bytes)
         return cls(settings=settings, config=config, platform=platform,
-                   reporter=Reporter(platform))
+                   reporter=Reporter(platform, queue),
+                   upstream=Upstream(resolver=GuardedResolver(config)))
 
     async def open(self) -> None:
-        """Open the connection pools (inside the event loop)."""
+        """Open the connection pools and the usage queue (inside the event loop).
+
+        Raises OSError or sqlite3.Error when the usage queue file cannot be used.
+        """
         await self.upstream.open()
         await self.platform.open()
+        self.reporter.open()
 
     async def close(self) -> None:
         """Deliver what reports we can within the drain timeout, then close the pools."""
-        await self.reporter.drain(self.config.usage_drain_timeout)
+        await self.reporter.close(self.config.usage_drain_timeout)
         await self.upstream.close()
         await self.platform.close()
 

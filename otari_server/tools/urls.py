@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from otari_server.errors import InvalidRequest
@@ -15,6 +16,20 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Carrier-grade NAT space is neither private nor global to `ipaddress`; it is internal here.
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 LOOPBACK, PRIVATE, PUBLIC, RESERVED = "loopback", "private", "public", "reserved"
+
+
+class AddressPolicy(Protocol):
+    """Which non-public addresses may be reached: ToolsConfig, or connected mode's
+    PlatformConfig for provider addresses from the platform."""
+
+    @property
+    def allow_loopback(self) -> bool: ...
+
+    @property
+    def allow_private_networks(self) -> bool: ...
+
+    @property
+    def private_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]: ...
 
 
 class UnsafeUrl(InvalidRequest):
@@ -36,7 +51,7 @@ def kind(address: Address) -> str:
     return PRIVATE
 
 
-def refusal(address: Address, config: ToolsConfig) -> str | None:
+def refusal(address: Address, config: AddressPolicy) -> str | None:
     """Why the configuration forbids connecting to `address`; None when it may."""
     found = kind(address)
     if found == PUBLIC:

@@ -277,7 +277,15 @@ def test_a_platform_token_needs_a_base_url() -> None:
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("base_url", "platform.example", r"^platform\.base_url: must be an http"),
-    ("usage_max_tries", 0, r"^platform\.usage_max_tries: expected an integer of 1 or more"),
+    ("usage_max_tries", -1, r"^platform\.usage_max_tries: expected an integer of 0 or more"),
+    ("usage_concurrency", 0, r"^platform\.usage_concurrency: expected an integer of 1 or more"),
+    ("max_attempts", True, r"^platform\.max_attempts: expected an integer of 1 or more"),
+    ("usage_queue_max_bytes", 0,
+     r"^platform\.usage_queue_max_bytes: expected an integer of 1 or more"),
+    ("usage_max_age", 0, r"^platform\.usage_max_age: must be positive"),
+    ("allow_loopback", "yes", r"^platform\.allow_loopback: expected true or false"),
+    ("allow_private_networks", ["10.0.0.0/8", "nowhere"],
+     r"^platform\.allow_private_networks: expected true, false or a list of networks"),
     ("first_chunk_timeout", 0, r"^platform\.first_chunk_timeout: must be positive"),
     ("resolve_timeout", "fast", r"^platform\.resolve_timeout: expected a number"),
     ("health_path", "health", r"^platform\.health_path: must start with '/'"),
@@ -294,7 +302,7 @@ def test_the_platform_table_can_come_from_the_config_file(tmp_path: Path,
                                                           provider: FakeOpenAI) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[platform]\ntoken = "${GW_TOKEN}"\nfirst_chunk_timeout = 5\n'
-                      f'base_url = "{platform.url}/"\n')
+                      f'base_url = "{platform.url}/"\nallow_loopback = true\n')
     settings = settings_module.load(config, environ={"GW_TOKEN": GATEWAY_TOKEN})
     with running(settings) as url:
         assert chat(url).choices[0].message.content == DEFAULT_TEXT
@@ -305,7 +313,8 @@ def test_the_example_config_documents_every_platform_key() -> None:
     text = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
     block = text[text.index("# Connected mode"):]
     for key in PlatformConfig.__dataclass_fields__:
-        assert f"\n# {key} " in block, key
+        if key != "private_networks":  # set through allow_private_networks
+            assert f"\n# {key} " in block, key
     table = "\n".join(line.removeprefix("# ") for line in block.splitlines()
                       if line.startswith(("# [platform]", "# token =", "# base_url =")))
     parsed = tomllib.loads(table)["platform"]
@@ -315,10 +324,19 @@ def test_the_example_config_documents_every_platform_key() -> None:
 # -- `otari serve` ---------------------------------------------------------------------------------
 
 
-def test_otari_serve_runs_connected(platform: FakePlatform, provider: FakeOpenAI) -> None:
+def loopback_config(tmp_path: Path) -> str:
+    """A config file letting the gateway call the fake provider on loopback."""
+    config = tmp_path / "loopback.toml"
+    config.write_text("[platform]\nallow_loopback = true\n")
+    return str(config)
+
+
+def test_otari_serve_runs_connected(platform: FakePlatform, provider: FakeOpenAI,
+                                    tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN,
-           "OTARI_PLATFORM_BASE_URL": platform.url, "OPENAI_API_KEY": "sk-ignored"}
+    env = {**os.environ, "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN, "OTARI_CONFIG":
+           loopback_config(tmp_path), "OTARI_PLATFORM_BASE_URL": platform.url,
+           "OPENAI_API_KEY": "sk-ignored"}
     proc = subprocess.Popen([sys.executable, "-m", "otari_cli", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -335,10 +353,11 @@ def test_otari_serve_runs_connected(platform: FakePlatform, provider: FakeOpenAI
     assert "Application shutdown complete" in err
 
 
-def test_otari_start_and_stop_run_connected(platform: FakePlatform, provider: FakeOpenAI) -> None:
+def test_otari_start_and_stop_run_connected(platform: FakePlatform, provider: FakeOpenAI,
+                                            tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN,
-           "OTARI_PLATFORM_BASE_URL": platform.url}
+           "OTARI_CONFIG": loopback_config(tmp_path), "OTARI_PLATFORM_BASE_URL": platform.url}
 
     def otari(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "otari_cli", *args], env=env,
