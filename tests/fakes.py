@@ -912,6 +912,6 @@ __all__ = [
     "ToolCall",
     "count_tokens",
     "fake_anthropic",
-    "thinking_signature",
     "fake_openai",
+    "thinking_signature",
 ]

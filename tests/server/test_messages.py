@@ -364,7 +364,7 @@ def test_budget_refusal_in_anthropic_shape(gateway: Gateway,
     assert info.value.status_code == 402
     body = info.value.body
     assert isinstance(body, dict) and body["type"] == "error"
-    assert body["error"]["type"] == "permission_error"
+    assert body["error"]["type"] == "billing_error"
     assert "Budget exceeded for user 'poor'" in body["error"]["message"]
     assert fake_of(gateway, upstream).requests == []
     assert gateway.get_user("poor")["reserved"] == 0
