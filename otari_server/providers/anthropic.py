@@ -178,7 +178,7 @@ class ChatStreamTranslator:
     Chunks report the model as the provider named it in message_start (`model` is the
     fallback). Thinking text streams as `reasoning_content` deltas; each thinking block, once
     complete, comes as one `thinking_blocks` entry (with its signature; a redacted block with
-    its data), so a client appends the entries in order. A tool call whose block streamed no
+    its data) holding its position as `index`, so a client appends the entries in order. A tool call whose block streamed no
     arguments gets `"{}"` at its end, as the non-streamed answer gives it.
     """
 
@@ -192,6 +192,7 @@ class ChatStreamTranslator:
         self._tools: dict[int, int] = {}  # content block index -> tool call index
         self._arguments: dict[int, bool] = {}  # content block index -> arguments sent yet
         self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> block so far
+        self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
         self._usage: dict[str, int] = {}
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -253,7 +254,7 @@ class ChatStreamTranslator:
                 return [self._chunk({"reasoning_content": block["thinking"]})]
         if kind == "redacted_thinking":
             # Complete as it starts: nothing of it is readable, the data goes back as it is.
-            return [self._chunk({"thinking_blocks": [thinking_block(block)]})]
+            return [self._thinking_chunk(thinking_block(block))]
         return []
 
     def _block_delta(self, index: int, delta: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -273,11 +274,18 @@ class ChatStreamTranslator:
 
     def _block_stop(self, index: int) -> list[dict[str, Any]]:
         if index in self._thinking:
-            return [self._chunk({"thinking_blocks": [self._thinking.pop(index)]})]
+            return [self._thinking_chunk(self._thinking.pop(index))]
         if index in self._tools and not self._arguments[index]:
             # A tool called without arguments: "{}", as the non-streamed answer has it.
             return self._arguments_chunk(index, "{}")
         return []
+
+    def _thinking_chunk(self, block: dict[str, Any]) -> dict[str, Any]:
+        # Each entry carries its `index`, as tool_calls entries do: the openai SDK's stream
+        # accumulator merges list entries by index and fails on a second list without one.
+        entry = {"index": self._thinking_blocks, **block}
+        self._thinking_blocks += 1
+        return self._chunk({"thinking_blocks": [entry]})
 
     def _arguments_chunk(self, index: int, arguments: str) -> list[dict[str, Any]]:
         self._arguments[index] = True
@@ -440,7 +448,8 @@ def _thinking_blocks(value: object, where: str) -> list[dict[str, Any]]:
         for name in fields:
             if not isinstance(block.get(name), str):
                 raise TranslationError(f"{at}.{name}: expected a string")
-        blocks.append(dict(block))
+        # The known fields only: a stream's entries also carry the `index` SDKs merge by.
+        blocks.append(thinking_block(block))
     return blocks
 
 

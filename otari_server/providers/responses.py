@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from otari_server.providers.anthropic import TranslationError
+from otari_server.providers.anthropic import TranslationError, thinking_block
 
 # finish_reason -> why a response is incomplete; any other finish completes it.
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -139,7 +139,8 @@ def wants_encrypted_reasoning(request: Mapping[str, Any]) -> bool:
 def encrypt_thinking(block: Mapping[str, Any]) -> str:
     """A reasoning item's `encrypted_content` for a thinking block: the block itself, its
     signature included, as base64 of compact JSON (Anthropic signs it; otari keeps nothing)."""
-    return base64.b64encode(json.dumps(dict(block), separators=(",", ":")).encode()).decode()
+    known = thinking_block(block)
+    return base64.b64encode(json.dumps(known, separators=(",", ":")).encode()).decode()
 
 
 def decrypt_thinking(content: object) -> dict[str, Any] | None:

@@ -599,7 +599,8 @@ def test_stream_thinking_becomes_reasoning_content() -> None:
     assert [c["choices"][0]["delta"] for c in chunks] == [
         {"role": "assistant", "content": ""},
         {"reasoning_content": "Hmm"},
-        {"thinking_blocks": [{"type": "thinking", "thinking": "Hmm", "signature": "s"}]},
+        {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "Hmm",
+                              "signature": "s"}]},
     ]
 
 
@@ -693,8 +694,9 @@ def test_stream_redacted_thinking_comes_whole_and_in_order() -> None:
     assert [c["choices"][0]["delta"] for c in chunks[1:]] == [
         {"reasoning_content": "A"},
         {"reasoning_content": "B"},
-        {"thinking_blocks": [{"type": "thinking", "thinking": "AB", "signature": "sig-1"}]},
-        {"thinking_blocks": [{"type": "redacted_thinking", "data": "opaque=="}]},
+        {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "AB",
+                              "signature": "sig-1"}]},
+        {"thinking_blocks": [{"index": 1, "type": "redacted_thinking", "data": "opaque=="}]},
     ]
 
 
@@ -758,3 +760,15 @@ def test_malformed_thinking_blocks_name_their_place(blocks: Any, where: str) -> 
     with pytest.raises(TranslationError) as caught:
         translate(messages=[{"role": "assistant", "content": "x", "thinking_blocks": blocks}])
     assert str(caught.value) == where
+
+
+def test_streamed_thinking_entries_go_back_without_their_index() -> None:
+    # What the openai SDK's stream helper accumulates: the entries keep their `index`.
+    blocks = [{"index": 0, "type": "thinking", "thinking": "T", "signature": "s"},
+              {"index": 1, "type": "redacted_thinking", "data": "d"}]
+    request = translate(messages=[{"role": "user", "content": "hi"},
+                                  {"role": "assistant", "content": "x", "thinking_blocks": blocks},
+                                  {"role": "user", "content": "more"}])
+    assert request["messages"][1]["content"][:2] == [
+        {"type": "thinking", "thinking": "T", "signature": "s"},
+        {"type": "redacted_thinking", "data": "d"}]

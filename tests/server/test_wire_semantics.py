@@ -224,24 +224,17 @@ def test_thinking_survives_a_chat_tool_loop(gateway: Gateway) -> None:
         ask: dict[str, Any] = {"model": "claude:claude-sonnet", "messages": HELLO,
                                "tools": CHAT_TOOLS[:1], "reasoning_effort": "medium"}
         if streamed:
-            reasoning, blocks, calls = "", [], []
-            for chunk in client.chat.completions.create(**ask, stream=True):
-                delta = chunk.choices[0].delta if chunk.choices else None
-                extra = (delta.model_extra or {}) if delta is not None else {}
-                reasoning += extra.get("reasoning_content") or ""
-                blocks += extra.get("thinking_blocks") or []
-                for call in (delta.tool_calls or ()) if delta is not None else ():
-                    if call.id:
-                        calls.append({"id": call.id, "type": "function", "function": {
-                            "name": call.function.name, "arguments": ""}})  # type: ignore[union-attr]
-                    calls[-1]["function"]["arguments"] += call.function.arguments or ""  # type: ignore[union-attr]
-            assistant = {"role": "assistant", "content": None, "reasoning_content": reasoning,
-                         "thinking_blocks": blocks, "tool_calls": calls}
+            # The SDK's streaming helper folds the deltas (thinking_blocks merged by index).
+            with client.chat.completions.stream(**ask) as stream:
+                message = stream.get_final_completion().choices[0].message
+            assistant = message.model_dump(exclude_none=True)  # sent back as the SDK has it
+            assert [block["index"] for block in assistant["thinking_blocks"]] == [0, 1]
         else:
             message = client.chat.completions.create(**ask).choices[0].message
             assistant = message.model_dump(exclude_none=True)
         assert assistant["reasoning_content"] == THOUGHT
-        assert assistant["thinking_blocks"] == thinking
+        assert [{k: v for k, v in b.items() if k != "index"}
+                for b in assistant["thinking_blocks"]] == thinking
         assert gateway.anthropic_fake.last.body["thinking"] == {"type": "enabled",
                                                                  "budget_tokens": 4095}
         call_id = assistant["tool_calls"][0]["id"]
