@@ -178,8 +178,9 @@ class ChatStreamTranslator:
     Chunks report the model as the provider named it in message_start (`model` is the
     fallback). Thinking text streams as `reasoning_content` deltas; each thinking block, once
     complete, comes as one `thinking_blocks` entry (with its signature; a redacted block with
-    its data) holding its position as `index`, so a client appends the entries in order. A tool call whose block streamed no
-    arguments gets `"{}"` at its end, as the non-streamed answer gives it.
+    its data) holding its position as `index`, so a client appends the entries in order. A
+    tool call whose block streamed no arguments gets `"{}"` at its end, as the non-streamed
+    answer gives it.
     """
 
     def __init__(

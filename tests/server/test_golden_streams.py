@@ -228,7 +228,7 @@ def test_anthropic_error_event_to_responses() -> None:
 # -- OpenAI chat -> Anthropic ------------------------------------------------------------------
 
 def test_openai_text_with_usage_only_chunk_to_anthropic() -> None:
-    translator, events = chat_to_anthropic("openai_chat_text_usage.sse")
+    _, events = chat_to_anthropic("openai_chat_text_usage.sse")
     valid_anthropic(events)
     well_nested_anthropic(events)
     message, _ = sdk_message(events)
@@ -256,7 +256,7 @@ def test_openai_interleaved_parallel_tools_to_anthropic() -> None:
 
 
 def test_openai_matched_stop_string_to_anthropic() -> None:
-    translator, events = chat_to_anthropic("openai_chat_vllm_stop_string.sse")
+    _, events = chat_to_anthropic("openai_chat_vllm_stop_string.sse")
     valid_anthropic(events)
     well_nested_anthropic(events)
     message, _ = sdk_message(events)
