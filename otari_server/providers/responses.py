@@ -61,6 +61,11 @@ def to_chat_request(body: Mapping[str, Any], *, model: str | None = None) -> dic
             request["tool_choice"] = _tool_choice(body["tool_choice"])
     if (response_format := _response_format(body.get("text"))) is not None:
         request["response_format"] = response_format
+    include = body.get("include")
+    if isinstance(include, list) and "message.output_text.logprobs" in include:
+        request["logprobs"] = True  # chat's way to ask; a provider that cannot refuses it
+    if body.get("top_logprobs") is not None:
+        request.update(logprobs=True, top_logprobs=body["top_logprobs"])
     reasoning = body.get("reasoning")
     if isinstance(reasoning, Mapping) and isinstance(reasoning.get("effort"), str):
         request["reasoning_effort"] = reasoning["effort"]

@@ -476,3 +476,14 @@ def test_stream_interleaved_calls_keep_each_item_whole() -> None:
     final = sdk_state(events)._completed_response
     assert [(item.name, item.arguments) for item in final.output] == [
         ("a", '{"x":1}'), ("b", '{"y":2}')]
+
+
+@pytest.mark.parametrize("fields", [{"include": ["message.output_text.logprobs"]},
+                                    {"top_logprobs": 2}])
+def test_logprobs_asked_through_responses_are_refused_by_anthropic(fields: dict[str, Any]) -> None:
+    chat = to_chat_request({"model": "m", "input": "x", **fields})
+    assert chat["logprobs"] is True
+    with pytest.raises(TranslationError) as refused:
+        anthropic_wire.to_messages_request(chat, model="claude")
+    assert str(refused.value) == (
+        "logprobs: unsupported, anthropic providers do not return log probabilities")

@@ -167,6 +167,10 @@ def test_logprobs_from_an_anthropic_provider_are_refused(gateway: Gateway) -> No
         assert refused.value.status_code == 400
         assert refused.value.body["message"] == (  # type: ignore[index]
             "logprobs: unsupported, anthropic providers do not return log probabilities")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="claude:claude-sonnet", input="hi", top_logprobs=2)
+    assert refused.value.body["message"] == (  # type: ignore[index]
+        "logprobs: unsupported, anthropic providers do not return log probabilities")
     assert gateway.anthropic_fake.requests == []
     # The OpenAI-compatible provider gets them as asked.
     client.chat.completions.create(model="fake:gpt-4o-mini", messages=HELLO, logprobs=True)
