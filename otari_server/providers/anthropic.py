@@ -191,7 +191,8 @@ class ChatStreamTranslator:
         self._created = int(time.time()) if created is None else created
         self._id = ""
         self._tools: dict[int, int] = {}  # content block index -> tool call index
-        self._arguments: dict[int, bool] = {}  # content block index -> arguments sent yet
+        # Content block index -> the arguments its start implies; None once arguments went out.
+        self._arguments: dict[int, str | None] = {}
         self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> block so far
         self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
         self._usage: dict[str, int] = {}
@@ -236,17 +237,15 @@ class ChatStreamTranslator:
         kind = block.get("type")
         if kind == "tool_use":
             position = self._tools[index] = len(self._tools)
-            self._arguments[index] = False
+            # Arguments stream as input_json_delta; the start's input stands in if none come.
+            self._arguments[index] = _arguments(block.get("input"))
             call = {
                 "index": position,
                 "id": block.get("id", ""),
                 "type": "function",
                 "function": {"name": block.get("name", ""), "arguments": ""},
             }
-            chunks = [self._chunk({"tool_calls": [call]})]
-            if block.get("input"):  # arguments known at the start: sent whole at once
-                chunks += self._arguments_chunk(index, _arguments(block.get("input")))
-            return chunks
+            return [self._chunk({"tool_calls": [call]})]
         if kind == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
         if kind == "thinking":
@@ -276,9 +275,9 @@ class ChatStreamTranslator:
     def _block_stop(self, index: int) -> list[dict[str, Any]]:
         if index in self._thinking:
             return [self._thinking_chunk(self._thinking.pop(index))]
-        if index in self._tools and not self._arguments[index]:
-            # A tool called without arguments: "{}", as the non-streamed answer has it.
-            return self._arguments_chunk(index, "{}")
+        if index in self._tools and (arguments := self._arguments[index]) is not None:
+            # No arguments streamed: "{}" (or the start's input), as the JSON answer has it.
+            return self._arguments_chunk(index, arguments)
         return []
 
     def _thinking_chunk(self, block: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +288,7 @@ class ChatStreamTranslator:
         return self._chunk({"thinking_blocks": [entry]})
 
     def _arguments_chunk(self, index: int, arguments: str) -> list[dict[str, Any]]:
-        self._arguments[index] = True
+        self._arguments[index] = None
         call = {"index": self._tools[index], "function": {"arguments": arguments}}
         return [self._chunk({"tool_calls": [call]})]
 

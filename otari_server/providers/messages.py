@@ -258,7 +258,7 @@ class MessageStreamTranslator:
                 self._held[position] = (block, [arguments] if arguments else [])
                 return []
             events = self._close() + self._begin(block)
-            self._tools[position] = self._open  # type: ignore[assignment]
+            self._tools[position] = self._blocks - 1
             self._live = position
         elif position in self._held:
             if arguments:
@@ -289,12 +289,11 @@ class MessageStreamTranslator:
         for position in sorted(self._held):
             block, parts = self._held[position]
             events += self._begin(block)
-            self._tools[position] = self._open  # type: ignore[assignment]
+            index = self._tools[position] = self._blocks - 1
             if parts:
                 delta = {"type": "input_json_delta", "partial_json": "".join(parts)}
-                events.append({"type": "content_block_delta", "index": self._open,
-                               "delta": delta})
-            events.append({"type": "content_block_stop", "index": self._open})
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
+            events.append({"type": "content_block_stop", "index": index})
             self._open, self._open_kind = None, None
         self._held.clear()
         return events

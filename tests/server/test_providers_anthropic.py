@@ -772,3 +772,16 @@ def test_streamed_thinking_entries_go_back_without_their_index() -> None:
     assert request["messages"][1]["content"][:2] == [
         {"type": "thinking", "thinking": "T", "signature": "s"},
         {"type": "redacted_thinking", "data": "d"}]
+
+
+def test_stream_tool_input_given_at_the_start_is_sent_once() -> None:
+    start = {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}}
+    stop = {"type": "content_block_stop", "index": 0}
+    _, chunks = run([TEXT_AND_TOOL_EVENTS[0], start, stop])
+    assert _arguments_by_call(chunks) == {0: '{"a":1}'}
+    # Deltas, when they come, are the arguments: the start's input is not added to them.
+    delta = {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "input_json_delta", "partial_json": '{"a":1}'}}
+    _, chunks = run([TEXT_AND_TOOL_EVENTS[0], start, delta, stop])
+    assert _arguments_by_call(chunks) == {0: '{"a":1}'}
