@@ -28,6 +28,15 @@ FINISH_REASONS = {
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 MIN_THINKING_BUDGET = 1024
 
+# The refusal of a tool loop whose thinking the client dropped: what to send back, per API.
+THINKING_DROPPED = (
+    "messages: thinking is enabled, so the last assistant message with tool_calls must keep "
+    "its thinking: send back its `thinking_blocks` (each with its `signature`, or `data` for "
+    "redacted thinking) exactly as the answer gave them; through the Responses API, send back "
+    "its reasoning items with their `encrypted_content` (ask for it with "
+    "`include: [\"reasoning.encrypted_content\"]`)"
+)
+
 _DATA_URL = re.compile(r"data:([^;,]+)(?:;[^,;]+)*;base64,(.*)\Z", re.DOTALL)
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
@@ -468,11 +477,7 @@ def _check_thinking(request: Mapping[str, Any]) -> None:
         return
     if content[0].get("type") in ("thinking", "redacted_thinking"):
         return
-    raise TranslationError(
-        "messages: thinking is enabled, so the last assistant message with tool_calls must "
-        "keep its thinking: send back its `thinking_blocks` (each with its `signature`, or "
-        "`data` for redacted thinking) exactly as the answer gave them"
-    )
+    raise TranslationError(THINKING_DROPPED)
 
 
 def _tool_use(call: Mapping[str, Any], where: str) -> dict[str, Any]:

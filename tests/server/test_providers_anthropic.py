@@ -739,7 +739,9 @@ def test_dropped_thinking_blocks_are_a_clear_400() -> None:
         assert str(caught.value) == (
             "messages: thinking is enabled, so the last assistant message with tool_calls must "
             "keep its thinking: send back its `thinking_blocks` (each with its `signature`, or "
-            "`data` for redacted thinking) exactly as the answer gave them")
+            "`data` for redacted thinking) exactly as the answer gave them; through the "
+            "Responses API, send back its reasoning items with their `encrypted_content` (ask "
+            "for it with `include: [\"reasoning.encrypted_content\"]`)")
     # Without thinking the same history is fine, and a finished tool loop needs nothing.
     assert translate(messages=messages, tools=[WEATHER_TOOL])["messages"][1]["content"][0][
         "type"] == "tool_use"

@@ -282,6 +282,12 @@ def test_thinking_survives_a_responses_tool_loop(gateway: Gateway) -> None:
         gateway.anthropic_fake.push(text="It is sunny")
         second = client.responses.create(input=items, **ask)
         assert second.output_text == "It is sunny"
+        # Reasoning items sent back without their encrypted content: told what to keep.
+        bare = [{k: v for k, v in item.items() if k != "encrypted_content"} for item in items]
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(input=bare, **ask)
+        assert "reasoning items with their `encrypted_content`" in refused.value.body[
+            "message"]  # type: ignore[index]
         sent = gateway.anthropic_fake.last.body["messages"][1]["content"]
         assert sent[0] == {"type": "thinking", "thinking": THOUGHT,
                            "signature": thinking_signature(THOUGHT)}
