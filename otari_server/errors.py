@@ -89,7 +89,7 @@ class BudgetExceeded(OtariError):
 
     status = 402
     type = "budget_exceeded"
-    anthropic_type = "permission_error"
+    anthropic_type = "billing_error"
     code = "budget_exceeded"
 
 
@@ -113,8 +113,8 @@ class RateLimited(OtariError):
 
 # The Anthropic error type of each status a provider's refusal keeps.
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error"}
+                    402: "billing_error", 403: "permission_error", 404: "not_found_error",
+                    413: "request_too_large", 429: "rate_limit_error"}
 
 
 class UpstreamError(OtariError):

@@ -11,6 +11,8 @@ from otari_server.errors import error_body, shape_for
 from otari_server.jsonio import dumps
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Anthropic's name for it: the anthropic SDK sets `_request_id` (and error.request_id) from it.
+ANTHROPIC_REQUEST_ID_HEADER = b"request-id"
 
 
 class RequestContext:
@@ -32,11 +34,13 @@ class RequestContext:
             return
         request_id = f"{self._prefix}{next(self._counter):016x}"
         scope["otari.request_id"] = request_id
-        header = (REQUEST_ID_HEADER, request_id.encode())
+        headers = [(REQUEST_ID_HEADER, request_id.encode())]
+        if shape_for(scope["path"]) == "anthropic":
+            headers.append((ANTHROPIC_REQUEST_ID_HEADER, request_id.encode()))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), *headers]
             await send(message)
 
         if b"%00" in scope.get("raw_path", b"") or b"%00" in scope["query_string"]:

@@ -131,6 +131,9 @@ class Behaviour:
     malformed: bool = False  # answer 200 with a broken JSON body (streams: a broken event)
     finish_reason: str | None = None  # override the computed one (wire-format value)
     body: Mapping[str, Any] | None = None  # answer exactly this JSON
+    thinking: str | None = None  # Anthropic: a signed thinking block before the answer
+    redacted_thinking: str | None = None  # Anthropic: then a redacted_thinking block (its data)
+    interleave: bool = False  # OpenAI streams: parallel calls' argument deltas interleaved
 
 
 @dataclass
@@ -348,6 +351,7 @@ class FakeOpenAI(FakeServer):
     """
 
     name = "fake-openai"
+    names_stop_string = False  # vLLM names the matched stop string as the choice's stop_reason
     FINISH: ClassVar[Mapping[str, str]] = {
         "stop": "stop",
         "stop_sequence": "stop",
@@ -403,7 +407,9 @@ class FakeOpenAI(FakeServer):
         completion_id = self._id("chatcmpl-fake")
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = _openai_chunks(answer, finish, usage if include_usage else None)
+            chunks = _openai_chunks(answer, finish, usage if include_usage else None,
+                                    interleave=behaviour.interleave,
+                                    stop_reason=self._stop_reason(answer))
             envelope = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -425,6 +431,8 @@ class FakeOpenAI(FakeServer):
             message["tool_calls"] = [_openai_call(call) for call in answer.tool_calls]
         n = body.get("n") or 1
         choice = {"message": message, "logprobs": None, "finish_reason": finish}
+        if self.names_stop_string:
+            choice["stop_reason"] = self._stop_reason(answer)
         payload = {
             "id": completion_id,
             "object": "chat.completion",
@@ -483,6 +491,9 @@ class FakeOpenAI(FakeServer):
 
     def _stream_error(self, failure: Failure) -> bytes:
         return _sse(self.error_body(failure))
+
+    def _stop_reason(self, answer: Answer) -> str | None:
+        return answer.stop_sequence if self.names_stop_string else None
 
 
 class FakeAnthropic(FakeServer):
@@ -578,6 +589,7 @@ class FakeAnthropic(FakeServer):
         temperature = body.get("temperature")
         if isinstance(temperature, int | float) and not 0 <= temperature <= 1:
             problems.append("temperature: Input should be less than or equal to 1")
+        problems += _thinking_problems(body)
         return self.error_response(Failure(400, problems[0])) if problems else None
 
     async def messages(
@@ -592,6 +604,8 @@ class FakeAnthropic(FakeServer):
             "output_tokens": answer.completion_tokens,
             "service_tier": "standard",
         }
+        thinking = _thinking_content(behaviour)
+        usage["output_tokens"] += sum(count_tokens(b.get("thinking", "")) for b in thinking)
         call.usage = usage
         stop_reason = behaviour.finish_reason or (
             "tool_use" if answer.stop == "tool_calls" else self.STOP[answer.stop]
@@ -601,7 +615,7 @@ class FakeAnthropic(FakeServer):
             "type": "message",
             "role": "assistant",
             "model": body["model"],
-            "content": _anthropic_content(answer),
+            "content": thinking + _anthropic_content(answer),
             "stop_reason": stop_reason,
             "stop_sequence": answer.stop_sequence,
             "usage": usage,
@@ -696,7 +710,8 @@ def _openai_call(call: ToolCall) -> dict[str, Any]:
 
 
 def _openai_chunks(
-    answer: Answer, finish: str, usage: dict[str, Any] | None
+    answer: Answer, finish: str, usage: dict[str, Any] | None, *, interleave: bool = False,
+    stop_reason: str | None = None,
 ) -> list[dict[str, Any]]:
     """The chunk bodies of an OpenAI stream, without the shared id/model envelope."""
 
@@ -707,14 +722,23 @@ def _openai_chunks(
 
     chunks = [choice({"role": "assistant", "content": "", "refusal": None})]
     chunks += [choice({"content": piece}) for piece in answer.pieces]
+    heads, parts = [], []
     for index, call in enumerate(answer.tool_calls):
         function = {"name": call.name, "arguments": ""}
         head = {"index": index, "id": call.id, "type": "function", "function": function}
-        chunks.append(choice({"tool_calls": [head]}))
-        for fragment in _fragments(call.arguments_json):
-            arguments = {"index": index, "function": {"arguments": fragment}}
-            chunks.append(choice({"tool_calls": [arguments]}))
+        heads.append([choice({"tool_calls": [head]})])
+        parts.append([choice({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+                      for part in _fragments(call.arguments_json)])
+    if interleave:  # every call started, then their arguments in turns
+        chunks += [chunk for head in heads for chunk in head]
+        for turn in range(max((len(p) for p in parts), default=0)):
+            chunks += [p[turn] for p in parts if turn < len(p)]
+    else:
+        chunks += [chunk for head, part in zip(heads, parts, strict=True)
+                   for chunk in [*head, *part]]
     chunks.append(choice({}, finish))
+    if stop_reason is not None:
+        chunks[-1]["choices"][0]["stop_reason"] = stop_reason
     if usage is not None:
         chunks.append({"choices": [], "usage": usage})
     return chunks
@@ -748,9 +772,18 @@ def _anthropic_events(message: dict[str, Any], answer: Answer) -> list[dict[str,
         if block["type"] == "text":
             opened = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in answer.pieces]
+        elif block["type"] == "thinking":
+            opened = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": piece}
+                      for piece in re.findall(r"\s*\S+", block["thinking"])]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        elif block["type"] == "redacted_thinking":
+            opened, deltas = block, []  # whole at its start
         else:
             opened = {**block, "input": {}}
-            fragments = ["", *_fragments(json.dumps(block["input"], separators=(",", ":")))]
+            # A call without arguments streams one empty fragment and nothing else.
+            arguments = json.dumps(block["input"], separators=(",", ":")) if block["input"] else ""
+            fragments = ["", *_fragments(arguments)]
             deltas = [{"type": "input_json_delta", "partial_json": part} for part in fragments]
         events.append({"type": "content_block_start", "index": index, "content_block": opened})
         if index == 0:
@@ -765,6 +798,47 @@ def _anthropic_events(message: dict[str, Any], answer: Answer) -> list[dict[str,
     )
     events.append({"type": "message_stop"})
     return events
+
+
+def thinking_signature(thinking: str) -> str:
+    """The fake's signature of a thinking text (the real API's is opaque and checked too)."""
+    return "sig-" + hashlib.sha256(thinking.encode()).hexdigest()[:24]
+
+
+def _thinking_content(behaviour: Behaviour) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if behaviour.thinking is not None:
+        blocks.append({"type": "thinking", "thinking": behaviour.thinking,
+                       "signature": thinking_signature(behaviour.thinking)})
+    if behaviour.redacted_thinking is not None:
+        blocks.append({"type": "redacted_thinking", "data": behaviour.redacted_thinking})
+    return blocks
+
+
+def _thinking_problems(body: Mapping[str, Any]) -> list[str]:
+    """What the real API refuses about thinking blocks: a forged signature, and (thinking on)
+    a last assistant turn with tool_use that does not start with its thinking."""
+    problems = []
+    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(block, dict) and block.get("type") == "thinking" and block.get(
+                    "signature") != thinking_signature(str(block.get("thinking"))):
+                problems.append(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` "
+                                "block")
+    if (body.get("thinking") or {}).get("type") != "enabled":
+        return problems
+    turns = [(i, m) for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if turns and isinstance(turns[-1][1].get("content"), list):
+        i, last = turns[-1]
+        kinds = [block.get("type") for block in last["content"] if isinstance(block, dict)]
+        if "tool_use" in kinds and kinds[0] not in ("thinking", "redacted_thinking"):
+            problems.append(
+                f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+                f"found `{kinds[0]}`. When `thinking` is enabled, a final `assistant` message "
+                "must start with a thinking block")
+    return problems
 
 
 def _fragments(text: str, size: int = 7) -> list[str]:
@@ -839,4 +913,5 @@ __all__ = [
     "count_tokens",
     "fake_anthropic",
     "fake_openai",
+    "thinking_signature",
 ]

@@ -28,6 +28,15 @@ FINISH_REASONS = {
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 MIN_THINKING_BUDGET = 1024
 
+# The refusal of a tool loop whose thinking the client dropped: what to send back, per API.
+THINKING_DROPPED = (
+    "messages: thinking is enabled, so the last assistant message with tool_calls must keep "
+    "its thinking: send back its `thinking_blocks` (each with its `signature`, or `data` for "
+    "redacted thinking) exactly as the answer gave them; through the Responses API, send back "
+    "its reasoning items with their `encrypted_content` (ask for it with "
+    "`include: [\"reasoning.encrypted_content\"]`)"
+)
+
 _DATA_URL = re.compile(r"data:([^;,]+)(?:;[^,;]+)*;base64,(.*)\Z", re.DOTALL)
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
@@ -45,6 +54,11 @@ def to_messages_request(
     """Translate an OpenAI chat completion request into an Anthropic Messages request."""
     if body.get("n") not in (None, 1):
         raise TranslationError("n: anthropic providers return a single choice")
+    if body.get("logprobs") or body.get("top_logprobs") is not None:
+        # Refused rather than dropped: a client asking for them would get none and not know.
+        raise TranslationError(
+            "logprobs: unsupported, anthropic providers do not return log probabilities"
+        )
     system, messages = _conversation(body.get("messages"))
     instruction = _format_instruction(body.get("response_format"))
     if instruction:
@@ -73,22 +87,32 @@ def to_messages_request(
     if body.get("stream"):
         request["stream"] = True
     _apply_reasoning(request, body.get("reasoning_effort"))
+    _check_thinking(request)
     return request
 
 
 def to_chat_completion(
     message: Mapping[str, Any], *, model: str | None = None, created: int | None = None
 ) -> dict[str, Any]:
-    """Translate an Anthropic message response into an OpenAI chat.completion."""
+    """Translate an Anthropic message response into an OpenAI chat.completion.
+
+    `model` is only a fallback: the answer reports the model as the provider named it.
+    Thinking comes back twice: its text as `reasoning_content`, and the blocks themselves
+    (with their `signature`, or a redacted block's `data`) as `thinking_blocks`, which a
+    client sends back on the assistant message so a tool loop can continue.
+    """
     texts: list[str] = []
     thoughts: list[str] = []
+    thinking_blocks: list[dict[str, Any]] = []
     tool_calls: list[dict[str, Any]] = []
     for block in message.get("content") or ():
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text", ""))
-        elif kind == "thinking":
-            thoughts.append(block.get("thinking", ""))
+        elif kind in ("thinking", "redacted_thinking"):
+            thinking_blocks.append(thinking_block(block))
+            if kind == "thinking":
+                thoughts.append(block.get("thinking", ""))
         elif kind == "tool_use":
             tool_calls.append(_tool_call(block))
     reply: dict[str, Any] = {
@@ -99,13 +123,15 @@ def to_chat_completion(
     if thoughts:
         # The field DeepSeek and vLLM use for reasoning text; OpenAI SDKs keep it as an extra.
         reply["reasoning_content"] = "".join(thoughts)
+    if thinking_blocks:
+        reply["thinking_blocks"] = thinking_blocks
     if tool_calls:
         reply["tool_calls"] = tool_calls
     return {
         "id": message.get("id", ""),
         "object": "chat.completion",
         "created": int(time.time()) if created is None else created,
-        "model": model or message.get("model", ""),
+        "model": message.get("model") or model or "",
         "choices": [
             {
                 "index": 0,
@@ -115,6 +141,18 @@ def to_chat_completion(
             }
         ],
         "usage": chat_usage(message.get("usage") or {}),
+    }
+
+
+def thinking_block(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The chat form of a thinking or redacted_thinking block: exactly what Anthropic needs
+    back (`thinking` and `signature`, or `data`)."""
+    if block.get("type") == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": block.get("data", "")}
+    return {
+        "type": "thinking",
+        "thinking": block.get("thinking", ""),
+        "signature": block.get("signature", ""),
     }
 
 
@@ -144,7 +182,15 @@ def chat_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ChatStreamTranslator:
-    """Feed Anthropic stream events (decoded `data:` dicts); get OpenAI chat.completion.chunks."""
+    """Feed Anthropic stream events (decoded `data:` dicts); get OpenAI chat.completion.chunks.
+
+    Chunks report the model as the provider named it in message_start (`model` is the
+    fallback). Thinking text streams as `reasoning_content` deltas; each thinking block, once
+    complete, comes as one `thinking_blocks` entry (with its signature; a redacted block with
+    its data) holding its position as `index`, so a client appends the entries in order. A
+    tool call whose block streamed no arguments gets `"{}"` at its end, as the non-streamed
+    answer gives it.
+    """
 
     def __init__(
         self, *, model: str | None = None, include_usage: bool = False, created: int | None = None
@@ -154,6 +200,10 @@ class ChatStreamTranslator:
         self._created = int(time.time()) if created is None else created
         self._id = ""
         self._tools: dict[int, int] = {}  # content block index -> tool call index
+        # Content block index -> the arguments its start implies; None once arguments went out.
+        self._arguments: dict[int, str | None] = {}
+        self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> block so far
+        self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
         self._usage: dict[str, int] = {}
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -173,6 +223,8 @@ class ChatStreamTranslator:
             return self._block_start(event.get("index", 0), event.get("content_block") or {})
         if kind == "content_block_delta":
             return self._block_delta(event.get("index", 0), event.get("delta") or {})
+        if kind == "content_block_stop":
+            return self._block_stop(event.get("index", 0))
         if kind == "message_delta":
             self._count(event.get("usage"))
             self.finish_reason = finish_reason((event.get("delta") or {}).get("stop_reason"))
@@ -182,11 +234,11 @@ class ChatStreamTranslator:
             return [self._usage_chunk()] if self._include_usage else []
         if kind == "error":
             return [self._error(event.get("error") or {})]
-        return []  # ping, content_block_stop and event types added later
+        return []  # ping and event types added later
 
     def _start(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
         self._id = message.get("id", "")
-        self._model = self._model or message.get("model", "")
+        self._model = message.get("model") or self._model
         self._count(message.get("usage"))
         return [self._chunk({"role": "assistant", "content": ""})]
 
@@ -194,6 +246,8 @@ class ChatStreamTranslator:
         kind = block.get("type")
         if kind == "tool_use":
             position = self._tools[index] = len(self._tools)
+            # Arguments stream as input_json_delta; the start's input stands in if none come.
+            self._arguments[index] = _arguments(block.get("input"))
             call = {
                 "index": position,
                 "id": block.get("id", ""),
@@ -203,6 +257,13 @@ class ChatStreamTranslator:
             return [self._chunk({"tool_calls": [call]})]
         if kind == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
+        if kind == "thinking":
+            self._thinking[index] = thinking_block(block)
+            if block.get("thinking"):
+                return [self._chunk({"reasoning_content": block["thinking"]})]
+        if kind == "redacted_thinking":
+            # Complete as it starts: nothing of it is readable, the data goes back as it is.
+            return [self._thinking_chunk(thinking_block(block))]
         return []
 
     def _block_delta(self, index: int, delta: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -210,11 +271,35 @@ class ChatStreamTranslator:
         if kind == "text_delta":
             return [self._chunk({"content": delta.get("text", "")})]
         if kind == "input_json_delta" and delta.get("partial_json") and index in self._tools:
-            call = {"index": self._tools[index], "function": {"arguments": delta["partial_json"]}}
-            return [self._chunk({"tool_calls": [call]})]
+            return self._arguments_chunk(index, str(delta["partial_json"]))
         if kind == "thinking_delta":
-            return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+            text = delta.get("thinking", "")
+            if index in self._thinking:
+                self._thinking[index]["thinking"] += text
+            return [self._chunk({"reasoning_content": text})]
+        if kind == "signature_delta" and index in self._thinking:
+            self._thinking[index]["signature"] = delta.get("signature", "")
         return []
+
+    def _block_stop(self, index: int) -> list[dict[str, Any]]:
+        if index in self._thinking:
+            return [self._thinking_chunk(self._thinking.pop(index))]
+        if index in self._tools and (arguments := self._arguments[index]) is not None:
+            # No arguments streamed: "{}" (or the start's input), as the JSON answer has it.
+            return self._arguments_chunk(index, arguments)
+        return []
+
+    def _thinking_chunk(self, block: dict[str, Any]) -> dict[str, Any]:
+        # Each entry carries its `index`, as tool_calls entries do: the openai SDK's stream
+        # accumulator merges list entries by index and fails on a second list without one.
+        entry = {"index": self._thinking_blocks, **block}
+        self._thinking_blocks += 1
+        return self._chunk({"thinking_blocks": [entry]})
+
+    def _arguments_chunk(self, index: int, arguments: str) -> list[dict[str, Any]]:
+        self._arguments[index] = None
+        call = {"index": self._tools[index], "function": {"arguments": arguments}}
+        return [self._chunk({"tool_calls": [call]})]
 
     def _error(self, error: Mapping[str, Any]) -> dict[str, Any]:
         # OpenAI reports a failure inside a stream as a data event holding `error`; SDKs raise it.
@@ -229,7 +314,9 @@ class ChatStreamTranslator:
     def _count(self, usage: Mapping[str, Any] | None) -> None:
         # Anthropic reports cumulative totals, so later numbers replace earlier ones.
         if usage:
-            self._usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
+            self._usage.update(
+                {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+            )
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk = self._envelope()
@@ -344,10 +431,53 @@ def _source(url: str, where: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks = _blocks(message.get("content"), f"{where}.content")
+    # Thinking first, as Anthropic wrote it: the blocks go back unchanged and in order.
+    blocks = _thinking_blocks(message.get("thinking_blocks"), f"{where}.thinking_blocks")
+    blocks += _blocks(message.get("content"), f"{where}.content")
     for i, call in enumerate(message.get("tool_calls") or ()):
         blocks.append(_tool_use(call, f"{where}.tool_calls[{i}]"))
     return blocks
+
+
+def _thinking_blocks(value: object, where: str) -> list[dict[str, Any]]:
+    """The `thinking_blocks` a client sends back: thinking with its signature, or redacted."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TranslationError(f"{where}: expected a list of thinking blocks")
+    blocks = []
+    for i, block in enumerate(value):
+        at = f"{where}[{i}]"
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        fields = {"thinking": ("thinking", "signature"), "redacted_thinking": ("data",)}.get(
+            str(kind)
+        )
+        if not isinstance(block, Mapping) or fields is None:
+            raise TranslationError(f"{at}: expected a 'thinking' or 'redacted_thinking' block")
+        for name in fields:
+            if not isinstance(block.get(name), str):
+                raise TranslationError(f"{at}.{name}: expected a string")
+        # The known fields only: a stream's entries also carry the `index` SDKs merge by.
+        blocks.append(thinking_block(block))
+    return blocks
+
+
+def _check_thinking(request: Mapping[str, Any]) -> None:
+    """With thinking on, the assistant turn whose tool calls are being answered must start
+    with the thinking block it came with; without it Anthropic refuses the request."""
+    if (request.get("thinking") or {}).get("type") != "enabled":
+        return
+    turns = request["messages"]
+    position = next((i for i in range(len(turns) - 1, -1, -1)
+                     if turns[i]["role"] == "assistant"), None)
+    if position is None:
+        return
+    content = turns[position]["content"]
+    if not any(block.get("type") == "tool_use" for block in content):
+        return
+    if content[0].get("type") in ("thinking", "redacted_thinking"):
+        return
+    raise TranslationError(THINKING_DROPPED)
 
 
 def _tool_use(call: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -386,9 +516,14 @@ def _tool_call(block: Mapping[str, Any]) -> dict[str, Any]:
         "type": "function",
         "function": {
             "name": block.get("name", ""),
-            "arguments": json.dumps(block.get("input") or {}, separators=(",", ":")),
+            "arguments": _arguments(block.get("input")),
         },
     }
+
+
+def _arguments(tool_input: object) -> str:
+    """Tool call arguments as OpenAI gives them: compact JSON, "{}" for none."""
+    return json.dumps(tool_input or {}, separators=(",", ":"))
 
 
 def _system(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:

@@ -74,7 +74,12 @@ def to_chat_request(
 
 
 def to_message(completion: Mapping[str, Any], *, model: str | None = None) -> dict[str, Any]:
-    """Translate an OpenAI chat.completion into an Anthropic message response."""
+    """Translate an OpenAI chat.completion into an Anthropic message response.
+
+    The id is `msg_`-prefixed as Anthropic's are; the model is the one the provider named
+    (`model` is the fallback). A matched stop string the provider reports (vLLM's choice
+    `stop_reason`) becomes `stop_reason: "stop_sequence"` with that `stop_sequence`.
+    """
     choices = completion.get("choices") or [{}]
     choice = choices[0]
     reply = choice.get("message") or {}
@@ -87,14 +92,15 @@ def to_message(completion: Mapping[str, Any], *, model: str | None = None) -> di
         content.append({"type": "text", "text": text})
     calls = reply.get("tool_calls") or ()
     content += [_tool_use(call) for call in calls]
+    reason, sequence = _stop(choice, tool_calls=bool(calls))
     return {
-        "id": completion.get("id") or _message_id(),
+        "id": _message_id(completion.get("id")),
         "type": "message",
         "role": "assistant",
-        "model": model or completion.get("model", ""),
+        "model": completion.get("model") or model or "",
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason"), tool_calls=bool(calls)),
-        "stop_sequence": None,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
         "usage": anthropic_usage(completion.get("usage") or {}),
     }
 
@@ -105,6 +111,15 @@ def stop_reason(finish_reason: str | None, *, tool_calls: bool = False) -> str:
     if tool_calls and finish_reason in (None, "stop"):
         return "tool_use"
     return STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
+def _stop(choice: Mapping[str, Any], *, tool_calls: bool) -> tuple[str, str | None]:
+    """stop_reason and stop_sequence of a choice; vLLM names the matched stop string."""
+    finish = choice.get("finish_reason")
+    matched = choice.get("stop_reason")
+    if finish == "stop" and not tool_calls and isinstance(matched, str) and matched:
+        return "stop_sequence", matched
+    return stop_reason(finish, tool_calls=tool_calls), None
 
 
 def anthropic_usage(usage: Mapping[str, Any]) -> dict[str, int]:
@@ -123,6 +138,13 @@ class MessageStreamTranslator:
     """Feed OpenAI chat.completion.chunk dicts; get the Anthropic stream event sequence.
 
     Call `finish()` at `[DONE]` (or when the upstream stream ends) for message_delta/message_stop.
+
+    Anthropic streams one content block at a time, every delta between its block's start and
+    stop. A tool call that starts while another is open is held back, its arguments buffered,
+    and sent whole once the open block closes: OpenAI-compatible servers may interleave the
+    argument deltas of parallel calls. message_start reports the model the provider named and
+    `input_tokens` as an estimate (the request's size): OpenAI-compatible servers count tokens
+    only at the end, and the final message_delta carries the real counts.
     """
 
     def __init__(self, *, model: str, message_id: str | None = None, input_tokens: int = 0):
@@ -135,8 +157,11 @@ class MessageStreamTranslator:
         self._open_kind: str | None = None
         self._blocks = 0
         self._tools: dict[int, int] = {}  # OpenAI tool call index -> content block index
+        self._live: int | None = None  # OpenAI tool call index of the open tool_use block
+        self._held: dict[int, tuple[dict[str, Any], list[str]]] = {}  # block, argument parts
         self._usage: Mapping[str, Any] | None = None
         self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
         self.error: dict[str, Any] | None = None
         self.done = False
 
@@ -149,13 +174,13 @@ class MessageStreamTranslator:
         """Translate one chunk into zero or more events."""
         if self.done:
             return []
-        events = self._start()
+        events = self._start(chunk.get("model"))
         if chunk.get("error"):
             return [*events, self._error(chunk["error"])]
-        if chunk.get("usage"):
+        if isinstance(chunk.get("usage"), Mapping) and chunk["usage"]:
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) == 0:
+            if isinstance(choice, Mapping) and choice.get("index", 0) == 0:
                 events += self._choice(choice)
         return events
 
@@ -165,14 +190,12 @@ class MessageStreamTranslator:
             return []
         self.done = True
         usage = self.usage or {"input_tokens": self._input_tokens, "output_tokens": 0}
+        delta = {"stop_reason": self.stop_reason or "end_turn",
+                 "stop_sequence": self.stop_sequence}
         return [
-            *self._start(),
+            *self._start(None),
             *self._close(),
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason or "end_turn", "stop_sequence": None},
-                "usage": usage,
-            },
+            {"type": "message_delta", "delta": delta, "usage": usage},
             {"type": "message_stop"},
         ]
 
@@ -185,16 +208,19 @@ class MessageStreamTranslator:
         if isinstance(delta.get("content"), str) and delta["content"]:
             events += self._text("text", delta["content"])
         for call in delta.get("tool_calls") or ():
-            events += self._tool(call)
+            if isinstance(call, Mapping):
+                events += self._tool(call)
         if choice.get("finish_reason"):
-            self.stop_reason = stop_reason(choice["finish_reason"], tool_calls=bool(self._tools))
+            self.stop_reason, self.stop_sequence = _stop(choice, tool_calls=bool(self._tools))
             events += self._close()
         return events
 
-    def _start(self) -> list[dict[str, Any]]:
+    def _start(self, model: object) -> list[dict[str, Any]]:
         if self._started:
             return []
         self._started = True
+        if isinstance(model, str) and model:
+            self._model = model  # as the provider named it, as a pass-through reports it
         message: dict[str, Any] = {
             "id": self._id,
             "type": "message",
@@ -217,21 +243,31 @@ class MessageStreamTranslator:
     def _tool(self, call: Mapping[str, Any]) -> list[dict[str, Any]]:
         position = call.get("index", 0)
         function = call.get("function") or {}
+        arguments = function.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else ""
         events: list[dict[str, Any]] = []
-        if position not in self._tools:
+        if position not in self._tools and position not in self._held:
             block: dict[str, Any] = {
                 "type": "tool_use",
                 "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
                 "name": function.get("name") or "",
                 "input": {},
             }
+            if self._live is not None:
+                # Another call is still open and may get more arguments: hold this one back.
+                self._held[position] = (block, [arguments] if arguments else [])
+                return []
             events = self._close() + self._begin(block)
             self._tools[position] = self._blocks - 1
-        if function.get("arguments"):
-            # Arguments for an earlier, already closed call still name its block index, which
-            # clients accumulate by; servers send each call whole before the next in practice.
-            delta = {"type": "input_json_delta", "partial_json": function["arguments"]}
+            self._live = position
+        elif position in self._held:
+            if arguments:
+                self._held[position][1].append(arguments)
+            return []
+        if arguments:
             index = self._tools[position]
+            # A closed call's late arguments (text came in between) can only name its block.
+            delta = {"type": "input_json_delta", "partial_json": arguments}
             events.append({"type": "content_block_delta", "index": index, "delta": delta})
         return events
 
@@ -245,10 +281,22 @@ class MessageStreamTranslator:
         return events
 
     def _close(self) -> list[dict[str, Any]]:
-        if self._open is None:
-            return []
-        index, self._open, self._open_kind = self._open, None, None
-        return [{"type": "content_block_stop", "index": index}]
+        """Stop the open block, then send each held tool call whole, in order."""
+        events: list[dict[str, Any]] = []
+        if self._open is not None:
+            events.append({"type": "content_block_stop", "index": self._open})
+            self._open, self._open_kind, self._live = None, None, None
+        for position in sorted(self._held):
+            block, parts = self._held[position]
+            events += self._begin(block)
+            index = self._tools[position] = self._blocks - 1
+            if parts:
+                delta = {"type": "input_json_delta", "partial_json": "".join(parts)}
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
+            events.append({"type": "content_block_stop", "index": index})
+            self._open, self._open_kind = None, None
+        self._held.clear()
+        return events
 
     def _error(self, error: object) -> dict[str, Any]:
         details = error if isinstance(error, Mapping) else {"message": str(error)}
@@ -447,7 +495,10 @@ def _text(content: object) -> str:
     return ""
 
 
-def _message_id() -> str:
+def _message_id(upstream: object = None) -> str:
+    """An Anthropic-style message id: the provider's own when it is one, else a new one."""
+    if isinstance(upstream, str) and upstream.startswith("msg_"):
+        return upstream
     return f"msg_{uuid.uuid4().hex[:24]}"
 
 

@@ -11,18 +11,24 @@ file ids); a translated call has none, so requests that need it are refused here
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from otari_server.providers.anthropic import TranslationError
+from otari_server.providers.anthropic import TranslationError, thinking_block
 
 # finish_reason -> why a response is incomplete; any other finish completes it.
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 # Request fields that need state kept by a Responses API provider.
 STATEFUL = ("previous_response_id", "conversation", "prompt")
+
+# The `include` value asking for reasoning items that carry their signed thinking.
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 # Request fields echoed back on the response object as they were sent (None when absent).
 _ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "user")
@@ -55,6 +61,11 @@ def to_chat_request(body: Mapping[str, Any], *, model: str | None = None) -> dic
             request["tool_choice"] = _tool_choice(body["tool_choice"])
     if (response_format := _response_format(body.get("text"))) is not None:
         request["response_format"] = response_format
+    include = body.get("include")
+    if isinstance(include, list) and "message.output_text.logprobs" in include:
+        request["logprobs"] = True  # chat's way to ask; a provider that cannot refuses it
+    if body.get("top_logprobs") is not None:
+        request.update(logprobs=True, top_logprobs=body["top_logprobs"])
     reasoning = body.get("reasoning")
     if isinstance(reasoning, Mapping) and isinstance(reasoning.get("effort"), str):
         request["reasoning_effort"] = reasoning["effort"]
@@ -72,15 +83,29 @@ def to_response(
     response_id: str | None = None,
     created_at: int | None = None,
 ) -> dict[str, Any]:
-    """Translate an OpenAI chat.completion into a Responses API `response` object."""
+    """Translate an OpenAI chat.completion into a Responses API `response` object.
+
+    The model is the one the provider named (`model` is the fallback). Each thinking block
+    becomes a reasoning item; with `include: ["reasoning.encrypted_content"]` in the request
+    it carries `encrypted_content` (the block with its signature, opaque to the client), which
+    the client sends back in its next input so the provider sees its thinking again.
+    """
     choice = (completion.get("choices") or [{}])[0]
     reply = choice.get("message") or {}
     finish = choice.get("finish_reason")
     status = "incomplete" if finish in INCOMPLETE else "completed"
     output: list[dict[str, Any]] = []
-    reasoning = reply.get("reasoning_content") or reply.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
-        output.append(_reasoning_item(_id("rs"), reasoning, "completed"))
+    blocks = reply.get("thinking_blocks")
+    if isinstance(blocks, list) and blocks:
+        encrypted = wants_encrypted_reasoning(request)
+        # A redacted block has no text: only its encrypted content is of use to a client.
+        output += [_thinking_item(block, encrypted) for block in blocks
+                   if isinstance(block, Mapping)
+                   and (encrypted or block.get("type") != "redacted_thinking")]
+    else:
+        reasoning = reply.get("reasoning_content") or reply.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            output.append(_reasoning_item(_id("rs"), reasoning, "completed"))
     text = _text(reply.get("content"))
     refusal = reply.get("refusal")
     if text or (isinstance(refusal, str) and refusal):
@@ -93,13 +118,13 @@ def to_response(
                 _id("fc"),
                 call.get("id") or _id("call"),
                 function.get("name") or "",
-                function.get("arguments") or "",
+                function.get("arguments") or "{}",
                 "completed",
             )
         )
     response = envelope(
         request,
-        model=model or completion.get("model", ""),
+        model=completion.get("model") or model or "",
         response_id=response_id or _id("resp"),
         created_at=created_at,
     )
@@ -108,6 +133,35 @@ def to_response(
         response["incomplete_details"] = {"reason": INCOMPLETE[str(finish)]}
     response["completed_at"] = int(time.time()) if status == "completed" else None
     return response
+
+
+def wants_encrypted_reasoning(request: Mapping[str, Any]) -> bool:
+    """True when the client asked for reasoning items it can send back (stateless use)."""
+    include = request.get("include")
+    return isinstance(include, list) and ENCRYPTED_REASONING in include
+
+
+def encrypt_thinking(block: Mapping[str, Any]) -> str:
+    """A reasoning item's `encrypted_content` for a thinking block: the block itself, its
+    signature included, as base64 of compact JSON (Anthropic signs it; otari keeps nothing)."""
+    known = thinking_block(block)
+    return base64.b64encode(json.dumps(known, separators=(",", ":")).encode()).decode()
+
+
+def decrypt_thinking(content: object) -> dict[str, Any] | None:
+    """The thinking block in an `encrypted_content`, None when it holds none of ours (another
+    provider's reasoning, which only that provider can read)."""
+    if not isinstance(content, str):
+        return None
+    try:
+        block = json.loads(base64.b64decode(content, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+    fields = {"thinking": ("thinking", "signature"), "redacted_thinking": ("data",)}
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind not in fields or not all(isinstance(block.get(f), str) for f in fields[kind]):
+        return None
+    return {"type": kind, **{f: block[f] for f in fields[kind]}}
 
 
 def responses_usage(usage: object) -> dict[str, Any] | None:
@@ -178,6 +232,12 @@ class ResponseStreamTranslator:
     `feed` opens the stream (response.created, response.in_progress) with its first call;
     call `finish()` when the chat stream ends, for the closing events and response.completed
     (or response.incomplete), or `fail(message)` when it broke off.
+
+    Items stream one at a time, each one's events between its output_item.added and .done: a
+    function call that starts while another is open is held back and sent whole once the open
+    one is done. A chunk's `thinking_blocks` entry completes the open reasoning item (and gives
+    it `encrypted_content` when the request's `include` asks for it). The response reports the
+    model the chunks name (`model` is the fallback).
     """
 
     def __init__(
@@ -191,11 +251,14 @@ class ResponseStreamTranslator:
         self._response = envelope(
             request, model=model, response_id=response_id or _id("resp"), created_at=created_at
         )
+        self._encrypted = wants_encrypted_reasoning(request)
         self._sequence = 0
         self._started = False
         self._output: list[dict[str, Any]] = []  # items as they stand
         self._open: int | None = None  # output index of the item still receiving deltas
         self._calls: dict[int, int] = {}  # chat tool call index -> output index
+        self._live: int | None = None  # chat tool call index of the open function call
+        self._held: dict[int, dict[str, Any]] = {}  # chat tool call index -> item held back
         self._chat_usage: Mapping[str, Any] | None = None
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -205,7 +268,7 @@ class ResponseStreamTranslator:
         """Translate one chunk into zero or more events."""
         if self.done:
             return []
-        events = self._start()
+        events = self._start(chunk.get("model"))
         if chunk.get("error"):
             error = chunk["error"]
             details = error if isinstance(error, Mapping) else {"message": str(error)}
@@ -213,7 +276,7 @@ class ResponseStreamTranslator:
         if isinstance(chunk.get("usage"), Mapping):
             self._chat_usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) == 0:
+            if isinstance(choice, Mapping) and choice.get("index", 0) == 0:
                 events += self._choice(choice)
         return events
 
@@ -254,32 +317,24 @@ class ResponseStreamTranslator:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             events += self._text("reasoning", reasoning)
+        for block in delta.get("thinking_blocks") or ():
+            if isinstance(block, Mapping):
+                events += self._thinking(block)
         if isinstance(delta.get("content"), str) and delta["content"]:
             events += self._text("message", delta["content"])
         if isinstance(delta.get("refusal"), str) and delta["refusal"]:
             events += self._text("refusal", delta["refusal"])
         for call in delta.get("tool_calls") or ():
-            events += self._tool(call)
+            if isinstance(call, Mapping):
+                events += self._tool(call)
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         return events
 
     def _text(self, kind: str, text: str) -> list[dict[str, Any]]:
         """A text delta of an assistant message ("message", "refusal") or of reasoning."""
-        item_kind = "reasoning" if kind == "reasoning" else "message"
         part_kind = {"reasoning": "reasoning_text", "message": "output_text"}.get(kind, "refusal")
-        events: list[dict[str, Any]] = []
-        item = self._output[self._open] if self._open is not None else None
-        if item is None or item.get("_part", {}).get("type") != part_kind:
-            events += self._close("completed")
-            if item_kind == "reasoning":
-                item = self._add(_reasoning_item(_id("rs"), None, "in_progress"))
-            else:
-                item = self._add(_message_item(_id("msg"), [], "in_progress"))
-            events.append(self._item_event("response.output_item.added", item))
-            part = _empty_part(part_kind)
-            item["_part"] = part
-            events.append(self._part_event("response.content_part.added", item, part))
+        events, item = self._text_item(part_kind)
         part = item["_part"]
         field = "refusal" if part_kind == "refusal" else "text"
         part[field] += text
@@ -294,35 +349,64 @@ class ResponseStreamTranslator:
         events.append(self._event(name, **self._where(item), content_index=0, **fields))
         return events
 
+    def _text_item(self, part_kind: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The open item taking `part_kind` text, opened (the previous one closed) if needed."""
+        item = self._output[self._open] if self._open is not None else None
+        if item is not None and item.get("_part", {}).get("type") == part_kind:
+            return [], item
+        events = self._close("completed")
+        if part_kind == "reasoning_text":
+            item = self._add(_reasoning_item(_id("rs"), None, "in_progress"))
+        else:
+            item = self._add(_message_item(_id("msg"), [], "in_progress"))
+        events.append(self._item_event("response.output_item.added", item))
+        part = _empty_part(part_kind)
+        item["_part"] = part
+        events.append(self._part_event("response.content_part.added", item, part))
+        return events, item
+
+    def _thinking(self, block: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A complete thinking block: it ends the reasoning item its text streamed into."""
+        if block.get("type") == "redacted_thinking":
+            if not self._encrypted:
+                return []  # nothing readable, and the client did not ask for it back
+            events = self._close("completed")
+            item = self._add(_reasoning_item(_id("rs"), None, "in_progress"))
+            events.append(self._item_event("response.output_item.added", item))
+        else:
+            events, item = self._text_item("reasoning_text")
+        if self._encrypted:
+            item["encrypted_content"] = encrypt_thinking(block)
+        return events + self._close("completed")
+
     def _tool(self, call: Mapping[str, Any]) -> list[dict[str, Any]]:
         position = call.get("index", 0)
         function = call.get("function") or {}
+        arguments = function.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else ""
+        if position in self._held:
+            self._held[position]["arguments"] += arguments
+            return []
         events: list[dict[str, Any]] = []
         if position not in self._calls:
+            item = _function_item(_id("fc"), call.get("id") or _id("call"),
+                                  function.get("name") or "", arguments, "in_progress")
+            if self._live is not None:
+                # Another call is still open and may get more arguments: hold this one back.
+                self._held[position] = item
+                return []
             events += self._close("completed")
-            item = self._add(
-                _function_item(
-                    _id("fc"),
-                    call.get("id") or _id("call"),
-                    function.get("name") or "",
-                    "",
-                    "in_progress",
-                )
-            )
+            item["arguments"] = ""
+            self._add(item)
             self._calls[position] = item["_index"]
+            self._live = position
             events.append(self._item_event("response.output_item.added", item))
         item = self._output[self._calls[position]]
-        if function.get("arguments"):
-            # Arguments for an earlier, closed call still name its item; servers send each call
-            # whole before the next in practice.
-            item["arguments"] += function["arguments"]
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    **self._where(item),
-                    delta=function["arguments"],
-                )
-            )
+        if arguments:
+            # A closed call's late arguments (text came in between) can only name its item.
+            item["arguments"] += arguments
+            events.append(self._event("response.function_call_arguments.delta",
+                                      **self._where(item), delta=arguments))
         return events
 
     def _add(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -332,13 +416,36 @@ class ResponseStreamTranslator:
         return item
 
     def _close(self, status: str) -> list[dict[str, Any]]:
-        """The done events of the open item, which becomes `status`."""
+        """The done events of the open item, which becomes `status`; then each held call."""
+        events = self._done(status)
+        for position in sorted(self._held):
+            item = self._add(self._held[position])
+            self._calls[position] = item["_index"]
+            arguments, item["arguments"] = item["arguments"], ""
+            events.append(self._item_event("response.output_item.added", item))
+            if arguments:
+                item["arguments"] = arguments
+                events.append(self._event("response.function_call_arguments.delta",
+                                          **self._where(item), delta=arguments))
+            events += self._done(status)
+        self._held.clear()
+        return events
+
+    def _done(self, status: str) -> list[dict[str, Any]]:
         if self._open is None:
             return []
-        item, self._open = self._output[self._open], None
+        item, self._open, self._live = self._output[self._open], None, None
         item["status"] = status
         if item["type"] == "function_call":
+            if not item["arguments"]:
+                # A call without arguments: "{}", as the non-streamed answer has it.
+                item["arguments"] = "{}"
+                events = [self._event("response.function_call_arguments.delta",
+                                      **self._where(item), delta="{}")]
+            else:
+                events = []
             return [
+                *events,
                 self._event(
                     "response.function_call_arguments.done",
                     **self._where(item),
@@ -346,6 +453,8 @@ class ResponseStreamTranslator:
                 ),
                 self._item_event("response.output_item.done", item),
             ]
+        if "_part" not in item:  # a redacted reasoning item: nothing but its encrypted content
+            return [self._item_event("response.output_item.done", item)]
         part = item.pop("_part")
         if part["type"] == "reasoning_text":
             done = self._event(
@@ -368,10 +477,12 @@ class ResponseStreamTranslator:
 
     # -- events -----------------------------------------------------------------------------
 
-    def _start(self) -> list[dict[str, Any]]:
+    def _start(self, model: object = None) -> list[dict[str, Any]]:
         if self._started:
             return []
         self._started = True
+        if isinstance(model, str) and model:
+            self._response["model"] = model  # as the provider named it
         response = self._snapshot()
         return [
             self._event("response.created", response=response),
@@ -434,6 +545,15 @@ def _reasoning_item(item_id: str, text: str | None, status: str) -> dict[str, An
             "content": content}
 
 
+def _thinking_item(block: Mapping[str, Any], encrypted: bool) -> dict[str, Any]:
+    """The reasoning item of one thinking block (redacted: no text), signed when asked."""
+    text = block.get("thinking") if block.get("type") == "thinking" else None
+    item = _reasoning_item(_id("rs"), text if isinstance(text, str) else None, "completed")
+    if encrypted:
+        item["encrypted_content"] = encrypt_thinking(block)
+    return item
+
+
 def _function_item(
     item_id: str, call_id: str, name: str, arguments: str, status: str
 ) -> dict[str, Any]:
@@ -467,6 +587,7 @@ def _input(value: object, where: str = "input") -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise TranslationError(f"{where}: expected a string or a list of items")
     messages: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] = []  # from reasoning items, for the next assistant turn
     for i, item in enumerate(value):
         at = f"{where}[{i}]"
         if not isinstance(item, Mapping):
@@ -474,6 +595,9 @@ def _input(value: object, where: str = "input") -> list[dict[str, Any]]:
         kind = item.get("type", "message")
         if kind == "message":
             messages.append(_message(item, at))
+            if thinking and messages[-1]["role"] == "assistant":
+                messages[-1]["thinking_blocks"] = thinking
+                thinking = []
         elif kind == "function_call":
             call = {
                 "id": _string(item.get("call_id"), f"{at}.call_id"),
@@ -487,7 +611,11 @@ def _input(value: object, where: str = "input") -> list[dict[str, Any]]:
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
             else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                last = {"role": "assistant", "content": None, "tool_calls": [call]}
+                messages.append(last)
+            if thinking:
+                last["thinking_blocks"] = [*last.get("thinking_blocks", ()), *thinking]
+                thinking = []
         elif kind == "function_call_output":
             messages.append(
                 {
@@ -497,7 +625,11 @@ def _input(value: object, where: str = "input") -> list[dict[str, Any]]:
                 }
             )
         elif kind == "reasoning":
-            continue  # a model's own reasoning, meaningful only to the provider that wrote it
+            # Thinking this gateway returned (encrypted_content) goes back to the provider as
+            # the thinking block it was; other reasoning only its own provider can read.
+            block = decrypt_thinking(item.get("encrypted_content"))
+            if block is not None:
+                thinking.append(block)
         elif kind == "item_reference":
             raise TranslationError(f"{at}: item references need a provider that stores items")
         else:

@@ -75,8 +75,11 @@ async def run(call: Call, upstream_model: str, plan: Plan, toolbox: Toolbox,
                 f"the model still asked for tools after {plan.max_iterations} tool "
                 f"iteration(s), the request's max_tool_iterations (at most {MAX_ITERATIONS})",
                 param="max_tool_iterations", code="tool_iterations_exceeded")
-        messages.append({"role": "assistant", "content": message.get("content"),
-                         "tool_calls": calls})
+        turn = {"role": "assistant", "content": message.get("content"), "tool_calls": calls}
+        if message.get("thinking_blocks"):
+            # With thinking on, Anthropic wants the turn's signed thinking back before its calls.
+            turn["thinking_blocks"] = message["thinking_blocks"]
+        messages.append(turn)
         messages.extend(await toolbox.run_all(ours))
     raise AssertionError("unreachable: the last iteration returns or raises")
 

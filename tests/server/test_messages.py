@@ -135,8 +135,9 @@ def test_stream_is_the_exact_anthropic_event_sequence(gateway: Gateway, upstream
     assert all(data["type"] == name for name, data in events)
     start = events[0][1]["message"]
     assert start["role"] == "assistant" and start["content"] == []
-    # Pass-through relays the provider's bytes unchanged (its model name included).
-    assert start["model"] == ("claude-sonnet" if upstream == "claude" else "fake:gpt-4o-mini")
+    # Both report the model as the provider named it: pass-through relays the provider's
+    # bytes unchanged, translation takes the name from the provider's chunks.
+    assert start["model"] == ("claude-sonnet" if upstream == "claude" else "gpt-4o-mini")
     text = "".join(data["delta"]["text"] for name, data in events
                    if name == "content_block_delta")
     assert text == DEFAULT_TEXT
@@ -364,7 +365,7 @@ def test_budget_refusal_in_anthropic_shape(gateway: Gateway,
     assert info.value.status_code == 402
     body = info.value.body
     assert isinstance(body, dict) and body["type"] == "error"
-    assert body["error"]["type"] == "permission_error"
+    assert body["error"]["type"] == "billing_error"
     assert "Budget exceeded for user 'poor'" in body["error"]["message"]
     assert fake_of(gateway, upstream).requests == []
     assert gateway.get_user("poor")["reserved"] == 0

@@ -136,7 +136,7 @@ def test_chat_through_anthropic_json(
         seed=4,
     )
     assert completion.choices[0].message.content == DEFAULT_TEXT
-    assert completion.model == "anthropic:claude-fake"
+    assert completion.model == "claude-fake"  # as the provider named it
     sent = fake_anthropic.last.body
     assert sent["system"] == "Be kind." and sent["temperature"] == 1.0
     assert sent["metadata"] == {"user_id": "alice"}

@@ -280,8 +280,9 @@ def completion(message: dict[str, Any], finish: str = "stop", **usage: Any) -> d
 
 def test_text_response() -> None:
     message = to_message(completion({"role": "assistant", "content": "Hello!"}))
+    assert message["id"].startswith("msg_") and len(message["id"]) == 28
     assert message == {
-        "id": "chatcmpl-1",
+        "id": message["id"],
         "type": "message",
         "role": "assistant",
         "model": "gpt-4o-mini",
@@ -319,7 +320,7 @@ def test_tool_call_response_with_reasoning() -> None:
         {"type": "tool_use", "id": "call_2", "name": "g", "input": {}},
     ]
     assert message["stop_reason"] == "tool_use"
-    assert message["model"] == "openai:gpt-4o-mini"
+    assert message["model"] == "gpt-4o-mini"  # as the provider named it
     Message.model_validate(message)
 
 
@@ -511,3 +512,108 @@ def test_reasoning_models_take_the_limit_as_max_completion_tokens() -> None:
     request = to_chat_request(body, limit_field="max_completion_tokens")
     assert request["max_completion_tokens"] == 7
     assert "max_tokens" not in request
+
+
+# -- parallel tool calls, stop strings, model and id (issues 12, 18, 22) ----------------------
+
+def sdk_inputs_at_block_stop(events: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """What the official SDK's accumulator holds for each tool_use block at its stop."""
+    from anthropic.lib.streaming._messages import accumulate_event
+
+    snapshot = None
+    buffers: dict[int, bytes] = {}
+    seen = []
+    for event in events:
+        if event["type"] == "ping":
+            continue
+        snapshot = accumulate_event(event=EVENT.validate_python(event),
+                                    current_snapshot=snapshot, json_bufs=buffers)
+        if event["type"] == "content_block_stop":
+            block = snapshot.content[event["index"]]
+            if block.type == "tool_use":
+                seen.append((block.name, block.input))
+    return seen
+
+
+def test_interleaved_parallel_tool_calls_keep_each_block_whole() -> None:
+    def head(index: int, name: str) -> dict[str, Any]:
+        return {"index": index, "id": f"call_{index}", "type": "function",
+                "function": {"name": name, "arguments": ""}}
+
+    def part(index: int, text: str) -> dict[str, Any]:
+        return {"index": index, "function": {"arguments": text}}
+
+    chunks = [
+        chunk({"role": "assistant", "content": None}),
+        chunk({"tool_calls": [head(0, "weather")]}),
+        chunk({"tool_calls": [head(1, "time")]}),
+        chunk({"tool_calls": [part(0, '{"city":')]}),
+        chunk({"tool_calls": [part(1, '{"zone":')]}),
+        chunk({"tool_calls": [part(0, '"Paris"}')]}),
+        chunk({"tool_calls": [part(1, '"CET"}')]}),
+        chunk({"tool_calls": [head(2, "noop")]}),
+        chunk({}, "tool_calls"),
+        chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}),
+    ]
+    _, events = run(chunks)
+    # Every delta between its block's start and stop; one block open at a time.
+    open_block = None
+    for event in events:
+        if event["type"] == "content_block_start":
+            assert open_block is None
+            open_block = event["index"]
+        elif event["type"] == "content_block_delta":
+            assert event["index"] == open_block
+        elif event["type"] == "content_block_stop":
+            assert event["index"] == open_block
+            open_block = None
+    assert sdk_inputs_at_block_stop(events) == [
+        ("weather", {"city": "Paris"}), ("time", {"zone": "CET"}), ("noop", {})]
+    assert [e["content_block"]["id"] for e in events if e["type"] == "content_block_start"] == [
+        "call_0", "call_1", "call_2"]
+    assert events[-2]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+
+
+def test_text_after_held_tool_calls_closes_them_first() -> None:
+    calls = [{"index": 0, "id": "a", "type": "function",
+              "function": {"name": "f", "arguments": "{}"}},
+             {"index": 1, "id": "b", "type": "function",
+              "function": {"name": "g", "arguments": '{"x":1}'}}]
+    _, events = run([chunk({"tool_calls": calls}), chunk({"content": "done"}), chunk({}, "stop")])
+    assert [(e["type"], e.get("index")) for e in events[1:-2]] == [
+        ("content_block_start", 0), ("ping", None), ("content_block_delta", 0),
+        ("content_block_stop", 0), ("content_block_start", 1), ("content_block_delta", 1),
+        ("content_block_stop", 1), ("content_block_start", 2), ("content_block_delta", 2),
+        ("content_block_stop", 2)]
+    assert sdk_inputs_at_block_stop(events) == [("f", {}), ("g", {"x": 1})]
+
+
+def test_a_matched_stop_string_is_a_stop_sequence() -> None:
+    # vLLM names the stop string that matched as the choice's stop_reason.
+    reply = {"role": "assistant", "content": "one two"}
+    answer = completion(reply)
+    answer["choices"][0]["stop_reason"] = "THREE"
+    message = to_message(answer)
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "THREE")
+    # A stop token id (an int) or no match is an ordinary end of turn.
+    for matched in (128001, None):
+        answer["choices"][0]["stop_reason"] = matched
+        assert (to_message(answer)["stop_reason"], to_message(answer)["stop_sequence"]) == (
+            "end_turn", None)
+    final = {"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "THREE"}
+    translator, events = run([chunk({"content": "one two"}),
+                              {"id": "chatcmpl-1", "choices": [final]}])
+    assert events[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "THREE"}
+    assert (translator.stop_reason, translator.stop_sequence) == ("stop_sequence", "THREE")
+
+
+def test_stream_reports_the_providers_model_and_a_message_id() -> None:
+    translator = MessageStreamTranslator(model="fake:gpt-4o-mini", input_tokens=3)
+    events = translator.feed(chunk({"content": "hi"}, model="gpt-4o-mini-2024-07-18"))
+    start = events[0]["message"]
+    assert start["model"] == "gpt-4o-mini-2024-07-18"
+    assert start["id"].startswith("msg_")
+    # Without a model in the chunks the name the client asked for stands in.
+    assert MessageStreamTranslator(model="fake:m").finish()[0]["message"]["model"] == "fake:m"
+    assert to_message({"choices": []}, model="fake:m")["model"] == "fake:m"
+    assert to_message({"id": "msg_abc", "choices": []})["id"] == "msg_abc"

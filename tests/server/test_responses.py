@@ -215,7 +215,7 @@ def test_anthropic_json_translated_both_ways(gateway: Gateway) -> None:
                                     input="hello there", max_output_tokens=100,
                                     temperature=0.5)
     assert reply.output_text == DEFAULT_TEXT and reply.status == "completed"
-    assert reply.model == CLAUDE_MODEL and reply.id.startswith("resp_")
+    assert reply.model == "claude-sonnet" and reply.id.startswith("resp_")  # provider's name
     assert reply.output[0].type == "message" and reply.output[0].role == "assistant"
     usage = reply.usage
     assert usage is not None and (usage.input_tokens, usage.output_tokens) == (4, 5)

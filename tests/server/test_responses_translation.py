@@ -184,7 +184,7 @@ def test_a_completion_becomes_a_valid_response() -> None:
     assert message.type == "message" and message.status == "completed"
     assert call.type == "function_call" and call.call_id == "toolu_9"
     assert (call.name, call.arguments) == ("f", '{"x":1}')
-    assert parsed.model == "claude:c" and parsed.instructions == "be brief"
+    assert parsed.model == "m" and parsed.instructions == "be brief"  # as the provider named it
     assert parsed.max_output_tokens == 50 and parsed.user == "alice"
     assert parsed.metadata == {"k": "v"} and parsed.temperature == 0.5
     assert parsed.tools[0].type == "function" and parsed.store is False
@@ -339,3 +339,151 @@ def test_fake_answers_parse_as_sdk_types() -> None:
         events = valid_events([json.loads(line.removeprefix("data: ")) for line in lines[1::2]])
         assert names == [e["type"] for e in events]
         assert Response.model_validate(events[-1]["response"]).output_text == DEFAULT_TEXT
+
+
+# -- reasoning with its signature, parallel calls, calls without arguments (issues 12, 18) ----
+
+THINKING = {"type": "thinking", "thinking": "Need f.", "signature": "sig-1"}
+REDACTED = {"type": "redacted_thinking", "data": "opaque=="}
+ENCRYPTED = {"include": ["reasoning.encrypted_content"]}
+
+
+def test_reasoning_items_carry_the_signed_thinking_when_asked() -> None:
+    reply = {"role": "assistant", "content": None, "reasoning_content": "Need f.",
+             "thinking_blocks": [THINKING, REDACTED],
+             "tool_calls": [{"id": "toolu_1", "type": "function",
+                             "function": {"name": "f", "arguments": "{}"}}]}
+    asked = to_response(completion(reply, "tool_calls"), {"model": "m", "input": "x",
+                                                          **ENCRYPTED})
+    first, second, call = Response.model_validate(asked).output
+    assert first.type == "reasoning" and first.content is not None
+    assert first.content[0].text == "Need f." and first.encrypted_content is not None
+    assert second.type == "reasoning" and second.content == []
+    assert call.type == "function_call"
+    # Turn 2: the items go back as input and reach Anthropic as the blocks they were.
+    items = [{"role": "user", "content": "go"},
+             {"type": "reasoning", "id": first.id, "summary": [],
+              "encrypted_content": first.encrypted_content},
+             {"type": "reasoning", "id": second.id, "summary": [],
+              "encrypted_content": second.encrypted_content},
+             {"type": "function_call", "call_id": "toolu_1", "name": "f", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "toolu_1", "output": "done"}]
+    chat = to_chat_request({"model": "m", "input": items, "reasoning": {"effort": "high"}})
+    assert chat["messages"][1]["thinking_blocks"] == [THINKING, REDACTED]
+    outgoing = anthropic_wire.to_messages_request(chat, model="claude")
+    assert outgoing["messages"][1]["content"] == [
+        THINKING, REDACTED, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]
+    # Not asked: the text only, and no redacted item (nothing in it a client could use).
+    plain = to_response(completion(reply, "tool_calls"), {"model": "m", "input": "x"})
+    assert [item["type"] for item in plain["output"]] == ["reasoning", "function_call"]
+    assert "encrypted_content" not in plain["output"][0]
+
+
+def test_foreign_or_missing_encrypted_reasoning_is_left_out_and_thinking_asks_for_it() -> None:
+    items = [{"role": "user", "content": "go"},
+             {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA=="},
+             {"type": "function_call", "call_id": "toolu_1", "name": "f", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "toolu_1", "output": "done"}]
+    chat = to_chat_request({"model": "m", "input": items, "reasoning": {"effort": "high"}})
+    assert "thinking_blocks" not in chat["messages"][1]
+    with pytest.raises(TranslationError, match="must keep its thinking"):
+        anthropic_wire.to_messages_request(chat, model="claude")
+
+
+def sdk_state(events: list[dict[str, Any]]) -> Any:
+    """Feed events to the openai SDK's own stream accumulator; return its final response."""
+    from openai._types import omit
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+
+    state: Any = ResponseStreamState(input_tools=omit, text_format=omit)
+    for event in events:
+        state.handle_event(EVENTS.validate_python(event))
+    return state
+
+
+def test_stream_reasoning_items_and_calls_without_arguments() -> None:
+    anthropic_events = [
+        {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet",
+            "content": [], "stop_reason": None, "usage": {"input_tokens": 12,
+                                                         "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "thinking_delta", "thinking": "Need f."}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "signature_delta", "signature": "sig-1"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": REDACTED},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_start", "index": 2,
+         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}},
+        {"type": "content_block_stop", "index": 2},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+         "usage": {"output_tokens": 5}},
+        {"type": "message_stop"},
+    ]
+    for request in ({"model": "claude:c", "input": "x", **ENCRYPTED},
+                    {"model": "claude:c", "input": "x"}):
+        chunks = ChatStreamTranslator(model="claude:c", include_usage=True)
+        translator = ResponseStreamTranslator(request, model="claude:c")
+        events = [e for a in anthropic_events for c in chunks.feed(a) for e in translator.feed(c)]
+        events = valid_events(events + translator.finish())
+        final = events[-1]["response"]
+        assert final["model"] == "claude-sonnet"
+        done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+        assert done == final["output"]
+        calls = [item for item in final["output"] if item["type"] == "function_call"]
+        assert [(c["name"], c["arguments"]) for c in calls] == [("f", "{}")]
+        response = sdk_state(events)._completed_response
+        assert [item.type for item in response.output] == [
+            item["type"] for item in final["output"]]
+        if "include" in request:
+            assert [item["type"] for item in final["output"]] == [
+                "reasoning", "reasoning", "function_call"]
+            from otari_server.providers.responses import decrypt_thinking
+            assert [decrypt_thinking(item["encrypted_content"]) for item in final["output"][:2]
+                    ] == [THINKING, REDACTED]
+        else:
+            assert [item["type"] for item in final["output"]] == ["reasoning", "function_call"]
+            assert "encrypted_content" not in final["output"][0]
+
+
+def test_stream_interleaved_calls_keep_each_item_whole() -> None:
+    def head(index: int, name: str) -> dict[str, Any]:
+        return {"index": index, "id": f"call_{index}", "type": "function",
+                "function": {"name": name, "arguments": ""}}
+
+    def part(index: int, text: str) -> dict[str, Any]:
+        return {"index": index, "function": {"arguments": text}}
+
+    translator = ResponseStreamTranslator({"model": "m", "input": "x"}, model="m")
+    chunks = [chunk({"tool_calls": [head(0, "a"), head(1, "b")]}),
+              chunk({"tool_calls": [part(1, '{"y":')]}), chunk({"tool_calls": [part(0, '{"x":')]}),
+              chunk({"tool_calls": [part(1, "2}")]}), chunk({"tool_calls": [part(0, "1}")]}),
+              chunk({}, "tool_calls")]
+    events = valid_events([e for c in chunks for e in translator.feed(c)] + translator.finish())
+    open_item = None
+    for event in events:
+        if event["type"] == "response.output_item.added":
+            assert open_item is None
+            open_item = event["output_index"]
+        elif "output_index" in event and event["type"] != "response.output_item.done":
+            assert event["output_index"] == open_item
+        elif event["type"] == "response.output_item.done":
+            assert event["output_index"] == open_item
+            open_item = None
+    final = sdk_state(events)._completed_response
+    assert [(item.name, item.arguments) for item in final.output] == [
+        ("a", '{"x":1}'), ("b", '{"y":2}')]
+
+
+@pytest.mark.parametrize("fields", [{"include": ["message.output_text.logprobs"]},
+                                    {"top_logprobs": 2}])
+def test_logprobs_asked_through_responses_are_refused_by_anthropic(fields: dict[str, Any]) -> None:
+    chat = to_chat_request({"model": "m", "input": "x", **fields})
+    assert chat["logprobs"] is True
+    with pytest.raises(TranslationError) as refused:
+        anthropic_wire.to_messages_request(chat, model="claude")
+    assert str(refused.value) == (
+        "logprobs: unsupported, anthropic providers do not return log probabilities")

@@ -20,7 +20,7 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 
-from tests.fakes import Behaviour, Received, ToolCall
+from tests.fakes import Behaviour, Received, ToolCall, thinking_signature
 from tests.fakes_tools import SANDBOX_TOKEN, FakeSandbox, FakeSearx, McpFake
 from tests.gateway import Gateway, gateway_factory_fixture
 
@@ -535,6 +535,23 @@ def test_anthropic_providers_loop_through_the_translation(
     [row] = gateway.usage(1)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, completion)
     assert row["cost"] == cost(prompt, completion, 3, 15)
+
+
+def test_anthropic_thinking_survives_the_gateway_tool_loop(
+        gateway: Gateway, mcp_server: McpFake) -> None:
+    claude = gateway.anthropic_fake
+    thought = "Add them with the tool"
+    claude.push(thinking=thought, tool_calls=(ToolCall("calc__add", {"a": 20, "b": 22}),))
+    claude.push(text="Forty-two")
+    reply = ask(gateway, model="claude:claude-sonnet", mcp_servers=[calc(mcp_server)],
+                reasoning_effort="low")
+    assert reply.choices[0].message.content == "Forty-two"
+    second = claude.last.body
+    assert second["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    # The signed thinking went back first in the assistant turn, as the provider requires.
+    assert second["messages"][1]["content"][0] == {
+        "type": "thinking", "thinking": thought, "signature": thinking_signature(thought)}
+    assert second["messages"][1]["content"][1]["type"] == "tool_use"
 
 
 def test_mcp_sessions_outlive_slow_model_calls(
