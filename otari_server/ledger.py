@@ -68,6 +68,8 @@ class Settlement:
     error_message: str | None = None
     latency_ms: int | None = None
     request_id: str | None = None
+    # Where the cost's price came from (pricing.Price.source); None when unpriced.
+    price_source: str | None = None
     # Rate-limit subjects whose tokens-per-minute this request's tokens count toward.
     rate_subjects: tuple[str, ...] = ()
     id: str = ""  # the request id when there is one (see Ledger.record)
@@ -259,7 +261,7 @@ def _usage_row(s: Settlement) -> dict[str, Any]:
             "cache_read_tokens": s.cache_read_tokens, "cache_write_tokens": s.cache_write_tokens,
             "counts_toward_budget": s.counts_toward_budget, "cost": s.cost, "status": s.status,
             "error_message": s.error_message, "latency_ms": s.latency_ms,
-            "request_id": s.request_id}
+            "request_id": s.request_id, "price_source": s.price_source}
 
 
 def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:

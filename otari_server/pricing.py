@@ -60,6 +60,9 @@ class Price:
     per_audio_second: Decimal | None = None
     per_million_characters: Decimal | None = None
     per_request: Decimal | None = None
+    # Where it came from, recorded on usage rows: "pricing" (the table) or "genai-prices"
+    # (the [pricing] fallback for a model without an entry).
+    source: str = "pricing"
 
     def cost(self, used: Consumption) -> Decimal:
         """Exact cost of one request.
@@ -115,11 +118,17 @@ def load_prices(session: Session, model_key: str) -> list[Price]:
 
 
 class PriceBook:
-    """Prices by model, cached for `ttl` seconds and cleared when pricing changes here."""
+    """Prices by model, cached for `ttl` seconds and cleared when pricing changes here.
+
+    `fallback(model_key, when)` prices a model that has no entry in effect (the
+    [pricing] fallback); None: such a model is unpriced.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 fallback: Callable[[str, datetime], Price | None] | None = None) -> None:
         self._sessions = sessions
+        self._fallback = fallback
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[float, list[Price]]] = {}
@@ -137,7 +146,10 @@ class PriceBook:
                 self._entries.clear()
             entry = (self._clock(), prices)
             self._entries[model_key] = entry
-        return next((p for p in entry[1] if p.effective_at <= when), None)
+        price = next((p for p in entry[1] if p.effective_at <= when), None)
+        if price is None and self._fallback is not None:
+            price = self._fallback(model_key, when)
+        return price
 
     def clear(self) -> None:
         """Forget cached prices (after a pricing change)."""

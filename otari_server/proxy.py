@@ -73,7 +73,8 @@ class Call:
             cache_write_tokens=used.cache_write_tokens or None, cost=cost,
             counts_toward_budget=self.counts, error_message=error,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
-            request_id=self.request_id, rate_subjects=self.rate_subjects))
+            request_id=self.request_id, rate_subjects=self.rate_subjects,
+            price_source=None if self.price is None else self.price.source))
 
 
 def stream_outcome(call: Call, status: str, error: str | None,

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, ledger, ratelimits, secretfiles
+from otari_server import db, ledger, priceimport, ratelimits, secretfiles
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
 from otari_server.metrics import Metrics
@@ -162,7 +162,9 @@ def open_runtime(settings: Settings) -> Runtime:
         master=MasterKey(resolve_master_key(settings)),
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
-        prices=PriceBook(sessions, ttl=max(settings.auth_cache_ttl, 1.0)),
+        prices=PriceBook(sessions, ttl=max(settings.auth_cache_ttl, 1.0),
+                         fallback=priceimport.fallback_price
+                         if settings.pricing.get("fallback") else None),
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
                       settings.usage_flush_interval),
         providers=providers,
@@ -211,6 +213,9 @@ async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
 async def start_background(runtime: Runtime) -> None:
     """Open the upstream client and start the periodic writers."""
     await runtime.upstream.open()
+    if runtime.settings.pricing.get("fallback"):
+        # Load the package's price data now, not on the first unpriced request.
+        await to_thread.run_sync(priceimport.fallback_price, "openai:gpt-4o", utcnow())
     runtime.ledger.start()
     runtime.tasks += [
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),

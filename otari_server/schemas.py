@@ -232,6 +232,41 @@ class PricingResponse(BaseModel):
     cache_write_1h_price_per_million: Money | None = None
 
 
+class ImportPricingRequest(_Request):
+    """Body of POST /v1/pricing/import."""
+
+    providers: list[str] | None = Field(
+        None, description="otari provider names to import (default: every mapped provider)")
+    model: str | None = Field(
+        None, max_length=255, description="Glob on the model id or provider:model key")
+    dry_run: bool = Field(False, description="Only report what would be written")
+    overwrite: bool = Field(
+        False, description="Replace operator-set prices that differ (default: keep them)")
+
+
+class PriceImportChange(BaseModel):
+    """One model in an import: the published price and what the import does with it."""
+
+    model_key: str
+    action: Literal["add", "change", "unchanged", "kept"]
+    input_price_per_million: Money
+    output_price_per_million: Money
+    cache_read_price_per_million: Money | None = None
+    cache_write_price_per_million: Money | None = None
+    current: PricingResponse | None = None
+
+
+class ImportPricingResponse(BaseModel):
+    """What POST /v1/pricing/import wrote (or would write, on a dry run)."""
+
+    source: str = "genai-prices"
+    source_version: str
+    dry_run: bool
+    effective_at: datetime
+    written: int
+    changes: list[PriceImportChange]
+
+
 class UsageLogResponse(BaseModel):
     """One usage row."""
 
@@ -253,6 +288,9 @@ class UsageLogResponse(BaseModel):
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     counts_toward_budget: bool = True
+    price_source: str | None = Field(
+        None, description="Where the cost's price came from: 'pricing' (a pricing entry), "
+        "'genai-prices' (the [pricing] fallback); null when the request was not priced")
 
 
 class UsageEntry(UsageLogResponse):
