@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from otari_server.auth import generate_key, hash_token
-from otari_server.schemas import CreateKeyResponse, KeyInfo
+from otari_server.schemas import CreateKeyResponse, KeyInfo, RotateKeyResponse
 from otari_server.tables import APIKey
 
 
@@ -29,6 +29,25 @@ def create_key(session: Session, *, key_name: str | None, user_id: str | None,
     session.add(row)
     session.flush()
     return CreateKeyResponse(**key_info(row).model_dump(), key=secret)
+
+
+def rotate_key(row: APIKey, grace_period_sec: int, now: datetime) -> RotateKeyResponse:
+    """Give the key a new secret (same id, name, user, limits, usage); return it once.
+
+    The old secret stays valid until now + grace_period_sec (0: not at all). Only the secret
+    just replaced gets a grace period: rotating again ends an earlier one at once.
+    """
+    secret = generate_key()
+    if grace_period_sec > 0:
+        row.previous_key_hash = row.key_hash
+        row.previous_key_expires_at = now + timedelta(seconds=grace_period_sec)
+    else:
+        row.previous_key_hash = None
+        row.previous_key_expires_at = None
+    row.key_hash = hash_token(secret)
+    row.key_prefix = secret[:7]
+    return RotateKeyResponse(**key_info(row).model_dump(), key=secret,
+                             previous_key_expires_at=row.previous_key_expires_at)
 
 
 def key_info(row: APIKey) -> KeyInfo:

@@ -96,6 +96,21 @@ class CreateKeyResponse(KeyInfo):
     key: str
 
 
+class RotateKeyRequest(_Request):
+    """Body of POST /v1/keys/{key_id}/rotate (optional)."""
+
+    grace_period_sec: int = Field(
+        0, ge=0, le=30 * 86400,
+        description="Seconds the old secret keeps working (default 0: it stops at once)")
+
+
+class RotateKeyResponse(CreateKeyResponse):
+    """A rotated key: the same key with a new secret, shown this once."""
+
+    previous_key_expires_at: datetime | None = Field(
+        None, description="When the old secret stops working (null: it already has)")
+
+
 class CreateUserRequest(_Request):
     """Body of POST /v1/users."""
 
