@@ -27,7 +27,7 @@ Metadata = dict[str, Any]
 ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
                       Field(max_length=1000)]
 # Per-period request and token ceilings (the otari SDK's bounds); 0 refuses everything.
-Ceiling = Annotated[int, Field(ge=0, le=10**15)]
+Ceiling = Annotated[int, Field(ge=0, le=10**15, strict=True)]
 Alignment = Literal["calendar_day", "calendar_week", "calendar_month"]
 # Fields the otari SDK knows that this gateway does not implement: refused unless null, so a
 # caller is never told a limit exists when none is enforced.
