@@ -36,6 +36,25 @@ def test_budgets_round_trip(cli: Cli) -> None:
     assert gone.code == ExitCode.REFUSED and "404" in gone.err
 
 
+def test_budget_limits_round_trip(cli: Cli) -> None:
+    created = ok(cli("budgets", "create", "--max", "25", "--reset-alignment", "calendar_month",
+                     "--request-limit", "1000", "--token-limit", "2000000", "--clamp")).json()
+    assert (created["reset_alignment"], created["request_limit"], created["token_limit"],
+            created["budget_clamp"], created["budget_duration_sec"]) == (
+        "calendar_month", 1000, 2000000, True, None)
+    budget_id = created["budget_id"]
+    updated = ok(cli("budgets", "update", budget_id, "--period", "1d", "--no-clamp",
+                     "--request-limit", "0")).json()
+    assert (updated["reset_alignment"], updated["budget_duration_sec"],
+            updated["budget_clamp"], updated["request_limit"]) == (None, 86400, False, 0)
+    table = ok(cli("budgets", "get", budget_id, "-o", "table")).out
+    assert "token_limit" in table and "2000000" in table
+    wrong = cli("budgets", "create", "--reset-alignment", "calendar_year")
+    assert wrong.code != 0 and "calendar_year" in wrong.err
+    both = cli("budgets", "create", "--period", "1d", "--reset-alignment", "calendar_day")
+    assert both.code == ExitCode.REFUSED and "exclusive" in both.err
+
+
 def test_users_round_trip(cli: Cli) -> None:
     budget_id = ok(cli("budgets", "create", "--max", "5")).json()["budget_id"]
     user_id = unique("alice")

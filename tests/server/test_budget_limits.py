@@ -25,7 +25,8 @@ from otari_server.jsonio import loads
 from otari_server.pricing import Consumption, Price, Tier
 from otari_server.tables import User
 from tests.factories import MASTER, make_budget, make_user
-from tests.gateway import Gateway
+from tests.fakes_responses import FakeOpenAIResponses
+from tests.gateway import Gateway, gateway_factory_fixture
 
 
 def at(*parts: int) -> datetime:
@@ -486,3 +487,22 @@ def test_tier_of_the_worst_case_is_held_and_the_real_tier_is_billed(gateway: Gat
         spent += real_cost
         assert _settled(gateway, "team")["spend"] == spent
     assert spent == Decimal("0.000079")
+
+
+def test_clamp_lowers_max_output_tokens_on_responses(database_url: str) -> None:
+    gen = gateway_factory_fixture(database_url, FakeOpenAIResponses)
+    start = next(gen)
+    try:
+        gateway = start(budget_clamp=True)
+        gateway.price("fake:gpt-4o-mini", "0", "1000")
+        key = _budgeted_user(gateway, "team", max_budget="0.007")
+        gateway.openai_fake.push(text=" ".join(["word"] * 40))
+        response = gateway.client(key).responses.create(
+            model="fake:gpt-4o-mini", input="hi", max_output_tokens=5000)
+        assert gateway.openai_fake.last.body["max_output_tokens"] == 7
+        assert response.status == "incomplete"
+        assert response.incomplete_details is not None
+        assert response.incomplete_details.reason == "max_output_tokens"
+        assert _settled(gateway, "team")["spend"] == Decimal("0.007")
+    finally:
+        gen.close()
