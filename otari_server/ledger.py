@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -139,17 +138,6 @@ def _advice(affordable: int | None, field: str) -> str:
     if not affordable:
         return ""
     return f"; lower {field} to {affordable} or less"
-
-
-def admit(amounts: Iterable[Decimal], available: Decimal) -> list[bool]:
-    """Which requests, in order, fit what is available (pure: the budget rule)."""
-    admitted = []
-    for amount in amounts:
-        fits = amount <= available
-        if fits:
-            available -= amount
-        admitted.append(fits)
-    return admitted
 
 
 def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float,

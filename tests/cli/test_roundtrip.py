@@ -125,6 +125,20 @@ def test_keys_round_trip(cli: Cli) -> None:
     assert ok(cli("keys", "get", key_id)).json()["is_active"] is False
 
 
+def test_pricing_tiers_round_trip(cli: Cli) -> None:
+    model = f"fakeai:{unique('m')}"
+    entry = ok(cli("pricing", "set", model, "--input-price", "1.25", "--output-price", "10",
+                   "--tier", "200000:2.5:15", "--tier", "1000000::20")).json()
+    assert entry["tiers"] == [
+        {"above_input_tokens": 200000, "input_price_per_million": Decimal("2.5"),
+         "output_price_per_million": 15},
+        {"above_input_tokens": 1000000, "output_price_per_million": 20}]
+    assert [t["min_input_tokens"] for t in entry["pricing_tiers"]] == [200001, 1000001]
+    wrong = cli("pricing", "set", model, "--input-price", "1", "--output-price", "1",
+                "--tier", "lots:1:1")
+    assert wrong.code != 0 and "ABOVE_INPUT_TOKENS" in wrong.err
+
+
 def test_pricing_round_trip(cli: Cli) -> None:
     model = f"fakeai:{unique('m')}/v1"
     first = ok(cli("pricing", "set", model, "--input-price", "0.15", "--output-price", "0.60"))
