@@ -22,8 +22,9 @@ from otari_server import budgets
 from otari_server.budgets import Need, Output, Period, Remaining
 from otari_server.db import create_db_engine, session_factory
 from otari_server.jsonio import loads
+from otari_server.ledger import hold_id, reclaim
 from otari_server.pricing import Consumption, Price, Tier
-from otari_server.tables import User
+from otari_server.tables import Reservation, User
 from tests.factories import MASTER, make_budget, make_user
 from tests.fakes_responses import FakeOpenAIResponses
 from tests.gateway import Gateway, gateway_factory_fixture
@@ -506,3 +507,44 @@ def test_clamp_lowers_max_output_tokens_on_responses(database_url: str) -> None:
         assert _settled(gateway, "team")["spend"] == Decimal("0.007")
     finally:
         gen.close()
+
+
+# -- holds: released by settlement, given back by reclaim -----------------------------------
+
+
+def test_a_request_the_provider_refused_does_not_use_up_the_request_limit(
+        gateway: Gateway) -> None:
+    key = _budgeted_user(gateway, "team", request_limit=1)
+    client = gateway.client(key)
+    gateway.openai_fake.fail(500, "upstream broke")
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert _settled(gateway, "team")["current_requests"] == 0
+    client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
+                                   messages=[{"role": "user", "content": "hi"}])
+    assert _settled(gateway, "team")["current_requests"] == 1
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 402
+
+
+def test_reclaim_gives_back_held_requests_and_tokens(client: TestClient,
+                                                     database_url: str) -> None:
+    budget_id = make_budget(client, request_limit=5, token_limit=1000)["budget_id"]
+    make_user(client, "alice", budget_id=budget_id)
+    engine = create_db_engine(database_url)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:  # a dead instance's hold, expired
+        conn.execute(Reservation.__table__.insert().values(
+            id=hold_id("gone:1", "alice"), user_id="alice", amount=Decimal(0), requests=2,
+            tokens=700, instance_id="gone:1", created_at=now - timedelta(hours=2),
+            expires_at=now - timedelta(hours=1)))
+        conn.execute(update(User).where(User.user_id == "alice").values(
+            reserved_requests=3, reserved_tokens=900))  # 1 and 200 held by a live instance
+    with engine.begin() as conn:
+        assert reclaim(conn, None, now) == 1
+    engine.dispose()
+    user = client.get("/v1/users/alice", headers=MASTER).json()
+    assert (user["reserved_requests"], user["reserved_tokens"]) == (1, 200)
