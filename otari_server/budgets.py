@@ -16,7 +16,7 @@ from decimal import ROUND_FLOOR, Decimal
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from otari_server.pricing import Consumption, Price
+from otari_server.pricing import TOKENS, Consumption, Price
 from otari_server.tables import User
 
 CALENDAR_DAY, CALENDAR_WEEK, CALENDAR_MONTH = "calendar_day", "calendar_week", "calendar_month"
@@ -171,16 +171,21 @@ def affordable_output(output: Output, money: Decimal | None, tokens: int | None)
     if cost(0) > money:
         return 0
     rate = price.for_input(output.worst.prompt_tokens).output_per_million * output.choices
-    if rate > 0:
-        estimate = ((money - cost(0)) * _MILLION / rate).to_integral_value(ROUND_FLOOR)
-        best = min(best, int(estimate))
-    # The estimate ignores the rounding of the total to the stored precision: settle it.
-    while best > 0 and cost(best) > money:
-        best -= 1
-    while best < requested and cost(best + 1) <= money and (
-            tokens is None or output.worst.prompt_tokens
-            + (best + 1) * output.choices <= tokens):
-        best += 1
+    if price.unit != TOKENS or rate <= 0:
+        return best  # output tokens are not what this entry charges for
+    estimate = int(((money - cost(0)) * _MILLION / rate).to_integral_value(ROUND_FLOOR))
+    best = min(best, estimate)
+    # The estimate ignores the rounding of the total to the stored precision, which moves
+    # the answer by a token at most: settle it exactly.
+    for _ in range(3):
+        if best > 0 and cost(best) > money:
+            best -= 1
+        elif best < min(requested, estimate + 2) and cost(best + 1) <= money and (
+                tokens is None
+                or output.worst.prompt_tokens + (best + 1) * output.choices <= tokens):
+            best += 1
+        else:
+            break
     return best
 
 
