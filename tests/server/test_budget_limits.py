@@ -100,6 +100,10 @@ def test_affordable_output_is_exact() -> None:
     assert budgets.affordable_output(_output(choices=2), Decimal("0.001"), None) == 150
     # Never more than was asked for.
     assert budgets.affordable_output(_output(completion=40), Decimal(1), 10**6) == 40
+    # An entry priced per request does not charge output tokens: all or nothing.
+    per_request = Price("p:m", at(2026, 1, 1), Decimal("1000"), Decimal("5"), unit="requests")
+    assert budgets.affordable_output(_output(price=per_request), Decimal("0.001"), None) == 1000
+    assert budgets.affordable_output(_output(price=per_request), Decimal("0.0009"), None) == 0
 
 
 def test_judge_counts_requests_first_then_money_and_tokens() -> None:
