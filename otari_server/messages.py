@@ -59,9 +59,10 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     raw, body = await read_body(request, runtime.settings.max_body_bytes)
     check_fields(body, endpoint)
     _check(body)
-    call, upstream_model = await admit(runtime, caller, endpoint, raw,
-                                       dict(body, user=_attribution(body, caller)),
+    admitted = dict(body, user=_attribution(body, caller))
+    call, upstream_model = await admit(runtime, caller, endpoint, raw, admitted,
                                        request.scope.get("otari.request_id"))
+    body["max_tokens"] = admitted["max_tokens"]  # the budget clamp may have lowered it
     streaming = body.get("stream") is True
     try:
         if call.provider.type == "anthropic":

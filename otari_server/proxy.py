@@ -16,9 +16,9 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
-from otari_server import tokens
+from otari_server import budgets, tokens
 from otari_server.auth import Caller
-from otari_server.endpoints import Endpoint
+from otari_server.endpoints import CHAT, Endpoint
 from otari_server.errors import (
     InvalidRequest,
     OtariError,
@@ -186,7 +186,12 @@ def unpriced(model_key: str, billing: str = "") -> InvalidRequest:
 async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
                 body: dict[str, Any], request_id: str | None,
                 worst: Consumption | None = None) -> tuple[Call, str]:
-    """Resolve provider and price, then reserve the worst case; raises if it cannot run."""
+    """Resolve provider and price, then reserve the worst case; raises if it cannot run.
+
+    When the budget clamp lowers the request's output limit, `body` is changed in place
+    (max_tokens, max_completion_tokens or max_output_tokens), so what is sent upstream
+    is what was reserved.
+    """
     settings = runtime.settings
     provider, upstream_model, model_key = route(runtime, caller, body["model"])
     user_id = billed_user(caller, body.get("user"))
@@ -197,16 +202,54 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
     counts = not caller.exclude_from_budget
     budgeted = counts and user_id is not None and (caller.is_master or caller.budgeted)
     if budgeted or caller.limits:
-        amount = Decimal(0)
-        if budgeted and price is not None:
+        need = None
+        if budgeted:
             worst = worst or worst_case(endpoint, raw, body, settings.default_max_tokens)
-            amount = price.cost(worst)
-        hold = await runtime.ledger.reserve(user_id if budgeted else None, amount,
-                                            caller.limits)
+            need = budget_need(endpoint, body, provider, price, worst)
+        hold = await runtime.ledger.reserve(user_id if budgeted else None,
+                                            need.amount if need else Decimal(0),
+                                            caller.limits, need, settings.budget_clamp)
+        if hold.clamped is not None:
+            clamp_output(endpoint, body, provider, hold.clamped)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
                 request_id, time.perf_counter(), counts,
                 tuple(limit.subject for limit in caller.limits if limit.tpm is not None))
     return call, upstream_model
+
+
+def budget_need(endpoint: Endpoint, body: dict[str, Any], provider: Provider,
+                price: Price | None, worst: Consumption) -> budgets.Need:
+    """What a request holds against its budget: its worst-case cost, one request, its
+    worst-case tokens, and (where output is capped by a body field) how to lower that cap."""
+    output = None
+    if endpoint.output_limits and worst.completion_tokens:
+        n = body.get("n")
+        output = budgets.Output(price, worst, n if isinstance(n, int) and n > 1 else 1,
+                                output_field(endpoint, body, provider))
+    return budgets.Need(Decimal(0) if price is None else price.cost(worst), 1,
+                        worst.prompt_tokens + worst.completion_tokens, output)
+
+
+def output_field(endpoint: Endpoint, body: dict[str, Any], provider: Provider) -> str:
+    """The body field that caps the request's output: the one it sent, else the one the
+    gateway would set (OpenAI's own API refuses max_tokens for reasoning models; many
+    other servers know only max_tokens)."""
+    sent = next((name for name in endpoint.output_limits if name in body), None)
+    if sent is not None:
+        return sent
+    if endpoint.output_limits == CHAT.output_limits and not provider.base_url.startswith(
+            "https://api.openai.com/"):
+        return "max_tokens"
+    return endpoint.output_limits[0]
+
+
+def clamp_output(endpoint: Endpoint, body: dict[str, Any], provider: Provider,
+                 limit: int) -> None:
+    """Lower the request's output limit to `limit` per choice (the budget clamp): every
+    output-limit field it sent, or the one the provider reads when it sent none."""
+    sent = [name for name in endpoint.output_limits if name in body]
+    for name in sent or [output_field(endpoint, body, provider)]:
+        body[name] = limit
 
 
 def runtime_of(request: Request) -> Runtime:

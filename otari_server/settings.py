@@ -62,6 +62,9 @@ class Settings:
     bootstrap_api_key: bool = True
     require_pricing: bool = True
     default_max_tokens: int = 4096
+    # A request whose worst case does not fit the budget runs with its output limit lowered
+    # to what fits, instead of being refused (a budget's own budget_clamp overrides this).
+    budget_clamp: bool = False
     request_timeout: float = 600.0
     max_body_bytes: int = 10 * 1024 * 1024
     auth_cache_ttl: float = 2.0
@@ -144,6 +147,7 @@ _PARSERS = {
     "bootstrap_api_key": _parse_bool,
     "require_pricing": _parse_bool,
     "default_max_tokens": _parse_int,
+    "budget_clamp": _parse_bool,
     "request_timeout": _parse_float,
     "max_body_bytes": _parse_int,
     "auth_cache_ttl": _parse_float,
