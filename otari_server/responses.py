@@ -213,17 +213,18 @@ async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
             default_max_tokens=call.runtime.settings.default_max_tokens)
     except TranslationError as exc:
         raise InvalidRequest(str(exc)) from None
+    # The id is ours, recorded (before the provider is asked, so that no stream waits on it)
+    # so that a later GET of it says why nothing is stored.
+    response_id = f"resp_{uuid.uuid4().hex}"
+    await remember(call, response_id, translated=True)
     headers = {"anthropic-version": ANTHROPIC_VERSION}
     response = await call.runtime.upstream.post(call.provider, "/messages", outgoing,
                                                 headers, stream=streaming)
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
-    # The id is ours: recorded, so that a later GET of it says why nothing is stored.
-    response_id = f"resp_{uuid.uuid4().hex}"
     if streaming:
         chunks = ChatStreamTranslator(model=body["model"], include_usage=True)
         events = ResponseStreamTranslator(body, model=body["model"], response_id=response_id)
-        await remember(call, response_id, translated=True)
         return RelayResponse(_relay_messages(call, response, chunks, events),
                              media_type="text/event-stream", headers=SSE_HEADERS)
     message = parse_upstream(call.provider, await read_upstream(call.provider, response))
@@ -234,7 +235,6 @@ async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
     except (AttributeError, TypeError):
         raise malformed(call.provider) from None
     call.settle("success", consumption(completion["usage"]))
-    await remember(call, response_id, translated=True)
     return Response(orjson.dumps(answer), headers=JSON_HEADERS)
 
 
