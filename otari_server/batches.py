@@ -7,11 +7,14 @@ answers with the provider's batch object unchanged; its `id` is the provider's, 
 later call names the provider with `?provider=`. The `batches` table remembers who created
 each batch, which model it runs, and whether its results were metered.
 
-Money: creating a batch only checks that the user's budget is not exhausted. Nothing is
-reserved, since a batch runs for hours and its cost is unknown until it ends. Collecting the
-results (once the batch has ended) records one usage row per result, at the model's price
-when the batch was created, and adds the cost to the user's spend: once per batch, however
-often the results are fetched.
+A batch runs one model: a line naming another model is refused at creation.
+
+Money: creating a batch holds the worst case of every line against the user's budget (402
+when it does not fit), in a `reservations` row of its own (instance "batches", expiring a
+week after the completion window). Collecting the results (once the batch has ended)
+records one usage row per result, at the model's price when the batch was created, adds
+the cost to the user's spend and gives the hold back, in one transaction: once per batch,
+however often the results are fetched.
 """
 
 from __future__ import annotations
