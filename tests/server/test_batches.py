@@ -294,6 +294,25 @@ def test_results_stay_metered_across_a_restart(database_url: str) -> None:
             meter_mark(again, key, 3)
 
 
+def test_a_batch_hold_outlives_a_restart_until_collection(database_url: str) -> None:
+    with FakeMedia(api_key=MEDIA_KEY) as fake:
+        with media_gateway(database_url, fake=fake) as gateway:
+            gateway.price(MODEL, "1", "2")
+            gateway.user("alice", max_budget="10")
+            key = gateway.key(user_id="alice")
+            reply = call(gateway, "POST", "/v1/batches", key,
+                         json={"model": MODEL, "requests": REQUESTS})
+            batch_id = reply.json()["id"]
+        # The start-up reclaims the holds of requests in flight, not those of batches.
+        with media_gateway(database_url, fake=fake) as again:
+            assert again.get_user("alice")["reserved"] == WORST
+            fake.finish(batch_id)
+            path = f"/v1/batches/{batch_id}/results?provider=media"
+            assert call(again, "GET", path, key).status_code == 200
+            user = again.get_user("alice")
+            assert user["reserved"] == 0 and user["spend"] == R1_COST + R2_COST
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": MODEL, "requests": []}, "requests"),
     ({"requests": REQUESTS}, "model"),
