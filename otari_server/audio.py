@@ -79,7 +79,7 @@ async def _transcribe(request: Request, caller: Caller, endpoint: Endpoint) -> R
         model = {"model": fields["model"], "user": fields.get("user")}
         price = await _price(runtime, caller, fields["model"])
         by_tokens = bills_by_tokens(price)
-        worst = (_token_bound(seconds, runtime.settings.default_max_tokens) if by_tokens
+        worst = (_token_bound(seconds, form.get("prompt")) if by_tokens
                  else Consumption(audio_seconds=seconds))
         call, upstream_model = await admit(
             runtime, caller, replace(endpoint, billing=TOKENS) if by_tokens else endpoint,
@@ -149,12 +149,13 @@ def audio_seconds(upload: UploadFile) -> Decimal:
     return Decimal(tokens.audio_seconds_bound(upload.size or 0))
 
 
-def _token_bound(seconds: Decimal, default_max_tokens: int) -> Consumption:
-    """The worst case of a token-billed transcription of `seconds` of audio."""
+def _token_bound(seconds: Decimal, prompt: object) -> Consumption:
+    """The worst case of a token-billed transcription of `seconds` of audio with a text
+    `prompt` (a transcript has no max_tokens: its length follows the audio)."""
     whole = math.ceil(seconds)
-    return Consumption(prompt_tokens=whole * AUDIO_TOKENS_PER_SECOND,
-                       completion_tokens=min(whole * TRANSCRIPT_TOKENS_PER_SECOND,
-                                             max(default_max_tokens, 1)))
+    text = tokens.input_tokens(prompt.encode()) if isinstance(prompt, str) and prompt else 0
+    return Consumption(prompt_tokens=whole * AUDIO_TOKENS_PER_SECOND + text,
+                       completion_tokens=whole * TRANSCRIPT_TOKENS_PER_SECOND)
 
 
 def _tokens_used(call: Call, answer: dict[str, Any],
