@@ -11,6 +11,7 @@ the stream come back the same way, chat in the middle.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -21,7 +22,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from otari_server.auth import Caller
-from otari_server.endpoints import Endpoint
+from otari_server.endpoints import RESPONSES, Endpoint
 from otari_server.errors import InvalidRequest, OtariError
 from otari_server.pricing import Consumption
 from otari_server.providers import anthropic as anthropic_wire
@@ -38,10 +39,14 @@ from otari_server.proxy import (
     check_fields,
     consumption,
     read_body,
+    route,
     runtime_of,
     stream_outcome,
+    worst_case,
 )
 from otari_server.relay import RelayResponse
+from otari_server.runtime import Runtime
+from otari_server.stored_responses import remember
 from otari_server.upstream import (
     failure,
     malformed,
@@ -66,7 +71,8 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
             isinstance(items, list) and all(isinstance(item, dict) for item in items)):
         raise InvalidRequest("'input' must be a string or an array of objects", param="input")
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
-                                       request.scope.get("otari.request_id"))
+                                       request.scope.get("otari.request_id"),
+                                       worst=_stored_context_bound(runtime, caller, raw, body))
     streaming = body.get("stream") is True
     try:
         if call.provider.type == "anthropic":
@@ -75,6 +81,26 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     except OtariError as exc:
         call.settle("error", error=exc.message)
         raise
+
+
+def _stored_context_bound(runtime: Runtime, caller: Caller, raw: bytes,
+                          body: dict[str, Any]) -> Consumption | None:
+    """The worst case of a request that makes the provider read stored state.
+
+    With `previous_response_id`, `conversation` or a stored `prompt`, the provider bills
+    input the gateway never sees; all of it must fit the model's context window, so the
+    window (settings.context_window) bounds the prompt. None for any other request (the
+    usual body estimate applies) and for providers reached by translation, which refuse
+    stored state (providers.responses.STATEFUL).
+    """
+    if not any(body.get(name) is not None for name in responses_wire.STATEFUL):
+        return None
+    provider, _, model_key = route(runtime, caller, body["model"])
+    if provider.type != "openai":
+        return None
+    worst = worst_case(RESPONSES, raw, body, runtime.settings.default_max_tokens)
+    window = runtime.settings.context_window(model_key)
+    return replace(worst, prompt_tokens=max(worst.prompt_tokens, window))
 
 
 def metered(usage: object) -> Consumption:
@@ -107,6 +133,8 @@ async def _pass_through(call: Call, body: dict[str, Any], upstream_model: str,
         call.settle("error", metered(answer.get("usage")), _message(error))
     else:
         call.settle("success", metered(answer.get("usage")))
+    if answer.get("store") is not False:
+        await remember(call, answer.get("id"), translated=False)
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
@@ -139,6 +167,8 @@ async def _relay(call: Call, response: aiohttp.ClientResponse) -> AsyncIterator[
                         answer = parsed.get("response") or {}
                         if isinstance(answer.get("usage"), dict):
                             usage = answer["usage"]
+                        if answer.get("store") is not False:  # route later GETs to it
+                            await remember(call, answer.get("id"), translated=False)
                         if kind == "response.failed":
                             error = _message(answer.get("error"))
                     elif kind == "error":
@@ -183,6 +213,10 @@ async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
             default_max_tokens=call.runtime.settings.default_max_tokens)
     except TranslationError as exc:
         raise InvalidRequest(str(exc)) from None
+    # The id is ours, recorded (before the provider is asked, so that no stream waits on it)
+    # so that a later GET of it says why nothing is stored.
+    response_id = f"resp_{uuid.uuid4().hex}"
+    await remember(call, response_id, translated=True)
     headers = {"anthropic-version": ANTHROPIC_VERSION}
     response = await call.runtime.upstream.post(call.provider, "/messages", outgoing,
                                                 headers, stream=streaming)
@@ -190,13 +224,14 @@ async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
         chunks = ChatStreamTranslator(model=body["model"], include_usage=True)
-        events = ResponseStreamTranslator(body, model=body["model"])
+        events = ResponseStreamTranslator(body, model=body["model"], response_id=response_id)
         return RelayResponse(_relay_messages(call, response, chunks, events),
                              media_type="text/event-stream", headers=SSE_HEADERS)
     message = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
-        answer = responses_wire.to_response(completion, body, model=body["model"])
+        answer = responses_wire.to_response(completion, body, model=body["model"],
+                                            response_id=response_id)
     except (AttributeError, TypeError):
         raise malformed(call.provider) from None
     call.settle("success", consumption(completion["usage"]))

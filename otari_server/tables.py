@@ -265,3 +265,22 @@ class RateCounter(Base):
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StoredResponse(Base):
+    """A Responses API answer created through the gateway: which provider keeps it, for whom.
+
+    GET/DELETE /v1/responses/{id} and its input_items and cancel go to that provider; an API
+    key of another user gets 404. `translated` answers were made by the gateway from another
+    wire format (Anthropic-type providers): nothing stores them, so they cannot be fetched.
+    """
+
+    __tablename__ = "stored_responses"
+
+    response_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model_key: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    translated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -84,14 +84,18 @@ class Upstream:
         return await self._send(provider, "POST", path, data=form, stream=stream)
 
     async def get(self, provider: Provider, path: str,
-                  params: Mapping[str, str] | None = None, *,
+                  params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None, *,
                   stream: bool = False) -> aiohttp.ClientResponse:
         """GET from a provider (status, lists, file contents); the caller releases it."""
         return await self._send(provider, "GET", path, params=params, stream=stream)
 
+    async def delete(self, provider: Provider, path: str) -> aiohttp.ClientResponse:
+        """DELETE at a provider (stored responses); the caller releases the response."""
+        return await self._send(provider, "DELETE", path, stream=False)
+
     async def _send(self, provider: Provider, method: str, path: str, *,
                     data: aiohttp.FormData | None = None,
-                    params: Mapping[str, str] | None = None,
+                    params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
                     stream: bool) -> aiohttp.ClientResponse:
         assert self._session is not None, "upstream client used before open()"
         # No Content-Type of ours: aiohttp sets the multipart boundary itself.
