@@ -10,7 +10,7 @@ from alembic import op
 import otari_server.tables
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
