@@ -8,6 +8,7 @@ request and answer pass through unchanged use `forward_json` here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,10 @@ class Call:
     started: float
     counts: bool = True
     rate_subjects: tuple[str, ...] = ()
+    # The gateway's own estimate of the prompt tokens, billed when the provider reports none.
+    prompt_estimate: int = 0
+    # The output tokens the hold reserved (a stream is cut past them); None: no budget hold.
+    max_output: int | None = None
 
     def settle(self, status: str, used: Consumption | None = None,
                error: str | None = None) -> None:
@@ -74,6 +79,26 @@ class Call:
             counts_toward_budget=self.counts, error_message=error,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             request_id=self.request_id, rate_subjects=self.rate_subjects))
+
+
+# How a usage row billed from the gateway's own numbers says so (in its error_message).
+ESTIMATED = "usage estimated by the gateway"
+
+
+def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Consumption],
+                  answer_size: int) -> None:
+    """Settle a whole (non-streamed) answer from its `usage` (read by `read`); an answer
+    without usage is billed from the gateway's estimate: the prompt's, and a token per four
+    bytes of the answer (at most the reserved output), the row saying it is estimated."""
+    if isinstance(usage, dict):
+        call.settle("success", read(usage))
+        return
+    output = -(-answer_size // 4)
+    if call.max_output is not None:
+        output = min(output, call.max_output)
+    call.settle("success", Consumption(prompt_tokens=call.prompt_estimate,
+                                       completion_tokens=output),
+                f"{ESTIMATED} (no usage in the provider's answer)")
 
 
 def stream_outcome(call: Call, status: str, error: str | None,
@@ -194,6 +219,7 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
     if settings.require_pricing and (price is None or not price.covers(endpoint.billing)):
         raise unpriced(model_key, "" if price is None else endpoint.billing)
     hold = NO_HOLD
+    max_output = None
     counts = not caller.exclude_from_budget
     budgeted = counts and user_id is not None and (caller.is_master or caller.budgeted)
     if budgeted or caller.limits:
@@ -201,11 +227,14 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
         if budgeted and price is not None:
             worst = worst or worst_case(endpoint, raw, body, settings.default_max_tokens)
             amount = price.cost(worst)
+            if endpoint.output_limits:
+                max_output = worst.completion_tokens
         hold = await runtime.ledger.reserve(user_id if budgeted else None, amount,
                                             caller.limits)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
                 request_id, time.perf_counter(), counts,
-                tuple(limit.subject for limit in caller.limits if limit.tpm is not None))
+                tuple(limit.subject for limit in caller.limits if limit.tpm is not None),
+                tokens.estimated_prompt(raw), max_output)
     return call, upstream_model
 
 
