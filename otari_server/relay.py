@@ -112,7 +112,9 @@ async def relay(provider: Provider, response: aiohttp.ClientResponse | None,
     or a whole JSON answer turned into events, with `response` None).
     """
     key = provider.api_key
-    status, error, cause = CLIENT_DISCONNECTED, None, "client"
+    status = CLIENT_DISCONNECTED
+    cause: str | None = "client"
+    error: str | None = None
     failed: OtariError | None = None
     try:
         if first:

@@ -369,13 +369,16 @@ class MessagesPassThrough(StreamTranslator):
 
 def message_events(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     """An Anthropic message as its stream event sequence (message_start ... message_stop)."""
-    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    reported = message.get("usage")
+    usage: dict[str, Any] = reported if isinstance(reported, dict) else {}
     start = {key: value for key, value in message.items() if key not in ("content", "usage")}
     start.update(content=[], stop_reason=None, stop_sequence=None,
                  usage={**usage, "output_tokens": 0})
     events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(message.get("content") or ()):
         kind = block.get("type")
+        opened: dict[str, Any]
+        delta: dict[str, Any] | None
         if kind == "text":
             opened, delta = {"type": "text", "text": ""}, {
                 "type": "text_delta", "text": block.get("text", "")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -295,21 +296,34 @@ def test_errors_after_the_first_chunk_go_down_the_stream(gw: World) -> None:
         stream_text(gw)
     assert "stream_interrupted" in str(info.value.body) or info.value.code == "stream_interrupted"
     assert gw.backup.requests == []
+    # Cut streams still report what was consumed: the provider sent no usage, so the
+    # gateway's estimate (a token per four bytes of the client's compact JSON body; two
+    # content chunks relayed), marked as estimated.
+    sent = json.dumps({"messages": MESSAGES, "model": "openai:gpt-4o-mini", "stream": True},
+                      separators=(",", ":"))
+    prompt = -(-len(sent) // 4)
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "error", "error_class": "conn_err"}]
+        {"correlation_id": "att-primary", "status": "error", "error_class": "conn_err",
+         "usage": {"prompt_tokens": prompt, "completion_tokens": 2,
+                   "total_tokens": prompt + 2}, "usage_estimated": True}]
 
 
 def test_a_client_leaving_mid_stream_is_reported(gw: World) -> None:
     gate = gw.primary.gate()
     gw.primary.push(hold_after=2, gate=gate)
-    body = {"model": "openai:gpt-4o-mini", "messages": MESSAGES, "stream": True}
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body,
+    body = json.dumps({"model": "openai:gpt-4o-mini", "messages": MESSAGES, "stream": True})
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", content=body,
                       headers={"Authorization": f"Bearer {USER_TOKEN}"}) as response:
         assert response.status_code == 200
         assert next(response.iter_lines()).startswith("data: ")
+    # The client left: billed from the estimate (prompt from the body, the role chunk and
+    # one content chunk relayed before the hold).
+    prompt = -(-len(body) // 4)
     assert gw.platform.wait_usage(1) == [
         {"correlation_id": "att-primary", "status": "error",
-         "error_class": "client_disconnected"}]
+         "error_class": "client_disconnected",
+         "usage": {"prompt_tokens": prompt, "completion_tokens": 1,
+                   "total_tokens": prompt + 1}, "usage_estimated": True}]
     gate.release()
 
 
