@@ -111,7 +111,7 @@ async def relay(provider: Provider, response: aiohttp.ClientResponse | None,
     (`otari_server.scrub`). `first` is output already produced (connected mode's first chunk,
     or a whole JSON answer turned into events, with `response` None).
     """
-    key = provider.api_key
+    key = provider.api_key if translator.text else None
     status = CLIENT_DISCONNECTED
     cause: str | None = "client"
     error: str | None = None
@@ -143,6 +143,8 @@ async def relay(provider: Provider, response: aiohttp.ClientResponse | None,
     except TRANSPORT_ERRORS as exc:
         failed = failure(provider, exc)
         status, error, cause = ERROR, failed.message, "transport"
+        if not translator.text:
+            raise ConnectionAbortedError(error) from None  # no in-band error: break the transfer
         yield scrub_bytes(key, translator.fail(sanitize(provider, error), "stream_interrupted"))
     finally:
         if response is not None:
@@ -195,7 +197,8 @@ async def stream_start(provider: Provider, response: aiohttp.ClientResponse,
 
 
 def relayed(call: Call, response: aiohttp.ClientResponse | None,
-            translator: StreamTranslator, first: bytes = b"") -> RelayResponse:
+            translator: StreamTranslator, first: bytes = b"",
+            media_type: str = "text/event-stream") -> RelayResponse:
     """The client's event stream for an admitted standalone call, settled through `call`."""
 
     def settle(ending: Ending) -> None:
@@ -204,7 +207,8 @@ def relayed(call: Call, response: aiohttp.ClientResponse | None,
     return RelayResponse(relay(call.provider, response, translator, settle,
                                prompt_estimate=call.prompt_estimate,
                                max_output=call.max_output, first=first),
-                         media_type="text/event-stream", headers=SSE_HEADERS)
+                         media_type=media_type,
+                         headers=SSE_HEADERS if translator.text else None)
 
 
 async def open_relay(call: Call, response: aiohttp.ClientResponse,

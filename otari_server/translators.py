@@ -46,6 +46,9 @@ _METERED = frozenset({"message_start", "message_delta", "error"})
 class StreamTranslator:
     """The shape every translator has; subclasses implement `_relay` and the format hooks."""
 
+    # Text streams carry in-band error events and are scrubbed; binary ones (audio) neither.
+    text = True
+
     def __init__(self) -> None:
         self._parser = SSEParser()
         self.chunks = 0
@@ -163,6 +166,35 @@ def responses_consumption(usage: object) -> Consumption:
 def anthropic_consumption(usage: object) -> Consumption:
     """Consumption from an Anthropic usage object (prompt tokens include cache traffic)."""
     return consumption(chat_usage(usage)) if isinstance(usage, dict) else Consumption()
+
+
+class AudioPassThrough(StreamTranslator):
+    """Audio bytes passed on unbuffered and unread; the input's characters are billed.
+
+    The provider charges for the input once it has accepted it, so every outcome (success,
+    client gone, cut-off stream) bills the characters. Audio has no in-band error: a relay
+    cut short ends the response without its last chunk, so the client sees a broken transfer
+    rather than a complete but truncated file."""
+
+    text = False
+
+    def __init__(self, characters: int) -> None:
+        super().__init__()
+        self._characters = characters
+
+    def feed(self, data: bytes) -> bytes:
+        self.chunks += 1
+        return data
+
+    def finish(self) -> bytes:
+        self.done = True
+        return b""
+
+    def fail(self, message: str, code: str) -> bytes:
+        return b""
+
+    def used(self) -> Consumption | None:
+        return Consumption(characters=self._characters)
 
 
 # -- /v1/chat/completions ----------------------------------------------------------------------
