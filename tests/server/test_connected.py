@@ -357,3 +357,37 @@ def test_a_malformed_request_is_refused_before_the_platform_is_asked(gw: World) 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages"
     assert gw.platform.resolves == []
+
+
+# -- the one relay: scrubbing, answers of the wrong kind -------------------------------------------
+
+
+def test_platform_managed_keys_are_scrubbed_from_streamed_content(gw: World) -> None:
+    gw.primary.push(text=f"the key is {KEY} ok")
+    text, _, _ = stream_text(gw)
+    assert text == "the key is [redacted] ok"
+
+
+def test_platform_managed_keys_are_scrubbed_from_mid_stream_errors(world: World) -> None:
+    world.platform.route(world.anthropic())
+    world.start()
+    world.claude.push(error=Failure(500, f"overloaded, key {CLAUDE_KEY}"), error_after=3)
+    body = httpx.post(f"{world.url}/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {USER_TOKEN}"},
+                      json={"model": "openai:gpt-4o-mini", "messages": MESSAGES,
+                            "stream": True}).text
+    assert "overloaded, key [redacted]" in body and CLAUDE_KEY not in body
+
+
+def test_a_json_answer_to_a_stream_request_is_streamed_and_reported(gw: World) -> None:
+    completion = {"id": "chatcmpl-9", "object": "chat.completion", "created": 1700000000,
+                  "model": "gpt-4o-mini", "choices": [{
+                      "index": 0, "message": {"role": "assistant", "content": "Hi there"},
+                      "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
+    gw.primary.push(body=completion)  # answers JSON although the request streams
+    text, chunks, _ = stream_text(gw, stream_options={"include_usage": True})
+    assert text == "Hi there" and chunks[-1].usage.total_tokens == 6
+    assert gw.platform.wait_usage(1) == [
+        {"correlation_id": "att-primary", "status": "success",
+         "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}]
