@@ -31,7 +31,7 @@ from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Co
 from otari_server.providers import ModelAddressError, Provider, resolve
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
-from otari_server.upstream import parse_upstream, read_upstream, sanitize
+from otari_server.upstream import parse_upstream, read_upstream
 
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -99,15 +99,6 @@ def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Co
     call.settle("success", Consumption(prompt_tokens=call.prompt_estimate,
                                        completion_tokens=output),
                 f"{ESTIMATED} (no usage in the provider's answer)")
-
-
-def stream_outcome(call: Call, status: str, error: str | None,
-                   seen: object) -> tuple[str, str | None]:
-    """How a relayed stream ended. A provider error already relayed (`seen`, its message)
-    decides it, even when the client, having read the error, left before the stream closed."""
-    if status == "client_disconnected" and seen:
-        return "error", sanitize(call.provider, str(seen))
-    return status, error
 
 
 def consumption(usage: object, **extra: Any) -> Consumption:

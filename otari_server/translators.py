@@ -106,7 +106,7 @@ def decoded(data: str) -> dict[str, Any] | None:
 
 def framed(data: str) -> bool:
     """Whether an event looks like a whole JSON object (a cheap check, no parse)."""
-    if data[:1] == "{" and data[-1:] == "}":
+    if data.startswith("{") and data.endswith("}"):
         return True
     stripped = data.strip()
     return stripped[:1] == "{" and stripped[-1:] == "}"
@@ -233,15 +233,18 @@ class ChatPassThrough(StreamTranslator):
         return b"".join(encode(chunk) for chunk in chunks) + DONE_EVENT
 
     def _relay(self, events: list[Event]) -> bytes:
+        # The hot path of every OpenAI-type stream: no JSON parse but for the rare events
+        # that may carry usage or an error, counters kept local.
         out = []
+        passed = 0
         for event in events:
             data = event.data
-            if event.done:
-                self.done = True
-                out.append(DONE_EVENT)
-                continue
-            if not framed(data):
-                self.malformed += 1
+            if not (data.startswith("{") and data.endswith("}")) and not framed(data):
+                if event.done:
+                    self.done = True
+                    out.append(DONE_EVENT)
+                else:
+                    self.malformed += 1
                 continue
             if '"error"' in data or '"usage":{' in data or '"usage": {' in data:
                 parsed = decoded(data)
@@ -260,12 +263,18 @@ class ChatPassThrough(StreamTranslator):
                         if rest is None:
                             continue
                         data = orjson.dumps(rest).decode()
-            elif self._strip and '"usage":' in data:
-                data = data.replace(',"usage":null', "").replace(', "usage": null', "")
-            self.chunks += 1
-            self.deltas += 1
+            passed += 1
             out.append(encode(data, event.event))
-        return b"".join(out)
+        self.chunks += passed
+        self.deltas += passed
+        relayed = b"".join(out)
+        if self._strip and b'"usage":' in relayed:
+            # Once per read, not per event: `,"usage":null` can only be JSON structure (in a
+            # string value its quotes would be escaped).
+            relayed = relayed.replace(b',"usage":null', b"")
+            if b', "usage": null' in relayed:
+                relayed = relayed.replace(b', "usage": null', b"")
+        return relayed
 
 
 def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
