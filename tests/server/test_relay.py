@@ -456,3 +456,40 @@ def test_a_secret_key_is_scrubbed_on_token_boundaries_only(world: World) -> None
     world.fake.push(Script(chat_stream(f"key {RAW_KEY}.", f" not x{RAW_KEY}y")))
     text = chat_text(world.openai(), "raw:m")[0]
     assert text == f"key [redacted]. not x{RAW_KEY}y"
+
+
+# -- the Responses stream behaves the same -------------------------------------------------------
+
+
+def responses_stream(*texts: str) -> list[bytes]:
+    created = {**RESPONSE, "status": "in_progress", "output": [], "usage": None}
+    parts = [sse({"type": "response.created", "response": created, "sequence_number": 0},
+                  "response.created")]
+    parts += [sse({"type": "response.output_text.delta", "item_id": "msg_9", "output_index": 0,
+                   "content_index": 0, "delta": text, "sequence_number": n + 1},
+                  "response.output_text.delta") for n, text in enumerate(texts)]
+    parts.append(sse({"type": "response.completed", "response": RESPONSE,
+                      "sequence_number": len(texts) + 1}, "response.completed"))
+    return parts
+
+
+def test_responses_unterminated_final_event_and_malformed_event(world: World) -> None:
+    parts = responses_stream("Hello", " there")
+    parts[-1] = parts[-1].rstrip(b"\n")
+    world.fake.push(Script([*parts[:2], b"event: response.output_text.delta\n" + BROKEN,
+                            *parts[2:]]))
+    assert responses_text(world.openai(), "raw:m") == "Hello there"
+    billed(world, "raw:m", SKIPPED)
+
+
+@pytest.mark.parametrize("endpoint", ["messages", "responses"])
+def test_a_stream_read_to_its_last_event_is_a_success_everywhere(world: World,
+                                                                 endpoint: str) -> None:
+    if endpoint == "messages":
+        world.fake.push(Script(anthropic_stream("Hello", " there"), hold=True))
+        assert messages_text(world.anthropic(), "rawclaude:m") == "Hello there"
+        billed(world, "rawclaude:m")
+    else:
+        world.fake.push(Script(responses_stream("Hello", " there"), hold=True))
+        assert responses_text(world.openai(), "raw:m") == "Hello there"
+        billed(world, "raw:m")
