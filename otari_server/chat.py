@@ -13,7 +13,7 @@ from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
 from otari_server.errors import InvalidRequest, OtariError
 from otari_server.providers import anthropic as anthropic_wire
-from otari_server.providers.anthropic import ChatStreamTranslator, TranslationError
+from otari_server.providers.anthropic import TranslationError
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.proxy import (
     JSON_HEADERS,
@@ -91,8 +91,8 @@ async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
     if streaming:
         options = body.get("stream_options")
         include = isinstance(options, dict) and bool(options.get("include_usage"))
-        translator = ChatStreamTranslator(model=body["model"], include_usage=include)
-        return await open_relay(call, response, AnthropicToChat(translator))
+        translator = AnthropicToChat(model=body["model"], include_usage=include)
+        return await open_relay(call, response, translator)
     content = await read_upstream(call.provider, response)
     message = parse_upstream(call.provider, content)
     try:

@@ -23,9 +23,8 @@ from otari_server.errors import InvalidRequest, OtariError
 from otari_server.pricing import Consumption
 from otari_server.providers import anthropic as anthropic_wire
 from otari_server.providers import responses as responses_wire
-from otari_server.providers.anthropic import ChatStreamTranslator, TranslationError
+from otari_server.providers.anthropic import TranslationError
 from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.providers.responses import ResponseStreamTranslator
 from otari_server.proxy import (
     JSON_HEADERS,
     Call,
@@ -117,9 +116,8 @@ async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
-        chunks = ChatStreamTranslator(model=body["model"], include_usage=True)
-        events = ResponseStreamTranslator(body, model=body["model"])
-        return await open_relay(call, response, AnthropicToResponses(chunks, events))
+        return await open_relay(call, response,
+                                AnthropicToResponses(body, model=body["model"]))
     content = await read_upstream(call.provider, response)
     message = parse_upstream(call.provider, content)
     try:

@@ -289,14 +289,19 @@ def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class AnthropicToChat(StreamTranslator):
-    """Anthropic Messages events translated into OpenAI chat chunks."""
+    """Anthropic Messages events translated into OpenAI chat chunks (the client's `model`;
+    a usage chunk at the end when the client asked for it)."""
 
-    def __init__(self, translator: ChatStreamTranslator) -> None:
+    def __init__(self, *, model: str, include_usage: bool) -> None:
         super().__init__()
-        self._translator = translator
-        self._include_usage = translator._include_usage
+        self._model = model
+        self._include_usage = include_usage
+        self._translator = ChatStreamTranslator(model=model, include_usage=include_usage)
+        self._whole_usage: dict[str, Any] | None = None
 
     def used(self) -> Consumption | None:
+        if self._whole_usage is not None:
+            return consumption(self._whole_usage)
         usage = self._translator.usage
         if usage is None:
             return None
@@ -309,10 +314,8 @@ class AnthropicToChat(StreamTranslator):
         return chat_error_event(message, code)
 
     def whole(self, answer: dict[str, Any]) -> bytes:
-        completion = anthropic_wire.to_chat_completion(answer, model=self._translator._model)
-        self._translator._usage.update(
-            {k: v for k, v in (answer.get("usage") or {}).items() if isinstance(v, int)})
-        self._translator.done = True
+        completion = anthropic_wire.to_chat_completion(answer, model=self._model)
+        self._whole_usage = completion["usage"]
         chunks = completion_chunks(completion, self._include_usage)
         self.chunks = self.deltas = len(chunks)
         self.done = self._closed = True
@@ -593,14 +596,19 @@ def _message(error: object) -> str:
 
 
 class AnthropicToResponses(StreamTranslator):
-    """Anthropic events -> chat chunks -> typed Responses events."""
+    """Anthropic events -> chat chunks -> typed Responses events, for the client's `request`
+    (the Responses body) and `model`."""
 
-    def __init__(self, chunks: ChatStreamTranslator, events: ResponseStreamTranslator) -> None:
+    def __init__(self, request: Mapping[str, Any], *, model: str) -> None:
         super().__init__()
-        self._chunks = chunks
-        self._events = events
+        self._model = model
+        self._chunks = ChatStreamTranslator(model=model, include_usage=True)
+        self._events = ResponseStreamTranslator(request, model=model)
+        self._whole_usage: dict[str, Any] | None = None
 
     def used(self) -> Consumption | None:
+        if self._whole_usage is not None:
+            return consumption(self._whole_usage)
         usage = self._chunks.usage
         if usage is None:
             return None
@@ -613,10 +621,8 @@ class AnthropicToResponses(StreamTranslator):
         return _typed(self._events.fail(message))
 
     def whole(self, answer: dict[str, Any]) -> bytes:
-        completion = anthropic_wire.to_chat_completion(answer, model=self._chunks._model)
-        self._chunks._usage.update(
-            {k: v for k, v in (answer.get("usage") or {}).items() if isinstance(v, int)})
-        self._chunks.done = True
+        completion = anthropic_wire.to_chat_completion(answer, model=self._model)
+        self._whole_usage = completion["usage"]
         out = [typed for chunk in completion_chunks(completion, include_usage=True)
                for typed in self._events.feed(chunk)]
         out += self._events.finish()

@@ -187,9 +187,8 @@ def _request(call: Call, body: dict[str, Any]
             return "/messages", outgoing, None
         options = body.get("stream_options")
         include = isinstance(options, dict) and bool(options.get("include_usage"))
-        translator = anthropic_wire.ChatStreamTranslator(model=body["model"],
-                                                         include_usage=include)
-        return "/messages", outgoing, AnthropicToChat(translator)
+        return "/messages", outgoing, AnthropicToChat(model=body["model"],
+                                                      include_usage=include)
     outgoing = dict(body, model=call.attempt.model)
     if not streaming:
         return "/chat/completions", outgoing, None
