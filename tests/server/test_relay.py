@@ -350,7 +350,8 @@ def test_an_answer_neither_json_nor_events_is_a_502(world: World) -> None:
 # -- streams are cut past the reserved output ----------------------------------------------------
 
 
-def test_a_stream_past_the_reserved_output_is_cut(world: World) -> None:
+@pytest.mark.parametrize("endpoint", ["chat", "messages"])
+def test_a_stream_past_the_reserved_output_is_cut(world: World, endpoint: str) -> None:
     budget = world.admin.post("/v1/budgets", json={"max_budget": 1}).json()["budget_id"]
     world.admin.post("/v1/users", json={"user_id": "alice", "budget_id": budget})
     key = world.admin.post("/v1/keys", json={"user_id": "alice"}).json()["key"]
@@ -358,17 +359,27 @@ def test_a_stream_past_the_reserved_output_is_cut(world: World) -> None:
     words = [sse(chunk({"content": f" w{n}"})) for n in range(40)]
     world.fake.push(Script([sse(chunk({"role": "assistant", "content": ""})), *words],
                            hold=True))
-    client = world.openai(key)
-    received: list[Any] = []
-    with pytest.raises(openai.APIError) as info:
-        for item in client.chat.completions.create(
-                model="raw:m", max_tokens=3, stream=True,
-                messages=[{"role": "user", "content": "hi"}]):
-            received.append(item)
-    assert "passed the 3 reserved output tokens" in str(info.value)
+    text = ""
+    if endpoint == "chat":
+        with pytest.raises(openai.APIError) as info:
+            for item in world.openai(key).chat.completions.create(
+                    model="raw:m", max_tokens=3, stream=True,
+                    messages=[{"role": "user", "content": "hi"}]):
+                text += item.choices[0].delta.content or ""
+        message = str(info.value)
+    else:
+        client = world.stack.enter_context(anthropic.Anthropic(
+            base_url=world.url, api_key=key, max_retries=0))
+        with pytest.raises(anthropic.APIError) as caught, client.messages.stream(
+                model="raw:m", max_tokens=3,
+                messages=[{"role": "user", "content": "hi"}]) as stream:
+            for piece in stream.text_stream:
+                text += piece
+        message = str(caught.value)
+    assert "passed the 3 reserved output tokens" in message
     world.fake.wait_closed(1)  # the upstream request was closed
     [row] = world.usage(1)
-    relayed = len(received) - 1  # less the role chunk
+    relayed = text.count(" w")  # the words the client received, one token each
     assert relayed > 4
     assert row["status"] == "error" and row["completion_tokens"] == relayed
     assert row["error_message"].startswith("stream cut: the output passed the 3 reserved")
