@@ -28,6 +28,7 @@ REDACTED = "[redacted]"
 _WORD = r"A-Za-z0-9_\-"
 
 
+@lru_cache(maxsize=256)  # a pure function of the key, asked once per streamed request
 def is_secret(key: str | None) -> bool:
     """Whether `key` is long and random enough to be a credential worth scrubbing."""
     if not key or len(key) < MIN_SECRET_LENGTH:

@@ -265,8 +265,11 @@ class ChatPassThrough(StreamTranslator):
                         data = orjson.dumps(rest).decode()
             passed += 1
             out.append(encode(data, event.event))
-        self.chunks += passed
-        self.deltas += passed
+        if passed:
+            self.chunks += passed
+            self.deltas += passed
+        if not out:
+            return b""
         relayed = b"".join(out)
         if self._strip and b'"usage":' in relayed:
             # Once per read, not per event: `,"usage":null` can only be JSON structure (in a
