@@ -12,7 +12,7 @@ Speech is billed per character of input and streamed back as the provider sends 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -42,10 +42,11 @@ from otari_server.proxy import (
     route,
     runtime_of,
 )
-from otari_server.relay import RelayResponse
+from otari_server.relay import relayed
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
-from otari_server.upstream import failure, malformed, parse_upstream, read_upstream
+from otari_server.translators import AudioPassThrough
+from otari_server.upstream import malformed, parse_upstream, read_upstream
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -311,26 +312,4 @@ async def _speak(request: Request, caller: Caller, endpoint: Endpoint) -> Respon
         call.settle("error", error=exc.message)
         raise
     media_type = response.headers.get("content-type", "audio/mpeg")
-    return RelayResponse(_relay(call, response, len(text)), media_type=media_type)
-
-
-async def _relay(call: Call, response: aiohttp.ClientResponse,
-                 characters: int) -> AsyncIterator[bytes]:
-    """Pass audio bytes on unbuffered; settle once, however the stream ends.
-
-    The provider charges for the input once it has accepted it, so every outcome after that
-    (success, client gone, cut-off stream) bills the characters.
-    """
-    status, error = "client_disconnected", None
-    try:
-        async for data in response.content.iter_any():
-            yield data
-        status = "success"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        status, error = "error", failure(call.provider, exc).message
-        # Audio has no in-band error: end our response without its last chunk, so the
-        # client sees a broken transfer rather than a complete but truncated file.
-        raise ConnectionAbortedError(error) from None
-    finally:
-        response.release()
-        call.settle(status, Consumption(characters=characters), error)
+    return relayed(call, response, AudioPassThrough(len(text)), media_type=media_type)

@@ -8,6 +8,7 @@ request and answer pass through unchanged use `forward_json` here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -30,7 +31,7 @@ from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Co
 from otari_server.providers import ModelAddressError, Provider, resolve
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
-from otari_server.upstream import parse_upstream, read_upstream, sanitize
+from otari_server.upstream import parse_upstream, read_upstream
 
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -52,6 +53,10 @@ class Call:
     started: float
     counts: bool = True
     rate_subjects: tuple[str, ...] = ()
+    # The gateway's own estimate of the prompt tokens, billed when the provider reports none.
+    prompt_estimate: int = 0
+    # The output tokens the hold reserved (a stream is cut past them); None: no budget hold.
+    max_output: int | None = None
 
     def settle(self, status: str, used: Consumption | None = None,
                error: str | None = None) -> None:
@@ -76,13 +81,24 @@ class Call:
             request_id=self.request_id, rate_subjects=self.rate_subjects))
 
 
-def stream_outcome(call: Call, status: str, error: str | None,
-                   seen: object) -> tuple[str, str | None]:
-    """How a relayed stream ended. A provider error already relayed (`seen`, its message)
-    decides it, even when the client, having read the error, left before the stream closed."""
-    if status == "client_disconnected" and seen:
-        return "error", sanitize(call.provider, str(seen))
-    return status, error
+# How a usage row billed from the gateway's own numbers says so (in its error_message).
+ESTIMATED = "usage estimated by the gateway"
+
+
+def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Consumption],
+                  answer_size: int) -> None:
+    """Settle a whole (non-streamed) answer from its `usage` (read by `read`); an answer
+    without usage is billed from the gateway's estimate: the prompt's, and a token per four
+    bytes of the answer (at most the reserved output), the row saying it is estimated."""
+    if isinstance(usage, dict):
+        call.settle("success", read(usage))
+        return
+    output = -(-answer_size // 4)
+    if call.max_output is not None:
+        output = min(output, call.max_output)
+    call.settle("success", Consumption(prompt_tokens=call.prompt_estimate,
+                                       completion_tokens=output),
+                f"{ESTIMATED} (no usage in the provider's answer)")
 
 
 def consumption(usage: object, **extra: Any) -> Consumption:
@@ -199,6 +215,7 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
     if settings.require_pricing and (price is None or not price.covers(endpoint.billing)):
         raise unpriced(model_key, "" if price is None else endpoint.billing)
     hold = NO_HOLD
+    max_output = None
     counts = not caller.exclude_from_budget
     budgeted = counts and user_id is not None and (caller.is_master or caller.budgeted)
     if budgeted or caller.limits:
@@ -206,14 +223,20 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
         if budgeted:
             worst = worst or worst_case(endpoint, raw, body, settings.default_max_tokens)
             need = budget_need(endpoint, body, provider, price, worst)
+            if endpoint.output_limits:
+                max_output = worst.completion_tokens
         hold = await runtime.ledger.reserve(user_id if budgeted else None,
                                             need.amount if need else Decimal(0),
                                             caller.limits, need, settings.budget_clamp)
         if hold.clamped is not None:
             clamp_output(endpoint, body, provider, hold.clamped)
+            # The stream cut follows what was reserved: the clamped limit, per choice.
+            n = body.get("n")
+            max_output = hold.clamped * (n if isinstance(n, int) and n > 1 else 1)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
                 request_id, time.perf_counter(), counts,
-                tuple(limit.subject for limit in caller.limits if limit.tpm is not None))
+                tuple(limit.subject for limit in caller.limits if limit.tpm is not None),
+                tokens.estimated_prompt(raw), max_output)
     return call, upstream_model
 
 

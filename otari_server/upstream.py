@@ -16,6 +16,7 @@ from prometheus_client import Histogram
 from otari_server.errors import BadGateway, GatewayTimeout, OtariError, UpstreamError
 from otari_server.providers import Provider
 from otari_server.providers.failures import error_details
+from otari_server.scrub import scrub_bytes, scrub_text
 
 log = logging.getLogger("otari.upstream")
 
@@ -168,16 +169,13 @@ def failure(provider: Provider, exc: BaseException) -> OtariError:
 
 def sanitize(provider: Provider, message: str) -> str:
     """A provider message safe to show: its key removed, its length bounded."""
-    if provider.api_key:
-        message = message.replace(provider.api_key, "[redacted]")
-    return message[:_MAX_MESSAGE]
+    return scrub_text(provider.api_key, message)[:_MAX_MESSAGE]
 
 
 def scrubbed(provider: Provider, data: bytes) -> bytes:
-    """Stream bytes with the provider's key removed (a provider may echo it in an error)."""
-    if provider.api_key and provider.api_key.encode() in data:
-        return data.replace(provider.api_key.encode(), b"[redacted]")
-    return data
+    """Stream bytes with the provider's key removed (a provider may echo it in an error),
+    by the rule of `otari_server.scrub`."""
+    return scrub_bytes(provider.api_key, data)
 
 
 def error_message(body: bytes) -> str:
