@@ -173,7 +173,7 @@ class Change:
 
 
 def _same(row: Pricing, quote: Quote) -> bool:
-    return ((row.unit or TOKENS) == TOKENS
+    return ((row.unit or TOKENS) == TOKENS and not row.tiers
             and row.input_price_per_million == quote.input_per_million
             and row.output_price_per_million == quote.output_per_million
             and row.cache_read_price_per_million == quote.cache_read_per_million

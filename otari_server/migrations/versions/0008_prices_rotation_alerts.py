@@ -1,7 +1,7 @@
 """imported prices, where a usage row's price came from, key rotation, budget alerts
 
 Revision ID: 0008
-Revises: 0002
+Revises: 0006
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import otari_server.tables
 
 revision = "0008"
-down_revision = "0002"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
