@@ -13,6 +13,7 @@ from otari_server import __version__, errors, wire
 from otari_server.hotpath import HotPath
 from otari_server.middleware import RequestContext
 from otari_server.routes import (
+    alerts,
     batches,
     budgets,
     generation,
@@ -33,7 +34,7 @@ from otari_server.tools.config import tools_config
 API_ROUTERS: list[APIRouter] = [
     generation.router, messages.router, batches.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
-    providers.router,
+    providers.router, alerts.router,
 ]
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -404,6 +405,9 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
+        # Called (from the writer thread) with the users whose spend a committed batch
+        # changed; budget alerts hook in here. Must not block.
+        self.on_settled: Callable[[set[str]], None] | None = None
 
     @property
     def depth(self) -> int:
@@ -505,6 +509,9 @@ class Ledger:
             if settlements:
                 with conn.begin():
                     settle_all(conn, settlements, self._instance_id, utcnow())
+                if self.on_settled is not None:
+                    self.on_settled({s.user_id for s in settlements
+                                     if s.user_id is not None and s.cost})
         except Exception:
             conn.invalidate()  # a broken connection is replaced on the next batch
             raise

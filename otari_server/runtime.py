@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from otari_server import db, ledger, priceimport, ratelimits, secretfiles
+from otari_server.alerts import Alerts, parse_settings
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
 from otari_server.metrics import Metrics
@@ -45,6 +46,8 @@ class Runtime:
     providers: dict[str, Provider]
     upstream: Upstream = field(default_factory=Upstream)
     metrics: Metrics | None = None
+    # Budget alerts ([alerts] with a webhook_url), else None.
+    alerts: Alerts | None = None
     schema: str = field(default_factory=db.schema_head)
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=utcnow)
@@ -150,6 +153,7 @@ def prepare(settings: Settings) -> None:
 def open_runtime(settings: Settings) -> Runtime:
     """Prepare (single process only) and build the app's state."""
     providers = providers_of(settings)
+    alert_settings = parse_settings(settings.alerts)  # a bad [alerts] table stops start-up
     announce(providers, settings)
     if settings.workers == 1:
         prepare(settings)
@@ -170,6 +174,8 @@ def open_runtime(settings: Settings) -> Runtime:
         providers=providers,
         instance_id=instance_name(settings),
     )
+    if alert_settings is not None:
+        runtime.alerts = Alerts(engine, alert_settings)
     if settings.metrics:
         runtime.metrics = Metrics(lambda: runtime.ledger.depth)
         runtime.upstream.observe = runtime.metrics.upstream_latency
@@ -217,6 +223,9 @@ async def start_background(runtime: Runtime) -> None:
         # Load the package's price data now, not on the first unpriced request.
         await to_thread.run_sync(priceimport.fallback_price, "openai:gpt-4o", utcnow())
     runtime.ledger.start()
+    if runtime.alerts is not None:
+        runtime.ledger.on_settled = runtime.alerts.touch
+        runtime.tasks.append(runtime.alerts.start())
     runtime.tasks += [
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
         asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),

@@ -28,6 +28,10 @@ ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
                       Field(max_length=1000)]
 # Per-period request and token ceilings (the otari SDK's bounds); 0 refuses everything.
 Ceiling = Annotated[int, Field(ge=0, le=10**15, strict=True)]
+# Budget alert thresholds: fractions of max_budget (1 is all of it), above 0, at most 100.
+AlertThresholds = Annotated[
+    list[Annotated[Decimal, Field(gt=0, le=100, allow_inf_nan=False, max_digits=12)]],
+    Field(min_length=1, max_length=20)]
 Alignment = Literal["calendar_day", "calendar_week", "calendar_month"]
 # Fields the otari SDK knows that this gateway does not implement: refused unless null, so a
 # caller is never told a limit exists when none is enforced.
@@ -183,6 +187,9 @@ class CreateBudgetRequest(_Request):
     budget_clamp: bool | None = Field(
         None, description="Lower a request's output limit to what fits instead of refusing it "
         "with 402; null follows the gateway's budget_clamp setting")
+    alert_thresholds: AlertThresholds | None = Field(
+        None, description="Fractions of max_budget whose crossing sends a budget alert "
+        "(e.g. [0.5, 0.9, 1]); null uses the gateway's [alerts] thresholds")
 
 
 class UpdateBudgetRequest(_Request):
@@ -195,6 +202,7 @@ class UpdateBudgetRequest(_Request):
     token_limit: Ceiling | None = None
     reset_alignment: Alignment | None = None
     budget_clamp: bool | None = None
+    alert_thresholds: AlertThresholds | None = None
 
 
 class BudgetResponse(BaseModel):
@@ -214,6 +222,7 @@ class BudgetResponse(BaseModel):
     token_limit: int | None = None
     reset_alignment: str | None = None
     budget_clamp: bool | None = None
+    alert_thresholds: list[Money] | None = None
 
 
 class PricingTier(_Request):
