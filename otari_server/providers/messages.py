@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from otari_server import counts
 from otari_server.providers.anthropic import TranslationError
 
 STOP_REASONS = {
@@ -452,4 +453,4 @@ def _message_id() -> str:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return counts.clean(value)
