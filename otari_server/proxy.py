@@ -20,10 +20,12 @@ from otari_server import counts, tokens
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
 from otari_server.errors import (
+    BudgetExceeded,
     InvalidRequest,
     OtariError,
     PayloadTooLarge,
     PermissionDenied,
+    RateLimited,
 )
 from otari_server.ledger import NO_HOLD, Hold, Settlement
 from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Consumption, Price
@@ -226,22 +228,24 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
                 worst: Consumption | None = None) -> tuple[Call, str]:
     """Resolve provider and price, then reserve the worst case; raises if it cannot run.
 
-    A refusal here (unknown or unpriced model, budget, rate limit) is recorded as a usage
-    row with status "refused" (queued: no extra database round trip).
+    A refusal here (400 unknown or unpriced model, 402 budget, 429 rate limit) is recorded
+    as a usage row with status "refused" (queued: no extra database round trip).
     """
     started = time.perf_counter()
     try:
         return await _admit(runtime, caller, endpoint, raw, body, request_id, worst, started)
-    except OtariError as exc:
-        runtime.ledger.record(refusal_row(caller, endpoint, body, request_id, exc, started))
+    except (BudgetExceeded, RateLimited, InvalidRequest) as exc:
+        runtime.ledger.record(refusal_row(runtime, caller, endpoint, body, request_id, exc,
+                                          started))
         raise
 
 
-def refusal_row(caller: Caller, endpoint: Endpoint, body: dict[str, Any],
+def refusal_row(runtime: Runtime, caller: Caller, endpoint: Endpoint, body: dict[str, Any],
                 request_id: str | None, exc: OtariError, started: float) -> Settlement:
     """The usage row of a request refused after authentication (nothing held or spent)."""
     model = body.get("model")
-    provider = model.partition(":")[0] if isinstance(model, str) and ":" in model else None
+    named = model.partition(":")[0] if isinstance(model, str) else ""
+    provider = named if named in runtime.providers else None
     user = body.get("user")
     return Settlement(
         hold=NO_HOLD, user_id=user if caller.is_master and isinstance(user, str) and user
