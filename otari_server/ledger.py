@@ -457,6 +457,7 @@ class Ledger:
         self._asks: list[_Ask] = []
         self._settlements: list[Settlement] = []
         self._writing: float | None = None  # when the oldest row being written was queued
+        self._batch: list[Settlement] = []  # the settlements being written
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -511,12 +512,18 @@ class Ledger:
         with self._wake:
             self._stopping = True
             self._wake.notify()
+        left: list[Settlement] = []
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
+                # Stuck in the database: its batch is not committed (the transaction dies
+                # with the process), so it is spooled with the rest. Should it commit after
+                # all, the replay's duplicate ids are refused, not billed twice.
                 log.error("usage writer did not finish within %.0fs", timeout)
+                left = list(self._batch)
         with self._wake:
-            left, self._settlements = self._settlements, []
+            left += self._settlements
+            self._settlements = []
         if not left:
             return
         if self._spool is None:
@@ -556,6 +563,7 @@ class Ledger:
                     settlements, self._settlements = self._settlements, []
                     last_flush = time.monotonic()
                 self._writing = settlements[0].queued if settlements else None
+                self._batch = settlements
             if time.monotonic() - last_failure < _RETRY_DELAY and not asks and not stopping:
                 self._requeue(settlements)
                 time.sleep(0.05)
@@ -601,6 +609,7 @@ class Ledger:
         finally:
             with self._wake:
                 self._writing = None
+                self._batch = []
 
     def _reject(self, row: Settlement, exc: BaseException) -> None:
         self.rejected += 1
