@@ -589,6 +589,7 @@ class Ledger:
 
     def _write(self, asks: list[_Ask], settlements: list[Settlement]) -> None:
         # The writer keeps one connection for its lifetime: no pool round trip per batch.
+        unwritten = settlements
         try:
             if self._conn is None or self._conn.closed or self._conn.invalidated:
                 self._conn = self._engine.connect()
@@ -596,6 +597,7 @@ class Ledger:
             # Settlements first: a reservation must see its user's finished requests.
             if settlements:
                 write_settlements(conn, settlements, self._instance_id, self._reject)
+            unwritten = []
             if asks:
                 results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
                 self._answer(asks, results)
@@ -605,7 +607,7 @@ class Ledger:
                     self._conn.invalidate()  # a broken connection is replaced next batch
             if isinstance(exc, _Unwritten):
                 raise
-            raise _Unwritten([]) from exc
+            raise _Unwritten(unwritten) from exc
         finally:
             with self._wake:
                 self._writing = None
