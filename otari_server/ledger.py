@@ -533,12 +533,39 @@ class Ledger:
         log.warning("database unavailable at shutdown: %d usage row(s) saved to %s, written "
                     "at the next start", len(left), self._spool)
 
-    def _owed(self, asks: list[_Ask]) -> bool:
-        """Whether a queued settlement belongs to a user asking for a reservation: it is
-        written first, so a finished request never blocks the same user's next one."""
-        users = {ask.user_id for ask in asks if ask.user_id is not None}
-        return bool(users) and any(s.hold.user_id in users or s.user_id in users
-                                   for s in self._settlements)
+    def _owed(self, users: set[str]) -> list[Settlement]:
+        """Take the queued settlements if any belongs to one of `users` (all of them: one
+        transaction, and their order kept)."""
+        with self._wake:
+            if not any(s.hold.user_id in users or s.user_id in users
+                       for s in self._settlements):
+                return []
+            owed, self._settlements = self._settlements, []
+            self._batch = self._batch + owed
+            return owed
+
+    def _reserve(self, conn: Connection, asks: list[_Ask]) -> dict[int, Hold | OtariError]:
+        """Reservations; a budget refusal is decided only once the user's finished requests
+        are settled (write-behind must never block a user's next request).
+
+        Writing settlements costs a transaction, so it is paid only when it can change an
+        answer: refusals of users with settlements still queued are retried after them.
+        """
+        results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
+        refused = [i for i, result in results.items()
+                   if isinstance(result, BudgetExceeded) and asks[i].user_id is not None]
+        if not refused:
+            return results
+        owed = self._owed({str(asks[i].user_id) for i in refused})
+        if not owed:
+            return results
+        write_settlements(conn, owed, self._instance_id, self._reject)
+        # Rate limits were counted on the first pass: the retry holds the budget only.
+        again = [_Ask(asks[i].user_id, asks[i].amount, (), asks[i].future) for i in refused]
+        retried = reserve_all(conn, again, self._instance_id, self._ttl, utcnow())
+        for position, index in enumerate(refused):
+            results[index] = retried[position]
+        return results
 
     def _run(self) -> None:
         last_failure = 0.0
@@ -554,10 +581,9 @@ class Ledger:
                 asks, self._asks = self._asks, []
                 stopping = self._stopping
                 # Settlements go in batches, once per window (or when many are waiting, or
-                # when a reservation of the same user waits on them).
+                # when a user's reservation would be refused without them: see _reserve).
                 due = (stopping or len(self._settlements) >= 1000
-                       or time.monotonic() - last_flush >= self._flush_interval
-                       or self._owed(asks))
+                       or time.monotonic() - last_flush >= self._flush_interval)
                 settlements: list[Settlement] = []
                 if due:
                     settlements, self._settlements = self._settlements, []
@@ -594,13 +620,11 @@ class Ledger:
             if self._conn is None or self._conn.closed or self._conn.invalidated:
                 self._conn = self._engine.connect()
             conn = self._conn
-            # Settlements first: a reservation must see its user's finished requests.
             if settlements:
                 write_settlements(conn, settlements, self._instance_id, self._reject)
             unwritten = []
             if asks:
-                results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
-                self._answer(asks, results)
+                self._answer(asks, self._reserve(conn, asks))
         except Exception as exc:
             if self._conn is not None:
                 with contextlib.suppress(Exception):
