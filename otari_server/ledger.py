@@ -472,11 +472,14 @@ class Ledger:
         return len(self._settlements)
 
     def lag(self) -> float:
-        """Seconds the oldest settlement not yet written has waited (0 when none waits)."""
+        """Seconds the oldest settlement not yet written has waited beyond the write-behind
+        window (0 when none is late)."""
         with self._wake:
             oldest = [t for t in (self._settlements[0].queued if self._settlements else None,
                                   self._writing) if t is not None]
-        return time.monotonic() - min(oldest) if oldest else 0.0
+        if not oldest:
+            return 0.0
+        return max(time.monotonic() - min(oldest) - self._flush_interval, 0.0)
 
     def start(self) -> None:
         """Start the writer (from inside the event loop that will await reservations)."""
