@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -186,3 +187,23 @@ def test_connected_reports_apply_the_same_rules() -> None:
         "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
     assert usage_numbers({"prompt_tokens": 1.5, "completion_tokens": -2}, 1) == {
         "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+@pytest.mark.parametrize("prompt_tokens", [-1, "lots", 10**14, False])
+def test_pass_through_endpoints_refuse_bad_counts_too(gateway: Gateway,
+                                                      prompt_tokens: object) -> None:
+    gateway.price("fake:text-embedding-3-small", "1000", "0")
+    gateway.openai_fake.push(body={
+        "object": "list", "model": "text-embedding-3-small",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": 3}})
+    raw = b'{"model": "fake:text-embedding-3-small", "input": "hello there"}'
+    reply = httpx.post(f"{gateway.url}/v1/embeddings", content=raw, timeout=30,
+                       headers={"Authorization": f"Bearer {gateway.key()}",
+                                "content-type": "application/json"})
+    assert reply.status_code == 200 and reply.json()["data"][0]["embedding"] == [0.5, 0.25]
+    [row] = gateway.usage(1)
+    assert row["status"] == "invalid_usage" and row["status_code"] == 200
+    # The estimate: a token per three body bytes, plus one, at $1000/M.
+    assert len(raw) == 64 and row["prompt_tokens"] == 22
+    assert row["cost"] == Decimal("0.022")
