@@ -71,6 +71,9 @@ class Settings:
     reservation_ttl: float = 3600.0
     usage_flush_interval: float = 0.2
     shutdown_timeout: float = 30.0
+    # Seconds usage may go unwritten (database refusing or unreachable) before readiness
+    # answers 503.
+    usage_max_lag: float = 5.0
     metrics: bool = False
     max_header_bytes: int = 65536
     # Context windows in tokens: what bounds the input a provider bills from stored state
@@ -163,6 +166,7 @@ _PARSERS = {
     "reservation_ttl": _parse_float,
     "usage_flush_interval": _parse_float,
     "shutdown_timeout": _parse_float,
+    "usage_max_lag": _parse_float,
     "metrics": _parse_bool,
     "max_header_bytes": _parse_int,
     "default_context_window": _parse_int,
@@ -172,7 +176,7 @@ _TABLES = {"providers", "platform", "tools", "context_windows"}
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
 _POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes",
-             "max_header_bytes", "default_context_window"}
+             "max_header_bytes", "default_context_window", "usage_max_lag"}
 
 
 def interpolate(value: Any, environ: Mapping[str, str], key: str) -> Any:

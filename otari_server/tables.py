@@ -222,17 +222,20 @@ class UsageLog(Base):
     model: Mapped[str] = mapped_column(String(255))
     provider: Mapped[str | None] = mapped_column(String(64))
     endpoint: Mapped[str] = mapped_column(String(64))
-    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
-    completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    total_tokens: Mapped[int | None] = mapped_column(Integer)
-    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
-    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    # 64-bit: a count is bounded by counts.MAX_TOKENS, totals and sums need the room.
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int | None] = mapped_column(BigInteger)
     cost: Mapped[Decimal | None] = mapped_column(Money())
     counts_toward_budget: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # The HTTP status the client was answered (a stream's is 200 even if it failed later).
+    status_code: Mapped[int | None] = mapped_column(Integer)
 
 
 class Reservation(Base):

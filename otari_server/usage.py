@@ -20,7 +20,7 @@ def usage_log(row: UsageLog) -> dict[str, Any]:
         "cost": row.cost, "status": row.status, "error_message": row.error_message,
         "latency_ms": row.latency_ms, "request_id": row.request_id,
         "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,
-        "counts_toward_budget": row.counts_toward_budget,
+        "counts_toward_budget": row.counts_toward_budget, "status_code": row.status_code,
     }
 
 
