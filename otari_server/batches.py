@@ -276,7 +276,7 @@ def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Set
 def _check_budget(runtime: Runtime, user_id: str) -> None:
     """Refuse a new batch when the user's budget has nothing left."""
     now = utcnow()
-    with runtime.sessions() as session:
+    with runtime.reads() as session:
         row = session.execute(
             select(User.spend, User.reserved, User.deleted_at, User.next_budget_reset_at,
                    Budget.max_budget)
@@ -303,7 +303,7 @@ def _insert(runtime: Runtime, job: BatchJob) -> None:
 def _load(runtime: Runtime, provider: str, batch_ids: list[str]) -> list[BatchJob]:
     if not batch_ids:
         return []
-    with runtime.sessions() as session:
+    with runtime.reads() as session:
         return list(session.scalars(select(BatchJob).where(
             BatchJob.provider == provider, BatchJob.batch_id.in_(batch_ids))))
 

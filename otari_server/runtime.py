@@ -49,6 +49,11 @@ class Runtime:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=utcnow)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Sessions that only read: on SQLite they never take the write lock (see db.read_only).
+    reads: sessionmaker[Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = db.read_session_factory(self.engine)
 
     def changed(self) -> None:
         """Management data changed: drop cached auth and prices so this instance sees it."""
@@ -148,7 +153,7 @@ def open_runtime(settings: Settings) -> Runtime:
         master=MasterKey(resolve_master_key(settings)),
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
-        prices=PriceBook(sessions, ttl=max(settings.auth_cache_ttl, 1.0)),
+        prices=PriceBook(db.read_session_factory(engine), ttl=max(settings.auth_cache_ttl, 1.0)),
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
                       settings.usage_flush_interval),
         providers=providers,

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Query, Response
 
 from otari_server import usage
-from otari_server.deps import SessionDep, require_master
+from otari_server.deps import ReadSessionDep, require_master
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.routes.paging import Limit, Skip
 from otari_server.schemas import UsageEntry
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"], route_class=ExactRoute,
 
 @router.get("", response_model=list[UsageEntry])
 def list_usage(
-    session: SessionDep,
+    session: ReadSessionDep,
     start_date: datetime | None = Query(None, description="Rows with timestamp >= start_date"),
     end_date: datetime | None = Query(None, description="Rows with timestamp < end_date"),
     user_id: list[str] | None = Query(None, max_length=50,

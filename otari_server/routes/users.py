@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from otari_server import budgets
-from otari_server.deps import RuntimeDep, SessionDep, require_master
+from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.routes.paging import Limit, Skip
@@ -152,7 +152,7 @@ def delete(user_id: str, session: SessionDep, runtime: RuntimeDep) -> Response:
 
 
 @router.get("/{user_id}/usage", response_model=list[UsageLogResponse])
-def usage(user_id: str, session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
+def usage(user_id: str, session: ReadSessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
     """The user's usage rows, newest first (also after the user was deleted)."""
     if session.get(User, user_id) is None:
         raise NotFound(f"User '{user_id}' not found")
