@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, ledger, ratelimits, secretfiles
+from otari_server import db, ledger, ratelimits, retention, secretfiles
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
 from otari_server.metrics import Metrics
@@ -207,6 +207,9 @@ async def start_background(runtime: Runtime) -> None:
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
         asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),
     ]
+    if runtime.settings.usage_retention_days is not None:
+        runtime.tasks.append(asyncio.create_task(
+            retention.retain_forever(runtime.sessions, runtime.settings.usage_retention_days)))
 
 
 async def close_runtime(runtime: Runtime) -> None:

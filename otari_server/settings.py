@@ -68,6 +68,9 @@ class Settings:
     shutdown_timeout: float = 30.0
     metrics: bool = False
     max_header_bytes: int = 65536
+    # Usage rows older than this many whole UTC days are rolled up per day and deleted;
+    # None keeps every row.
+    usage_retention_days: int | None = None
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Connected mode ([platform] table): the gateway serves as a platform's data plane.
     platform: Mapping[str, Any] = field(default_factory=dict)
@@ -149,13 +152,14 @@ _PARSERS = {
     "shutdown_timeout": _parse_float,
     "metrics": _parse_bool,
     "max_header_bytes": _parse_int,
+    "usage_retention_days": _parse_int,
 }
 _TABLES = {"providers", "platform", "tools"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
 _POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes",
-             "max_header_bytes"}
+             "max_header_bytes", "usage_retention_days"}
 
 
 def interpolate(value: Any, environ: Mapping[str, str], key: str) -> Any:

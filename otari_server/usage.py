@@ -1,13 +1,18 @@
-"""Usage rows: their wire form and the filters behind /v1/usage."""
+"""Usage rows: their wire form, the filters behind /v1/usage and its (timestamp, id) cursor."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, literal, select, tuple_
 
-from otari_server.tables import UsageLog
+from otari_server.errors import InvalidRequest
+from otari_server.tables import UsageLog, UTCDateTime
 
 
 def usage_log(row: UsageLog) -> dict[str, Any]:
@@ -24,14 +29,72 @@ def usage_log(row: UsageLog) -> dict[str, Any]:
     }
 
 
-def query(start_date: datetime | None, end_date: datetime | None,
-          user_ids: list[str] | None) -> Select[UsageLog]:
-    """Usage rows in [start_date, end_date) for any of the users, newest first."""
-    statement = select(UsageLog)
-    if start_date is not None:
-        statement = statement.where(UsageLog.timestamp >= start_date)
-    if end_date is not None:
-        statement = statement.where(UsageLog.timestamp < end_date)
-    if user_ids:
-        statement = statement.where(UsageLog.user_id.in_(user_ids))
+@dataclass(frozen=True)
+class Filters:
+    """What /v1/usage and /v1/usage/summary select: [start_date, end_date) and any-of lists."""
+
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    user_ids: list[str] | None = None
+    api_key_ids: list[str] | None = None
+    models: list[str] | None = None
+    statuses: list[str] | None = None
+
+    def conditions(self, table: Any = UsageLog, *, timed: bool = True) -> list[Any]:
+        """WHERE clauses on `table` (usage_logs or usage_daily: same column names)."""
+        where: list[Any] = []
+        if timed and self.start_date is not None:
+            where.append(table.timestamp >= self.start_date)
+        if timed and self.end_date is not None:
+            where.append(table.timestamp < self.end_date)
+        for column, values in ((table.user_id, self.user_ids),
+                               (table.api_key_id, self.api_key_ids),
+                               (table.model, self.models), (table.status, self.statuses)):
+            if values:
+                where.append(column.in_(values))
+        return where
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The position after a row in newest-first order: its (timestamp, id)."""
+
+    timestamp: datetime
+    id: str
+
+    def encode(self) -> str:
+        """Opaque URL-safe text for `after=`."""
+        raw = json.dumps([self.timestamp.isoformat(), self.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Parse `after=`; raises InvalidRequest (400) for anything we did not hand out."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            stamp, row_id = json.loads(raw)
+            moment = datetime.fromisoformat(stamp)
+            if not isinstance(row_id, str) or moment.tzinfo is None:
+                raise ValueError("bad cursor")
+        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+            raise InvalidRequest("Invalid 'after' cursor: pass the value from a Link "
+                                 "header unchanged", param="after") from None
+        return cls(moment, row_id)
+
+    @classmethod
+    def of(cls, row: UsageLog) -> Cursor:
+        """The cursor that continues after `row`."""
+        return cls(row.timestamp, row.id)
+
+
+def query(filters: Filters, after: Cursor | None = None) -> Select[UsageLog]:
+    """Usage rows matching `filters`, newest first, strictly after the cursor when given."""
+    statement = select(UsageLog).where(*filters.conditions())
+    if after is not None:
+        # Compared as a tuple, so rows sharing a timestamp are neither skipped nor repeated;
+        # (timestamp, id) indexes serve it on both backends.
+        statement = statement.where(
+            tuple_(UsageLog.timestamp, UsageLog.id)
+            < tuple_(literal(after.timestamp, UTCDateTime()), after.id))
     return statement.order_by(UsageLog.timestamp.desc(), UsageLog.id.desc())
+
