@@ -17,7 +17,7 @@ from anyio import to_thread
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server.tables import UsageDaily, UsageLog, utcnow
+from otari_server.tables import UsageDaily, UsageLog, as_utc, utcnow
 
 log = logging.getLogger("otari")
 
@@ -44,8 +44,8 @@ def cutoff(days: int, now: datetime) -> datetime:
 
 
 def day_start(moment: datetime) -> datetime:
-    """The midnight UTC at or before `moment`: prunes move whole days only."""
-    return datetime.combine(moment.astimezone(UTC).date(), time(), tzinfo=UTC)
+    """The midnight UTC at or before `moment` (naive means UTC): prunes move whole days."""
+    return datetime.combine(as_utc(moment).date(), time(), tzinfo=UTC)
 
 
 def measure(sessions: sessionmaker[Session], before: datetime) -> PruneResult:

@@ -298,7 +298,7 @@ class UsageGroup(UsageTotals):
     model: str | None = None
     provider: str | None = None
     day: str | None = Field(None, description="UTC day, YYYY-MM-DD")
-    hour: str | None = Field(None, description="UTC hour, ISO 8601 (2026-01-10T13:00:00Z)")
+    hour: str | None = Field(None, description="UTC hour, ISO 8601 (2026-01-10T13:00:00+00:00)")
 
 
 class UsageSummaryResponse(BaseModel):

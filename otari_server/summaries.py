@@ -17,7 +17,7 @@ from sqlalchemy import Integer, case, cast, func, select, true
 from sqlalchemy.orm import Session
 
 from otari_server.errors import InvalidRequest
-from otari_server.tables import UsageDaily, UsageLog
+from otari_server.tables import UsageDaily, UsageLog, as_utc
 from otari_server.usage import Filters
 
 # group_by names and the field each group is labelled with.
@@ -69,7 +69,7 @@ def _label(dimension: str, value: Any) -> Any:
         if isinstance(value, datetime):
             value = value.strftime("%Y-%m-%d %H")
         return datetime.strptime(str(value)[:13], "%Y-%m-%d %H").replace(
-            tzinfo=UTC).isoformat().replace("+00:00", "Z")
+            tzinfo=UTC).isoformat()
     return value
 
 
@@ -77,12 +77,12 @@ def _day_bounds(filters: Filters) -> list[Any]:
     """Roll-up days inside [start_date, end_date)."""
     where: list[Any] = []
     if filters.start_date is not None:
-        start = filters.start_date.astimezone(UTC)
+        start = as_utc(filters.start_date)
         first = start.date() if start.time() == datetime.min.time() else (
             start.date() + timedelta(days=1))
         where.append(UsageDaily.day >= first)
     if filters.end_date is not None:
-        end = filters.end_date.astimezone(UTC)
+        end = as_utc(filters.end_date)
         last = end.date() if end.time() == datetime.min.time() else (
             end.date() + timedelta(days=1))
         where.append(UsageDaily.day < last)

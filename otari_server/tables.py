@@ -90,6 +90,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """The instant in UTC; a naive datetime is taken as UTC already (as the database does)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def utcnow() -> datetime:
     """The current instant, timezone-aware."""
     return datetime.now(UTC)

@@ -144,5 +144,6 @@ def test_budgeted_chat_keeps_working_while_deep_usage_reads_loop(
     assert set(reads) == {200}
     rows = _usage_of(gateway, "alice", 20)
     assert {row["status"] for row in rows} == {"success"}
-    # 3 input tokens at $1/M plus 5 output tokens at $2/M, twenty times.
-    assert sum(row["cost"] for row in rows) == Decimal("0.00026")
+    # 1 input token at $1/M plus 5 output tokens at $2/M, twenty times, all on the budget.
+    assert sum(row["cost"] for row in rows) == Decimal("0.00022")
+    assert gateway.get_user("alice")["spend"] == Decimal("0.00022")
