@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -96,28 +96,33 @@ class Gateway:
         self._http.close()
 
     def send(
-        self, method: str, url_path: str, *, params: Params | None = None, body: object = None
+        self, method: str, url_path: str, *, params: Params | None = None, body: object = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
-        """One HTTP exchange; transport failures become Unreachable (exit 3)."""
+        """One HTTP exchange (`timeout` overrides the client's); transport failures become
+        Unreachable (exit 3)."""
+        wait = self.timeout if timeout is None else timeout
         query = {k: v for k, v in (params or {}).items() if v is not None}
         content = None if body is None else encode(body)
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             return self._http.request(
-                method, url_path, params=query, content=content, headers=headers
+                method, url_path, params=query or None, content=content, headers=headers,
+                timeout=wait
             )
         except httpx.TimeoutException:
             raise Unreachable(
-                f"the gateway at {self.url} did not answer within {self.timeout:g}s{self.hint}"
+                f"the gateway at {self.url} did not answer within {wait:g}s{self.hint}"
             ) from None
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach the gateway at {self.url}: {exc}{self.hint}") from None
 
     def call(
-        self, method: str, url_path: str, *, params: Params | None = None, body: object = None
+        self, method: str, url_path: str, *, params: Params | None = None, body: object = None,
+        timeout: float | None = None,
     ) -> Any:
         """Send, raise the matching error for a non-2xx answer, and return the decoded body."""
-        response = self.send(method, url_path, params=params, body=body)
+        response = self.send(method, url_path, params=params, body=body, timeout=timeout)
         if response.status_code >= 400:
             raise error_for_status(response.status_code, error_message(response))
         if response.status_code == 204 or not response.content:
@@ -131,9 +136,9 @@ class Gateway:
         """GET and decode."""
         return self.call("GET", url_path, params=params)
 
-    def post(self, url_path: str, body: object) -> Any:
-        """POST a JSON body and decode."""
-        return self.call("POST", url_path, body=body)
+    def post(self, url_path: str, body: object, *, timeout: float | None = None) -> Any:
+        """POST a JSON body and decode (`timeout` for calls known to be slow)."""
+        return self.call("POST", url_path, body=body, timeout=timeout)
 
     def patch(self, url_path: str, body: object) -> Any:
         """PATCH a JSON body and decode."""
@@ -162,6 +167,44 @@ class Gateway:
             if len(page) < want:
                 break
         return items
+
+    def walk(
+        self,
+        url_path: str,
+        params: Params | None = None,
+        *,
+        page_size: int = 100,
+        limit: int | None = None,
+    ) -> Iterator[Any]:
+        """Every item of a list (or the first `limit`), yielded page by page as they arrive.
+
+        Follows the `Link: <...>; rel="next"` cursor the gateway sends on full pages, so deep
+        pages cost as little as the first; a gateway without it is paged by skip. Only one
+        page is held at a time.
+        """
+        count = 0
+        link: httpx.URL | None = None
+        while limit is None or count < limit:
+            want = page_size if limit is None else min(page_size, limit - count)
+            if link is None:
+                response = self.send("GET", url_path,
+                                     params={**(params or {}), "skip": count, "limit": want})
+            else:
+                # Only the link's path and query are used, so credentials never follow it to
+                # another host; the page size rides in that query (params would replace it).
+                target = link.copy_merge_params({"limit": str(want)}).raw_path.decode("ascii")
+                response = self.send("GET", target)
+            if response.status_code >= 400:
+                raise error_for_status(response.status_code, error_message(response))
+            page = decode(response.text)
+            if not isinstance(page, list):
+                raise error_for_status(502, f"expected a list from {url_path}")
+            yield from page[:want]
+            count += min(len(page), want)
+            if len(page) < want:
+                return
+            found = response.links.get("next", {}).get("url")
+            link = httpx.URL(found) if found else None
 
     def readiness(self) -> tuple[bool, Any]:
         """Whether /health/readiness answers 200, and its body."""

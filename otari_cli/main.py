@@ -154,7 +154,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(users.app, name="users")
 app.add_typer(budgets.app, name="budgets")
 app.add_typer(pricing.app, name="pricing")
-app.add_typer(usage.app)
+app.add_typer(usage.app, name="usage")
 app.add_typer(models.app, name="models")
 app.add_typer(health.app)
 

@@ -133,5 +133,5 @@ def delete_users(ctx: typer.Context, user_ids: list[str], yes: params.Yes = Fals
 def user_usage(ctx: typer.Context, user_id: str, limit: params.Limit = None) -> None:
     """A user's usage history, newest first."""
     rt = runtime(ctx)
-    rows = rt.gateway.pages(path("v1", "users", user_id, "usage"), limit=limit)
-    rt.output.items(rows, USAGE_COLUMNS)
+    rows = rt.gateway.walk(path("v1", "users", user_id, "usage"), page_size=1000, limit=limit)
+    rt.output.stream(rows, USAGE_COLUMNS)

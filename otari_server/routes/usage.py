@@ -49,7 +49,8 @@ def page(request: Request, rows: list[UsageLog], limit: int,
         after = usage.Cursor.of(rows[-1]).encode()
         url = request.url.remove_query_params(["skip", "after"]).include_query_params(
             after=after)
-        response.headers["Link"] = f'<{url}>; rel="next"'
+        # A relative reference (RFC 8288 allows it): right behind any proxy or TLS front.
+        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return response
 
 
