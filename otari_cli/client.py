@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -179,32 +180,43 @@ class Gateway:
         """Every item of a list (or the first `limit`), yielded page by page as they arrive.
 
         Follows the `Link: <...>; rel="next"` cursor the gateway sends on full pages, so deep
-        pages cost as little as the first; a gateway without it is paged by skip. Only one
-        page is held at a time.
+        pages cost as little as the first; a gateway without it is paged by skip. The next
+        page is fetched while the caller writes the current one; at most two are held.
         """
-        count = 0
-        link: httpx.URL | None = None
-        while limit is None or count < limit:
-            want = page_size if limit is None else min(page_size, limit - count)
-            if link is None:
-                response = self.send("GET", url_path,
-                                     params={**(params or {}), "skip": count, "limit": want})
-            else:
-                # Only the link's path and query are used, so credentials never follow it to
-                # another host; the page size rides in that query (params would replace it).
-                target = link.copy_merge_params({"limit": str(want)}).raw_path.decode("ascii")
-                response = self.send("GET", target)
-            if response.status_code >= 400:
-                raise error_for_status(response.status_code, error_message(response))
-            page = decode(response.text)
-            if not isinstance(page, list):
-                raise error_for_status(502, f"expected a list from {url_path}")
-            yield from page[:want]
-            count += min(len(page), want)
-            if len(page) < want:
-                return
-            found = response.links.get("next", {}).get("url")
-            link = httpx.URL(found) if found else None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="otari-page") as pool:
+            want = page_size if limit is None else min(page_size, limit)
+            pending = pool.submit(self._page, url_path, params, None, 0, want)
+            count = 0
+            while True:
+                page, link = pending.result()
+                taken = page[:want]
+                count += len(taken)
+                more = len(page) >= want and (limit is None or count < limit)
+                if more:
+                    want = page_size if limit is None else min(page_size, limit - count)
+                    pending = pool.submit(self._page, url_path, params, link, count, want)
+                yield from taken
+                if not more:
+                    return
+
+    def _page(self, url_path: str, params: Params | None, link: httpx.URL | None,
+              skip: int, want: int) -> tuple[list[Any], httpx.URL | None]:
+        """One page of a list and the link to the next (None: page by skip)."""
+        if link is None:
+            response = self.send("GET", url_path,
+                                 params={**(params or {}), "skip": skip, "limit": want})
+        else:
+            # Only the link's path and query are used, so credentials never follow it to
+            # another host; the page size rides in that query (params would replace it).
+            target = link.copy_merge_params({"limit": str(want)}).raw_path.decode("ascii")
+            response = self.send("GET", target)
+        if response.status_code >= 400:
+            raise error_for_status(response.status_code, error_message(response))
+        page = decode(response.text)
+        if not isinstance(page, list):
+            raise error_for_status(502, f"expected a list from {url_path}")
+        found = response.links.get("next", {}).get("url")
+        return page, httpx.URL(found) if found else None
 
     def readiness(self) -> tuple[bool, Any]:
         """Whether /health/readiness answers 200, and its body."""

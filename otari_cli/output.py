@@ -158,8 +158,9 @@ class Output:
                     writer.writerow(fields)
                 writer.writerow([_csv_value(row.get(f)) for f in fields])
             else:
-                text = simplejson.dumps(row, use_decimal=True, indent=2, ensure_ascii=False)
-                self.stdout.write(("[\n" if count == 0 else ",\n") + _indent(text))
+                # One compact object per line: still one JSON array, and simplejson's C
+                # encoder only runs without indent (the difference is minutes at 1M rows).
+                self.stdout.write(("[\n" if count == 0 else ",\n") + _json_line(row)[:-1])
             count += 1
         if self.format is Format.JSON and not self.quiet:
             self.stdout.write("\n]\n" if count else "[]\n")
@@ -270,10 +271,6 @@ class Output:
 def _json_line(data: object) -> str:
     return simplejson.dumps(data, use_decimal=True, ensure_ascii=False,
                             separators=(",", ":")) + "\n"
-
-
-def _indent(text: str) -> str:
-    return "".join("  " + line for line in text.splitlines(keepends=True))
 
 
 def _rate_column() -> Any:

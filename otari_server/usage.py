@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, literal, select, tuple_
+from sqlalchemy import Row, Select, literal, select, tuple_
 
 from otari_server.errors import InvalidRequest
 from otari_server.tables import UsageLog, UTCDateTime
 
 
-def usage_log(row: UsageLog) -> dict[str, Any]:
-    """The fields of a usage row shared by every usage response."""
+def usage_log(row: UsageLog | Row[Any]) -> dict[str, Any]:
+    """The fields of a usage row shared by every usage response (an ORM row or a Row)."""
     return {
         "id": row.id, "user_id": row.user_id, "api_key_id": row.api_key_id,
         "timestamp": row.timestamp, "model": row.model, "provider": row.provider,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import Row, Select
+from sqlalchemy.orm import Session
 
 from otari_server import retention, summaries, usage
 from otari_server.deps import ReadSessionDep, RuntimeDep, require_master
@@ -17,7 +19,6 @@ from otari_server.schemas import (
     PruneUsageRequest,
     PruneUsageResponse,
     UsageEntry,
-    UsageLogResponse,
     UsageSummaryResponse,
 )
 from otari_server.tables import UsageLog
@@ -40,15 +41,29 @@ After = Annotated[str | None, Query(
                 "header of the previous page; faster than skip for deep pages")]
 
 
-def page(request: Request, rows: list[UsageLog], limit: int,
-         entry: type[UsageLogResponse] = UsageEntry) -> Response:
-    """The rows as JSON, with `Link: <...>; rel="next"` (RFC 8288) when the page is full."""
-    body = [entry(**usage.usage_log(row)) for row in rows]
-    response = ExactJSONResponse(body)
+# Fields GET /v1/usage adds to every row (UsageEntry's defaults).
+ENTRY_EXTRAS = {"source": "gateway", "bulk_editable": False, "status_code": None,
+                "cache_write_1h_tokens": None}
+
+
+def fetch(session: Session, statement: Select[UsageLog]) -> list[Row[Any]]:
+    """The rows as plain column tuples: no ORM identity map, 1,000-row pages stay cheap."""
+    return list(session.execute(statement.with_only_columns(*UsageLog.__table__.c)))
+
+
+def page(request: Request, rows: list[Row[Any]], limit: int,
+         extras: dict[str, Any] | None = None) -> Response:
+    """The rows as JSON, with `Link: <...>; rel="next"` (RFC 8288) when the page is full.
+
+    Rows are serialized straight from the database values (the response_model documents
+    the shape; validating 1,000 trusted rows per page through pydantic doubled its cost).
+    """
+    added = ENTRY_EXTRAS if extras is None else extras
+    response = ExactJSONResponse([{**usage.usage_log(row), **added} for row in rows])
     if rows and len(rows) == limit:
-        after = usage.Cursor.of(rows[-1]).encode()
+        last = rows[-1]
         url = request.url.remove_query_params(["skip", "after"]).include_query_params(
-            after=after)
+            after=usage.Cursor(last.timestamp, last.id).encode())
         # A relative reference (RFC 8288 allows it): right behind any proxy or TLS front.
         response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return response
@@ -82,7 +97,7 @@ def list_usage(
     """Usage rows, newest first, by `skip` or by the `after` cursor."""
     cursor = parse_after(after, skip)
     filters = usage.Filters(start_date, end_date, user_id, api_key_id, model, status)
-    rows = list(session.scalars(usage.query(filters, cursor).offset(skip).limit(limit)))
+    rows = fetch(session, usage.query(filters, cursor).offset(skip).limit(limit))
     return page(request, rows, limit)
 
 

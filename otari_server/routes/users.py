@@ -162,6 +162,6 @@ def usage(user_id: str, request: Request, session: ReadSessionDep,
     cursor = usage_routes.parse_after(after, skip)
     if session.get(User, user_id) is None:
         raise NotFound(f"User '{user_id}' not found")
-    rows = list(session.scalars(
-        query(Filters(user_ids=[user_id]), cursor).offset(skip).limit(limit)))
-    return usage_routes.page(request, rows, limit, UsageLogResponse)
+    rows = usage_routes.fetch(
+        session, query(Filters(user_ids=[user_id]), cursor).offset(skip).limit(limit))
+    return usage_routes.page(request, rows, limit, extras={})
