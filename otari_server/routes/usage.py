@@ -7,8 +7,6 @@ from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import Row, Select
-from sqlalchemy.orm import Session
 
 from otari_server import retention, summaries, usage
 from otari_server.deps import ReadSessionDep, RuntimeDep, require_master
@@ -21,7 +19,6 @@ from otari_server.schemas import (
     UsageEntry,
     UsageSummaryResponse,
 )
-from otari_server.tables import UsageLog
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], route_class=ExactRoute,
                    dependencies=[Depends(require_master)])
@@ -46,12 +43,7 @@ ENTRY_EXTRAS = {"source": "gateway", "bulk_editable": False, "status_code": None
                 "cache_write_1h_tokens": None}
 
 
-def fetch(session: Session, statement: Select[UsageLog]) -> list[Row[Any]]:
-    """The rows as plain column tuples: no ORM identity map, 1,000-row pages stay cheap."""
-    return list(session.execute(statement.with_only_columns(*UsageLog.__table__.c)))
-
-
-def page(request: Request, rows: list[Row[Any]], limit: int,
+def page(request: Request, rows: list[dict[str, Any]], limit: int,
          extras: dict[str, Any] | None = None) -> Response:
     """The rows as JSON, with `Link: <...>; rel="next"` (RFC 8288) when the page is full.
 
@@ -59,11 +51,11 @@ def page(request: Request, rows: list[Row[Any]], limit: int,
     the shape; validating 1,000 trusted rows per page through pydantic doubled its cost).
     """
     added = ENTRY_EXTRAS if extras is None else extras
-    response = ExactJSONResponse([{**usage.usage_log(row), **added} for row in rows])
+    response = ExactJSONResponse([{**row, **added} for row in rows] if added else rows)
     if rows and len(rows) == limit:
         last = rows[-1]
         url = request.url.remove_query_params(["skip", "after"]).include_query_params(
-            after=usage.Cursor(last.timestamp, last.id).encode())
+            after=usage.Cursor(last["timestamp"], last["id"]).encode())
         # A relative reference (RFC 8288 allows it): right behind any proxy or TLS front.
         response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return response
@@ -97,7 +89,7 @@ def list_usage(
     """Usage rows, newest first, by `skip` or by the `after` cursor."""
     cursor = parse_after(after, skip)
     filters = usage.Filters(start_date, end_date, user_id, api_key_id, model, status)
-    rows = fetch(session, usage.query(filters, cursor).offset(skip).limit(limit))
+    rows = usage.fetch(session, usage.query(filters, cursor).offset(skip).limit(limit))
     return page(request, rows, limit)
 
 

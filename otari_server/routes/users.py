@@ -22,7 +22,7 @@ from otari_server.schemas import (
     UserResponse,
 )
 from otari_server.tables import APIKey, Budget, User, utcnow
-from otari_server.usage import Filters, query
+from otari_server.usage import Filters, fetch, query
 
 router = APIRouter(prefix="/v1/users", tags=["users"], route_class=ExactRoute,
                    dependencies=[Depends(require_master)])
@@ -162,6 +162,6 @@ def usage(user_id: str, request: Request, session: ReadSessionDep,
     cursor = usage_routes.parse_after(after, skip)
     if session.get(User, user_id) is None:
         raise NotFound(f"User '{user_id}' not found")
-    rows = usage_routes.fetch(
+    rows = fetch(
         session, query(Filters(user_ids=[user_id]), cursor).offset(skip).limit(limit))
     return usage_routes.page(request, rows, limit, extras={})
