@@ -100,3 +100,44 @@ def test_usage_prune_dry_run_then_prune(database_url: str) -> None:
         assert out.split() == ["new"]
         code, _, err = _otari(url, "usage", "prune", "--before", "someday")
         assert code == 2 and "someday" in err
+
+
+def test_usage_summary_table_json_and_csv(database_url: str) -> None:
+    migrate(database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    day1, day2 = now - timedelta(days=2), now - timedelta(days=1)
+    insert(database_url, [
+        row("a1", day1, cost="0.0375", prompt=100, completion=10),
+        row("a2", day2, cost="1.5", status="error", prompt=7, completion=0),
+        row("b1", day2, user_id="bob", model="claude:sonnet", cost="0.25"),
+        row("old", now - timedelta(days=30), cost="100"),  # before the default --since 7d
+    ])
+    with running(make_settings(database_url)) as url:
+        code, out, err = _otari(url, "usage", "summary", "-o", "json")
+        assert code == 0, err
+        assert json.loads(out, parse_float=Decimal) == [
+            {"user_id": "alice", "requests": 2, "errors": 1, "prompt_tokens": 107,
+             "completion_tokens": 10, "cost": Decimal("1.5375")},
+            {"user_id": "bob", "requests": 1, "errors": 0, "prompt_tokens": 10,
+             "completion_tokens": 5, "cost": Decimal("0.25")},
+            {"user_id": "TOTAL", "requests": 3, "errors": 1, "prompt_tokens": 117,
+             "completion_tokens": 15, "cost": Decimal("1.7875")}]
+        code, out, _ = _otari(url, "usage", "summary", "--by", "model", "--user", "alice",
+                              "-o", "csv")
+        assert list(csv.reader(io.StringIO(out))) == [
+            ["model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost"],
+            ["openai:gpt-4o", "2", "1", "107", "10", "1.5375"],
+            ["TOTAL", "2", "1", "107", "10", "1.5375"]]
+        code, out, _ = _otari(url, "usage", "summary", "--by", "day", "-o", "table")
+        lines = out.splitlines()
+        assert lines[0].split() == ["DAY", "REQUESTS", "ERRORS", "IN", "OUT", "COST"]
+        assert lines[1].split()[:6] == [day1.strftime("%Y-%m-%d"), "1", "0", "100", "10",
+                                        "0.0375"]
+        # The costliest day gets the full bar; the others a proportional one.
+        assert lines[2].split()[6] == "█" * 30 and lines[1].split()[6] == "█"
+        assert lines[3].split() == ["TOTAL", "3", "1", "117", "15", "1.7875"]
+        code, out, _ = _otari(url, "usage", "summary", "--since", "60d", "--model",
+                              "openai:gpt-4o", "-o", "json")
+        assert json.loads(out, parse_float=Decimal)[-1]["cost"] == Decimal("101.5375")
+        code, _, err = _otari(url, "usage", "summary", "--by", "team")
+        assert code == 2 and "team" in err
