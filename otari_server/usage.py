@@ -6,14 +6,14 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from otari_server.errors import InvalidRequest
-from otari_server.tables import UsageLog, UTCDateTime
+from otari_server.tables import UsageLog, UTCDateTime, as_utc
 
 # The fields of a usage row shared by every usage response, in wire order.
 FIELDS = ("id", "user_id", "api_key_id", "timestamp", "model", "provider", "endpoint",
@@ -30,6 +30,26 @@ def fetch(session: Session, statement: Select[UsageLog]) -> list[dict[str, Any]]
     columns = [UsageLog.__table__.c[name] for name in FIELDS]
     result = session.connection().execute(statement.with_only_columns(*columns))
     return [dict(zip(FIELDS, row, strict=True)) for row in result]
+
+
+def utc(moment: datetime, name: str) -> datetime:
+    """A query or body instant in UTC; one UTC cannot represent is a 400, never a 500.
+
+    Naive values are taken as UTC; year 1 or 9999 with an offset falls outside datetime.
+    """
+    try:
+        instant = as_utc(moment)
+        instant + timedelta(days=1)  # room for the day arithmetic of summaries and prunes
+        instant - timedelta(days=1)
+    except OverflowError:
+        raise InvalidRequest(f"{name}: {moment.isoformat()} is out of range",
+                             param=name) from None
+    return instant
+
+
+def utc_instant(moment: datetime | None, name: str) -> datetime | None:
+    """`utc` for an optional instant."""
+    return None if moment is None else utc(moment, name)
 
 
 @dataclass(frozen=True)
@@ -79,7 +99,8 @@ class Cursor:
             moment = datetime.fromisoformat(stamp)
             if not isinstance(row_id, str) or moment.tzinfo is None:
                 raise ValueError("bad cursor")
-        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+            moment = as_utc(moment)
+        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
             raise InvalidRequest("Invalid 'after' cursor: pass the value from a Link "
                                  "header unchanged", param="after") from None
         return cls(moment, row_id)

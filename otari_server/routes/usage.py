@@ -88,7 +88,9 @@ def list_usage(
 ) -> Response:
     """Usage rows, newest first, by `skip` or by the `after` cursor."""
     cursor = parse_after(after, skip)
-    filters = usage.Filters(start_date, end_date, user_id, api_key_id, model, status)
+    filters = usage.Filters(usage.utc_instant(start_date, "start_date"),
+                            usage.utc_instant(end_date, "end_date"), user_id, api_key_id,
+                            model, status)
     rows = usage.fetch(session, usage.query(filters, cursor).offset(skip).limit(limit))
     return page(request, rows, limit)
 
@@ -107,7 +109,9 @@ def summary(
 ) -> Response:
     """Requests, errors, tokens and exact cost per group, over live and rolled-up usage."""
     dimensions = summaries.parse_group_by(group_by)
-    filters = usage.Filters(start_date, end_date, user_id, api_key_id, model, status)
+    filters = usage.Filters(usage.utc_instant(start_date, "start_date"),
+                            usage.utc_instant(end_date, "end_date"), user_id, api_key_id,
+                            model, status)
     return ExactJSONResponse(summaries.summarize(session, dimensions, filters))
 
 
@@ -117,9 +121,10 @@ async def prune(body: PruneUsageRequest, runtime: RuntimeDep) -> Response:
 
     Works in small transactions, so requests keep being served and metered meanwhile.
     """
+    before = usage.utc(body.before, "before")
     if body.dry_run:
-        result = await to_thread.run_sync(retention.measure, runtime.reads, body.before)
+        result = await to_thread.run_sync(retention.measure, runtime.reads, before)
     else:
-        result = await to_thread.run_sync(retention.prune, runtime.sessions, body.before)
+        result = await to_thread.run_sync(retention.prune, runtime.sessions, before)
     return ExactJSONResponse(PruneUsageResponse(
         before=result.before, rows=result.rows, cost=result.cost, dry_run=result.dry_run))

@@ -175,3 +175,14 @@ def test_retention_job_rolls_up_old_rows_in_the_background(database_url: str) ->
         by_day = _summary(client, "group_by=day")["groups"]
         assert [(g["day"], g["requests"]) for g in by_day] == [
             (old.strftime("%Y-%m-%d"), 2), (recent.strftime("%Y-%m-%d"), 1)]
+
+
+def test_instants_out_of_range_are_400(client: TestClient) -> None:
+    for path in ("/v1/usage?start_date=0001-01-01T00:00:00%2B01:00",
+                 "/v1/usage/summary?group_by=day&end_date=9999-12-31T23:00:00Z",
+                 "/v1/usage/summary?group_by=user&start_date=0001-01-01T00:00:00Z"):
+        response = client.get(path, headers=MASTER)
+        assert response.status_code == 400 and "out of range" in response.text, path
+    response = client.post("/v1/usage/prune", json={"before": "0001-01-01T00:30:00+01:00"},
+                           headers=MASTER)
+    assert response.status_code == 400 and "before" in response.text
