@@ -396,7 +396,7 @@ def _insert(runtime: Runtime, job: BatchJob) -> None:
 def _load(runtime: Runtime, provider: str, batch_ids: list[str]) -> list[BatchJob]:
     if not batch_ids:
         return []
-    with runtime.sessions() as session:
+    with runtime.reads() as session:
         return list(session.scalars(select(BatchJob).where(
             BatchJob.provider == provider, BatchJob.batch_id.in_(batch_ids))))
 

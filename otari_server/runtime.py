@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, ledger, ratelimits, secretfiles
+from otari_server import db, ledger, ratelimits, retention, secretfiles
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
 from otari_server.metrics import Metrics
@@ -52,6 +52,11 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Admitted requests not settled yet (proxy.Call by id): settled at shutdown if cut.
     calls: dict[int, Any] = field(default_factory=dict)
+    # Sessions that only read: on SQLite they never take the write lock (see db.read_only).
+    reads: sessionmaker[Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = db.read_session_factory(self.engine)
 
     def changed(self) -> None:
         """Management data changed: drop cached auth and prices so this instance sees it."""
@@ -167,7 +172,7 @@ def open_runtime(settings: Settings) -> Runtime:
         master=MasterKey(resolve_master_key(settings)),
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
-        prices=PriceBook(sessions, ttl=max(settings.auth_cache_ttl, 1.0)),
+        prices=PriceBook(db.read_session_factory(engine), ttl=max(settings.auth_cache_ttl, 1.0)),
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
                       settings.usage_flush_interval, ledger.spool_path(instance_name(settings))),
         providers=providers,
@@ -221,6 +226,9 @@ async def start_background(runtime: Runtime) -> None:
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
         asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),
     ]
+    if runtime.settings.usage_retention_days is not None:
+        runtime.tasks.append(asyncio.create_task(
+            retention.retain_forever(runtime.sessions, runtime.settings.usage_retention_days)))
 
 
 async def settle_cut_calls(runtime: Runtime, wait: float = 1.0) -> None:
