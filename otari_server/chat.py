@@ -49,7 +49,7 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
             return await _anthropic_chat(call, body, upstream_model, streaming)
         return await _openai_chat(call, body, upstream_model, streaming)
     except OtariError as exc:
-        call.settle("error", error=exc.message)
+        call.settle("error", error=exc.message, status_code=exc.status)
         raise
 
 

@@ -68,7 +68,7 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
             return await _via_messages(call, body, upstream_model, streaming)
         return await _pass_through(call, body, upstream_model, streaming)
     except OtariError as exc:
-        call.settle("error", error=exc.message)
+        call.settle("error", error=exc.message, status_code=exc.status)
         raise
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
 
-from otari_server.deps import CallerDep, SessionDep
+from otari_server.deps import CallerDep, ReadSessionDep, SessionDep
 from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse
 from otari_server.schemas import ModelListResponse, ModelObject
@@ -29,13 +29,13 @@ def _priced(session: SessionDep, model_key: str | None = None) -> list[ModelObje
 
 
 @router.get("", response_model=ModelListResponse)
-def list_models(_caller: CallerDep, session: SessionDep) -> Response:
+def list_models(_caller: CallerDep, session: ReadSessionDep) -> Response:
     """Every model with a price in effect."""
     return ExactJSONResponse(ModelListResponse(data=_priced(session)))
 
 
 @router.get("/{model_id:path}", response_model=ModelObject)
-def get(model_id: str, _caller: CallerDep, session: SessionDep) -> Response:
+def get(model_id: str, _caller: CallerDep, session: ReadSessionDep) -> Response:
     """One model."""
     found = _priced(session, model_id)
     if not found:
