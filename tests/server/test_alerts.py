@@ -123,6 +123,16 @@ def alert_rows(database_url: str) -> list[BudgetAlert]:
         engine.dispose()
 
 
+def delivered(database_url: str, count: int) -> list[BudgetAlert]:
+    """Wait until `count` alert rows are recorded as delivered (the receiver sees a POST
+    before its sender writes that down); then they must be all the rows there are."""
+    wait_until(lambda: sum(r.delivered_at is not None for r in alert_rows(database_url))
+               >= count, 15, f"{count} delivered alert(s)")
+    rows = alert_rows(database_url)
+    assert len(rows) == count
+    return rows
+
+
 def test_one_signed_event_per_crossed_threshold(
         gateway_factory: Callable[..., Gateway], receiver: Receiver, database_url: str) -> None:
     gateway = gateway_factory(alerts=alerts_config(receiver))
@@ -162,8 +172,8 @@ def test_one_signed_event_per_crossed_threshold(
         ("alice", Decimal("0.4")), ("alice", Decimal("0.6")),
         ("bob", Decimal("0.8")), ("bob", Decimal("1"))]
     assert all(e["spend"] == COST for e in events if e["user_id"] == "bob")
-    rows = alert_rows(database_url)
-    assert len(rows) == 4 and all(r.delivered_at is not None and r.attempts == 1 for r in rows)
+    rows = delivered(database_url, 4)
+    assert all(r.attempts == 1 and r.last_error is None for r in rows)
     assert len(receiver.received) == 4
 
 
@@ -221,8 +231,8 @@ def test_two_instances_serving_one_user_send_each_event_once(
     assert sorted(e["threshold"] for e in dana) == [Decimal("0.5"), Decimal("0.8"),
                                                      Decimal("1")]
     assert len(receiver.received) == 9  # 3 for dana, 3 for each sentinel
-    rows = alert_rows(postgres_url)
-    assert len(rows) == 9 and all(r.attempts == 1 for r in rows)
+    rows = delivered(postgres_url, 9)
+    assert all(r.attempts == 1 for r in rows)
 
 
 def test_alert_settings_are_validated_and_exact() -> None:

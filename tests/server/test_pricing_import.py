@@ -184,7 +184,10 @@ def test_without_fallback_the_model_is_unpriced_and_table_prices_say_pricing(
         answer = client.chat.completions.create(
             model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert answer.usage is not None
-    (row,) = _usage_rows(admin, 1)
+    rows = _usage_rows(admin, 2)  # the refusal is recorded too, unpriced
+    (row,) = [r for r in rows if r["status"] == "success"]
+    (refusal,) = [r for r in rows if r["status"] != "success"]
+    assert refusal["price_source"] is None and refusal["cost"] is None
     assert row["price_source"] == "pricing"
     assert row["cost"] == (Decimal(answer.usage.prompt_tokens)
                            + 2 * Decimal(answer.usage.completion_tokens)) / Decimal(1_000_000)
