@@ -7,11 +7,11 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TextIO
 
-import simplejson
-
+from otari_cli import jsontext
 from otari_cli.errors import UsageError
 
 
@@ -33,6 +33,8 @@ def cell(value: object) -> str:
         return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
     if isinstance(value, list | tuple):
         return ", ".join(cell(v) for v in value) or "-"
+    if isinstance(value, Decimal):
+        return jsontext.plain(value)  # str() would write 3.75E-8
     return str(value)
 
 
@@ -64,7 +66,9 @@ def _csv_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Mapping | list):
-        return simplejson.dumps(value, use_decimal=True, sort_keys=True)
+        return jsontext.dumps(value, sort_keys=True)
+    if isinstance(value, Decimal):
+        return jsontext.plain(value)
     return str(value)
 
 
@@ -166,7 +170,7 @@ class Output:
         self.stdout.flush()
 
     def _json(self, data: object) -> None:
-        text = simplejson.dumps(data, use_decimal=True, indent=2, ensure_ascii=False)
+        text = jsontext.dumps(data, pretty=True)
         self._write(text + "\n")
 
     def _csv(self, rows: Sequence[Mapping[str, Any]]) -> None:
