@@ -162,6 +162,13 @@ class GatewayTimeout(OtariError):
 _MANAGEMENT_PREFIXES = ("/v1/keys", "/v1/users", "/v1/budgets", "/v1/pricing", "/v1/usage")
 
 
+def is_management(path: str) -> bool:
+    """Whether a path is a management API (keys, users, budgets, pricing, usage)."""
+    if path.startswith("/api/"):
+        path = path[4:]
+    return path.startswith(_MANAGEMENT_PREFIXES)
+
+
 def shape_for(path: str) -> str:
     """'detail' (management, FastAPI style), 'anthropic' or 'openai'."""
     if path.startswith("/api/"):
