@@ -49,6 +49,24 @@ def test_missing_and_unknown_credentials_are_401(client: TestClient) -> None:
     assert client.get("/v1/models", headers={"Otari-Key": "gw-unknown"}).status_code == 401
 
 
+def test_a_basic_authorization_header_does_not_hide_a_valid_x_api_key(
+        sqlite_client: TestClient) -> None:
+    secret = make_key(sqlite_client)["key"]
+    both = {"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": secret}
+    assert sqlite_client.get("/v1/models", headers=both).status_code == 200
+    alone = sqlite_client.get("/v1/models", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert alone.status_code == 401
+    assert alone.json()["error"]["message"] == (
+        "The Authorization header was rejected: only 'Authorization: Bearer <key>' is "
+        "accepted (or send the key in 'x-api-key' or 'Otari-Key')")
+    wrong = sqlite_client.get("/v1/models", headers={"Authorization": "Basic dXNlcjpwYXNz",
+                                                     "x-api-key": "gw-unknown"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["message"] == "Invalid API key (in the x-api-key header)"
+    bearer = sqlite_client.get("/v1/models", headers={"Authorization": "Bearer gw-unknown"})
+    assert bearer.json()["error"]["message"] == "Invalid API key (in the authorization header)"
+
+
 def test_revoked_key_is_refused_at_once(client: TestClient) -> None:
     created = make_key(client)
     headers = {"Otari-Key": created["key"]}
