@@ -17,11 +17,16 @@ def input_tokens(raw_body: bytes) -> int:
 
 def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
     """The most output the request allows: its token limit (times n choices) or `default`."""
-    limit = next((body[k] for k in keys if isinstance(body.get(k), int)), None)
+    limit = next((body[k] for k in keys if _count(body.get(k))), None)
     n = body.get("n")
-    choices = n if isinstance(n, int) and n > 1 else 1
+    choices = n if _count(n) and n > 1 else 1
     return (limit if limit is not None and limit > 0 else default) * choices
 
+
+
+def _count(value: object) -> bool:
+    # `true` is no count: a bool never stands for 1 (it would shrink the reservation).
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # The lowest common speech bitrates are about 8 kbit/s: no audio file holds more seconds

@@ -9,11 +9,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from otari_cli.config import Dirs
 from otari_cli.errors import ExitCode
 from otari_cli.main import app, hoist
+from otari_cli.params import money
 from tests.cli.conftest import free_port
 from tests.cli.fakes import Script
 
@@ -180,7 +182,7 @@ def test_budget_money_and_period_are_sent_exactly(fake: tuple[str, Script]) -> N
         "max_budget": Decimal("25.00"),
         "budget_duration_sec": 2592000,
     }
-    assert '"max_budget": 25.00' in script.seen[0].body
+    assert '"max_budget":25.00' in script.seen[0].body
     assert '"max_budget": 25.00' in out
 
 
@@ -344,3 +346,10 @@ def test_logs_prints_the_last_lines(dirs: Dirs) -> None:
 def test_serve_rejects_a_bad_log_level_without_importing_the_server(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--log-level", "loud"])
     assert result.exit_code == ExitCode.USAGE
+
+
+def test_money_finer_than_ten_places_is_a_usage_error() -> None:
+    assert money("0.0000000001") == Decimal("0.0000000001")
+    assert money("1.50000000000") == Decimal("1.5")
+    with pytest.raises(typer.BadParameter, match="more than 10 decimal places"):
+        money("0.00000000001")
