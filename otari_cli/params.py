@@ -12,7 +12,6 @@ import typer
 from otari_cli.durations import parse_duration, parse_instant
 from otari_cli.errors import UsageError
 
-
 MONEY_PLACES = 10
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+
 def _no_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected an integer, not a boolean")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 # Tokenizers average about four bytes of English per token; JSON framing only adds bytes, so
 # three bytes per token over the raw body errs on the side of reserving too much.
@@ -24,7 +24,7 @@ def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
 
 
 
-def _count(value: object) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     # `true` is no count: a bool never stands for 1 (it would shrink the reservation).
     return isinstance(value, int) and not isinstance(value, bool)
 
