@@ -24,7 +24,7 @@ from otari_server.routes import (
     usage,
     users,
 )
-from otari_server.runtime import close_runtime, open_runtime, start_background
+from otari_server.runtime import close_runtime, open_runtime, providers_of, start_background
 from otari_server.settings import Settings
 from otari_server.tools.config import tools_config
 
@@ -33,6 +33,13 @@ API_ROUTERS: list[APIRouter] = [
     generation.router, messages.router, batches.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
 ]
+
+
+def check_config(settings: Settings) -> None:
+    """Raise ConfigError (one line naming the key) for a [providers] or [tools] table that
+    cannot be used, so start-up stops before serving rather than at the first request."""
+    providers_of(settings)
+    tools_config(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -45,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         from otari_server.connected.app import create_connected_app
 
         return create_connected_app(settings)
-    tools_config(settings)  # a bad [tools] table stops start-up, not the first tool call
+    check_config(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
