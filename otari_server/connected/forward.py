@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -147,9 +147,10 @@ class Call:
         finally:
             response.release()
 
-    def refused(self, status: int, content: bytes) -> AttemptFailure:
+    def refused(self, status: int, content: bytes,
+                headers: Mapping[str, str] | None = None) -> AttemptFailure:
         """The provider's non-2xx answer, its key redacted from the message."""
-        return http_failure(refusal(self.provider, status, content), status)
+        return http_failure(refusal(self.provider, status, content, headers), status)
 
     def broken(self, problem: str, error_class: str, *, retryable: bool) -> AttemptFailure:
         """A failure of ours to make sense of the provider's answer."""
@@ -203,7 +204,7 @@ async def _complete(call: Call, path: str, outgoing: dict[str, Any],
     response = await call.post(path, outgoing, stream=False)
     content = await call.read(response)
     if response.status >= 400:
-        raise call.refused(response.status, content)
+        raise call.refused(response.status, content, response.headers)
     try:
         answer = orjson.loads(content)
         if call.provider.type == "anthropic":
@@ -226,7 +227,8 @@ async def _stream(call: Call, path: str, outgoing: dict[str, Any], relay: Relay)
         async with asyncio.timeout(wait):
             response = await call.post(path, outgoing, stream=True)
             if response.status >= 400:
-                raise call.refused(response.status, await call.read(response))
+                raise call.refused(response.status, await call.read(response),
+                                   response.headers)
             first = await _first_chunk(call, response, relay)
         committed = True
     except TimeoutError:

@@ -103,7 +103,7 @@ def test_a_whole_session_leaks_no_secret(isolated_home: Path) -> None:
             assert otari.saw("stream", chat(url, alice["key"], stream=True)).status_code == 200
             assert otari.saw("unknown key", chat(url, bad_key)).status_code == 401
             fake.push(error=Failure(401, f"Incorrect API key provided: {provider_key}"))
-            assert otari.saw("provider 401", chat(url, spare["key"])).status_code == 401
+            assert otari.saw("provider 401", chat(url, spare["key"])).status_code == 502
             fake.push(error=Failure(500, f"internal error for key {provider_key}"))
             assert otari.saw("provider 500", chat(url, spare["key"])).status_code == 502
             assert otari.saw("budget", chat(url, alice["key"])).status_code == 402
