@@ -11,6 +11,12 @@ from otari_server.errors import PayloadTooLarge, error_body, shape_for
 from otari_server.jsonio import dumps
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Answers to authenticated calls hold one caller's data: no shared cache (proxy, CDN) may
+# keep them, and a cache that does must key them by the credential headers.
+_PRIVATE = (b"cache-control", b"no-store, private")
+_VARY = b"Authorization, x-api-key, Otari-Key, AnyLLM-Key, X-AnyLLM-Key"
+# Health answers hold nothing private; a cache may keep them for a few seconds.
+_HEALTH = (b"cache-control", b"public, max-age=5")
 
 
 class RequestContext:
@@ -38,10 +44,14 @@ class RequestContext:
         request_id = f"{self._prefix}{next(self._counter):016x}"
         scope["otari.request_id"] = request_id
         header = (REQUEST_ID_HEADER, request_id.encode())
+        caching = _caching(scope["path"])
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                headers = [*message.get("headers", []), header]
+                if caching is not None:
+                    headers = _with_caching(headers, caching)
+                message["headers"] = headers
             await send(message)
 
         if b"%00" in scope.get("raw_path", b"") or b"%00" in scope["query_string"]:
@@ -61,6 +71,38 @@ class RequestContext:
             await _LimitedBody(self.max_body_bytes, receive, send_with_id).run(self.app, scope)
             return
         await self.app(scope, receive, send_with_id)
+
+
+def _caching(path: str) -> tuple[bytes, bytes] | None:
+    """The Cache-Control an answer to `path` gets: private for the API, short for health."""
+    if path.startswith(("/v1/", "/api/")):
+        return _PRIVATE
+    if path == "/health" or path.startswith("/health/"):
+        return _HEALTH
+    return None
+
+
+def _with_caching(headers: list[tuple[bytes, bytes]],
+                  caching: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """Set Cache-Control and, for private answers, Vary.
+
+    A private answer is no-store whatever the route said (an event stream's no-cache still
+    lets a cache keep it); a health answer keeps a Cache-Control its route set.
+    """
+    if caching is _PRIVATE:
+        headers = [(name, value) for name, value in headers
+                   if name.lower() != b"cache-control"]
+        headers.append(caching)
+    elif not any(name.lower() == b"cache-control" for name, _ in headers):
+        headers.append(caching)
+    if caching is _PRIVATE:
+        for index, (name, value) in enumerate(headers):
+            if name.lower() == b"vary":  # CORS adds Vary: Origin; keep it
+                headers[index] = (name, value + b", " + _VARY)
+                break
+        else:
+            headers.append((b"vary", _VARY))
+    return headers
 
 
 def _has_body(scope: Scope) -> bool:

@@ -68,6 +68,8 @@ class Settings:
     shutdown_timeout: float = 30.0
     metrics: bool = False
     max_header_bytes: int = 65536
+    # Browser origins allowed to call the gateway (CORS); empty: no CORS headers at all.
+    cors_allow_origins: tuple[str, ...] = ()
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Connected mode ([platform] table): the gateway serves as a platform's data plane.
     platform: Mapping[str, Any] = field(default_factory=dict)
@@ -121,6 +123,28 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+def _parse_origins(value: Any) -> tuple[str, ...]:
+    """A list of origins (or one comma-separated string, from the environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of origins, got {value!r}")
+    origins = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected origins as strings, got {item!r}")
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(f"expected an origin such as https://app.example.com or '*', "
+                             f"got {item!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+_ORIGIN = re.compile(r"https?://[^/\s?#]+\Z")
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().lower()
     if text.isdigit():
@@ -149,6 +173,7 @@ _PARSERS = {
     "shutdown_timeout": _parse_float,
     "metrics": _parse_bool,
     "max_header_bytes": _parse_int,
+    "cors_allow_origins": _parse_origins,
 }
 _TABLES = {"providers", "platform", "tools"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
