@@ -14,7 +14,6 @@ import openai
 import pytest
 from openai._models import FinalRequestOptions
 
-from tests.fakes import Failure
 from tests.gateway import Gateway, gateway_factory_fixture
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -183,10 +182,10 @@ def test_a_provider_rejecting_our_key_is_a_502_for_the_client(
     key = gw.key()
     client = gw.client(key)
     gw.openai_fake.fail(status, "Incorrect API key provided: sk-upstream-secret-value-123")
-    with caplog.at_level(logging.ERROR, logger="otari.errors"):
-        with pytest.raises(openai.APIStatusError) as caught:
-            client.chat.completions.with_raw_response.create(model="fake:gpt-4o-mini",
-                                                             messages=MESSAGES)
+    with (caplog.at_level(logging.ERROR, logger="otari.errors"),
+          pytest.raises(openai.APIStatusError) as caught):
+        client.chat.completions.with_raw_response.create(model="fake:gpt-4o-mini",
+                                                         messages=MESSAGES)
     error = caught.value
     assert error.status_code == 502 and not isinstance(error, openai.AuthenticationError)
     assert error.code == "provider_credential_rejected"
