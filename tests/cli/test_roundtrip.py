@@ -105,7 +105,9 @@ def test_keys_round_trip(cli: Cli) -> None:
     assert key_id in ok(cli("keys", "list", "-q")).out.split()
     revoked = cli("keys", "revoke", key_id, "--yes", "-q")
     assert ok(revoked).out == f"{key_id}\n"
-    assert ok(cli("keys", "get", key_id)).json()["is_active"] is False
+    gone = cli("keys", "get", key_id)
+    assert gone.code == ExitCode.REFUSED and "404" in gone.err
+    assert key_id not in ok(cli("keys", "list", "-q")).out.split()
 
 
 def test_pricing_round_trip(cli: Cli) -> None:
