@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -23,6 +25,7 @@ from otari_server.providers import Provider
 from otari_server.providers.failures import error_details
 
 _MAX_MESSAGE = 1000
+log = logging.getLogger("otari.upstream")
 
 
 class Upstream:
@@ -116,7 +119,8 @@ async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) ->
     finally:
         response.release()
     if response.status >= 400:
-        raise refusal(provider, response.status, content, response.headers)
+        raise refusal(provider, response.status, content, response.headers,
+                      url=str(response.url))
     return content
 
 
@@ -177,14 +181,22 @@ _KEPT_5XX = frozenset({503, 504, 529})
 
 
 def refusal(provider: Provider, status: int, body: bytes,
-            headers: Mapping[str, str] | None = None) -> OtariError:
+            headers: Mapping[str, str] | None = None, *, url: str | None = None) -> OtariError:
     """A provider's non-2xx answer as our error, in every wire shape the same way.
 
     4xx keeps its status and message (401/403, a refusal of the gateway's own provider key,
     become a 502 "provider credential rejected"); 503, 504 and 529 keep their status; other
-    5xx become 502. Retry-After and retry-after-ms of a 429, 503 or 529 are relayed.
+    5xx become 502. Retry-After and retry-after-ms of a 429, 503 or 529 are relayed. A 404
+    for the endpoint itself (not for a model) names the path called, and the whole `url` in
+    the operator's log, since it usually means a wrong base_url.
     """
     message = sanitize(provider, error_message(body))
+    if status == 404 and url is not None and _no_such_endpoint(message):
+        log.warning("provider '%s' answered 404 for %s: is its base_url right?", provider.name,
+                    url)
+        return UpstreamError(f"Provider '{provider.name}': Not Found: the provider has no "
+                             f"endpoint {urlsplit(url).path} (check its base_url)", 404,
+                             code="upstream_endpoint_not_found")
     if status in (401, 403):
         return ProviderCredentialRejected(
             f"Provider '{provider.name}' rejected the gateway's credential (HTTP {status}): "
@@ -198,6 +210,15 @@ def refusal(provider: Provider, status: int, body: bytes,
         return UpstreamError(f"Provider '{provider.name}' failed with HTTP {status}: {message}",
                              status, headers=advice)
     return BadGateway(f"Provider '{provider.name}' failed with HTTP {status}: {message}")
+
+
+# What web servers say for a path they do not serve (as opposed to a model they lack).
+_GENERIC_404 = frozenset({"not found", "404 not found", "404: not found", "404 page not found",
+                          "no details"})
+
+
+def _no_such_endpoint(message: str) -> bool:
+    return message.strip().lower() in _GENERIC_404 or message.lstrip().startswith("<")
 
 
 _MAX_RETRY_SECONDS = 86_400
