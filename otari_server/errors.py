@@ -163,9 +163,10 @@ class ProviderCredentialRejected(BadGateway):
 
     code = "provider_credential_rejected"
 
-    def __init__(self, message: str, provider: str, **kwargs: Any) -> None:
+    def __init__(self, message: str, provider: str, detail: str = "", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.provider = provider
+        self.detail = detail  # the provider's own words (key redacted): for the log only
 
 
 class ServiceUnavailable(OtariError):
@@ -229,7 +230,8 @@ def render(request: Request, exc: OtariError) -> JSONResponse:
 
 def _credential_rejected(request: Request, exc: ProviderCredentialRejected) -> None:
     # The operator must fix the provider key: say so loudly, with the request id to find it.
-    log.error("request %s: %s", request.scope.get("otari.request_id", "-"), exc.message)
+    log.error("request %s: %s (provider said: %s)", request.scope.get("otari.request_id", "-"),
+              exc.message, exc.detail or "nothing")
     runtime = getattr(request.app.state, "runtime", None)
     metrics = getattr(runtime, "metrics", None)
     if metrics is not None:

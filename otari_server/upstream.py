@@ -201,7 +201,7 @@ def refusal(provider: Provider, status: int, body: bytes,
         return ProviderCredentialRejected(
             f"Provider '{provider.name}' rejected the gateway's credential (HTTP {status}): "
             "provider credential rejected; the operator must fix the provider's api_key",
-            provider.name)
+            provider.name, message)
     advice = retry_advice(headers) if status in _RETRY_STATUSES and headers else {}
     if 400 <= status < 500:
         return UpstreamError(f"Provider '{provider.name}': {message}", status,

@@ -8,7 +8,7 @@ from decimal import Decimal
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from otari_server import budgets
+from otari_server import budgets, tokens
 from otari_server.db import create_db_engine, session_factory
 from otari_server.jsonio import loads
 from otari_server.tables import User
@@ -68,6 +68,12 @@ def test_counts_refuse_booleans(sqlite_client: TestClient) -> None:
     assert patched.status_code == 422
     assert client.get(f"/v1/budgets/{budget['budget_id']}",
                       headers=MASTER).json()["budget_duration_sec"] == 60
+
+
+def test_a_boolean_token_limit_never_shrinks_the_reservation() -> None:
+    assert tokens.output_tokens({"max_tokens": True}, 4096, "max_tokens") == 4096
+    assert tokens.output_tokens({"max_tokens": 10, "n": True}, 4096, "max_tokens") == 10
+    assert tokens.output_tokens({"max_tokens": 10, "n": 3}, 4096, "max_tokens") == 30
 
 
 def test_delete_in_use_is_409_until_users_move(client: TestClient) -> None:

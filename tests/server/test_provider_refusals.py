@@ -192,8 +192,11 @@ def test_a_provider_rejecting_our_key_is_a_502_for_the_client(
     assert "provider credential rejected" in error.message
     assert "sk-upstream" not in error.message
     request_id = error.response.headers["x-request-id"]
-    assert any(request_id in record.getMessage() and "fake" in record.getMessage()
-               for record in caplog.records)
+    [logged] = [record.getMessage() for record in caplog.records
+                if request_id in record.getMessage()]
+    assert "Provider 'fake' rejected the gateway's credential" in logged
+    assert "Incorrect API key provided: [redacted]" in logged
+    assert "sk-upstream" not in logged
 
     gw.anthropic_fake.fail(status, "invalid x-api-key")
     with pytest.raises(anthropic.APIStatusError) as messages_error:
