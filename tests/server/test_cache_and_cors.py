@@ -43,9 +43,9 @@ def test_every_authenticated_answer_is_private(gw: Gateway) -> None:
     with gw.client(key).chat.completions.with_streaming_response.create(
             model="fake:gpt-4o-mini", messages=MESSAGES, stream=True) as streamed:  # type: ignore[arg-type]
         assert_private(streamed)
-    messages = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
-    assert_private(messages.messages.with_raw_response.create(
-        model="claude:claude-sonnet", max_tokens=5, messages=MESSAGES))  # type: ignore[arg-type]
+    with anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0) as messages:
+        assert_private(messages.messages.with_raw_response.create(
+            model="claude:claude-sonnet", max_tokens=5, messages=MESSAGES))  # type: ignore[arg-type]
     for path in ("/v1/keys", "/v1/usage", "/v1/users", "/v1/budgets", "/v1/pricing",
                  "/v1/models", "/api/v1/keys"):
         assert_private(gw.admin.get(path))

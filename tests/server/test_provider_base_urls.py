@@ -62,10 +62,13 @@ def world(sqlite_url: str) -> Iterator[World]:
 
 
 def test_both_spellings_work_for_both_provider_types(world: World) -> None:
-    chat = openai.OpenAI(base_url=f"{world.url}/v1", api_key=MASTER["Authorization"][7:],
-                         max_retries=0)
-    messages = anthropic.Anthropic(base_url=world.url, api_key=MASTER["Authorization"][7:],
-                                   max_retries=0)
+    master = MASTER["Authorization"][7:]
+    with (openai.OpenAI(base_url=f"{world.url}/v1", api_key=master, max_retries=0) as chat,
+          anthropic.Anthropic(base_url=world.url, api_key=master, max_retries=0) as messages):
+        ask_both(world, chat, messages)
+
+
+def ask_both(world: World, chat: openai.OpenAI, messages: anthropic.Anthropic) -> None:
     for name in ("oai_bare", "oai_v1", "ant_bare", "ant_v1"):
         reply = chat.chat.completions.create(model=f"{name}:m", messages=MESSAGES)  # type: ignore[arg-type]
         assert reply.choices[0].message.content == DEFAULT_TEXT, name
@@ -74,8 +77,6 @@ def test_both_spellings_work_for_both_provider_types(world: World) -> None:
         assert answer.content[0].text == DEFAULT_TEXT, name  # type: ignore[union-attr]
     assert {call.path for call in world.openai_fake.requests} == {"/v1/chat/completions"}
     assert {call.path for call in world.anthropic_fake.requests} == {"/v1/messages"}
-    chat.close()
-    messages.close()
 
 
 def test_a_404_for_the_endpoint_names_the_path_not_the_host(

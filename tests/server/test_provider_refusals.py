@@ -77,8 +77,8 @@ def test_a_provider_429_reaches_the_anthropic_sdk_on_messages(
         gw: Gateway, model: str, stream: bool) -> None:
     fake = gw.openai_fake if model.startswith("fake") else gw.anthropic_fake
     fake.fail(429, "Number of requests has exceeded your rate limit", headers=RETRY)
-    client = anthropic_client(gw, gw.key())
-    with pytest.raises(anthropic.RateLimitError) as caught:
+    with (anthropic_client(gw, gw.key()) as client,
+          pytest.raises(anthropic.RateLimitError) as caught):
         client.messages.create(model=model, max_tokens=10, messages=MESSAGES,  # type: ignore[call-overload]
                                stream=stream)
     response = caught.value.response
@@ -199,9 +199,10 @@ def test_a_provider_rejecting_our_key_is_a_502_for_the_client(
     assert "sk-upstream" not in logged
 
     gw.anthropic_fake.fail(status, "invalid x-api-key")
-    with pytest.raises(anthropic.APIStatusError) as messages_error:
-        anthropic_client(gw, key).messages.create(model="claude:claude-sonnet", max_tokens=5,
-                                                  messages=MESSAGES)  # type: ignore[list-item]
+    with (anthropic_client(gw, key) as claude,
+          pytest.raises(anthropic.APIStatusError) as messages_error):
+        claude.messages.create(model="claude:claude-sonnet", max_tokens=5,
+                               messages=MESSAGES)  # type: ignore[arg-type]
     assert messages_error.value.status_code == 502
     body: Any = messages_error.value.body
     assert body["error"]["type"] == "api_error"
