@@ -60,7 +60,30 @@ def dump_bytes(content: Any) -> bytes:
 
     Raises TypeError for a value JSON cannot hold.
     """
-    return orjson.dumps(content, default=_default, option=_OPTIONS)
+    try:
+        return orjson.dumps(content, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        # What orjson alone refuses but JSON holds (a client's metadata may have either):
+        # integers past 64 bits and nesting past orjson's 254 levels.
+        return orjson.dumps(_portable(content, 0), default=_default, option=_OPTIONS)
+
+
+_INT_RANGE = range(-(2**63), 2**64)
+_DEPTH = 200
+
+
+def _portable(value: Any, depth: int) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+        return orjson.Fragment(str(value))
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="python")
+    if depth >= _DEPTH and isinstance(value, dict | list | tuple):
+        return orjson.Fragment(dump_bytes(value))  # written apart: its depth starts over
+    if isinstance(value, dict):
+        return {key: _portable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(item, depth + 1) for item in value]
+    return value
 
 
 def dumps(content: Any) -> str:

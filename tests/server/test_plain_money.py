@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from starlette.testclient import TestClient
+
 from otari_server.jsonio import dumps, loads
+from tests.factories import MASTER
 from tests.fakes import Behaviour
 from tests.gateway import Gateway
 
@@ -57,3 +60,24 @@ def test_tiny_money_reads_plain_on_every_management_answer(gateway: Gateway) -> 
     assert '"spend":0.0000000376' in user_text
     assert loads(user_text)["spend"] == Decimal("0.0000000376")
     assert '"cost":0.0000000376' in admin.get("/v1/users/tiny/usage").text
+
+
+def test_dumps_holds_what_json_holds_past_orjsons_own_limits() -> None:
+    # A client's metadata may carry integers past 64 bits or deep nesting: still written.
+    assert dumps({"n": 10**30, "m": [-(10**25), Decimal("1E-10")]}) == (
+        '{"n":1000000000000000000000000000000,"m":[-10000000000000000000000000,0.0000000001]}')
+    deep: dict[str, object] = {"cost": Decimal("3.75E-8")}
+    for _ in range(600):
+        deep = {"x": deep}
+    text = dumps(deep)
+    assert text == '{"x":' * 600 + '{"cost":0.0000000375}' + "}" * 600
+
+
+def test_metadata_with_a_huge_integer_round_trips(sqlite_client: TestClient) -> None:
+    body = '{"user_id": "big", "metadata": {"n": 1000000000000000000000000000000}}'
+    created = sqlite_client.post("/v1/users", content=body,
+                                 headers={**MASTER, "content-type": "application/json"})
+    assert created.status_code == 200, created.text
+    fetched = sqlite_client.get("/v1/users/big", headers=MASTER)
+    assert fetched.status_code == 200
+    assert '"metadata":{"n":1000000000000000000000000000000}' in fetched.text
