@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
 
-from otari_server.deps import CallerDep, ReadSessionDep, SessionDep
+from otari_server.deps import CallerDep, ReadSessionDep, RuntimeDep, SessionDep
 from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse
+from otari_server.providers import ModelAddressError, resolve
+from otari_server.runtime import Runtime
 from otari_server.schemas import ModelListResponse, ModelObject
 from otari_server.tables import Pricing, utcnow
 
@@ -28,6 +30,15 @@ def _priced(session: SessionDep, model_key: str | None = None) -> list[ModelObje
     return [_model(key, int(first.timestamp())) for key, first in session.execute(statement)]
 
 
+def _model_key(model_id: str, runtime: Runtime) -> str:
+    """The pricing key a model id names, resolved as chat resolves it."""
+    try:
+        provider, upstream = resolve(model_id, runtime.providers)
+    except ModelAddressError:
+        return model_id
+    return f"{provider.name}:{upstream}"
+
+
 @router.get("", response_model=ModelListResponse)
 def list_models(_caller: CallerDep, session: ReadSessionDep) -> Response:
     """Every model with a price in effect."""
@@ -35,9 +46,13 @@ def list_models(_caller: CallerDep, session: ReadSessionDep) -> Response:
 
 
 @router.get("/{model_id:path}", response_model=ModelObject)
-def get(model_id: str, _caller: CallerDep, session: ReadSessionDep) -> Response:
-    """One model."""
+def get(model_id: str, _caller: CallerDep, session: ReadSessionDep,
+        runtime: RuntimeDep) -> Response:
+    """One model, named as chat names it: `provider:model` or `provider/model` (answered
+    with its `provider:model` id)."""
     found = _priced(session, model_id)
+    if not found and (key := _model_key(model_id, runtime)) != model_id:
+        found = _priced(session, key)
     if not found:
         raise NotFound(f"Model '{model_id}' not found", code="model_not_found")
     return ExactJSONResponse(found[0])

@@ -39,7 +39,7 @@ After = Annotated[str | None, Query(
 
 
 # Fields GET /v1/usage adds to every row (UsageEntry's defaults).
-ENTRY_EXTRAS = {"source": "gateway", "bulk_editable": False, "status_code": None,
+ENTRY_EXTRAS = {"source": "gateway", "bulk_editable": False,
                 "cache_write_1h_tokens": None}
 
 

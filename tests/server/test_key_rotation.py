@@ -83,6 +83,11 @@ def test_rotate_refuses_bad_input_and_non_master(gateway: Gateway) -> None:
     assert as_key.status_code == 403
     assert _models(gateway.url, created["key"]).status_code == 200  # nothing changed
 
+    # A revoked key stays revoked: rotating it is a 404 and mints nothing.
+    assert gateway.admin.delete(f"/v1/keys/{created['id']}").status_code == 204
+    assert gateway.admin.post(f"/v1/keys/{created['id']}/rotate").status_code == 404
+    assert _models(gateway.url, created["key"]).status_code == 401
+
 
 @pytest.fixture
 def two_apps(postgres_url: str) -> Iterator[tuple[str, str]]:
