@@ -54,7 +54,7 @@ def test_rotation_keeps_the_key_and_its_usage_and_the_old_secret_stops_at_once(
 
     refused = _models(gateway.url, old)
     assert refused.status_code == 401
-    assert refused.json()["error"]["message"] == "Invalid API key"
+    assert refused.json()["error"]["message"] == "Invalid API key (in the authorization header)"
     gateway.client(new).chat.completions.create(
         model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     rows = gateway.usage(2)
