@@ -4,9 +4,9 @@ Which providers map: otari's preset names (left) to genai-prices provider ids (r
 PROVIDER_IDS. Presets missing there (deepinfra, sambanova, nebius, huggingface and the local
 servers) have no published per-provider prices in the package and are never imported or
 priced from it. A model is imported under `<otari provider>:<genai-prices model id>` with its
-current token prices (input, output, cache read, cache write per million); models priced in
-tiers, or without both an input and an output token price, are left out (otari prices them
-only when an operator does).
+current token prices (input, output, cache read, cache write per million) and their
+long-context tiers; models without both an input and an output token price are left out
+(otari prices them only when an operator does).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from otari_server.pricing import TOKENS, Price, price_at
+from otari_server.pricing import TIER_RATES, TOKENS, Price, Tier, price_at, tiers_from_json
 from otari_server.tables import Pricing
 
 log = logging.getLogger("otari.pricing")
@@ -82,25 +82,64 @@ class Quote:
     output_per_million: Decimal
     cache_read_per_million: Decimal | None = None
     cache_write_per_million: Decimal | None = None
+    tiers: tuple[Tier, ...] = ()  # lowest min_input_tokens first
 
     def price(self, effective_at: datetime) -> Price:
         """As a hot-path price, marked as coming from genai-prices."""
         return Price(self.model_key, effective_at, self.input_per_million,
                      self.output_per_million, TOKENS, self.cache_read_per_million,
-                     self.cache_write_per_million, source=SOURCE)
+                     self.cache_write_per_million, tiers=self.tiers, source=SOURCE)
+
+    def stored_tiers(self) -> list[dict[str, Any]] | None:
+        """The tiers as the pricing.tiers column keeps them (prices as decimal strings)."""
+        if not self.tiers:
+            return None
+        fields = {field: key for key, field in TIER_RATES.items()}
+        return [{"min_input_tokens": tier.min_input_tokens,
+                 **{fields[name]: f"{getattr(tier, name):f}" for name in fields
+                    if getattr(tier, name) is not None}} for tier in self.tiers]
+
+
+_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+_TIER_FIELDS = ("input_per_million", "output_per_million", "cache_read_per_million",
+                "cache_write_per_million")
+
+
+def _rates(value: object) -> tuple[Decimal | None, list[tuple[int, Decimal]]]:
+    """A package price as (base, [(tier start, price)]): a plain price has no tiers.
+
+    genai-prices applies a tier when the prompt has more than `start` tokens, and then to
+    the whole request, like otari's tiers from min_input_tokens = start + 1.
+    """
+    base = getattr(value, "base", None)
+    if base is None:
+        return exact(value), []
+    tiers = []
+    for tier in getattr(value, "tiers", []):
+        start, price = tier.start, exact(tier.price)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0 or price is None:
+            raise ValueError(f"invalid price tier {tier!r}")
+        tiers.append((start, price))
+    return exact(base), tiers
 
 
 def _quote(model_key: str, model: Any, at: datetime) -> Quote | None:
     prices = model.get_prices(at)
-    fields = [getattr(prices, name, None)
-              for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")]
-    amounts = [exact(value) for value in fields]
-    if amounts[0] is None or amounts[1] is None:
+    rates = [_rates(getattr(prices, name, None)) for name in _FIELDS]
+    bases = [base for base, _ in rates]
+    if bases[0] is None or bases[1] is None:
         return None
-    if any(value is not None and amount is None
-           for value, amount in zip(fields, amounts, strict=True)):
-        return None  # a tiered cache price: otari cannot hold it exactly
-    return Quote(model_key, amounts[0], amounts[1], amounts[2], amounts[3])
+    starts = sorted({start for _, tiers in rates for start, _ in tiers})
+    tiers = []
+    for start in starts:
+        # Each field's rate at this size: its own highest tier started by then, else the
+        # base (left None, which otari reads as the entry's own rate).
+        tier_rates: dict[str, Decimal | None] = {}
+        for field, (_, field_tiers) in zip(_TIER_FIELDS, rates, strict=True):
+            applied = [price for tier_start, price in field_tiers if tier_start <= start]
+            tier_rates[field] = applied[-1] if applied else None
+        tiers.append(Tier(start + 1, **tier_rates))
+    return Quote(model_key, bases[0], bases[1], bases[2], bases[3], tuple(tiers))
 
 
 def _providers() -> dict[str, Any]:
@@ -173,11 +212,12 @@ class Change:
 
 
 def _same(row: Pricing, quote: Quote) -> bool:
-    return ((row.unit or TOKENS) == TOKENS and not row.tiers
+    return ((row.unit or TOKENS) == TOKENS
             and row.input_price_per_million == quote.input_per_million
             and row.output_price_per_million == quote.output_per_million
             and row.cache_read_price_per_million == quote.cache_read_per_million
-            and row.cache_write_price_per_million == quote.cache_write_per_million)
+            and row.cache_write_price_per_million == quote.cache_write_per_million
+            and tiers_from_json(row.tiers) == quote.tiers)
 
 
 def plan(session: Session, found: list[Quote], overwrite: bool, now: datetime) -> list[Change]:
@@ -210,6 +250,6 @@ def apply(session: Session, changes: list[Change], now: datetime) -> int:
             output_price_per_million=q.output_per_million,
             cache_read_price_per_million=q.cache_read_per_million,
             cache_write_price_per_million=q.cache_write_per_million,
-            source=SOURCE, created_at=now, updated_at=now))
+            tiers=q.stored_tiers(), source=SOURCE, created_at=now, updated_at=now))
         written += 1
     return written

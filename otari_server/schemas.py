@@ -339,6 +339,9 @@ class PriceImportChange(BaseModel):
     output_price_per_million: Money
     cache_read_price_per_million: Money | None = None
     cache_write_price_per_million: Money | None = None
+    pricing_tiers: list[dict[str, Any]] = Field(
+        default_factory=list, description="Long-context tiers: from min_input_tokens on, "
+        "the whole request at these rates (those omitted are the base rates)")
     current: PricingResponse | None = None
 
 

@@ -134,6 +134,9 @@ def import_prices(body: ImportPricingRequest, session: SessionDep,
             output_price_per_million=c.quote.output_per_million,
             cache_read_price_per_million=c.quote.cache_read_per_million,
             cache_write_price_per_million=c.quote.cache_write_per_million,
+            pricing_tiers=[{"min_input_tokens": t.min_input_tokens, **{
+                key: getattr(t, name) for key, name in TIER_RATES.items()
+                if getattr(t, name) is not None}} for t in c.quote.tiers],
             current=None if c.current is None else pricing_response(c.current))
             for c in changes]))
 

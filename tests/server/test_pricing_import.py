@@ -191,3 +191,26 @@ def test_without_fallback_the_model_is_unpriced_and_table_prices_say_pricing(
     assert row["price_source"] == "pricing"
     assert row["cost"] == (Decimal(answer.usage.prompt_tokens)
                            + 2 * Decimal(answer.usage.completion_tokens)) / Decimal(1_000_000)
+
+
+def test_long_context_tiers_are_imported_exactly_and_compare_on_repeat(
+        client: TestClient) -> None:
+    planned = _import(client, providers=["anthropic"], model="claude-sonnet-4-5",
+                      dry_run=True)
+    assert _change(planned, "anthropic:claude-sonnet-4-5")["pricing_tiers"] == [
+        {"min_input_tokens": 200001, "input_price_per_million": Decimal("6"),
+         "output_price_per_million": Decimal("22.5"),
+         "cache_read_price_per_million": Decimal("0.6"),
+         "cache_write_price_per_million": Decimal("7.5")}]
+    assert _import(client, providers=["anthropic"], model="claude-sonnet-4-5")["written"] == 1
+    (entry,) = _history(client, "anthropic:claude-sonnet-4-5")
+    assert (entry["input_price_per_million"], entry["output_price_per_million"]) == (
+        Decimal("3"), Decimal("15"))
+    (tier,) = entry["pricing_tiers"]
+    assert tier["min_input_tokens"] == 200001
+    assert (tier["input_price_per_million"], tier["output_price_per_million"],
+            tier["cache_read_price_per_million"], tier["cache_write_price_per_million"]) == (
+        Decimal("6"), Decimal("22.5"), Decimal("0.6"), Decimal("7.5"))
+    again = _import(client, providers=["anthropic"], model="claude-sonnet-4-5")
+    assert again["written"] == 0
+    assert _change(again, "anthropic:claude-sonnet-4-5")["action"] == "unchanged"
