@@ -21,10 +21,11 @@ from importlib.metadata import version
 from types import MappingProxyType
 from typing import Any, Literal
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from otari_server.pricing import TIER_RATES, TOKENS, Price, Tier, price_at, tiers_from_json
-from otari_server.tables import Pricing
+from otari_server.pricing import TIER_RATES, TOKENS, Price, Tier, tiers_from_json
+from otari_server.tables import Pricing, quantize
 
 log = logging.getLogger("otari.pricing")
 
@@ -113,14 +114,20 @@ def _rates(value: object) -> tuple[Decimal | None, list[tuple[int, Decimal]]]:
     """
     base = getattr(value, "base", None)
     if base is None:
-        return exact(value), []
+        return _stored(exact(value)), []
     tiers = []
     for tier in getattr(value, "tiers", []):
-        start, price = tier.start, exact(tier.price)
+        start, price = tier.start, _stored(exact(tier.price))
         if isinstance(start, bool) or not isinstance(start, int) or start < 0 or price is None:
             raise ValueError(f"invalid price tier {tier!r}")
         tiers.append((start, price))
-    return exact(base), tiers
+    return _stored(exact(base)), tiers
+
+
+def _stored(amount: Decimal | None) -> Decimal | None:
+    # Rounded to the ten places otari keeps (a few published rates are thirds, like
+    # 0.0833...): what is written then equals what the next import compares.
+    return None if amount is None else quantize(amount)
 
 
 def _quote(model_key: str, model: Any, at: datetime) -> Quote | None:
@@ -220,11 +227,25 @@ def _same(row: Pricing, quote: Quote) -> bool:
             and tiers_from_json(row.tiers) == quote.tiers)
 
 
+def _current(session: Session, keys: list[str], now: datetime) -> dict[str, Pricing]:
+    """The entry in effect at `now` of each model key that has one (one query)."""
+    if not keys:
+        return {}
+    latest = (select(Pricing.model_key, func.max(Pricing.effective_at).label("at"))
+              .where(Pricing.effective_at <= now, Pricing.model_key.in_(keys))
+              .group_by(Pricing.model_key).subquery())
+    rows = session.scalars(select(Pricing).join(
+        latest, (Pricing.model_key == latest.c.model_key)
+        & (Pricing.effective_at == latest.c.at)))
+    return {row.model_key: row for row in rows}
+
+
 def plan(session: Session, found: list[Quote], overwrite: bool, now: datetime) -> list[Change]:
     """Compare published prices with the prices in effect at `now`."""
+    current = _current(session, [quote.model_key for quote in found], now)
     changes = []
     for quote in found:
-        row = price_at(session, quote.model_key, now)
+        row = current.get(quote.model_key)
         if row is None:
             action: Action = "add"
         elif _same(row, quote):

@@ -214,3 +214,14 @@ def test_long_context_tiers_are_imported_exactly_and_compare_on_repeat(
     again = _import(client, providers=["anthropic"], model="claude-sonnet-4-5")
     assert again["written"] == 0
     assert _change(again, "anthropic:claude-sonnet-4-5")["action"] == "unchanged"
+
+
+def test_importing_everything_twice_writes_nothing_the_second_time(client: TestClient) -> None:
+    first = _import(client)
+    assert first["written"] == len(first["changes"]) > 1000
+    # A published third (0.08333...) is kept to otari's ten places, so it compares equal.
+    flash = _change(first, "openrouter:google/gemini-2.5-flash")
+    assert flash["cache_write_price_per_million"] == Decimal("0.0833333333")
+    second = _import(client)
+    assert second["written"] == 0
+    assert {c["action"] for c in second["changes"]} == {"unchanged"}
