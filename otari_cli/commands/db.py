@@ -87,6 +87,11 @@ def backup(
         raise UsageError(
             f"otari db backup copies SQLite files; for PostgreSQL use {PG_DUMP_RECIPE}"
         )
+    # Truncating the live file (or its journal) before copying would destroy the database.
+    own = source.resolve()
+    if file.resolve() in {own, *(own.with_name(own.name + s) for s in ("-wal", "-shm",
+                                                                       "-journal"))}:
+        raise UsageError(f"{file} is the database itself (or its journal): choose another file")
     if file.exists() and not force:
         raise UsageError(f"{file} exists: pass --force to overwrite it")
     pages = backup_sqlite(source, file)

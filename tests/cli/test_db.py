@@ -53,3 +53,21 @@ def test_migrate_brings_a_new_database_to_the_head_schema(tmp_path: Path) -> Non
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
             db.schema_head(),)
     assert cli("db", "migrate", "--database-url", url).code == 0  # idempotent
+
+
+def test_backup_onto_the_database_itself_is_refused_and_keeps_it(tmp_path: Path) -> None:
+    # --force onto the live file truncated the database before copying it onto itself.
+    cli = Executable(tmp_path)
+    source = tmp_path / "otari.db"
+    assert cli("migrate", "--database-url", f"sqlite:///{source}").code == 0
+    with sqlite3.connect(source) as conn:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    size = source.stat().st_size
+    for target in (source, tmp_path / "." / "otari.db", Path(f"{source}-wal")):
+        refused = cli("db", "backup", str(target), "--force", "--database-url",
+                      f"sqlite:///{source}")
+        assert refused.code == ExitCode.USAGE, refused.err
+        assert "is the database itself" in refused.err
+    assert source.stat().st_size == size
+    with sqlite3.connect(source) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == tables
