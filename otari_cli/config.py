@@ -161,6 +161,10 @@ def check_url(url: str) -> str:
     the gateway itself: the CLI adds `/v1/...` to every path.
     """
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise UsageError(f"invalid gateway URL {url!r}: bad port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"invalid gateway URL {url!r}: expected http(s)://host[:port]")
     url = url.rstrip("/")

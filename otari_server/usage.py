@@ -97,10 +97,12 @@ class Cursor:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             stamp, row_id = json.loads(raw)
             moment = datetime.fromisoformat(stamp)
-            if not isinstance(row_id, str) or moment.tzinfo is None:
+            # NUL is no id we hand out, and PostgreSQL refuses it in a text parameter.
+            if not isinstance(row_id, str) or "\x00" in row_id or moment.tzinfo is None:
                 raise ValueError("bad cursor")
             moment = as_utc(moment)
-        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
+        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError,
+                RecursionError):  # deeply nested JSON
             raise InvalidRequest("Invalid 'after' cursor: pass the value from a Link "
                                  "header unchanged", param="after") from None
         return cls(moment, row_id)

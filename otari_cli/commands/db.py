@@ -51,8 +51,8 @@ def sqlite_path(url: str) -> Path | None:
 def backup_sqlite(source: Path, target: Path) -> int:
     """Copy a live SQLite database with SQLite's online backup API; returns pages copied.
 
-    The copy is consistent even while the daemon writes (the API restarts a step that a
-    write interrupted), and the file is created mode 0600: it holds key hashes and usage.
+    The copy is a consistent snapshot even while the daemon writes, and the file is created
+    mode 0600: it holds key hashes and usage.
     """
     if not source.exists():
         raise UsageError(f"no database at {source}")
@@ -67,7 +67,10 @@ def backup_sqlite(source: Path, target: Path) -> int:
         pages = total
 
     with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(target) as dst:
-        src.backup(dst, pages=1024, progress=progress)
+        # One step: a step-wise copy restarts whenever the daemon writes in between, so a
+        # busy gateway was never backed up; one read transaction does not block its writers
+        # (WAL) and is a consistent snapshot.
+        src.backup(dst, pages=-1, progress=progress)
     return pages
 
 
@@ -87,6 +90,11 @@ def backup(
         raise UsageError(
             f"otari db backup copies SQLite files; for PostgreSQL use {PG_DUMP_RECIPE}"
         )
+    # Truncating the live file (or its journal) before copying would destroy the database.
+    own = source.resolve()
+    if file.resolve() in {own, *(own.with_name(own.name + s) for s in ("-wal", "-shm",
+                                                                       "-journal"))}:
+        raise UsageError(f"{file} is the database itself (or its journal): choose another file")
     if file.exists() and not force:
         raise UsageError(f"{file} exists: pass --force to overwrite it")
     pages = backup_sqlite(source, file)

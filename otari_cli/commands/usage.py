@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -105,11 +105,23 @@ BY_FIELD = {By.USER: "user_id", By.KEY: "api_key_id", By.MODEL: "model",
 BAR_WIDTH = 30
 
 
-def _bar(cost: object, largest: Decimal) -> str:
-    """A bar proportional to cost (the largest group gets BAR_WIDTH blocks)."""
+def _bar(cost: object, largest: Decimal, width: int = BAR_WIDTH) -> str:
+    """A bar proportional to cost (the largest group gets `width` blocks)."""
     if not isinstance(cost, Decimal | int) or largest <= 0:
         return ""
-    return "█" * max(1 if cost else 0, round(Decimal(cost) / largest * BAR_WIDTH))
+    return "█" * max(1 if cost else 0, round(Decimal(cost) / largest * width))
+
+
+def _bar_width(stdout: Any, columns: list[Column], rows: list[dict[str, Any]]) -> int:
+    """Blocks left for the bar once the other columns fit the console (at most BAR_WIDTH).
+
+    Rich folds a cell that does not fit, which would break every bar over two lines.
+    """
+    from rich.console import Console
+
+    used = sum(max(len(c.header), *(len(c.show(r.get(c.field))) for r in rows)) + 2
+               for c in columns)  # each column plus Rich's two-space gap before the bar
+    return max(1, min(BAR_WIDTH, Console(file=stdout).width - used))
 
 
 @app.command("summary")
@@ -139,7 +151,8 @@ def summary(
                Column("ERRORS", "errors"), Column("IN", "prompt_tokens"),
                Column("OUT", "completion_tokens"), Column("COST", "cost")]
     if by is By.DAY:
-        rows = [{**g, "bar": _bar(g["cost"], largest)} for g in result["groups"]]
+        width = _bar_width(rt.output.stdout, columns, rows)
+        rows = [{**g, "bar": _bar(g["cost"], largest, width)} for g in result["groups"]]
         rows.append({**total, "bar": ""})
         columns.append(Column("", "bar"))
     rt.output.items(rows, columns, id_field=field)

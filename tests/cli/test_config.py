@@ -213,3 +213,10 @@ def test_an_sdk_style_base_url_means_the_gateway() -> None:
 def test_bad_url_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="invalid gateway URL"):
         resolve(Selection(url="gw.example.com"))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://127.0.0.1:abc"])
+def test_bad_port_in_url_is_a_usage_error(url: str) -> None:
+    # Was an "unexpected ValueError" with exit 1 (the code of an API refusal).
+    with pytest.raises(UsageError, match="invalid gateway URL"):
+        resolve(Selection(url=url))

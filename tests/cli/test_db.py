@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 from otari_cli.errors import ExitCode
@@ -53,3 +54,58 @@ def test_migrate_brings_a_new_database_to_the_head_schema(tmp_path: Path) -> Non
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
             db.schema_head(),)
     assert cli("db", "migrate", "--database-url", url).code == 0  # idempotent
+
+
+def test_backup_onto_the_database_itself_is_refused_and_keeps_it(tmp_path: Path) -> None:
+    # --force onto the live file truncated the database before copying it onto itself.
+    cli = Executable(tmp_path)
+    source = tmp_path / "otari.db"
+    assert cli("migrate", "--database-url", f"sqlite:///{source}").code == 0
+    with sqlite3.connect(source) as conn:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    size = source.stat().st_size
+    for target in (source, tmp_path / "." / "otari.db", Path(f"{source}-wal")):
+        refused = cli("db", "backup", str(target), "--force", "--database-url",
+                      f"sqlite:///{source}")
+        assert refused.code == ExitCode.USAGE, refused.err
+        assert "is the database itself" in refused.err
+    assert source.stat().st_size == size
+    with sqlite3.connect(source) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == tables
+
+
+def test_backup_finishes_while_the_database_is_written(tmp_path: Path) -> None:
+    # Copied 1,024 pages a step, the backup restarted at every write from the daemon: with
+    # a write every 10 ms it never finished.
+    source = tmp_path / "busy.db"
+    with sqlite3.connect(source) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE t (x BLOB)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(bytes(4000),)] * 10000)  # ~40 MB
+    done = threading.Event()
+    written = 0
+
+    def writer() -> None:
+        nonlocal written
+        conn = sqlite3.connect(source, isolation_level=None)
+        while not done.is_set():
+            conn.execute("INSERT INTO t VALUES (?)", (b"x",))
+            written += 1
+            done.wait(0.01)
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        target = tmp_path / "copy.db"
+        result = Executable(tmp_path)("db", "backup", str(target), "--database-url",
+                                      f"sqlite:///{source}", timeout=60)
+    finally:
+        done.set()
+        thread.join()
+    assert result.code == 0, result.err
+    assert written > 0
+    with sqlite3.connect(target) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT count(*) FROM t WHERE length(x) = 4000").fetchone() == (
+            10000,)

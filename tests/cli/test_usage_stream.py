@@ -141,3 +141,27 @@ def test_usage_summary_table_json_and_csv(database_url: str) -> None:
         assert json.loads(out, parse_float=Decimal)[-1]["cost"] == Decimal("101.5375")
         code, _, err = _otari(url, "usage", "summary", "--by", "team")
         assert code == 2 and "team" in err
+
+
+def test_usage_summary_by_day_bars_fit_80_columns(database_url: str) -> None:
+    # The bar was always 30 blocks: with long costs it wrapped onto a second line at 80.
+    migrate(database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    insert(database_url, [
+        row("a1", now - timedelta(days=2), cost="119.17500025", prompt=14982, completion=7497),
+        row("a2", now - timedelta(days=1), cost="13.0000000001", prompt=260, completion=130),
+    ])
+    with running(make_settings(database_url)) as url:
+        result = runner.invoke(app, ["--url", url, "--master-key", MASTER_KEY, "usage",
+                                     "summary", "--by", "day", "-o", "table"],
+                               env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 4, result.stdout  # header, two days, total: nothing wrapped
+        assert all(len(line.rstrip()) <= 80 for line in lines)
+        first, second = lines[1].split(), lines[2].split()
+        assert first[:6] == [(now - timedelta(days=2)).strftime("%Y-%m-%d"), "1", "0",
+                             "14982", "7497", "119.17500025"]
+        bar = len(first[6])  # the costliest day gets the whole width left
+        assert 0 < bar <= 30 and len(lines[1].rstrip()) == 80
+        assert len(second[6]) == round(Decimal("13.0000000001") / Decimal("119.17500025") * bar)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -92,6 +94,19 @@ def test_bad_cursors_are_400_and_write_nothing(client: TestClient, database_url:
     link = _next(client.get("/v1/usage?limit=1", headers=MASTER))
     both = client.get(f"{link}&skip=2", headers=MASTER)
     assert both.status_code == 400 and "not both" in both.text
+
+
+def test_hostile_cursors_are_400_not_500(client: TestClient, database_url: str) -> None:
+    _seed(database_url)
+    nested = base64.urlsafe_b64encode(b"[" * 3000).decode()  # past json's recursion limit
+    nul_id = base64.urlsafe_b64encode(
+        json.dumps(["2026-03-01T12:00:00+00:00", "r\u0000"]).encode()).decode()
+    for bad in (nested, nul_id):
+        response = client.get(f"/v1/usage?after={bad}", headers=MASTER)
+        assert response.status_code == 400, response.text
+        assert "after" in response.text
+        response = client.get(f"/v1/users/alice/usage?after={bad}", headers=MASTER)
+        assert response.status_code in (400, 404), response.text
 
 
 def test_user_usage_pages_by_cursor(client: TestClient, database_url: str) -> None:
