@@ -121,6 +121,31 @@ def test_bad_counts_from_an_anthropic_provider_are_refused_too(gateway: Gateway)
     assert ANTHROPIC_KEY not in row["error_message"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("output_tokens", [True, 7.5, "7x", [7]], ids=repr)
+def test_non_integer_counts_on_the_native_messages_path_are_refused(
+        gateway: Gateway, output_tokens: object, stream: bool) -> None:
+    # /v1/messages to an Anthropic provider is not a translation: the same rules as on
+    # every other native path (true is not 1, 7.5 is not a count), never read as 0.
+    gateway.user("u", max_budget="1")
+    gateway.anthropic_fake.push(body={
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet",
+        "content": [{"type": "text", "text": "served anyway"}], "stop_reason": "end_turn",
+        "stop_sequence": None, "usage": {"input_tokens": 4, "output_tokens": output_tokens}})
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        reply = http.post("/v1/messages", headers={"x-api-key": gateway.key(user_id="u")},
+                          json={"model": "claude:claude-sonnet", "max_tokens": 100,
+                                "messages": HI, "stream": stream})
+    assert reply.status_code == 200 and "served anyway" in reply.text
+    [row] = gateway.usage(1)
+    assert row["status"] == "invalid_usage"
+    assert row["error_message"].startswith("provider usage refused (output_tokens: ")
+    # Billed the worst case: the estimated prompt at $3/M plus 100 output tokens at $15/M.
+    assert row["completion_tokens"] == 100
+    assert row["cost"] == (Decimal(row["prompt_tokens"]) * 3 + 100 * 15) / 1_000_000
+    assert gateway.get_user("u")["spend"] == row["cost"]
+
+
 def test_sequential_requests_see_their_own_settlements(
         gateway_factory: Callable[..., Gateway]) -> None:
     # A long write-behind window: without settling a user's finished requests before their
