@@ -158,8 +158,12 @@ def responses_consumption(usage: object) -> Consumption:
     """Consumption from Responses usage; input tokens include cached reads and cache writes."""
     used = consumption(usage)
     details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
-    written = details.get("cache_write_tokens") if isinstance(details, dict) else None
-    if isinstance(written, int) and written > 0 and not used.cache_write_tokens:
+    try:  # checked like every other count: the raw number reached the usage row
+        written = counts.count(details.get("cache_write_tokens")
+                               if isinstance(details, dict) else None, "cache_write_tokens")
+    except counts.BadCount as exc:
+        return used if used.invalid else Consumption(invalid=str(exc))
+    if written and not used.cache_write_tokens:
         used = replace(used, cache_write_tokens=written)
     return used
 
