@@ -27,8 +27,10 @@ def estimated_prompt(raw_body: bytes) -> int:
 
 
 def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
-    """The most output the request allows: its token limit (times n choices) or `default`."""
-    limit = next((body[k] for k in keys if _count(body.get(k))), None)
+    """The most output the request allows: its token limit (times n choices) or `default`.
+
+    With more than one limit field sent, the largest: servers differ in which one they obey."""
+    limit = max((body[k] for k in keys if _count(body.get(k))), default=None)
     n = body.get("n")
     choices = n if _count(n) and n > 1 else 1
     return (limit if limit is not None and limit > 0 else default) * choices

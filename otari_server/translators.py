@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from otari_server import counts
 from otari_server.pricing import Consumption
 from otari_server.providers import anthropic as anthropic_wire
 from otari_server.providers.anthropic import ChatStreamTranslator, chat_usage
@@ -157,15 +158,33 @@ def responses_consumption(usage: object) -> Consumption:
     """Consumption from Responses usage; input tokens include cached reads and cache writes."""
     used = consumption(usage)
     details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
-    written = details.get("cache_write_tokens") if isinstance(details, dict) else None
-    if isinstance(written, int) and written > 0 and not used.cache_write_tokens:
+    try:  # checked like every other count: the raw number reached the usage row
+        written = counts.count(details.get("cache_write_tokens")
+                               if isinstance(details, dict) else None, "cache_write_tokens")
+    except counts.BadCount as exc:
+        return used if used.invalid else Consumption(invalid=str(exc))
+    if written and not used.cache_write_tokens:
         used = replace(used, cache_write_tokens=written)
     return used
 
 
 def anthropic_consumption(usage: object) -> Consumption:
-    """Consumption from an Anthropic usage object (prompt tokens include cache traffic)."""
-    return consumption(chat_usage(usage)) if isinstance(usage, dict) else Consumption()
+    """Consumption from an Anthropic usage object (prompt tokens include cache traffic).
+
+    Each count is checked by counts.count first: chat_usage (made for translation) reads a
+    fraction, a boolean or text as 0, which would under-bill a native answer."""
+    if not isinstance(usage, dict):
+        return Consumption()
+    try:
+        for name in _ANTHROPIC_COUNTS:
+            counts.count(usage.get(name), name)
+    except counts.BadCount as exc:
+        return Consumption(invalid=str(exc))
+    return consumption(chat_usage(usage))
+
+
+_ANTHROPIC_COUNTS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
+                     "output_tokens")
 
 
 class AudioPassThrough(StreamTranslator):
@@ -355,7 +374,7 @@ class MessagesPassThrough(StreamTranslator):
 
     def __init__(self) -> None:
         super().__init__()
-        self._usage: dict[str, int] = {}
+        self._usage: dict[str, object] = {}
         self._finished = False
 
     def used(self) -> Consumption | None:
@@ -363,7 +382,9 @@ class MessagesPassThrough(StreamTranslator):
             return None
         usage = dict(self._usage)
         if not self._finished:  # cut short: message_start's output count is a placeholder
-            usage["output_tokens"] = max(usage.get("output_tokens", 0), self.deltas)
+            placeholder = usage.get("output_tokens")
+            usage["output_tokens"] = max(placeholder, self.deltas) if isinstance(
+                placeholder, int) and not isinstance(placeholder, bool) else self.deltas
         return anthropic_consumption(usage)
 
     def fail(self, message: str, code: str) -> bytes:
@@ -377,10 +398,10 @@ class MessagesPassThrough(StreamTranslator):
         return b"".join(encode(event, event["type"]) for event in events)
 
     def _count(self, usage: object) -> None:
-        # Anthropic reports cumulative totals, so later numbers replace earlier ones.
+        # Anthropic reports cumulative totals, so later numbers replace earlier ones (a null
+        # is no report); whatever else is kept, for anthropic_consumption to check.
         if isinstance(usage, dict):
-            self._usage.update({k: v for k, v in usage.items()
-                                if isinstance(v, int) and not isinstance(v, bool)})
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
 
     def _relay(self, events: list[Event]) -> bytes:
         out = []

@@ -416,6 +416,21 @@ def test_refusal_says_which_max_tokens_fits(gateway: Gateway) -> None:
                                    messages=[{"role": "user", "content": "hi"}])
 
 
+def test_both_output_limits_sent_hold_the_larger(gateway: Gateway) -> None:
+    # Servers differ in which of the two they obey (Ollama reads only max_tokens): holding
+    # the smaller one let an answer of 50 tokens run on a hold of 5.
+    gateway.price("fake:gpt-4o-mini", "0", "1000")  # 0.001 per output token
+    key = _budgeted_user(gateway, "team", max_budget="0.01")
+    refused = _chat(gateway, key, b'{"model": "fake:gpt-4o-mini", "max_completion_tokens": 5, '
+                                  b'"max_tokens": 50, "messages": [{"role": "user", '
+                                  b'"content": "hi"}]}')
+    assert refused.status_code == 402
+    assert refused.json()["error"]["message"] == (
+        "Budget exceeded for user 'team': this request may cost up to 0.05, 0.01 of 0.01 "
+        "remains; lower max_completion_tokens to 10 or less")
+    assert gateway.openai_fake.requests == []
+
+
 def test_clamp_lowers_max_tokens_and_never_overspends(gateway: Gateway) -> None:
     gateway.price("fake:gpt-4o-mini", "0", "1000")
     key = _budgeted_user(gateway, "team", max_budget="0.01", budget_clamp=True)

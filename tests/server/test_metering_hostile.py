@@ -18,7 +18,8 @@ import pytest
 
 from otari_server import counts
 from otari_server.connected.reports import usage_numbers
-from tests.gateway import ANTHROPIC_KEY, Gateway
+from tests.fakes_responses import FakeOpenAIResponses
+from tests.gateway import ANTHROPIC_KEY, Gateway, gateway_factory_fixture
 
 MODEL = "fake:gpt-4o-mini"
 # Input is free and output costs $2000/M: max_tokens=5 makes the worst case exactly 0.01.
@@ -121,6 +122,31 @@ def test_bad_counts_from_an_anthropic_provider_are_refused_too(gateway: Gateway)
     assert ANTHROPIC_KEY not in row["error_message"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("output_tokens", [True, 7.5, "7x", [7]], ids=repr)
+def test_non_integer_counts_on_the_native_messages_path_are_refused(
+        gateway: Gateway, output_tokens: object, stream: bool) -> None:
+    # /v1/messages to an Anthropic provider is not a translation: the same rules as on
+    # every other native path (true is not 1, 7.5 is not a count), never read as 0.
+    gateway.user("u", max_budget="1")
+    gateway.anthropic_fake.push(body={
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet",
+        "content": [{"type": "text", "text": "served anyway"}], "stop_reason": "end_turn",
+        "stop_sequence": None, "usage": {"input_tokens": 4, "output_tokens": output_tokens}})
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        reply = http.post("/v1/messages", headers={"x-api-key": gateway.key(user_id="u")},
+                          json={"model": "claude:claude-sonnet", "max_tokens": 100,
+                                "messages": HI, "stream": stream})
+    assert reply.status_code == 200 and "served anyway" in reply.text
+    [row] = gateway.usage(1)
+    assert row["status"] == "invalid_usage"
+    assert row["error_message"].startswith("provider usage refused (output_tokens: ")
+    # Billed the worst case: the estimated prompt at $3/M plus 100 output tokens at $15/M.
+    assert row["completion_tokens"] == 100
+    assert row["cost"] == (Decimal(row["prompt_tokens"]) * 3 + 100 * 15) / 1_000_000
+    assert gateway.get_user("u")["spend"] == row["cost"]
+
+
 def test_sequential_requests_see_their_own_settlements(
         gateway_factory: Callable[..., Gateway]) -> None:
     # A long write-behind window: without settling a user's finished requests before their
@@ -207,3 +233,40 @@ def test_pass_through_endpoints_refuse_bad_counts_too(gateway: Gateway,
     # The estimate: a token per three body bytes, plus one, at $1000/M.
     assert len(raw) == 64 and row["prompt_tokens"] == 22
     assert row["cost"] == Decimal("0.022")
+
+
+@pytest.mark.parametrize("cache_write_tokens", [2**63 + 5, 10**14, True, "7x"], ids=repr)
+def test_responses_cache_write_tokens_are_checked_too(
+        database_url: str, cache_write_tokens: object) -> None:
+    # 2**63 + 5 was stored as is: the database refused the row, so the request was never
+    # billed and its hold never released; 10**14 was kept and true counted as 1.
+    factory = gateway_factory_fixture(database_url, FakeOpenAIResponses)
+    try:
+        gateway = next(factory)()
+        gateway.price(MODEL, "1000", "2000")
+        gateway.user("u", max_budget="1")
+        gateway.openai_fake.push(body={
+            "id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-4o-mini",
+            "status": "completed", "output": [{
+                "type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": "served anyway",
+                             "annotations": []}]}],
+            "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13,
+                      "input_tokens_details": {"cached_tokens": 0,
+                                               "cache_write_tokens": cache_write_tokens},
+                      "output_tokens_details": {"reasoning_tokens": 0}}})
+        raw = b'{"model": "fake:gpt-4o-mini", "input": "hi", "max_output_tokens": 5}'
+        reply = httpx.post(f"{gateway.url}/v1/responses", content=raw, timeout=30,
+                           headers={"Authorization": f"Bearer {gateway.key(user_id='u')}",
+                                    "content-type": "application/json"})
+        assert reply.status_code == 200 and "served anyway" in reply.text
+        [row] = gateway.usage(1)
+        assert row["status"] == "invalid_usage"
+        assert row["error_message"].startswith("provider usage refused (cache_write_tokens: ")
+        # The worst case: a token per three body bytes plus one at $1000/M, 5 out at $2000/M.
+        assert len(raw) == 68 and row["prompt_tokens"] == 23
+        assert row["cost"] == Decimal("0.033") and row["cache_write_tokens"] is None
+        user = gateway.get_user("u")
+        assert user["spend"] == Decimal("0.033") and user["reserved"] == 0
+    finally:
+        factory.close()
