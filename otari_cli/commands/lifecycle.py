@@ -216,7 +216,7 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
             rt.output.item(_describe(rt, running), id_field="pid")
             return
         if _probe(record.url, 2.0)[0]:
-            raise CliError(
+            raise UsageError(  # a busy port, as below: exit 2
                 f"a gateway already answers at {record.url} but was not started by "
                 "`otari start`: stop it first, or choose another --port"
             )

@@ -161,7 +161,7 @@ def test_start_refuses_a_port_another_gateway_answers_on(
     url = running("status").json()["url"]
     other = Executable(tmp_path / "other")
     refused = other("start", "--port", url.rsplit(":", 1)[1])
-    assert refused.code == ExitCode.REFUSED and "already answers" in refused.err
+    assert refused.code == ExitCode.USAGE and "already answers" in refused.err
     assert not other.dirs.pidfile.exists()
 
 
