@@ -138,7 +138,8 @@ def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
 
 
 async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) -> bytes:
-    """A provider's whole answer, released; non-2xx answers become our errors."""
+    """A provider's whole answer, released, with the provider's key scrubbed (a model may be
+    made to repeat it: the same rule as for streams); non-2xx answers become our errors."""
     try:
         content = await response.read()
     except Exception as exc:
@@ -148,7 +149,7 @@ async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) ->
     if response.status >= 400:
         raise refusal(provider, response.status, content, response.headers,
                       url=str(response.url))
-    return content
+    return scrubbed(provider, content)
 
 
 def parse_upstream(provider: Provider, content: bytes) -> dict[str, Any]:

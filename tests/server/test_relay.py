@@ -469,6 +469,37 @@ def test_a_secret_key_is_scrubbed_on_token_boundaries_only(world: World) -> None
     assert text == f"key [redacted]. not x{RAW_KEY}y"
 
 
+ECHOED = {
+    "raw:m": {**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": f"key {RAW_KEY}. not x{RAW_KEY}y"}}]},
+    "rawclaude:m": {**MESSAGE, "content": [
+        {"type": "text", "text": f"key {RAW_KEY}. not x{RAW_KEY}y"}]},
+}
+RESPONSE_ECHOED = {**RESPONSE, "output": [{**RESPONSE["output"][0], "content": [
+    {"type": "output_text", "text": f"key {RAW_KEY}. not x{RAW_KEY}y", "annotations": []}]}]}
+
+
+@pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
+@pytest.mark.parametrize("endpoint", ["chat", "messages", "responses"])
+def test_a_secret_key_is_scrubbed_from_plain_answers_too(world: World, endpoint: str,
+                                                         model: str) -> None:
+    # A model made to repeat the key leaks it as surely in a JSON answer as in a stream.
+    answer = RESPONSE_ECHOED if (endpoint, model) == ("responses", "raw:m") else ECHOED[model]
+    world.fake.push(Script([json.dumps(answer).encode()], content_type="application/json"))
+    if endpoint == "chat":
+        text = world.openai().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+    elif endpoint == "messages":
+        block = world.anthropic().messages.create(
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]).content[0]
+        assert block.type == "text"
+        text = block.text
+    else:
+        text = world.openai().responses.create(model=model, input="hi").output_text
+    assert text == f"key [redacted]. not x{RAW_KEY}y"
+    billed(world, model)
+
+
 # -- the Responses stream behaves the same -------------------------------------------------------
 
 
