@@ -347,6 +347,44 @@ def test_an_answer_neither_json_nor_events_is_a_502(world: World) -> None:
     assert row["status"] == "error" and row["cost"] == 0
 
 
+JSON_ERRORS = {
+    "raw:m": {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
+                        "code": "rate_limit_exceeded"}},
+    "rawclaude:m": {"type": "error", "error": {"type": "overloaded_error",
+                                               "message": "Rate limit reached"}},
+}
+
+
+@pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
+@pytest.mark.parametrize("endpoint", ["chat", "messages", "responses"])
+def test_a_json_error_answer_to_a_stream_request_is_an_error(world: World, endpoint: str,
+                                                             model: str) -> None:
+    # An error body with status 200 is no answer: never an empty successful stream.
+    world.fake.push(Script([json.dumps(JSON_ERRORS[model]).encode()],
+                           content_type="application/json"))
+    provider = model.split(":")[0]
+    expected = f"Provider '{provider}' answered a stream request with an error: Rate limit reached"
+    caught: openai.APIStatusError | anthropic.APIStatusError
+    if endpoint == "messages":
+        with pytest.raises(anthropic.APIStatusError) as anthropic_info:
+            messages_text(world.anthropic(), model)
+        caught = anthropic_info.value
+        assert caught.body == {"type": "error", "error": {"type": "api_error",
+                                                          "message": expected}}
+    else:
+        with pytest.raises(openai.APIStatusError) as openai_info:
+            if endpoint == "chat":
+                chat_text(world.openai(), model)
+            else:
+                responses_text(world.openai(), model)
+        caught = openai_info.value
+        assert caught.body["message"] == expected  # type: ignore[index]
+    assert caught.status_code == 502
+    [row] = world.usage(1)
+    assert (row["status"], row["status_code"], row["cost"]) == ("error", 502, 0)
+    assert row["error_message"] == expected
+
+
 # -- streams are cut past the reserved output ----------------------------------------------------
 
 
