@@ -16,7 +16,6 @@ from starlette.types import Receive, Scope, Send
 from otari_server.errors import BadGateway, OtariError
 from otari_server.pricing import Consumption
 from otari_server.providers import Provider
-from otari_server.providers.failures import error_details
 from otari_server.proxy import ESTIMATED, SSE_HEADERS, Call
 from otari_server.scrub import is_secret, scrub_bytes
 from otari_server.translators import StreamTranslator
@@ -201,13 +200,6 @@ async def stream_start(provider: Provider, response: aiohttp.ClientResponse,
         return b""
     if kind == "application/json":
         answer = parse_upstream(provider, await read_upstream(provider, response))
-        if answer.get("object") != "response" and (
-                answer.get("type") == "error" or answer.get("error") not in (None, {}, "")):
-            # An error body sent with 200 is no answer (never an empty successful stream).
-            kind_of_error, message = error_details(answer)
-            said = sanitize(provider, message or kind_of_error or "no details")
-            raise BadGateway(f"Provider '{provider.name}' answered a stream request with an "
-                             f"error: {said}")
         try:
             return translator.whole(answer)
         except (AttributeError, TypeError, KeyError, IndexError, ValueError):

@@ -153,13 +153,20 @@ async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) ->
 
 
 def parse_upstream(provider: Provider, content: bytes) -> dict[str, Any]:
-    """A provider's JSON object; anything else is a 502."""
+    """A provider's JSON object; anything else, or an error body sent with a 2xx status
+    (`{"error": ...}`, Anthropic's `{"type": "error"}`), is a 502. A Responses object keeps
+    its `error` field: a failed response is an answer."""
     try:
         parsed = orjson.loads(content)
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
         raise malformed(provider)
+    if parsed.get("object") != "response" and (
+            parsed.get("type") == "error" or parsed.get("error") not in (None, {}, "")):
+        kind, message = error_details(parsed)
+        said = sanitize(provider, message or kind or "no details")
+        raise BadGateway(f"Provider '{provider.name}' answered with an error: {said}")
     return parsed
 
 

@@ -355,25 +355,39 @@ JSON_ERRORS = {
 }
 
 
+def plain_text(world: World, endpoint: str, model: str) -> str | None:
+    if endpoint == "chat":
+        return world.openai().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+    if endpoint == "messages":
+        return str(world.anthropic().messages.create(
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]).content)
+    return world.openai().responses.create(model=model, input="hi").output_text
+
+
+@pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
 @pytest.mark.parametrize("endpoint", ["chat", "messages", "responses"])
-def test_a_json_error_answer_to_a_stream_request_is_an_error(world: World, endpoint: str,
-                                                             model: str) -> None:
-    # An error body with status 200 is no answer: never an empty successful stream.
+def test_a_json_error_answer_with_status_200_is_an_error(world: World, endpoint: str,
+                                                         model: str, stream: bool) -> None:
+    # An error body sent with status 200 is no answer: never an empty successful answer
+    # billed from the estimate.
     world.fake.push(Script([json.dumps(JSON_ERRORS[model]).encode()],
                            content_type="application/json"))
-    provider = model.split(":")[0]
-    expected = f"Provider '{provider}' answered a stream request with an error: Rate limit reached"
+    expected = f"Provider '{model.split(':')[0]}' answered with an error: Rate limit reached"
     caught: openai.APIStatusError | anthropic.APIStatusError
     if endpoint == "messages":
         with pytest.raises(anthropic.APIStatusError) as anthropic_info:
-            messages_text(world.anthropic(), model)
+            messages_text(world.anthropic(), model) if stream else plain_text(
+                world, endpoint, model)
         caught = anthropic_info.value
         assert caught.body == {"type": "error", "error": {"type": "api_error",
                                                           "message": expected}}
     else:
         with pytest.raises(openai.APIStatusError) as openai_info:
-            if endpoint == "chat":
+            if not stream:
+                plain_text(world, endpoint, model)
+            elif endpoint == "chat":
                 chat_text(world.openai(), model)
             else:
                 responses_text(world.openai(), model)
