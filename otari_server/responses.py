@@ -41,7 +41,7 @@ from otari_server.proxy import (
 )
 from otari_server.relay import open_relay
 from otari_server.runtime import Runtime
-from otari_server.stored_responses import remember
+from otari_server.stored_responses import check_previous, remember
 from otari_server.translators import (
     AnthropicToResponses,
     ResponsesPassThrough,
@@ -59,6 +59,7 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     if not isinstance(items, str) and not (
             isinstance(items, list) and all(isinstance(item, dict) for item in items)):
         raise InvalidRequest("'input' must be a string or an array of objects", param="input")
+    await check_previous(runtime, caller, route(runtime, caller, body["model"])[0], body)
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"),
                                        worst=_stored_context_bound(runtime, caller, raw, body))

@@ -93,6 +93,20 @@ async def remove(runtime: Runtime, caller: Caller, response_id: str) -> Response
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
+async def check_previous(runtime: Runtime, caller: Caller, provider: Provider,
+                         body: dict[str, Any]) -> None:
+    """Refuse a `previous_response_id` the caller may not reach (404, param
+    previous_response_id), as GET would: every user's responses sit behind the same provider
+    key, so the provider itself would hand another user's conversation to the caller.
+    Only for providers that keep responses (the others refuse the field themselves)."""
+    previous = body.get("previous_response_id")
+    if provider.type != "openai" or not isinstance(previous, str):
+        return
+    row = await to_thread.run_sync(_load, runtime, previous)
+    if row is None or not _owns(caller, row):
+        raise NotFound(f"Response '{previous}' not found", param="previous_response_id")
+
+
 async def _pass(provider: Provider, response: Any) -> Response:
     content = await read_upstream(provider, response)  # raises the provider's refusal
     parse_upstream(provider, content)  # a JSON object, or 502

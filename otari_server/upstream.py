@@ -138,7 +138,8 @@ def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
 
 
 async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) -> bytes:
-    """A provider's whole answer, released; non-2xx answers become our errors."""
+    """A provider's whole answer, released, with the provider's key scrubbed (a model may be
+    made to repeat it: the same rule as for streams); non-2xx answers become our errors."""
     try:
         content = await response.read()
     except Exception as exc:
@@ -148,17 +149,24 @@ async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) ->
     if response.status >= 400:
         raise refusal(provider, response.status, content, response.headers,
                       url=str(response.url))
-    return content
+    return scrubbed(provider, content)
 
 
 def parse_upstream(provider: Provider, content: bytes) -> dict[str, Any]:
-    """A provider's JSON object; anything else is a 502."""
+    """A provider's JSON object; anything else, or an error body sent with a 2xx status
+    (`{"error": ...}`, Anthropic's `{"type": "error"}`), is a 502. A Responses object keeps
+    its `error` field: a failed response is an answer."""
     try:
         parsed = orjson.loads(content)
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
         raise malformed(provider)
+    if parsed.get("object") != "response" and (
+            parsed.get("type") == "error" or parsed.get("error") not in (None, {}, "")):
+        kind, message = error_details(parsed)
+        said = sanitize(provider, message or kind or "no details")
+        raise BadGateway(f"Provider '{provider.name}' answered with an error: {said}")
     return parsed
 
 

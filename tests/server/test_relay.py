@@ -347,6 +347,58 @@ def test_an_answer_neither_json_nor_events_is_a_502(world: World) -> None:
     assert row["status"] == "error" and row["cost"] == 0
 
 
+JSON_ERRORS = {
+    "raw:m": {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
+                        "code": "rate_limit_exceeded"}},
+    "rawclaude:m": {"type": "error", "error": {"type": "overloaded_error",
+                                               "message": "Rate limit reached"}},
+}
+
+
+def plain_text(world: World, endpoint: str, model: str) -> str | None:
+    if endpoint == "chat":
+        return world.openai().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+    if endpoint == "messages":
+        return str(world.anthropic().messages.create(
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]).content)
+    return world.openai().responses.create(model=model, input="hi").output_text
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
+@pytest.mark.parametrize("endpoint", ["chat", "messages", "responses"])
+def test_a_json_error_answer_with_status_200_is_an_error(world: World, endpoint: str,
+                                                         model: str, stream: bool) -> None:
+    # An error body sent with status 200 is no answer: never an empty successful answer
+    # billed from the estimate.
+    world.fake.push(Script([json.dumps(JSON_ERRORS[model]).encode()],
+                           content_type="application/json"))
+    expected = f"Provider '{model.split(':')[0]}' answered with an error: Rate limit reached"
+    caught: openai.APIStatusError | anthropic.APIStatusError
+    if endpoint == "messages":
+        with pytest.raises(anthropic.APIStatusError) as anthropic_info:
+            messages_text(world.anthropic(), model) if stream else plain_text(
+                world, endpoint, model)
+        caught = anthropic_info.value
+        assert caught.body == {"type": "error", "error": {"type": "api_error",
+                                                          "message": expected}}
+    else:
+        with pytest.raises(openai.APIStatusError) as openai_info:
+            if not stream:
+                plain_text(world, endpoint, model)
+            elif endpoint == "chat":
+                chat_text(world.openai(), model)
+            else:
+                responses_text(world.openai(), model)
+        caught = openai_info.value
+        assert caught.body["message"] == expected  # type: ignore[index]
+    assert caught.status_code == 502
+    [row] = world.usage(1)
+    assert (row["status"], row["status_code"], row["cost"]) == ("error", 502, 0)
+    assert row["error_message"] == expected
+
+
 # -- streams are cut past the reserved output ----------------------------------------------------
 
 
@@ -467,6 +519,37 @@ def test_a_secret_key_is_scrubbed_on_token_boundaries_only(world: World) -> None
     world.fake.push(Script(chat_stream(f"key {RAW_KEY}.", f" not x{RAW_KEY}y")))
     text = chat_text(world.openai(), "raw:m")[0]
     assert text == f"key [redacted]. not x{RAW_KEY}y"
+
+
+ECHOED = {
+    "raw:m": {**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": f"key {RAW_KEY}. not x{RAW_KEY}y"}}]},
+    "rawclaude:m": {**MESSAGE, "content": [
+        {"type": "text", "text": f"key {RAW_KEY}. not x{RAW_KEY}y"}]},
+}
+RESPONSE_ECHOED = {**RESPONSE, "output": [{**RESPONSE["output"][0], "content": [
+    {"type": "output_text", "text": f"key {RAW_KEY}. not x{RAW_KEY}y", "annotations": []}]}]}
+
+
+@pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
+@pytest.mark.parametrize("endpoint", ["chat", "messages", "responses"])
+def test_a_secret_key_is_scrubbed_from_plain_answers_too(world: World, endpoint: str,
+                                                         model: str) -> None:
+    # A model made to repeat the key leaks it as surely in a JSON answer as in a stream.
+    answer = RESPONSE_ECHOED if (endpoint, model) == ("responses", "raw:m") else ECHOED[model]
+    world.fake.push(Script([json.dumps(answer).encode()], content_type="application/json"))
+    if endpoint == "chat":
+        text = world.openai().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+    elif endpoint == "messages":
+        block = world.anthropic().messages.create(
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]).content[0]
+        assert block.type == "text"
+        text = block.text
+    else:
+        text = world.openai().responses.create(model=model, input="hi").output_text
+    assert text == f"key [redacted]. not x{RAW_KEY}y"
+    billed(world, model)
 
 
 # -- the Responses stream behaves the same -------------------------------------------------------

@@ -105,6 +105,29 @@ def test_another_user_gets_404_and_the_provider_is_not_asked(gateway: Gateway) -
         == created.id
 
 
+def test_another_users_response_cannot_be_continued(gateway: Gateway) -> None:
+    # previous_response_id makes the provider read the earlier turns: naming a response of
+    # another user would hand its conversation to the caller (one provider key serves all).
+    created = gateway.client(gateway.key(user_id="alice")).responses.create(
+        model=OPENAI_MODEL, input="my secret is 42")
+    calls = len(fake(gateway).requests)
+    bob = gateway.client(gateway.key(user_id="bob"))
+    for response_id in (created.id, "resp_never_made"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            bob.responses.create(model=OPENAI_MODEL, input="what is my secret?",
+                                 previous_response_id=response_id)
+        assert caught.value.body == {  # type: ignore[comparison-overlap]
+            "message": f"Response '{response_id}' not found", "type": "not_found_error",
+            "param": "previous_response_id", "code": None}
+    assert len(fake(gateway).requests) == calls
+    # Its owner continues it.
+    alice = gateway.client(gateway.key(user_id="alice"))
+    second = alice.responses.create(model=OPENAI_MODEL, input="and again",
+                                    previous_response_id=created.id)
+    assert fake(gateway).last.body["previous_response_id"] == created.id
+    assert second.status == "completed"
+
+
 def test_unknown_and_unstored_responses_are_404(gateway: Gateway) -> None:
     client = gateway.client(gateway.key(user_id="alice"))
     unstored = client.responses.create(model=OPENAI_MODEL, input="hi", store=False)
