@@ -285,7 +285,8 @@ def test_a_low_bitrate_file_reserves_its_header_duration_not_its_size(
     client = gateway.client(gateway.key(user_id="erin"))
     result = client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio, "audio/wav"))
     assert result.text == WAV_TEXT
-    [row] = gateway.usage(1)
+    row, refused = gateway.usage(2)  # newest first: the refusal left its own row
+    assert (refused["status"], refused["status_code"], refused["cost"]) == ("refused", 402, None)
     assert row["cost"] == Decimal("0.006")  # 60 s at 0.0001
     user = gateway.get_user("erin")
     assert user["spend"] == Decimal("0.006") and user["reserved"] == 0
