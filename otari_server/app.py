@@ -22,6 +22,7 @@ from otari_server.routes import (
     models,
     pricing,
     providers,
+    routing,
     usage,
     users,
 )
@@ -33,7 +34,7 @@ from otari_server.tools.config import tools_config
 API_ROUTERS: list[APIRouter] = [
     generation.router, messages.router, batches.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
-    providers.router,
+    providers.router, routing.router,
 ]
 
 

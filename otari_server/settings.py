@@ -75,6 +75,8 @@ class Settings:
     platform: Mapping[str, Any] = field(default_factory=dict)
     # Gateway-run tools ([tools] table: web search backend, code sandbox, URL safety).
     tools: Mapping[str, Any] = field(default_factory=dict)
+    # Routes ([routes.NAME] tables): model names served by several targets (otari_server.routing).
+    routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -153,7 +155,7 @@ _PARSERS = {
     "metrics": _parse_bool,
     "max_header_bytes": _parse_int,
 }
-_TABLES = {"providers", "platform", "tools"}
+_TABLES = {"providers", "platform", "tools", "routes"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}

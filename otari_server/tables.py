@@ -214,6 +214,10 @@ class UsageLog(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # Set when the client asked for a route: its name and how many attempts it took (model
+    # and provider then name the target that served).
+    route: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int | None] = mapped_column(Integer)
 
 
 class Reservation(Base):
@@ -243,3 +247,18 @@ class RateCounter(Base):
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RouteDefinition(Base):
+    """A route created through /v1/routes (config-file routes are not stored)."""
+
+    __tablename__ = "routes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    strategy: Mapped[str] = mapped_column(String(16))
+    # [{"model": "provider:model", "weight": 1}, ...], in try order.
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Every other setting (retries, backoff, timeout, cooldowns ...), see routing.model.
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -1,0 +1,47 @@
+"""The routes an app knows: read-only ones from the config, the rest from the database."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from otari_server.routing.model import Route, RouteError, parse_route
+from otari_server.tables import RouteDefinition
+
+log = logging.getLogger("otari.routing")
+
+
+def from_row(row: RouteDefinition) -> Route:
+    """The Route a stored definition describes (validated again: rows outlive code)."""
+    return parse_route(row.name, {"strategy": row.strategy, "targets": row.targets,
+                                  **(row.options or {})}, "api")
+
+
+class RouteBook:
+    """Route name -> Route. `get` is one dict lookup: it runs for every request's model."""
+
+    def __init__(self, config: Mapping[str, Route] | None = None) -> None:
+        self.config: dict[str, Route] = dict(config or {})
+        self.routes: dict[str, Route] = dict(self.config)
+
+    def get(self, name: str) -> Route | None:
+        """The route called `name`, if any."""
+        return self.routes.get(name)
+
+    def load(self, session: Session) -> None:
+        """Replace the API-defined routes with the database's (config routes stay first)."""
+        routes: dict[str, Route] = {}
+        for row in session.scalars(select(RouteDefinition).order_by(RouteDefinition.name)):
+            if row.name in self.config:
+                log.warning("route '%s' is defined in the config file and in the database; "
+                            "the config file's definition is used", row.name)
+                continue
+            try:
+                routes[row.name] = from_row(row)
+            except RouteError as exc:
+                log.warning("stored route '%s' is not usable and is ignored: %s", row.name, exc)
+        routes.update(self.config)
+        self.routes = routes  # one assignment: readers see the old or the new dict
