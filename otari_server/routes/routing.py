@@ -34,8 +34,8 @@ router = APIRouter(prefix="/v1/routes", tags=["routes"], route_class=ExactRoute,
 
 def _public(route: Route, row: RouteDefinition | None = None) -> dict[str, Any]:
     shown = route.public()
-    if row is not None:
-        shown.update(created_at=row.created_at, updated_at=row.updated_at)
+    shown.update(created_at=None if row is None else row.created_at,
+                 updated_at=None if row is None else row.updated_at)
     return shown
 
 

@@ -53,7 +53,7 @@ class RouteSpec(BaseModel):
 
     def table(self) -> dict[str, Any]:
         """The definition as a config-style table, for routing.model.parse_route."""
-        data = self.model_dump(exclude_unset=False)
+        data = self.model_dump(exclude={"name"})
         data["targets"] = [t if isinstance(t, str) else t.model_dump() for t in self.targets]
         return data
 
