@@ -140,6 +140,10 @@ class Gateway:
         """POST a JSON body and decode."""
         return self.call("POST", url_path, body=body)
 
+    def put(self, url_path: str, body: object) -> Any:
+        """PUT a JSON body (create or replace) and decode."""
+        return self.call("PUT", url_path, body=body)
+
     def patch(self, url_path: str, body: object) -> Any:
         """PATCH a JSON body and decode."""
         return self.call("PATCH", url_path, body=body)
