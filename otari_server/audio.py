@@ -1,19 +1,26 @@
 """POST /v1/audio/transcriptions (multipart upload) and /v1/audio/speech (streamed audio).
 
-Transcriptions are billed per second of audio. Only verbose_json reports the duration on
-every Whisper-style server, so the gateway always asks the provider for verbose_json and
-renders the format the client asked for (json, text, srt, vtt or verbose_json) from it.
+Transcriptions are billed per second of audio, or by tokens for models priced by tokens
+only (see `bills_by_tokens`). Only verbose_json reports the duration on every Whisper-style
+server, so per-second models are asked for verbose_json; token-billed models answer only
+json and text and report token usage, so they are asked for json. The gateway renders the
+format the client asked for (json, text, srt, vtt or verbose_json) from the answer. The
+reservation is the file's real duration, read from its header (`audio_seconds`).
 Speech is billed per character of input and streamed back as the provider sends it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import math
+from collections.abc import AsyncGenerator
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
+import mutagen
 import orjson
+from anyio import to_thread
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -23,7 +30,7 @@ from otari_server import tokens
 from otari_server.auth import Caller
 from otari_server.endpoints import SPEECH, Endpoint
 from otari_server.errors import InvalidRequest, OtariError, PayloadTooLarge
-from otari_server.pricing import Consumption
+from otari_server.pricing import TOKENS, Consumption, Price
 from otari_server.proxy import (
     JSON_HEADERS,
     Call,
@@ -32,13 +39,22 @@ from otari_server.proxy import (
     consumption,
     openai_only,
     read_body,
+    route,
     runtime_of,
 )
-from otari_server.relay import RelayResponse
-from otari_server.upstream import failure, malformed, parse_upstream, read_upstream
+from otari_server.relay import relayed
+from otari_server.runtime import Runtime
+from otari_server.tables import utcnow
+from otari_server.translators import AudioPassThrough
+from otari_server.upstream import malformed, parse_upstream, read_upstream
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 TEXT_TYPE = "text/plain; charset=utf-8"
+# Token-billed transcription, per second of audio: OpenAI's gpt-4o-transcribe family counts
+# about 17 audio tokens a second (1,000 a minute); speech is at most about 5 text tokens a
+# second. The reservation allows three and four times that.
+AUDIO_TOKENS_PER_SECOND = 50
+TRANSCRIPT_TOKENS_PER_SECOND = 20
 # Form fields the gateway answers itself rather than forwarding.
 _OWN_FIELDS = frozenset({"file", "model", "user", "response_format", "stream"})
 
@@ -54,31 +70,106 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
 
 
 async def _transcribe(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
-    """Upload the audio as verbose_json, bill its duration, answer in the asked format."""
+    """Upload the audio, bill its duration (or its tokens), answer in the asked format."""
     runtime = runtime_of(request)
     form = await read_form(request, runtime.settings.max_body_bytes)
     try:
         upload, fields = _transcription_fields(form)
         asked = fields.get("response_format") or "json"
-        worst = Consumption(audio_seconds=Decimal(tokens.audio_seconds_bound(upload.size or 0)))
+        seconds = await to_thread.run_sync(audio_seconds, upload)
+        model = {"model": fields["model"], "user": fields.get("user")}
+        price = await _price(runtime, caller, fields["model"])
+        by_tokens = bills_by_tokens(price)
+        worst = (_token_bound(seconds, form.get("prompt")) if by_tokens
+                 else Consumption(audio_seconds=seconds))
         call, upstream_model = await admit(
-            runtime, caller, endpoint, b"", {"model": fields["model"], "user": fields.get("user")},
-            request.scope.get("otari.request_id"), worst=worst)
+            runtime, caller, replace(endpoint, billing=TOKENS) if by_tokens else endpoint,
+            b"", model, request.scope.get("otari.request_id"), worst=worst)
         try:
             openai_only(call)
-            outgoing = _upstream_form(form, upload, upstream_model)
+            ask = "json" if by_tokens and asked in ("json", "text") else "verbose_json"
+            outgoing = _upstream_form(form, upload, upstream_model, ask)
             response = await runtime.upstream.post_form(call.provider, endpoint.upstream_path,
                                                         outgoing)
             answer = parse_upstream(call.provider, await read_upstream(call.provider, response))
-            used = _consumed(call, answer)
+            if ask == "json":
+                used, note = _tokens_used(call, answer, worst)
+            else:
+                used, note = _consumed(call, answer), None
             content, media_type = render(answer, asked)
         except OtariError as exc:
             call.settle("error", error=exc.message)
             raise
     finally:
         await form.close()
-    call.settle("success", used)
+    call.settle("success", used, note)
     return Response(content, media_type=media_type)
+
+
+def bills_by_tokens(price: Price | None) -> bool:
+    """Whether a transcription model bills by tokens: its price entry has a token price
+    (input or output, not zero) and no per-second price.
+
+    Such models (gpt-4o-transcribe, gpt-4o-mini-transcribe) report token usage and answer
+    only json and text, so they are asked for json; per-second models for verbose_json,
+    the one format that reports the duration everywhere. A model without any price entry
+    (require_pricing off) is asked for json too: nothing needs its duration. An entry with
+    neither (zero token prices, no per-second price) is per-second and lacks its price.
+    """
+    if price is None:
+        return True
+    return price.per_audio_second is None and (
+        price.input_per_million > 0 or price.output_per_million > 0)
+
+
+async def _price(runtime: Runtime, caller: Caller, model: str) -> Price | None:
+    """The model's price now (None for a model admit will refuse: it says why)."""
+    try:
+        _, _, model_key = route(runtime, caller, model)
+    except OtariError:
+        return None
+    return await runtime.prices.at(model_key, utcnow())
+
+
+def audio_seconds(upload: UploadFile) -> Decimal:
+    """The most seconds an upload can last: its duration from the file's own header (MP3,
+    WAV, FLAC, Ogg, M4A, ... read by mutagen) rounded up, plus one second for decoders
+    that count a partial frame; from its size (tokens.audio_seconds_bound) when no header
+    gives a duration."""
+    upload.file.seek(0)
+    try:
+        found = mutagen.File(upload.file)
+        length = getattr(getattr(found, "info", None), "length", None)
+    except Exception:  # any file a client sends: a broken header is only "unknown"
+        length = None
+    finally:
+        upload.file.seek(0)
+    if isinstance(length, int | float) and not isinstance(length, bool) and \
+            math.isfinite(length) and length > 0:
+        return Decimal(math.ceil(length) + 1)
+    return Decimal(tokens.audio_seconds_bound(upload.size or 0))
+
+
+def _token_bound(seconds: Decimal, prompt: object) -> Consumption:
+    """The worst case of a token-billed transcription of `seconds` of audio with a text
+    `prompt` (a transcript has no max_tokens: its length follows the audio)."""
+    whole = math.ceil(seconds)
+    text = tokens.input_tokens(prompt.encode()) if isinstance(prompt, str) and prompt else 0
+    return Consumption(prompt_tokens=whole * AUDIO_TOKENS_PER_SECOND + text,
+                       completion_tokens=whole * TRANSCRIPT_TOKENS_PER_SECOND)
+
+
+def _tokens_used(call: Call, answer: dict[str, Any],
+                 worst: Consumption) -> tuple[Consumption, str | None]:
+    """Token usage of a json transcription; the reservation when it reports none."""
+    if not isinstance(answer.get("text"), str):
+        raise malformed(call.provider)
+    usage = answer.get("usage")
+    if isinstance(usage, dict) and usage.get("type") == "tokens":
+        return consumption(usage), None
+    if call.price is None:
+        return Consumption(), None  # nothing is priced: nothing to bill
+    return worst, "the provider reported no token usage: billed the reservation"
 
 
 async def read_form(request: Request, limit: int) -> FormData:
@@ -120,11 +211,12 @@ def _transcription_fields(form: FormData) -> tuple[UploadFile, dict[str, str]]:
     return upload, fields
 
 
-def _upstream_form(form: FormData, upload: UploadFile, upstream_model: str) -> aiohttp.FormData:
-    """The provider's form: the client's fields, our model, verbose_json, the same file."""
+def _upstream_form(form: FormData, upload: UploadFile, upstream_model: str,
+                   response_format: str) -> aiohttp.FormData:
+    """The provider's form: the client's fields, our model and format, the same file."""
     outgoing = aiohttp.FormData()
     outgoing.add_field("model", upstream_model)
-    outgoing.add_field("response_format", "verbose_json")
+    outgoing.add_field("response_format", response_format)
     for name, value in form.multi_items():
         if isinstance(value, str) and name not in _OWN_FIELDS:
             outgoing.add_field(name, value)
@@ -150,7 +242,7 @@ def _consumed(call: Call, answer: dict[str, Any]) -> Consumption:
 
 
 def render(answer: dict[str, Any], fmt: str) -> tuple[bytes, str]:
-    """A verbose_json transcription in the format the client asked for."""
+    """A verbose_json (or, for json and text, json) transcription in the asked format."""
     if fmt == "verbose_json":
         return orjson.dumps(answer), JSON_HEADERS["content-type"]
     text: str = answer["text"]
@@ -220,26 +312,4 @@ async def _speak(request: Request, caller: Caller, endpoint: Endpoint) -> Respon
         call.settle("error", error=exc.message)
         raise
     media_type = response.headers.get("content-type", "audio/mpeg")
-    return RelayResponse(_relay(call, response, len(text)), media_type=media_type)
-
-
-async def _relay(call: Call, response: aiohttp.ClientResponse,
-                 characters: int) -> AsyncIterator[bytes]:
-    """Pass audio bytes on unbuffered; settle once, however the stream ends.
-
-    The provider charges for the input once it has accepted it, so every outcome after that
-    (success, client gone, cut-off stream) bills the characters.
-    """
-    status, error = "client_disconnected", None
-    try:
-        async for data in response.content.iter_any():
-            yield data
-        status = "success"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        status, error = "error", failure(call.provider, exc).message
-        # Audio has no in-band error: end our response without its last chunk, so the
-        # client sees a broken transfer rather than a complete but truncated file.
-        raise ConnectionAbortedError(error) from None
-    finally:
-        response.release()
-        call.settle(status, Consumption(characters=characters), error)
+    return relayed(call, response, AudioPassThrough(len(text)), media_type=media_type)

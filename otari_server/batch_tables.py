@@ -1,13 +1,14 @@
-"""The batches table: who a provider batch bills, and whether its results were metered."""
+"""The batches table: who a provider batch bills, what it holds, whether it was metered."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import Boolean, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from otari_server.tables import Base, UTCDateTime, utcnow
+from otari_server.tables import Base, Money, UTCDateTime, utcnow
 
 
 class BatchJob(Base):
@@ -25,3 +26,7 @@ class BatchJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Set, once, by whoever meters the results: a second collection must not bill again.
     metered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The worst case of every line, held against the user's budget from creation until the
+    # results are collected: the `reservations` row `hold_id` (None when nothing is held).
+    hold_id: Mapped[str | None] = mapped_column(String(64))
+    reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))

@@ -7,16 +7,21 @@ answers with the provider's batch object unchanged; its `id` is the provider's, 
 later call names the provider with `?provider=`. The `batches` table remembers who created
 each batch, which model it runs, and whether its results were metered.
 
-Money: creating a batch only checks that the user's budget is not exhausted. Nothing is
-reserved, since a batch runs for hours and its cost is unknown until it ends. Collecting the
-results (once the batch has ended) records one usage row per result, at the model's price
-when the batch was created, and adds the cost to the user's spend: once per batch, however
-often the results are fetched.
+A batch runs one model: a line naming another model is refused at creation.
+
+Money: creating a batch holds the worst case of every line against the user's budget (402
+when it does not fit), in a `reservations` row of its own (instance "batches", expiring a
+week after the completion window). Collecting the results (once the batch has ended)
+records one usage row per result, at the model's price when the batch was created, adds
+the cost to the user's spend and gives the hold back, in one transaction: once per batch,
+however often the results are fetched.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -25,23 +30,25 @@ import aiohttp
 import orjson
 from anyio import to_thread
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.orm import Session
 
+from otari_server import budgets
 from otari_server.auth import Caller
 from otari_server.batch_tables import BatchJob
-from otari_server.endpoints import BATCHES
+from otari_server.endpoints import BATCHES, CHAT
 from otari_server.errors import (
-    BudgetExceeded,
     Conflict,
     InvalidRequest,
     NotFound,
 )
-from otari_server.ledger import NO_HOLD, Settlement
+from otari_server.ledger import NO_HOLD, Settlement, refusal, settle_all
 from otari_server.pricing import Consumption, Price
 from otari_server.providers import Provider
 from otari_server.proxy import billed_user, consumption, route, unpriced
+from otari_server.proxy import worst_case as proxy_worst_case
 from otari_server.runtime import Runtime
-from otari_server.tables import Budget, User, utcnow
+from otari_server.tables import Budget, Reservation, User, utcnow
 from otari_server.upstream import malformed, parse_upstream, read_upstream
 from otari_server.wire import CreateBatchRequest
 
@@ -49,25 +56,59 @@ from otari_server.wire import CreateBatchRequest
 LINE_URL = "/v1/chat/completions"
 # Once a batch is in one of these states its output and error files are final.
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+# How long after its completion window an uncollected batch's hold lasts.
+HOLD_GRACE = timedelta(days=7)
+# The `instance_id` of batch holds in `reservations`: no gateway instance owns them, so no
+# start-up reclaims them (instance ids are "host:port"); they expire at `_hold_until`.
+HOLDER = "batches"
 
 
 async def create(runtime: Runtime, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-    """Upload the batch file, create the batch at the provider, remember who pays for it."""
+    """Upload the batch file, create the batch at the provider, remember who pays for it.
+
+    Every line must run the batch's model (400 `model_mismatch` otherwise). The worst case
+    of every line is held against the user's budget (402 when it does not fit) until the
+    results are collected; a provider refusal gives it back at once.
+    """
     batch = _parse(body)
     provider, upstream_model, model_key = route(runtime, caller, batch.model)
     _offers_batches(provider)
+    _one_model(batch, {batch.model, upstream_model, model_key}, model_key)
     user_id = billed_user(caller, body.get("user"))
-    if runtime.settings.require_pricing and await runtime.prices.at(model_key, utcnow()) is None:
+    now = utcnow()
+    price = await runtime.prices.at(model_key, now)
+    if runtime.settings.require_pricing and price is None:
         raise unpriced(model_key)
     counts = not caller.exclude_from_budget
+    hold: str | None = None
+    amount = Decimal(0)
     if counts and user_id is not None and (caller.is_master or caller.budgeted):
-        await to_thread.run_sync(_check_budget, runtime, user_id)
-    created = await _submit(runtime, provider, batch, upstream_model)
+        if price is not None:
+            amount = worst_case(batch, runtime.settings.default_max_tokens, price)
+        hold = await to_thread.run_sync(_reserve, runtime, user_id, amount, now,
+                                        _hold_until(batch, now))
+    try:
+        created = await _submit(runtime, provider, batch, upstream_model)
+    except BaseException:
+        if hold is not None:
+            await to_thread.run_sync(_release_only, runtime, hold)
+        raise
     job = BatchJob(provider=provider.name, batch_id=created["id"], model_key=model_key,
                    user_id=user_id, api_key_id=caller.key_id, counts_toward_budget=counts,
-                   request_count=len(batch.requests), created_at=utcnow())
+                   request_count=len(batch.requests), created_at=now, hold_id=hold,
+                   reserved=amount if hold is not None else Decimal(0))
     await to_thread.run_sync(_insert, runtime, job)
     return created
+
+
+def worst_case(batch: CreateBatchRequest, default_max_tokens: int, price: Price) -> Decimal:
+    """The most the batch can cost: every line's prompt estimate and output limit, priced."""
+    total = Decimal(0)
+    for item in batch.requests:
+        line = {**item.body, "model": batch.model}
+        total += price.cost(proxy_worst_case(CHAT, orjson.dumps(line), line,
+                                             default_max_tokens))
+    return total
 
 
 async def list_batches(runtime: Runtime, caller: Caller, provider_name: str,
@@ -124,10 +165,10 @@ async def results(runtime: Runtime, caller: Caller, provider_name: str,
         if isinstance(batch.get(key), str):
             lines += await _download(runtime, provider, batch[key])
     items = [_item(line) for line in lines]
-    if await to_thread.run_sync(_claim, runtime, job):
+    if job.metered_at is None:
         price = await runtime.prices.at(job.model_key, job.created_at)
-        for item in items:
-            runtime.ledger.record(_settlement(job, price, item))
+        settlements = [_settlement(job, price, item) for item in items]
+        await to_thread.run_sync(_claim, runtime, job, settlements)
     return {"batch_id": batch_id, "status": status, "results": items}
 
 
@@ -225,6 +266,33 @@ def _parse(body: dict[str, Any]) -> CreateBatchRequest:
     return batch
 
 
+def _one_model(batch: CreateBatchRequest, names: set[str], model_key: str) -> None:
+    """Refuse a line that names another model: a batch file runs one model, and the gateway
+    would otherwise run that line on the batch's model without saying so."""
+    for index, item in enumerate(batch.requests):
+        named = item.body.get("model")
+        if named is not None and named not in names:
+            raise InvalidRequest(
+                f"requests.{index} (custom_id '{item.custom_id}') names model {named!r}, but "
+                f"this batch runs '{model_key}': a batch runs one model, so send one batch "
+                "per model (or leave 'model' out of the lines)",
+                param=f"requests.{index}.body.model", code="model_mismatch")
+        for name in CHAT.output_limits:
+            value = item.body.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise InvalidRequest(f"requests.{index}.body.{name} must be a positive integer",
+                                     param=f"requests.{index}.body.{name}")
+
+
+def _hold_until(batch: CreateBatchRequest, now: datetime) -> datetime:
+    """When a batch's hold is given back if its results are never collected: the completion
+    window plus HOLD_GRACE (an uncollected batch must not hold the budget forever)."""
+    window = re.fullmatch(r"(\d{1,4})h", batch.completion_window)
+    hours = int(window.group(1)) if window else 24
+    return now + timedelta(hours=hours) + HOLD_GRACE
+
+
 def _owns(caller: Caller, job: BatchJob) -> bool:
     """Whether an API key may see a batch: its own, or its user's."""
     if caller.is_master:
@@ -273,26 +341,49 @@ def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Set
 # -- the database -----------------------------------------------------------------------------
 
 
-def _check_budget(runtime: Runtime, user_id: str) -> None:
-    """Refuse a new batch when the user's budget has nothing left."""
-    now = utcnow()
-    with runtime.sessions() as session:
-        row = session.execute(
-            select(User.spend, User.reserved, User.deleted_at, User.next_budget_reset_at,
-                   Budget.max_budget)
-            .outerjoin(Budget, User.budget_id == Budget.budget_id)
-            .where(User.user_id == user_id)).first()
-    if row is None or row.deleted_at is not None:
-        raise NotFound(f"User '{user_id}' not found")
-    if row.max_budget is None:
-        return
-    renewed = row.next_budget_reset_at is not None and now >= row.next_budget_reset_at
-    available = row.max_budget - (Decimal(0) if renewed else row.spend) - row.reserved
-    if available <= 0:
-        until = f" until {row.next_budget_reset_at.isoformat()}" if row.next_budget_reset_at \
-            else ""
-        raise BudgetExceeded(f"Budget exhausted for user '{user_id}': nothing of "
-                             f"{row.max_budget.normalize():f} remains{until}")
+def _reserve(runtime: Runtime, user_id: str, amount: Decimal, now: datetime,
+             expires_at: datetime) -> str:
+    """Hold `amount` of the user's budget for a batch; the hold's id. 402 when it does not
+    fit, or when nothing of the budget is left (a batch of an unpriced model holds 0)."""
+    hold = f"batch:{uuid.uuid4().hex}"
+    with runtime.sessions.begin() as session:
+        user = session.scalars(select(User).where(User.user_id == user_id)
+                               .with_for_update()).first()
+        if user is None or user.deleted_at is not None:
+            raise NotFound(f"User '{user_id}' not found")
+        budget = session.get(Budget, user.budget_id) if user.budget_id else None
+        if budget is None or budget.max_budget is None:
+            return _hold(session, hold, user_id, amount, now, expires_at)
+        budgets.roll_over(session, user, budget.budget_duration_sec, now)
+        available = budget.max_budget - user.spend - user.reserved
+        if amount > available or available <= 0:
+            raise refusal(user_id, amount, available, budget.max_budget,
+                          user.next_budget_reset_at)
+        return _hold(session, hold, user_id, amount, now, expires_at)
+
+
+def _hold(session: Session, hold: str, user_id: str, amount: Decimal, now: datetime,
+          expires_at: datetime) -> str:
+    session.execute(update(User).where(User.user_id == user_id)
+                    .values(reserved=User.reserved + amount))
+    session.add(Reservation(id=hold, user_id=user_id, amount=amount, instance_id=HOLDER,
+                            created_at=now, expires_at=expires_at))
+    return hold
+
+
+def _release(conn: Connection, hold: str) -> None:
+    """Give a batch's hold back, unless it expired and was given back already."""
+    rows = conn.execute(delete(Reservation).where(Reservation.id == hold)
+                        .returning(Reservation.user_id, Reservation.amount)).all()
+    for user_id, amount in rows:
+        if user_id is not None and amount:
+            conn.execute(update(User).where(User.user_id == user_id)
+                         .values(reserved=User.reserved - amount))
+
+
+def _release_only(runtime: Runtime, hold: str) -> None:
+    with runtime.engine.begin() as conn:
+        _release(conn, hold)
 
 
 def _insert(runtime: Runtime, job: BatchJob) -> None:
@@ -318,13 +409,19 @@ async def _job(runtime: Runtime, caller: Caller, provider: Provider,
     return job
 
 
-def _claim(runtime: Runtime, job: BatchJob) -> bool:
-    """Mark the batch metered; True only for the one caller that did it."""
+def _claim(runtime: Runtime, job: BatchJob, settlements: list[Settlement]) -> bool:
+    """Mark the batch metered, write its usage rows and spend and give its hold back, in one
+    transaction; True only for the one caller that did it."""
     with runtime.engine.begin() as conn:
         claimed = conn.execute(
             update(BatchJob)
             .where(BatchJob.provider == job.provider, BatchJob.batch_id == job.batch_id,
                    BatchJob.metered_at.is_(None))
             .values(metered_at=utcnow()))
-        return claimed.rowcount == 1
-
+        if claimed.rowcount != 1:
+            return False
+        if settlements:
+            settle_all(conn, settlements, HOLDER, utcnow())
+        if job.hold_id is not None:
+            _release(conn, job.hold_id)
+        return True

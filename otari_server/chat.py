@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 from fastapi import Request
 from starlette.responses import Response
@@ -14,31 +12,22 @@ from otari_server import tools
 from otari_server.auth import Caller
 from otari_server.endpoints import Endpoint
 from otari_server.errors import InvalidRequest, OtariError
-from otari_server.pricing import Consumption
 from otari_server.providers import anthropic as anthropic_wire
-from otari_server.providers.anthropic import ChatStreamTranslator, TranslationError
+from otari_server.providers.anthropic import TranslationError
 from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.providers.sse import DONE_EVENT, SSEParser, encode
 from otari_server.proxy import (
     JSON_HEADERS,
-    SSE_HEADERS,
     Call,
     admit,
     check_fields,
     consumption,
     read_body,
     runtime_of,
-    stream_outcome,
+    settle_answer,
 )
-from otari_server.relay import RelayResponse
-from otari_server.upstream import (
-    failure,
-    malformed,
-    parse_upstream,
-    read_upstream,
-    sanitize,
-    scrubbed,
-)
+from otari_server.relay import open_relay
+from otari_server.translators import AnthropicToChat, ChatPassThrough
+from otari_server.upstream import malformed, parse_upstream, read_upstream
 
 
 async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
@@ -79,60 +68,11 @@ async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
-        return RelayResponse(_relay_openai(call, response, strip_usage),
-                             media_type="text/event-stream", headers=SSE_HEADERS)
+        return await open_relay(call, response, ChatPassThrough(strip_usage))
     content = await read_upstream(call.provider, response)
-    call.settle("success", consumption(parse_upstream(call.provider, content).get("usage")))
+    answer = parse_upstream(call.provider, content)
+    settle_answer(call, answer.get("usage"), consumption, len(content))
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
-
-
-def _error_event(message: str) -> bytes:
-    return encode({"error": {"message": message, "type": "upstream_error",
-                             "code": "stream_interrupted"}})
-
-
-async def _relay_openai(call: Call, response: aiohttp.ClientResponse,
-                        strip_usage: bool) -> AsyncIterator[bytes]:
-    """Pass each SSE event on as it arrives; read usage on the way; settle at the end."""
-    parser = SSEParser()
-    usage: dict[str, Any] | None = None
-    chunks = 0
-    status, error = "client_disconnected", None
-    try:
-        async for data in response.content.iter_any():
-            out = []
-            for event in parser.feed(data):
-                if event.done:
-                    out.append(DONE_EVENT)
-                    continue
-                chunks += 1
-                if '"error"' in event.data and error is None:
-                    # A provider failure reported inside the stream (OpenAI's shape).
-                    problem = orjson.loads(event.data).get("error")
-                    if isinstance(problem, dict):
-                        error = sanitize(call.provider, str(problem.get("message", problem)))
-                if '"usage":{' in event.data or '"usage": {' in event.data:
-                    parsed = orjson.loads(event.data)
-                    if isinstance(parsed.get("usage"), dict):
-                        usage = parsed["usage"]
-                        if strip_usage and not parsed.get("choices"):
-                            continue
-                out.append(encode(event.data, event.event))
-            if out:
-                yield scrubbed(call.provider, b"".join(out))
-        status = "error" if error else "success"
-    except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
-        status, error = "error", failure(call.provider, exc).message
-        yield _error_event(sanitize(call.provider, error))
-    finally:
-        response.release()
-        status, error = stream_outcome(call, status, error, error)
-        if usage is None:
-            # Cut off before the usage chunk: bill what we saw (about a token per chunk).
-            call.settle(status, Consumption(completion_tokens=max(chunks - 1, 0)),
-                        error or "stream ended before its usage report")
-        else:
-            call.settle(status, consumption(usage), error)
 
 
 async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
@@ -151,40 +91,14 @@ async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
     if streaming:
         options = body.get("stream_options")
         include = isinstance(options, dict) and bool(options.get("include_usage"))
-        translator = ChatStreamTranslator(model=body["model"], include_usage=include)
-        return RelayResponse(_relay_anthropic(call, response, translator),
-                             media_type="text/event-stream", headers=SSE_HEADERS)
-    message = parse_upstream(call.provider, await read_upstream(call.provider, response))
+        translator = AnthropicToChat(model=body["model"], include_usage=include)
+        return await open_relay(call, response, translator)
+    content = await read_upstream(call.provider, response)
+    message = parse_upstream(call.provider, content)
     try:
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
     except (AttributeError, TypeError):
         raise malformed(call.provider) from None
-    call.settle("success", consumption(completion["usage"]))
+    settle_answer(call, message.get("usage"), lambda _: consumption(completion["usage"]),
+                  len(content))
     return Response(orjson.dumps(completion), headers=JSON_HEADERS)
-
-
-async def _relay_anthropic(call: Call, response: aiohttp.ClientResponse,
-                           translator: ChatStreamTranslator) -> AsyncIterator[bytes]:
-    """Translate Anthropic events into OpenAI chunks as they arrive."""
-    parser = SSEParser()
-    status, error = "client_disconnected", None
-    try:
-        async for data in response.content.iter_any():
-            out = [encode(chunk) for event in parser.feed(data)
-                   for chunk in translator.feed(orjson.loads(event.data))]
-            if out:
-                yield scrubbed(call.provider, b"".join(out))
-        if translator.error is not None:
-            status, error = "error", sanitize(
-                call.provider, str(translator.error.get("message", "upstream error")))
-        else:
-            status = "success"
-            yield DONE_EVENT
-    except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
-        status, error = "error", failure(call.provider, exc).message
-        yield _error_event(sanitize(call.provider, error))
-    finally:
-        response.release()
-        status, error = stream_outcome(call, status, error,
-                                       (translator.error or {}).get("message"))
-        call.settle(status, consumption(translator.usage), error)

@@ -22,14 +22,19 @@ _TIME = UTCDateTime()
 _USER_BUDGETS = (
     "SELECT users.user_id, users.spend, users.reserved, users.budget_started_at, "
     "users.next_budget_reset_at, users.deleted_at, budgets.max_budget, "
-    "budgets.budget_duration_sec FROM users LEFT OUTER JOIN budgets "
+    "budgets.budget_duration_sec, budgets.reset_alignment, budgets.request_limit, "
+    "budgets.token_limit, budgets.budget_clamp, users.requests, users.tokens, "
+    "users.reserved_requests, users.reserved_tokens FROM users LEFT OUTER JOIN budgets "
     "ON users.budget_id = budgets.budget_id WHERE users.user_id IN ({ids})")
-_ROLL_OVER = ("UPDATE users SET spend = %s, budget_started_at = %s, next_budget_reset_at = %s "
-              "WHERE user_id = %s")
-_ADD_RESERVED = "UPDATE users SET reserved = reserved + %s WHERE user_id = %s"
-_GROW_HOLD = "UPDATE reservations SET amount = amount + %s, expires_at = %s WHERE id = %s"
-_NEW_HOLD = ("INSERT INTO reservations (id, user_id, api_key_id, amount, instance_id, "
-             "created_at, expires_at) VALUES (%s, %s, NULL, %s, %s, %s, %s)")
+_ROLL_OVER = ("UPDATE users SET spend = %s, requests = 0, tokens = 0, budget_started_at = %s, "
+              "next_budget_reset_at = %s WHERE user_id = %s")
+_ADD_RESERVED = ("UPDATE users SET reserved = reserved + %s, "
+                 "reserved_requests = reserved_requests + %s, "
+                 "reserved_tokens = reserved_tokens + %s WHERE user_id = %s")
+_GROW_HOLD = ("UPDATE reservations SET amount = amount + %s, requests = requests + %s, "
+              "tokens = tokens + %s, expires_at = %s WHERE id = %s")
+_NEW_HOLD = ("INSERT INTO reservations (id, user_id, api_key_id, amount, requests, tokens, "
+             "instance_id, created_at, expires_at) VALUES (%s, %s, NULL, %s, %s, %s, %s, %s, %s)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,20 @@ class UserBudget:
     deleted_at: datetime | None
     max_budget: Decimal | None
     budget_duration_sec: int | None
+    reset_alignment: str | None = None
+    request_limit: int | None = None
+    token_limit: int | None = None
+    budget_clamp: bool | None = None
+    requests: int = 0  # settled in the period
+    tokens: int = 0
+    reserved_requests: int = 0  # held by requests in flight
+    reserved_tokens: int = 0
+
+    @property
+    def limited(self) -> bool:
+        """Whether any of the budget's ceilings is set."""
+        return not (self.max_budget is None and self.request_limit is None
+                    and self.token_limit is None)
 
 
 class Holds:
@@ -100,27 +119,32 @@ class Holds:
         return {row[0]: UserBudget(
             row[0], money(row[1], dialect) or Decimal(0), money(row[2], dialect) or Decimal(0),
             moment(_parsed(row[3]), dialect), moment(_parsed(row[4]), dialect),
-            moment(_parsed(row[5]), dialect), money(row[6], dialect), row[7],
+            moment(_parsed(row[5]), dialect), money(row[6], dialect), row[7], row[8], row[9],
+            row[10], None if row[11] is None else bool(row[11]), row[12] or 0, row[13] or 0,
+            row[14] or 0, row[15] or 0,
         ) for row in self._cursor.fetchall()}
 
     def roll_over(self, user_id: str, started: datetime, resets: datetime | None) -> None:
-        """Start a new budget period with nothing spent."""
+        """Start a new budget period with nothing spent and no requests or tokens used."""
         self._cursor.execute(self._sql(_ROLL_OVER), (
             self._money(Decimal(0)), self._time(started), self._time(resets), user_id))
 
-    def add_reserved(self, user_id: str, amount: Decimal) -> None:
-        """Hold more of the user's budget."""
-        self._cursor.execute(self._sql(_ADD_RESERVED), (self._money(amount), user_id))
+    def add_reserved(self, user_id: str, amount: Decimal, requests: int = 0,
+                     tokens: int = 0) -> None:
+        """Hold more of the user's budget: money, requests, tokens."""
+        self._cursor.execute(self._sql(_ADD_RESERVED),
+                             (self._money(amount), requests, tokens, user_id))
 
     def grow_hold(self, hold_id: str, user_id: str, instance_id: str, amount: Decimal,
-                  now: datetime, expires_at: datetime) -> None:
+                  now: datetime, expires_at: datetime, requests: int = 0,
+                  tokens: int = 0) -> None:
         """Add to this instance's hold on the user, creating the row the first time."""
-        self._cursor.execute(self._sql(_GROW_HOLD),
-                             (self._money(amount), self._time(expires_at), hold_id))
+        self._cursor.execute(self._sql(_GROW_HOLD), (
+            self._money(amount), requests, tokens, self._time(expires_at), hold_id))
         if self._cursor.rowcount == 0:
             self._cursor.execute(self._sql(_NEW_HOLD), (
-                hold_id, user_id, self._money(amount), instance_id, self._time(now),
-                self._time(expires_at)))
+                hold_id, user_id, self._money(amount), requests, tokens, instance_id,
+                self._time(now), self._time(expires_at)))
 
     def close(self) -> None:
         """Release the cursor."""

@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,7 +28,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, insert, or_, selec
 
 from otari_server import budgets, ratelimits
 from otari_server.errors import BudgetExceeded, NotFound, OtariError, ServiceUnavailable
-from otari_server.holds import Holds
+from otari_server.holds import Holds, UserBudget
 from otari_server.tables import APIKey, Reservation, UsageLog, User, utcnow
 
 log = logging.getLogger("otari.ledger")
@@ -39,10 +38,15 @@ _RETRY_DELAY = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """What one request holds against a user's budget (nothing when user_id is None)."""
+    """What one request holds against a user's budget (nothing when user_id is None):
+    money, requests and tokens (each only when the budget limits it). `clamped` is the
+    per-choice output limit the budget clamp lowered the request to, if it did."""
 
     user_id: str | None
     amount: Decimal
+    requests: int = 0
+    tokens: int = 0
+    clamped: int | None = None
 
 
 NO_HOLD = Hold(None, Decimal(0))
@@ -77,9 +81,10 @@ class Settlement:
 @dataclass(slots=True)
 class _Ask:
     user_id: str | None  # None: nothing to hold, only rate limits to count
-    amount: Decimal
+    need: budgets.Need
     limits: tuple[ratelimits.Limit, ...]
     future: asyncio.Future[Hold]
+    clamp: bool = False  # the global budget_clamp setting (a budget's own overrides it)
 
 
 # Statements built once: constructing SQLAlchemy expressions costs more than running them.
@@ -102,24 +107,37 @@ def hold_id(instance_id: str, user_id: str) -> str:
 
 
 def refusal(user_id: str, amount: Decimal, available: Decimal, max_budget: Decimal,
-            resets_at: datetime | None) -> BudgetExceeded:
-    """The error for a request whose worst case does not fit."""
+            resets_at: datetime | None, affordable: int | None = None,
+            field: str = "max_tokens") -> BudgetExceeded:
+    """The error for a request whose worst case does not fit; with `affordable` (1 or
+    more), it says which output limit would."""
     until = f" until {resets_at.isoformat()}" if resets_at else ""
     return BudgetExceeded(
         f"Budget exceeded for user '{user_id}': this request may cost up to "
         f"{amount.normalize():f}, {max(available, Decimal(0)).normalize():f} of "
-        f"{max_budget.normalize():f} remains{until}")
+        f"{max_budget.normalize():f} remains{until}{_advice(affordable, field)}")
 
 
-def admit(amounts: Iterable[Decimal], available: Decimal) -> list[bool]:
-    """Which requests, in order, fit what is available (pure: the budget rule)."""
-    admitted = []
-    for amount in amounts:
-        fits = amount <= available
-        if fits:
-            available -= amount
-        admitted.append(fits)
-    return admitted
+def limit_refusal(user_id: str, row: UserBudget, what: str, need: budgets.Need,
+                  left: budgets.Remaining, resets_at: datetime | None,
+                  affordable: int | None = None) -> BudgetExceeded:
+    """The error for a request over the budget's request or token limit."""
+    until = f" until {resets_at.isoformat()}" if resets_at else ""
+    if what == "requests":
+        return BudgetExceeded(
+            f"Request limit reached for user '{user_id}': {row.request_limit} request(s) "
+            f"per period, none remains{until}")
+    field = need.output.field if need.output is not None else "max_tokens"
+    return BudgetExceeded(
+        f"Token limit exceeded for user '{user_id}': this request may use up to "
+        f"{need.tokens} tokens, {max(left.tokens or 0, 0)} of {row.token_limit} "
+        f"remain{until}{_advice(affordable, field)}")
+
+
+def _advice(affordable: int | None, field: str) -> str:
+    if not affordable:
+        return ""
+    return f"; lower {field} to {affordable} or less"
 
 
 def reserve_all(conn: Connection, asks: list[_Ask], instance_id: str, ttl: float,
@@ -175,30 +193,53 @@ def _reserve_budgets(holds: Holds, asks: list[_Ask], by_user: dict[str, list[int
             for index in indexes:
                 results[index] = NotFound(f"User '{user_id}' not found")
             continue
-        if row.max_budget is None:
+        if not row.limited:
             for index in indexes:
                 results[index] = NO_HOLD
             continue
-        spend, resets_at = row.spend, row.next_budget_reset_at
+        spend, requests, tokens = row.spend, row.requests, row.tokens
+        resets_at = row.next_budget_reset_at
         if resets_at is not None and row.budget_started_at is not None and now >= resets_at:
-            period = budgets.current_period(row.budget_started_at, row.budget_duration_sec, now)
+            period = budgets.current_period(row.budget_started_at, row.budget_duration_sec, now,
+                                            row.reset_alignment)
             holds.roll_over(user_id, period.started_at, period.resets_at)
-            spend, resets_at = Decimal(0), period.resets_at
-        available = row.max_budget - spend - row.reserved
-        fits = admit((asks[i].amount for i in indexes), available)
-        total = Decimal(0)
-        for index, ok in zip(indexes, fits, strict=True):
-            amount = asks[index].amount
-            if ok:
-                total += amount
-                results[index] = Hold(user_id, amount)
-            else:
-                results[index] = refusal(user_id, amount, available - total, row.max_budget,
-                                         resets_at)
-        if total:
-            holds.add_reserved(user_id, total)
+            spend, requests, tokens, resets_at = Decimal(0), 0, 0, period.resets_at
+        left = budgets.Remaining(
+            None if row.max_budget is None else row.max_budget - spend - row.reserved,
+            None if row.request_limit is None
+            else row.request_limit - requests - row.reserved_requests,
+            None if row.token_limit is None else row.token_limit - tokens - row.reserved_tokens)
+        total, total_requests, total_tokens = Decimal(0), 0, 0
+        for index in indexes:
+            ask = asks[index]
+            clamp = ask.clamp if row.budget_clamp is None else row.budget_clamp
+            verdict = budgets.judge(ask.need, left, clamp)
+            if verdict.refused == "money":
+                assert row.max_budget is not None and left.money is not None
+                field = ask.need.output.field if ask.need.output is not None else "max_tokens"
+                results[index] = refusal(user_id, ask.need.amount, left.money, row.max_budget,
+                                         resets_at, verdict.affordable, field)
+                continue
+            if verdict.refused is not None:
+                results[index] = limit_refusal(user_id, row, verdict.refused, ask.need, left,
+                                               resets_at, verdict.affordable)
+                continue
+            # Later requests of the batch see what this one holds (the same rule, in order).
+            if left.money is not None:
+                left.money -= verdict.amount
+            if left.requests is not None:
+                left.requests -= verdict.requests
+            if left.tokens is not None:
+                left.tokens -= verdict.tokens
+            total += verdict.amount
+            total_requests += verdict.requests
+            total_tokens += verdict.tokens
+            results[index] = Hold(user_id, verdict.amount, verdict.requests, verdict.tokens,
+                                   verdict.clamped)
+        if total or total_requests or total_tokens:
+            holds.add_reserved(user_id, total, total_requests, total_tokens)
             holds.grow_hold(hold_id(instance_id, user_id), user_id, instance_id, total, now,
-                            now + timedelta(seconds=ttl))
+                            now + timedelta(seconds=ttl), total_requests, total_tokens)
 
 
 def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
@@ -239,6 +280,61 @@ def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
         conn.execute(_SHRINK_HOLD, holds)
     if key_spend:
         conn.execute(_SETTLE_KEY, [{"kid": k, "cost": v} for k, v in key_spend.items()])
+    settle_counts(conn, batch, instance_id)
+
+
+_COUNT_USER = (update(User).where(User.user_id == bindparam("uid"))
+               .values(requests=User.requests + bindparam("n"),
+                       tokens=User.tokens + bindparam("t"),
+                       reserved_requests=User.reserved_requests - bindparam("rn"),
+                       reserved_tokens=User.reserved_tokens - bindparam("rt")))
+_SHRINK_COUNTS = (update(Reservation).where(Reservation.id == bindparam("hid"))
+                  .values(requests=Reservation.requests - bindparam("rn"),
+                          tokens=Reservation.tokens - bindparam("rt")))
+_HELD_COUNTS = (select(Reservation.user_id, Reservation.requests, Reservation.tokens)
+                .where(Reservation.id.in_(bindparam("ids", expanding=True))))
+
+
+def served(s: Settlement) -> bool:
+    """Whether a settled request counts toward its user's requests: it succeeded, or the
+    provider consumed tokens for it (a failure before that costs nothing, like money)."""
+    return s.status == "success" or bool(s.prompt_tokens or s.completion_tokens)
+
+
+def settle_counts(conn: Connection, batch: list[Settlement], instance_id: str) -> None:
+    """Apply settlements to the users' request and token counts (in the caller's
+    transaction): add what was used, release what the holds reserved."""
+    used: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    released: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s in batch:
+        if s.hold.user_id is not None and (s.hold.requests or s.hold.tokens):
+            pair = released[s.hold.user_id]
+            pair[0] += s.hold.requests
+            pair[1] += s.hold.tokens
+        if s.user_id is not None and s.counts_toward_budget and served(s):
+            pair = used[s.user_id]
+            pair[0] += 1
+            pair[1] += (s.prompt_tokens or 0) + (s.completion_tokens or 0)
+    if not used and not released:
+        return
+    held: dict[str, tuple[int, int]] = {}
+    if released:
+        ids = [hold_id(instance_id, user_id) for user_id in released]
+        held = {str(user_id): (requests, tokens) for user_id, requests, tokens
+                in conn.execute(_HELD_COUNTS, {"ids": ids})}
+    users, shrink = [], []
+    for user_id in used.keys() | released.keys():
+        # As for money: release no more than this instance still holds (see settle_all).
+        still = held.get(user_id, (0, 0))
+        freed = released.get(user_id, [0, 0])
+        rn, rt = min(freed[0], still[0]), min(freed[1], still[1])
+        n, t = used.get(user_id, [0, 0])
+        users.append({"uid": user_id, "n": n, "t": t, "rn": rn, "rt": rt})
+        if rn or rt:
+            shrink.append({"hid": hold_id(instance_id, user_id), "rn": rn, "rt": rt})
+    conn.execute(_COUNT_USER, users)
+    if shrink:
+        conn.execute(_SHRINK_COUNTS, shrink)
 
 
 def _held(conn: Connection, instance_id: str, user_ids: list[str]) -> dict[str, Decimal]:
@@ -273,15 +369,21 @@ def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:
         condition = or_(condition, Reservation.instance_id == left_by,
                         Reservation.instance_id.startswith(left_by + ":", autoescape=True))
     rows = conn.execute(delete(Reservation).where(condition)
-                        .returning(Reservation.user_id, Reservation.amount)).all()
-    per_user: dict[str, Decimal] = defaultdict(Decimal)
-    for user_id, amount in rows:
-        if user_id is not None and amount:
-            per_user[user_id] += amount
-    for user_id, amount in per_user.items():
+                        .returning(Reservation.user_id, Reservation.amount,
+                                   Reservation.requests, Reservation.tokens)).all()
+    per_user: dict[str, list[Any]] = defaultdict(lambda: [Decimal(0), 0, 0])
+    for user_id, amount, requests, tokens in rows:
+        if user_id is not None and (amount or requests or tokens):
+            totals = per_user[user_id]
+            totals[0] += amount or 0
+            totals[1] += requests or 0
+            totals[2] += tokens or 0
+    for user_id, (amount, requests, tokens) in per_user.items():
         conn.execute(update(User).where(User.user_id == user_id)
-                     .values(reserved=User.reserved - amount))
-    return sum(1 for _, amount in rows if amount)
+                     .values(reserved=User.reserved - amount,
+                             reserved_requests=User.reserved_requests - requests,
+                             reserved_tokens=User.reserved_tokens - tokens))
+    return sum(1 for _, amount, requests, tokens in rows if amount or requests or tokens)
 
 
 class Ledger:
@@ -313,13 +415,17 @@ class Ledger:
         self._thread.start()
 
     async def reserve(self, user_id: str | None, amount: Decimal,
-                      limits: tuple[ratelimits.Limit, ...] = ()) -> Hold:
+                      limits: tuple[ratelimits.Limit, ...] = (),
+                      need: budgets.Need | None = None, clamp: bool = False) -> Hold:
         """Count the request against its rate limits and hold `amount` against the user's
-        budget; raises RateLimited, BudgetExceeded or NotFound."""
+        budget (with `need`: also its request and worst-case tokens, and the clamp's
+        inputs; without it, a top-up of money only); raises RateLimited, BudgetExceeded or
+        NotFound."""
         assert self._loop is not None, "ledger used before start()"
         future: asyncio.Future[Hold] = self._loop.create_future()
+        need = need or budgets.Need(amount, requests=0)
         with self._wake:
-            self._asks.append(_Ask(user_id, amount, limits, future))
+            self._asks.append(_Ask(user_id, need, limits, future, clamp))
             self._wake.notify()
         return await future
 

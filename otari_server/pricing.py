@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from anyio import to_thread
 from sqlalchemy import select
@@ -46,6 +47,36 @@ TOKENS, IMAGES, AUDIO_SECONDS, CHARACTERS, REQUESTS = (
 
 
 @dataclass(frozen=True, slots=True)
+class Tier:
+    """A long-context tier: from `min_input_tokens` prompt tokens on (cached ones included),
+    the whole request is priced at these rates; a rate left None is the base entry's."""
+
+    min_input_tokens: int
+    input_per_million: Decimal | None = None
+    output_per_million: Decimal | None = None
+    cache_read_per_million: Decimal | None = None
+    cache_write_per_million: Decimal | None = None
+    cache_write_1h_per_million: Decimal | None = None
+
+
+# A stored tier's keys (pricing.tiers JSON, prices as decimal strings) and Tier's fields.
+TIER_RATES = {"input_price_per_million": "input_per_million",
+              "output_price_per_million": "output_per_million",
+              "cache_read_price_per_million": "cache_read_per_million",
+              "cache_write_price_per_million": "cache_write_per_million",
+              "cache_write_1h_price_per_million": "cache_write_1h_per_million"}
+
+
+def tiers_from_json(stored: Iterable[Mapping[str, Any]] | None) -> tuple[Tier, ...]:
+    """Tiers from the pricing.tiers column, lowest threshold first."""
+    tiers = [Tier(int(item["min_input_tokens"]),
+                  **{field: Decimal(str(item[key])) for key, field in TIER_RATES.items()
+                     if item.get(key) is not None})
+             for item in stored or ()]
+    return tuple(sorted(tiers, key=lambda tier: tier.min_input_tokens))
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """A price entry as the hot path needs it."""
 
@@ -60,6 +91,25 @@ class Price:
     per_audio_second: Decimal | None = None
     per_million_characters: Decimal | None = None
     per_request: Decimal | None = None
+    tiers: tuple[Tier, ...] = ()  # lowest min_input_tokens first
+
+    def for_input(self, prompt_tokens: int) -> Price:
+        """The entry with the rates of the tier `prompt_tokens` falls in (itself below the
+        first tier); the result has no tiers."""
+        tier = None
+        for candidate in self.tiers:
+            if prompt_tokens >= candidate.min_input_tokens:
+                tier = candidate
+        if tier is None:
+            return replace(self, tiers=()) if self.tiers else self
+        return replace(
+            self, tiers=(),
+            input_per_million=_either(tier.input_per_million, self.input_per_million),
+            output_per_million=_either(tier.output_per_million, self.output_per_million),
+            cache_read_per_million=_either(tier.cache_read_per_million,
+                                           self.cache_read_per_million),
+            cache_write_per_million=_either(tier.cache_write_per_million,
+                                            self.cache_write_per_million))
 
     def cost(self, used: Consumption) -> Decimal:
         """Exact cost of one request.
@@ -67,8 +117,11 @@ class Price:
         The unit says what input_price_per_million counts: tokens (with output, cached
         reads and cache writes at their own rates when set), or requests or images (per
         million of them). The per-image, per-audio-second, per-million-characters and
-        per-request prices add to that.
+        per-request prices add to that. With tiers, the tier the request's prompt tokens
+        fall in prices all of its tokens (a worst case its worst tier, real usage its own).
         """
+        if self.tiers:
+            return self.for_input(used.prompt_tokens).cost(used)
         total = Decimal(0)
         if self.unit == TOKENS:
             read = min(used.cache_read_tokens, used.prompt_tokens)
@@ -102,6 +155,10 @@ class Price:
         return True
 
 
+def _either(rate: Decimal | None, base: Decimal | None) -> Any:
+    return base if rate is None else rate
+
+
 def load_prices(session: Session, model_key: str) -> list[Price]:
     """Every entry of a model, newest first."""
     rows = session.scalars(select(Pricing).where(Pricing.model_key == model_key)
@@ -110,7 +167,8 @@ def load_prices(session: Session, model_key: str) -> list[Price]:
                   r.output_price_per_million, r.unit or TOKENS,
                   r.cache_read_price_per_million, r.cache_write_price_per_million,
                   r.price_per_image, r.price_per_audio_second,
-                  r.price_per_million_characters, r.price_per_request)
+                  r.price_per_million_characters, r.price_per_request,
+                  tiers_from_json(r.tiers))
             for r in rows]
 
 

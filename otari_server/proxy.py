@@ -8,6 +8,7 @@ request and answer pass through unchanged use `forward_json` here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,9 +17,9 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
-from otari_server import tokens
+from otari_server import budgets, tokens
 from otari_server.auth import Caller
-from otari_server.endpoints import Endpoint
+from otari_server.endpoints import CHAT, Endpoint
 from otari_server.errors import (
     InvalidRequest,
     OtariError,
@@ -30,7 +31,7 @@ from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Co
 from otari_server.providers import ModelAddressError, Provider, resolve
 from otari_server.runtime import Runtime
 from otari_server.tables import utcnow
-from otari_server.upstream import parse_upstream, read_upstream, sanitize
+from otari_server.upstream import parse_upstream, read_upstream
 
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -52,6 +53,10 @@ class Call:
     started: float
     counts: bool = True
     rate_subjects: tuple[str, ...] = ()
+    # The gateway's own estimate of the prompt tokens, billed when the provider reports none.
+    prompt_estimate: int = 0
+    # The output tokens the hold reserved (a stream is cut past them); None: no budget hold.
+    max_output: int | None = None
 
     def settle(self, status: str, used: Consumption | None = None,
                error: str | None = None) -> None:
@@ -76,13 +81,24 @@ class Call:
             request_id=self.request_id, rate_subjects=self.rate_subjects))
 
 
-def stream_outcome(call: Call, status: str, error: str | None,
-                   seen: object) -> tuple[str, str | None]:
-    """How a relayed stream ended. A provider error already relayed (`seen`, its message)
-    decides it, even when the client, having read the error, left before the stream closed."""
-    if status == "client_disconnected" and seen:
-        return "error", sanitize(call.provider, str(seen))
-    return status, error
+# How a usage row billed from the gateway's own numbers says so (in its error_message).
+ESTIMATED = "usage estimated by the gateway"
+
+
+def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Consumption],
+                  answer_size: int) -> None:
+    """Settle a whole (non-streamed) answer from its `usage` (read by `read`); an answer
+    without usage is billed from the gateway's estimate: the prompt's, and a token per four
+    bytes of the answer (at most the reserved output), the row saying it is estimated."""
+    if isinstance(usage, dict):
+        call.settle("success", read(usage))
+        return
+    output = -(-answer_size // 4)
+    if call.max_output is not None:
+        output = min(output, call.max_output)
+    call.settle("success", Consumption(prompt_tokens=call.prompt_estimate,
+                                       completion_tokens=output),
+                f"{ESTIMATED} (no usage in the provider's answer)")
 
 
 def consumption(usage: object, **extra: Any) -> Consumption:
@@ -186,7 +202,12 @@ def unpriced(model_key: str, billing: str = "") -> InvalidRequest:
 async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
                 body: dict[str, Any], request_id: str | None,
                 worst: Consumption | None = None) -> tuple[Call, str]:
-    """Resolve provider and price, then reserve the worst case; raises if it cannot run."""
+    """Resolve provider and price, then reserve the worst case; raises if it cannot run.
+
+    When the budget clamp lowers the request's output limit, `body` is changed in place
+    (max_tokens, max_completion_tokens or max_output_tokens), so what is sent upstream
+    is what was reserved.
+    """
     settings = runtime.settings
     provider, upstream_model, model_key = route(runtime, caller, body["model"])
     user_id = billed_user(caller, body.get("user"))
@@ -194,19 +215,64 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
     if settings.require_pricing and (price is None or not price.covers(endpoint.billing)):
         raise unpriced(model_key, "" if price is None else endpoint.billing)
     hold = NO_HOLD
+    max_output = None
     counts = not caller.exclude_from_budget
     budgeted = counts and user_id is not None and (caller.is_master or caller.budgeted)
     if budgeted or caller.limits:
-        amount = Decimal(0)
-        if budgeted and price is not None:
+        need = None
+        if budgeted:
             worst = worst or worst_case(endpoint, raw, body, settings.default_max_tokens)
-            amount = price.cost(worst)
-        hold = await runtime.ledger.reserve(user_id if budgeted else None, amount,
-                                            caller.limits)
+            need = budget_need(endpoint, body, provider, price, worst)
+            if endpoint.output_limits:
+                max_output = worst.completion_tokens
+        hold = await runtime.ledger.reserve(user_id if budgeted else None,
+                                            need.amount if need else Decimal(0),
+                                            caller.limits, need, settings.budget_clamp)
+        if hold.clamped is not None:
+            clamp_output(endpoint, body, provider, hold.clamped)
+            # The stream cut follows what was reserved: the clamped limit, per choice.
+            n = body.get("n")
+            max_output = hold.clamped * (n if isinstance(n, int) and n > 1 else 1)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
                 request_id, time.perf_counter(), counts,
-                tuple(limit.subject for limit in caller.limits if limit.tpm is not None))
+                tuple(limit.subject for limit in caller.limits if limit.tpm is not None),
+                tokens.estimated_prompt(raw), max_output)
     return call, upstream_model
+
+
+def budget_need(endpoint: Endpoint, body: dict[str, Any], provider: Provider,
+                price: Price | None, worst: Consumption) -> budgets.Need:
+    """What a request holds against its budget: its worst-case cost, one request, its
+    worst-case tokens, and (where output is capped by a body field) how to lower that cap."""
+    output = None
+    if endpoint.output_limits and worst.completion_tokens:
+        n = body.get("n")
+        output = budgets.Output(price, worst, n if isinstance(n, int) and n > 1 else 1,
+                                output_field(endpoint, body, provider))
+    return budgets.Need(Decimal(0) if price is None else price.cost(worst), 1,
+                        worst.prompt_tokens + worst.completion_tokens, output)
+
+
+def output_field(endpoint: Endpoint, body: dict[str, Any], provider: Provider) -> str:
+    """The body field that caps the request's output: the one it sent, else the one the
+    gateway would set (OpenAI's own API refuses max_tokens for reasoning models; many
+    other servers know only max_tokens)."""
+    sent = next((name for name in endpoint.output_limits if name in body), None)
+    if sent is not None:
+        return sent
+    if endpoint.output_limits == CHAT.output_limits and not provider.base_url.startswith(
+            "https://api.openai.com/"):
+        return "max_tokens"
+    return endpoint.output_limits[0]
+
+
+def clamp_output(endpoint: Endpoint, body: dict[str, Any], provider: Provider,
+                 limit: int) -> None:
+    """Lower the request's output limit to `limit` per choice (the budget clamp): every
+    output-limit field it sent, or the one the provider reads when it sent none."""
+    sent = [name for name in endpoint.output_limits if name in body]
+    for name in sent or [output_field(endpoint, body, provider)]:
+        body[name] = limit
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 # Money is exact to 1e-10 and, so that SQLite's 64-bit integers hold any sum of it, below
 # a hundred million per amount.
@@ -26,6 +26,9 @@ Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Metadata = dict[str, Any]
 ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
                       Field(max_length=1000)]
+# Per-period request and token ceilings (the otari SDK's bounds); 0 refuses everything.
+Ceiling = Annotated[int, Field(ge=0, le=10**15, strict=True)]
+Alignment = Literal["calendar_day", "calendar_week", "calendar_month"]
 # Fields the otari SDK knows that this gateway does not implement: refused unless null, so a
 # caller is never told a limit exists when none is enforced.
 Unsupported = Annotated[None, Field(None, description="Not supported by this gateway; null")]
@@ -155,9 +158,16 @@ class CreateBudgetRequest(_Request):
     budget_id: str | None = Field(None, min_length=1, max_length=64,
                                   description="Optional id; generated when omitted")
     name: str | None = Field(None, max_length=255)
-    request_limit: Unsupported = None
-    token_limit: Unsupported = None
-    reset_alignment: Unsupported = None
+    request_limit: Ceiling | None = Field(
+        None, description="Maximum requests per period, independent of max_budget; null: none")
+    token_limit: Ceiling | None = Field(
+        None, description="Maximum tokens (prompt + completion) per period; null: none")
+    reset_alignment: Alignment | None = Field(
+        None, description="Reset on a UTC calendar boundary (day; ISO week from Monday; month "
+        "from the 1st) instead of every budget_duration_sec; exclusive with it")
+    budget_clamp: bool | None = Field(
+        None, description="Lower a request's output limit to what fits instead of refusing it "
+        "with 402; null follows the gateway's budget_clamp setting")
 
 
 class UpdateBudgetRequest(_Request):
@@ -166,9 +176,10 @@ class UpdateBudgetRequest(_Request):
     max_budget: NonNegativeMoney | None = None
     budget_duration_sec: Count | None = None
     name: str | None = Field(None, max_length=255)
-    request_limit: Unsupported = None
-    token_limit: Unsupported = None
-    reset_alignment: Unsupported = None
+    request_limit: Ceiling | None = None
+    token_limit: Ceiling | None = None
+    reset_alignment: Alignment | None = None
+    budget_clamp: bool | None = None
 
 
 class BudgetResponse(BaseModel):
@@ -187,6 +198,37 @@ class BudgetResponse(BaseModel):
     request_limit: int | None = None
     token_limit: int | None = None
     reset_alignment: str | None = None
+    budget_clamp: bool | None = None
+
+
+class PricingTier(_Request):
+    """A long-context tier: from a prompt size on, the whole request is priced at these
+    rates (those omitted are the entry's own). Give the threshold as `min_input_tokens`
+    (the otari SDK's form: this many prompt tokens or more) or `above_input_tokens` (more
+    than this many); exactly one of them."""
+
+    min_input_tokens: Count | None = None
+    above_input_tokens: Annotated[int, Field(ge=0, le=2**31 - 2)] | None = None
+    input_price_per_million: NonNegativeMoney | None = None
+    output_price_per_million: NonNegativeMoney | None = None
+    cache_read_price_per_million: NonNegativeMoney | None = None
+    cache_write_price_per_million: NonNegativeMoney | None = None
+    cache_write_1h_price_per_million: NonNegativeMoney | None = None
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> PricingTier:
+        if (self.min_input_tokens is None) == (self.above_input_tokens is None):
+            raise ValueError("a tier needs exactly one of min_input_tokens and "
+                             "above_input_tokens")
+        return self
+
+    @property
+    def threshold(self) -> int:
+        """The prompt tokens from which the tier applies (min_input_tokens form)."""
+        if self.min_input_tokens is not None:
+            return self.min_input_tokens
+        assert self.above_input_tokens is not None
+        return self.above_input_tokens + 1
 
 
 class SetPricingRequest(_Request):
@@ -208,7 +250,10 @@ class SetPricingRequest(_Request):
     price_per_audio_second: NonNegativeMoney | None = None
     price_per_million_characters: NonNegativeMoney | None = None
     price_per_request: NonNegativeMoney | None = None
-    pricing_tiers: Unsupported = None
+    pricing_tiers: Annotated[list[PricingTier], Field(max_length=100)] | None = Field(
+        None, description="Long-context tiers (the otari SDK's name); same as tiers")
+    tiers: Annotated[list[PricingTier], Field(max_length=100)] | None = Field(
+        None, description="Long-context tiers; send this or pricing_tiers, not both")
 
 
 class PricingResponse(BaseModel):
@@ -226,7 +271,9 @@ class PricingResponse(BaseModel):
     price_per_request: Money | None = None
     unit: str = "tokens"
     origin: str | None = "api"
+    # The same tiers in both forms: the otari SDK's (min_input_tokens) and above_input_tokens.
     pricing_tiers: list[dict[str, Any]] = Field(default_factory=list)
+    tiers: list[dict[str, Any]] = Field(default_factory=list)
     cache_read_price_per_million: Money | None = None
     cache_write_price_per_million: Money | None = None
     cache_write_1h_price_per_million: Money | None = None

@@ -62,6 +62,9 @@ class Settings:
     bootstrap_api_key: bool = True
     require_pricing: bool = True
     default_max_tokens: int = 4096
+    # A request whose worst case does not fit the budget runs with its output limit lowered
+    # to what fits, instead of being refused (a budget's own budget_clamp overrides this).
+    budget_clamp: bool = False
     request_timeout: float = 600.0
     max_body_bytes: int = 10 * 1024 * 1024
     auth_cache_ttl: float = 2.0
@@ -70,6 +73,11 @@ class Settings:
     shutdown_timeout: float = 30.0
     metrics: bool = False
     max_header_bytes: int = 65536
+    # Context windows in tokens: what bounds the input a provider bills from stored state
+    # (/v1/responses with previous_response_id, conversation or prompt). Per model key in
+    # the [context_windows] table ("openai:gpt-4o" = 128000), else the default.
+    default_context_window: int = 1_048_576
+    context_windows: Mapping[str, int] = field(default_factory=dict)
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Connected mode ([platform] table): the gateway serves as a platform's data plane.
     platform: Mapping[str, Any] = field(default_factory=dict)
@@ -78,6 +86,10 @@ class Settings:
     # Routes ([routes.NAME] tables): model names served by several targets (otari_server.routing).
     routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def context_window(self, model_key: str) -> int:
+        """The context window of `model_key` in tokens: its own, else the default."""
+        return self.context_windows.get(model_key, self.default_context_window)
 
     @property
     def connected(self) -> bool:
@@ -146,6 +158,7 @@ _PARSERS = {
     "bootstrap_api_key": _parse_bool,
     "require_pricing": _parse_bool,
     "default_max_tokens": _parse_int,
+    "budget_clamp": _parse_bool,
     "request_timeout": _parse_float,
     "max_body_bytes": _parse_int,
     "auth_cache_ttl": _parse_float,
@@ -154,13 +167,14 @@ _PARSERS = {
     "shutdown_timeout": _parse_float,
     "metrics": _parse_bool,
     "max_header_bytes": _parse_int,
+    "default_context_window": _parse_int,
 }
-_TABLES = {"providers", "platform", "tools", "routes"}
+_TABLES = {"providers", "platform", "tools", "context_windows", "routes"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
 _POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes",
-             "max_header_bytes"}
+             "max_header_bytes", "default_context_window"}
 
 
 def interpolate(value: Any, environ: Mapping[str, str], key: str) -> Any:
@@ -219,6 +233,8 @@ def _apply(values: dict[str, Any], source: str, layer: Mapping[str, Any],
         if key in _TABLES:
             if not isinstance(raw, dict):
                 raise ConfigError(f"{key}: expected a table")
+            if key == "context_windows":
+                _check_windows(raw, source)
             values[key] = raw
         elif key in _PARSERS:
             try:
@@ -231,6 +247,13 @@ def _apply(values: dict[str, Any], source: str, layer: Mapping[str, Any],
         else:
             raise ConfigError(f"{key}: unknown setting (from {source})")
         sources[key] = source
+
+
+def _check_windows(table: Mapping[str, Any], source: str) -> None:
+    for model_key, tokens in table.items():
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+            raise ConfigError(f"context_windows.{model_key}: expected a positive number of "
+                              f"tokens, got {tokens!r} (from {source})")
 
 
 def load(config_path: Path | None = None, overrides: Mapping[str, Any] | None = None,

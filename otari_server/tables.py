@@ -107,6 +107,16 @@ class Budget(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     max_budget: Mapped[Decimal | None] = mapped_column(Money())
     budget_duration_sec: Mapped[int | None] = mapped_column(Integer)
+    # "calendar_day" | "calendar_week" | "calendar_month": periods on UTC calendar boundaries
+    # instead of every budget_duration_sec (the two are exclusive; see budgets.py).
+    reset_alignment: Mapped[str | None] = mapped_column(String(16))
+    # Per-period ceilings on requests and on tokens (prompt + completion), each independent
+    # of max_budget; null is unlimited.
+    request_limit: Mapped[int | None] = mapped_column(BigInteger)
+    token_limit: Mapped[int | None] = mapped_column(BigInteger)
+    # Lower a request's output limit to what fits instead of refusing it; null follows the
+    # global budget_clamp setting.
+    budget_clamp: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -122,6 +132,12 @@ class User(Base):
     # requests in flight. The budget check is spend + reserved + request <= max_budget.
     spend: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     reserved: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    # The same for the budget's request and token ceilings: settled counts in the period, and
+    # what requests in flight hold (one request each; their worst-case tokens).
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reserved_requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reserved_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     budget_id: Mapped[str | None] = mapped_column(
         String(64), ForeignKey("budgets.budget_id", ondelete="RESTRICT"), index=True
     )
@@ -186,6 +202,9 @@ class Pricing(Base):
     price_per_audio_second: Mapped[Decimal | None] = mapped_column(Money())
     price_per_million_characters: Mapped[Decimal | None] = mapped_column(Money())
     price_per_request: Mapped[Decimal | None] = mapped_column(Money())
+    # Long-context tiers: [{"min_input_tokens": int, "input_price_per_million": "3.5", ...}],
+    # prices as decimal strings (exact); see pricing.Tier.
+    tiers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -233,6 +252,9 @@ class Reservation(Base):
     user_id: Mapped[str | None] = mapped_column(String(255), index=True)
     api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
     amount: Mapped[Decimal] = mapped_column(Money())
+    # Requests and worst-case tokens held against the budget's request and token limits.
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     instance_id: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
@@ -247,6 +269,25 @@ class RateCounter(Base):
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StoredResponse(Base):
+    """A Responses API answer created through the gateway: which provider keeps it, for whom.
+
+    GET/DELETE /v1/responses/{id} and its input_items and cancel go to that provider; an API
+    key of another user gets 404. `translated` answers were made by the gateway from another
+    wire format (Anthropic-type providers): nothing stores them, so they cannot be fetched.
+    """
+
+    __tablename__ = "stored_responses"
+
+    response_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model_key: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    translated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class RouteDefinition(Base):

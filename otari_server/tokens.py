@@ -15,6 +15,17 @@ def input_tokens(raw_body: bytes) -> int:
     return len(raw_body) // _BYTES_PER_TOKEN + 1
 
 
+# For billing (not reserving) without the provider's count: the usual four bytes per token.
+_BILLED_BYTES_PER_TOKEN = 4
+
+
+def estimated_prompt(raw_body: bytes) -> int:
+    """The prompt tokens billed when the provider reported none (a client that left early, a
+    dropped stream, an answer without usage): four bytes of the request body per token,
+    rounded up. Never more than the reservation's `input_tokens`."""
+    return -(-len(raw_body) // _BILLED_BYTES_PER_TOKEN)
+
+
 def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
     """The most output the request allows: its token limit (times n choices) or `default`."""
     limit = next((body[k] for k in keys if isinstance(body.get(k), int)), None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -16,6 +16,7 @@ from prometheus_client import Histogram
 from otari_server.errors import BadGateway, GatewayTimeout, OtariError, UpstreamError
 from otari_server.providers import Provider
 from otari_server.providers.failures import error_details
+from otari_server.scrub import scrub_bytes, scrub_text
 
 log = logging.getLogger("otari.upstream")
 
@@ -84,14 +85,18 @@ class Upstream:
         return await self._send(provider, "POST", path, data=form, stream=stream)
 
     async def get(self, provider: Provider, path: str,
-                  params: Mapping[str, str] | None = None, *,
+                  params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None, *,
                   stream: bool = False) -> aiohttp.ClientResponse:
         """GET from a provider (status, lists, file contents); the caller releases it."""
         return await self._send(provider, "GET", path, params=params, stream=stream)
 
+    async def delete(self, provider: Provider, path: str) -> aiohttp.ClientResponse:
+        """DELETE at a provider (stored responses); the caller releases the response."""
+        return await self._send(provider, "DELETE", path, stream=False)
+
     async def _send(self, provider: Provider, method: str, path: str, *,
                     data: aiohttp.FormData | None = None,
-                    params: Mapping[str, str] | None = None,
+                    params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
                     stream: bool) -> aiohttp.ClientResponse:
         assert self._session is not None, "upstream client used before open()"
         # No Content-Type of ours: aiohttp sets the multipart boundary itself.
@@ -164,16 +169,13 @@ def failure(provider: Provider, exc: BaseException) -> OtariError:
 
 def sanitize(provider: Provider, message: str) -> str:
     """A provider message safe to show: its key removed, its length bounded."""
-    if provider.api_key:
-        message = message.replace(provider.api_key, "[redacted]")
-    return message[:_MAX_MESSAGE]
+    return scrub_text(provider.api_key, message)[:_MAX_MESSAGE]
 
 
 def scrubbed(provider: Provider, data: bytes) -> bytes:
-    """Stream bytes with the provider's key removed (a provider may echo it in an error)."""
-    if provider.api_key and provider.api_key.encode() in data:
-        return data.replace(provider.api_key.encode(), b"[redacted]")
-    return data
+    """Stream bytes with the provider's key removed (a provider may echo it in an error),
+    by the rule of `otari_server.scrub`."""
+    return scrub_bytes(provider.api_key, data)
 
 
 def error_message(body: bytes) -> str:

@@ -4,7 +4,10 @@
 
 - POST /v1/audio/transcriptions: multipart upload; json, text, srt, vtt, verbose_json. Its
   "audio" is the bytes of `fake_audio(text, seconds)`: the text, padded with NULs to
-  BYTES_PER_SECOND per second, so the transcript and the duration are what the test chose.
+  BYTES_PER_SECOND per second, so the transcript and the duration are what the test chose
+  (no audio header: the gateway cannot read its duration). A real WAV file (`wav_audio`)
+  lasts what its header says and is transcribed as WAV_TEXT. The gpt-4o(-mini)-transcribe
+  models answer json and text only and report token usage, as OpenAI's do.
 - POST /v1/audio/speech: `speech_audio(input, format)` streamed in CHUNK-byte writes with the
   format's content type (Behaviour gate/hold_after, cut_after and interval apply per chunk).
 - POST /v1/images/generations, POST /v1/rerank (Cohere style; Jina style for "jina" models).
@@ -19,10 +22,12 @@ import base64
 import email.parser
 import email.policy
 import hashlib
+import io
 import json
 import math
 import re
 import time
+import wave
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -49,7 +54,8 @@ CHUNK = 256
 SPEECH_BYTES_PER_CHARACTER = 40
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 # Models that, like OpenAI's gpt-4o-transcribe family, answer only json and text.
-JSON_ONLY_TRANSCRIBERS = ("gpt-4o-transcribe",)
+JSON_ONLY_TRANSCRIBERS = ("gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+WAV_TEXT = "Hello from a real WAV file."
 SPEECH_TYPES: Mapping[str, str] = {
     "mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac", "flac": "audio/flac",
     "wav": "audio/wav", "pcm": "audio/pcm",
@@ -67,6 +73,17 @@ def fake_audio(text: str, seconds: float) -> bytes:
     size = round(seconds * BYTES_PER_SECOND)
     assert len(data) < size, "the audio must be longer than its text"
     return data + b"\0" * (size - len(data))
+
+
+def wav_audio(seconds: float, rate: int = 8000) -> bytes:
+    """A real WAV file (8-bit mono silence) lasting `seconds` at `rate` samples a second."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(1)
+        wav.setframerate(rate)
+        wav.writeframes(b"\x80" * round(seconds * rate))
+    return out.getvalue()
 
 
 def speech_audio(text: str, response_format: str = "mp3") -> bytes:
@@ -165,10 +182,25 @@ class FakeMedia(FakeOpenAI):
                 400, f"response_format '{fmt}' is not compatible with model '{model}'",
                 param="response_format"))
         audio = upload.files["file"][2]
-        text = audio.split(b"\0", 1)[0].decode()
-        duration = len(audio) / BYTES_PER_SECOND
+        if audio.startswith(b"RIFF"):  # a real WAV file: its header says how long it lasts
+            with wave.open(io.BytesIO(audio)) as wav:
+                duration = wav.getnframes() / wav.getframerate()
+            text = WAV_TEXT
+        else:
+            text = audio.split(b"\0", 1)[0].decode()
+            duration = len(audio) / BYTES_PER_SECOND
         seconds = math.ceil(duration)
         call.usage = {"type": "duration", "seconds": seconds}
+        if model.startswith(JSON_ONLY_TRANSCRIBERS):
+            # Token-billed models report tokens: 1,000 audio tokens a minute, as OpenAI's do.
+            audio_tokens = math.ceil(duration * 50 / 3)
+            prompt_tokens = count_tokens(upload.value("prompt", "") or "")
+            output = count_tokens(text)
+            call.usage = {"type": "tokens", "input_tokens": audio_tokens + prompt_tokens,
+                          "input_token_details": {"text_tokens": prompt_tokens,
+                                                  "audio_tokens": audio_tokens},
+                          "output_tokens": output,
+                          "total_tokens": audio_tokens + prompt_tokens + output}
         segments = _segments(text, duration)
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")

@@ -11,6 +11,13 @@ or with `stream: true` the typed SSE events, each with its `event:` line and seq
                    response.function_call_arguments.done, response.output_item.done
     response.completed (response.incomplete when max_output_tokens cut the answer)
 
+Responses are stored as OpenAI stores them (unless `store: false`): GET and DELETE
+/v1/responses/{id}, GET /v1/responses/{id}/input_items and POST /v1/responses/{id}/cancel
+(which, as at OpenAI, refuses responses not created with `background: true`). Stored state is
+billed as OpenAI bills it: `previous_response_id` adds the previous response's input and output
+tokens to the input tokens, and `conversation` adds the tokens set in `conversations[id]`;
+unknown ids are 404.
+
 The scripted behaviours of tests.fakes apply: `error_after` sends OpenAI's stream `error`
 event. Usage follows the fakes' word counting: input tokens are the words of `instructions` and
 of every text in `input`; `cached_tokens` (settable per fake) of them are reported as cached.
@@ -47,9 +54,77 @@ class FakeOpenAIResponses(FakeOpenAI):
     def __init__(self, *, api_key: str | None = None, models: tuple[str, ...] = ("gpt-4o-mini",)):
         super().__init__(api_key=api_key, models=models)
         self.cached_tokens = 0  # of the input tokens, how many the next answers call cached
+        self.stored: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        self.conversations: dict[str, int] = {}  # conversation id -> tokens it bills as input
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        return [*super().routes(), ("POST", "/v1/responses", self.responses)]
+        return [*super().routes(), ("POST", "/v1/responses", self.responses),
+                ("GET", "/v1/responses/{response_id}", self.retrieve),
+                ("DELETE", "/v1/responses/{response_id}", self.delete),
+                ("GET", "/v1/responses/{response_id}/input_items", self.input_items),
+                ("POST", "/v1/responses/{response_id}/cancel", self.cancel)]
+
+    def check(self, request: web.Request, call: Received) -> web.Response | None:
+        if request.path.endswith("/cancel"):
+            authorization = call.headers.get("authorization", "")
+            if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+                return self.error_response(Failure(401, "Incorrect API key provided.",
+                                                   code="invalid_api_key"))
+            return None
+        return super().check(request, call)
+
+    def _stored(self, request: web.Request) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        with self._lock:
+            return self.stored.get(request.match_info["response_id"])
+
+    def _missing(self, request: web.Request) -> web.Response:
+        return self.error_response(Failure(
+            404, f"Response with id '{request.match_info['response_id']}' not found.",
+            param="response_id"))
+
+    async def retrieve(self, request: web.Request, call: Received,
+                       behaviour: Behaviour) -> web.StreamResponse:
+        found = self._stored(request)
+        if found is None:
+            return self._missing(request)
+        return await self.send_json(request, found[0], behaviour)
+
+    async def delete(self, request: web.Request, call: Received,
+                     behaviour: Behaviour) -> web.StreamResponse:
+        response_id = request.match_info["response_id"]
+        with self._lock:
+            found = self.stored.pop(response_id, None)
+        if found is None:
+            return self._missing(request)
+        return await self.send_json(
+            request, {"id": response_id, "object": "response.deleted", "deleted": True},
+            behaviour)
+
+    async def input_items(self, request: web.Request, call: Received,
+                          behaviour: Behaviour) -> web.StreamResponse:
+        found = self._stored(request)
+        if found is None:
+            return self._missing(request)
+        items = found[1]
+        if call.query.get("order", "desc") == "desc":
+            items = items[::-1]
+        limit = int(call.query.get("limit", "20"))
+        page = items[:limit]
+        return await self.send_json(request, {
+            "object": "list", "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit}, behaviour)
+
+    async def cancel(self, request: web.Request, call: Received,
+                     behaviour: Behaviour) -> web.StreamResponse:
+        found = self._stored(request)
+        if found is None:
+            return self._missing(request)
+        if not found[0].get("background"):
+            return self.error_response(Failure(
+                400, "Only responses created with background=true can be cancelled."))
+        return await self.send_json(request, {**found[0], "status": "cancelled"}, behaviour)
 
     async def responses(
         self, request: web.Request, call: Received, behaviour: Behaviour
@@ -61,6 +136,24 @@ class FakeOpenAIResponses(FakeOpenAI):
         limit = body.get("max_output_tokens")
         answer = self.answer({"max_tokens": limit}, behaviour)
         prompt = responses_prompt_tokens(body)
+        previous, conversation = body.get("previous_response_id"), body.get("conversation")
+        if isinstance(conversation, dict):
+            conversation = conversation.get("id")
+        if previous is not None:
+            with self._lock:
+                earlier = self.stored.get(previous)
+            if earlier is None:
+                return self.error_response(Failure(
+                    404, f"Previous response with id '{previous}' not found.",
+                    param="previous_response_id"))
+            # The stored context is billed again as input, as OpenAI bills it.
+            prompt += earlier[0]["usage"]["input_tokens"] + earlier[0]["usage"]["output_tokens"]
+        if conversation is not None:
+            if conversation not in self.conversations:
+                return self.error_response(Failure(
+                    404, f"Conversation with id '{conversation}' not found.",
+                    param="conversation"))
+            prompt += self.conversations[conversation]
         usage = {
             "input_tokens": prompt,
             "input_tokens_details": {
@@ -82,7 +175,10 @@ class FakeOpenAIResponses(FakeOpenAI):
                      "incomplete_details": {"reason": "max_output_tokens"}}
         else:
             final = {**response, "status": "completed", "completed_at": CREATED + 1}
-        final.update(output=output, usage=usage)
+        final.update(output=output, usage=usage, background=bool(body.get("background")))
+        if body.get("store", True) is not False:
+            with self._lock:
+                self.stored[final["id"]] = (final, _input_items(body.get("input")))
         if not body.get("stream"):
             return await self.send_json(request, final, behaviour)
         events = _events(response, final, answer, message_id, calls)
@@ -131,6 +227,16 @@ class FakeOpenAIResponses(FakeOpenAI):
             "user": body.get("user"),
             "metadata": body.get("metadata") or {},
         }
+
+
+def _input_items(given: Any) -> list[dict[str, Any]]:
+    """The input as stored input items (a string is one user message), each with an id."""
+    items = [{"type": "message", "role": "user", "content": given}] \
+        if isinstance(given, str) else list(given or ())
+    return [{"id": f"msg_in{index}", **item,
+             **({"content": [{"type": "input_text", "text": item["content"]}]}
+                if isinstance(item.get("content"), str) else {})}
+            for index, item in enumerate(items)]
 
 
 def responses_prompt_tokens(body: Mapping[str, Any]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -26,6 +27,9 @@ COLUMNS = [
     Column("BUDGET ID", ID),
     Column("MAX", "max_budget"),
     Column("PERIOD", "budget_duration_sec", period),
+    Column("ALIGNED", "reset_alignment"),
+    Column("REQUESTS", "request_limit"),
+    Column("TOKENS", "token_limit"),
     Column("CREATED", "created_at", when),
     Column("UPDATED", "updated_at", when),
 ]
@@ -42,6 +46,42 @@ Period = Annotated[
         parser=params.duration,
         metavar="DURATION",
         help="How often the spend resets: 30d, 1w, 12h, 3600s.",
+    ),
+]
+
+
+
+class Calendar(StrEnum):
+    """UTC calendar periods a budget can reset on."""
+
+    DAY = "calendar_day"
+    WEEK = "calendar_week"
+    MONTH = "calendar_month"
+
+
+Alignment = Annotated[
+    Calendar | None,
+    typer.Option(
+        "--reset-alignment",
+        help="Reset on a UTC calendar day, ISO week (Monday) or month (the 1st) instead of "
+        "every --period.",
+    ),
+]
+RequestLimit = Annotated[
+    int | None,
+    typer.Option("--request-limit", min=0, help="Requests allowed per period (402 beyond)."),
+]
+TokenLimit = Annotated[
+    int | None,
+    typer.Option("--token-limit", min=0,
+                 help="Tokens (prompt + completion) allowed per period (402 beyond)."),
+]
+Clamp = Annotated[
+    bool | None,
+    typer.Option(
+        "--clamp/--no-clamp",
+        help="Lower a request's max_tokens to what fits instead of refusing it (default: the "
+        "gateway's budget_clamp setting).",
     ),
 ]
 
@@ -68,21 +108,42 @@ def get_budget(ctx: typer.Context, budget_id: str) -> None:
 
 
 @app.command("create")
-def create_budget(ctx: typer.Context, max_budget: Max = None, period: Period = None) -> None:
-    """Create a budget (without --max it only tracks spend; without --period it never resets)."""
+def create_budget(
+    ctx: typer.Context,
+    max_budget: Max = None,
+    period: Period = None,
+    reset_alignment: Alignment = None,
+    request_limit: RequestLimit = None,
+    token_limit: TokenLimit = None,
+    clamp: Clamp = None,
+) -> None:
+    """Create a budget (without --max it only tracks spend; without --period or
+    --reset-alignment it never resets)."""
     rt = runtime(ctx)
-    body = {"max_budget": max_budget, "budget_duration_sec": period}
+    body = {"max_budget": max_budget, "budget_duration_sec": period,
+            "reset_alignment": reset_alignment, "request_limit": request_limit,
+            "token_limit": token_limit, "budget_clamp": clamp}
     created = rt.gateway.post("/v1/budgets", {k: v for k, v in body.items() if v is not None})
     rt.output.item(created, ID, SHOWS)
 
 
 @app.command("update")
 def update_budget(
-    ctx: typer.Context, budget_id: str, max_budget: Max = None, period: Period = None
+    ctx: typer.Context,
+    budget_id: str,
+    max_budget: Max = None,
+    period: Period = None,
+    reset_alignment: Alignment = None,
+    request_limit: RequestLimit = None,
+    token_limit: TokenLimit = None,
+    clamp: Clamp = None,
 ) -> None:
-    """Change a budget's limit or period."""
+    """Change a budget's limits or period (a --period replaces a calendar alignment, and
+    the other way round)."""
     rt = runtime(ctx)
-    body = params.changes(max_budget=max_budget, budget_duration_sec=period)
+    body = params.changes(max_budget=max_budget, budget_duration_sec=period,
+                          reset_alignment=reset_alignment, request_limit=request_limit,
+                          token_limit=token_limit, budget_clamp=clamp)
     rt.output.item(rt.gateway.patch(path("v1", "budgets", budget_id), body), ID, SHOWS)
 
 

@@ -32,6 +32,21 @@ def _price(flag: str, what: str) -> object:
     return typer.Option(flag, parser=params.money, help=f"Price per million {what} tokens.")
 
 
+def tier(text: str) -> dict[str, object]:
+    """A long-context tier from `ABOVE:INPUT:OUTPUT` (prompt tokens, then two prices per
+    million tokens; an empty price keeps the base one), e.g. `200000:2.5:15`."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise typer.BadParameter(f"{text!r}: expected ABOVE_INPUT_TOKENS:INPUT:OUTPUT, "
+                                 "e.g. 200000:2.5:15")
+    result: dict[str, object] = {"above_input_tokens": int(parts[0])}
+    for key, value in (("input_price_per_million", parts[1]),
+                       ("output_price_per_million", parts[2])):
+        if value:
+            result[key] = params.money(value)
+    return result
+
+
 @app.callback(invoke_without_command=True)
 def pricing(ctx: typer.Context) -> None:
     """Manage model pricing."""
@@ -74,6 +89,15 @@ def set_pricing(
             help="From when the price applies (default: now): ISO time or a duration from now.",
         ),
     ] = None,
+    tiers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tier",
+            metavar="ABOVE:INPUT:OUTPUT",
+            help="Long-context prices above this many prompt tokens, e.g. 200000:2.5:15 "
+            "(repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Set a model's price from now (or --effective-at); earlier prices stay in history."""
     rt = runtime(ctx)
@@ -84,6 +108,8 @@ def set_pricing(
     }
     if effective_at:
         body["effective_at"] = effective_at
+    if tiers:
+        body["tiers"] = [tier(text) for text in tiers]
     rt.output.item(rt.gateway.post("/v1/pricing", body), ID, SHOWS)
 
 

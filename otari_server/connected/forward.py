@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,7 +31,6 @@ from otari_server.connected.platform import TRANSPORT_ERRORS
 from otari_server.connected.reports import Reporter, usage_numbers
 from otari_server.connected.routing import Attempt, Route, provider_for
 from otari_server.connected.runtime import ConnectedRuntime, runtime_of
-from otari_server.connected.streams import AnthropicRelay, OpenAIRelay, Relay, error_event
 from otari_server.errors import (
     AuthenticationFailed,
     BadGateway,
@@ -45,7 +43,9 @@ from otari_server.providers import Provider
 from otari_server.providers import anthropic as anthropic_wire
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.proxy import read_body
-from otari_server.relay import RelayResponse
+from otari_server.relay import SUCCESS, Ending, RelayResponse, relay, stream_start
+from otari_server.tokens import estimated_prompt
+from otari_server.translators import AnthropicToChat, ChatPassThrough, StreamTranslator
 from otari_server.upstream import failure, refusal, sanitize
 
 log = logging.getLogger("otari.connected")
@@ -59,7 +59,7 @@ async def forward_chat(request: Request) -> Response:
     """POST /v1/chat/completions: the whole story of one request in connected mode."""
     runtime = runtime_of(request)
     user_token = bearer_token(request.headers.get("authorization"))
-    _, body = await read_body(request, runtime.settings.max_body_bytes)
+    raw, body = await read_body(request, runtime.settings.max_body_bytes)
     check_chat(body)
     if runtime.reporter.full:
         # Nothing is served that could not be billed: the queue keeps what it has.
@@ -73,7 +73,7 @@ async def forward_chat(request: Request) -> Response:
     attempts = allowed_attempts(runtime, route)
     for attempt in attempts:
         try:
-            response = await _attempt(runtime, attempt, body)
+            response = await _attempt(runtime, attempt, body, estimated_prompt(raw))
         except AttemptFailure as failed:
             runtime.reporter.error(attempt.attempt_id, failed.error_class)
             log.warning("request %s attempt %d (%s:%s) failed: %s (%s)", route.request_id,
@@ -184,7 +184,8 @@ class Call:
                               error_class, retryable)
 
 
-async def _attempt(runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, Any]) -> Response:
+async def _attempt(runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, Any],
+                   prompt_estimate: int) -> Response:
     provider = provider_for(attempt, runtime.settings.request_timeout)
     if provider is None:
         error = BadGateway(f"Provider '{attempt.provider}' is not known to this gateway and "
@@ -198,13 +199,14 @@ async def _attempt(runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, 
                            "not call")
         raise AttemptFailure(error, ADDRESS_REFUSED, retryable=True)
     call = Call(runtime, attempt, provider)
-    path, outgoing, relay = _request(call, body)
-    if relay is not None:
-        return await _stream(call, path, outgoing, relay)
-    return await _complete(call, path, outgoing, body)
+    path, outgoing, translator = _request(call, body)
+    if translator is not None:
+        return await _stream(call, path, outgoing, translator, prompt_estimate)
+    return await _complete(call, path, outgoing, body, prompt_estimate)
 
 
-def _request(call: Call, body: dict[str, Any]) -> tuple[str, dict[str, Any], Relay | None]:
+def _request(call: Call, body: dict[str, Any]
+             ) -> tuple[str, dict[str, Any], StreamTranslator | None]:
     """Upstream path and body for the attempt's model, and a relay when the client streams."""
     streaming = body.get("stream") is True
     if call.provider.type == "anthropic":
@@ -219,9 +221,8 @@ def _request(call: Call, body: dict[str, Any]) -> tuple[str, dict[str, Any], Rel
             return "/messages", outgoing, None
         options = body.get("stream_options")
         include = isinstance(options, dict) and bool(options.get("include_usage"))
-        translator = anthropic_wire.ChatStreamTranslator(model=body["model"],
-                                                         include_usage=include)
-        return "/messages", outgoing, AnthropicRelay(translator)
+        return "/messages", outgoing, AnthropicToChat(model=body["model"],
+                                                      include_usage=include)
     outgoing = dict(body, model=call.attempt.model)
     if not streaming:
         return "/chat/completions", outgoing, None
@@ -229,29 +230,38 @@ def _request(call: Call, body: dict[str, Any]) -> tuple[str, dict[str, Any], Rel
     options = dict(options) if isinstance(options, dict) else {}
     # The usage chunk is what the platform bills by; hide it again if nobody asked for it.
     outgoing["stream_options"] = {**options, "include_usage": True}
-    return "/chat/completions", outgoing, OpenAIRelay(strip_usage=not options.get("include_usage"))
+    return "/chat/completions", outgoing, ChatPassThrough(
+        strip_usage=not options.get("include_usage"))
 
 
 async def _complete(call: Call, path: str, outgoing: dict[str, Any],
-                    body: dict[str, Any]) -> Response:
+                    body: dict[str, Any], prompt_estimate: int) -> Response:
     response = await call.post(path, outgoing, stream=False)
     content = await call.read(response)
     if response.status >= 400:
         raise call.refused(response.status, content)
     try:
         answer = orjson.loads(content)
+        original_usage = answer.get("usage")
         if call.provider.type == "anthropic":
             answer = anthropic_wire.to_chat_completion(answer, model=body["model"])
             content = orjson.dumps(answer)
         usage = answer.get("usage")
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         raise call.broken("returned a malformed response", MALFORMED, retryable=False) from None
-    call.reporter.success(call.attempt.attempt_id,
-                          usage_numbers(usage if isinstance(usage, dict) else None))
+    if isinstance(usage, dict) and (call.provider.type != "anthropic"
+                                    or isinstance(original_usage, dict)):
+        call.reporter.success(call.attempt.attempt_id, usage_numbers(usage))
+    else:  # no usage in the answer: the gateway's estimate, a token per four bytes of output
+        output = -(-len(content) // 4)
+        call.reporter.success(call.attempt.attempt_id, {
+            "prompt_tokens": prompt_estimate, "completion_tokens": output,
+            "total_tokens": prompt_estimate + output}, estimated=True)
     return Response(content, headers=JSON_HEADERS)
 
 
-async def _stream(call: Call, path: str, outgoing: dict[str, Any], relay: Relay) -> Response:
+async def _stream(call: Call, path: str, outgoing: dict[str, Any],
+                  translator: StreamTranslator, prompt_estimate: int) -> Response:
     """Open the stream and wait for its first chunk: until then, another attempt may run."""
     wait = call.runtime.config.first_chunk_timeout
     response: aiohttp.ClientResponse | None = None
@@ -261,7 +271,14 @@ async def _stream(call: Call, path: str, outgoing: dict[str, Any], relay: Relay)
             response = await call.post(path, outgoing, stream=True)
             if response.status >= 400:
                 raise call.refused(response.status, await call.read(response))
-            first = await _first_chunk(call, response, relay)
+            try:
+                first = await stream_start(call.provider, response, translator)
+            except OtariError as exc:  # neither an event stream nor JSON, or broken JSON
+                raise AttemptFailure(exc, MALFORMED, retryable=True) from None
+            if first:
+                response = None  # a whole JSON answer, read and released
+            else:
+                first = await _first_chunk(call, response, translator)
         committed = True
     except TimeoutError:
         error = GatewayTimeout(f"Provider '{call.provider.name}' sent nothing within {wait:g}s")
@@ -269,49 +286,51 @@ async def _stream(call: Call, path: str, outgoing: dict[str, Any], relay: Relay)
     finally:
         if response is not None and not committed:
             response.release()
-    return RelayResponse(_relay(call, response, relay, first), media_type="text/event-stream",
-                         headers=SSE_HEADERS)
+
+    def settle(ending: Ending) -> None:
+        _report(call, ending)
+
+    return RelayResponse(relay(call.provider, response, translator, settle,
+                               prompt_estimate=prompt_estimate, first=first),
+                         media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _first_chunk(call: Call, response: aiohttp.ClientResponse, relay: Relay) -> bytes:
+async def _first_chunk(call: Call, response: aiohttp.ClientResponse,
+                       translator: StreamTranslator) -> bytes:
+    out = b""
     while True:
         try:
             data = await response.content.readany()
         except TRANSPORT_ERRORS as exc:
             raise transport_failure(failure(call.provider, exc)) from None
         if not data:
+            out += translator.finish()
+            if translator.chunks:
+                return out
             raise call.broken("ended the stream before its first chunk", STREAM_ERROR,
                               retryable=True)
-        out = relay.feed(data)
-        if relay.error is not None and not relay.chunks:
-            message = sanitize(call.provider, str(relay.error.get("message", "stream error")))
+        out += translator.feed(data)
+        if translator.error is not None and not translator.chunks:
+            message = sanitize(call.provider, translator.error)
             raise call.broken(f"failed: {message}", STREAM_ERROR, retryable=True)
-        if relay.chunks:
+        if translator.chunks:
             return out
 
 
-async def _relay(call: Call, response: aiohttp.ClientResponse, relay: Relay,
-                 first: bytes) -> AsyncIterator[bytes]:
-    """Pass the committed stream on; errors now go down the stream; report once it ends."""
-    error_class: str | None = CLIENT_DISCONNECTED
-    try:
-        yield first
-        async for data in response.content.iter_any():
-            out = relay.feed(data)
-            if out:
-                yield out
-        tail = relay.finish()
-        if tail:
-            yield tail
-        error_class = STREAM_ERROR if relay.error is not None else None
-    except TRANSPORT_ERRORS as exc:
-        failed = transport_failure(failure(call.provider, exc))
-        error_class = failed.error_class
-        yield error_event(sanitize(call.provider, failed.error.message))
-    finally:
-        response.release()
-        if error_class is None:
-            call.reporter.success(call.attempt.attempt_id,
-                                  usage_numbers(relay.usage, relay.chunks))
-        else:
-            call.reporter.error(call.attempt.attempt_id, error_class)
+def _report(call: Call, ending: Ending) -> None:
+    """The attempt's usage report: what was consumed, however the stream ended (provider
+    usage when seen, else the gateway's estimate, marked `usage_estimated`)."""
+    used = ending.used
+    usage = {"prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
+             "total_tokens": used.prompt_tokens + used.completion_tokens}
+    if ending.status == SUCCESS:
+        call.reporter.success(call.attempt.attempt_id, usage, estimated=ending.estimated)
+        return
+    if ending.cause == "client":
+        error_class = CLIENT_DISCONNECTED
+    elif ending.failure is not None:
+        error_class = transport_failure(ending.failure).error_class
+    else:
+        error_class = STREAM_ERROR
+    call.reporter.error(call.attempt.attempt_id, error_class, usage=usage,
+                        estimated=ending.estimated)

@@ -120,13 +120,27 @@ class Reporter:
         """Reports queued and not yet delivered or given up on."""
         return self.queue.stats().depth
 
-    def success(self, attempt_id: str, usage: dict[str, int]) -> None:
-        """Report an attempt that served the request."""
-        self._send({"correlation_id": attempt_id, "status": "success", "usage": usage})
+    def success(self, attempt_id: str, usage: dict[str, int], *,
+                estimated: bool = False) -> None:
+        """Report an attempt that served the request; `estimated` when the provider reported
+        no usage and the numbers are the gateway's estimate (`usage_estimated: true`)."""
+        body: dict[str, Any] = {"correlation_id": attempt_id, "status": "success",
+                                "usage": usage}
+        if estimated:
+            body["usage_estimated"] = True
+        self._send(body)
 
-    def error(self, attempt_id: str, error_class: str) -> None:
-        """Report an attempt that failed."""
-        self._send({"correlation_id": attempt_id, "status": "error", "error_class": error_class})
+    def error(self, attempt_id: str, error_class: str, *, usage: dict[str, int] | None = None,
+              estimated: bool = False) -> None:
+        """Report an attempt that failed; a stream cut after it started carries the `usage`
+        consumed (`usage_estimated: true` when those are the gateway's estimate)."""
+        body: dict[str, Any] = {"correlation_id": attempt_id, "status": "error",
+                                "error_class": error_class}
+        if usage is not None:
+            body["usage"] = usage
+            if estimated:
+                body["usage_estimated"] = True
+        self._send(body)
 
     def _send(self, body: dict[str, Any]) -> None:
         # Written before returning: from here on a crash or restart cannot lose the report.

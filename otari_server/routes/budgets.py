@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from otari_server import budgets
 from otari_server.deps import RuntimeDep, SessionDep, require_master
-from otari_server.errors import Conflict, NotFound
+from otari_server.errors import Conflict, InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.routes.paging import Limit, Skip
 from otari_server.schemas import BudgetResponse, CreateBudgetRequest, UpdateBudgetRequest
@@ -32,7 +32,16 @@ def _response(session: Session, row: Budget) -> BudgetResponse:
         budget_duration_sec=row.budget_duration_sec, created_at=row.created_at,
         updated_at=row.updated_at, user_count=count,
         total_spend=Decimal(spend), total_reserved=Decimal(reserved),
+        request_limit=row.request_limit, token_limit=row.token_limit,
+        reset_alignment=row.reset_alignment, budget_clamp=row.budget_clamp,
     )
+
+
+def _check_period(duration_sec: int | None, alignment: str | None) -> None:
+    if duration_sec is not None and alignment is not None:
+        raise InvalidRequest("budget_duration_sec and reset_alignment are exclusive: a period "
+                             "is either a number of seconds or a calendar day, week or month",
+                             param="reset_alignment")
 
 
 def _get(session: Session, budget_id: str) -> Budget:
@@ -45,11 +54,14 @@ def _get(session: Session, budget_id: str) -> Budget:
 @router.post("", response_model=BudgetResponse)
 def create(body: CreateBudgetRequest, session: SessionDep) -> Response:
     """Create a budget; max_budget null means unlimited (spend is still tracked)."""
+    _check_period(body.budget_duration_sec, body.reset_alignment)
     budget_id = body.budget_id or str(uuid.uuid4())
     if session.get(Budget, budget_id) is not None:
         raise Conflict(f"Budget '{budget_id}' already exists")
     row = Budget(budget_id=budget_id, name=body.name, max_budget=body.max_budget,
-                 budget_duration_sec=body.budget_duration_sec)
+                 budget_duration_sec=body.budget_duration_sec,
+                 reset_alignment=body.reset_alignment, request_limit=body.request_limit,
+                 token_limit=body.token_limit, budget_clamp=body.budget_clamp)
     session.add(row)
     session.commit()
     return ExactJSONResponse(_response(session, row))
@@ -75,15 +87,22 @@ def patch(budget_id: str, body: UpdateBudgetRequest, session: SessionDep,
     """Change only the fields sent; a new duration re-times its users' next reset."""
     row = _get(session, budget_id)
     sent = body.model_dump(exclude_unset=True)
-    for name in ("max_budget", "name"):
+    for name in ("max_budget", "name", "request_limit", "token_limit", "budget_clamp"):
         if name in sent:
             setattr(row, name, sent[name])
-    if "budget_duration_sec" in sent and sent["budget_duration_sec"] != row.budget_duration_sec:
-        row.budget_duration_sec = sent["budget_duration_sec"]
+    duration = sent.get("budget_duration_sec", row.budget_duration_sec)
+    alignment = sent.get("reset_alignment", row.reset_alignment)
+    if "budget_duration_sec" in sent and "reset_alignment" not in sent and duration:
+        alignment = None  # a number of seconds replaces a calendar alignment
+    if "reset_alignment" in sent and "budget_duration_sec" not in sent and alignment:
+        duration = None  # and the other way round
+    _check_period(duration, alignment)
+    if (duration, alignment) != (row.budget_duration_sec, row.reset_alignment):
+        row.budget_duration_sec, row.reset_alignment = duration, alignment
         now = utcnow()
         for user in session.scalars(select(User).where(User.budget_id == budget_id)):
             started = user.budget_started_at or now
-            period = budgets.current_period(started, row.budget_duration_sec, now)
+            period = budgets.current_period(started, duration, now, alignment)
             user.budget_started_at = period.started_at
             user.next_budget_reset_at = period.resets_at
     row.updated_at = utcnow()

@@ -6,10 +6,12 @@ routing; these routes describe them (and serve them if the hot path is bypassed)
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request, Response
 
-from otari_server import audio, chat, messages, moderations, proxy, responses
-from otari_server.deps import CallerDep
+from otari_server import audio, chat, messages, moderations, proxy, responses, stored_responses
+from otari_server.deps import CallerDep, RuntimeDep
 from otari_server.endpoints import (
     CHAT,
     EMBEDDINGS,
@@ -53,6 +55,40 @@ async def create_message(request: Request, caller: CallerDep) -> Response:
 async def create_response(request: Request, caller: CallerDep) -> Response:
     """OpenAI Responses API-compatible endpoint."""
     return await responses.forward(request, caller, RESPONSES)
+
+
+_STORED: dict[int | str, dict[str, Any]] = {404: {"description": (
+    "Not created through this gateway, another user's, or made by translation")}}
+
+
+@router.get("/responses/{response_id}", tags=["responses"], responses=_STORED)
+async def retrieve_response(response_id: str, request: Request, caller: CallerDep,
+                            runtime: RuntimeDep) -> Response:
+    """A stored response, from the provider that created it."""
+    return await stored_responses.retrieve(runtime, caller, response_id,
+                                           list(request.query_params.multi_items()))
+
+
+@router.delete("/responses/{response_id}", tags=["responses"], responses=_STORED)
+async def delete_response(response_id: str, caller: CallerDep,
+                          runtime: RuntimeDep) -> Response:
+    """Delete a stored response at the provider that created it."""
+    return await stored_responses.remove(runtime, caller, response_id)
+
+
+@router.get("/responses/{response_id}/input_items", tags=["responses"], responses=_STORED)
+async def list_response_input_items(response_id: str, request: Request, caller: CallerDep,
+                                    runtime: RuntimeDep) -> Response:
+    """The input items of a stored response (after, before, limit, order, include)."""
+    return await stored_responses.input_items(runtime, caller, response_id,
+                                              list(request.query_params.multi_items()))
+
+
+@router.post("/responses/{response_id}/cancel", tags=["responses"], responses=_STORED)
+async def cancel_response(response_id: str, caller: CallerDep,
+                          runtime: RuntimeDep) -> Response:
+    """Cancel a background response at the provider that created it."""
+    return await stored_responses.cancel(runtime, caller, response_id)
 
 
 @router.post("/embeddings", tags=["embeddings"], openapi_extra=body_of(EmbeddingRequest))

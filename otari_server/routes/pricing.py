@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import delete as sql_delete
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 from otari_server.deps import CallerDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
-from otari_server.pricing import price_at
+from otari_server.pricing import TIER_RATES, Tier, price_at, tiers_from_json
 from otari_server.routes.paging import Limit, Skip
 from otari_server.schemas import PricingResponse, SetPricingRequest
 from otari_server.tables import Pricing, utcnow
@@ -22,6 +23,7 @@ router = APIRouter(prefix="/v1/pricing", tags=["pricing"], route_class=ExactRout
 
 def pricing_response(row: Pricing) -> PricingResponse:
     """The public view of a price entry."""
+    tiers = tiers_from_json(row.tiers)
     return PricingResponse(
         model_key=row.model_key, effective_at=row.effective_at,
         input_price_per_million=row.input_price_per_million,
@@ -33,7 +35,35 @@ def pricing_response(row: Pricing) -> PricingResponse:
         cache_read_price_per_million=row.cache_read_price_per_million,
         cache_write_price_per_million=row.cache_write_price_per_million,
         cache_write_1h_price_per_million=row.cache_write_1h_price_per_million,
+        pricing_tiers=[_tier(tier, "min_input_tokens", tier.min_input_tokens) for tier in tiers],
+        tiers=[_tier(tier, "above_input_tokens", tier.min_input_tokens - 1) for tier in tiers],
     )
+
+
+def _tier(tier: Tier, threshold: str, tokens: int) -> dict[str, Any]:
+    rates = {key: getattr(tier, field) for key, field in TIER_RATES.items()}
+    return {threshold: tokens, **{k: v for k, v in rates.items() if v is not None}}
+
+
+def _stored_tiers(body: SetPricingRequest) -> list[dict[str, Any]] | None:
+    """The request's tiers as the pricing.tiers column keeps them; 400 when inconsistent."""
+    if body.tiers is not None and body.pricing_tiers is not None:
+        raise InvalidRequest("Send tiers or pricing_tiers, not both", param="tiers")
+    tiers = body.tiers if body.tiers is not None else body.pricing_tiers
+    if not tiers:
+        return None
+    if body.unit != "tokens":
+        raise InvalidRequest("Long-context tiers apply to prices per token only",
+                             param="tiers")
+    thresholds = [tier.threshold for tier in tiers]
+    if len(set(thresholds)) != len(thresholds):
+        raise InvalidRequest("Two tiers start at the same prompt size", param="tiers")
+    stored = []
+    for tier in sorted(tiers, key=lambda t: t.threshold):
+        rates = tier.model_dump(include=set(TIER_RATES), exclude_none=True)
+        stored.append({"min_input_tokens": tier.threshold,
+                       **{key: f"{value:f}" for key, value in rates.items()}})
+    return stored
 
 
 def _check_model_key(model_key: str) -> None:
@@ -47,6 +77,7 @@ def _check_model_key(model_key: str) -> None:
 def set_price(body: SetPricingRequest, session: SessionDep, runtime: RuntimeDep) -> Response:
     """Add a price from effective_at (default now); the same instant again replaces it."""
     _check_model_key(body.model_key)
+    stored_tiers = _stored_tiers(body)  # refused before anything is written
     now = utcnow()
     effective_at = body.effective_at or now
     row = session.scalars(select(Pricing).where(
@@ -54,9 +85,10 @@ def set_price(body: SetPricingRequest, session: SessionDep, runtime: RuntimeDep)
     if row is None:
         row = Pricing(model_key=body.model_key, effective_at=effective_at, created_at=now)
         session.add(row)
-    fields = body.model_dump(exclude={"model_key", "effective_at", "pricing_tiers"})
+    fields = body.model_dump(exclude={"model_key", "effective_at", "pricing_tiers", "tiers"})
     for name, value in fields.items():
         setattr(row, name, value)
+    row.tiers = stored_tiers
     row.updated_at = now
     session.commit()
     runtime.changed()

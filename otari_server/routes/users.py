@@ -35,6 +35,8 @@ def user_response(row: User) -> UserResponse:
         blocked=row.blocked, created_at=row.created_at, updated_at=row.updated_at,
         metadata=row.metadata_ or {}, reserved=row.reserved, deleted_at=row.deleted_at,
         rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit, allowed_models=row.allowed_models,
+        current_requests=row.requests or 0, current_tokens=row.tokens or 0,
+        reserved_requests=row.reserved_requests or 0, reserved_tokens=row.reserved_tokens or 0,
     )
 
 
@@ -59,7 +61,8 @@ def _attach_budget(session: Session, row: User, budget_id: str | None, now: date
         row.budget_started_at = None
         row.next_budget_reset_at = None
         return
-    period = budgets.first_period(now, _budget(session, budget_id).budget_duration_sec)
+    budget = _budget(session, budget_id)
+    period = budgets.first_period(now, budget.budget_duration_sec, budget.reset_alignment)
     row.budget_id = budget_id
     row.budget_started_at = period.started_at
     row.next_budget_reset_at = period.resets_at
@@ -69,7 +72,8 @@ def _current(session: Session, row: User) -> User:
     """The user with its budget period rolled over if it ended."""
     if row.budget_id is not None:
         budget = session.get(Budget, row.budget_id)
-        budgets.roll_over(session, row, budget.budget_duration_sec if budget else None, utcnow())
+        budgets.roll_over(session, row, budget.budget_duration_sec if budget else None, utcnow(),
+                          budget.reset_alignment if budget else None)
     return row
 
 
@@ -91,6 +95,7 @@ def create(body: CreateUserRequest, session: SessionDep, runtime: RuntimeDep) ->
     row.allowed_models = body.allowed_models
     row.spend = Decimal(0)
     row.reserved = Decimal(0)
+    row.requests = row.tokens = row.reserved_requests = row.reserved_tokens = 0
     row.deleted_at = None
     _attach_budget(session, row, body.budget_id, now)
     session.commit()

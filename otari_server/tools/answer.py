@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -12,6 +11,7 @@ from otari_server.providers.sse import DONE_EVENT, encode
 from otari_server.proxy import JSON_HEADERS, SSE_HEADERS
 from otari_server.tools.loop import Meter
 from otari_server.tools.plan import Plan
+from otari_server.translators import completion_chunks
 
 
 def respond(completion: dict[str, Any], plan: Plan, meter: Meter) -> Response:
@@ -37,30 +37,5 @@ def usage(meter: Meter) -> dict[str, Any]:
 
 def events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
     """A completion as the chunks of a chat stream, ending with [DONE] (pure)."""
-    envelope = {"id": completion.get("id", ""), "object": "chat.completion.chunk",
-                "created": completion.get("created") or int(time.time()),
-                "model": completion.get("model", "")}
-    if completion.get("system_fingerprint"):
-        envelope["system_fingerprint"] = completion["system_fingerprint"]
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        out = {**envelope, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                        "finish_reason": finish}]}
-        if include_usage:
-            out["usage"] = None  # as OpenAI does on every chunk but the last
-        return out
-
-    choice = completion["choices"][0]
-    message = choice["message"]
-    chunks = [chunk({"role": "assistant", "content": ""})]
-    for key in ("reasoning_content", "content", "refusal"):
-        if isinstance(message.get(key), str) and message[key]:
-            chunks.append(chunk({key: message[key]}))
-    for index, call in enumerate(message.get("tool_calls") or ()):
-        chunks.append(chunk({"tool_calls": [{"index": index, "id": call.get("id"),
-                                             "type": call.get("type", "function"),
-                                             "function": call.get("function")}]}))
-    chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
-    if include_usage:
-        chunks.append({**envelope, "choices": [], "usage": completion["usage"]})
+    chunks = completion_chunks(completion, include_usage)
     return [*(encode(item) for item in chunks), DONE_EVENT]

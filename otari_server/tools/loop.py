@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from otari_server.budgets import Need
 from otari_server.errors import InvalidRequest
-from otari_server.ledger import Hold
 from otari_server.pricing import Consumption
 from otari_server.providers import anthropic as anthropic_wire
 from otari_server.providers.anthropic import TranslationError
@@ -91,14 +92,18 @@ async def cover(call: Call, meter: Meter, body: dict[str, Any]) -> None:
     by a loop however long; when it does not fit, the request ends with 402.
     """
     hold = call.hold
-    if call.price is None or hold.user_id is None:
-        return  # nothing to hold: no price, or no budget limit on this request
+    if hold.user_id is None:
+        return  # nothing to hold: no budget limit on this request
     worst = worst_case(call.endpoint, orjson.dumps(body), body,
                        call.runtime.settings.default_max_tokens)
-    need = call.price.cost(plus(meter.used, worst))
-    if need > hold.amount:
-        extra = await call.runtime.ledger.reserve(hold.user_id, need - hold.amount)
-        call.hold = Hold(hold.user_id, hold.amount + extra.amount)
+    total = plus(meter.used, worst)
+    need = Decimal(0) if call.price is None else call.price.cost(total)
+    tokens = total.prompt_tokens + total.completion_tokens if hold.tokens else 0
+    if need > hold.amount or tokens > hold.tokens:
+        extra = await call.runtime.ledger.reserve(hold.user_id, Decimal(0), need=Need(
+            max(need - hold.amount, Decimal(0)), 0, max(tokens - hold.tokens, 0)))
+        call.hold = replace(hold, amount=hold.amount + extra.amount,
+                            tokens=hold.tokens + extra.tokens)
 
 
 async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dict[str, Any]:

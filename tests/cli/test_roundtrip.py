@@ -36,6 +36,25 @@ def test_budgets_round_trip(cli: Cli) -> None:
     assert gone.code == ExitCode.REFUSED and "404" in gone.err
 
 
+def test_budget_limits_round_trip(cli: Cli) -> None:
+    created = ok(cli("budgets", "create", "--max", "25", "--reset-alignment", "calendar_month",
+                     "--request-limit", "1000", "--token-limit", "2000000", "--clamp")).json()
+    assert (created["reset_alignment"], created["request_limit"], created["token_limit"],
+            created["budget_clamp"], created["budget_duration_sec"]) == (
+        "calendar_month", 1000, 2000000, True, None)
+    budget_id = created["budget_id"]
+    updated = ok(cli("budgets", "update", budget_id, "--period", "1d", "--no-clamp",
+                     "--request-limit", "0")).json()
+    assert (updated["reset_alignment"], updated["budget_duration_sec"],
+            updated["budget_clamp"], updated["request_limit"]) == (None, 86400, False, 0)
+    table = ok(cli("budgets", "get", budget_id, "-o", "table")).out
+    assert "token_limit" in table and "2000000" in table
+    wrong = cli("budgets", "create", "--reset-alignment", "calendar_year")
+    assert wrong.code != 0 and "calendar_year" in wrong.err
+    both = cli("budgets", "create", "--period", "1d", "--reset-alignment", "calendar_day")
+    assert both.code == ExitCode.REFUSED and "exclusive" in both.err
+
+
 def test_users_round_trip(cli: Cli) -> None:
     budget_id = ok(cli("budgets", "create", "--max", "5")).json()["budget_id"]
     user_id = unique("alice")
@@ -104,6 +123,20 @@ def test_keys_round_trip(cli: Cli) -> None:
     revoked = cli("keys", "revoke", key_id, "--yes", "-q")
     assert ok(revoked).out == f"{key_id}\n"
     assert ok(cli("keys", "get", key_id)).json()["is_active"] is False
+
+
+def test_pricing_tiers_round_trip(cli: Cli) -> None:
+    model = f"fakeai:{unique('m')}"
+    entry = ok(cli("pricing", "set", model, "--input-price", "1.25", "--output-price", "10",
+                   "--tier", "200000:2.5:15", "--tier", "1000000::20")).json()
+    assert entry["tiers"] == [
+        {"above_input_tokens": 200000, "input_price_per_million": Decimal("2.5"),
+         "output_price_per_million": 15},
+        {"above_input_tokens": 1000000, "output_price_per_million": 20}]
+    assert [t["min_input_tokens"] for t in entry["pricing_tiers"]] == [200001, 1000001]
+    wrong = cli("pricing", "set", model, "--input-price", "1", "--output-price", "1",
+                "--tier", "lots:1:1")
+    assert wrong.code != 0 and "ABOVE_INPUT_TOKENS" in wrong.err
 
 
 def test_pricing_round_trip(cli: Cli) -> None:

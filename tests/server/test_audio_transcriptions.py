@@ -10,7 +10,14 @@ import openai
 import pytest
 
 from otari_server.audio import render, subtitles
-from tests.fakes_media import MEDIA_KEY, MediaGateway, fake_audio, media_gateway
+from tests.fakes_media import (
+    MEDIA_KEY,
+    WAV_TEXT,
+    MediaGateway,
+    fake_audio,
+    media_gateway,
+    wav_audio,
+)
 from tests.servers import MASTER_KEY
 
 SPEECH = "Hello there. How are you?"
@@ -130,7 +137,8 @@ def test_chunked_upload_over_the_limit_is_cut_off(database_url: str) -> None:
 
 def test_missing_per_second_price_is_refused_when_pricing_is_required(
         gateway: MediaGateway) -> None:
-    gateway.set_price("media:whisper-2", input_price_per_million="1")
+    # Zero token prices and no per-second price: a per-second model without its price.
+    gateway.set_price("media:whisper-2", input_price_per_million="0")
     client = gateway.client(gateway.key())
     with pytest.raises(openai.BadRequestError) as caught:
         client.audio.transcriptions.create(model="media:whisper-2",
@@ -244,3 +252,101 @@ def test_subtitles_count_hours_and_fall_back_to_one_cue() -> None:
     content, media_type = render({"text": " all of it ", "duration": 4.0}, "vtt")
     assert content == b"WEBVTT\n\n00:00:00.000 --> 00:00:04.000\nall of it\n"
     assert media_type.startswith("text/plain")
+
+
+# -- the reservation is the file's real duration (its header), else the size bound ----------
+
+
+def test_a_low_bitrate_file_reserves_its_header_duration_not_its_size(
+        gateway: MediaGateway) -> None:
+    # 60 s of 500 Hz 8-bit WAV is 30,044 bytes: the size bound (1000 bytes a second) would
+    # reserve 31 s and the provider would bill 60. The header says 60: 61 s are reserved.
+    audio = wav_audio(60, rate=500)
+    assert len(audio) == 30_044
+    gateway.user("dave", max_budget="0.005")
+    client = gateway.client(gateway.key(user_id="dave"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio, "audio/wav"))
+    assert caught.value.status_code == 402
+    assert "this request may cost up to 0.0061," in caught.value.message
+    assert gateway.media.requests == []
+    gateway.user("erin", max_budget="0.0061")  # exactly the 61 s reserved
+    client = gateway.client(gateway.key(user_id="erin"))
+    result = client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio, "audio/wav"))
+    assert result.text == WAV_TEXT
+    [row] = gateway.usage(1)
+    assert row["cost"] == Decimal("0.006")  # 60 s at 0.0001
+    user = gateway.get_user("erin")
+    assert user["spend"] == Decimal("0.006") and user["reserved"] == 0
+
+
+# -- models billed by tokens (gpt-4o-transcribe, gpt-4o-mini-transcribe) ---------------------
+
+TOKEN_MODELS = ["media:gpt-4o-transcribe", "media:gpt-4o-mini-transcribe"]
+
+
+@pytest.mark.parametrize("model", TOKEN_MODELS)
+@pytest.mark.parametrize(("fmt", "expected"), [
+    ("json", None), ("text", SPEECH + "\n")])
+def test_token_models_are_asked_for_json_and_billed_by_tokens(
+        gateway: MediaGateway, model: str, fmt: str, expected: str | None) -> None:
+    gateway.price(model, "2.5", "10")  # token prices only: no per-second price
+    gateway.user("alice", max_budget="1")
+    client = gateway.client(gateway.key(user_id="alice"))
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model=model, file=("a.mp3", fake_audio(SPEECH, 12.5)), response_format=fmt)
+    # 12.5 s is 209 audio tokens (1,000 a minute, rounded up); the 5 words are 5 tokens out.
+    usage = {"type": "tokens", "input_tokens": 209,
+             "input_token_details": {"text_tokens": 0, "audio_tokens": 209},
+             "output_tokens": 5, "total_tokens": 214}
+    if expected is None:
+        assert raw.http_response.json() == {"text": SPEECH, "usage": usage}
+    else:
+        assert raw.http_response.text == expected
+    assert gateway.media.last.body.value("response_format") == "json"
+    [row] = gateway.usage(1)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (209, 5)
+    assert row["cost"] == Decimal("0.0005725")  # 209 x $2.5/M + 5 x $10/M
+    assert row["status"] == "success" and row["error_message"] is None
+    user = gateway.get_user("alice")
+    assert user["spend"] == Decimal("0.0005725") and user["reserved"] == 0
+
+
+def test_a_token_model_reserves_tokens_for_the_duration(gateway: MediaGateway) -> None:
+    # No header: 12.5 kB bounds the audio to 13 s, so at most 13 x 50 audio tokens in and
+    # 13 x 20 tokens out: 650 x $2.5/M + 260 x $10/M = 0.004225.
+    gateway.price("media:gpt-4o-transcribe", "2.5", "10")
+    gateway.user("frank", max_budget="0.004")
+    client = gateway.client(gateway.key(user_id="frank"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.audio.transcriptions.create(model="media:gpt-4o-transcribe",
+                                           file=("a.mp3", fake_audio(SPEECH, 12.5)))
+    assert caught.value.status_code == 402
+    assert "this request may cost up to 0.004225," in caught.value.message
+    assert gateway.media.requests == []
+
+
+def test_a_token_model_answering_without_token_usage_is_billed_its_reservation(
+        gateway: MediaGateway) -> None:
+    gateway.price("media:gpt-4o-transcribe", "2.5", "10")
+    gateway.media.push(body={"text": "no usage here"})
+    client = gateway.client(gateway.key())
+    result = client.audio.transcriptions.create(model="media:gpt-4o-transcribe",
+                                                file=("a.mp3", fake_audio(SPEECH, 12.5)))
+    assert result.text == "no usage here"
+    [row] = gateway.usage(1)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (650, 260)
+    assert row["cost"] == Decimal("0.004225")
+    assert row["error_message"] == "the provider reported no token usage: billed the reservation"
+
+
+def test_a_token_model_asked_for_subtitles_gets_the_provider_refusal(
+        gateway: MediaGateway) -> None:
+    # Subtitles need timed segments, which only verbose_json has; these models refuse it.
+    gateway.price("media:gpt-4o-transcribe", "2.5", "10")
+    client = gateway.client(gateway.key())
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="media:gpt-4o-transcribe",
+                                           file=("a.mp3", fake_audio(SPEECH, 2)),
+                                           response_format="srt")
+    assert "response_format 'verbose_json' is not compatible" in caught.value.message

@@ -26,6 +26,9 @@ REQUESTS = [
 # At $1/M in and $2/M out: r1 is 3 + 5 tokens, r2 is 2 + 5 tokens.
 R1_COST, R2_COST = Decimal("0.000013"), Decimal("0.000012")
 CHAT_COST = Decimal("0.000011")  # "hi": 1 + 5 tokens
+# The worst case held at creation: each line's JSON (with the model) is 100 and 80 bytes, so
+# 34 and 27 prompt tokens (bytes / 3 + 1); r1 may answer 50 tokens, r2 default_max_tokens.
+WORST = Decimal("0.008353")  # (34 + 27) x $1/M + (50 + 4096) x $2/M
 
 
 @pytest.fixture
@@ -202,23 +205,76 @@ def test_the_master_key_bills_the_named_user(gateway: MediaGateway) -> None:
     assert gateway.get_user("bob")["spend"] == R1_COST + R2_COST
 
 
-def test_results_may_overrun_the_budget_and_then_creation_is_refused(
+def test_a_batch_holds_the_worst_case_of_every_line_until_it_is_collected(
+        gateway: MediaGateway, sdk: OtariClient) -> None:
+    batch_id = create(sdk)
+    assert gateway.get_user("alice")["reserved"] == WORST
+    gateway.media.finish(batch_id)
+    sdk.retrieve_batch_results(batch_id, "media")
+    # Rows, spend and the hold's release land in the collection's own transaction.
+    assert len(gateway.usage(2)) == 2
+    user = gateway.get_user("alice")
+    assert user["spend"] == R1_COST + R2_COST and user["reserved"] == 0
+    sdk.retrieve_batch_results(batch_id, "media")
+    assert gateway.get_user("alice")["reserved"] == 0  # released once only
+
+
+def test_a_batch_whose_worst_case_does_not_fit_is_refused_before_the_provider(
         gateway: MediaGateway) -> None:
-    gateway.user("carol", max_budget="0.00002")
+    # The real cost (0.000025) would fit, but the worst case (r2 may answer 4096 tokens)
+    # does not: the batch would otherwise be billed past the budget.
+    gateway.user("carol", max_budget="0.0001")
     key = gateway.key(user_id="carol")
-    with OtariClient(api_base=gateway.url, api_key=key) as sdk:
-        batch_id = create(sdk)
-        gateway.media.finish(batch_id)
-        sdk.retrieve_batch_results(batch_id, "media")
-    gateway.usage(2)
-    # The real cost is settled even past the budget: the provider has charged it already.
-    assert gateway.get_user("carol")["spend"] == R1_COST + R2_COST
-    uploads = len(gateway.media.files)
     reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL,
                                                             "requests": REQUESTS})
     assert reply.status_code == 402
     assert reply.json()["error"]["code"] == "budget_exceeded"
-    assert len(gateway.media.files) == uploads
+    assert reply.json()["error"]["message"] == (
+        "Budget exceeded for user 'carol': this request may cost up to 0.008353, "
+        "0.0001 of 0.0001 remains")
+    assert gateway.media.requests == [] and gateway.media.files == {}
+    assert gateway.get_user("carol")["reserved"] == 0
+    # Lowering the lines' max_tokens makes it fit: 34 + 32 tokens in (99 and 95 bytes),
+    # 2 x 4 out at most: 66 x $1/M + 8 x $2/M.
+    small = [{**r, "body": {**r["body"], "max_tokens": 4}} for r in REQUESTS]
+    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": small})
+    assert reply.status_code == 200, reply.text
+    assert gateway.get_user("carol")["reserved"] == Decimal("0.000082")
+
+
+def test_a_provider_refusal_at_creation_gives_the_hold_back(gateway: MediaGateway,
+                                                            sdk: OtariClient) -> None:
+    gateway.media.fail(500, "storage is down")
+    with pytest.raises(Exception, match="storage is down"):
+        sdk.create_batch({"model": MODEL, "requests": REQUESTS})
+    assert gateway.get_user("alice")["reserved"] == 0
+
+
+@pytest.mark.parametrize("named", ["media:other-model", "gpt-4o", "claude:claude-sonnet"])
+def test_a_line_naming_another_model_is_refused(gateway: MediaGateway, named: str) -> None:
+    lines = [REQUESTS[0], {**REQUESTS[1], "body": {**REQUESTS[1]["body"], "model": named}}]
+    reply = call(gateway, "POST", "/v1/batches", gateway.key(),
+                 json={"model": MODEL, "requests": lines})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "requests.1.body.model" and error["code"] == "model_mismatch"
+    assert error["message"] == (
+        f"requests.1 (custom_id 'r2') names model '{named}', but this batch runs "
+        "'media:gpt-4o-mini': a batch runs one model, so send one batch per model "
+        "(or leave 'model' out of the lines)")
+    assert gateway.media.requests == []
+
+
+@pytest.mark.parametrize("named", [MODEL, "gpt-4o-mini"])
+def test_a_line_may_name_the_batch_model_either_way(gateway: MediaGateway, named: str) -> None:
+    lines = [REQUESTS[0], {**REQUESTS[1], "body": {**REQUESTS[1]["body"], "model": named}}]
+    reply = call(gateway, "POST", "/v1/batches", gateway.key(),
+                 json={"model": MODEL, "requests": lines})
+    assert reply.status_code == 200, reply.text
+    upload = gateway.media.requests[0]
+    models = {json.loads(line)["body"]["model"]
+              for line in upload.body.files["file"][2].decode().splitlines()}
+    assert models == {"gpt-4o-mini"}
 
 
 def test_results_stay_metered_across_a_restart(database_url: str) -> None:
@@ -238,6 +294,25 @@ def test_results_stay_metered_across_a_restart(database_url: str) -> None:
             meter_mark(again, key, 3)
 
 
+def test_a_batch_hold_outlives_a_restart_until_collection(database_url: str) -> None:
+    with FakeMedia(api_key=MEDIA_KEY) as fake:
+        with media_gateway(database_url, fake=fake) as gateway:
+            gateway.price(MODEL, "1", "2")
+            gateway.user("alice", max_budget="10")
+            key = gateway.key(user_id="alice")
+            reply = call(gateway, "POST", "/v1/batches", key,
+                         json={"model": MODEL, "requests": REQUESTS})
+            batch_id = reply.json()["id"]
+        # The start-up reclaims the holds of requests in flight, not those of batches.
+        with media_gateway(database_url, fake=fake) as again:
+            assert again.get_user("alice")["reserved"] == WORST
+            fake.finish(batch_id)
+            path = f"/v1/batches/{batch_id}/results?provider=media"
+            assert call(again, "GET", path, key).status_code == 200
+            user = again.get_user("alice")
+            assert user["reserved"] == 0 and user["spend"] == R1_COST + R2_COST
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": MODEL, "requests": []}, "requests"),
     ({"requests": REQUESTS}, "model"),
@@ -246,6 +321,10 @@ def test_results_stay_metered_across_a_restart(database_url: str) -> None:
     ({"model": "claude:claude-sonnet", "requests": REQUESTS}, "provider"),
     ({"model": "nowhere:gpt", "requests": REQUESTS}, "model"),
     ({"model": "media:unpriced", "requests": REQUESTS}, "model"),
+    ({"model": MODEL, "requests": [{"custom_id": "x", "body": {"max_tokens": 0}}]},
+     "requests.0.body.max_tokens"),
+    ({"model": MODEL, "requests": [{"custom_id": "x", "body": {"max_completion_tokens": True}}]},
+     "requests.0.body.max_completion_tokens"),
 ])
 def test_bad_batches_are_refused_before_the_provider(gateway: MediaGateway,
                                                      body: dict[str, Any], param: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -295,21 +296,34 @@ def test_errors_after_the_first_chunk_go_down_the_stream(gw: World) -> None:
         stream_text(gw)
     assert "stream_interrupted" in str(info.value.body) or info.value.code == "stream_interrupted"
     assert gw.backup.requests == []
+    # Cut streams still report what was consumed: the provider sent no usage, so the
+    # gateway's estimate (a token per four bytes of the client's compact JSON body; two
+    # content chunks relayed), marked as estimated.
+    sent = json.dumps({"messages": MESSAGES, "model": "openai:gpt-4o-mini", "stream": True},
+                      separators=(",", ":"))
+    prompt = -(-len(sent) // 4)
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "error", "error_class": "conn_err"}]
+        {"correlation_id": "att-primary", "status": "error", "error_class": "conn_err",
+         "usage": {"prompt_tokens": prompt, "completion_tokens": 2,
+                   "total_tokens": prompt + 2}, "usage_estimated": True}]
 
 
 def test_a_client_leaving_mid_stream_is_reported(gw: World) -> None:
     gate = gw.primary.gate()
     gw.primary.push(hold_after=2, gate=gate)
-    body = {"model": "openai:gpt-4o-mini", "messages": MESSAGES, "stream": True}
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body,
+    body = json.dumps({"model": "openai:gpt-4o-mini", "messages": MESSAGES, "stream": True})
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", content=body,
                       headers={"Authorization": f"Bearer {USER_TOKEN}"}) as response:
         assert response.status_code == 200
         assert next(response.iter_lines()).startswith("data: ")
+    # The client left: billed from the estimate (prompt from the body, the role chunk and
+    # one content chunk relayed before the hold).
+    prompt = -(-len(body) // 4)
     assert gw.platform.wait_usage(1) == [
         {"correlation_id": "att-primary", "status": "error",
-         "error_class": "client_disconnected"}]
+         "error_class": "client_disconnected",
+         "usage": {"prompt_tokens": prompt, "completion_tokens": 1,
+                   "total_tokens": prompt + 1}, "usage_estimated": True}]
     gate.release()
 
 
@@ -343,3 +357,37 @@ def test_a_malformed_request_is_refused_before_the_platform_is_asked(gw: World) 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages"
     assert gw.platform.resolves == []
+
+
+# -- the one relay: scrubbing, answers of the wrong kind -------------------------------------------
+
+
+def test_platform_managed_keys_are_scrubbed_from_streamed_content(gw: World) -> None:
+    gw.primary.push(text=f"the key is {KEY} ok")
+    text, _, _ = stream_text(gw)
+    assert text == "the key is [redacted] ok"
+
+
+def test_platform_managed_keys_are_scrubbed_from_mid_stream_errors(world: World) -> None:
+    world.platform.route(world.anthropic())
+    world.start()
+    world.claude.push(error=Failure(500, f"overloaded, key {CLAUDE_KEY}"), error_after=3)
+    body = httpx.post(f"{world.url}/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {USER_TOKEN}"},
+                      json={"model": "openai:gpt-4o-mini", "messages": MESSAGES,
+                            "stream": True}).text
+    assert "overloaded, key [redacted]" in body and CLAUDE_KEY not in body
+
+
+def test_a_json_answer_to_a_stream_request_is_streamed_and_reported(gw: World) -> None:
+    completion = {"id": "chatcmpl-9", "object": "chat.completion", "created": 1700000000,
+                  "model": "gpt-4o-mini", "choices": [{
+                      "index": 0, "message": {"role": "assistant", "content": "Hi there"},
+                      "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
+    gw.primary.push(body=completion)  # answers JSON although the request streams
+    text, chunks, _ = stream_text(gw, stream_options={"include_usage": True})
+    assert text == "Hi there" and chunks[-1].usage.total_tokens == 6
+    assert gw.platform.wait_usage(1) == [
+        {"correlation_id": "att-primary", "status": "success",
+         "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}]

@@ -20,6 +20,7 @@ from otari._client import (
     CreateBudgetRequest,
     CreateKeyRequest,
     CreateUserRequest,
+    PricingTier,
     SetPricingRequest,
     UpdateBudgetRequest,
     UpdateKeyRequest,
@@ -403,11 +404,20 @@ def _pricing_unit(cp: ControlPlane) -> tuple[object, object]:
     return "requests", entry.unit
 
 
+def _pricing_tiers(cp: ControlPlane) -> tuple[object, object]:
+    entry = cp.pricing.set(SetPricingRequest(
+        model_key="gemini:gemini-pro", input_price_per_million=1.25, output_price_per_million=10,
+        pricing_tiers=[PricingTier(min_input_tokens=200001, input_price_per_million=2.5,
+                                   output_price_per_million=15)]))
+    return [(200001, 2.5, 15)], [(tier.min_input_tokens, tier.input_price_per_million,
+                                  tier.output_price_per_million) for tier in entry.pricing_tiers]
+
+
 @pytest.mark.parametrize("case", [
     pytest.param(case, id=case.__name__.lstrip("_"))
     for case in (_budget_name, _budget_limits, _budget_alignment, _key_allowed_models,
                  _key_exclude_from_budget, _user_allowed_models, _pricing_cache_prices,
-                 _pricing_unit)
+                 _pricing_unit, _pricing_tiers)
 ])
 def test_sdk_fields_are_kept_or_refused(
         sqlite_url: str, case: Callable[[ControlPlane], tuple[object, object]]) -> None:

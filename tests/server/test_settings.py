@@ -86,3 +86,16 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     # It starts as shipped: no environment variable needed.
     resolved = settings.load(example, {}, environ={})
     assert resolved.port == 8000
+
+
+def test_context_windows_are_per_model_with_a_default() -> None:
+    resolved = settings.load(None, {"context_windows": {"openai:gpt-4o": 128000},
+                                    "default_context_window": 200000}, environ={})
+    assert resolved.context_window("openai:gpt-4o") == 128000
+    assert resolved.context_window("openai:gpt-4.1") == 200000
+    assert settings.load(None, {}, environ={}).context_window("x:y") == 1_048_576
+    for bad in (0, -5, True, "128k", 1.5):
+        with pytest.raises(settings.ConfigError) as caught:
+            settings.load(None, {"context_windows": {"openai:gpt-4o": bad}}, environ={})
+        assert str(caught.value) == (f"context_windows.openai:gpt-4o: expected a positive "
+                                     f"number of tokens, got {bad!r} (from flags)")

@@ -517,6 +517,26 @@ def test_budget_holds_grow_with_the_loop_and_refuse_before_overspending(
     assert user["reserved"] == 0
 
 
+def test_token_limit_holds_grow_with_the_loop_too(
+        gateway_factory: Callable[..., Gateway], mcp_server: McpFake) -> None:
+    gateway = start(gateway_factory)
+    # The first call fits 5,000 tokens; the second's prompt (a 60 kB tool result) does not.
+    budget = gateway.admin.post("/v1/budgets", json={"token_limit": 5000}).json()
+    gateway.admin.post("/v1/users", json={"user_id": "dave", "budget_id": budget["budget_id"]})
+    gateway.openai_fake.push(tool_calls=(ToolCall("calc__big", {"size": 60_000}),))
+    error = refused(gateway, key=gateway.key(user_id="dave"), max_tokens=50,
+                    mcp_servers=[calc(mcp_server, allowed_tools=["big"])])
+    assert error.status_code == 402
+    assert isinstance(error.body, dict) and error.body["message"].startswith(
+        "Token limit exceeded for user 'dave'")
+    assert len(gateway.openai_fake.requests) == 1
+    prompt, completion = tokens(gateway.openai_fake.requests)
+    gateway.usage(1)
+    user = gateway.get_user("dave")
+    assert (user["current_requests"], user["current_tokens"]) == (1, prompt + completion)
+    assert (user["reserved_requests"], user["reserved_tokens"]) == (0, 0)
+
+
 def test_anthropic_providers_loop_through_the_translation(
         gateway: Gateway, mcp_server: McpFake) -> None:
     claude = gateway.anthropic_fake
