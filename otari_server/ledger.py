@@ -74,6 +74,8 @@ class Settlement:
     request_id: str | None = None
     # Rate-limit subjects whose tokens-per-minute this request's tokens count toward.
     rate_subjects: tuple[str, ...] = ()
+    route: str | None = None  # the route the client named, if any (model: the serving target)
+    attempts: int | None = None  # a route's attempts, failed ones included
     id: str = ""  # the request id when there is one (see Ledger.record)
     timestamp: datetime = field(default_factory=utcnow)
 
@@ -355,7 +357,7 @@ def _usage_row(s: Settlement) -> dict[str, Any]:
             "cache_read_tokens": s.cache_read_tokens, "cache_write_tokens": s.cache_write_tokens,
             "counts_toward_budget": s.counts_toward_budget, "cost": s.cost, "status": s.status,
             "error_message": s.error_message, "latency_ms": s.latency_ms,
-            "request_id": s.request_id}
+            "request_id": s.request_id, "route": s.route, "attempts": s.attempts}
 
 
 def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:

@@ -57,6 +57,10 @@ class Call:
     prompt_estimate: int = 0
     # The output tokens the hold reserved (a stream is cut past them); None: no budget hold.
     max_output: int | None = None
+    # A request for a route (otari_server.routing): its name and the attempts made so far;
+    # provider, model_key and price are then the target being tried.
+    route: str | None = None
+    attempts: int | None = None
 
     def settle(self, status: str, used: Consumption | None = None,
                error: str | None = None) -> None:
@@ -78,7 +82,8 @@ class Call:
             cache_write_tokens=used.cache_write_tokens or None, cost=cost,
             counts_toward_budget=self.counts, error_message=error,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
-            request_id=self.request_id, rate_subjects=self.rate_subjects))
+            request_id=self.request_id, rate_subjects=self.rate_subjects,
+            route=self.route, attempts=self.attempts))
 
 
 # How a usage row billed from the gateway's own numbers says so (in its error_message).
@@ -289,31 +294,59 @@ def openai_only(call: Call) -> None:
             f"{call.endpoint.path}", param="model", code="unsupported_endpoint")
 
 
-async def exchange_json(request: Request, caller: Caller,
-                        endpoint: Endpoint) -> tuple[Call, bytes, dict[str, Any]]:
+async def exchange_json(request: Request, caller: Caller, endpoint: Endpoint,
+                        read: tuple[bytes, dict[str, Any]] | None = None,
+                        ) -> tuple[Call, bytes, dict[str, Any]]:
     """Admit a JSON request, send it to an OpenAI-type provider, return its JSON answer.
 
-    A failure is settled here; on success the caller settles what the answer says.
+    `read` is the body when the caller has read it already. A failure is settled here; on
+    success the caller settles what the answer says.
     """
     runtime = runtime_of(request)
-    raw, body = await read_body(request, runtime.settings.max_body_bytes)
-    check_fields(body, endpoint)
+    if read is None:
+        read = await read_body(request, runtime.settings.max_body_bytes)
+        check_fields(read[1], endpoint)
+    raw, body = read
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"))
     try:
         openai_only(call)
-        response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
-                                               dict(body, model=upstream_model))
-        content = await read_upstream(call.provider, response)
-        return call, content, parse_upstream(call.provider, content)
+        content, answer = await send_json(call, body, upstream_model)
+        return call, content, answer
     except OtariError as exc:
         call.settle("error", error=exc.message)
         raise
 
 
+async def send_json(call: Call, body: dict[str, Any],
+                    upstream_model: str) -> tuple[bytes, dict[str, Any]]:
+    """POST the body to the call's provider; its JSON answer (raw and parsed)."""
+    response = await call.runtime.upstream.post(call.provider, call.endpoint.upstream_path,
+                                                dict(body, model=upstream_model))
+    content = await read_upstream(call.provider, response)
+    return content, parse_upstream(call.provider, content)
+
+
 async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
-    """An endpoint whose request and answer pass through unchanged (embeddings, ...)."""
-    call, content, answer = await exchange_json(request, caller, endpoint)
+    """An endpoint whose request and answer pass through unchanged (embeddings, ...);
+    a route's targets (OpenAI-type ones) are tried in turn."""
+    runtime = runtime_of(request)
+    raw, body = await read_body(request, runtime.settings.max_body_bytes)
+    check_fields(body, endpoint)
+    route = runtime.routes.routes.get(body["model"])
+    if route is not None:
+        # Imported here: routing builds on this module (admit, Call).
+        from otari_server.routing.serve import routed
+
+        async def attempt(call: Call, upstream_model: str) -> Response:
+            content, answer = await send_json(call, body, upstream_model)
+            call.settle("success", metered(endpoint, answer))
+            return Response(content, headers=JSON_HEADERS)
+
+        return await routed(runtime, caller, endpoint, raw, body,
+                            request.scope.get("otari.request_id"), route, attempt,
+                            openai_only=True)
+    call, content, answer = await exchange_json(request, caller, endpoint, (raw, body))
     call.settle("success", metered(endpoint, answer))
     return Response(content, headers=JSON_HEADERS)
 

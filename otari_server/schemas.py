@@ -300,6 +300,10 @@ class UsageLogResponse(BaseModel):
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     counts_toward_budget: bool = True
+    # Set when the client named a route: model and provider are the target that served (or
+    # failed last); attempts counts every try, failed ones included.
+    route: str | None = None
+    attempts: int | None = None
 
 
 class UsageEntry(UsageLogResponse):

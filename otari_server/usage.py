@@ -21,6 +21,7 @@ def usage_log(row: UsageLog) -> dict[str, Any]:
         "latency_ms": row.latency_ms, "request_id": row.request_id,
         "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,
         "counts_toward_budget": row.counts_toward_budget,
+        "route": row.route, "attempts": row.attempts,
     }
 
 

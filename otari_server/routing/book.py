@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 
 from sqlalchemy import select
@@ -26,6 +27,8 @@ class RouteBook:
     def __init__(self, config: Mapping[str, Route] | None = None) -> None:
         self.config: dict[str, Route] = dict(config or {})
         self.routes: dict[str, Route] = dict(self.config)
+        # The app's own generator for loadbalance picks and backoff jitter.
+        self.rng = random.Random()
 
     def get(self, name: str) -> Route | None:
         """The route called `name`, if any."""

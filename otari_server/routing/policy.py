@@ -15,7 +15,7 @@ class Failure(StrEnum):
     """Why an attempt failed, as far as routing cares (also the metrics/log label)."""
 
     CONNECTION = "connection"        # refused, reset, DNS, TLS
-    TIMEOUT = "timeout"              # no answer in time
+    TIMEOUT = "timeout"              # no answer in time (or 408)
     RATE_LIMITED = "rate_limited"    # 429
     SERVER = "server_error"          # 5xx, malformed answer
     OVERLOADED = "overloaded"        # 529 (Anthropic)
@@ -38,6 +38,8 @@ def classify(status: int | None, message: str = "", *, timeout: bool = False) ->
     """A failure's kind from the provider's HTTP status (None: no answer at all)."""
     if status is None:
         return Failure.TIMEOUT if timeout else Failure.CONNECTION
+    if status == 408:
+        return Failure.TIMEOUT
     if status == 529:
         return Failure.OVERLOADED
     if status == 429:
