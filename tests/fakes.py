@@ -81,6 +81,7 @@ class Failure:
     type: str | None = None  # default: the provider's usual type for the status
     code: str | None = None
     param: str | None = None
+    headers: Mapping[str, str] | None = None  # sent with the error (Retry-After, ...)
 
 
 class Gate:
@@ -275,7 +276,8 @@ class FakeServer(LoopbackServer):
         return endpoint
 
     def error_response(self, failure: Failure) -> web.Response:
-        return web.json_response(self.error_body(failure), status=failure.status)
+        return web.json_response(self.error_body(failure), status=failure.status,
+                                 headers=failure.headers)
 
     async def send_json(
         self, request: web.Request, payload: Mapping[str, Any], behaviour: Behaviour
