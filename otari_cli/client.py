@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -97,28 +98,33 @@ class Gateway:
         self._http.close()
 
     def send(
-        self, method: str, url_path: str, *, params: Params | None = None, body: object = None
+        self, method: str, url_path: str, *, params: Params | None = None, body: object = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
-        """One HTTP exchange; transport failures become Unreachable (exit 3)."""
+        """One HTTP exchange (`timeout` overrides the client's); transport failures become
+        Unreachable (exit 3)."""
+        wait = self.timeout if timeout is None else timeout
         query = {k: v for k, v in (params or {}).items() if v is not None}
         content = None if body is None else encode(body)
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             return self._http.request(
-                method, url_path, params=query, content=content, headers=headers
+                method, url_path, params=query or None, content=content, headers=headers,
+                timeout=wait
             )
         except httpx.TimeoutException:
             raise Unreachable(
-                f"the gateway at {self.url} did not answer within {self.timeout:g}s{self.hint}"
+                f"the gateway at {self.url} did not answer within {wait:g}s{self.hint}"
             ) from None
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach the gateway at {self.url}: {exc}{self.hint}") from None
 
     def call(
-        self, method: str, url_path: str, *, params: Params | None = None, body: object = None
+        self, method: str, url_path: str, *, params: Params | None = None, body: object = None,
+        timeout: float | None = None,
     ) -> Any:
         """Send, raise the matching error for a non-2xx answer, and return the decoded body."""
-        response = self.send(method, url_path, params=params, body=body)
+        response = self.send(method, url_path, params=params, body=body, timeout=timeout)
         if response.status_code >= 400:
             message = error_message(response)
             if response.status_code in (401, 403) and not self.has_key:
@@ -136,9 +142,9 @@ class Gateway:
         """GET and decode."""
         return self.call("GET", url_path, params=params)
 
-    def post(self, url_path: str, body: object) -> Any:
-        """POST a JSON body and decode."""
-        return self.call("POST", url_path, body=body)
+    def post(self, url_path: str, body: object, *, timeout: float | None = None) -> Any:
+        """POST a JSON body and decode (`timeout` for calls known to be slow)."""
+        return self.call("POST", url_path, body=body, timeout=timeout)
 
     def put(self, url_path: str, body: object) -> Any:
         """PUT a JSON body (create or replace) and decode."""
@@ -171,6 +177,55 @@ class Gateway:
             if len(page) < want:
                 break
         return items
+
+    def walk(
+        self,
+        url_path: str,
+        params: Params | None = None,
+        *,
+        page_size: int = 100,
+        limit: int | None = None,
+    ) -> Iterator[Any]:
+        """Every item of a list (or the first `limit`), yielded page by page as they arrive.
+
+        Follows the `Link: <...>; rel="next"` cursor the gateway sends on full pages, so deep
+        pages cost as little as the first; a gateway without it is paged by skip. The next
+        page is fetched while the caller writes the current one; at most two are held.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="otari-page") as pool:
+            want = page_size if limit is None else min(page_size, limit)
+            pending = pool.submit(self._page, url_path, params, None, 0, want)
+            count = 0
+            while True:
+                page, link = pending.result()
+                taken = page[:want]
+                count += len(taken)
+                more = len(page) >= want and (limit is None or count < limit)
+                if more:
+                    want = page_size if limit is None else min(page_size, limit - count)
+                    pending = pool.submit(self._page, url_path, params, link, count, want)
+                yield from taken
+                if not more:
+                    return
+
+    def _page(self, url_path: str, params: Params | None, link: httpx.URL | None,
+              skip: int, want: int) -> tuple[list[Any], httpx.URL | None]:
+        """One page of a list and the link to the next (None: page by skip)."""
+        if link is None:
+            response = self.send("GET", url_path,
+                                 params={**(params or {}), "skip": skip, "limit": want})
+        else:
+            # Only the link's path and query are used, so credentials never follow it to
+            # another host; the page size rides in that query (params would replace it).
+            target = link.copy_merge_params({"limit": str(want)}).raw_path.decode("ascii")
+            response = self.send("GET", target)
+        if response.status_code >= 400:
+            raise error_for_status(response.status_code, error_message(response))
+        page = decode(response.text)
+        if not isinstance(page, list):
+            raise error_for_status(502, f"expected a list from {url_path}")
+        found = response.links.get("next", {}).get("url")
+        return page, httpx.URL(found) if found else None
 
     def readiness(self) -> tuple[bool, Any]:
         """Whether /health/readiness answers 200, and its body."""

@@ -45,7 +45,7 @@ from otari_server.errors import (
 from otari_server.ledger import NO_HOLD, Settlement, refusal, settle_all
 from otari_server.pricing import Consumption, Price
 from otari_server.providers import Provider
-from otari_server.proxy import billed_user, consumption, route, unpriced
+from otari_server.proxy import INVALID_USAGE, billed_user, consumption, route, unpriced
 from otari_server.proxy import worst_case as proxy_worst_case
 from otari_server.runtime import Runtime
 from otari_server.tables import Budget, Reservation, User, utcnow
@@ -325,10 +325,12 @@ def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Set
     result, error = item["result"], item["error"]
     used = consumption(result.get("usage")) if result else Consumption(requests=0)
     tokens_seen = used.prompt_tokens or used.completion_tokens
+    status = "success" if result else "error"
+    if used.invalid is not None:  # never billed from numbers that break the rules
+        status, error = INVALID_USAGE, {"message": f"provider usage refused ({used.invalid})"}
     return Settlement(
         hold=NO_HOLD, user_id=job.user_id, api_key_id=job.api_key_id, model=job.model_key,
-        provider=job.provider, endpoint=BATCHES.path,
-        status="success" if result else "error",
+        provider=job.provider, endpoint=BATCHES.path, status=status, status_code=200,
         prompt_tokens=used.prompt_tokens if tokens_seen else None,
         completion_tokens=used.completion_tokens if tokens_seen else None,
         cache_read_tokens=used.cache_read_tokens or None,
@@ -394,7 +396,7 @@ def _insert(runtime: Runtime, job: BatchJob) -> None:
 def _load(runtime: Runtime, provider: str, batch_ids: list[str]) -> list[BatchJob]:
     if not batch_ids:
         return []
-    with runtime.sessions() as session:
+    with runtime.reads() as session:
         return list(session.scalars(select(BatchJob).where(
             BatchJob.provider == provider, BatchJob.batch_id.in_(batch_ids))))
 

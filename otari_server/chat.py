@@ -56,7 +56,7 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
     try:
         return await _dispatch(call, body, upstream_model, streaming)
     except OtariError as exc:
-        call.settle("error", error=exc.message)
+        call.settle("error", error=exc.message, status_code=exc.status)
         raise
 
 

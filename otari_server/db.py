@@ -51,7 +51,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
+# Execution option marking an engine (and so its sessions) as read-only: on SQLite such
+# transactions open with a plain deferred BEGIN and never take the write lock.
+READ_ONLY = "otari_read_only"
+
+
+def _sqlite_begin(conn: Any) -> None:
+    if conn.get_execution_options().get(READ_ONLY):
+        # A reader under WAL sees a snapshot and blocks no writer, however long it runs.
+        conn.exec_driver_sql("BEGIN")
+        return
     # Take the write lock when the transaction starts, so read-then-write transactions
     # never deadlock-upgrade; SQLite has a single writer anyway.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -73,7 +82,7 @@ def create_db_engine(url: str) -> Engine:
             max_overflow=20,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
         url,
@@ -89,6 +98,21 @@ def create_db_engine(url: str) -> Engine:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded values after commit (we serialize after committing)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (same pool) for transactions that only read.
+
+    On SQLite they begin deferred instead of IMMEDIATE, so a long read (a deep usage page, a
+    summary) never holds the single write lock the hot path's usage writer needs. Nothing
+    written through it may be committed: SQLite may refuse to upgrade such a transaction.
+    """
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for read-only work (every GET of the management API, cache loads)."""
+    return sessionmaker(read_only(engine), expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Config:
@@ -119,7 +143,7 @@ def schema_head() -> str:
 
 def ping(engine: Engine) -> str | None:
     """One round trip: the schema revision the database is at (raises when unreachable)."""
-    with engine.connect() as connection:
+    with read_only(engine).connect() as connection:
         try:
             return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
         except ProgrammingError:

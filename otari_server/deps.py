@@ -1,4 +1,4 @@
-"""Named dependencies: RuntimeDep, SessionDep, CallerDep, MasterDep."""
+"""Named dependencies: RuntimeDep, SessionDep, ReadSessionDep, CallerDep, MasterDep."""
 
 from __future__ import annotations
 
@@ -33,8 +33,17 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def get_read_session(runtime: RuntimeDep) -> Iterator[Session]:
+    """A session for a request that only reads (every GET): never holds the write lock."""
+    with runtime.reads() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+
+
 def _lookup(runtime: Runtime, token_hash: str) -> auth.KeySnapshot | None:
-    with runtime.sessions() as session:
+    with runtime.reads() as session:
         return auth.load_snapshot(session, token_hash)
 
 

@@ -8,6 +8,7 @@ none of it: they read raw JSON and answer raw bytes. They are still declared as 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,7 +31,7 @@ from otari_server.endpoints import (
     TRANSCRIPTIONS,
     Endpoint,
 )
-from otari_server.errors import BudgetExceeded, RateLimited
+from otari_server.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 from otari_server.metrics import Metrics
 
 Handler = Callable[[Request, Caller, Endpoint], Awaitable[Response]]
@@ -73,9 +74,27 @@ class HotPath:
         try:
             caller = await authenticate(request)
             response = await handler(request, caller, endpoint)
+        except asyncio.CancelledError:
+            response = _cut(request)
         except Exception as exc:
             response = await errors.respond(request, exc)
         await response(scope, receive, send)
+
+
+def _cut(request: Request) -> Response:
+    """A request cancelled before it answered (shutdown_timeout passed): settle it (usage
+    row, hold released) and tell the client in JSON, rather than uvicorn's plain-text 500."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()  # the cancellation is handled: the answer below must still be sent
+    runtime = request.app.state.runtime
+    request_id = request.scope.get("otari.request_id")
+    for call in list(runtime.calls.values()):
+        if call.request_id == request_id:
+            call.settle("error", error="cut at shutdown (shutdown_timeout passed)",
+                        status_code=503)
+    return errors.render(request, ServiceUnavailable(
+        "The gateway is shutting down and could not finish this request; retry it"))
 
 
 async def _measured(metrics: Metrics, request: Request, handler: Handler, endpoint: Endpoint,
@@ -96,6 +115,8 @@ async def _measured(metrics: Metrics, request: Request, handler: Handler, endpoi
         try:
             caller = await authenticate(request)
             response = await handler(request, caller, endpoint)
+        except asyncio.CancelledError:
+            response = _cut(request)
         except Exception as exc:
             if isinstance(exc, BudgetExceeded | RateLimited):
                 metrics.refusals.labels(

@@ -14,21 +14,29 @@ the row expires, returns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from otari_server import budgets, ratelimits
 from otari_server.errors import BudgetExceeded, NotFound, OtariError, ServiceUnavailable
 from otari_server.holds import Holds, UserBudget
+from otari_server.settings import state_dir
 from otari_server.tables import APIKey, Reservation, UsageLog, User, utcnow
 
 log = logging.getLogger("otari.ledger")
@@ -78,6 +86,9 @@ class Settlement:
     attempts: int | None = None  # a route's attempts, failed ones included
     id: str = ""  # the request id when there is one (see Ledger.record)
     timestamp: datetime = field(default_factory=utcnow)
+    status_code: int | None = None  # the HTTP status the client was answered
+    # When it was queued (monotonic seconds): how late the writer is (Ledger.lag).
+    queued: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -350,14 +361,21 @@ def _usage_row(s: Settlement) -> dict[str, Any]:
     total = None
     if s.prompt_tokens is not None or s.completion_tokens is not None:
         total = (s.prompt_tokens or 0) + (s.completion_tokens or 0)
+    # Strings a client chose (the model name) are cut to their column, so PostgreSQL never
+    # refuses a row for its length.
     return {"id": s.id, "user_id": s.user_id, "api_key_id": s.api_key_id,
-            "timestamp": s.timestamp, "model": s.model, "provider": s.provider,
-            "endpoint": s.endpoint, "prompt_tokens": s.prompt_tokens,
+            "timestamp": s.timestamp, "model": s.model[:255], "provider": _cut(s.provider, 64),
+            "endpoint": s.endpoint[:64], "prompt_tokens": s.prompt_tokens,
             "completion_tokens": s.completion_tokens, "total_tokens": total,
             "cache_read_tokens": s.cache_read_tokens, "cache_write_tokens": s.cache_write_tokens,
             "counts_toward_budget": s.counts_toward_budget, "cost": s.cost, "status": s.status,
             "error_message": s.error_message, "latency_ms": s.latency_ms,
-            "request_id": s.request_id, "route": s.route, "attempts": s.attempts}
+            "request_id": _cut(s.request_id, 64), "status_code": s.status_code,
+            "route": s.route, "attempts": s.attempts}
+
+
+def _cut(text: str | None, length: int) -> str | None:
+    return None if text is None else text[:length]
 
 
 def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:
@@ -388,27 +406,186 @@ def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:
     return sum(1 for _, amount, requests, tokens in rows if amount or requests or tokens)
 
 
+class _Unwritten(Exception):
+    """The database could not be reached: these settlements are still to be written."""
+
+    def __init__(self, rows: list[Settlement]) -> None:
+        super().__init__(f"{len(rows)} usage row(s) unwritten")
+        self.rows = rows
+
+
+# Failures of the database itself (down, locked, connection lost), not of one row's values.
+_TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
+
+
+def write_settlements(conn: Connection, batch: list[Settlement], instance_id: str,
+                      reject: Callable[[Settlement, BaseException], None]) -> None:
+    """Write settlements, each batch in one transaction; one bad row never holds back the rest.
+
+    A batch the database refuses is split in halves until the row it refuses is alone;
+    that row goes to `reject` and everything else lands. Raises _Unwritten (with the rows
+    not yet written) when the database itself fails, so they can be retried.
+    """
+    parts = [batch]
+    while parts:
+        part = parts.pop()
+        try:
+            with conn.begin():
+                settle_all(conn, part, instance_id, utcnow())
+            continue
+        except Exception as exc:
+            transient = isinstance(exc, _TRANSIENT) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated)
+            if transient or (len(part) == 1 and not _alive(conn)):
+                raise _Unwritten([row for p in (*parts, part) for row in p]) from exc
+            if len(part) == 1:
+                reject(part[0], exc)
+                continue
+        middle = len(part) // 2
+        parts += [part[middle:], part[:middle]]  # the first half is written first
+
+
+def _alive(conn: Connection) -> bool:
+    try:
+        with conn.begin():
+            conn.execute(select(1))
+    except Exception:
+        return False
+    return True
+
+
+def spool_path(instance_id: str) -> Path:
+    """The file an instance's unwritten settlements go to at shutdown (state dir, 0600)."""
+    return state_dir() / f"usage-spool-{_file_safe(instance_id)}.jsonl"
+
+
+def spooled_paths(node: str) -> list[Path]:
+    """Spool files left by this host and port (and its worker processes)."""
+    folder, name = state_dir(), f"usage-spool-{_file_safe(node)}"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name in (f"{name}.jsonl", f"{name}.jsonl.replaying")
+                  or (p.name.startswith(name + "_") and ".jsonl" in p.name))
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
+def spool(path: Path, rows: list[Settlement]) -> None:
+    """Append settlements to a spool file, one JSON object a line, mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, b"".join(orjson.dumps(_spooled(row)) + b"\n" for row in rows))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _spooled(s: Settlement) -> dict[str, Any]:
+    return {"hold_user_id": s.hold.user_id, "hold_amount": str(s.hold.amount),
+            "user_id": s.user_id, "api_key_id": s.api_key_id, "model": s.model,
+            "provider": s.provider, "endpoint": s.endpoint, "status": s.status,
+            "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+            "cache_read_tokens": s.cache_read_tokens,
+            "cache_write_tokens": s.cache_write_tokens,
+            "cost": None if s.cost is None else str(s.cost),
+            "counts_toward_budget": s.counts_toward_budget, "error_message": s.error_message,
+            "latency_ms": s.latency_ms, "request_id": s.request_id,
+            "rate_subjects": list(s.rate_subjects), "id": s.id,
+            "timestamp": s.timestamp.isoformat(), "status_code": s.status_code}
+
+
+def _unspooled(line: dict[str, Any]) -> Settlement:
+    hold = Hold(line.pop("hold_user_id"), Decimal(line.pop("hold_amount")))
+    cost = line.pop("cost")
+    return Settlement(hold=hold, cost=None if cost is None else Decimal(cost),
+                      timestamp=datetime.fromisoformat(line.pop("timestamp")),
+                      rate_subjects=tuple(line.pop("rate_subjects")), **line)
+
+
+def replay_spool(engine: Engine, node: str, instance_id: str) -> int:
+    """Write the settlements earlier runs of this node spooled at shutdown; exactly once.
+
+    Call after `reclaim` (their holds were given back with the rest, so the replay releases
+    nothing twice). Each file is renamed before it is read, written, then removed; a row
+    written already (its id is the usage row's primary key) is refused, not counted twice.
+    Rows the database cannot take now stay in the file for the next start.
+    """
+    replayed = 0
+    for path in spooled_paths(node):
+        working = path if path.name.endswith(".replaying") else path.with_name(
+            path.name + ".replaying")
+        if working != path:
+            path.replace(working)
+        rows = [_unspooled(orjson.loads(line))
+                for line in working.read_bytes().splitlines() if line.strip()]
+        with engine.connect() as conn:
+            try:
+                write_settlements(conn, rows, instance_id, _log_rejected)
+            except _Unwritten as exc:
+                working.unlink()
+                spool(path, exc.rows)
+                log.warning("could not replay %d spooled usage row(s) from %s (%s); "
+                            "kept for the next start", len(exc.rows), path.name,
+                            type(exc.__cause__).__name__)
+                replayed += len(rows) - len(exc.rows)
+                continue
+        working.unlink()
+        replayed += len(rows)
+    if replayed:
+        log.warning("replayed %d usage row(s) spooled at an earlier shutdown", replayed)
+    return replayed
+
+
+def _log_rejected(row: Settlement, exc: BaseException) -> None:
+    # Who and what, never the key or the prompt: enough to find and redo the row by hand.
+    log.error("usage row refused by the database and dropped (%s): id=%s user=%s model=%s "
+              "status=%s prompt_tokens=%s completion_tokens=%s cost=%s",
+              type(exc).__name__, row.id, row.user_id, row.model[:80], row.status,
+              row.prompt_tokens, row.completion_tokens,
+              None if row.cost is None else f"{row.cost:f}")
+
+
 class Ledger:
     """The writer thread and its two queues (reservations, settlements)."""
 
     def __init__(self, engine: Engine, instance_id: str, ttl: float,
-                 flush_interval: float) -> None:
+                 flush_interval: float, spool_to: Path | None = None) -> None:
         self._engine = engine
         self._instance_id = instance_id
         self._ttl = ttl
         self._flush_interval = flush_interval
+        self._spool = spool_to
         self._asks: list[_Ask] = []
         self._settlements: list[Settlement] = []
+        self._writing: float | None = None  # when the oldest row being written was queued
+        self._batch: list[Settlement] = []  # the settlements being written
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
+        self.rejected = 0  # rows the database refused, isolated and dropped
+        self.last_error: str | None = None  # why the last write failed (a class name)
 
     @property
     def depth(self) -> int:
         """Settlements waiting to be written."""
         return len(self._settlements)
+
+    def lag(self) -> float:
+        """Seconds the oldest settlement not yet written has waited beyond the write-behind
+        window (0 when none is late)."""
+        with self._wake:
+            oldest = [t for t in (self._settlements[0].queued if self._settlements else None,
+                                  self._writing) if t is not None]
+        if not oldest:
+            return 0.0
+        return max(time.monotonic() - min(oldest) - self._flush_interval, 0.0)
 
     def start(self) -> None:
         """Start the writer (from inside the event loop that will await reservations)."""
@@ -441,15 +618,68 @@ class Ledger:
                 self._wake.notify()  # the writer starts its write-behind window
 
     def stop(self, timeout: float) -> None:
-        """Write everything queued, then stop the writer (blocking; call from a thread)."""
+        """Write everything queued, then stop the writer (blocking; call from a thread).
+
+        Rows the database cannot take go to the spool file, replayed at the next start.
+        """
         with self._wake:
             self._stopping = True
             self._wake.notify()
+        left: list[Settlement] = []
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.error("usage writer did not finish within %.0fs; %d row(s) unwritten",
-                          timeout, len(self._settlements))
+                # Stuck in the database: its batch is not committed (the transaction dies
+                # with the process), so it is spooled with the rest. Should it commit after
+                # all, the replay's duplicate ids are refused, not billed twice.
+                log.error("usage writer did not finish within %.0fs", timeout)
+                left = list(self._batch)
+        with self._wake:
+            left += self._settlements
+            self._settlements = []
+        if not left:
+            return
+        if self._spool is None:
+            log.error("%d usage row(s) unwritten at shutdown", len(left))
+            return
+        spool(self._spool, left)
+        log.warning("database unavailable at shutdown: %d usage row(s) saved to %s, written "
+                    "at the next start", len(left), self._spool)
+
+    def _owed(self, users: set[str]) -> list[Settlement]:
+        """Take the queued settlements if any belongs to one of `users` (all of them: one
+        transaction, and their order kept)."""
+        with self._wake:
+            if not any(s.hold.user_id in users or s.user_id in users
+                       for s in self._settlements):
+                return []
+            owed, self._settlements = self._settlements, []
+            self._batch = self._batch + owed
+            return owed
+
+    def _reserve(self, conn: Connection, asks: list[_Ask]) -> dict[int, Hold | OtariError]:
+        """Reservations; a budget refusal is decided only once the user's finished requests
+        are settled (write-behind must never block a user's next request).
+
+        Writing settlements costs a transaction, so it is paid only when it can change an
+        answer: refusals of users with settlements still queued are retried after them.
+        """
+        results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
+        refused = [i for i, result in results.items()
+                   if isinstance(result, BudgetExceeded) and asks[i].user_id is not None]
+        if not refused:
+            return results
+        owed = self._owed({str(asks[i].user_id) for i in refused})
+        if not owed:
+            return results
+        write_settlements(conn, owed, self._instance_id, self._reject)
+        # Rate limits were counted on the first pass: the retry holds the budget only.
+        again = [_Ask(asks[i].user_id, asks[i].need, (), asks[i].future, asks[i].clamp)
+                 for i in refused]
+        retried = reserve_all(conn, again, self._instance_id, self._ttl, utcnow())
+        for position, index in enumerate(refused):
+            results[index] = retried[position]
+        return results
 
     def _run(self) -> None:
         last_failure = 0.0
@@ -464,29 +694,34 @@ class Ledger:
                                         - (time.monotonic() - last_flush), 0))
                 asks, self._asks = self._asks, []
                 stopping = self._stopping
-                # Settlements go in batches, once per window (or when many are waiting).
+                # Settlements go in batches, once per window (or when many are waiting, or
+                # when a user's reservation would be refused without them: see _reserve).
                 due = (stopping or len(self._settlements) >= 1000
                        or time.monotonic() - last_flush >= self._flush_interval)
                 settlements: list[Settlement] = []
                 if due:
                     settlements, self._settlements = self._settlements, []
                     last_flush = time.monotonic()
+                self._writing = settlements[0].queued if settlements else None
+                self._batch = settlements
             if time.monotonic() - last_failure < _RETRY_DELAY and not asks and not stopping:
                 self._requeue(settlements)
                 time.sleep(0.05)
                 continue
             try:
                 self._write(asks, settlements)
-            except Exception as exc:
+            except _Unwritten as exc:
                 last_failure = time.monotonic()
+                self.last_error = type(exc.__cause__).__name__
                 log.warning("database write failed (%s); %d usage row(s) kept for retry",
-                            type(exc).__name__, len(settlements))
-                self._requeue(settlements)
+                            self.last_error, len(exc.rows))
+                self._requeue(exc.rows)
                 self._answer(asks, {i: ServiceUnavailable("database unavailable, retry later")
                                     for i in range(len(asks))})
                 if stopping:
                     return
                 continue
+            self.last_error = None
             if stopping and not self._asks and not self._settlements:
                 if self._conn is not None:
                     self._conn.close()
@@ -494,20 +729,31 @@ class Ledger:
 
     def _write(self, asks: list[_Ask], settlements: list[Settlement]) -> None:
         # The writer keeps one connection for its lifetime: no pool round trip per batch.
-        if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = self._engine.connect()
-        conn = self._conn
+        unwritten = settlements
         try:
-            # Reservations first, in their own short transaction: a request waits on them.
-            if asks:
-                results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
-                self._answer(asks, results)
+            if self._conn is None or self._conn.closed or self._conn.invalidated:
+                self._conn = self._engine.connect()
+            conn = self._conn
             if settlements:
-                with conn.begin():
-                    settle_all(conn, settlements, self._instance_id, utcnow())
-        except Exception:
-            conn.invalidate()  # a broken connection is replaced on the next batch
-            raise
+                write_settlements(conn, settlements, self._instance_id, self._reject)
+            unwritten = []
+            if asks:
+                self._answer(asks, self._reserve(conn, asks))
+        except Exception as exc:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.invalidate()  # a broken connection is replaced next batch
+            if isinstance(exc, _Unwritten):
+                raise
+            raise _Unwritten(unwritten) from exc
+        finally:
+            with self._wake:
+                self._writing = None
+                self._batch = []
+
+    def _reject(self, row: Settlement, exc: BaseException) -> None:
+        self.rejected += 1
+        _log_rejected(row, exc)
 
     def _requeue(self, settlements: list[Settlement]) -> None:
         with self._wake:

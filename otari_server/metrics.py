@@ -22,7 +22,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """Every metric the gateway exports."""
 
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, queue_depth: Callable[[], int],
+                 rejected_rows: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter("otari_requests", "Generation requests answered",
@@ -57,6 +58,10 @@ class Metrics:
         queue = Gauge("otari_usage_queue_depth", "Usage rows waiting to be written",
                       registry=registry)
         queue.set_function(lambda: float(queue_depth()))
+        rejected = Gauge("otari_usage_rows_rejected",
+                         "Usage rows the database refused since start (isolated, logged and "
+                         "dropped; the rest of their batch was written)", registry=registry)
+        rejected.set_function(lambda: float(rejected_rows()))
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -39,6 +39,9 @@ class Consumption:
     audio_seconds: Decimal = Decimal(0)
     characters: int = 0
     requests: int = 1
+    # Why the provider's numbers were refused (counts.BadCount), when they were: such a
+    # request is billed from the gateway's estimate instead (see proxy.Call.settle).
+    invalid: str | None = None
 
 
 # Billing rules: which price field an endpoint cannot do without (see Price.covers).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -17,23 +17,30 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
-from otari_server import budgets, tokens
+from otari_server import budgets, counts, tokens
 from otari_server.auth import Caller
 from otari_server.endpoints import CHAT, Endpoint
 from otari_server.errors import (
+    BudgetExceeded,
     InvalidRequest,
     OtariError,
     PayloadTooLarge,
     PermissionDenied,
+    RateLimited,
 )
 from otari_server.ledger import NO_HOLD, Hold, Settlement
 from otari_server.pricing import AUDIO_SECONDS, CHARACTERS, IMAGES, REQUESTS, Consumption, Price
 from otari_server.providers import ModelAddressError, Provider, resolve
 from otari_server.runtime import Runtime
+from otari_server.schemas import MAX_MONEY
 from otari_server.tables import utcnow
 from otari_server.upstream import parse_upstream, read_upstream
 
 JSON_HEADERS = {"content-type": "application/json"}
+# The status of a served request whose provider numbers were refused (see counts.py).
+INVALID_USAGE = "invalid_usage"
+# The status of a request refused after authentication (budget, rate limit, model, price).
+REFUSED = "refused"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -57,16 +64,39 @@ class Call:
     prompt_estimate: int = 0
     # The output tokens the hold reserved (a stream is cut past them); None: no budget hold.
     max_output: int | None = None
+    # The gateway's own estimate of the request (its worst case): what an answer whose
+    # numbers break the rules (counts.py) is billed from.
+    estimate: Consumption | None = None
+    settled: bool = False
     # A request for a route (otari_server.routing): its name and the attempts made so far;
     # provider, model_key and price are then the target being tried.
     route: str | None = None
     attempts: int | None = None
 
     def settle(self, status: str, used: Consumption | None = None,
-               error: str | None = None) -> None:
-        """Queue the usage row and the hold's release (never blocks); call exactly once."""
+               error: str | None = None, status_code: int | None = None) -> None:
+        """Queue the usage row and the hold's release (never blocks).
+
+        Only the first call counts (a request cut at shutdown may be settled by the sweep
+        and by its own handler). `status_code` is what the client was answered: 200 unless
+        given (a stream's status was sent before it could fail).
+        """
+        if self.settled:
+            return
+        self.settled = True
+        self.runtime.calls.pop(id(self), None)
         used = used or Consumption(requests=0 if status != "success" else 1)
         cost = None if self.price is None else self.price.cost(used)
+        if cost is not None and cost > MAX_MONEY and used.invalid is None:
+            used = replace(used, invalid=f"cost {cost:f} is over the ceiling of {MAX_MONEY:f}")
+        if used.invalid is not None:
+            # Never bill from a number that breaks the rules: bill the gateway's estimate,
+            # and say so on the row.
+            error = (f"provider usage refused ({used.invalid}); billed from the gateway's "
+                     "estimate" + (f"; {error}" if error else ""))
+            status = INVALID_USAGE if status == "success" else status
+            used = self.estimate or Consumption(requests=used.requests)
+            cost = None if self.price is None else min(self.price.cost(used), MAX_MONEY)
         if self.runtime.metrics is not None:
             self.runtime.metrics.tokens.labels("prompt").inc(used.prompt_tokens)
             self.runtime.metrics.tokens.labels("completion").inc(used.completion_tokens)
@@ -83,7 +113,7 @@ class Call:
             counts_toward_budget=self.counts, error_message=error,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             request_id=self.request_id, rate_subjects=self.rate_subjects,
-            route=self.route, attempts=self.attempts))
+            status_code=status_code or 200, route=self.route, attempts=self.attempts))
 
 
 # How a usage row billed from the gateway's own numbers says so (in its error_message).
@@ -107,20 +137,29 @@ def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Co
 
 
 def consumption(usage: object, **extra: Any) -> Consumption:
-    """Consumption from an OpenAI-style usage object (chat, embeddings, responses)."""
+    """Consumption from an OpenAI-style usage object (chat, embeddings, responses).
+
+    Every number is checked by counts.count; one that breaks the rules gives a Consumption
+    whose `invalid` says why (billed from the estimate by Call.settle).
+    """
     if not isinstance(usage, dict):
         return Consumption(**extra)
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     details = details if isinstance(details, dict) else {}
-    return Consumption(prompt_tokens=prompt, completion_tokens=completion,
-                       cache_read_tokens=_int(details.get("cached_tokens")),
-                       cache_write_tokens=_int(details.get("cache_creation_tokens")), **extra)
+    try:
+        prompt = _count(usage, "prompt_tokens", "input_tokens")
+        completion = _count(usage, "completion_tokens", "output_tokens")
+        return Consumption(prompt_tokens=prompt, completion_tokens=completion,
+                           cache_read_tokens=_count(details, "cached_tokens"),
+                           cache_write_tokens=_count(details, "cache_creation_tokens"), **extra)
+    except counts.BadCount as exc:
+        return Consumption(invalid=str(exc), **extra)
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _count(usage: dict[str, Any], *names: str) -> int:
+    """The first of `names` present in `usage`, checked (0 when none is)."""
+    name = next((n for n in names if n in usage), names[0])
+    return counts.count(usage.get(name), name)
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
@@ -212,7 +251,38 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
     When the budget clamp lowers the request's output limit, `body` is changed in place
     (max_tokens, max_completion_tokens or max_output_tokens), so what is sent upstream
     is what was reserved.
+
+    A refusal here (400 unknown or unpriced model, 402 budget, 429 rate limit) is recorded
+    as a usage row with status "refused" (queued: no extra database round trip).
     """
+    started = time.perf_counter()
+    try:
+        return await _admit(runtime, caller, endpoint, raw, body, request_id, worst, started)
+    except (BudgetExceeded, RateLimited, InvalidRequest) as exc:
+        runtime.ledger.record(refusal_row(runtime, caller, endpoint, body, request_id, exc,
+                                          started))
+        raise
+
+
+def refusal_row(runtime: Runtime, caller: Caller, endpoint: Endpoint, body: dict[str, Any],
+                request_id: str | None, exc: OtariError, started: float) -> Settlement:
+    """The usage row of a request refused after authentication (nothing held or spent)."""
+    model = body.get("model")
+    named = model.partition(":")[0] if isinstance(model, str) else ""
+    provider = named if named in runtime.providers else None
+    user = body.get("user")
+    return Settlement(
+        hold=NO_HOLD, user_id=user if caller.is_master and isinstance(user, str) and user
+        else caller.user_id, api_key_id=caller.key_id,
+        model=model if isinstance(model, str) else "", provider=provider,
+        endpoint=endpoint.path, status=REFUSED, cost=None, counts_toward_budget=False,
+        error_message=exc.message, latency_ms=int((time.perf_counter() - started) * 1000),
+        request_id=request_id, status_code=exc.status)
+
+
+async def _admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
+                 body: dict[str, Any], request_id: str | None, worst: Consumption | None,
+                 started: float) -> tuple[Call, str]:
     settings = runtime.settings
     provider, upstream_model, model_key = route(runtime, caller, body["model"])
     user_id = billed_user(caller, body.get("user"))
@@ -221,12 +291,13 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
         raise unpriced(model_key, "" if price is None else endpoint.billing)
     hold = NO_HOLD
     max_output = None
-    counts = not caller.exclude_from_budget
-    budgeted = counts and user_id is not None and (caller.is_master or caller.budgeted)
+    toward_budget = not caller.exclude_from_budget
+    budgeted = toward_budget and user_id is not None and (caller.is_master or caller.budgeted)
+    # Pure arithmetic over the body: also what a refused provider answer is billed from.
+    worst = worst or worst_case(endpoint, raw, body, settings.default_max_tokens)
     if budgeted or caller.limits:
         need = None
         if budgeted:
-            worst = worst or worst_case(endpoint, raw, body, settings.default_max_tokens)
             need = budget_need(endpoint, body, provider, price, worst)
             if endpoint.output_limits:
                 max_output = worst.completion_tokens
@@ -239,9 +310,10 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
             n = body.get("n")
             max_output = hold.clamped * (n if isinstance(n, int) and n > 1 else 1)
     call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
-                request_id, time.perf_counter(), counts,
+                request_id, started, toward_budget,
                 tuple(limit.subject for limit in caller.limits if limit.tpm is not None),
-                tokens.estimated_prompt(raw), max_output)
+                tokens.estimated_prompt(raw), max_output, estimate=worst)
+    runtime.calls[id(call)] = call  # settled by the shutdown sweep if it never settles
     return call, upstream_model
 
 
@@ -314,7 +386,7 @@ async def exchange_json(request: Request, caller: Caller, endpoint: Endpoint,
         content, answer = await send_json(call, body, upstream_model)
         return call, content, answer
     except OtariError as exc:
-        call.settle("error", error=exc.message)
+        call.settle("error", error=exc.message, status_code=exc.status)
         raise
 
 
@@ -356,13 +428,18 @@ def metered(endpoint: Endpoint, answer: dict[str, Any]) -> Consumption:
     usage = answer.get("usage")
     if endpoint.billing == IMAGES:
         data = answer.get("data")
-        return consumption(usage, images=len(data) if isinstance(data, list) else 0)
+        try:
+            images = counts.count(len(data) if isinstance(data, list) else 0, "images",
+                                  counts.MAX_IMAGES)
+        except counts.BadCount as exc:
+            return Consumption(invalid=str(exc))
+        return consumption(usage, images=images)
     if endpoint.billing == REQUESTS and not isinstance(usage, dict):
         meta = answer.get("meta")
         units = meta.get("billed_units") if isinstance(meta, dict) else None
         if isinstance(units, dict):  # Cohere-style rerank
-            return Consumption(prompt_tokens=_int(units.get("input_tokens")),
-                               completion_tokens=_int(units.get("output_tokens")))
+            return consumption({"prompt_tokens": units.get("input_tokens"),
+                                "completion_tokens": units.get("output_tokens")})
     if isinstance(usage, dict) and "total_tokens" in usage and "prompt_tokens" not in usage:
-        return Consumption(prompt_tokens=_int(usage["total_tokens"]))  # Jina-style rerank
+        return consumption({"prompt_tokens": usage["total_tokens"]})  # Jina-style rerank
     return consumption(usage)

@@ -78,7 +78,7 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     try:
         return await _dispatch(call, body, upstream_model, streaming)
     except OtariError as exc:
-        call.settle("error", error=exc.message)
+        call.settle("error", error=exc.message, status_code=exc.status)
         raise
 
 

@@ -11,13 +11,14 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from anyio import to_thread
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, ledger, ratelimits, secretfiles
+from otari_server import db, ledger, ratelimits, retention, secretfiles
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
 from otari_server.metrics import Metrics
@@ -54,6 +55,13 @@ class Runtime:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=utcnow)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Admitted requests not settled yet (proxy.Call by id): settled at shutdown if cut.
+    calls: dict[int, Any] = field(default_factory=dict)
+    # Sessions that only read: on SQLite they never take the write lock (see db.read_only).
+    reads: sessionmaker[Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = db.read_session_factory(self.engine)
 
     def changed(self) -> None:
         """Management data changed: drop cached auth and prices so this instance sees it."""
@@ -158,6 +166,8 @@ def prepare(settings: Settings) -> None:
             reclaimed = ledger.reclaim(conn, node_name(settings), utcnow())
         if reclaimed:
             log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
+        # After the reclaim: spooled rows then release nothing that was given back already.
+        ledger.replay_spool(engine, node_name(settings), node_name(settings))
     except DBAPIError as exc:
         # Without auto-migration the database may be down or not migrated yet: serve anyway
         # (readiness says 503) rather than refuse to start; the periodic sweep reclaims later.
@@ -182,15 +192,15 @@ def open_runtime(settings: Settings) -> Runtime:
         master=MasterKey(resolve_master_key(settings)),
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
-        prices=PriceBook(sessions, ttl=max(settings.auth_cache_ttl, 1.0)),
+        prices=PriceBook(db.read_session_factory(engine), ttl=max(settings.auth_cache_ttl, 1.0)),
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
-                      settings.usage_flush_interval),
+                      settings.usage_flush_interval, ledger.spool_path(instance_name(settings))),
         providers=providers,
         routes=routes,
         instance_id=instance_name(settings),
     )
     if settings.metrics:
-        runtime.metrics = Metrics(lambda: runtime.ledger.depth)
+        runtime.metrics = Metrics(lambda: runtime.ledger.depth, lambda: runtime.ledger.rejected)
         runtime.upstream.observe = runtime.metrics.upstream_latency
     return runtime
 
@@ -256,6 +266,24 @@ async def start_background(runtime: Runtime) -> None:
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
         asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),
     ]
+    if runtime.settings.usage_retention_days is not None:
+        runtime.tasks.append(asyncio.create_task(
+            retention.retain_forever(runtime.sessions, runtime.settings.usage_retention_days)))
+
+
+async def settle_cut_calls(runtime: Runtime, wait: float = 1.0) -> None:
+    """Give every request still admitted at shutdown its usage row and release its hold.
+
+    Requests cut past shutdown_timeout settle themselves as their tasks unwind (a stream as
+    client_disconnected); those that have not after `wait` seconds are settled here as
+    errors answered 503.
+    """
+    deadline = asyncio.get_running_loop().time() + wait
+    while runtime.calls and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    for call in list(runtime.calls.values()):
+        call.settle("error", error="cut at shutdown (shutdown_timeout passed)",
+                    status_code=503)
 
 
 async def close_runtime(runtime: Runtime) -> None:
@@ -265,6 +293,7 @@ async def close_runtime(runtime: Runtime) -> None:
     for task in runtime.tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await settle_cut_calls(runtime)
     await runtime.upstream.close()
     await to_thread.run_sync(runtime.ledger.stop, runtime.settings.shutdown_timeout)
     with contextlib.suppress(Exception):

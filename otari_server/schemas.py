@@ -329,3 +329,51 @@ class ModelListResponse(BaseModel):
 
     object: str = "list"
     data: list[ModelObject]
+
+
+class UsageTotals(BaseModel):
+    """Sums over usage rows: counts, tokens and exact cost (a plain decimal number)."""
+
+    requests: int
+    errors: int = Field(description="Requests whose status is not 'success'")
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Money
+
+
+class UsageGroup(UsageTotals):
+    """One group of a summary; only the fields named by group_by are present."""
+
+    user_id: str | None = None
+    api_key_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    day: str | None = Field(None, description="UTC day, YYYY-MM-DD")
+    hour: str | None = Field(None, description="UTC hour, ISO 8601 (2026-01-10T13:00:00+00:00)")
+
+
+class UsageSummaryResponse(BaseModel):
+    """GET /v1/usage/summary: groups sorted by their values, and the total of all."""
+
+    group_by: list[str]
+    groups: list[UsageGroup]
+    total: UsageTotals
+
+
+class PruneUsageRequest(BaseModel):
+    """POST /v1/usage/prune: roll up and delete usage rows before a day."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    before: datetime = Field(description="Rows before this instant, rounded down to "
+                                         "midnight UTC, are rolled up per day and deleted")
+    dry_run: bool = Field(False, description="Only count what would be pruned")
+
+
+class PruneUsageResponse(BaseModel):
+    """What a prune moved (or, with dry_run, would move) into the daily roll-ups."""
+
+    before: datetime
+    rows: int
+    cost: Money
+    dry_run: bool

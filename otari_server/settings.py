@@ -71,6 +71,9 @@ class Settings:
     reservation_ttl: float = 3600.0
     usage_flush_interval: float = 0.2
     shutdown_timeout: float = 30.0
+    # Seconds usage may go unwritten (database refusing or unreachable) before readiness
+    # answers 503.
+    usage_max_lag: float = 5.0
     metrics: bool = False
     max_header_bytes: int = 65536
     # Context windows in tokens: what bounds the input a provider bills from stored state
@@ -78,6 +81,9 @@ class Settings:
     # the [context_windows] table ("openai:gpt-4o" = 128000), else the default.
     default_context_window: int = 1_048_576
     context_windows: Mapping[str, int] = field(default_factory=dict)
+    # Usage rows older than this many whole UTC days are rolled up per day and deleted;
+    # None keeps every row.
+    usage_retention_days: int | None = None
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Connected mode ([platform] table): the gateway serves as a platform's data plane.
     platform: Mapping[str, Any] = field(default_factory=dict)
@@ -165,16 +171,19 @@ _PARSERS = {
     "reservation_ttl": _parse_float,
     "usage_flush_interval": _parse_float,
     "shutdown_timeout": _parse_float,
+    "usage_max_lag": _parse_float,
     "metrics": _parse_bool,
     "max_header_bytes": _parse_int,
     "default_context_window": _parse_int,
+    "usage_retention_days": _parse_int,
 }
 _TABLES = {"providers", "platform", "tools", "context_windows", "routes"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
 _POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes",
-             "max_header_bytes", "default_context_window"}
+             "max_header_bytes", "default_context_window", "usage_max_lag",
+             "usage_retention_days"}
 
 
 def interpolate(value: Any, environ: Mapping[str, str], key: str) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
@@ -87,6 +88,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """The instant in UTC; a naive datetime is taken as UTC already (as the database does)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -213,26 +219,35 @@ class UsageLog(Base):
     """One row per metered request: success, provider error or client disconnect."""
 
     __tablename__ = "usage_logs"
-    __table_args__ = (Index("ix_usage_logs_user_timestamp", "user_id", "timestamp"),)
+    # Each index serves a usage query: pages newest first, ordered by the (timestamp, id)
+    # cursor, overall, per user and per key (see usage.query and summaries).
+    __table_args__ = (
+        Index("ix_usage_logs_timestamp_id", "timestamp", "id"),
+        Index("ix_usage_logs_user_timestamp_id", "user_id", "timestamp", "id"),
+        Index("ix_usage_logs_key_timestamp_id", "api_key_id", "timestamp", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str | None] = mapped_column(String(255))
-    api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    timestamp: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
     model: Mapped[str] = mapped_column(String(255))
     provider: Mapped[str | None] = mapped_column(String(64))
     endpoint: Mapped[str] = mapped_column(String(64))
-    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
-    completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    total_tokens: Mapped[int | None] = mapped_column(Integer)
-    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
-    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    # 64-bit: a count is bounded by counts.MAX_TOKENS, totals and sums need the room.
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int | None] = mapped_column(BigInteger)
     cost: Mapped[Decimal | None] = mapped_column(Money())
     counts_toward_budget: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # The HTTP status the client was answered (a stream's is 200 even if it failed later).
+    status_code: Mapped[int | None] = mapped_column(Integer)
     # Set when the client asked for a route: its name and how many attempts it took (model
     # and provider then name the target that served).
     route: Mapped[str | None] = mapped_column(String(64))
@@ -288,6 +303,32 @@ class StoredResponse(Base):
     api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
     translated: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+class UsageDaily(Base):
+    """Usage rows rolled up per UTC day as they are pruned, so summaries outlive the rows.
+
+    One row per (day, user, key, model, provider, status); a usage row is counted either
+    here or in usage_logs, never both (they move in one transaction).
+    """
+
+    __tablename__ = "usage_daily"
+    __table_args__ = (
+        Index("ix_usage_daily_group", "day", "user_id", "api_key_id", "model", "provider",
+              "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
 
 
 class RouteDefinition(Base):

@@ -92,7 +92,7 @@ def gateway_factory_fixture(database_url: str,
                          "claude": {"type": "anthropic", "base_url": claude.base_url,
                                     "api_key": ANTHROPIC_KEY}}
             settings = make_settings(database_url, providers=providers,
-                                     usage_flush_interval=0.05, **overrides)
+                                     **{"usage_flush_interval": 0.05, **overrides})
             url = stack.enter_context(running(settings))
             admin = stack.enter_context(httpx.Client(base_url=url, headers=MASTER, timeout=30))
             gateway = Gateway(url, fake, claude, admin)

@@ -239,6 +239,7 @@ class UsageRow:
     cost: Decimal | None
     request_id: str | None
     error_message: str | None
+    status_code: int | None = None
 
 
 def books(database_url: str, user_id: str) -> Books:
@@ -251,10 +252,12 @@ def books(database_url: str, user_id: str) -> Books:
             holds = [(str(r.instance_id), r.amount) for r in conn.execute(
                 select(Reservation.instance_id, Reservation.amount)
                 .where(Reservation.user_id == user_id))]
-            usage = [UsageRow(r.id, r.status, r.cost, r.request_id, r.error_message)
+            usage = [UsageRow(r.id, r.status, r.cost, r.request_id, r.error_message,
+                              r.status_code)
                      for r in conn.execute(
                          select(UsageLog.id, UsageLog.status, UsageLog.cost,
-                                UsageLog.request_id, UsageLog.error_message)
+                                UsageLog.request_id, UsageLog.error_message,
+                                UsageLog.status_code)
                          .where(UsageLog.user_id == user_id))]
     finally:
         engine.dispose()

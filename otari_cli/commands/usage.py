@@ -1,18 +1,21 @@
-"""`otari usage`: the usage log, filtered by user and time."""
+"""`otari usage`: the log, streamed; `usage summary` sums per group; `usage prune` rolls up."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from otari_cli import params
-from otari_cli.output import Column, when
+from otari_cli.output import Column, Format, when
 from otari_cli.runtime import runtime
 
 app = typer.Typer()
 
 PAGE_MAX = 1000  # the gateway's largest page
+PRUNE_TIMEOUT = 3600.0  # seconds: pruning a large table runs batch after batch
 
 COLUMNS = [
     Column("TIME", "timestamp", when),
@@ -42,7 +45,7 @@ Until = Annotated[
 ]
 
 
-@app.command("usage")
+@app.callback(invoke_without_command=True)
 def usage(
     ctx: typer.Context,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's usage.")] = None,
@@ -51,15 +54,92 @@ def usage(
     limit: Annotated[
         int, typer.Option("--limit", min=1, help="At most this many entries, newest first.")
     ] = 100,
-    every: Annotated[bool, typer.Option("--all", help="Page through every entry.")] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every entry, written as it arrives (-o jsonl, csv).")
+    ] = False,
 ) -> None:
     """Show the usage log, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
     rt = runtime(ctx)
     filters = {"user_id": user, "start_date": since, "end_date": until}
-    rows = rt.gateway.pages(
+    rows = rt.gateway.walk(
         "/v1/usage",
         filters,
         page_size=PAGE_MAX if every else min(limit, PAGE_MAX),
         limit=None if every else limit,
     )
-    rt.output.items(rows, COLUMNS)
+    rt.output.stream(rows, COLUMNS)
+
+
+@app.command("prune")
+def prune(
+    ctx: typer.Context,
+    before: Annotated[str, typer.Option(
+        "--before", parser=params.past,
+        help="Roll up and delete rows before this day (midnight UTC): ISO date or 90d.")],
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only count the rows and cost that would be rolled up.")] = False,
+) -> None:
+    """Move old usage rows into daily roll-ups (summaries stay exact) and delete them."""
+    rt = runtime(ctx)
+    result = rt.gateway.post("/v1/usage/prune", {"before": before, "dry_run": dry_run},
+                             timeout=max(rt.options.timeout, PRUNE_TIMEOUT))
+    rt.output.item(result, id_field="rows")
+
+
+class By(StrEnum):
+    """What `otari usage summary` groups by."""
+
+    USER = "user"
+    KEY = "key"
+    MODEL = "model"
+    PROVIDER = "provider"
+    DAY = "day"
+    HOUR = "hour"
+
+
+# The field each group is labelled with in the gateway's answer.
+BY_FIELD = {By.USER: "user_id", By.KEY: "api_key_id", By.MODEL: "model",
+            By.PROVIDER: "provider", By.DAY: "day", By.HOUR: "hour"}
+BAR_WIDTH = 30
+
+
+def _bar(cost: object, largest: Decimal) -> str:
+    """A bar proportional to cost (the largest group gets BAR_WIDTH blocks)."""
+    if not isinstance(cost, Decimal | int) or largest <= 0:
+        return ""
+    return "█" * max(1 if cost else 0, round(Decimal(cost) / largest * BAR_WIDTH))
+
+
+@app.command("summary")
+def summary(
+    ctx: typer.Context,
+    by: Annotated[By, typer.Option("--by", help="What to group by.")] = By.USER,
+    since: Annotated[str, typer.Option(
+        "--since", parser=params.past,
+        help="From this time: ISO date/datetime, or a duration ago.")] = "7d",
+    until: Until = None,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+) -> None:
+    """Requests, errors, tokens and cost per group, with a total (server-side sums)."""
+    rt = runtime(ctx)
+    result = rt.gateway.get("/v1/usage/summary", {
+        "group_by": by.value, "start_date": since, "end_date": until, "user_id": user,
+        "model": model})
+    field = BY_FIELD[by]
+    total = {field: "TOTAL", **result["total"]}
+    rows = [*result["groups"], total]
+    if rt.output.format is not Format.TABLE or rt.output.quiet:
+        rt.output.items(rows, [], id_field=field)
+        return
+    largest = max((Decimal(g["cost"]) for g in result["groups"]), default=Decimal(0))
+    columns = [Column(by.value.upper(), field), Column("REQUESTS", "requests"),
+               Column("ERRORS", "errors"), Column("IN", "prompt_tokens"),
+               Column("OUT", "completion_tokens"), Column("COST", "cost")]
+    if by is By.DAY:
+        rows = [{**g, "bar": _bar(g["cost"], largest)} for g in result["groups"]]
+        rows.append({**total, "bar": ""})
+        columns.append(Column("", "bar"))
+    rt.output.items(rows, columns, id_field=field)

@@ -134,5 +134,5 @@ def delete_users(ctx: typer.Context, user_ids: UserIds, yes: params.Yes = False)
 def user_usage(ctx: typer.Context, user_id: UserId, limit: params.Limit = None) -> None:
     """A user's usage history, newest first."""
     rt = runtime(ctx)
-    rows = rt.gateway.pages(path("v1", "users", user_id, "usage"), limit=limit)
-    rt.output.items(rows, USAGE_COLUMNS)
+    rows = rt.gateway.walk(path("v1", "users", user_id, "usage"), page_size=1000, limit=limit)
+    rt.output.stream(rows, USAGE_COLUMNS)

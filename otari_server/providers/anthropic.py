@@ -8,6 +8,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from otari_server import counts
+
 DEFAULT_MAX_TOKENS = 4096
 
 # Anthropic refuses unknown top-level fields, so only these pass through from a chat request:
@@ -314,9 +316,8 @@ class ChatStreamTranslator:
     def _count(self, usage: Mapping[str, Any] | None) -> None:
         # Anthropic reports cumulative totals, so later numbers replace earlier ones.
         if usage:
-            self._usage.update(
-                {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
-            )
+            self._usage.update({k: counts.clean(v) for k, v in usage.items()
+                                if k.endswith("_tokens")})
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk = self._envelope()
@@ -632,5 +633,4 @@ def _apply_reasoning(request: dict[str, Any], effort: object) -> None:
 
 
 def _tokens(usage: Mapping[str, Any], key: str) -> int:
-    value = usage.get(key)
-    return value if isinstance(value, int) else 0
+    return counts.clean(usage.get(key))

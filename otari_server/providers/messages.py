@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from otari_server import counts
 from otari_server.providers.anthropic import TranslationError
 
 STOP_REASONS = {
@@ -503,4 +504,4 @@ def _message_id(upstream: object = None) -> str:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return counts.clean(value)

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from otari_server import counts
 from otari_server.providers.anthropic import TranslationError, thinking_block
 
 # finish_reason -> why a response is incomplete; any other finish completes it.
@@ -784,4 +785,4 @@ def _id(prefix: str) -> str:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return counts.clean(value)

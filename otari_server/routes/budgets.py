@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from otari_server import budgets
-from otari_server.deps import RuntimeDep, SessionDep, require_master
+from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.routes.paging import Limit, Skip
@@ -68,7 +68,7 @@ def create(body: CreateBudgetRequest, session: SessionDep) -> Response:
 
 
 @router.get("", response_model=list[BudgetResponse])
-def list_budgets(session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
+def list_budgets(session: ReadSessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
     """List budgets, oldest first."""
     rows = session.scalars(select(Budget).order_by(Budget.created_at, Budget.budget_id)
                            .offset(skip).limit(limit))
@@ -76,7 +76,7 @@ def list_budgets(session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Res
 
 
 @router.get("/{budget_id}", response_model=BudgetResponse)
-def get(budget_id: str, session: SessionDep) -> Response:
+def get(budget_id: str, session: ReadSessionDep) -> Response:
     """One budget, with how many users draw on it."""
     return ExactJSONResponse(_response(session, _get(session, budget_id)))
 

@@ -51,6 +51,14 @@ async def readiness(runtime: RuntimeDep) -> JSONResponse:
         return JSONResponse({"status": "not ready", "database": "not migrated",
                              "schema": revision or "none", "expected": runtime.schema},
                             status_code=503)
+    lag = runtime.ledger.lag()
+    if lag > runtime.settings.usage_max_lag:
+        # Usage that cannot be written is spend nobody sees: take this instance out.
+        return JSONResponse({"status": "not ready", "database": "ok",
+                             "usage": f"usage not written for {lag:.1f}s (usage_max_lag is "
+                                      f"{runtime.settings.usage_max_lag:g}s)",
+                             "error": runtime.ledger.last_error or "writer behind"},
+                            status_code=503)
     return JSONResponse({"status": "ready", "database": "ok", "version": __version__})
 
 

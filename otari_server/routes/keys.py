@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select
 
-from otari_server.deps import RuntimeDep, SessionDep, require_master
+from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.keys import create_key, key_info
@@ -42,7 +42,7 @@ def create(body: CreateKeyRequest, session: SessionDep, runtime: RuntimeDep) -> 
 
 
 @router.get("", response_model=list[KeyInfo])
-def list_keys(session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
+def list_keys(session: ReadSessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
     """List keys, oldest first."""
     rows = session.scalars(select(APIKey).order_by(APIKey.created_at, APIKey.id)
                            .offset(skip).limit(limit))
@@ -50,7 +50,7 @@ def list_keys(session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Respon
 
 
 @router.get("/{key_id}", response_model=KeyInfo)
-def get(key_id: str, session: SessionDep) -> Response:
+def get(key_id: str, session: ReadSessionDep) -> Response:
     """One key."""
     return ExactJSONResponse(key_info(_get(session, key_id)))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
 
-from otari_server.deps import CallerDep, RuntimeDep, SessionDep
+from otari_server.deps import CallerDep, ReadSessionDep, RuntimeDep, SessionDep
 from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse
 from otari_server.runtime import Runtime
@@ -32,7 +32,8 @@ def _priced(session: SessionDep, model_key: str | None = None) -> list[ModelObje
     return [_model(key, int(first.timestamp())) for key, first in session.execute(statement)]
 
 
-def _routes(session: SessionDep, runtime: Runtime, name: str | None = None) -> list[ModelObject]:
+def _routes(session: ReadSessionDep, runtime: Runtime,
+            name: str | None = None) -> list[ModelObject]:
     """Routes as models: created when stored (config routes: when the gateway started)."""
     names = sorted(runtime.routes.routes) if name is None else [name]
     shown = []
@@ -48,14 +49,15 @@ def _routes(session: SessionDep, runtime: Runtime, name: str | None = None) -> l
 
 
 @router.get("", response_model=ModelListResponse)
-def list_models(_caller: CallerDep, session: SessionDep, runtime: RuntimeDep) -> Response:
+def list_models(_caller: CallerDep, session: ReadSessionDep, runtime: RuntimeDep) -> Response:
     """Every model with a price in effect, then every route."""
     return ExactJSONResponse(ModelListResponse(data=_priced(session)
                                                + _routes(session, runtime)))
 
 
 @router.get("/{model_id:path}", response_model=ModelObject)
-def get(model_id: str, _caller: CallerDep, session: SessionDep, runtime: RuntimeDep) -> Response:
+def get(model_id: str, _caller: CallerDep, session: ReadSessionDep,
+        runtime: RuntimeDep) -> Response:
     """One model, or a route by its name."""
     found = _routes(session, runtime, model_id) or _priced(session, model_id)
     if not found:

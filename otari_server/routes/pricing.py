@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
 
-from otari_server.deps import CallerDep, RuntimeDep, SessionDep, require_master
+from otari_server.deps import CallerDep, ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.pricing import TIER_RATES, Tier, price_at, tiers_from_json
@@ -96,7 +96,7 @@ def set_price(body: SetPricingRequest, session: SessionDep, runtime: RuntimeDep)
 
 
 @router.get("", response_model=list[PricingResponse])
-def list_prices(_caller: CallerDep, session: SessionDep, skip: Skip = 0,
+def list_prices(_caller: CallerDep, session: ReadSessionDep, skip: Skip = 0,
                 limit: Limit = 100) -> Response:
     """The price in effect now for every model (one entry per model_key)."""
     now = utcnow()
@@ -111,7 +111,7 @@ def list_prices(_caller: CallerDep, session: SessionDep, skip: Skip = 0,
 
 # Registered before the catch-all path below: model keys may contain '/'.
 @router.get("/{model_key:path}/history", response_model=list[PricingResponse])
-def history(model_key: str, _caller: CallerDep, session: SessionDep) -> Response:
+def history(model_key: str, _caller: CallerDep, session: ReadSessionDep) -> Response:
     """Every entry for a model, newest effective_at first."""
     rows = list(session.scalars(select(Pricing).where(Pricing.model_key == model_key)
                                 .order_by(Pricing.effective_at.desc())))
@@ -121,7 +121,7 @@ def history(model_key: str, _caller: CallerDep, session: SessionDep) -> Response
 
 
 @router.get("/{model_key:path}", response_model=PricingResponse)
-def get(model_key: str, _caller: CallerDep, session: SessionDep,
+def get(model_key: str, _caller: CallerDep, session: ReadSessionDep,
         as_of: datetime | None = Query(None, description="Instant to price at (default now)"),
         ) -> Response:
     """The price in effect for a model now, or at `as_of`."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from otari_server import budgets
-from otari_server.deps import RuntimeDep, SessionDep, require_master
+from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
+from otari_server.routes import usage as usage_routes
 from otari_server.routes.paging import Limit, Skip
 from otari_server.schemas import (
     CreateUserRequest,
@@ -20,8 +21,8 @@ from otari_server.schemas import (
     UsageLogResponse,
     UserResponse,
 )
-from otari_server.tables import APIKey, Budget, UsageLog, User, utcnow
-from otari_server.usage import usage_log
+from otari_server.tables import APIKey, Budget, User, utcnow
+from otari_server.usage import Filters, fetch, query
 
 router = APIRouter(prefix="/v1/users", tags=["users"], route_class=ExactRoute,
                    dependencies=[Depends(require_master)])
@@ -157,11 +158,15 @@ def delete(user_id: str, session: SessionDep, runtime: RuntimeDep) -> Response:
 
 
 @router.get("/{user_id}/usage", response_model=list[UsageLogResponse])
-def usage(user_id: str, session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
-    """The user's usage rows, newest first (also after the user was deleted)."""
+def usage(user_id: str, request: Request, session: ReadSessionDep,
+          after: usage_routes.After = None, skip: Skip = 0, limit: Limit = 100) -> Response:
+    """The user's usage rows, newest first (also after the user was deleted).
+
+    Pages by `skip` or by the `after` cursor of the Link rel="next" header.
+    """
+    cursor = usage_routes.parse_after(after, skip)
     if session.get(User, user_id) is None:
         raise NotFound(f"User '{user_id}' not found")
-    rows = session.scalars(
-        select(UsageLog).where(UsageLog.user_id == user_id)
-        .order_by(UsageLog.timestamp.desc(), UsageLog.id.desc()).offset(skip).limit(limit))
-    return ExactJSONResponse([UsageLogResponse(**usage_log(row)) for row in rows])
+    rows = fetch(
+        session, query(Filters(user_ids=[user_id]), cursor).offset(skip).limit(limit))
+    return usage_routes.page(request, rows, limit, extras={})

@@ -168,7 +168,7 @@ async def _attempt(runtime: Runtime, call: Call, route: Route, tries: tuple[Targ
                 if metrics is not None:
                     metrics.route_cooldowns.labels(route.name, target.model).inc()
             if not moves_on(kind, route):
-                call.settle("error", error=exc.message)
+                call.settle("error", error=exc.message, status_code=exc.status)
                 raise exc
             if retries_same_target(kind) and retry < route.retries:
                 wait = backoff(retry, retry_after, route, book.rng)
@@ -191,5 +191,5 @@ def _give_up(call: Call, route: Route, last: OtariError | None,
              timeout: float) -> OtariError:
     """Every target failed (or the deadline passed): settle one error row; the error."""
     error = last or GatewayTimeout(f"Route '{route.name}': its {timeout:g}s deadline passed")
-    call.settle("error", error=error.message)
+    call.settle("error", error=error.message, status_code=error.status)
     return error

@@ -47,7 +47,8 @@ def plus(a: Consumption, b: Consumption) -> Consumption:
     return Consumption(prompt_tokens=a.prompt_tokens + b.prompt_tokens,
                        completion_tokens=a.completion_tokens + b.completion_tokens,
                        cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
-                       cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens)
+                       cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
+                       invalid=a.invalid or b.invalid)  # a refused number taints the sum
 
 
 async def run(call: Call, upstream_model: str, plan: Plan, toolbox: Toolbox,

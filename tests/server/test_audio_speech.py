@@ -121,8 +121,9 @@ def test_input_over_the_budget_is_refused_before_the_provider(gateway: MediaGate
     assert caught.value.status_code == 402  # 4 * 0.03 = 0.12 > 0.1
     assert gateway.media.requests == []
     client.audio.speech.create(model="media:tts-hd", voice="alloy", input="z" * 3)
-    [row] = gateway.usage(1)
+    row, refused = gateway.usage(2)
     assert row["cost"] == Decimal("0.09")
+    assert (refused["status"], refused["status_code"], refused["cost"]) == ("refused", 402, None)
 
 
 def test_missing_character_price_is_refused(gateway: MediaGateway) -> None:

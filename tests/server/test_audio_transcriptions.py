@@ -162,8 +162,9 @@ def test_worst_case_duration_over_the_budget_is_refused(gateway: MediaGateway) -
     # The same audio at 8 s fits; it is billed what it lasted.
     client.audio.transcriptions.create(model="media:whisper-big",
                                        file=("a.wav", fake_audio(SPEECH, 8)))
-    [row] = gateway.usage(1)
+    row, refused = gateway.usage(2)
     assert row["cost"] == Decimal("0.08")
+    assert refused["status"] == "refused" and refused["status_code"] == 402
     user = gateway.get_user("bob")
     assert user["spend"] == Decimal("0.08") and user["reserved"] == 0
 
@@ -181,14 +182,24 @@ def test_provider_refusal_is_passed_on_and_recorded(gateway: MediaGateway) -> No
     assert gateway.get_user("carol")["reserved"] == 0
 
 
-def test_answer_without_a_duration_is_a_bad_gateway(gateway: MediaGateway) -> None:
-    gateway.media.push(body={"text": "no duration here"})
+@pytest.mark.parametrize("duration", [None, -3, "three", True, 10**9, [3]])
+def test_answer_with_a_bad_duration_is_served_and_billed_the_estimate(
+        gateway: MediaGateway, duration: object) -> None:
+    body: dict[str, object] = {"text": "no duration here"}
+    if duration is not None:
+        body["duration"] = duration
+    gateway.media.push(body=body)
+    gateway.set_price("media:whisper-big", price_per_audio_second="0.01")
     client = gateway.client(gateway.key())
-    with pytest.raises(openai.APIStatusError) as caught:
-        client.audio.transcriptions.create(model=MODEL, file=("a.wav", fake_audio(SPEECH, 2)))
-    assert caught.value.status_code == 502
+    audio = fake_audio(SPEECH, 2)
+    result = client.audio.transcriptions.create(model="media:whisper-big",
+                                                file=("a.wav", audio))
+    assert result.text == "no duration here"  # served whatever the numbers say
     [row] = gateway.usage(1)
-    assert row["status"] == "error"
+    # Billed from the gateway's bound on the upload's duration: 2000 bytes, at most 3 s.
+    assert row["status"] == "invalid_usage" and row["status_code"] == 200
+    assert len(audio) == 2000 and row["cost"] == Decimal("0.03")
+    assert row["error_message"].startswith("provider usage refused (duration")
 
 
 @pytest.mark.parametrize(("data", "files", "message"), [

@@ -263,8 +263,11 @@ def test_concurrent_requests_never_overspend(gateway_factory: Callable[..., Gate
     runner.join()
     assert sorted(result) == [200] * 10 + [402] * 40
     assert len(gateway.openai_fake.requests) == 10
-    rows = gateway.usage(10)
-    assert sum((r["cost"] for r in rows), Decimal(0)) == Decimal("0.1")
+    rows = gateway.usage(50)
+    refused = [r for r in rows if r["status"] == "refused"]
+    assert len(refused) == 40  # every 402 is visible, at no cost
+    assert {(r["status_code"], r["cost"], r["user_id"]) for r in refused} == {(402, None, "team")}
+    assert sum((r["cost"] or Decimal(0) for r in rows), Decimal(0)) == Decimal("0.1")
     user = gateway.get_user("team")
     assert user["spend"] == Decimal("0.1") and user["reserved"] == 0
     assert user["spend"] <= Decimal("0.10")

@@ -214,8 +214,9 @@ def test_images_over_the_budget_are_refused_before_the_provider(gateway: MediaGa
     assert caught.value.status_code == 402
     assert gateway.media.requests == []
     client.images.generate(model="media:dall-e-3", prompt="cats", n=2)
-    [row] = gateway.usage(1)
+    row, refused = gateway.usage(2)
     assert row["cost"] == Decimal("0.08")
+    assert (refused["status"], refused["status_code"], refused["cost"]) == ("refused", 402, None)
     user = gateway.get_user("erin")
     assert user["spend"] == Decimal("0.08") and user["reserved"] == 0
     with pytest.raises(openai.APIStatusError) as again:

@@ -351,8 +351,15 @@ def test_invalid_requests_answer_in_anthropic_shape(gateway: Gateway) -> None:
         assert response.status_code == 400
         assert "anthropic provider" in response.json()["error"]["message"]
     assert gateway.anthropic_fake.requests == [] and gateway.openai_fake.requests == []
-    [row] = gateway.usage(1)  # the translation failure was admitted, then refused
-    assert row["status"] == "error" and row["cost"] == 0
+    # The translation failure was admitted, then refused; the unknown model was refused
+    # after authentication (its row says so, with no provider and no cost).
+    translation, unknown = gateway.usage(2)
+    assert translation["status"] == "error" and translation["cost"] == 0
+    assert translation["status_code"] == 400
+    assert unknown["status"] == "refused" and unknown["status_code"] == 400
+    assert unknown["model"] == "nope:x" and unknown["provider"] is None
+    assert unknown["cost"] is None and unknown["error_message"].startswith(
+        "unknown provider 'nope'")
 
 
 def test_budget_refusal_in_anthropic_shape(gateway: Gateway,

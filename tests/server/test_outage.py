@@ -10,6 +10,7 @@ nor the usage of requests that finished during it, is lost.
 from __future__ import annotations
 
 import socket
+import stat
 import struct
 import threading
 import time
@@ -24,6 +25,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from otari_server import ledger
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.procs import admin, books, budgeted_key, fake_provider, served, wait_until
 from tests.servers import free_port
@@ -198,3 +200,49 @@ def test_database_outage_and_recovery(tmp_path: Path, postgres_url: str,
         assert len(successes) == 1 + held + 1, final.usage
         assert final.spend == len(successes) * COST
         assert "unhandled error" not in gateway.log(), gateway.log()
+
+
+def test_rows_unwritten_at_shutdown_are_spooled_and_replayed_once(
+        tmp_path: Path, postgres_url: str, proxy: TcpProxy) -> None:
+    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake:
+        providers = fake_provider(fake.base_url, UPSTREAM_KEY)
+        with served(tmp_path, through(postgres_url, proxy), providers=providers) as gateway, \
+                admin(gateway.url) as client:
+            key = budgeted_key(client, "spool", "100", MODEL, "2000")
+            auth = {"Authorization": f"Bearer {key}"}
+            assert httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT,
+                              headers=auth).status_code == 200
+            wait_until(lambda: len(books(postgres_url, "spool").usage) == 1, 10,
+                       "the first usage row")
+            gate = fake.gate()
+            fake.default = Behaviour(gate=gate)
+            with ThreadPoolExecutor(1) as pool:
+                answered = pool.submit(httpx.post, f"{gateway.url}/v1/chat/completions",
+                                       json=CHAT, headers=auth, timeout=30)
+                gate.wait_for(1)
+                wait_until(lambda: books(postgres_url, "spool").reserved == COST, 10,
+                           "the reservation")
+                proxy.cut()  # the database goes away while the provider answers
+                gate.release()
+                finished = answered.result(timeout=30)
+            assert finished.status_code == 200
+            request_id = finished.headers["x-request-id"]
+            spool = ledger.spool_path(f"{socket.gethostname()}:{gateway.port}")
+            assert gateway.terminate(30) == 0, gateway.log()
+            assert "saved to" in gateway.log()
+            assert stat.S_IMODE(spool.stat().st_mode) == 0o600
+            assert request_id.encode() in spool.read_bytes()
+            assert b"sk-" not in spool.read_bytes()  # no key of any kind in the spool
+            port, config = gateway.port, gateway.config
+        proxy.restore()
+        left = books(postgres_url, "spool")
+        assert len(left.usage) == 1 and left.reserved == COST  # nothing written yet
+        for _ in range(2):  # the second start finds nothing more to replay
+            with served(tmp_path, through(postgres_url, proxy), port=port,
+                        config=config) as restarted:
+                final = books(postgres_url, "spool")
+                assert restarted.terminate(30) == 0
+            assert not spool.exists()
+            assert len(final.usage) == 2, final.usage
+            assert final.spend == 2 * COST and final.reserved == 0
+            assert {row.request_id for row in final.usage} >= {request_id}

@@ -26,7 +26,11 @@ def test_requests_per_minute_on_a_key(gateway: Gateway) -> None:
     assert 1 <= retry <= 60
     assert "2 requests per minute" in str(info.value)
     assert len(gateway.openai_fake.requests) == 2
-    gateway.usage(2)  # the refused request reached no provider and wrote no usage
+    # The refused request reached no provider; its row says it was refused, at no cost.
+    refused, *served = gateway.usage(3)
+    assert [row["status"] for row in served] == ["success", "success"]
+    assert refused["status"] == "refused" and refused["status_code"] == 429
+    assert refused["cost"] is None and "2 requests per minute" in refused["error_message"]
 
 
 def test_user_limit_spans_all_its_keys(gateway: Gateway) -> None:

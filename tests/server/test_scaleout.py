@@ -88,19 +88,25 @@ def exact_budget(urls: list[str], key: str, fake: FakeOpenAI, database_url: str,
     assert refusal["error"]["code"] == "budget_exceeded"
     served_ids = {r.headers["x-request-id"] for r in responses if r.status_code == 200}
 
+    refused_ids = {r.headers["x-request-id"] for r in responses if r.status_code == 402}
+
     def settled() -> bool:
         now = books(database_url, user_id)
-        return now.reserved == 0 and len(now.usage) >= FITS
+        return now.reserved == 0 and len(now.usage) >= REQUESTS
 
     wait_until(settled, 10, "settlements and usage rows")
     final = books(database_url, user_id)
     assert final.spend == FITS * COST
     assert final.reserved == 0
     assert all(amount == 0 for _, amount in final.holds), final.holds
-    # Counted once: one row per served request, none for refusals, no duplicates.
-    assert len(final.usage) == FITS
-    assert {row.request_id for row in final.usage} == served_ids
-    assert all(row.status == "success" and row.cost == COST for row in final.usage)
+    # Counted once: one row per served request, one "refused" row per 402, no duplicates.
+    assert len(final.usage) == REQUESTS
+    served_rows = [row for row in final.usage if row.status == "success"]
+    assert {row.request_id for row in served_rows} == served_ids
+    assert all(row.cost == COST for row in served_rows)
+    refused_rows = [row for row in final.usage if row.status == "refused"]
+    assert {row.request_id for row in refused_rows} == refused_ids
+    assert all(row.cost is None and row.status_code == 402 for row in refused_rows)
 
 
 def refused_within(url: str, key: str, change: httpx.Response) -> float:

@@ -140,3 +140,31 @@ def test_sigkill_holds_are_reclaimed_at_next_start(tmp_path: Path, sqlite_url: s
             assert after.spend == served_before * COST
             assert "gave back" in restarted.log()
             assert post(restarted.url, key, False)[0] == 200
+
+
+def test_request_cut_at_shutdown_timeout_gets_json_503_a_row_and_its_hold_back(
+        tmp_path: Path, sqlite_url: str) -> None:
+    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, ThreadPoolExecutor(1) as pool, \
+            served(tmp_path, sqlite_url, providers=fake_provider(fake.base_url, UPSTREAM_KEY),
+                   shutdown_timeout=1) as gateway, \
+            admin(gateway.url) as client:
+        key = budgeted_key(client, "cut", "100", MODEL, "2000")
+        stuck = fake.gate()  # never released: the provider outlives shutdown_timeout
+        fake.default = Behaviour(gate=stuck)
+        call = pool.submit(post, gateway.url, key, False)
+        stuck.wait_for(1)
+        wait_until(lambda: books(sqlite_url, "cut").reserved == COST, 10, "the reservation")
+        gateway.signal(signal.SIGTERM)
+        status, text, request_id = call.result(timeout=30)
+        assert gateway.wait(15) in (0, -signal.SIGTERM), gateway.log()
+        stuck.release()
+    assert status == 503, text
+    error = httpx.Response(503, content=text).json()["error"]
+    assert error["type"] == "service_unavailable"
+    assert "shutting down" in error["message"]
+    final = books(sqlite_url, "cut")
+    assert final.reserved == 0 and all(amount == 0 for _, amount in final.holds)
+    [row] = final.usage
+    assert row.request_id == request_id and row.status == "error" and not row.cost
+    assert row.error_message == "cut at shutdown (shutdown_timeout passed)"
+    assert row.status_code == 503

@@ -1,7 +1,7 @@
 """batch holds; stored responses' provider and owner
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0005
 """
 
 import sqlalchemy as sa

@@ -1,0 +1,143 @@
+"""`otari usage --all` streams rows by cursor; `otari usage prune`; the Output.stream writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from typer.testing import CliRunner
+
+from otari_cli.main import app
+from otari_cli.output import Format, Output
+from otari_server.db import migrate
+from tests.server.usage_rows import insert, row
+from tests.servers import MASTER_KEY, make_settings, running
+
+runner = CliRunner()
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def _rows_checking(out: io.StringIO, count: int) -> Iterator[dict[str, Any]]:
+    """Rows that check, before giving the next, that the previous one is already written."""
+    for i in range(count):
+        if i:
+            assert f"r{i - 1}" in out.getvalue(), f"row r{i - 1} was held back"
+        yield {"id": f"r{i}", "cost": Decimal("0.25") * i, "user_id": None}
+
+
+def test_stream_writes_each_row_as_it_arrives() -> None:
+    for fmt in (Format.JSON, Format.JSONL, Format.CSV):
+        out = io.StringIO()
+        assert Output(fmt, stdout=out, stderr=io.StringIO()).stream(
+            _rows_checking(out, 3), []) == 3
+        text = out.getvalue()
+        if fmt is Format.JSON:
+            assert json.loads(text, parse_float=Decimal) == [
+                {"id": "r0", "cost": 0, "user_id": None},
+                {"id": "r1", "cost": Decimal("0.25"), "user_id": None},
+                {"id": "r2", "cost": Decimal("0.50"), "user_id": None}]
+        elif fmt is Format.JSONL:
+            assert text.splitlines() == ['{"id":"r0","cost":0.00,"user_id":null}',
+                                         '{"id":"r1","cost":0.25,"user_id":null}',
+                                         '{"id":"r2","cost":0.50,"user_id":null}']
+        else:
+            assert list(csv.reader(io.StringIO(text))) == [
+                ["id", "cost", "user_id"], ["r0", "0.00", ""], ["r1", "0.25", ""],
+                ["r2", "0.50", ""]]
+    empty = io.StringIO()
+    Output(Format.JSON, stdout=empty).stream(iter([]), [])
+    assert json.loads(empty.getvalue()) == []
+
+
+def _otari(url: str, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["--url", url, "--master-key", MASTER_KEY, *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_usage_all_walks_the_cursor_in_every_format(database_url: str) -> None:
+    migrate(database_url)
+    # 2,500 rows, some sharing a timestamp: three pages of 1,000 by cursor.
+    insert(database_url, [row(f"r{i:05d}", T0 + timedelta(seconds=i // 3), cost="0.25",
+                              user_id="alice" if i % 2 else "bob") for i in range(2500)])
+    newest_first = [f"r{i:05d}" for i in reversed(range(2500))]
+    with running(make_settings(database_url)) as url:
+        code, out, err = _otari(url, "usage", "--all", "-o", "jsonl")
+        assert code == 0, err
+        lines = [json.loads(line, parse_float=Decimal) for line in out.splitlines()]
+        assert [r["id"] for r in lines] == newest_first
+        assert sum(r["cost"] for r in lines) == Decimal("625")
+        assert err == ""  # no terminal on stderr: no progress line
+        code, out, _ = _otari(url, "usage", "--all", "-o", "json", "--user", "alice")
+        assert [r["id"] for r in json.loads(out)] == [i for i in newest_first
+                                                      if int(i[1:]) % 2]
+        code, out, _ = _otari(url, "usage", "--all", "-o", "csv")
+        table = list(csv.DictReader(io.StringIO(out)))
+        assert [r["id"] for r in table] == newest_first and table[0]["cost"] == "0.25"
+        code, out, _ = _otari(url, "usage", "--limit", "1500", "-q")
+        assert out.split() == newest_first[:1500]
+        code, out, _ = _otari(url, "usage", "--limit", "3", "-o", "json")
+        assert [r["id"] for r in json.loads(out)] == newest_first[:3]
+
+
+def test_usage_prune_dry_run_then_prune(database_url: str) -> None:
+    migrate(database_url)
+    insert(database_url, [row("old", T0, cost="1.5"), row("new", T0 + timedelta(days=2))])
+    with running(make_settings(database_url)) as url:
+        code, out, err = _otari(url, "usage", "prune", "--before", "2026-03-02", "--dry-run",
+                                "-o", "json")
+        assert code == 0, err
+        assert json.loads(out, parse_float=Decimal) == {
+            "before": "2026-03-02T00:00:00+00:00", "rows": 1, "cost": Decimal("1.5"),
+            "dry_run": True}
+        code, out, _ = _otari(url, "usage", "prune", "--before", "2026-03-02", "-o", "json")
+        assert json.loads(out)["rows"] == 1 and json.loads(out)["dry_run"] is False
+        code, out, _ = _otari(url, "usage", "--all", "-q")
+        assert out.split() == ["new"]
+        code, _, err = _otari(url, "usage", "prune", "--before", "someday")
+        assert code == 2 and "someday" in err
+
+
+def test_usage_summary_table_json_and_csv(database_url: str) -> None:
+    migrate(database_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    day1, day2 = now - timedelta(days=2), now - timedelta(days=1)
+    insert(database_url, [
+        row("a1", day1, cost="0.0375", prompt=100, completion=10),
+        row("a2", day2, cost="1.5", status="error", prompt=7, completion=0),
+        row("b1", day2, user_id="bob", model="claude:sonnet", cost="0.25"),
+        row("old", now - timedelta(days=30), cost="100"),  # before the default --since 7d
+    ])
+    with running(make_settings(database_url)) as url:
+        code, out, err = _otari(url, "usage", "summary", "-o", "json")
+        assert code == 0, err
+        assert json.loads(out, parse_float=Decimal) == [
+            {"user_id": "alice", "requests": 2, "errors": 1, "prompt_tokens": 107,
+             "completion_tokens": 10, "cost": Decimal("1.5375")},
+            {"user_id": "bob", "requests": 1, "errors": 0, "prompt_tokens": 10,
+             "completion_tokens": 5, "cost": Decimal("0.25")},
+            {"user_id": "TOTAL", "requests": 3, "errors": 1, "prompt_tokens": 117,
+             "completion_tokens": 15, "cost": Decimal("1.7875")}]
+        code, out, _ = _otari(url, "usage", "summary", "--by", "model", "--user", "alice",
+                              "-o", "csv")
+        assert list(csv.reader(io.StringIO(out))) == [
+            ["model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost"],
+            ["openai:gpt-4o", "2", "1", "107", "10", "1.5375"],
+            ["TOTAL", "2", "1", "107", "10", "1.5375"]]
+        code, out, _ = _otari(url, "usage", "summary", "--by", "day", "-o", "table")
+        lines = out.splitlines()
+        assert lines[0].split() == ["DAY", "REQUESTS", "ERRORS", "IN", "OUT", "COST"]
+        assert lines[1].split()[:6] == [day1.strftime("%Y-%m-%d"), "1", "0", "100", "10",
+                                        "0.0375"]
+        # The costliest day gets the full bar; the others a proportional one.
+        assert lines[2].split()[6] == "█" * 30 and lines[1].split()[6] == "█"
+        assert lines[3].split() == ["TOTAL", "3", "1", "117", "15", "1.7875"]
+        code, out, _ = _otari(url, "usage", "summary", "--since", "60d", "--model",
+                              "openai:gpt-4o", "-o", "json")
+        assert json.loads(out, parse_float=Decimal)[-1]["cost"] == Decimal("101.5375")
+        code, _, err = _otari(url, "usage", "summary", "--by", "team")
+        assert code == 2 and "team" in err
