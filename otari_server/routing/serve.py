@@ -29,7 +29,7 @@ from otari_server.errors import (
     UpstreamError,
 )
 from otari_server.pricing import Consumption, Price
-from otari_server.proxy import Call, admit, worst_case
+from otari_server.proxy import Call, admit, refusal_row, worst_case
 from otari_server.routing.model import Route, Target
 from otari_server.routing.plan import plan
 from otari_server.routing.policy import (
@@ -85,6 +85,7 @@ async def routed(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: byte
     context-length refusal). 400 `route_unavailable` when no target can serve at all.
     """
     settings = runtime.settings
+    started = time.perf_counter()
     found = await survey(runtime, route, endpoint.billing, utcnow(), caller,
                          endpoint.path if openai_only else None)
     book = runtime.routes
@@ -98,8 +99,11 @@ async def routed(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: byte
                 metrics.route_skips.labels(route.name, target.model, "cooldown").inc()
     if not laid.tries:
         why = "; ".join(f"{target.model}: {reason}" for target, reason in laid.skipped)
-        raise InvalidRequest(f"Route '{route.name}' has no target that can serve this "
-                             f"request ({why})", param="model", code="route_unavailable")
+        refused = InvalidRequest(f"Route '{route.name}' has no target that can serve this "
+                                 f"request ({why})", param="model", code="route_unavailable")
+        row = refusal_row(runtime, caller, endpoint, body, request_id, refused, started)
+        runtime.ledger.record(replace(row, route=route.name, attempts=0))
+        raise refused
     worst = worst_case(endpoint, raw, body, settings.default_max_tokens)
     dearest = max(laid.tries, key=lambda t: _cost(found.prices.get(t.model), worst))
     # Targets were checked against the key's allow-list by survey (a key allowed the

@@ -414,6 +414,9 @@ def test_allow_lists_apply_to_targets_or_to_the_route_name(routing: Routing) -> 
         routing.client(nothing).chat.completions.create(model="guarded", messages=MESSAGES)
     assert caught.value.code == "route_unavailable"
     assert "this API key may not use it" in caught.value.message
+    refused = [row for row in routing.usage(3) if row["status"] == "refused"]
+    assert [(r["route"], r["model"], r["attempts"], r["cost"]) for r in refused] == [
+        ("guarded", "guarded", 0, None)]
 
 
 def test_every_target_failing_is_one_error_row(routing: Routing) -> None:
