@@ -48,6 +48,9 @@ from otari_server.tables import utcnow
 log = logging.getLogger("otari.routing")
 
 Dispatch = Callable[[Call, str], Awaitable[Response]]
+# Seconds by which the deadline may pass the provider's own timeout before the gateway
+# guards an attempt itself (asyncio.timeout costs tens of microseconds per attempt).
+_SLACK = 0.05
 
 
 def failure_of(exc: OtariError) -> tuple[Failure, float | None]:
@@ -105,12 +108,14 @@ async def routed(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: byte
         runtime.ledger.record(replace(row, route=route.name, attempts=0))
         raise refused
     worst = worst_case(endpoint, raw, body, settings.default_max_tokens)
-    dearest = max(laid.tries, key=lambda t: _cost(found.prices.get(t.model), worst))
-    # Targets were checked against the key's allow-list by survey (a key allowed the
-    # route's name may use them all): admission must not check the dearest one again.
+    dearest = laid.tries[0] if len(laid.tries) == 1 else max(
+        laid.tries, key=lambda t: _cost(found.prices.get(t.model), worst))
+    if caller.allowed_models and not caller.may_use(dearest.model):
+        # Survey checked the targets (a key allowed the route's name may use them all):
+        # admission must not refuse the dearest one again.
+        caller = replace(caller, allowed_models=())
     admitted = dict(body, model=dearest.model)
-    call, _ = await admit(runtime, replace(caller, allowed_models=()), endpoint, raw,
-                          admitted, request_id, worst)
+    call, _ = await admit(runtime, caller, endpoint, raw, admitted, request_id, worst)
     for name in endpoint.output_limits:  # the budget clamp may have lowered the limit
         if name in admitted:
             body[name] = admitted[name]
@@ -146,7 +151,10 @@ async def _attempt(runtime: Runtime, call: Call, route: Route, tries: tuple[Targ
             attempts += 1
             call.attempts = attempts
             try:
-                async with asyncio.timeout(remaining):
+                if remaining + _SLACK < call.provider.timeout:
+                    async with asyncio.timeout(remaining):
+                        response = await dispatch(call, upstream_model)
+                else:  # the provider's own timeout ends the attempt by the deadline
                     response = await dispatch(call, upstream_model)
             except TimeoutError:
                 exc: OtariError = GatewayTimeout(
