@@ -11,8 +11,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import simplejson
 
+from otari_cli import jsontext
 from otari_cli.errors import Unreachable, error_for_status
 
 DEFAULT_TIMEOUT = 10.0
@@ -26,7 +26,7 @@ def path(*segments: str) -> str:
 
 def encode(body: object) -> bytes:
     """JSON text for a request body; Decimal money is written as an exact JSON number."""
-    return simplejson.dumps(body, use_decimal=True).encode()
+    return jsontext.dumps(body).encode()
 
 
 def decode(text: str) -> Any:

@@ -12,6 +12,8 @@ import typer
 from otari_cli.durations import parse_duration, parse_instant
 from otari_cli.errors import UsageError
 
+MONEY_PLACES = 10
+
 
 def money(text: str) -> Decimal:
     """An exact non-negative amount: `25.00` stays 25.00 (never a float)."""
@@ -21,6 +23,10 @@ def money(text: str) -> Decimal:
         raise typer.BadParameter(f"{text!r} is not a number") from None
     if not amount.is_finite() or amount < 0:
         raise typer.BadParameter(f"{text!r} must be a finite amount of at least 0")
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MONEY_PLACES:
+        # The gateway keeps ten decimal places; it would refuse the amount anyway.
+        raise typer.BadParameter(f"{text!r} has more than {MONEY_PLACES} decimal places")
     return amount
 
 

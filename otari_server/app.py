@@ -8,6 +8,7 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from otari_server import __version__, errors, wire
 from otari_server.hotpath import HotPath
@@ -26,9 +27,15 @@ from otari_server.routes import (
     usage,
     users,
 )
-from otari_server.runtime import close_runtime, open_runtime, start_background
+from otari_server.runtime import close_runtime, open_runtime, providers_of, start_background
 from otari_server.settings import Settings
 from otari_server.tools.config import tools_config
+
+# Response headers a browser client may read: the request id and the retry/pacing advice.
+_EXPOSED = ["x-request-id", "request-id", "retry-after", "retry-after-ms",
+            "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
@@ -36,6 +43,13 @@ API_ROUTERS: list[APIRouter] = [
     keys.router, users.router, budgets.router, pricing.router, usage.router,
     providers.router, routing.router,
 ]
+
+
+def check_config(settings: Settings) -> None:
+    """Raise ConfigError (one line naming the key) for a [providers] or [tools] table that
+    cannot be used, so start-up stops before serving rather than at the first request."""
+    providers_of(settings)
+    tools_config(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -48,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         from otari_server.connected.app import create_connected_app
 
         return create_connected_app(settings)
-    tools_config(settings)  # a bad [tools] table stops start-up, not the first tool call
+    check_config(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +86,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HotPath)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes)
+    if settings.cors_allow_origins:
+        # Outermost: a preflight is answered before any credential or body check.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_allow_origins),
+                           allow_methods=["*"], allow_headers=["*"], expose_headers=_EXPOSED,
+                           max_age=600)
     _document_wire_schemas(app)
     return app
 

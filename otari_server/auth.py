@@ -32,8 +32,28 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def token_from(headers: Mapping[str, str]) -> str | None:
-    """The credential of a request, with an optional 'Bearer ' prefix removed."""
+@dataclass(frozen=True)
+class Credential:
+    """The token a request presents and the header it came from.
+
+    `token` is None when no usable header is present; `rejected` then names a header that
+    was present but unusable (an Authorization header in another scheme than Bearer), so
+    the 401 can say which one.
+    """
+
+    token: str | None
+    header: str | None = None
+    rejected: str | None = None
+
+
+def credential(headers: Mapping[str, str]) -> Credential:
+    """The credential of a request, with an optional 'Bearer ' prefix removed.
+
+    Headers are checked in a fixed order and the first usable one wins. An Authorization
+    header in another scheme (Basic, set by a proxy or a browser) is skipped, so it never
+    hides a valid x-api-key behind it.
+    """
+    rejected = None
     for name in _TOKEN_HEADERS:
         value = headers.get(name)
         if value is None:
@@ -43,9 +63,17 @@ def token_from(headers: Mapping[str, str]) -> str | None:
         if rest and scheme.lower() == "bearer":
             value = rest.strip()
         elif name == "authorization":
-            return None  # Authorization must use the Bearer scheme
-        return value or None
-    return None
+            rejected = rejected or name  # Authorization must use the Bearer scheme
+            continue
+        if value:
+            return Credential(value, name)
+        rejected = rejected or name
+    return Credential(None, rejected=rejected)
+
+
+def token_from(headers: Mapping[str, str]) -> str | None:
+    """The token of credential(headers), or None."""
+    return credential(headers).token
 
 
 @dataclass(frozen=True)
@@ -123,10 +151,14 @@ def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
     )
 
 
-def check(snapshot: KeySnapshot | None, now: datetime) -> Caller:
-    """Turn a key snapshot into a Caller, or refuse with a message that says why."""
+def check(snapshot: KeySnapshot | None, now: datetime, header: str | None = None) -> Caller:
+    """Turn a key snapshot into a Caller, or refuse with a message that says why.
+
+    `header` names where the key came from, so an unknown key's 401 says which header held it.
+    """
     if snapshot is None:
-        raise AuthenticationFailed("Invalid API key")
+        where = f" (in the {header} header)" if header else ""
+        raise AuthenticationFailed(f"Invalid API key{where}")
     if not snapshot.is_active:
         raise AuthenticationFailed("API key is inactive", code="key_inactive")
     if snapshot.expires_at is not None and snapshot.expires_at <= now:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +68,24 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _create_private(path: Path) -> None:
+    """Create a missing SQLite file readable by its owner only (0600).
+
+    The database holds key hashes and every user's usage; SQLite gives the -wal and -shm
+    files it creates later the same mode. An existing file keeps the mode it has.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine for the URL, with SQLite tuned for a concurrent server."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _create_private(Path(path).expanduser())
         engine = create_engine(
             url,
             json_serializer=jsonio.dumps,  # JSON columns may hold exact Decimals

@@ -50,8 +50,15 @@ def _lookup(runtime: Runtime, token_hash: str) -> auth.KeySnapshot | None:
 async def authenticate(request: Request) -> auth.Caller:
     """The caller: the master key, or an active API key (cached; DB only on a miss)."""
     runtime: Runtime = request.app.state.runtime
-    token = auth.token_from(request.headers)
+    presented = auth.credential(request.headers)
+    token = presented.token
     if token is None:
+        if presented.rejected == "authorization":
+            raise AuthenticationFailed(
+                "The Authorization header was rejected: only 'Authorization: Bearer <key>' is "
+                "accepted (or send the key in 'x-api-key' or 'Otari-Key')")
+        if presented.rejected is not None:
+            raise AuthenticationFailed(f"The {presented.rejected} header is empty")
         raise AuthenticationFailed(
             "Missing API key: send 'Otari-Key: Bearer <key>' or 'Authorization: Bearer <key>'")
     if runtime.master.matches(token):
@@ -61,7 +68,7 @@ async def authenticate(request: Request) -> auth.Caller:
     if not hit:
         snapshot = await to_thread.run_sync(_lookup, runtime, token_hash)
         runtime.keys.put(token_hash, snapshot)
-    caller = auth.check(snapshot, utcnow())
+    caller = auth.check(snapshot, utcnow(), presented.header)
     if caller.key_id is not None:
         runtime.activity.touch(caller.key_id)
     return caller

@@ -111,24 +111,41 @@ class RateLimited(OtariError):
     code = "rate_limit_exceeded"
 
 
-# The Anthropic error type of each status a provider's refusal keeps.
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    402: "billing_error", 403: "permission_error", 404: "not_found_error",
-                    413: "request_too_large", 429: "rate_limit_error"}
+# The error types of each provider status a refusal keeps: (OpenAI shape, Anthropic shape).
+# Anthropic's types are the ones its API documents; the OpenAI shape uses the same words
+# where OpenAI has none of its own (it documents codes, such as rate_limit_exceeded).
+_UPSTREAM_TYPES = {
+    400: ("invalid_request_error", "invalid_request_error"),
+    404: ("not_found_error", "not_found_error"),
+    408: ("timeout_error", "timeout_error"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_error"),
+    503: ("service_unavailable", "api_error"),
+    504: ("timeout_error", "timeout_error"),
+    529: ("overloaded_error", "overloaded_error"),
+}
+_UPSTREAM_CODES = {429: "rate_limit_exceeded", 413: "request_too_large",
+                   408: "upstream_timeout", 504: "upstream_timeout", 503: "upstream_unavailable",
+                   529: "upstream_overloaded"}
 
 
 class UpstreamError(OtariError):
-    """The provider refused the request; its status and message are passed on."""
+    """The provider refused the request; its status, error type and retry advice are passed on.
+
+    `code` defaults to the status's standard code (rate_limit_exceeded for 429, ...) and
+    `upstream_<status>` otherwise; a provider's own code may be given instead.
+    """
 
     type = "upstream_error"
     anthropic_type = "api_error"
 
     def __init__(self, message: str, status: int, **kwargs: Any) -> None:
+        kwargs.setdefault("code", _UPSTREAM_CODES.get(status, f"upstream_{status}"))
         super().__init__(message, **kwargs)
         self.status = status
-        if 400 <= status < 500:
-            self.type = "invalid_request_error"
-            self.anthropic_type = _ANTHROPIC_TYPES.get(status, "invalid_request_error")
+        default = ("invalid_request_error", "invalid_request_error") if status < 500 else (
+            "upstream_error", "api_error")
+        self.type, self.anthropic_type = _UPSTREAM_TYPES.get(status, default)
 
 
 class BadGateway(OtariError):
@@ -138,6 +155,18 @@ class BadGateway(OtariError):
     type = "upstream_error"
     anthropic_type = "api_error"
     code = "bad_gateway"
+
+
+class ProviderCredentialRejected(BadGateway):
+    """The provider answered 401/403 to the gateway's own provider key: the operator's
+    problem, not the client's, so never relayed as the client's 401."""
+
+    code = "provider_credential_rejected"
+
+    def __init__(self, message: str, provider: str, detail: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.provider = provider
+        self.detail = detail  # the provider's own words (key redacted): for the log only
 
 
 class ServiceUnavailable(OtariError):
@@ -160,6 +189,13 @@ class GatewayTimeout(OtariError):
 
 # Which error shape a path answers in: the API its clients expect.
 _MANAGEMENT_PREFIXES = ("/v1/keys", "/v1/users", "/v1/budgets", "/v1/pricing", "/v1/usage")
+
+
+def is_management(path: str) -> bool:
+    """Whether a path is a management API (keys, users, budgets, pricing, usage)."""
+    if path.startswith("/api/"):
+        path = path[4:]
+    return path.startswith(_MANAGEMENT_PREFIXES)
 
 
 def shape_for(path: str) -> str:
@@ -185,9 +221,21 @@ def error_body(shape: str, status: int, message: str, error_type: str,
 
 def render(request: Request, exc: OtariError) -> JSONResponse:
     """An OtariError as a response in the shape the path's clients expect."""
+    if isinstance(exc, ProviderCredentialRejected):
+        _credential_rejected(request, exc)
     body = error_body(shape_for(request.url.path), exc.status, exc.message, exc.type,
                       exc.anthropic_type, exc.code, exc.param)
     return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def _credential_rejected(request: Request, exc: ProviderCredentialRejected) -> None:
+    # The operator must fix the provider key: say so loudly, with the request id to find it.
+    log.error("request %s: %s (provider said: %s)", request.scope.get("otari.request_id", "-"),
+              exc.message, exc.detail or "nothing")
+    runtime = getattr(request.app.state, "runtime", None)
+    metrics = getattr(runtime, "metrics", None)
+    if metrics is not None:
+        metrics.credential_rejections.labels(exc.provider).inc()
 
 
 def _validation_message(errors: list[Any]) -> str:

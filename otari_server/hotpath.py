@@ -4,6 +4,10 @@ FastAPI's per-request machinery (route matching over every management route, dep
 solving, exit stacks) costs about as much as the whole proxy. The generation endpoints need
 none of it: they read raw JSON and answer raw bytes. They are still declared as FastAPI routes
 (so /openapi.json describes them); this layer just reaches them in fewer hops.
+
+It also refuses a management write (POST/PUT/PATCH/DELETE on keys, users, budgets, pricing)
+without the master key before anything reads its body: FastAPI reads the body before it
+solves the dependency that checks the key.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otari_server import audio, chat, errors, messages, moderations, proxy, responses
 from otari_server.auth import Caller
-from otari_server.deps import authenticate
+from otari_server.deps import authenticate, require_master
 from otari_server.endpoints import (
     CHAT,
     EMBEDDINGS,
@@ -63,6 +67,10 @@ class HotPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
+            if (scope["type"] == "http" and scope["method"] in _WRITES
+                    and errors.is_management(scope["path"])):
+                await _master_first(scope, receive, send, self.app)
+                return
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
@@ -95,6 +103,21 @@ def _cut(request: Request) -> Response:
                         status_code=503)
     return errors.render(request, ServiceUnavailable(
         "The gateway is shutting down and could not finish this request; retry it"))
+# Management writes need the master key; FastAPI would read (and buffer) the body before
+# solving the dependency that checks it, so the check comes first, here.
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def _master_first(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+    """Refuse a management write without the master key before its body is read."""
+    request = Request(scope, receive)
+    try:
+        await require_master(await authenticate(request))
+    except Exception as exc:
+        response = await errors.respond(request, exc)
+        await response(scope, receive, send)
+        return
+    await app(scope, receive, send)
 
 
 async def _measured(metrics: Metrics, request: Request, handler: Handler, endpoint: Endpoint,

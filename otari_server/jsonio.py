@@ -1,4 +1,8 @@
-"""Exact JSON for management APIs: numbers in as Decimal, Decimal out as plain JSON numbers."""
+"""Exact JSON for management APIs: numbers in as Decimal, Decimal out as plain JSON numbers.
+
+orjson is the one library that writes money: a Decimal becomes an ``orjson.Fragment`` holding
+its plain decimal notation (``0.0000000375``, never ``3.75E-8``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import simplejson
+import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -24,10 +28,20 @@ def loads(body: bytes | str) -> Any:
     return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
 
 
+def plain(value: Decimal) -> str:
+    """A Decimal in plain notation, no exponent and no trailing zeros: 25, 0.0000000375.
+
+    Raises ValueError for NaN and infinities, which are no JSON number.
+    """
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a finite amount")
+    text = format(value.normalize(), "f")
+    return "0" if text == "-0" else text
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        # Plain notation (no exponent, no trailing zeros): 25, 0.00000015.
-        return simplejson.RawJSON(format(value.normalize(), "f"))
+        return orjson.Fragment(plain(value))
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
@@ -37,10 +51,44 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
+# Non-string keys (ints) become strings, as the standard library does.
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def dump_bytes(content: Any) -> bytes:
+    """UTF-8 JSON with Decimals as exact plain numbers and datetimes as ISO 8601.
+
+    Raises TypeError for a value JSON cannot hold.
+    """
+    try:
+        return orjson.dumps(content, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        # What orjson alone refuses but JSON holds (a client's metadata may have either):
+        # integers past 64 bits and nesting past orjson's 254 levels.
+        return orjson.dumps(_portable(content, 0), default=_default, option=_OPTIONS)
+
+
+_INT_RANGE = range(-(2**63), 2**64)
+_DEPTH = 200
+
+
+def _portable(value: Any, depth: int) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+        return orjson.Fragment(str(value))
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="python")
+    if depth >= _DEPTH and isinstance(value, dict | list | tuple):
+        return orjson.Fragment(dump_bytes(value))  # written apart: its depth starts over
+    if isinstance(value, dict):
+        return {key: _portable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(item, depth + 1) for item in value]
+    return value
+
+
 def dumps(content: Any) -> str:
-    """Serialize with Decimals as exact JSON numbers and datetimes as ISO 8601."""
-    return simplejson.dumps(content, default=_default, use_decimal=False, ensure_ascii=False,
-                            separators=(",", ":"))
+    """The same as dump_bytes, as text (for the database's JSON columns)."""
+    return dump_bytes(content).decode("utf-8")
 
 
 class ExactJSONResponse(Response):
@@ -49,7 +97,7 @@ class ExactJSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return dumps(content).encode("utf-8")
+        return dump_bytes(content)
 
 
 class ExactRequest(Request):

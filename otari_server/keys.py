@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,23 @@ def create_key(session: Session, *, key_name: str | None, user_id: str | None,
     session.add(row)
     session.flush()
     return CreateKeyResponse(**key_info(row).model_dump(), key=secret)
+
+
+# A revoked key's hash is replaced by this mark and random hex: no secret hashes to it, so
+# it can never authenticate or be re-enabled, and `key_hash LIKE '~%'` finds revoked keys
+# without a column of their own. Its id, name and usage rows (by api_key_id) stay.
+REVOKED_MARK = "~"
+
+
+def revoke(row: APIKey) -> None:
+    """Revoke a key for good: inactive, its hash gone (see REVOKED_MARK)."""
+    row.is_active = False
+    row.key_hash = REVOKED_MARK + secrets.token_hex(32)[1:]
+
+
+def is_revoked(row: APIKey) -> bool:
+    """Whether DELETE /v1/keys/{id} revoked the key."""
+    return row.key_hash.startswith(REVOKED_MARK)
 
 
 def key_info(row: APIKey) -> KeyInfo:

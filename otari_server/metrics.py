@@ -40,6 +40,10 @@ class Metrics:
         self.cost = Counter("otari_cost_usd", "Cost metered, in USD", registry=registry)
         self.refusals = Counter("otari_refusals", "Requests refused before any provider call",
                                 ["reason"], registry=registry)
+        self.credential_rejections = Counter(
+            "otari_provider_credential_rejections",
+            "Provider answers of 401/403 to the gateway's own provider key, by provider",
+            ["provider"], registry=registry)
         self.in_flight = Gauge("otari_in_flight_requests", "Generation requests in progress",
                                registry=registry)
         # Routes (otari_server.routing): every attempt, every move to another target, every

@@ -74,10 +74,12 @@ def admit(conn: Connection, limits: tuple[Limit, ...], now: datetime) -> RateLim
         requests, tokens = _upsert(conn, limit.subject, current, 1, 0)
         counted.append(limit.subject)
         if limit.rpm is not None and requests > limit.rpm:
-            refusal = _refuse(limit, f"{limit.rpm} requests per minute", now)
+            refusal = _refuse(limit, f"{limit.rpm} requests per minute", now,
+                              requests - 1, tokens)
             break
         if limit.tpm is not None and tokens >= limit.tpm:
-            refusal = _refuse(limit, f"{limit.tpm} tokens per minute", now)
+            refusal = _refuse(limit, f"{limit.tpm} tokens per minute", now, requests - 1,
+                              tokens)
             break
     if refusal is not None:
         for subject in counted:
@@ -85,11 +87,37 @@ def admit(conn: Connection, limits: tuple[Limit, ...], now: datetime) -> RateLim
     return refusal
 
 
-def _refuse(limit: Limit, what: str, now: datetime) -> RateLimited:
+def _refuse(limit: Limit, what: str, now: datetime, requests: int,
+            tokens: int) -> RateLimited:
     seconds = retry_after(now)
     kind, _, ident = limit.subject.partition(":")
     return RateLimited(f"Rate limit reached for {kind} '{ident}': {what}; retry in "
-                       f"{seconds}s", headers={"Retry-After": str(seconds)})
+                       f"{seconds}s", headers={"Retry-After": str(seconds),
+                                                **pacing_headers(limit, requests, tokens,
+                                                                 seconds)})
+
+
+def pacing_headers(limit: Limit, requests: int, tokens: int,
+                   reset_seconds: int) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for a subject's window: its limits, what is left of
+    them after `requests` requests and `tokens` tokens, and when they reset ("42s")."""
+    reset = _openai_duration(reset_seconds)
+    headers = {}
+    if limit.rpm is not None:
+        headers.update({"x-ratelimit-limit-requests": str(limit.rpm),
+                        "x-ratelimit-remaining-requests": str(max(limit.rpm - requests, 0)),
+                        "x-ratelimit-reset-requests": reset})
+    if limit.tpm is not None:
+        headers.update({"x-ratelimit-limit-tokens": str(limit.tpm),
+                        "x-ratelimit-remaining-tokens": str(max(limit.tpm - tokens, 0)),
+                        "x-ratelimit-reset-tokens": reset})
+    return headers
+
+
+def _openai_duration(seconds: int) -> str:
+    # OpenAI writes reset times as Go durations: "6s", "1m0s".
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
 def add_tokens(conn: Connection, used: dict[str, int], now: datetime) -> None:

@@ -11,7 +11,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not a boolean")
+    return value
+
 
 # Money is exact to 1e-10 and, so that SQLite's 64-bit integers hold any sum of it, below
 # a hundred million per amount.
@@ -22,7 +36,8 @@ NonNegativeMoney = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=Fa
 # Money in responses: exact Decimals, written as JSON numbers (see jsonio), so documented so.
 Money = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 # Counts the databases must hold (SQLite integers and datetimes overflow far above this).
-Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# A bool is refused, never read as 1; integral numbers (60, 60.0, "60") are accepted.
+Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=2**31 - 1)]
 Metadata = dict[str, Any]
 ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
                       Field(max_length=1000)]

@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from otari_server import logs, settings
-from otari_server.app import create_app
+from otari_server.app import check_config, create_app
 from otari_server.db import redact
 from otari_server.runtime import prepare
 
@@ -25,6 +25,8 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     """Resolve settings and serve until SIGINT/SIGTERM; exit non-zero if start-up fails."""
     resolved = settings.load(config_path, overrides)
     logs.configure(resolved.log_level)
+    if not resolved.connected:
+        check_config(resolved)  # one line naming the key, before anything is served
     options: dict[str, Any] = {
         "host": resolved.host, "port": resolved.port,
         "log_level": logs.level_number(resolved.log_level), "log_config": None,

@@ -84,6 +84,8 @@ class Settings:
     # Usage rows older than this many whole UTC days are rolled up per day and deleted;
     # None keeps every row.
     usage_retention_days: int | None = None
+    # Browser origins allowed to call the gateway (CORS); empty: no CORS headers at all.
+    cors_allow_origins: tuple[str, ...] = ()
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Connected mode ([platform] table): the gateway serves as a platform's data plane.
     platform: Mapping[str, Any] = field(default_factory=dict)
@@ -143,6 +145,28 @@ def _parse_str(value: Any) -> str:
     return value
 
 
+def _parse_origins(value: Any) -> tuple[str, ...]:
+    """A list of origins (or one comma-separated string, from the environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of origins, got {value!r}")
+    origins = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected origins as strings, got {item!r}")
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(f"expected an origin such as https://app.example.com or '*', "
+                             f"got {item!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+_ORIGIN = re.compile(r"https?://[^/\s?#]+\Z")
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().lower()
     if text.isdigit():
@@ -176,6 +200,7 @@ _PARSERS = {
     "max_header_bytes": _parse_int,
     "default_context_window": _parse_int,
     "usage_retention_days": _parse_int,
+    "cors_allow_origins": _parse_origins,
 }
 _TABLES = {"providers", "platform", "tools", "context_windows", "routes"}
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 # Tokenizers average about four bytes of English per token; JSON framing only adds bytes, so
 # three bytes per token over the raw body errs on the side of reserving too much.
@@ -28,11 +28,16 @@ def estimated_prompt(raw_body: bytes) -> int:
 
 def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
     """The most output the request allows: its token limit (times n choices) or `default`."""
-    limit = next((body[k] for k in keys if isinstance(body.get(k), int)), None)
+    limit = next((body[k] for k in keys if _count(body.get(k))), None)
     n = body.get("n")
-    choices = n if isinstance(n, int) and n > 1 else 1
+    choices = n if _count(n) and n > 1 else 1
     return (limit if limit is not None and limit > 0 else default) * choices
 
+
+
+def _count(value: object) -> TypeGuard[int]:
+    # `true` is no count: a bool never stands for 1 (it would shrink the reservation).
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # The lowest common speech bitrates are about 8 kbit/s: no audio file holds more seconds

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
 from prometheus_client import Histogram
 
-from otari_server.errors import BadGateway, GatewayTimeout, OtariError, UpstreamError
+from otari_server.errors import (
+    BadGateway,
+    GatewayTimeout,
+    OtariError,
+    ProviderCredentialRejected,
+    UpstreamError,
+)
 from otari_server.providers import Provider
 from otari_server.providers.failures import error_details
 from otari_server.scrub import scrub_bytes, scrub_text
@@ -138,7 +146,8 @@ async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) ->
     finally:
         response.release()
     if response.status >= 400:
-        raise refusal(provider, response.status, content)
+        raise refusal(provider, response.status, content, response.headers,
+                      url=str(response.url))
     return content
 
 
@@ -188,10 +197,82 @@ def error_message(body: bytes) -> str:
     return message or body.decode("utf-8", "replace")[:_MAX_MESSAGE]
 
 
-def refusal(provider: Provider, status: int, body: bytes) -> OtariError:
-    """A provider's non-2xx answer: 4xx keeps its status and message; 5xx becomes 502."""
+# Statuses whose retry advice the client needs: it is relayed as the provider gave it.
+_RETRY_STATUSES = frozenset({429, 503, 529})
+# Provider 5xx statuses kept as they are (each means something to a client's retry logic);
+# any other 5xx becomes our 502.
+_KEPT_5XX = frozenset({503, 504, 529})
+
+
+def refusal(provider: Provider, status: int, body: bytes,
+            headers: Mapping[str, str] | None = None, *, url: str | None = None) -> OtariError:
+    """A provider's non-2xx answer as our error, in every wire shape the same way.
+
+    4xx keeps its status and message (401/403, a refusal of the gateway's own provider key,
+    become a 502 "provider credential rejected"); 503, 504 and 529 keep their status; other
+    5xx become 502. Retry-After and retry-after-ms of a 429, 503 or 529 are relayed. A 404
+    for the endpoint itself (not for a model) names the path called, and the whole `url` in
+    the operator's log, since it usually means a wrong base_url.
+    """
     message = sanitize(provider, error_message(body))
+    if status == 404 and url is not None and _no_such_endpoint(message):
+        log.warning("provider '%s' answered 404 for %s: is its base_url right?", provider.name,
+                    url)
+        return UpstreamError(f"Provider '{provider.name}': Not Found: the provider has no "
+                             f"endpoint {urlsplit(url).path} (check its base_url)", 404,
+                             code="upstream_endpoint_not_found")
+    if status in (401, 403):
+        return ProviderCredentialRejected(
+            f"Provider '{provider.name}' rejected the gateway's credential (HTTP {status}): "
+            "provider credential rejected; the operator must fix the provider's api_key",
+            provider.name, message)
+    advice = retry_advice(headers) if status in _RETRY_STATUSES and headers else {}
     if 400 <= status < 500:
         return UpstreamError(f"Provider '{provider.name}': {message}", status,
-                             code=f"upstream_{status}")
+                             headers=advice)
+    if status in _KEPT_5XX:
+        return UpstreamError(f"Provider '{provider.name}' failed with HTTP {status}: {message}",
+                             status, headers=advice)
     return BadGateway(f"Provider '{provider.name}' failed with HTTP {status}: {message}")
+
+
+# What web servers say for a path they do not serve (as opposed to a model they lack).
+_GENERIC_404 = frozenset({"not found", "404 not found", "404: not found", "404 page not found",
+                          "no details"})
+
+
+def _no_such_endpoint(message: str) -> bool:
+    return message.strip().lower() in _GENERIC_404 or message.lstrip().startswith("<")
+
+
+_MAX_RETRY_SECONDS = 86_400
+
+
+def retry_advice(headers: Mapping[str, str]) -> dict[str, str]:
+    """Retry-After (seconds or an HTTP date) and retry-after-ms from a provider's answer.
+
+    Provider headers are input: a value that is not a plain non-negative number (or, for
+    Retry-After, an HTTP date) or is over a day is dropped, never relayed.
+    """
+    advice = {}
+    after = headers.get("retry-after", "").strip()
+    if after.isdigit() and int(after) <= _MAX_RETRY_SECONDS:
+        advice["Retry-After"] = str(int(after))
+    elif after and _http_date(after):
+        advice["Retry-After"] = after
+    after_ms = headers.get("retry-after-ms", "").strip()
+    try:
+        milliseconds = float(after_ms) if after_ms else -1.0
+    except ValueError:
+        milliseconds = -1.0
+    if 0 <= milliseconds <= _MAX_RETRY_SECONDS * 1000:
+        advice["retry-after-ms"] = after_ms
+    return advice
+
+
+def _http_date(text: str) -> bool:
+    try:
+        email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return False
+    return True

@@ -55,4 +55,5 @@ def exhausted(last: AttemptFailure, tried: int) -> OtariError:
     prefix = "The provider" if tried == 1 else f"All {tried} provider attempts failed; the last"
     if last.timed_out:
         return GatewayTimeout(f"{prefix} timed out: {last.error.message}")
-    return BadGateway(f"{prefix} failed: {last.error.message}")
+    # The last provider's retry advice (Retry-After) still tells the client when to retry.
+    return BadGateway(f"{prefix} failed: {last.error.message}", headers=last.error.headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -174,9 +175,10 @@ class Call:
         finally:
             response.release()
 
-    def refused(self, status: int, content: bytes) -> AttemptFailure:
+    def refused(self, status: int, content: bytes,
+                headers: Mapping[str, str] | None = None) -> AttemptFailure:
         """The provider's non-2xx answer, its key redacted from the message."""
-        return http_failure(refusal(self.provider, status, content), status)
+        return http_failure(refusal(self.provider, status, content, headers), status)
 
     def broken(self, problem: str, error_class: str, *, retryable: bool) -> AttemptFailure:
         """A failure of ours to make sense of the provider's answer."""
@@ -239,7 +241,7 @@ async def _complete(call: Call, path: str, outgoing: dict[str, Any],
     response = await call.post(path, outgoing, stream=False)
     content = await call.read(response)
     if response.status >= 400:
-        raise call.refused(response.status, content)
+        raise call.refused(response.status, content, response.headers)
     try:
         answer = orjson.loads(content)
         original_usage = answer.get("usage")
@@ -270,7 +272,8 @@ async def _stream(call: Call, path: str, outgoing: dict[str, Any],
         async with asyncio.timeout(wait):
             response = await call.post(path, outgoing, stream=True)
             if response.status >= 400:
-                raise call.refused(response.status, await call.read(response))
+                raise call.refused(response.status, await call.read(response),
+                                   response.headers)
             try:
                 first = await stream_start(call.provider, response, translator)
             except OtariError as exc:  # neither an event stream nor JSON, or broken JSON

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from otari_server.providers import Provider
 from otari_server.providers.presets import PRESETS
+from otari_server.providers.registry import Provider, api_root
 
 
 class MalformedRoute(ValueError):
@@ -120,6 +120,8 @@ def provider_for(attempt: Attempt, timeout: float) -> Provider | None:
     base_url = attempt.api_base or (preset.base_url if preset else None)
     if base_url is None:
         return None
+    if attempt.api_base:  # spelled either way, as in a [providers] table
+        base_url = api_root(attempt.api_base, preset.type if preset else "openai")
     if preset is None:
         return Provider(name=attempt.provider, type="openai", base_url=base_url.rstrip("/"),
                         api_key=attempt.api_key, timeout=timeout)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from otari_server.providers.presets import PRESETS, PROVIDER_TYPES, ProviderType
 
@@ -75,6 +76,22 @@ def build_providers(
     return providers
 
 
+def api_root(base_url: str, kind: ProviderType) -> str:
+    """The API root requests are sent under, from a base URL spelled either way.
+
+    Anthropic-type: the Anthropic SDK's convention, `/v1` appended unless the path already
+    ends in `/v1` (`http://host:8000` and `http://host:8000/v1` both post to
+    `/v1/messages`). OpenAI-type: a URL without a path gets `/v1` (`http://host:8000` posts
+    to `/v1/chat/completions`, as with `http://host:8000/v1`); a URL with a path is the
+    root as given (`https://host/openai`).
+    """
+    root = base_url.rstrip("/")
+    path = urlsplit(root).path
+    if kind == "anthropic":
+        return root if path.endswith("/v1") else root + "/v1"
+    return root if path else root + "/v1"
+
+
 def resolve(model: str, providers: Mapping[str, Provider]) -> tuple[Provider, str]:
     """Split `provider:model` or `provider/model` into the provider and the upstream model."""
     if not isinstance(model, str) or not model.strip():
@@ -120,6 +137,8 @@ def _build(name: str, settings: object, environ: Mapping[str, str]) -> Provider:
         raise ProviderConfigError(f"{where}.base_url", "must be an http:// or https:// URL")
     headers = dict(preset.headers) if preset and kind == preset.type else {}
     headers.update(_headers(settings.get("headers", {}), where, environ))
+    if not (preset and base_url == preset.base_url):  # presets are right as they are
+        base_url = api_root(base_url, cast(ProviderType, kind))
     return Provider(
         name=name,
         type=cast(ProviderType, kind),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import select
 
+from otari_server import keys
 from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
-from otari_server.keys import create_key, key_info
+from otari_server.keys import REVOKED_MARK, create_key, is_revoked, key_info
 from otari_server.routes.paging import Limit, Skip
 from otari_server.schemas import CreateKeyRequest, CreateKeyResponse, KeyInfo, UpdateKeyRequest
 from otari_server.tables import APIKey, User
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ExactRoute,
 
 def _get(session: SessionDep, key_id: str) -> APIKey:
     row = session.get(APIKey, key_id)
-    if row is None:
+    if row is None or is_revoked(row):  # a deleted key is gone for clients
         raise NotFound(f"Key '{key_id}' not found")
     return row
 
@@ -42,9 +43,14 @@ def create(body: CreateKeyRequest, session: SessionDep, runtime: RuntimeDep) -> 
 
 
 @router.get("", response_model=list[KeyInfo])
-def list_keys(session: ReadSessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
-    """List keys, oldest first."""
-    rows = session.scalars(select(APIKey).order_by(APIKey.created_at, APIKey.id)
+def list_keys(session: ReadSessionDep, skip: Skip = 0, limit: Limit = 100,
+              include_revoked: bool = Query(
+                  False, description="Also list keys revoked by DELETE")) -> Response:
+    """List keys, oldest first; revoked keys only when asked."""
+    query = select(APIKey)
+    if not include_revoked:
+        query = query.where(APIKey.key_hash.not_like(f"{REVOKED_MARK}%"))
+    rows = session.scalars(query.order_by(APIKey.created_at, APIKey.id)
                            .offset(skip).limit(limit))
     return ExactJSONResponse([key_info(row) for row in rows])
 
@@ -76,9 +82,9 @@ def patch(key_id: str, body: UpdateKeyRequest, session: SessionDep,
 
 @router.delete("/{key_id}", status_code=204)
 def revoke(key_id: str, session: SessionDep, runtime: RuntimeDep) -> Response:
-    """Revoke a key: it stops working at once; its usage history stays."""
-    row = _get(session, key_id)
-    row.is_active = False
+    """Revoke a key: it stops working at once and is gone from GET (404) and from the list
+    (unless include_revoked=true); its usage rows keep their api_key_id."""
+    keys.revoke(_get(session, key_id))
     session.commit()
     runtime.changed()
     return Response(status_code=204)

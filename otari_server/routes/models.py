@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from otari_server.deps import CallerDep, ReadSessionDep, RuntimeDep, SessionDep
 from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse
+from otari_server.providers import ModelAddressError, resolve
 from otari_server.runtime import Runtime
 from otari_server.schemas import ModelListResponse, ModelObject
 from otari_server.tables import Pricing, RouteDefinition, utcnow
@@ -48,6 +49,15 @@ def _routes(session: ReadSessionDep, runtime: Runtime,
     return shown
 
 
+def _model_key(model_id: str, runtime: Runtime) -> str:
+    """The pricing key a model id names, resolved as chat resolves it."""
+    try:
+        provider, upstream = resolve(model_id, runtime.providers)
+    except ModelAddressError:
+        return model_id
+    return f"{provider.name}:{upstream}"
+
+
 @router.get("", response_model=ModelListResponse)
 def list_models(_caller: CallerDep, session: ReadSessionDep, runtime: RuntimeDep) -> Response:
     """Every model with a price in effect, then every route."""
@@ -58,8 +68,11 @@ def list_models(_caller: CallerDep, session: ReadSessionDep, runtime: RuntimeDep
 @router.get("/{model_id:path}", response_model=ModelObject)
 def get(model_id: str, _caller: CallerDep, session: ReadSessionDep,
         runtime: RuntimeDep) -> Response:
-    """One model, or a route by its name."""
+    """One model, named as chat names it: `provider:model` or `provider/model` (answered
+    with its `provider:model` id), or a route by its name."""
     found = _routes(session, runtime, model_id) or _priced(session, model_id)
+    if not found and (key := _model_key(model_id, runtime)) != model_id:
+        found = _priced(session, key)
     if not found:
         raise NotFound(f"Model '{model_id}' not found", code="model_not_found")
     return ExactJSONResponse(found[0])

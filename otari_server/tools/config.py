@@ -23,7 +23,8 @@ class ToolsConfig:
     sandbox_url: str | None = None
     sandbox_token: str | None = None
     # Which addresses a request's MCP server URLs may resolve to, besides public ones.
-    allow_loopback: bool = True
+    # Loopback is off by default: a client's URL must not reach services on the gateway host.
+    allow_loopback: bool = False
     allow_private_networks: bool = False
     private_networks: tuple[Network, ...] = ()
     # Every tool call (and every MCP connection) gets this long, and this much result text.

@@ -64,22 +64,27 @@ class McpConnection:
     async def open(self) -> list[McpTool]:
         """Connect and list the tools the request allows; McpUnavailable when it cannot."""
         where = f"MCP server '{self.server.name}'"
+        # Every failure gets the same answer: telling "connection refused" from "not an MCP
+        # server" or a timeout would let clients probe which ports are open. The reason is
+        # logged for the operator.
+        unavailable = McpUnavailable(f"{where} is unreachable or is not an MCP server")
         try:
             await urls.resolve(self.server.url, self._config, where=where,
                                token=self.server.token is not None)
         except OSError as exc:
-            raise McpUnavailable(f"{where} is unreachable: cannot resolve its host "
-                                 f"({exc.strerror or exc})") from None
+            log.info("%s: cannot resolve its host (%s)", where, exc.strerror or exc)
+            raise unavailable from None
         self._task = asyncio.create_task(self._own(), name=f"mcp:{self.server.name}")
         try:
             async with asyncio.timeout(self._config.call_timeout):
                 return await asyncio.shield(self._ready)
         except TimeoutError:
             self._task.cancel()
-            raise McpUnavailable(f"{where} did not answer within "
-                                 f"{self._config.call_timeout:g}s") from None
+            log.info("%s did not answer within %gs", where, self._config.call_timeout)
+            raise unavailable from None
         except Exception as exc:  # whatever the SDK raised: the server is not usable
-            raise McpUnavailable(f"{where} is unreachable: {describe(exc)}") from None
+            log.info("%s is unreachable: %s", where, describe(exc))
+            raise unavailable from None
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """Call a tool; its text, or ToolFailure when the tool reports an error."""

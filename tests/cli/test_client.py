@@ -63,7 +63,7 @@ def test_decimal_body_is_sent_as_an_exact_json_number(fake: tuple[str, Script]) 
     script.answer("POST", "/v1/budgets", 200, {"budget_id": "b"})
     with Gateway(url, "k") as gateway:
         gateway.post("/v1/budgets", {"max_budget": Decimal("25.00")})
-    assert script.seen[0].body == '{"max_budget": 25.00}'
+    assert script.seen[0].body == '{"max_budget":25.00}'
     assert script.seen[0].headers["Content-Type"] == "application/json"
 
 

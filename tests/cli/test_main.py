@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from otari_cli.config import Dirs
 from otari_cli.errors import ExitCode
 from otari_cli.main import app, hoist
+from otari_cli.params import money
 from tests.cli.conftest import free_port
 from tests.cli.fakes import Script
 
@@ -183,7 +184,7 @@ def test_budget_money_and_period_are_sent_exactly(fake: tuple[str, Script]) -> N
         "max_budget": Decimal("25.00"),
         "budget_duration_sec": 2592000,
     }
-    assert '"max_budget": 25.00' in script.seen[0].body
+    assert '"max_budget":25.00' in script.seen[0].body
     assert '"max_budget": 25.00' in out
 
 
@@ -427,3 +428,8 @@ def test_version_and_bare_otari_prints_help() -> None:
     bare = runner.invoke(app, [])
     assert bare.exit_code == 0
     assert "Usage: otari" in bare.stdout and "keys" in bare.stdout
+def test_money_finer_than_ten_places_is_a_usage_error() -> None:
+    assert money("0.0000000001") == Decimal("0.0000000001")
+    assert money("1.50000000000") == Decimal("1.5")
+    with pytest.raises(typer.BadParameter, match="more than 10 decimal places"):
+        money("0.00000000001")

@@ -78,7 +78,7 @@ def test_csv_has_every_field_with_a_header() -> None:
     out.items(ROWS, COLUMNS)
     rows = list(csv.reader(io.StringIO(stdout(out))))
     assert rows[0] == ["id", "key_name", "spend", "meta"]
-    assert rows[1] == ["k1", "[bold red]boom[/]", "0.10", '{"a": "1"}']
+    assert rows[1] == ["k1", "[bold red]boom[/]", "0.10", '{"a":"1"}']
     assert rows[2][1] == ""
 
 

@@ -3,6 +3,8 @@ against a real gateway."""
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -122,7 +124,9 @@ def test_keys_round_trip(cli: Cli) -> None:
     assert key_id in ok(cli("keys", "list", "-q")).out.split()
     revoked = cli("keys", "revoke", key_id, "--yes", "-q")
     assert ok(revoked).out == f"{key_id}\n"
-    assert ok(cli("keys", "get", key_id)).json()["is_active"] is False
+    gone = cli("keys", "get", key_id)
+    assert gone.code == ExitCode.REFUSED and "404" in gone.err
+    assert key_id not in ok(cli("keys", "list", "-q")).out.split()
 
 
 def test_pricing_tiers_round_trip(cli: Cli) -> None:
@@ -224,3 +228,42 @@ def test_rate_limits_are_settable_on_keys_and_users(cli: Cli) -> None:
     assert (changed["rpm_limit"], changed["tpm_limit"]) == (5, 900)
     refused = cli("keys", "update", key["id"], "--rpm-limit", "0")
     assert refused.code == ExitCode.USAGE
+
+
+def test_tiny_money_is_plain_in_table_json_and_csv(cli: Cli) -> None:
+    """Issue 11 item 9: 0.0000000001, never 1E-10, in every output format."""
+    wide = {"COLUMNS": "300"}  # a table row on one line, so a value is never folded
+    model = f"fakeai:{unique('tenth-nano')}"
+    ok(cli("pricing", "set", model, "--input-price", "1e-10", "--output-price", "0.0000000375"))
+    table = ok(cli("pricing", "get", model, "-o", "table", env=wide)).out
+    assert "0.0000000001" in table and "0.0000000375" in table and "E-" not in table
+    listed = ok(cli("pricing", "list", "-o", "table", env=wide)).out
+    assert "0.0000000001" in listed and "E-" not in listed
+    as_json = ok(cli("pricing", "get", model, "-o", "json")).out
+    assert '"input_price_per_million": 0.0000000001' in as_json
+    assert '"output_price_per_million": 0.0000000375' in as_json
+    rows = list(csv.DictReader(io.StringIO(ok(cli("pricing", "get", model, "-o", "csv")).out)))
+    assert rows[0]["input_price_per_million"] == "0.0000000001"
+    assert rows[0]["output_price_per_million"] == "0.0000000375"
+
+    user_id = unique("tiny")
+    ok(cli("users", "create", user_id))
+    priced = f"fakeai:{unique('tiny')}"
+    ok(cli("pricing", "set", priced, "--input-price", "0.00001", "--output-price", "0.0075"))
+    secret = ok(cli("keys", "create", "--user", user_id)).json()["key"]
+    answer = httpx.post(f"{gateway_url(cli)}/v1/chat/completions", timeout=30,
+                        headers={"Authorization": f"Bearer {secret}"},
+                        json={"model": priced, "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200, answer.text
+    # 10 prompt tokens at 0.00001 and 5 completion tokens at 0.0075 per million.
+    [row] = poll_usage(cli, user_id, 1)
+    assert row["cost"] == Decimal("0.0000000376")
+    usage_json = ok(cli("usage", "--user", user_id, "-o", "json")).out
+    assert '"cost": 0.0000000376' in usage_json
+    usage_csv = list(csv.DictReader(io.StringIO(
+        ok(cli("usage", "--user", user_id, "-o", "csv")).out)))
+    assert usage_csv[0]["cost"] == "0.0000000376"
+    usage_table = ok(cli("usage", "--user", user_id, "-o", "table", env=wide)).out
+    assert "0.0000000376" in usage_table and "E-" not in usage_table
+    user_table = ok(cli("users", "get", user_id, "-o", "table", env=wide)).out
+    assert "0.0000000376" in user_table and "E-" not in user_table

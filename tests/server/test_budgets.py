@@ -8,7 +8,7 @@ from decimal import Decimal
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from otari_server import budgets
+from otari_server import budgets, tokens
 from otari_server.db import create_db_engine, session_factory
 from otari_server.jsonio import loads
 from otari_server.tables import User
@@ -43,6 +43,37 @@ def test_invalid_values_are_422(client: TestClient) -> None:
     assert client.post("/v1/budgets", json={"max_budget": "lots"},
                        headers=MASTER).status_code == 422
     assert client.get("/v1/budgets", headers=MASTER).json() == []
+
+
+def test_counts_refuse_booleans(sqlite_client: TestClient) -> None:
+    client = sqlite_client
+    refused = client.post("/v1/budgets", json={"max_budget": 1, "budget_duration_sec": True},
+                          headers=MASTER)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "budget_duration_sec"]
+    assert "not a boolean" in refused.json()["detail"][0]["msg"]
+    assert client.post("/v1/budgets", json={"max_budget": True},
+                       headers=MASTER).status_code == 422
+    for path, field in (("/v1/keys", "rpm_limit"), ("/v1/keys", "tpm_limit"),
+                        ("/v1/users", "rpm_limit"), ("/v1/users", "tpm_limit")):
+        body = {field: True} | ({"user_id": "u-bool"} if path == "/v1/users" else {})
+        answer = client.post(path, json=body, headers=MASTER)
+        assert answer.status_code == 422, (path, field)
+        assert answer.json()["detail"][0]["loc"] == ["body", field]
+    assert client.get("/v1/budgets", headers=MASTER).json() == []
+    assert client.get("/v1/keys", headers=MASTER).json() == []
+    budget = make_budget(client, max_budget=1, budget_duration_sec=60)
+    patched = client.patch(f"/v1/budgets/{budget['budget_id']}",
+                           json={"budget_duration_sec": False}, headers=MASTER)
+    assert patched.status_code == 422
+    assert client.get(f"/v1/budgets/{budget['budget_id']}",
+                      headers=MASTER).json()["budget_duration_sec"] == 60
+
+
+def test_a_boolean_token_limit_never_shrinks_the_reservation() -> None:
+    assert tokens.output_tokens({"max_tokens": True}, 4096, "max_tokens") == 4096
+    assert tokens.output_tokens({"max_tokens": 10, "n": True}, 4096, "max_tokens") == 10
+    assert tokens.output_tokens({"max_tokens": 10, "n": 3}, 4096, "max_tokens") == 30
 
 
 def test_delete_in_use_is_409_until_users_move(client: TestClient) -> None:

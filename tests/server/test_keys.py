@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
+import httpx
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
 from otari_server.db import normalize_url
+from otari_server.jsonio import loads
 from tests.factories import MASTER, make_key, make_user
+from tests.gateway import Gateway
 
 
 def test_create_returns_secret_once_and_stores_only_its_hash(
@@ -49,6 +52,24 @@ def test_missing_and_unknown_credentials_are_401(client: TestClient) -> None:
     assert client.get("/v1/models", headers={"Otari-Key": "gw-unknown"}).status_code == 401
 
 
+def test_a_basic_authorization_header_does_not_hide_a_valid_x_api_key(
+        sqlite_client: TestClient) -> None:
+    secret = make_key(sqlite_client)["key"]
+    both = {"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": secret}
+    assert sqlite_client.get("/v1/models", headers=both).status_code == 200
+    alone = sqlite_client.get("/v1/models", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert alone.status_code == 401
+    assert alone.json()["error"]["message"] == (
+        "The Authorization header was rejected: only 'Authorization: Bearer <key>' is "
+        "accepted (or send the key in 'x-api-key' or 'Otari-Key')")
+    wrong = sqlite_client.get("/v1/models", headers={"Authorization": "Basic dXNlcjpwYXNz",
+                                                     "x-api-key": "gw-unknown"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["message"] == "Invalid API key (in the x-api-key header)"
+    bearer = sqlite_client.get("/v1/models", headers={"Authorization": "Bearer gw-unknown"})
+    assert bearer.json()["error"]["message"] == "Invalid API key (in the authorization header)"
+
+
 def test_revoked_key_is_refused_at_once(client: TestClient) -> None:
     created = make_key(client)
     headers = {"Otari-Key": created["key"]}
@@ -56,8 +77,36 @@ def test_revoked_key_is_refused_at_once(client: TestClient) -> None:
     assert client.delete(f"/v1/keys/{created['id']}", headers=MASTER).status_code == 204
     response = client.get("/v1/models", headers=headers)
     assert response.status_code == 401
-    assert "inactive" in response.json()["error"]["message"]
-    assert client.get(f"/v1/keys/{created['id']}", headers=MASTER).json()["is_active"] is False
+    assert response.json()["error"]["message"] == "Invalid API key (in the otari-key header)"
+
+
+def test_a_deleted_key_is_gone_for_clients_but_its_usage_keeps_its_id(
+        gateway: Gateway) -> None:
+    admin = gateway.admin
+    kept = admin.post("/v1/keys", json={"key_name": "kept"}).json()
+    paused = admin.post("/v1/keys", json={"key_name": "paused"}).json()
+    doomed = admin.post("/v1/keys", json={"key_name": "doomed"}).json()
+    gateway.client(doomed["key"]).chat.completions.create(
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    [row] = gateway.usage(1)
+    assert row["api_key_id"] == doomed["id"]
+    assert admin.patch(f"/v1/keys/{paused['id']}", json={"is_active": False}).status_code == 200
+
+    assert admin.delete(f"/v1/keys/{doomed['id']}").status_code == 204
+    gone = admin.get(f"/v1/keys/{doomed['id']}")
+    assert gone.status_code == 404 and gone.json() == {"detail": f"Key '{doomed['id']}' not found"}
+    assert admin.patch(f"/v1/keys/{doomed['id']}", json={"is_active": True}).status_code == 404
+    assert admin.delete(f"/v1/keys/{doomed['id']}").status_code == 404
+    # A deactivated key is still listed; a revoked one only when asked for.
+    assert [key["id"] for key in admin.get("/v1/keys").json()] == [kept["id"], paused["id"]]
+    listed = admin.get("/v1/keys", params={"include_revoked": "true"}).json()
+    assert [(key["id"], key["is_active"]) for key in listed] == [
+        (kept["id"], True), (paused["id"], False), (doomed["id"], False)]
+    refused = httpx.get(f"{gateway.url}/v1/models",
+                        headers={"Authorization": f"Bearer {doomed['key']}"})
+    assert refused.status_code == 401
+    [row] = loads(admin.get("/v1/usage").text)
+    assert row["api_key_id"] == doomed["id"]
 
 
 def test_expired_key_is_refused_with_reason(client: TestClient) -> None:

@@ -91,6 +91,23 @@ def test_invalid_prices_are_refused(client: TestClient) -> None:
     assert client.get("/v1/pricing", headers=MASTER).json() == []
 
 
+def test_a_price_finer_than_the_store_keeps_is_refused(sqlite_client: TestClient) -> None:
+    # Money keeps ten decimal places: 0.00000000001 would be stored, and billed, as 0.
+    for price in ("0.00000000001", "1.5E-10", "0.12345678901", '"0.00000000001"'):
+        body = ('{"model_key": "a:b", "input_price_per_million": 1, '
+                f'"output_price_per_million": {price}}}')
+        refused = sqlite_client.post("/v1/pricing", content=body,
+                                     headers={**MASTER, "content-type": "application/json"})
+        assert refused.status_code == 422, price
+        [problem] = refused.json()["detail"]
+        assert problem["loc"] == ["body", "output_price_per_million"]
+        assert problem["msg"] == "Decimal input should have no more than 10 decimal places"
+    assert sqlite_client.get("/v1/pricing", headers=MASTER).json() == []
+    make_price(sqlite_client, "a:b", "1", "0.0000000001")
+    kept = loads(sqlite_client.get("/v1/pricing/a:b", headers=MASTER).text)
+    assert kept["output_price_per_million"] == Decimal("0.0000000001")
+
+
 def token_cost(input_price: Decimal, output_price: Decimal, prompt: int,
                completion: int) -> Decimal:
     price = Price("a:b", datetime.now(UTC), input_price, output_price)

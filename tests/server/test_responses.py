@@ -371,7 +371,7 @@ def test_provider_4xx_keeps_its_status_in_the_openai_shape(gateway: Gateway,
         client.responses.create(model=model, input="hi")
     body = info.value.body
     assert isinstance(body, dict) and "Slow down" in body["message"]
-    assert body["code"] == "upstream_429" and body["type"] == "invalid_request_error"
+    assert body["code"] == "rate_limit_exceeded" and body["type"] == "rate_limit_error"
     upstream.fail(400, "Bad thing")
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model=model, input="hi", stream=True)

@@ -103,7 +103,7 @@ def test_a_whole_session_leaks_no_secret(isolated_home: Path) -> None:
             assert otari.saw("stream", chat(url, alice["key"], stream=True)).status_code == 200
             assert otari.saw("unknown key", chat(url, bad_key)).status_code == 401
             fake.push(error=Failure(401, f"Incorrect API key provided: {provider_key}"))
-            assert otari.saw("provider 401", chat(url, spare["key"])).status_code == 401
+            assert otari.saw("provider 401", chat(url, spare["key"])).status_code == 502
             fake.push(error=Failure(500, f"internal error for key {provider_key}"))
             assert otari.saw("provider 500", chat(url, spare["key"])).status_code == 502
             assert otari.saw("budget", chat(url, alice["key"])).status_code == 402
@@ -164,6 +164,27 @@ def test_generated_master_key_file_is_private(isolated_home: Path) -> None:
     assert mode(path) == 0o600
     assert mode(path.parent) & 0o077 == 0
     assert resolve_master_key(settings) == key  # read back, not regenerated
+
+
+def test_the_sqlite_database_and_its_wal_are_created_private(tmp_path: Path) -> None:
+    # Key hashes and every user's usage live in this file: 0600 whatever the umask.
+    database = tmp_path / "data" / "otari.db"
+    url = f"sqlite:///{database}"
+    with running(make_settings(url)) as served:
+        created = httpx.post(f"{served}/v1/users", json={"user_id": "u1"}, headers=MASTER)
+        assert created.status_code == 200
+        files = sorted(database.parent.glob("otari.db*"))
+        assert database in files and database.with_name("otari.db-wal") in files
+        assert {path.name: mode(path) for path in files} == {
+            path.name: 0o600 for path in files}
+
+
+def test_an_existing_database_file_keeps_its_mode(tmp_path: Path) -> None:
+    database = tmp_path / "otari.db"
+    database.touch(mode=0o640)
+    database.chmod(0o640)
+    with running(make_settings(f"sqlite:///{database}")):
+        assert mode(database) == 0o640
 
 
 STREAMED_ERRORS = [

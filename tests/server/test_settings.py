@@ -62,6 +62,8 @@ def test_interpolation(tmp_path: Path) -> None:
     ("colour = 'blue'\n", {}, "colour"),
     ("", {"OTARI_PORT": "x"}, "port"),
     ("providers = 3\n", {}, "providers"),
+    ("cors_allow_origins = ['https://app.example.com/path']\n", {}, "cors_allow_origins"),
+    ("cors_allow_origins = 'ftp://x'\n", {}, "cors_allow_origins"),
 ])
 def test_invalid_values_name_the_key_in_one_line(tmp_path: Path, text: str,
                                                  environ: dict[str, str], key: str) -> None:

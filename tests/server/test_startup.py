@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from starlette.testclient import TestClient
 from otari_server import db, settings
 from otari_server.app import create_app
 from tests.factories import MASTER
+from tests.procs import otari_command, otari_env
 from tests.servers import free_port, make_settings
 
 
@@ -83,3 +85,24 @@ def test_readiness_is_503_when_the_database_is_unreachable(tmp_path: Path) -> No
         keys = client.get("/v1/keys", headers=MASTER)
         assert keys.status_code == 503 and "database unavailable" in keys.json()["detail"]
         assert "Traceback" not in keys.text
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ('[providers.broken]\ntype = "nope"\nbase_url = "http://127.0.0.1:9"\n',
+     "providers.broken.type: must be one of openai, anthropic"),
+    ('[providers.broken]\ntype = "openai"\nbase_url = "ftp://x"\n',
+     "providers.broken.base_url: must be an http:// or https:// URL"),
+    ('[providers.broken]\ntype = "openai"\nbase_url = "http://x"\ntimeout = true\n',
+     "providers.broken.timeout: must be a positive number of seconds"),
+    ('[providers]\nbroken = "http://x"\n', "providers.broken: expected a table"),
+])
+def test_a_broken_provider_table_stops_start_up_with_one_line(tmp_path: Path, table: str,
+                                                              key: str) -> None:
+    config = tmp_path / "otari.toml"
+    config.write_text(f'database_url = "sqlite:///{tmp_path}/otari.db"\n'
+                      f'master_key = "mk-start-up-test"\nport = {free_port()}\n{table}')
+    done = subprocess.run([*otari_command(), "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=otari_env())
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: invalid configuration: {key}"]
+    assert not (tmp_path / "otari.db").exists()  # stopped before opening anything

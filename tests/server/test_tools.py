@@ -61,7 +61,7 @@ def lite_factory(sqlite_url: str) -> Iterator[Callable[..., Gateway]]:
 
 def start(factory: Callable[..., Gateway], **tools: Any) -> Gateway:
     """A gateway with a [tools] table (short call timeout) and prices for both fakes."""
-    gateway = factory(tools={"call_timeout": 2, **tools})
+    gateway = factory(tools={"call_timeout": 2, "allow_loopback": True, **tools})
     gateway.price(MODEL, "1", "2")
     gateway.price("claude:claude-sonnet", "3", "15")
     return gateway
@@ -263,6 +263,37 @@ def test_unreachable_mcp_server_is_502_before_any_model_call(gateway: Gateway) -
     assert gateway.openai_fake.requests == []
     [row] = gateway.usage(1)
     assert row["status"] == "error" and row["prompt_tokens"] is None
+
+
+def test_a_failed_server_url_says_the_same_whether_its_port_is_open_or_closed(
+        gateway: Gateway) -> None:
+    with McpFake() as server:
+        closed = server.url  # nothing listens here once the fake has stopped
+    not_mcp = gateway.openai_fake.base_url  # an open port that speaks no MCP
+    messages = set()
+    for url in (closed, not_mcp):
+        error = refused(gateway, mcp_servers=[{"name": "probe", "url": url}])
+        assert error.status_code == 502
+        assert isinstance(error.body, dict) and error.body["code"] == "mcp_server_unavailable"
+        messages.add(error.body["message"])
+    assert messages == {"MCP server 'probe' is unreachable or is not an MCP server"}
+
+
+def test_loopback_is_refused_by_default_whether_the_port_is_open_or_closed(
+        lite_factory: Callable[..., Gateway], mcp_server: McpFake) -> None:
+    gateway = lite_factory(tools={"call_timeout": 2})
+    gateway.price(MODEL, "1", "2")
+    with McpFake() as stopped:
+        closed = stopped.url
+    messages = set()
+    for url in (mcp_server.url, closed):
+        error = refused(gateway, mcp_servers=[{"name": "local", "url": url}])
+        assert error.status_code == 400
+        assert isinstance(error.body, dict) and error.body["code"] == "tool_url_refused"
+        messages.add(error.body["message"])
+    assert messages == {"mcp_servers[0].url: 127.0.0.1 refused: loopback addresses are not "
+                        "allowed (tools.allow_loopback is false)"}
+    assert mcp_server.authorizations == [] and gateway.openai_fake.requests == []
 
 
 def test_two_servers_are_namespaced_apart(gateway: Gateway, mcp_server: McpFake) -> None:

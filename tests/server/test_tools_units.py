@@ -22,7 +22,7 @@ from otari_server.tools.toolbox import function_name
 def test_config_defaults_are_documented_values() -> None:
     config = tools_config(Settings())
     assert config == ToolsConfig()
-    assert (config.allow_loopback, config.allow_private_networks) == (True, False)
+    assert (config.allow_loopback, config.allow_private_networks) == (False, False)
     assert (config.call_timeout, config.max_result_bytes) == (30.0, 65536)
     assert config.max_response_bytes == 1 << 20
 
@@ -30,12 +30,12 @@ def test_config_defaults_are_documented_values() -> None:
 def test_config_reads_every_key() -> None:
     config = tools_config(Settings(tools={
         "web_search_url": "http://searx:8080/", "sandbox_url": "https://sandbox.internal",
-        "sandbox_token": "t", "allow_loopback": "false",
+        "sandbox_token": "t", "allow_loopback": "true",
         "allow_private_networks": ["10.1.0.0/16", "fd00::/8"], "call_timeout": "2.5",
         "max_result_bytes": 100_000, "header": "Use the tools."}))
     assert config.web_search_url == "http://searx:8080"
     assert config.sandbox_url == "https://sandbox.internal" and config.sandbox_token == "t"
-    assert config.allow_loopback is False and config.allow_private_networks is False
+    assert config.allow_loopback is True and config.allow_private_networks is False
     assert config.private_networks == (ipaddress.ip_network("10.1.0.0/16"),
                                        ipaddress.ip_network("fd00::/8"))
     assert (config.call_timeout, config.max_result_bytes) == (2.5, 100_000)
@@ -81,9 +81,10 @@ def test_refusal_follows_the_configuration() -> None:
         return urls.refusal(ipaddress.ip_address(address), config) is not None
 
     default = ToolsConfig()
-    assert not refused("8.8.8.8", default) and not refused("127.0.0.1", default)
+    assert not refused("8.8.8.8", default) and refused("127.0.0.1", default)
+    assert refused("::1", default) and refused("::ffff:127.0.0.1", default)
     assert refused("10.1.2.3", default) and refused("169.254.169.254", default)
-    assert refused("127.0.0.1", ToolsConfig(allow_loopback=False))
+    assert not refused("127.0.0.1", ToolsConfig(allow_loopback=True))
     everything = ToolsConfig(allow_private_networks=True)
     assert not refused("10.1.2.3", everything) and not refused("169.254.169.254", everything)
     assert refused("0.0.0.0", everything)
@@ -106,11 +107,12 @@ def test_refusal_follows_the_configuration() -> None:
 ])
 def test_check_refuses_what_the_url_alone_shows(url: str, token: bool,
                                                 problem: str | None) -> None:
+    config = ToolsConfig(allow_loopback=True)
     if problem is None:
-        urls.check(url, ToolsConfig(), where="u", token=token)
+        urls.check(url, config, where="u", token=token)
         return
     with pytest.raises(urls.UnsafeUrl) as info:
-        urls.check(url, ToolsConfig(), where="u", token=token)
+        urls.check(url, config, where="u", token=token)
     assert problem in info.value.message and info.value.status == 400
 
 

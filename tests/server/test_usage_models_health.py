@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 from starlette.testclient import TestClient
 
+from otari_server.app import create_app
 from tests.factories import MASTER, make_key, make_price, make_user
 from tests.server.test_users import add_usage
+from tests.servers import make_settings
 
 
 def test_usage_filters_order_and_bounds(client: TestClient, database_url: str) -> None:
@@ -45,6 +47,30 @@ def test_models_come_from_pricing(client: TestClient) -> None:
                    "created": one["created"], "owned_by": "openrouter"}
     missing = client.get("/v1/models/openai:nope", headers=headers)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_model_is_found_by_either_spelling_chat_accepts(sqlite_url: str) -> None:
+    providers = {"openrouter": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                "api_key": "k"},
+                 "openai": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
+                            "api_key": "k"}}
+    with TestClient(create_app(make_settings(sqlite_url, providers=providers))) as client:
+        make_price(client, "openrouter:meta-llama/llama-3-70b", "0.1", "0.2")
+        make_price(client, "openai:gpt-4o", "2.5", "10")
+        headers = {"Otari-Key": make_key(client)["key"]}
+        for asked, key in (("openrouter/meta-llama/llama-3-70b",
+                            "openrouter:meta-llama/llama-3-70b"),
+                           ("openrouter:meta-llama/llama-3-70b",
+                            "openrouter:meta-llama/llama-3-70b"),
+                           ("openai/gpt-4o", "openai:gpt-4o"),
+                           ("openai:gpt-4o", "openai:gpt-4o")):
+            found = client.get(f"/v1/models/{asked}", headers=headers)
+            assert found.status_code == 200, asked
+            assert found.json()["id"] == key and found.json()["owned_by"] == key.split(":")[0]
+        for missing in ("openai/nope", "unknown/gpt-4o", "meta-llama/llama-3-70b"):
+            answer = client.get(f"/v1/models/{missing}", headers=headers)
+            assert answer.status_code == 404, missing
+            assert answer.json()["error"]["code"] == "model_not_found"
 
 
 def test_health_probes(client: TestClient) -> None:
