@@ -156,14 +156,16 @@ async def _attempt(runtime: Runtime, call: Call, route: Route, tries: tuple[Targ
                         response = await dispatch(call, upstream_model)
                 else:  # the provider's own timeout ends the attempt by the deadline
                     response = await dispatch(call, upstream_model)
-            except TimeoutError:
-                exc: OtariError = GatewayTimeout(
+            except TimeoutError:  # the route's deadline: no time is left for another try
+                runtime.cooldowns.failed(target.model, route, time.monotonic())
+                if metrics is not None:
+                    metrics.route_attempts.labels(route.name, target.model, "timeout").inc()
+                raise _give_up(call, route, GatewayTimeout(
                     f"Route '{route.name}': no answer from '{target.model}' within the "
-                    f"route's {timeout:g}s deadline")
-                kind, retry_after = Failure.TIMEOUT, None
+                    f"route's {timeout:g}s deadline"), timeout) from None
             except OtariError as error:
                 exc = error
-                kind, retry_after = failure_of(error)
+                kind, retry_after = failure_of(exc)
             else:
                 runtime.cooldowns.succeeded(target.model)
                 if metrics is not None:
