@@ -39,17 +39,17 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
     messages = body["messages"]
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be an array of objects", param="messages")
-    route = runtime.routes.routes.get(body["model"])
+    model_route = runtime.routes.routes.get(body["model"])
     if tools.wanted(body):
-        if route is not None:
+        if model_route is not None:
             raise InvalidRequest(f"'{body['model']}' is a route: the gateway-run tool loop "
                                  "needs a provider:model", param="model")
         # MCP servers, web search or code execution: the gateway runs the tool loop.
         return await tools.forward(request, caller, endpoint, raw, body)
     streaming = body.get("stream") is True
-    if route is not None:
+    if model_route is not None:
         return await routed(runtime, caller, endpoint, raw, body,
-                            request.scope.get("otari.request_id"), route,
+                            request.scope.get("otari.request_id"), model_route,
                             lambda call, model: _dispatch(call, body, model, streaming))
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"))

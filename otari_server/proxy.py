@@ -405,8 +405,8 @@ async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> 
     runtime = runtime_of(request)
     raw, body = await read_body(request, runtime.settings.max_body_bytes)
     check_fields(body, endpoint)
-    route = runtime.routes.routes.get(body["model"])
-    if route is not None:
+    model_route = runtime.routes.routes.get(body["model"])
+    if model_route is not None:
         # Imported here: routing builds on this module (admit, Call).
         from otari_server.routing.serve import routed
 
@@ -416,7 +416,7 @@ async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> 
             return Response(content, headers=JSON_HEADERS)
 
         return await routed(runtime, caller, endpoint, raw, body,
-                            request.scope.get("otari.request_id"), route, attempt,
+                            request.scope.get("otari.request_id"), model_route, attempt,
                             openai_only=True)
     call, content, answer = await exchange_json(request, caller, endpoint, (raw, body))
     call.settle("success", metered(endpoint, answer))

@@ -61,8 +61,8 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
             isinstance(items, list) and all(isinstance(item, dict) for item in items)):
         raise InvalidRequest("'input' must be a string or an array of objects", param="input")
     streaming = body.get("stream") is True
-    route = runtime.routes.routes.get(body["model"])
-    if route is not None:
+    model_route = runtime.routes.routes.get(body["model"])
+    if model_route is not None:
         stateful = [name for name in responses_wire.STATEFUL if body.get(name) is not None]
         if stateful:
             # State the provider keeps lives with one provider: a route could reach another.
@@ -70,7 +70,7 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
                                  f"it to that provider:model, not to the route "
                                  f"'{body['model']}'", param=stateful[0])
         return await routed(runtime, caller, endpoint, raw, body,
-                            request.scope.get("otari.request_id"), route,
+                            request.scope.get("otari.request_id"), model_route,
                             lambda call, model: _dispatch(call, body, model, streaming))
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"),

@@ -29,6 +29,7 @@ class RouteBook:
         self.routes: dict[str, Route] = dict(self.config)
         # The app's own generator for loadbalance picks and backoff jitter.
         self.rng = random.Random()
+        self._warned: set[str] = set()  # stored routes already reported as unusable
 
     def get(self, name: str) -> Route | None:
         """The route called `name`, if any."""
@@ -39,12 +40,18 @@ class RouteBook:
         routes: dict[str, Route] = {}
         for row in session.scalars(select(RouteDefinition).order_by(RouteDefinition.name)):
             if row.name in self.config:
-                log.warning("route '%s' is defined in the config file and in the database; "
-                            "the config file's definition is used", row.name)
+                self._warn(row.name, "is defined in the config file and in the database; the "
+                           "config file's definition is used")
                 continue
             try:
                 routes[row.name] = from_row(row)
             except RouteError as exc:
-                log.warning("stored route '%s' is not usable and is ignored: %s", row.name, exc)
+                self._warn(row.name, f"is stored but not usable, and is ignored: {exc}")
         routes.update(self.config)
         self.routes = routes  # one assignment: readers see the old or the new dict
+
+    def _warn(self, name: str, problem: str) -> None:
+        # Loaded every few seconds: say it once per process, not on every reload.
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("route '%s' %s", name, problem)
