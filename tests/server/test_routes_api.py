@@ -166,3 +166,20 @@ def test_a_config_route_naming_an_unknown_provider_stops_start_up(sqlite_url: st
                              routes={"openai:x": {"targets": ["openai:model"]}})
     with pytest.raises(ConfigError, match=r"routes\.openai:x\.name: "):
         open_runtime(settings)
+
+
+def test_another_instance_sees_api_routes_after_its_reload(database_url: str) -> None:
+    from otari_server.runtime import load_routes
+
+    settings = make_settings(database_url, providers=PROVIDERS)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        put = first.put("/v1/routes/shared", json={"targets": ["groq:llama-3.3-70b"]},
+                        headers=MASTER)
+        assert put.status_code == 200, put.text
+        runtime = second.app.state.runtime  # type: ignore[attr-defined]
+        assert runtime.routes.get("shared") is None  # until its periodic reload
+        load_routes(runtime)
+        assert runtime.routes.get("shared").targets[0].model == "groq:llama-3.3-70b"
+        first.delete("/v1/routes/shared", headers=MASTER)
+        load_routes(runtime)
+        assert runtime.routes.get("shared") is None

@@ -209,3 +209,30 @@ def test_explain_when_only_cooling_targets_are_left() -> None:
     assert row["order"] == 1 and row["status"] == "cooling"
     assert row["reason"] == ("cooling down for 20s more after repeated failures; "
                              "tried anyway, no other target is left")
+
+
+def test_errors_map_to_failure_kinds_with_their_retry_advice() -> None:
+    from otari_server.errors import (
+        BadGateway,
+        GatewayTimeout,
+        InvalidRequest,
+        ProviderCredentialRejected,
+        UpstreamError,
+    )
+    from otari_server.routing.serve import failure_of
+
+    assert failure_of(UpstreamError("slow", 429, headers={"Retry-After": "7"})) == (
+        Failure.RATE_LIMITED, 7.0)
+    assert failure_of(UpstreamError("busy", 529, headers={"retry-after-ms": "250"})) == (
+        Failure.OVERLOADED, 0.25)
+    assert failure_of(UpstreamError("down", 503)) == (Failure.SERVER, None)
+    assert failure_of(UpstreamError("too long: maximum context length is 8192", 400)) == (
+        Failure.CONTEXT_LENGTH, None)
+    assert failure_of(UpstreamError("bad temperature", 400)) == (Failure.REFUSED, None)
+    assert failure_of(GatewayTimeout("late")) == (Failure.TIMEOUT, None)
+    assert failure_of(BadGateway("Could not reach provider 'a': ClientConnectorError")) == (
+        Failure.CONNECTION, None)
+    assert failure_of(BadGateway("Provider 'a' failed with HTTP 500: x")) == (
+        Failure.SERVER, None)
+    assert failure_of(ProviderCredentialRejected("key refused", "a")) == (Failure.SERVER, None)
+    assert failure_of(InvalidRequest("cannot translate")) == (Failure.REFUSED, None)
