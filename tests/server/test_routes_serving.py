@@ -28,7 +28,7 @@ from tests.servers import MASTER_KEY, free_port, make_settings, running
 PRICES = {"a:gpt-4o-mini": ("1", "2"), "b:gpt-4o-mini": ("5", "10"),
           "claude:claude-fake": ("3", "15"), "dead:gpt-4o-mini": ("1", "2"),
           "slow:gpt-4o-mini": ("1", "2")}
-MESSAGES = [{"role": "user", "content": "Hello"}]
+MESSAGES: Any = [{"role": "user", "content": "Hello"}]
 
 
 @dataclass
