@@ -8,6 +8,7 @@ import typer
 
 from otari_cli import params
 from otari_cli.client import path
+from otari_cli.completion import route_names
 from otari_cli.output import Column, Format, cell
 from otari_cli.runtime import runtime
 
@@ -53,7 +54,8 @@ EXPLAIN_COLUMNS = [
     Column("WHY", "reason", lambda v: "" if v is None else str(v)),
 ]
 
-Name = Annotated[str, typer.Argument(help="The route's name (what clients send as model).")]
+Name = Annotated[str, typer.Argument(help="The route's name (what clients send as model).",
+                                     autocompletion=route_names)]
 
 
 def target(text: str) -> dict[str, Any]:
