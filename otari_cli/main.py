@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from otari_cli.client import DEFAULT_TIMEOUT
 from otari_cli.commands import (
+    alerts,
     budgets,
     context,
     db,
@@ -201,6 +202,7 @@ app.add_typer(usage.app, name="usage")
 app.add_typer(models.app, name="models")
 app.add_typer(providers.app, name="providers")
 app.add_typer(health.app)
+app.add_typer(alerts.app, name="alerts")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from otari_server import __version__, errors, wire
 from otari_server.hotpath import HotPath
 from otari_server.middleware import RequestContext
 from otari_server.routes import (
+    alerts,
     batches,
     budgets,
     generation,
@@ -41,7 +42,7 @@ _EXPOSED = ["x-request-id", "request-id", "retry-after", "retry-after-ms",
 API_ROUTERS: list[APIRouter] = [
     generation.router, messages.router, batches.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
-    providers.router, routing.router,
+    providers.router, alerts.router, routing.router,
 ]
 
 

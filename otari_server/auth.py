@@ -8,9 +8,9 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from otari_server.errors import AuthenticationFailed
@@ -126,17 +126,26 @@ class KeySnapshot:
 
 
 def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
-    """One query: the key with its user, or None when the hash is unknown."""
+    """One query: the key with its user, or None when the hash is unknown.
+
+    A secret replaced by a rotation still finds its key during the grace period; its
+    snapshot expires when the grace period ends (or earlier, with the key).
+    """
     row = session.execute(
         select(APIKey, User).outerjoin(User, APIKey.user_id == User.user_id)
-        .where(APIKey.key_hash == token_hash)
+        .where(or_(APIKey.key_hash == token_hash, APIKey.previous_key_hash == token_hash))
     ).first()
     if row is None:
         return None
     key, user = row
+    expires_at = key.expires_at
+    if key.key_hash != token_hash:
+        # Both are set together by a rotation; without an end the old secret is over.
+        grace_end = key.previous_key_expires_at or datetime.min.replace(tzinfo=UTC)
+        expires_at = grace_end if expires_at is None else min(expires_at, grace_end)
     return KeySnapshot(
         key_id=key.id, key_name=key.key_name, is_active=key.is_active,
-        expires_at=key.expires_at, user_id=key.user_id,
+        expires_at=expires_at, user_id=key.user_id,
         user_blocked=bool(user and user.blocked),
         user_deleted=bool(user and user.deleted_at is not None),
         user_budget_id=user.budget_id if user else None,

@@ -335,6 +335,7 @@ def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Set
         completion_tokens=used.completion_tokens if tokens_seen else None,
         cache_read_tokens=used.cache_read_tokens or None,
         cost=None if price is None else price.cost(used),
+        price_source=None if price is None else price.source,
         counts_toward_budget=job.counts_toward_budget,
         error_message=None if error is None else f"{item['custom_id']}: {error['message']}",
         request_id=job.batch_id[:64], id=uuid.uuid4().hex)

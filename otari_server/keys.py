@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from otari_server.auth import generate_key, hash_token
-from otari_server.schemas import CreateKeyResponse, KeyInfo
+from otari_server.schemas import CreateKeyResponse, KeyInfo, RotateKeyResponse
 from otari_server.tables import APIKey
 
 
@@ -42,11 +42,32 @@ def revoke(row: APIKey) -> None:
     """Revoke a key for good: inactive, its hash gone (see REVOKED_MARK)."""
     row.is_active = False
     row.key_hash = REVOKED_MARK + secrets.token_hex(32)[1:]
+    row.previous_key_hash = None  # a secret in a rotation's grace period goes too
+    row.previous_key_expires_at = None
 
 
 def is_revoked(row: APIKey) -> bool:
     """Whether DELETE /v1/keys/{id} revoked the key."""
     return row.key_hash.startswith(REVOKED_MARK)
+
+
+def rotate_key(row: APIKey, grace_period_sec: int, now: datetime) -> RotateKeyResponse:
+    """Give the key a new secret (same id, name, user, limits, usage); return it once.
+
+    The old secret stays valid until now + grace_period_sec (0: not at all). Only the secret
+    just replaced gets a grace period: rotating again ends an earlier one at once.
+    """
+    secret = generate_key()
+    if grace_period_sec > 0:
+        row.previous_key_hash = row.key_hash
+        row.previous_key_expires_at = now + timedelta(seconds=grace_period_sec)
+    else:
+        row.previous_key_hash = None
+        row.previous_key_expires_at = None
+    row.key_hash = hash_token(secret)
+    row.key_prefix = secret[:7]
+    return RotateKeyResponse(**key_info(row).model_dump(), key=secret,
+                             previous_key_expires_at=row.previous_key_expires_at)
 
 
 def key_info(row: APIKey) -> KeyInfo:

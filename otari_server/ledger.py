@@ -80,6 +80,8 @@ class Settlement:
     error_message: str | None = None
     latency_ms: int | None = None
     request_id: str | None = None
+    # Where the cost's price came from (pricing.Price.source); None when unpriced.
+    price_source: str | None = None
     # Rate-limit subjects whose tokens-per-minute this request's tokens count toward.
     rate_subjects: tuple[str, ...] = ()
     route: str | None = None  # the route the client named, if any (model: the serving target)
@@ -371,6 +373,7 @@ def _usage_row(s: Settlement) -> dict[str, Any]:
             "counts_toward_budget": s.counts_toward_budget, "cost": s.cost, "status": s.status,
             "error_message": s.error_message, "latency_ms": s.latency_ms,
             "request_id": _cut(s.request_id, 64), "status_code": s.status_code,
+            "price_source": s.price_source,
             "route": s.route, "attempts": s.attempts}
 
 
@@ -569,6 +572,9 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
+        # Called (from the writer thread) with the users whose spend a committed batch
+        # changed; budget alerts hook in here. Must not block.
+        self.on_settled: Callable[[set[str]], None] | None = None
         self.rejected = 0  # rows the database refused, isolated and dropped
         self.last_error: str | None = None  # why the last write failed (a class name)
 
@@ -736,6 +742,9 @@ class Ledger:
             conn = self._conn
             if settlements:
                 write_settlements(conn, settlements, self._instance_id, self._reject)
+                if self.on_settled is not None:
+                    self.on_settled({s.user_id for s in settlements
+                                     if s.user_id is not None and s.cost})
             unwritten = []
             if asks:
                 self._answer(asks, self._reserve(conn, asks))

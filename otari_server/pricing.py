@@ -95,6 +95,9 @@ class Price:
     per_million_characters: Decimal | None = None
     per_request: Decimal | None = None
     tiers: tuple[Tier, ...] = ()  # lowest min_input_tokens first
+    # Where it came from, recorded on usage rows: "pricing" (the table) or "genai-prices"
+    # (the [pricing] fallback for a model without an entry).
+    source: str = "pricing"
 
     def for_input(self, prompt_tokens: int) -> Price:
         """The entry with the rates of the tier `prompt_tokens` falls in (itself below the
@@ -176,11 +179,17 @@ def load_prices(session: Session, model_key: str) -> list[Price]:
 
 
 class PriceBook:
-    """Prices by model, cached for `ttl` seconds and cleared when pricing changes here."""
+    """Prices by model, cached for `ttl` seconds and cleared when pricing changes here.
+
+    `fallback(model_key, when)` prices a model that has no entry in effect (the
+    [pricing] fallback); None: such a model is unpriced.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 fallback: Callable[[str, datetime], Price | None] | None = None) -> None:
         self._sessions = sessions
+        self._fallback = fallback
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[float, list[Price]]] = {}
@@ -198,7 +207,10 @@ class PriceBook:
                 self._entries.clear()
             entry = (self._clock(), prices)
             self._entries[model_key] = entry
-        return next((p for p in entry[1] if p.effective_at <= when), None)
+        price = next((p for p in entry[1] if p.effective_at <= when), None)
+        if price is None and self._fallback is not None:
+            price = self._fallback(model_key, when)
+        return price
 
     def clear(self) -> None:
         """Forget cached prices (after a pricing change)."""

@@ -113,7 +113,9 @@ class Call:
             counts_toward_budget=self.counts, error_message=error,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             request_id=self.request_id, rate_subjects=self.rate_subjects,
-            status_code=status_code or 200, route=self.route, attempts=self.attempts))
+            status_code=status_code or 200,
+            price_source=None if self.price is None else self.price.source,
+            route=self.route, attempts=self.attempts))
 
 
 # How a usage row billed from the gateway's own numbers says so (in its error_message).

@@ -18,7 +18,8 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, ledger, ratelimits, retention, secretfiles
+from otari_server import db, ledger, priceimport, ratelimits, retention, secretfiles
+from otari_server.alerts import Alerts, parse_settings
 from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
 from otari_server.ledger import Ledger
 from otari_server.metrics import Metrics
@@ -49,6 +50,8 @@ class Runtime:
     providers: dict[str, Provider]
     upstream: Upstream = field(default_factory=Upstream)
     metrics: Metrics | None = None
+    # Budget alerts ([alerts] with a webhook_url), else None.
+    alerts: Alerts | None = None
     routes: RouteBook = field(default_factory=RouteBook)
     cooldowns: Cooldowns = field(default_factory=Cooldowns)
     schema: str = field(default_factory=db.schema_head)
@@ -179,6 +182,7 @@ def prepare(settings: Settings) -> None:
 def open_runtime(settings: Settings) -> Runtime:
     """Prepare (single process only) and build the app's state."""
     providers = providers_of(settings)
+    alert_settings = parse_settings(settings.alerts)  # a bad [alerts] table stops start-up
     routes = routes_of(settings, providers)
     announce(providers, settings)
     if settings.workers == 1:
@@ -192,13 +196,17 @@ def open_runtime(settings: Settings) -> Runtime:
         master=MasterKey(resolve_master_key(settings)),
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
-        prices=PriceBook(db.read_session_factory(engine), ttl=max(settings.auth_cache_ttl, 1.0)),
+        prices=PriceBook(db.read_session_factory(engine), ttl=max(settings.auth_cache_ttl, 1.0),
+                         fallback=priceimport.fallback_price
+                         if settings.pricing.get("fallback") else None),
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
                       settings.usage_flush_interval, ledger.spool_path(instance_name(settings))),
         providers=providers,
         routes=routes,
         instance_id=instance_name(settings),
     )
+    if alert_settings is not None:
+        runtime.alerts = Alerts(engine, alert_settings)
     if settings.metrics:
         runtime.metrics = Metrics(lambda: runtime.ledger.depth, lambda: runtime.ledger.rejected)
         runtime.upstream.observe = runtime.metrics.upstream_latency
@@ -257,7 +265,13 @@ async def _load_routes_forever(runtime: Runtime, interval: float) -> None:
 async def start_background(runtime: Runtime) -> None:
     """Open the upstream client and start the periodic writers."""
     await runtime.upstream.open()
+    if runtime.settings.pricing.get("fallback"):
+        # Load the package's price data now, not on the first unpriced request.
+        await to_thread.run_sync(priceimport.fallback_price, "openai:gpt-4o", utcnow())
     runtime.ledger.start()
+    if runtime.alerts is not None:
+        runtime.ledger.on_settled = runtime.alerts.touch
+        runtime.tasks.append(runtime.alerts.start())
     with contextlib.suppress(DBAPIError):  # not migrated yet: the loop below retries
         await to_thread.run_sync(load_routes, runtime)
     runtime.tasks += [

@@ -43,6 +43,10 @@ ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
                       Field(max_length=1000)]
 # Per-period request and token ceilings (the otari SDK's bounds); 0 refuses everything.
 Ceiling = Annotated[int, Field(ge=0, le=10**15, strict=True)]
+# Budget alert thresholds: fractions of max_budget (1 is all of it), above 0, at most 100.
+AlertThresholds = Annotated[
+    list[Annotated[Decimal, Field(gt=0, le=100, allow_inf_nan=False, max_digits=12)]],
+    Field(min_length=1, max_length=20)]
 Alignment = Literal["calendar_day", "calendar_week", "calendar_month"]
 # Fields the otari SDK knows that this gateway does not implement: refused unless null, so a
 # caller is never told a limit exists when none is enforced.
@@ -114,6 +118,21 @@ class CreateKeyResponse(KeyInfo):
     key: str
 
 
+class RotateKeyRequest(_Request):
+    """Body of POST /v1/keys/{key_id}/rotate (optional)."""
+
+    grace_period_sec: int = Field(
+        0, ge=0, le=30 * 86400,
+        description="Seconds the old secret keeps working (default 0: it stops at once)")
+
+
+class RotateKeyResponse(CreateKeyResponse):
+    """A rotated key: the same key with a new secret, shown this once."""
+
+    previous_key_expires_at: datetime | None = Field(
+        None, description="When the old secret stops working (null: it already has)")
+
+
 class CreateUserRequest(_Request):
     """Body of POST /v1/users."""
 
@@ -183,6 +202,9 @@ class CreateBudgetRequest(_Request):
     budget_clamp: bool | None = Field(
         None, description="Lower a request's output limit to what fits instead of refusing it "
         "with 402; null follows the gateway's budget_clamp setting")
+    alert_thresholds: AlertThresholds | None = Field(
+        None, description="Fractions of max_budget whose crossing sends a budget alert "
+        "(e.g. [0.5, 0.9, 1]); null uses the gateway's [alerts] thresholds")
 
 
 class UpdateBudgetRequest(_Request):
@@ -195,6 +217,7 @@ class UpdateBudgetRequest(_Request):
     token_limit: Ceiling | None = None
     reset_alignment: Alignment | None = None
     budget_clamp: bool | None = None
+    alert_thresholds: AlertThresholds | None = None
 
 
 class BudgetResponse(BaseModel):
@@ -214,6 +237,7 @@ class BudgetResponse(BaseModel):
     token_limit: int | None = None
     reset_alignment: str | None = None
     budget_clamp: bool | None = None
+    alert_thresholds: list[Money] | None = None
 
 
 class PricingTier(_Request):
@@ -294,6 +318,44 @@ class PricingResponse(BaseModel):
     cache_write_1h_price_per_million: Money | None = None
 
 
+class ImportPricingRequest(_Request):
+    """Body of POST /v1/pricing/import."""
+
+    providers: list[str] | None = Field(
+        None, description="otari provider names to import (default: every mapped provider)")
+    model: str | None = Field(
+        None, max_length=255, description="Glob on the model id or provider:model key")
+    dry_run: bool = Field(False, description="Only report what would be written")
+    overwrite: bool = Field(
+        False, description="Replace operator-set prices that differ (default: keep them)")
+
+
+class PriceImportChange(BaseModel):
+    """One model in an import: the published price and what the import does with it."""
+
+    model_key: str
+    action: Literal["add", "change", "unchanged", "kept"]
+    input_price_per_million: Money
+    output_price_per_million: Money
+    cache_read_price_per_million: Money | None = None
+    cache_write_price_per_million: Money | None = None
+    pricing_tiers: list[dict[str, Any]] = Field(
+        default_factory=list, description="Long-context tiers: from min_input_tokens on, "
+        "the whole request at these rates (those omitted are the base rates)")
+    current: PricingResponse | None = None
+
+
+class ImportPricingResponse(BaseModel):
+    """What POST /v1/pricing/import wrote (or would write, on a dry run)."""
+
+    source: str = "genai-prices"
+    source_version: str
+    dry_run: bool
+    effective_at: datetime
+    written: int
+    changes: list[PriceImportChange]
+
+
 class UsageLogResponse(BaseModel):
     """One usage row."""
 
@@ -315,6 +377,9 @@ class UsageLogResponse(BaseModel):
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     counts_toward_budget: bool = True
+    price_source: str | None = Field(
+        None, description="Where the cost's price came from: 'pricing' (a pricing entry), "
+        "'genai-prices' (the [pricing] fallback); null when the request was not priced")
     # Set when the client named a route: model and provider are the target that served (or
     # failed last); attempts counts every try, failed ones included.
     route: str | None = None

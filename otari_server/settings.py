@@ -91,6 +91,10 @@ class Settings:
     platform: Mapping[str, Any] = field(default_factory=dict)
     # Gateway-run tools ([tools] table: web search backend, code sandbox, URL safety).
     tools: Mapping[str, Any] = field(default_factory=dict)
+    # [pricing]: fallback = "genai-prices" prices models without an entry from that package.
+    pricing: Mapping[str, Any] = field(default_factory=dict)
+    # [alerts]: webhook_url, webhook_secret, thresholds (budget alerts, see alerts.py).
+    alerts: Mapping[str, Any] = field(default_factory=dict)
     # Routes ([routes.NAME] tables): model names served by several targets (otari_server.routing).
     routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -202,7 +206,8 @@ _PARSERS = {
     "usage_retention_days": _parse_int,
     "cors_allow_origins": _parse_origins,
 }
-_TABLES = {"providers", "platform", "tools", "context_windows", "routes"}
+_TABLES = {"providers", "platform", "tools", "pricing", "alerts", "context_windows", "routes"}
+PRICE_FALLBACKS = ("genai-prices",)
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
               "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
@@ -283,6 +288,15 @@ def _apply(values: dict[str, Any], source: str, layer: Mapping[str, Any],
         sources[key] = source
 
 
+def _check_pricing(table: Mapping[str, Any]) -> None:
+    for key, value in table.items():
+        if key != "fallback":
+            raise ConfigError(f"pricing.{key}: unknown setting")
+        if value not in PRICE_FALLBACKS:
+            raise ConfigError(f"pricing.fallback: expected one of {', '.join(PRICE_FALLBACKS)}"
+                              f", got {value!r}")
+
+
 def _check_windows(table: Mapping[str, Any], source: str) -> None:
     for model_key, tokens in table.items():
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
@@ -311,5 +325,6 @@ def load(config_path: Path | None = None, overrides: Mapping[str, Any] | None = 
         sources["database_url"] = "default"
     if not values.get("master_key"):
         values.pop("master_key", None)
+    _check_pricing(values.get("pricing", {}))
     known = {f.name for f in fields(Settings)}
     return Settings(**{k: v for k, v in values.items() if k in known}, sources=sources)

@@ -113,6 +113,8 @@ class Budget(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     max_budget: Mapped[Decimal | None] = mapped_column(Money())
     budget_duration_sec: Mapped[int | None] = mapped_column(Integer)
+    # Fractions of max_budget that send a budget alert; None: the [alerts] thresholds.
+    alert_thresholds: Mapped[list[str] | None] = mapped_column(JSON)
     # "calendar_day" | "calendar_week" | "calendar_month": periods on UTC calendar boundaries
     # instead of every budget_duration_sec (the two are exclusive; see budgets.py).
     reset_alignment: Mapped[str | None] = mapped_column(String(16))
@@ -167,6 +169,9 @@ class APIKey(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # After a rotation with a grace period: the old secret's hash, valid until the instant below.
+    previous_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    previous_key_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     key_prefix: Mapped[str] = mapped_column(String(16))
     key_name: Mapped[str | None] = mapped_column(String(255))
     user_id: Mapped[str | None] = mapped_column(
@@ -208,6 +213,8 @@ class Pricing(Base):
     price_per_audio_second: Mapped[Decimal | None] = mapped_column(Money())
     price_per_million_characters: Mapped[Decimal | None] = mapped_column(Money())
     price_per_request: Mapped[Decimal | None] = mapped_column(Money())
+    # Who set it: None for an operator, "genai-prices" for `otari pricing import`.
+    source: Mapped[str | None] = mapped_column(String(32))
     # Long-context tiers: [{"min_input_tokens": int, "input_price_per_million": "3.5", ...}],
     # prices as decimal strings (exact); see pricing.Tier.
     tiers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -248,6 +255,9 @@ class UsageLog(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     # The HTTP status the client was answered (a stream's is 200 even if it failed later).
     status_code: Mapped[int | None] = mapped_column(Integer)
+    # Where the cost's price came from: "pricing" (the table), "genai-prices" (the
+    # [pricing] fallback), None when the request was not priced.
+    price_source: Mapped[str | None] = mapped_column(String(32))
     # Set when the client asked for a route: its name and how many attempts it took (model
     # and provider then name the target that served).
     route: Mapped[str | None] = mapped_column(String(64))
@@ -284,6 +294,33 @@ class RateCounter(Base):
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class BudgetAlert(Base):
+    """One budget alert: a threshold a user's spend crossed in one budget period.
+
+    The unique (user, period, threshold) row is what makes an alert go out once across all
+    instances: only one insert wins. next_attempt_at is a lease: an instance takes a delivery
+    attempt by moving it forward with a conditional UPDATE.
+    """
+
+    __tablename__ = "budget_alerts"
+    __table_args__ = (UniqueConstraint("user_id", "period_start", "threshold"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The fraction as plain decimal text ("0.8"), so equality is exact on both databases.
+    threshold: Mapped[str] = mapped_column(String(32))
+    budget_id: Mapped[str | None] = mapped_column(String(64))
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    spend: Mapped[Decimal] = mapped_column(Money())
+    max_budget: Mapped[Decimal] = mapped_column(Money())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class StoredResponse(Base):

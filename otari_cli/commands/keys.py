@@ -9,6 +9,7 @@ import typer
 from otari_cli import params
 from otari_cli.client import path
 from otari_cli.completion import KeyId, KeyIds
+from otari_cli.durations import parse_duration
 from otari_cli.errors import UsageError
 from otari_cli.output import Column, Format, when
 from otari_cli.runtime import runtime
@@ -76,6 +77,29 @@ def create_key(
     created = rt.gateway.post("/v1/keys", {**body, "metadata": params.metadata(metadata)})
     # -q prints the secret: the one thing a script needs and can never get again.
     rt.output.item(created, id_field="key", shows=SHOWS)
+    if rt.output.format is Format.TABLE:
+        rt.output.message("Save the key now: the gateway cannot show it again.")
+
+
+@app.command("rotate")
+def rotate_key(
+    ctx: typer.Context,
+    key_id: KeyId,
+    grace: Annotated[
+        str | None,
+        typer.Option("--grace", help="How long the old secret keeps working (1h, 30m; "
+                     "default: it stops at once)."),
+    ] = None,
+) -> None:
+    """Give a key a new secret and print it (shown this once only; -q prints only the secret).
+
+    Same id, name, user, limits and usage history; the old secret stops at once, or after
+    --grace (other gateway instances follow within auth_cache_ttl).
+    """
+    rt = runtime(ctx)
+    body = {"grace_period_sec": parse_duration(grace) if grace else 0}
+    rotated = rt.gateway.post(path("v1", "keys", key_id, "rotate"), body)
+    rt.output.item(rotated, id_field="key", shows=SHOWS)
     if rt.output.format is Format.TABLE:
         rt.output.message("Save the key now: the gateway cannot show it again.")
 

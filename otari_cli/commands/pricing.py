@@ -113,6 +113,72 @@ def set_pricing(
     rt.output.item(rt.gateway.post("/v1/pricing", body), ID, SHOWS)
 
 
+IMPORT_COLUMNS = [
+    Column("MODEL", ID),
+    Column("ACTION", "action"),
+    Column("INPUT /1M", "input_price_per_million"),
+    Column("OUTPUT /1M", "output_price_per_million"),
+    Column("CACHE READ /1M", "cache_read_price_per_million"),
+    Column("CACHE WRITE /1M", "cache_write_price_per_million"),
+    Column("NOW IN/OUT", "now"),
+]
+
+
+def _import_rows(result: dict[str, object]) -> list[dict[str, object]]:
+    changes = result["changes"]
+    assert isinstance(changes, list)
+    rows = []
+    for change in changes:
+        if change["action"] == "unchanged":
+            continue
+        current = change.get("current")
+        now = (f"{current['input_price_per_million']} / {current['output_price_per_million']}"
+               if current else None)
+        rows.append({**{k: v for k, v in change.items() if k != "current"}, "now": now})
+    return rows
+
+
+@app.command("import")
+def import_pricing(
+    ctx: typer.Context,
+    provider: Annotated[
+        list[str] | None,
+        typer.Option("--provider", help="Only this provider (repeatable; default: all mapped)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Only models matching this glob, e.g. 'gpt-4o*'.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Also replace operator-set prices that differ.")
+    ] = False,
+    yes: params.Yes = False,
+) -> None:
+    """Import published prices from genai-prices (effective now; history kept).
+
+    Shows what would be added or changed first. Prices you set yourself are kept
+    ("kept") unless --overwrite; importing again when nothing changed writes nothing.
+    """
+    rt = runtime(ctx)
+    body: dict[str, object] = {"providers": provider or None, "model": model,
+                               "overwrite": overwrite, "dry_run": True}
+    planned = rt.gateway.post("/v1/pricing/import", body)
+    rows = _import_rows(planned)
+    writes = sum(1 for row in rows if row["action"] in ("add", "change"))
+    unchanged = len(planned["changes"]) - len(rows)
+    if dry_run or not writes:
+        rt.output.items(rows, IMPORT_COLUMNS, ID)
+        rt.output.message(f"{writes} price(s) to write, {unchanged} unchanged (genai-prices "
+                          f"{planned['source_version']}){'; dry run' if dry_run else ''}")
+        return
+    rt.output.items(rows, IMPORT_COLUMNS, ID)
+    rt.confirm(f"Write {writes} price(s) from genai-prices {planned['source_version']}", yes)
+    done = rt.gateway.post("/v1/pricing/import", {**body, "dry_run": False})
+    rt.output.message(f"wrote {done['written']} price(s), effective {done['effective_at']}")
+
+
 @app.command("history")
 def pricing_history(ctx: typer.Context, model_key: ModelKey) -> None:
     """Every price a model has had."""

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from otari_server import budgets
+from otari_server.alerts import threshold_text
 from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
@@ -34,6 +35,8 @@ def _response(session: Session, row: Budget) -> BudgetResponse:
         total_spend=Decimal(spend), total_reserved=Decimal(reserved),
         request_limit=row.request_limit, token_limit=row.token_limit,
         reset_alignment=row.reset_alignment, budget_clamp=row.budget_clamp,
+        alert_thresholds=None if row.alert_thresholds is None
+        else [Decimal(v) for v in row.alert_thresholds],
     )
 
 
@@ -42,6 +45,13 @@ def _check_period(duration_sec: int | None, alignment: str | None) -> None:
         raise InvalidRequest("budget_duration_sec and reset_alignment are exclusive: a period "
                              "is either a number of seconds or a calendar day, week or month",
                              param="reset_alignment")
+
+
+def _thresholds(values: list[Decimal] | None) -> list[str] | None:
+    """Alert thresholds as stored: exact decimal text, sorted, without duplicates."""
+    if values is None:
+        return None
+    return [threshold_text(v) for v in sorted(set(values))]
 
 
 def _get(session: Session, budget_id: str) -> Budget:
@@ -61,7 +71,8 @@ def create(body: CreateBudgetRequest, session: SessionDep) -> Response:
     row = Budget(budget_id=budget_id, name=body.name, max_budget=body.max_budget,
                  budget_duration_sec=body.budget_duration_sec,
                  reset_alignment=body.reset_alignment, request_limit=body.request_limit,
-                 token_limit=body.token_limit, budget_clamp=body.budget_clamp)
+                 token_limit=body.token_limit, budget_clamp=body.budget_clamp,
+                 alert_thresholds=_thresholds(body.alert_thresholds))
     session.add(row)
     session.commit()
     return ExactJSONResponse(_response(session, row))
@@ -90,6 +101,8 @@ def patch(budget_id: str, body: UpdateBudgetRequest, session: SessionDep,
     for name in ("max_budget", "name", "request_limit", "token_limit", "budget_clamp"):
         if name in sent:
             setattr(row, name, sent[name])
+    if "alert_thresholds" in sent:
+        row.alert_thresholds = _thresholds(body.alert_thresholds)
     duration = sent.get("budget_duration_sec", row.budget_duration_sec)
     alignment = sent.get("reset_alignment", row.reset_alignment)
     if "budget_duration_sec" in sent and "reset_alignment" not in sent and duration:

@@ -1,4 +1,4 @@
-"""Key management: create (secret shown once), list, get, update, revoke."""
+"""Key management: create (secret shown once), list, get, update, rotate, revoke."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from otari_server import keys
 from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
-from otari_server.keys import REVOKED_MARK, create_key, is_revoked, key_info
+from otari_server.keys import REVOKED_MARK, create_key, is_revoked, key_info, rotate_key
 from otari_server.routes.paging import Limit, Skip
-from otari_server.schemas import CreateKeyRequest, CreateKeyResponse, KeyInfo, UpdateKeyRequest
-from otari_server.tables import APIKey, User
+from otari_server.schemas import (
+    CreateKeyRequest,
+    CreateKeyResponse,
+    KeyInfo,
+    RotateKeyRequest,
+    RotateKeyResponse,
+    UpdateKeyRequest,
+)
+from otari_server.tables import APIKey, User, utcnow
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ExactRoute,
                    dependencies=[Depends(require_master)])
@@ -78,6 +85,26 @@ def patch(key_id: str, body: UpdateKeyRequest, session: SessionDep,
     session.commit()
     runtime.changed()
     return ExactJSONResponse(key_info(row))
+
+
+@router.post("/{key_id}/rotate", response_model=RotateKeyResponse)
+def rotate(key_id: str, session: SessionDep, runtime: RuntimeDep,
+           body: RotateKeyRequest | None = None) -> Response:
+    """Replace the key's secret; the response is the only place the new one appears.
+
+    The old secret works until grace_period_sec (default 0) has passed: at once on this
+    instance, and on others within auth_cache_ttl of that. Raises 404 for an unknown key.
+    """
+    row = _get(session, key_id)
+    # Lock the row so two concurrent rotations cannot both keep "their" old secret.
+    session.refresh(row, with_for_update=True)
+    if is_revoked(row):  # revoked meanwhile: it must never authenticate again
+        raise NotFound(f"Key '{key_id}' not found")
+    grace = body.grace_period_sec if body is not None else 0
+    rotated = rotate_key(row, grace, utcnow())
+    session.commit()
+    runtime.changed()
+    return ExactJSONResponse(rotated)
 
 
 @router.delete("/{key_id}", status_code=204)

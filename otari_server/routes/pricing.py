@@ -9,12 +9,19 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
 
+from otari_server import priceimport
 from otari_server.deps import CallerDep, ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.pricing import TIER_RATES, Tier, price_at, tiers_from_json
 from otari_server.routes.paging import Limit, Skip
-from otari_server.schemas import PricingResponse, SetPricingRequest
+from otari_server.schemas import (
+    ImportPricingRequest,
+    ImportPricingResponse,
+    PriceImportChange,
+    PricingResponse,
+    SetPricingRequest,
+)
 from otari_server.tables import Pricing, utcnow
 
 # Reads are open to API keys; writes need the master key (per the reference).
@@ -35,6 +42,7 @@ def pricing_response(row: Pricing) -> PricingResponse:
         cache_read_price_per_million=row.cache_read_price_per_million,
         cache_write_price_per_million=row.cache_write_price_per_million,
         cache_write_1h_price_per_million=row.cache_write_1h_price_per_million,
+        origin=row.source or "api",
         pricing_tiers=[_tier(tier, "min_input_tokens", tier.min_input_tokens) for tier in tiers],
         tiers=[_tier(tier, "above_input_tokens", tier.min_input_tokens - 1) for tier in tiers],
     )
@@ -93,6 +101,44 @@ def set_price(body: SetPricingRequest, session: SessionDep, runtime: RuntimeDep)
     session.commit()
     runtime.changed()
     return ExactJSONResponse(pricing_response(row))
+
+
+@router.post("/import", response_model=ImportPricingResponse,
+             dependencies=[Depends(require_master)])
+def import_prices(body: ImportPricingRequest, session: SessionDep,
+                  runtime: RuntimeDep) -> Response:
+    """Add or change prices from genai-prices, effective now (history kept).
+
+    Operator-set prices that differ are kept unless `overwrite`; prices equal to the
+    published ones are left alone, so importing twice writes nothing the second time.
+    Raises 400 for a provider that does not map to genai-prices.
+    """
+    unknown = priceimport.unknown_providers(body.providers or [])
+    if unknown:
+        raise InvalidRequest(
+            f"provider(s) {', '.join(unknown)} have no genai-prices data; known: "
+            + ", ".join(sorted(priceimport.PROVIDER_IDS)), param="providers")
+    now = utcnow()
+    found = priceimport.quotes(body.providers, body.model, now)
+    changes = priceimport.plan(session, found, body.overwrite, now)
+    written = 0
+    if not body.dry_run:
+        written = priceimport.apply(session, changes, now)
+        session.commit()
+        runtime.changed()
+    return ExactJSONResponse(ImportPricingResponse(
+        source_version=priceimport.package_version(), dry_run=body.dry_run, effective_at=now,
+        written=written, changes=[PriceImportChange(
+            model_key=c.quote.model_key, action=c.action,
+            input_price_per_million=c.quote.input_per_million,
+            output_price_per_million=c.quote.output_per_million,
+            cache_read_price_per_million=c.quote.cache_read_per_million,
+            cache_write_price_per_million=c.quote.cache_write_per_million,
+            pricing_tiers=[{"min_input_tokens": t.min_input_tokens, **{
+                key: getattr(t, name) for key, name in TIER_RATES.items()
+                if getattr(t, name) is not None}} for t in c.quote.tiers],
+            current=None if c.current is None else pricing_response(c.current))
+            for c in changes]))
 
 
 @router.get("", response_model=list[PricingResponse])

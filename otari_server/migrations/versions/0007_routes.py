@@ -1,7 +1,7 @@
 """routes defined through the API; usage rows name the route and its attempts
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0008
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import otari_server.tables
 
 revision = "0007"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
