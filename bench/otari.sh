@@ -6,6 +6,9 @@
 #            otari, 10 s each, and prints the BENCH lines.
 #   compare  the harness's full A/B (compare.sh with the custom adapter; ~18 min,
 #            CONCS/DELAYS/ROUNDS/SECS shorten it).
+#   route    what a route costs: non-streaming at concurrency 1, the same request with
+#            model mock:gpt-4o-mini and with model "bench" (a fallback route whose first
+#            target is that model), alternated for ROUNDS (3) rounds of SECS (10) s each.
 #
 # Auth, budget reservation and usage are all on: the key belongs to a user with a budget.
 # Everything runs on loopback and every load run is bounded by wrk -d.
@@ -33,8 +36,15 @@ port = $PORT
 type = "openai"
 base_url = "$MOCK_URL"
 api_key = "$MOCK_API_KEY"
+[providers.mock2]
+type = "openai"
+base_url = "$MOCK_URL"
+api_key = "$MOCK_API_KEY"
+[routes.bench]
+strategy = "fallback"
+targets = ["mock:gpt-4o-mini", "mock2:gpt-4o-mini"]
 TOML
-KEY=$(python "$HERE/prepare.py" "sqlite:///$WORK/otari.db" mock)
+KEY=$(python "$HERE/prepare.py" "sqlite:///$WORK/otari.db" mock mock2)
 export HOME=$WORK
 START="exec otari serve --config $WORK/config.toml"
 
@@ -58,6 +68,14 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -fsS "http://127.0.0.1:$MOCK_PORT/v1/models" >/dev/null 2>&1 || true
+if [ "$MODE" = route ]; then
+  for _ in $(seq 1 "${ROUNDS:-3}"); do
+    for model in mock:gpt-4o-mini bench; do
+      LABEL=$model TARGET_PIDS=$OTARI_PID "$SHARED/run_bench.sh" "http://127.0.0.1:$PORT" "Authorization: Bearer $KEY" "$model" 1 "${SECS:-10}"
+    done
+  done
+  exit
+fi
 for stream in 0 1; do
   for conc in ${CONCS:-1 16 64}; do
     STREAM=$stream LABEL=direct "$SHARED/run_bench.sh" "$MOCK_URL" "Authorization: Bearer $MOCK_API_KEY" gpt-4o-mini "$conc" "${SECS:-10}"

@@ -146,6 +146,10 @@ class Gateway:
         """POST a JSON body and decode (`timeout` for calls known to be slow)."""
         return self.call("POST", url_path, body=body, timeout=timeout)
 
+    def put(self, url_path: str, body: object) -> Any:
+        """PUT a JSON body (create or replace) and decode."""
+        return self.call("PUT", url_path, body=body)
+
     def patch(self, url_path: str, body: object) -> Any:
         """PATCH a JSON body and decode."""
         return self.call("PATCH", url_path, body=body)

@@ -1,4 +1,5 @@
-"""Shell completion of values: key ids, user ids and context names (Typer autocompletion).
+"""Shell completion of values: key ids, user ids, route names and context names (Typer
+autocompletion).
 
 Completion runs before the root callback, so the gateway is chosen here from the root
 options typed so far (`--url`, `--context`, ...) exactly as a command would choose it. A
@@ -41,6 +42,11 @@ def key_ids(ctx: typer.Context, incomplete: str) -> list[str]:
 def user_ids(ctx: typer.Context, incomplete: str) -> list[str]:
     """User ids on the chosen gateway."""
     return _ids(ctx, "/v1/users", "user_id", incomplete)
+
+
+def route_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Route names on the chosen gateway."""
+    return _ids(ctx, "/v1/routes", "name", incomplete)
 
 
 def context_names(ctx: typer.Context, incomplete: str) -> list[str]:

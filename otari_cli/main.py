@@ -24,6 +24,7 @@ from otari_cli.commands import (
     models,
     pricing,
     providers,
+    routes,
     usage,
     users,
 )
@@ -196,6 +197,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(users.app, name="users")
 app.add_typer(budgets.app, name="budgets")
 app.add_typer(pricing.app, name="pricing")
+app.add_typer(routes.app, name="routes")
 app.add_typer(usage.app, name="usage")
 app.add_typer(models.app, name="models")
 app.add_typer(providers.app, name="providers")

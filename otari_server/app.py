@@ -24,6 +24,7 @@ from otari_server.routes import (
     models,
     pricing,
     providers,
+    routing,
     usage,
     users,
 )
@@ -41,7 +42,7 @@ _EXPOSED = ["x-request-id", "request-id", "retry-after", "retry-after-ms",
 API_ROUTERS: list[APIRouter] = [
     generation.router, messages.router, batches.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
-    providers.router, alerts.router,
+    providers.router, alerts.router, routing.router,
 ]
 
 

@@ -26,6 +26,7 @@ from otari_server.proxy import (
     settle_answer,
 )
 from otari_server.relay import open_relay
+from otari_server.routing.serve import routed
 from otari_server.translators import AnthropicToChat, ChatPassThrough
 from otari_server.upstream import malformed, parse_upstream, read_upstream
 
@@ -38,19 +39,33 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
     messages = body["messages"]
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be an array of objects", param="messages")
+    model_route = runtime.routes.routes.get(body["model"])
     if tools.wanted(body):
+        if model_route is not None:
+            raise InvalidRequest(f"'{body['model']}' is a route: the gateway-run tool loop "
+                                 "needs a provider:model", param="model")
         # MCP servers, web search or code execution: the gateway runs the tool loop.
         return await tools.forward(request, caller, endpoint, raw, body)
+    streaming = body.get("stream") is True
+    if model_route is not None:
+        return await routed(runtime, caller, endpoint, raw, body,
+                            request.scope.get("otari.request_id"), model_route,
+                            lambda call, model: _dispatch(call, body, model, streaming))
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"))
-    streaming = body.get("stream") is True
     try:
-        if call.provider.type == "anthropic":
-            return await _anthropic_chat(call, body, upstream_model, streaming)
-        return await _openai_chat(call, body, upstream_model, streaming)
+        return await _dispatch(call, body, upstream_model, streaming)
     except OtariError as exc:
         call.settle("error", error=exc.message, status_code=exc.status)
         raise
+
+
+async def _dispatch(call: Call, body: dict[str, Any], upstream_model: str,
+                    streaming: bool) -> Response:
+    """Send to the admitted call's provider in its wire format; the client's response."""
+    if call.provider.type == "anthropic":
+        return await _anthropic_chat(call, body, upstream_model, streaming)
+    return await _openai_chat(call, body, upstream_model, streaming)
 
 
 async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,

@@ -84,6 +84,8 @@ class Settlement:
     price_source: str | None = None
     # Rate-limit subjects whose tokens-per-minute this request's tokens count toward.
     rate_subjects: tuple[str, ...] = ()
+    route: str | None = None  # the route the client named, if any (model: the serving target)
+    attempts: int | None = None  # a route's attempts, failed ones included
     id: str = ""  # the request id when there is one (see Ledger.record)
     timestamp: datetime = field(default_factory=utcnow)
     status_code: int | None = None  # the HTTP status the client was answered
@@ -371,7 +373,8 @@ def _usage_row(s: Settlement) -> dict[str, Any]:
             "counts_toward_budget": s.counts_toward_budget, "cost": s.cost, "status": s.status,
             "error_message": s.error_message, "latency_ms": s.latency_ms,
             "request_id": _cut(s.request_id, 64), "status_code": s.status_code,
-            "price_source": s.price_source}
+            "price_source": s.price_source,
+            "route": s.route, "attempts": s.attempts}
 
 
 def _cut(text: str | None, length: int) -> str | None:

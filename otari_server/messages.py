@@ -31,6 +31,7 @@ from otari_server.proxy import (
     settle_answer,
 )
 from otari_server.relay import open_relay
+from otari_server.routing.serve import routed
 from otari_server.translators import ChatToMessages, MessagesPassThrough, anthropic_consumption
 from otari_server.upstream import malformed, parse_upstream, read_upstream
 
@@ -47,17 +48,31 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     check_fields(body, endpoint)
     _check(body)
     admitted = dict(body, user=_attribution(body, caller))
+    streaming = body.get("stream") is True
+    model_route = runtime.routes.routes.get(body["model"])
+    if model_route is not None:
+        async def attempt(call: Call, upstream_model: str) -> Response:
+            body["max_tokens"] = admitted["max_tokens"]  # the budget clamp may have lowered it
+            return await _dispatch(call, body, upstream_model, streaming, request.headers)
+
+        return await routed(runtime, caller, endpoint, raw, admitted,
+                            request.scope.get("otari.request_id"), model_route, attempt)
     call, upstream_model = await admit(runtime, caller, endpoint, raw, admitted,
                                        request.scope.get("otari.request_id"))
     body["max_tokens"] = admitted["max_tokens"]  # the budget clamp may have lowered it
-    streaming = body.get("stream") is True
     try:
-        if call.provider.type == "anthropic":
-            return await _pass_through(call, body, upstream_model, streaming, request.headers)
-        return await _translated(call, body, upstream_model, streaming)
+        return await _dispatch(call, body, upstream_model, streaming, request.headers)
     except OtariError as exc:
         call.settle("error", error=exc.message, status_code=exc.status)
         raise
+
+
+async def _dispatch(call: Call, body: dict[str, Any], upstream_model: str, streaming: bool,
+                    headers: Mapping[str, str]) -> Response:
+    """Send to the admitted call's provider in its wire format; the client's response."""
+    if call.provider.type == "anthropic":
+        return await _pass_through(call, body, upstream_model, streaming, headers)
+    return await _translated(call, body, upstream_model, streaming)
 
 
 async def count_tokens(request: Request, caller: Caller) -> Response:
@@ -67,7 +82,8 @@ async def count_tokens(request: Request, caller: Caller) -> Response:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequest("'model' is required and must be a string", param="model")
     _check(body)
-    route(runtime, caller, body["model"])  # an unknown or forbidden model is refused here too
+    if body["model"] not in runtime.routes.routes:
+        route(runtime, caller, body["model"])  # an unknown or forbidden model is refused too
     return Response(orjson.dumps({"input_tokens": estimate(body)}), headers=JSON_HEADERS)
 
 

@@ -46,6 +46,19 @@ class Metrics:
             ["provider"], registry=registry)
         self.in_flight = Gauge("otari_in_flight_requests", "Generation requests in progress",
                                registry=registry)
+        # Routes (otari_server.routing): every attempt, every move to another target, every
+        # cooldown started and every target skipped while cooling, by route and target.
+        self.route_attempts = Counter("otari_route_attempts", "Attempts made for a route",
+                                      ["route", "target", "outcome"], registry=registry)
+        self.route_fallbacks = Counter("otari_route_fallbacks",
+                                       "Moves from a failed target to the next, by reason",
+                                       ["route", "target", "reason"], registry=registry)
+        self.route_cooldowns = Counter("otari_route_cooldowns",
+                                       "Cooldowns started after repeated failures",
+                                       ["route", "target"], registry=registry)
+        self.route_skips = Counter("otari_route_skips",
+                                   "Targets skipped by a request (cooling or unusable)",
+                                   ["route", "target", "reason"], registry=registry)
         queue = Gauge("otari_usage_queue_depth", "Usage rows waiting to be written",
                       registry=registry)
         queue.set_function(lambda: float(queue_depth()))

@@ -68,6 +68,10 @@ class Call:
     # numbers break the rules (counts.py) is billed from.
     estimate: Consumption | None = None
     settled: bool = False
+    # A request for a route (otari_server.routing): its name and the attempts made so far;
+    # provider, model_key and price are then the target being tried.
+    route: str | None = None
+    attempts: int | None = None
 
     def settle(self, status: str, used: Consumption | None = None,
                error: str | None = None, status_code: int | None = None) -> None:
@@ -110,7 +114,8 @@ class Call:
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             request_id=self.request_id, rate_subjects=self.rate_subjects,
             status_code=status_code or 200,
-            price_source=None if self.price is None else self.price.source))
+            price_source=None if self.price is None else self.price.source,
+            route=self.route, attempts=self.attempts))
 
 
 # How a usage row billed from the gateway's own numbers says so (in its error_message).
@@ -363,31 +368,59 @@ def openai_only(call: Call) -> None:
             f"{call.endpoint.path}", param="model", code="unsupported_endpoint")
 
 
-async def exchange_json(request: Request, caller: Caller,
-                        endpoint: Endpoint) -> tuple[Call, bytes, dict[str, Any]]:
+async def exchange_json(request: Request, caller: Caller, endpoint: Endpoint,
+                        read: tuple[bytes, dict[str, Any]] | None = None,
+                        ) -> tuple[Call, bytes, dict[str, Any]]:
     """Admit a JSON request, send it to an OpenAI-type provider, return its JSON answer.
 
-    A failure is settled here; on success the caller settles what the answer says.
+    `read` is the body when the caller has read it already. A failure is settled here; on
+    success the caller settles what the answer says.
     """
     runtime = runtime_of(request)
-    raw, body = await read_body(request, runtime.settings.max_body_bytes)
-    check_fields(body, endpoint)
+    if read is None:
+        read = await read_body(request, runtime.settings.max_body_bytes)
+        check_fields(read[1], endpoint)
+    raw, body = read
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"))
     try:
         openai_only(call)
-        response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
-                                               dict(body, model=upstream_model))
-        content = await read_upstream(call.provider, response)
-        return call, content, parse_upstream(call.provider, content)
+        content, answer = await send_json(call, body, upstream_model)
+        return call, content, answer
     except OtariError as exc:
         call.settle("error", error=exc.message, status_code=exc.status)
         raise
 
 
+async def send_json(call: Call, body: dict[str, Any],
+                    upstream_model: str) -> tuple[bytes, dict[str, Any]]:
+    """POST the body to the call's provider; its JSON answer (raw and parsed)."""
+    response = await call.runtime.upstream.post(call.provider, call.endpoint.upstream_path,
+                                                dict(body, model=upstream_model))
+    content = await read_upstream(call.provider, response)
+    return content, parse_upstream(call.provider, content)
+
+
 async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
-    """An endpoint whose request and answer pass through unchanged (embeddings, ...)."""
-    call, content, answer = await exchange_json(request, caller, endpoint)
+    """An endpoint whose request and answer pass through unchanged (embeddings, ...);
+    a route's targets (OpenAI-type ones) are tried in turn."""
+    runtime = runtime_of(request)
+    raw, body = await read_body(request, runtime.settings.max_body_bytes)
+    check_fields(body, endpoint)
+    model_route = runtime.routes.routes.get(body["model"])
+    if model_route is not None:
+        # Imported here: routing builds on this module (admit, Call).
+        from otari_server.routing.serve import routed
+
+        async def attempt(call: Call, upstream_model: str) -> Response:
+            content, answer = await send_json(call, body, upstream_model)
+            call.settle("success", metered(endpoint, answer))
+            return Response(content, headers=JSON_HEADERS)
+
+        return await routed(runtime, caller, endpoint, raw, body,
+                            request.scope.get("otari.request_id"), model_route, attempt,
+                            openai_only=True)
+    call, content, answer = await exchange_json(request, caller, endpoint, (raw, body))
     call.settle("success", metered(endpoint, answer))
     return Response(content, headers=JSON_HEADERS)
 

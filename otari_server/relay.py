@@ -231,4 +231,36 @@ async def open_relay(call: Call, response: aiohttp.ClientResponse,
                      finished: Callable[[], Awaitable[None]] | None = None) -> RelayResponse:
     """Relay the provider's 2xx answer to a stream request (event stream or whole JSON)."""
     first = await stream_start(call.provider, response, translator)
-    return relayed(call, None if first else response, translator, first, finished=finished)
+    if first:
+        return relayed(call, None, translator, first, finished=finished)
+    if call.route is not None:  # a route may still move on: nothing is sent before output
+        first = await first_output(call.provider, response, translator)
+    return relayed(call, response, translator, first, finished=finished)
+
+
+async def first_output(provider: Provider, response: aiohttp.ClientResponse,
+                       translator: StreamTranslator) -> bytes:
+    """Read an event stream until it has output for the client (a routed request).
+
+    Raises, with the response closed, when the stream fails first: dropped or stalled
+    (the transport error), closed without an event, or opened with the provider's error
+    event (BadGateway); another target may then serve.
+    """
+    try:
+        out = b""
+        while not out and not translator.done:
+            data = await response.content.readany()
+            if not data:
+                raise BadGateway(f"Provider '{provider.name}' ended the stream before its "
+                                 "first event")
+            out = translator.feed(data)
+        if translator.error is not None:
+            raise BadGateway(f"Provider '{provider.name}' failed before the first event: "
+                             f"{sanitize(provider, translator.error)}")
+        return out
+    except TRANSPORT_ERRORS as exc:
+        response.close()
+        raise failure(provider, exc) from None
+    except BaseException:  # our error, or the route's deadline cancelling the read
+        response.close()
+        raise

@@ -40,6 +40,7 @@ from otari_server.proxy import (
     worst_case,
 )
 from otari_server.relay import open_relay
+from otari_server.routing.serve import routed
 from otari_server.runtime import Runtime
 from otari_server.stored_responses import check_previous, remember
 from otari_server.translators import (
@@ -59,18 +60,35 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     if not isinstance(items, str) and not (
             isinstance(items, list) and all(isinstance(item, dict) for item in items)):
         raise InvalidRequest("'input' must be a string or an array of objects", param="input")
+    streaming = body.get("stream") is True
+    model_route = runtime.routes.routes.get(body["model"])
+    if model_route is not None:
+        stateful = [name for name in responses_wire.STATEFUL if body.get(name) is not None]
+        if stateful:
+            # State the provider keeps lives with one provider: a route could reach another.
+            raise InvalidRequest(f"'{stateful[0]}' refers to state one provider keeps: send "
+                                 f"it to that provider:model, not to the route "
+                                 f"'{body['model']}'", param=stateful[0])
+        return await routed(runtime, caller, endpoint, raw, body,
+                            request.scope.get("otari.request_id"), model_route,
+                            lambda call, model: _dispatch(call, body, model, streaming))
     await check_previous(runtime, caller, route(runtime, caller, body["model"])[0], body)
     call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
                                        request.scope.get("otari.request_id"),
                                        worst=_stored_context_bound(runtime, caller, raw, body))
-    streaming = body.get("stream") is True
     try:
-        if call.provider.type == "anthropic":
-            return await _via_messages(call, body, upstream_model, streaming)
-        return await _pass_through(call, body, upstream_model, streaming)
+        return await _dispatch(call, body, upstream_model, streaming)
     except OtariError as exc:
         call.settle("error", error=exc.message, status_code=exc.status)
         raise
+
+
+async def _dispatch(call: Call, body: dict[str, Any], upstream_model: str,
+                    streaming: bool) -> Response:
+    """Send to the admitted call's provider in its wire format; the client's response."""
+    if call.provider.type == "anthropic":
+        return await _via_messages(call, body, upstream_model, streaming)
+    return await _pass_through(call, body, upstream_model, streaming)
 
 
 def _stored_context_bound(runtime: Runtime, caller: Caller, raw: bytes,

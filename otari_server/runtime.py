@@ -25,6 +25,9 @@ from otari_server.ledger import Ledger
 from otari_server.metrics import Metrics
 from otari_server.pricing import PriceBook
 from otari_server.providers import Provider, ProviderConfigError, build_providers
+from otari_server.routing.book import RouteBook
+from otari_server.routing.cooldowns import Cooldowns
+from otari_server.routing.model import RouteError, parse_config
 from otari_server.settings import ConfigError, Settings, master_key_path, state_dir
 from otari_server.tables import APIKey, utcnow
 from otari_server.upstream import Upstream
@@ -49,6 +52,8 @@ class Runtime:
     metrics: Metrics | None = None
     # Budget alerts ([alerts] with a webhook_url), else None.
     alerts: Alerts | None = None
+    routes: RouteBook = field(default_factory=RouteBook)
+    cooldowns: Cooldowns = field(default_factory=Cooldowns)
     schema: str = field(default_factory=db.schema_head)
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=utcnow)
@@ -110,6 +115,20 @@ def providers_of(settings: Settings) -> dict[str, Provider]:
         raise ConfigError(str(exc)) from None
 
 
+def routes_of(settings: Settings, providers: dict[str, Provider]) -> RouteBook:
+    """The config file's routes; ConfigError for a bad one or one naming no known provider."""
+    try:
+        routes = parse_config(settings.routes)
+    except RouteError as exc:
+        raise ConfigError(str(exc)) from None
+    for route in routes.values():
+        for index, target in enumerate(route.targets):
+            if target.provider not in providers:
+                raise ConfigError(f"routes.{route.name}.targets[{index}]: unknown provider "
+                                  f"'{target.provider}' in '{target.model}'")
+    return RouteBook(routes)
+
+
 def announce(providers: dict[str, Provider], settings: Settings) -> None:
     """Say at start-up which providers requests can reach, and warn when none can."""
     if not providers:
@@ -164,6 +183,7 @@ def open_runtime(settings: Settings) -> Runtime:
     """Prepare (single process only) and build the app's state."""
     providers = providers_of(settings)
     alert_settings = parse_settings(settings.alerts)  # a bad [alerts] table stops start-up
+    routes = routes_of(settings, providers)
     announce(providers, settings)
     if settings.workers == 1:
         prepare(settings)
@@ -182,6 +202,7 @@ def open_runtime(settings: Settings) -> Runtime:
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
                       settings.usage_flush_interval, ledger.spool_path(instance_name(settings))),
         providers=providers,
+        routes=routes,
         instance_id=instance_name(settings),
     )
     if alert_settings is not None:
@@ -226,6 +247,21 @@ async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
             log.warning("could not reclaim expired reservations; will retry", exc_info=True)
 
 
+def load_routes(runtime: Runtime) -> None:
+    """Read the API-defined routes (other instances may have changed them)."""
+    with runtime.sessions() as session:
+        runtime.routes.load(session)
+
+
+async def _load_routes_forever(runtime: Runtime, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await to_thread.run_sync(load_routes, runtime)
+        except Exception:  # the database may be down; the routes we have keep serving
+            log.warning("could not read the routes; will retry", exc_info=True)
+
+
 async def start_background(runtime: Runtime) -> None:
     """Open the upstream client and start the periodic writers."""
     await runtime.upstream.open()
@@ -236,7 +272,11 @@ async def start_background(runtime: Runtime) -> None:
     if runtime.alerts is not None:
         runtime.ledger.on_settled = runtime.alerts.touch
         runtime.tasks.append(runtime.alerts.start())
+    with contextlib.suppress(DBAPIError):  # not migrated yet: the loop below retries
+        await to_thread.run_sync(load_routes, runtime)
     runtime.tasks += [
+        asyncio.create_task(_load_routes_forever(runtime, max(runtime.settings.auth_cache_ttl,
+                                                               1.0) * 5)),
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
         asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),
     ]

@@ -380,6 +380,10 @@ class UsageLogResponse(BaseModel):
     price_source: str | None = Field(
         None, description="Where the cost's price came from: 'pricing' (a pricing entry), "
         "'genai-prices' (the [pricing] fallback); null when the request was not priced")
+    # Set when the client named a route: model and provider are the target that served (or
+    # failed last); attempts counts every try, failed ones included.
+    route: str | None = None
+    attempts: int | None = None
 
 
 class UsageEntry(UsageLogResponse):

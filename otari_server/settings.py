@@ -95,6 +95,8 @@ class Settings:
     pricing: Mapping[str, Any] = field(default_factory=dict)
     # [alerts]: webhook_url, webhook_secret, thresholds (budget alerts, see alerts.py).
     alerts: Mapping[str, Any] = field(default_factory=dict)
+    # Routes ([routes.NAME] tables): model names served by several targets (otari_server.routing).
+    routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def context_window(self, model_key: str) -> int:
@@ -204,7 +206,7 @@ _PARSERS = {
     "usage_retention_days": _parse_int,
     "cors_allow_origins": _parse_origins,
 }
-_TABLES = {"providers", "platform", "tools", "pricing", "alerts", "context_windows"}
+_TABLES = {"providers", "platform", "tools", "pricing", "alerts", "context_windows", "routes"}
 PRICE_FALLBACKS = ("genai-prices",)
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
 _TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),

@@ -258,6 +258,10 @@ class UsageLog(Base):
     # Where the cost's price came from: "pricing" (the table), "genai-prices" (the
     # [pricing] fallback), None when the request was not priced.
     price_source: Mapped[str | None] = mapped_column(String(32))
+    # Set when the client asked for a route: its name and how many attempts it took (model
+    # and provider then name the target that served).
+    route: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int | None] = mapped_column(Integer)
 
 
 class Reservation(Base):
@@ -362,3 +366,18 @@ class UsageDaily(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+
+
+class RouteDefinition(Base):
+    """A route created through /v1/routes (config-file routes are not stored)."""
+
+    __tablename__ = "routes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    strategy: Mapped[str] = mapped_column(String(16))
+    # [{"model": "provider:model", "weight": 1}, ...], in try order.
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Every other setting (retries, backoff, timeout, cooldowns ...), see routing.model.
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

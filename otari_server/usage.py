@@ -19,7 +19,8 @@ from otari_server.tables import UsageLog, UTCDateTime, as_utc
 FIELDS = ("id", "user_id", "api_key_id", "timestamp", "model", "provider", "endpoint",
           "prompt_tokens", "completion_tokens", "total_tokens", "cost", "status",
           "error_message", "latency_ms", "request_id", "cache_read_tokens",
-          "cache_write_tokens", "counts_toward_budget", "status_code", "price_source")
+          "cache_write_tokens", "counts_toward_budget", "status_code", "price_source",
+          "route", "attempts")
 
 
 def fetch(session: Session, statement: Select[UsageLog]) -> list[dict[str, Any]]:
