@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select
 
-from otari_server.deps import RuntimeDep, SessionDep, require_master
+from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.pricing import TOKENS
@@ -72,7 +72,7 @@ def _store(session: SessionDep, runtime: Runtime, route: Route,
 
 
 @router.get("", response_model=list[RouteResponse])
-def list_routes(session: SessionDep, runtime: RuntimeDep) -> Response:
+def list_routes(session: ReadSessionDep, runtime: RuntimeDep) -> Response:
     """Every route: the config file's (read_only) and the API's, by name."""
     rows = {row.name: row for row in session.scalars(select(RouteDefinition))}
     shown = []
@@ -100,7 +100,7 @@ def create_route(body: CreateRouteRequest, session: SessionDep, runtime: Runtime
 
 
 @router.get("/{name}", response_model=RouteResponse)
-def get_route(name: str, session: SessionDep, runtime: RuntimeDep) -> Response:
+def get_route(name: str, session: ReadSessionDep, runtime: RuntimeDep) -> Response:
     """One route."""
     if name in runtime.routes.config:
         return ExactJSONResponse(_public(runtime.routes.config[name]))

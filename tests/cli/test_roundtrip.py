@@ -259,7 +259,7 @@ def test_tiny_money_is_plain_in_table_json_and_csv(cli: Cli) -> None:
     [row] = poll_usage(cli, user_id, 1)
     assert row["cost"] == Decimal("0.0000000376")
     usage_json = ok(cli("usage", "--user", user_id, "-o", "json")).out
-    assert '"cost": 0.0000000376' in usage_json
+    assert '"cost":0.0000000376' in usage_json  # rows stream as compact JSON lines
     usage_csv = list(csv.DictReader(io.StringIO(
         ok(cli("usage", "--user", user_id, "-o", "csv")).out)))
     assert usage_csv[0]["cost"] == "0.0000000376"

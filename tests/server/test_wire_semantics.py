@@ -140,9 +140,11 @@ def test_anthropic_answers_speak_anthropic(gateway: Gateway,
         with pytest.raises(anthropic.BadRequestError) as refused:
             client.messages.create(model="nope:x", max_tokens=50, messages=HELLO)
         assert refused.value.request_id == refused.value.response.headers["x-request-id"]
-    rows = gateway.usage(4)
+    rows = gateway.usage(6)  # 4 served, 2 refused (the unknown provider leaves a row too)
     ids = {row["request_id"] for row in rows}
     assert reply._request_id in ids
+    assert refused.value.request_id in {row["request_id"] for row in rows
+                                        if row["status"] == "refused"}
     # A budget refusal is Anthropic's billing_error, with the request id too.
     gateway.user("poor", max_budget="0.000001")
     poor = claude(gateway.key(user_id="poor"))
