@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -9,8 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from otari_cli import params
+from otari_cli.client import path
+from otari_cli.errors import Refused
 from otari_cli.output import Column, Format, when
-from otari_cli.runtime import runtime
+from otari_cli.runtime import Runtime, runtime
 
 app = typer.Typer()
 
@@ -57,19 +60,46 @@ def usage(
     every: Annotated[
         bool, typer.Option("--all", help="Every entry, written as it arrives (-o jsonl, csv).")
     ] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Only this API key id.")] = None,
 ) -> None:
     """Show the usage log, newest first."""
     if ctx.invoked_subcommand is not None:
         return
     rt = runtime(ctx)
-    filters = {"user_id": user, "start_date": since, "end_date": until}
+    filters = {"user_id": user, "start_date": since, "end_date": until, "model": model,
+               "api_key_id": key}
+    # One row past the limit tells whether the listing stopped early.
     rows = rt.gateway.walk(
         "/v1/usage",
         filters,
-        page_size=PAGE_MAX if every else min(limit, PAGE_MAX),
-        limit=None if every else limit,
+        page_size=PAGE_MAX if every else min(limit + 1, PAGE_MAX),
+        limit=None if every else limit + 1,
     )
-    rt.output.stream(rows, COLUMNS)
+    shown = rt.output.stream(_first(rows, None if every else limit, rt.output.message), COLUMNS)
+    if shown == 0 and user is not None:
+        _check_user(rt, user)
+
+
+def _first(rows: Iterator[Any], limit: int | None,
+           say: Callable[[str], None]) -> Iterator[Any]:
+    """The first `limit` rows; says on stderr when more matched (the listing stopped early)."""
+    for count, row in enumerate(rows):
+        if limit is not None and count == limit:
+            say(f"showing the newest {limit} rows; more match (use --all, or --limit N)")
+            return
+        yield row
+
+
+def _check_user(rt: Runtime, user: str) -> None:
+    """An empty listing for a user the gateway does not know says so, rather than nothing."""
+    try:
+        rt.gateway.get(path("v1", "users", user))
+    except Refused as exc:
+        if exc.status == 404:
+            rt.output.warning(f"no user named {user!r}: the filter matches nothing")
+            return
+        raise
 
 
 @app.command("prune")

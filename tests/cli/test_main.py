@@ -243,7 +243,7 @@ def test_usage_filters_and_paging(fake: tuple[str, Script]) -> None:
         "start_date": ["2025-01-01T00:00:00+00:00"],
         "end_date": ["2025-02-01T12:00:00+00:00"],
         "skip": ["0"],
-        "limit": ["5"],
+        "limit": ["6"],  # one past the limit: tells whether the listing stopped early
     }
     code, out, _ = otari(url, "usage", "--all", "-q")
     assert out.split() == [r["id"] for r in rows]
@@ -433,3 +433,34 @@ def test_money_finer_than_ten_places_is_a_usage_error() -> None:
     assert money("1.50000000000") == Decimal("1.5")
     with pytest.raises(typer.BadParameter, match="more than 10 decimal places"):
         money("0.00000000001")
+
+
+def test_usage_says_when_it_stopped_early_and_filters_by_model_and_key(
+    fake: tuple[str, Script],
+) -> None:
+    url, script = fake
+    rows = [{"id": f"u{i}", "cost": "0.1"} for i in range(3)]
+    script.answer("GET", "/v1/usage", 200, rows)
+    code, out, err = otari(url, "usage", "--limit", "2", "--model", "openai:gpt-4o",
+                           "--key", "k1")
+    assert code == 0
+    assert [row["id"] for row in json.loads(out)] == ["u0", "u1"]
+    assert "showing the newest 2 rows; more match (use --all, or --limit N)" in err
+    query = script.seen[0].query
+    assert query["model"] == ["openai:gpt-4o"] and query["api_key_id"] == ["k1"]
+    assert query["limit"] == ["3"]
+    script.answer("GET", "/v1/usage", 200, rows[:2])
+    code, out, err = otari(url, "usage", "--limit", "2")
+    assert code == 0 and "showing" not in err
+
+
+def test_usage_for_an_unknown_user_says_so(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/usage", 200, [])
+    script.answer("GET", "/v1/users/nobody", 404, {"detail": "User 'nobody' not found"})
+    code, out, err = otari(url, "usage", "--user", "nobody")
+    assert (code, json.loads(out)) == (0, [])
+    assert "no user named 'nobody'" in err
+    script.answer("GET", "/v1/users/alice", 200, {"user_id": "alice"})
+    code, out, err = otari(url, "usage", "--user", "alice")
+    assert code == 0 and "no user named" not in err
