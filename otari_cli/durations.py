@@ -39,6 +39,12 @@ def format_duration(seconds: int) -> str:
     return "".join(parts)
 
 
+def is_duration(text: str) -> bool:
+    """Whether `text` is a duration (`7d`, `3600`) rather than a date or datetime."""
+    spec = text.strip().lower()
+    return spec.isdigit() or bool(_WHOLE.fullmatch(spec))
+
+
 def parse_instant(text: str, now: datetime, *, ago: bool) -> datetime:
     """An aware UTC datetime from an ISO date/datetime, or a duration before/after `now`."""
     spec = text.strip()

@@ -89,6 +89,22 @@ def _day_bounds(filters: Filters) -> list[Any]:
     return where
 
 
+def _refuse_split_days(session: Session, filters: Filters) -> None:
+    """A bound inside a pruned day would count that day wholly or not at all: refuse it
+    (InvalidRequest) rather than answer a wrong sum."""
+    for name, bound in (("start_date", filters.start_date), ("end_date", filters.end_date)):
+        if bound is None:
+            continue
+        moment = as_utc(bound)
+        if moment.time() == datetime.min.time():
+            continue
+        day = [*filters.conditions(UsageDaily, timed=False), UsageDaily.day == moment.date()]
+        if session.scalar(select(true()).where(*day).select_from(UsageDaily).limit(1)):
+            raise InvalidRequest(f"{name} falls inside {moment.date().isoformat()}, a day "
+                                 "already pruned and kept per day only: give midnight UTC",
+                                 param=name)
+
+
 def parse_group_by(values: Sequence[str]) -> list[str]:
     """Validate group_by (one or two distinct dimensions); raises InvalidRequest."""
     if not 1 <= len(values) <= 2 or len(set(values)) != len(values):
@@ -117,6 +133,7 @@ def summarize(session: Session, group_by: list[str], filters: Filters) -> dict[s
         key = tuple(_label(d, v) for d, v in zip(group_by, row[:len(keys)], strict=True))
         groups.setdefault(key, Totals()).add(*row[len(keys):])
     rolled_where = [*filters.conditions(UsageDaily, timed=False), *_day_bounds(filters)]
+    _refuse_split_days(session, filters)
     if "hour" in group_by:
         if session.scalar(select(true()).where(*rolled_where).select_from(UsageDaily).limit(1)):
             raise InvalidRequest("group_by=hour: part of this period was pruned and is kept "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 
 from otari_cli import params
 from otari_cli.client import path
+from otari_cli.durations import is_duration
 from otari_cli.errors import Refused
 from otari_cli.output import Column, Format, when
 from otari_cli.runtime import Runtime, runtime
@@ -154,13 +156,23 @@ def _bar_width(stdout: Any, columns: list[Column], rows: list[dict[str, Any]]) -
     return max(1, min(BAR_WIDTH, Console(file=stdout).width - used))
 
 
+def _whole_days(since: str) -> str:
+    """--since as a start instant: a duration ago starts at that day's midnight UTC."""
+    start = params.past(since)
+    if not is_duration(since):
+        return start
+    moment = datetime.fromisoformat(start).astimezone(UTC)
+    return datetime(moment.year, moment.month, moment.day, tzinfo=UTC).isoformat()
+
+
 @app.command("summary")
 def summary(
     ctx: typer.Context,
     by: Annotated[By, typer.Option("--by", help="What to group by.")] = By.USER,
     since: Annotated[str, typer.Option(
-        "--since", parser=params.past,
-        help="From this time: ISO date/datetime, or a duration ago.")] = "7d",
+        "--since",
+        help="From this time: ISO date/datetime, or a duration ago (7d: from midnight UTC "
+             "seven days ago, so whole days, pruned ones too, are counted).")] = "7d",
     until: Until = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
@@ -168,7 +180,8 @@ def summary(
     """Requests, errors, tokens and cost per group, with a total (server-side sums)."""
     rt = runtime(ctx)
     result = rt.gateway.get("/v1/usage/summary", {
-        "group_by": by.value, "start_date": since, "end_date": until, "user_id": user,
+        "group_by": by.value, "start_date": _whole_days(since), "end_date": until,
+        "user_id": user,
         "model": model})
     field = BY_FIELD[by]
     total = {field: "TOTAL", **result["total"]}

@@ -464,3 +464,19 @@ def test_usage_for_an_unknown_user_says_so(fake: tuple[str, Script]) -> None:
     script.answer("GET", "/v1/users/alice", 200, {"user_id": "alice"})
     code, out, err = otari(url, "usage", "--user", "alice")
     assert code == 0 and "no user named" not in err
+
+
+def test_usage_summary_since_a_duration_counts_whole_days(fake: tuple[str, Script]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    url, script = fake
+    script.answer("GET", "/v1/usage/summary", 200, {"groups": [], "total": {
+        "requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0}})
+    assert otari(url, "usage", "summary", "--since", "7d")[0] == 0
+    start = datetime.fromisoformat(script.seen[0].query["start_date"][0])
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+    assert start == datetime(week_ago.year, week_ago.month, week_ago.day, tzinfo=UTC)
+    assert otari(url, "usage", "summary", "--since", "2026-03-01T06:00:00Z")[0] == 0
+    assert script.seen[1].query["start_date"] == ["2026-03-01T06:00:00+00:00"]
+    code, _, err = otari(url, "usage", "summary", "--since", "soon")
+    assert code == ExitCode.USAGE and "invalid time" in err

@@ -132,6 +132,10 @@ def test_prune_rolls_up_so_summaries_stay_exact(client: TestClient, database_url
     assert _summary(client, "group_by=hour&start_date=2026-03-03T00:00:00Z")["groups"] == [
         {"hour": "2026-03-03T08:00:00+00:00", "requests": 1, "errors": 0, "prompt_tokens": 10,
          "completion_tokens": 5, "cost": Decimal("3")}]
+    # A bound inside a pruned day would count it wholly or not at all: a 400, not a wrong sum.
+    for bound in ("start_date=2026-03-01T02:00:00Z", "end_date=2026-03-02T12:00:00Z"):
+        split = client.get(f"/v1/usage/summary?group_by=day&{bound}", headers=MASTER)
+        assert split.status_code == 400 and "midnight UTC" in split.text, bound
     # Pruning again finds nothing; rows of an already rolled-up day add to its roll-up.
     insert(database_url, [row("late", D1 + timedelta(hours=3), cost="0.5")])
     again = client.post("/v1/usage/prune", json={"before": "2026-03-03T00:00:00Z"},
