@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ class Format(StrEnum):
     """How data is written to stdout."""
 
     TABLE = "table"
+    WIDE = "wide"  # a table with every value in full (it may be wider than the terminal)
     JSON = "json"
     JSONL = "jsonl"
     CSV = "csv"
@@ -91,6 +93,11 @@ class Output:
         self.quiet = quiet
         self.format = fmt or (Format.TABLE if _isatty(self.stdout) else Format.JSON)
 
+    @property
+    def tabular(self) -> bool:
+        """Whether data is drawn as a table for a person (table or wide)."""
+        return self.format in (Format.TABLE, Format.WIDE)
+
     # data -------------------------------------------------------------------------------------
 
     def items(
@@ -144,7 +151,7 @@ class Output:
         line (rows so far, rate) is shown there; stdout only ever gets the data. Returns the
         number of rows written.
         """
-        if self.format is Format.TABLE and not self.quiet:
+        if self.tabular and not self.quiet:
             collected = list(self._progress(rows))
             self.items(collected, columns, id_field)
             return len(collected)
@@ -240,6 +247,9 @@ class Output:
         self.stdout.flush()
 
     def _table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
+        """Rows under headers. On a terminal the table fits its width: a header is never
+        broken and a long value ends in an ellipsis (-o wide, JSON and CSV show it whole); off
+        a terminal, or with -o wide, nothing is cut or wrapped."""
         # Rich is imported only here: JSON output and scripts never pay for it.
         from rich.console import Console
         from rich.table import Table
@@ -248,16 +258,24 @@ class Output:
         if not rows:
             self.message(empty)
             return
+        fit = self.format is Format.TABLE and _isatty(self.stdout)
+        widths = [max(len(header), *(len(row[i]) for row in rows))
+                  for i, header in enumerate(headers)]
+        console = Console(file=self.stdout, markup=False, highlight=False, emoji=False,
+                          width=None if fit else sum(widths) + 2 * len(widths))
+        if fit:
+            # Numbers (tokens, money) are never cut: a truncated amount would mislead.
+            floors = [width if all(_NUMBER.fullmatch(row[i]) for row in rows) else len(header)
+                      for i, (header, width) in enumerate(zip(headers, widths, strict=True))]
+            widths = _fitted(widths, floors, console.width)
         table = Table(box=None, pad_edge=False, header_style="bold")
-        # The first column (the id) is never folded: it is what people copy.
-        first = max(len(headers[0]), *(len(row[0]) for row in rows))
-        table.add_column(headers[0], no_wrap=True, min_width=first)
-        for header in headers[1:]:
-            table.add_column(header, overflow="fold")
+        for header, width in zip(headers, widths, strict=True):
+            table.add_column(header, no_wrap=True, min_width=min(len(header), width),
+                             max_width=width, overflow="ellipsis")
         for row in rows:
             # Text(): server-supplied strings are never parsed as Rich markup.
             table.add_row(*(Text(value) for value in row))
-        Console(file=self.stdout, markup=False, highlight=False, emoji=False).print(table)
+        console.print(table)
 
     def _err(self, text: str, style: str | None) -> None:
         if style and _isatty(self.stderr):
@@ -287,6 +305,22 @@ def _rate_column() -> Any:
             return Text(f"{task.speed or 0:,.0f} rows/s")
 
     return RateColumn()
+
+
+_NUMBER = re.compile(r"-?[0-9][0-9,]*(\.[0-9]+)?")
+
+
+def _fitted(widths: list[int], floors: list[int], space: int) -> list[int]:
+    """Column widths that fit `space` (two columns of gap each): the widest columns give
+    way first, none below its header (`floors`); the first column (the id) never does."""
+    widths = list(widths)
+    while sum(widths) + 2 * (len(widths) - 1) > space:
+        shrinkable = [i for i in range(1, len(widths)) if widths[i] > floors[i]]
+        if not shrinkable:
+            break  # a terminal narrower than the headers: Rich crops what is left
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -11,7 +11,7 @@ from otari_cli.client import path
 from otari_cli.completion import KeyId, KeyIds
 from otari_cli.durations import parse_duration
 from otari_cli.errors import UsageError
-from otari_cli.output import Column, Format, when
+from otari_cli.output import Column, when
 from otari_cli.runtime import runtime
 
 app = typer.Typer(help="API keys (list is the default).")
@@ -77,7 +77,7 @@ def create_key(
     created = rt.gateway.post("/v1/keys", {**body, "metadata": params.metadata(metadata)})
     # -q prints the secret: the one thing a script needs and can never get again.
     rt.output.item(created, id_field="key", shows=SHOWS)
-    if rt.output.format is Format.TABLE:
+    if rt.output.tabular:
         rt.output.message("Save the key now: the gateway cannot show it again.")
 
 
@@ -100,7 +100,7 @@ def rotate_key(
     body = {"grace_period_sec": parse_duration(grace) if grace else 0}
     rotated = rt.gateway.post(path("v1", "keys", key_id, "rotate"), body)
     rt.output.item(rotated, id_field="key", shows=SHOWS)
-    if rt.output.format is Format.TABLE:
+    if rt.output.tabular:
         rt.output.message("Save the key now: the gateway cannot show it again.")
 
 

@@ -14,7 +14,7 @@ from otari_cli import params
 from otari_cli.client import path
 from otari_cli.durations import is_duration
 from otari_cli.errors import Refused
-from otari_cli.output import Column, Format, when
+from otari_cli.output import Column, when
 from otari_cli.runtime import Runtime, runtime
 
 app = typer.Typer()
@@ -186,7 +186,7 @@ def summary(
     field = BY_FIELD[by]
     total = {field: "TOTAL", **result["total"]}
     rows = [*result["groups"], total]
-    if rt.output.format is not Format.TABLE or rt.output.quiet:
+    if not rt.output.tabular or rt.output.quiet:
         rt.output.items(rows, [], id_field=field)
         return
     largest = max((Decimal(g["cost"]) for g in result["groups"]), default=Decimal(0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -128,3 +129,42 @@ def test_when_formats_iso_timestamps_in_utc() -> None:
     assert when("2025-01-02T03:04:05.678+02:00") == "2025-01-02 01:04:05"
     assert when(None) == "-"
     assert when("not a time") == "not a time"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+USAGE_HEADERS = ["TIME", "ID", "USER", "MODEL", "ENDPOINT", "IN", "OUT", "COST", "STATUS"]
+LONG_MODEL = "openrouter:meta-llama/llama-3.3-70b-instruct-with-a-very-long-suffix"
+
+
+def _usage_rows() -> list[list[str]]:
+    return [["2026-12-01 03:00:00", f"req-{i:032x}", "alice-the-very-long-user-name",
+             LONG_MODEL, "/v1/chat/completions", "1200", "350", "0.0000000376", "success"]
+            for i in range(3)]
+
+
+def test_tables_fit_80_columns_without_breaking_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    terminal = _Terminal()
+    Output(Format.TABLE, stdout=terminal)._table(USAGE_HEADERS, _usage_rows(), "(none)")
+    # What the terminal shows: the header is bold (ANSI codes take no columns).
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in terminal.getvalue().splitlines()]
+    assert len(lines) == 4  # a header and three rows: nothing folded onto a second line
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[0].split() == USAGE_HEADERS  # every column, no header broken
+    assert "…" in lines[1] and LONG_MODEL not in lines[1]
+    assert lines[1].startswith("2026-12-01 03:00:00")  # the first column is never cut
+    assert "0.0000000376" in lines[1] and " 1200 " in lines[1]  # nor are numbers
+
+
+@pytest.mark.parametrize("fmt", [Format.WIDE, Format.TABLE])
+def test_wide_and_tables_off_a_terminal_show_values_whole(
+        monkeypatch: pytest.MonkeyPatch, fmt: Format) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    out: io.StringIO = _Terminal() if fmt is Format.WIDE else io.StringIO()
+    Output(fmt, stdout=out)._table(USAGE_HEADERS, _usage_rows(), "(none)")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and LONG_MODEL in lines[1] and "…" not in out.getvalue()
