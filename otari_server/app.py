@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from otari_server import __version__, errors, wire
+from otari_server.access import AccessLog
 from otari_server.hotpath import HotPath
 from otari_server.middleware import RequestContext
 from otari_server.routes import (
@@ -87,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HotPath)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes)
+    # Outside RequestContext: its refusals (413, 431) are logged too, with their request id.
+    app.add_middleware(AccessLog)
     if settings.cors_allow_origins:
         # Outermost: a preflight is answered before any credential or body check.
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_allow_origins),

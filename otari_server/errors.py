@@ -223,6 +223,9 @@ def render(request: Request, exc: OtariError) -> JSONResponse:
     """An OtariError as a response in the shape the path's clients expect."""
     if isinstance(exc, ProviderCredentialRejected):
         _credential_rejected(request, exc)
+    elif exc.status >= 500:
+        # Provider failures (502, 503, 504) and our own: findable by the client's request id.
+        log.warning("request %s: %s", request.scope.get("otari.request_id", "-"), exc.message)
     body = error_body(shape_for(request.url.path), exc.status, exc.message, exc.type,
                       exc.anthropic_type, exc.code, exc.param)
     return JSONResponse(body, status_code=exc.status, headers=exc.headers)

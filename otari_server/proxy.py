@@ -17,7 +17,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
-from otari_server import budgets, counts, tokens
+from otari_server import access, budgets, counts, tokens
 from otari_server.auth import Caller
 from otari_server.endpoints import CHAT, Endpoint
 from otari_server.errors import (
@@ -102,6 +102,8 @@ class Call:
             self.runtime.metrics.tokens.labels("completion").inc(used.completion_tokens)
             if cost:
                 self.runtime.metrics.cost.inc(float(cost))  # a gauge of money, not a ledger
+        access.note(model=self.model_key, user=self.user_id, key=self.key_id, cost=cost,
+                    outcome=status)
         tokens_seen = used.prompt_tokens or used.completion_tokens
         self.runtime.ledger.record(Settlement(
             hold=self.hold, user_id=self.user_id, api_key_id=self.key_id,
@@ -261,8 +263,9 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
     try:
         return await _admit(runtime, caller, endpoint, raw, body, request_id, worst, started)
     except (BudgetExceeded, RateLimited, InvalidRequest) as exc:
-        runtime.ledger.record(refusal_row(runtime, caller, endpoint, body, request_id, exc,
-                                          started))
+        row = refusal_row(runtime, caller, endpoint, body, request_id, exc, started)
+        runtime.ledger.record(row)
+        access.note(model=row.model, user=row.user_id, key=row.api_key_id, outcome=row.status)
         raise
 
 

@@ -24,7 +24,7 @@ ConfigError = settings.ConfigError
 def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     """Resolve settings and serve until SIGINT/SIGTERM; exit non-zero if start-up fails."""
     resolved = settings.load(config_path, overrides)
-    logs.configure(resolved.log_level)
+    logs.configure(resolved.log_level, resolved.log_format, resolved.access_log)
     if not resolved.connected:
         check_config(resolved)  # one line naming the key, before anything is served
     options: dict[str, Any] = {
@@ -81,5 +81,5 @@ def _serve_workers(resolved: settings.Settings, config_path: Path | None,
 def worker_app() -> FastAPI:
     """The app of one worker process (settings from the environment set by the parent)."""
     resolved = settings.load()
-    logs.configure(resolved.log_level)
+    logs.configure(resolved.log_level, resolved.log_format, resolved.access_log)
     return create_app(resolved)

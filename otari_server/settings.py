@@ -57,6 +57,9 @@ class Settings:
     database_url: str = ""
     master_key: str | None = None
     log_level: str = "info"
+    # "text" or "json" (one object per line, for log shippers); the access log's on/off.
+    log_format: str = "text"
+    access_log: bool = True
     auto_migrate: bool = True
     workers: int = 1
     bootstrap_api_key: bool = True
@@ -171,6 +174,12 @@ def _parse_origins(value: Any) -> tuple[str, ...]:
 _ORIGIN = re.compile(r"https?://[^/\s?#]+\Z")
 
 
+def _parse_log_format(value: Any) -> str:
+    if value in ("text", "json"):
+        return str(value)
+    raise ValueError(f"expected \"text\" or \"json\", got {value!r}")
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().lower()
     if text.isdigit():
@@ -187,6 +196,8 @@ _PARSERS = {
     "database_url": _parse_str,
     "master_key": _parse_str,
     "log_level": _parse_log_level,
+    "log_format": _parse_log_format,
+    "access_log": _parse_bool,
     "auto_migrate": _parse_bool,
     "workers": _parse_int,
     "bootstrap_api_key": _parse_bool,
