@@ -20,14 +20,14 @@ import time
 from starlette.testclient import TestClient
 
 from otari_server import settings
+from otari_server.access.auth import MASTER
 from otari_server.app import create_app
-from otari_server.auth import MASTER
-from otari_server.endpoints import CHAT
-from otari_server.proxy import worst_case
-from otari_server.routing.plan import plan
+from otari_server.edge.endpoints import CHAT
+from otari_server.generation.proxy import worst_case
+from otari_server.routing.order import plan
 from otari_server.routing.survey import survey
 from otari_server.runtime import Runtime
-from otari_server.tables import utcnow
+from otari_server.storage.tables import utcnow
 
 RAW = b'{"model":"bench","messages":[{"role":"user","content":"Hello"}],"max_tokens":64}'
 

@@ -45,8 +45,8 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from otari_server import db  # noqa: E402
-from tests.fakes import FakeOpenAI  # noqa: E402  (a real OpenAI-wire server on loopback)
+from otari_server.storage import db  # noqa: E402
+from tests.support.fakes import FakeOpenAI  # noqa: E402  (a real OpenAI-wire server on loopback)
 
 MASTER = "sk-bench-master-usage"
 UPSTREAM_KEY = "sk-bench-upstream"

@@ -10,18 +10,12 @@ from anyio import to_thread
 from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from otari_server import __version__, errors, wire
-from otari_server.access import AccessLog
-from otari_server.hotpath import HotPath
-from otari_server.middleware import RequestContext
-from otari_server.routes import (
+from otari_server import __version__, errors
+from otari_server.api import (
     alerts,
-    batches,
     budgets,
-    generation,
     health,
     keys,
-    messages,
     models,
     pricing,
     providers,
@@ -29,6 +23,10 @@ from otari_server.routes import (
     usage,
     users,
 )
+from otari_server.edge.access_log import AccessLog
+from otari_server.edge.hotpath import HotPath
+from otari_server.edge.middleware import RequestContext
+from otari_server.generation import batch_routes, count_tokens, routes, wire
 from otari_server.runtime import close_runtime, open_runtime, providers_of, start_background
 from otari_server.settings import Settings
 from otari_server.tools.config import tools_config
@@ -41,7 +39,7 @@ _EXPOSED = ["x-request-id", "request-id", "retry-after", "retry-after-ms",
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    generation.router, messages.router, batches.router, models.router,
+    routes.router, count_tokens.router, batch_routes.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
     providers.router, alerts.router, routing.router,
 ]

@@ -9,10 +9,10 @@ from anyio import to_thread
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from otari_server import auth
+from otari_server.access import auth
 from otari_server.errors import AuthenticationFailed, PermissionDenied
 from otari_server.runtime import Runtime
-from otari_server.tables import utcnow
+from otari_server.storage.tables import utcnow
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -18,19 +18,20 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server import db, ledger, priceimport, ratelimits, retention, secretfiles
-from otari_server.alerts import Alerts, parse_settings
-from otari_server.auth import KeyActivity, KeyCache, MasterKey, generate_key
-from otari_server.ledger import Ledger
+from otari_server.access.auth import KeyActivity, KeyCache, MasterKey, generate_key
+from otari_server.accounting import ledger, price_import, rate_limits, retention
+from otari_server.accounting.budget_alerts import Alerts, parse_settings
+from otari_server.accounting.ledger import Ledger
+from otari_server.accounting.prices import PriceBook
 from otari_server.metrics import Metrics
-from otari_server.pricing import PriceBook
 from otari_server.providers import Provider, ProviderConfigError, build_providers
+from otari_server.providers.upstream import Upstream
 from otari_server.routing.book import RouteBook
 from otari_server.routing.cooldowns import Cooldowns
 from otari_server.routing.model import RouteError, parse_config
 from otari_server.settings import ConfigError, Settings, master_key_path, state_dir
-from otari_server.tables import APIKey, utcnow
-from otari_server.upstream import Upstream
+from otari_server.storage import db, secret_files
+from otari_server.storage.tables import APIKey, utcnow
 
 log = logging.getLogger("otari")
 
@@ -82,7 +83,7 @@ def resolve_master_key(settings: Settings) -> str:
         log.info("master key: from the generated key file %s", path)
         return path.read_text(encoding="utf-8").strip()
     key = "sk-otari-" + generate_key()[3:]
-    secretfiles.write(path, key + "\n")
+    secret_files.write(path, key + "\n")
     log.warning("no master key configured: generated one and saved it to %s", path)
     return key
 
@@ -92,7 +93,7 @@ def bootstrap_api_key(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         if session.scalar(select(func.count()).select_from(APIKey)):
             return
-        from otari_server.keys import create_key  # keys imports runtime's callers
+        from otari_server.access.minting import create_key  # keys imports runtime's callers
 
         created = create_key(session, key_name="bootstrap", user_id=None, expires_at=None,
                              metadata={"bootstrap": True})
@@ -100,7 +101,7 @@ def bootstrap_api_key(sessions: sessionmaker[Session]) -> None:
         print(f"Created a first API key (shown once): {created.key}", flush=True)
         return
     path = state_dir() / "bootstrap_api_key"
-    secretfiles.write(path, created.key + "\n")
+    secret_files.write(path, created.key + "\n")
     log.warning("created a first API key; it is in %s (mode 0600), shown nowhere else", path)
 
 
@@ -197,7 +198,7 @@ def open_runtime(settings: Settings) -> Runtime:
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
         prices=PriceBook(db.read_session_factory(engine), ttl=max(settings.auth_cache_ttl, 1.0),
-                         fallback=priceimport.fallback_price
+                         fallback=price_import.fallback_price
                          if settings.pricing.get("fallback") else None),
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
                       settings.usage_flush_interval, ledger.spool_path(instance_name(settings))),
@@ -236,7 +237,7 @@ async def _flush_activity_forever(runtime: Runtime, interval: float) -> None:
 async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
     def reclaim_expired() -> int:
         with runtime.engine.begin() as conn:
-            ratelimits.prune(conn, utcnow())
+            rate_limits.prune(conn, utcnow())
             return ledger.reclaim(conn, None, utcnow())
 
     while True:
@@ -267,7 +268,7 @@ async def start_background(runtime: Runtime) -> None:
     await runtime.upstream.open()
     if runtime.settings.pricing.get("fallback"):
         # Load the package's price data now, not on the first unpriced request.
-        await to_thread.run_sync(priceimport.fallback_price, "openai:gpt-4o", utcnow())
+        await to_thread.run_sync(price_import.fallback_price, "openai:gpt-4o", utcnow())
     runtime.ledger.start()
     if runtime.alerts is not None:
         runtime.ledger.on_settled = runtime.alerts.touch

@@ -105,7 +105,7 @@ def backup(
 @app.command("migrate")
 def migrate(ctx: typer.Context, config: Config = None, database_url: DatabaseUrl = None) -> None:
     """Upgrade the database schema to this version's (run once before rolling instances)."""
-    from otari_server import db
+    from otari_server.storage import db
 
     rt = runtime(ctx)
     url = _database_url(config, database_url)

@@ -63,7 +63,7 @@ class ServeFlags:
     workers: int | None = None
 
     def overrides(self) -> dict[str, object]:
-        """Settings overrides for otari_server.serve.run: only what was given."""
+        """Settings overrides for otari_server.daemon.run: only what was given."""
         given = {
             "host": self.host,
             "port": self.port,
@@ -115,7 +115,7 @@ def serve(
         config, host, port, database_url, master_key, log_level, auto_migrate, workers
     )
     # The only import of the server: management commands stay fast without it.
-    from otari_server.serve import run
+    from otari_server.daemon import run
     from otari_server.settings import ConfigError
 
     try:

@@ -13,9 +13,9 @@ from otari_server.connected import health, routes
 from otari_server.connected.config import platform_config
 from otari_server.connected.queue import UsageQueue
 from otari_server.connected.runtime import ConnectedRuntime
-from otari_server.middleware import RequestContext
+from otari_server.edge.middleware import RequestContext
+from otari_server.generation.wire import ChatCompletionRequest, McpServerConfig
 from otari_server.settings import Settings
-from otari_server.wire import ChatCompletionRequest, McpServerConfig
 
 
 def create_connected_app(settings: Settings) -> FastAPI:

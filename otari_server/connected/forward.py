@@ -13,7 +13,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from otari_server.accounting.estimates import estimated_prompt
 from otari_server.connected.addresses import url_refusal
+from otari_server.connected.attempts import Attempt, Route, provider_for
 from otari_server.connected.config import redacted
 from otari_server.connected.failures import (
     ADDRESS_REFUSED,
@@ -30,7 +32,6 @@ from otari_server.connected.failures import (
 )
 from otari_server.connected.platform import TRANSPORT_ERRORS
 from otari_server.connected.reports import Reporter, usage_numbers
-from otari_server.connected.routing import Attempt, Route, provider_for
 from otari_server.connected.runtime import ConnectedRuntime, runtime_of
 from otari_server.errors import (
     AuthenticationFailed,
@@ -40,14 +41,13 @@ from otari_server.errors import (
     OtariError,
     ServiceUnavailable,
 )
+from otari_server.generation.proxy import read_body
+from otari_server.generation.relay import SUCCESS, Ending, RelayResponse, relay, stream_start
 from otari_server.providers import Provider
-from otari_server.providers import anthropic as anthropic_wire
 from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.proxy import read_body
-from otari_server.relay import SUCCESS, Ending, RelayResponse, relay, stream_start
-from otari_server.tokens import estimated_prompt
-from otari_server.translators import AnthropicToChat, ChatPassThrough, StreamTranslator
-from otari_server.upstream import failure, refusal, sanitize
+from otari_server.providers.upstream import failure, refusal, sanitize
+from otari_server.translate import chat_via_messages as anthropic_wire
+from otari_server.translate.streams import AnthropicToChat, ChatPassThrough, StreamTranslator
 
 log = logging.getLogger("otari.connected")
 

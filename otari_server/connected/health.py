@@ -6,12 +6,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from otari_server import __version__
+from otari_server.api.health import process_facts
 from otari_server.connected import metrics as connected_metrics
 from otari_server.connected.config import redacted
 from otari_server.connected.runtime import runtime_of
 from otari_server.errors import NotFound
 from otari_server.metrics import CONTENT_TYPE
-from otari_server.routes.health import process_facts
 
 router = APIRouter(prefix="/health", tags=["health"])
 metrics_router = APIRouter(tags=["metrics"])

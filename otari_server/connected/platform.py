@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from otari_server.connected.attempts import MalformedRoute, Route, parse_route, split_model
 from otari_server.connected.config import PlatformConfig, redacted
-from otari_server.connected.routing import MalformedRoute, Route, parse_route, split_model
 from otari_server.errors import (
     AuthenticationFailed,
     BadGateway,

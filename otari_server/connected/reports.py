@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from otari_server import counts
+from otari_server.accounting import counts
 from otari_server.connected.config import redacted
 from otari_server.connected.platform import TRANSPORT_ERRORS, Platform
 from otari_server.connected.queue import Queued, UsageQueue

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from otari_server import errors
 from otari_server.connected.forward import forward_chat
 from otari_server.errors import NotFound
-from otari_server.wire import ChatCompletionRequest, body_of
+from otari_server.generation.wire import ChatCompletionRequest, body_of
 
 # The otari client SDK prefixes its calls with /api, as in standalone mode.
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/v1/chat/completions"})

@@ -12,8 +12,8 @@ from otari_server.connected.config import PlatformConfig
 from otari_server.connected.platform import Platform
 from otari_server.connected.queue import UsageQueue
 from otari_server.connected.reports import Reporter
+from otari_server.providers.upstream import Upstream
 from otari_server.settings import Settings
-from otari_server.upstream import Upstream
 
 
 @dataclass

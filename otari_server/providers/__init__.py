@@ -1,4 +1,12 @@
-"""Upstream providers: configuration, model addressing, and wire-format translation."""
+"""Who we call and how their failures look: provider registry, presets, the pooled client.
+
+Lives here: `[providers.NAME]` configuration and model addressing (`registry`), built-in presets,
+the one pooled aiohttp client (`upstream`), provider error bodies, and the scrubbing of provider
+keys from what clients see.
+
+May import: `errors`, `settings`, `translate.sse`. Imported by: `generation/`, `routing/`,
+`tools/`, `connected/`, `runtime`.
+"""
 
 from otari_server.providers.registry import (
     ModelAddressError,

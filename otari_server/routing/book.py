@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from otari_server.routing.model import Route, RouteError, parse_route
-from otari_server.tables import RouteDefinition
+from otari_server.storage.tables import RouteDefinition
 
 log = logging.getLogger("otari.routing")
 

@@ -19,8 +19,9 @@ from typing import Any
 
 from starlette.responses import Response
 
-from otari_server.auth import Caller
-from otari_server.endpoints import Endpoint
+from otari_server.access.auth import Caller
+from otari_server.accounting.prices import Consumption, Price
+from otari_server.edge.endpoints import Endpoint
 from otari_server.errors import (
     BadGateway,
     GatewayTimeout,
@@ -28,10 +29,9 @@ from otari_server.errors import (
     OtariError,
     UpstreamError,
 )
-from otari_server.pricing import Consumption, Price
-from otari_server.proxy import Call, admit, refusal_row, worst_case
+from otari_server.generation.proxy import Call, admit, refusal_row, worst_case
 from otari_server.routing.model import Route, Target
-from otari_server.routing.plan import plan
+from otari_server.routing.order import plan
 from otari_server.routing.policy import (
     TRANSIENT,
     Failure,
@@ -43,7 +43,7 @@ from otari_server.routing.policy import (
 )
 from otari_server.routing.survey import survey
 from otari_server.runtime import Runtime
-from otari_server.tables import utcnow
+from otari_server.storage.tables import utcnow
 
 log = logging.getLogger("otari.routing")
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from otari_server.pricing import Price
+from otari_server.accounting.prices import Price
 from otari_server.routing.model import Route
 
 if TYPE_CHECKING:
-    from otari_server.auth import Caller
+    from otari_server.access.auth import Caller
     from otari_server.runtime import Runtime
 
 

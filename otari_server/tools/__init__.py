@@ -13,10 +13,10 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import Response
 
-from otari_server.auth import Caller
-from otari_server.endpoints import Endpoint
+from otari_server.access.auth import Caller
+from otari_server.edge.endpoints import Endpoint
 from otari_server.errors import OtariError
-from otari_server.proxy import admit, runtime_of
+from otari_server.generation.proxy import admit, runtime_of
 from otari_server.tools import answer, loop, plan
 from otari_server.tools.config import tools_config
 from otari_server.tools.toolbox import open_toolbox

@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from otari_server.providers.sse import DONE_EVENT, encode
-from otari_server.proxy import JSON_HEADERS, SSE_HEADERS
+from otari_server.generation.proxy import JSON_HEADERS, SSE_HEADERS
 from otari_server.tools.loop import Meter
 from otari_server.tools.plan import Plan
-from otari_server.translators import completion_chunks
+from otari_server.translate.sse import DONE_EVENT, encode
+from otari_server.translate.streams import completion_chunks
 
 
 def respond(completion: dict[str, Any], plan: Plan, meter: Meter) -> Response:

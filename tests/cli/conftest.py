@@ -197,7 +197,7 @@ def daemon_cli(tmp_path_factory: pytest.TempPathFactory, provider: str) -> Itera
 @pytest.fixture(scope="module")
 def inprocess_cli(tmp_path_factory: pytest.TempPathFactory, provider: str) -> Iterator[InProcess]:
     """The CLI in this process against a real gateway app served from a thread."""
-    from tests.servers import MASTER_KEY, make_settings, running
+    from tests.support.servers import MASTER_KEY, make_settings, running
 
     db = tmp_path_factory.mktemp("inproc") / "otari.db"
     settings = make_settings(

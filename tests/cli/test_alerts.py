@@ -7,10 +7,10 @@ import hmac
 from decimal import Decimal
 
 from otari_cli.errors import ExitCode
-from otari_server.jsonio import loads
+from otari_server.api.jsonio import loads
 from tests.cli.conftest import InProcess
 from tests.server.test_alerts import SECRET, Receiver, alerts_config
-from tests.servers import MASTER_KEY, make_settings, running
+from tests.support.servers import MASTER_KEY, make_settings, running
 
 
 def test_alerts_test_sends_one_signed_sample_event(sqlite_url: str) -> None:

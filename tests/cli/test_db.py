@@ -43,7 +43,7 @@ def test_backup_of_postgresql_points_to_pg_dump(tmp_path: Path) -> None:
 
 
 def test_migrate_brings_a_new_database_to_the_head_schema(tmp_path: Path) -> None:
-    from otari_server import db
+    from otari_server.storage import db
 
     cli = Executable(tmp_path)
     url = f"sqlite:///{tmp_path / 'fresh.db'}"

@@ -63,7 +63,7 @@ def test_a_bad_route_is_refused_with_the_field(cli: Cli) -> None:
 
 @pytest.fixture
 def config_cli(tmp_path: Path) -> Iterator[InProcess]:
-    from tests.servers import MASTER_KEY, make_settings, running
+    from tests.support.servers import MASTER_KEY, make_settings, running
 
     settings = make_settings(
         f"sqlite:///{tmp_path / 'otari.db'}",

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from otari_cli.main import app
 from otari_cli.output import Format, Output
-from otari_server.db import migrate
-from tests.server.usage_rows import insert, row
-from tests.servers import MASTER_KEY, make_settings, running
+from otari_server.storage.db import migrate
+from tests.support.servers import MASTER_KEY, make_settings, running
+from tests.support.usage_rows import insert, row
 
 runner = CliRunner()
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)

@@ -8,8 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from otari_server.app import create_app
-from tests.gateway import gateway_factory_fixture, gateway_fixture
-from tests.servers import make_settings
+from tests.support.gateway import gateway_factory_fixture, gateway_fixture
+from tests.support.servers import make_settings
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from starlette.testclient import TestClient
 
-from otari_server import db, settings
+from otari_server import settings
 from otari_server.app import create_app
-from tests.factories import MASTER
-from tests.procs import otari_command, otari_env
-from tests.servers import free_port, make_settings
+from otari_server.storage import db
+from tests.support.factories import MASTER
+from tests.support.procs import otari_command, otari_env
+from tests.support.servers import free_port, make_settings
 
 
 def test_first_start_generates_a_private_master_key(sqlite_url: str) -> None:

@@ -1,0 +1,86 @@
+"""Run the daemon in the foreground (what `otari serve` calls)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Generator, Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from otari_server import settings
+from otari_server.app import check_config, create_app
+from otari_server.edge import logs
+from otari_server.runtime import prepare
+from otari_server.storage.db import redact
+
+__all__ = ["ConfigError", "run", "worker_app"]
+ConfigError = settings.ConfigError
+
+
+def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
+    """Resolve settings and serve until SIGINT/SIGTERM; exit non-zero if start-up fails."""
+    resolved = settings.load(config_path, overrides)
+    logs.configure(resolved.log_level, resolved.log_format, resolved.access_log)
+    if not resolved.connected:
+        check_config(resolved)  # one line naming the key, before anything is served
+    options: dict[str, Any] = {
+        "host": resolved.host, "port": resolved.port,
+        "log_level": logs.level_number(resolved.log_level), "log_config": None,
+        "timeout_graceful_shutdown": int(resolved.shutdown_timeout),
+        "server_header": False, "access_log": False,
+        "proxy_headers": True, "forwarded_allow_ips": resolved.forwarded_allow_ips,
+    }
+    target = "connected to a platform" if resolved.connected else (
+        f"database {redact(resolved.database_url)}")
+    print(f"otari: serving on http://{resolved.host}:{resolved.port} ({target}"
+          + (f", {resolved.workers} workers" if resolved.workers > 1 else "") + ")",
+          file=sys.stderr, flush=True)
+    if resolved.workers > 1:
+        _serve_workers(resolved, config_path, overrides, options)
+        return
+    server = _Server(uvicorn.Config(create_app(resolved), **options))
+    server.run()
+    if not server.started:
+        raise SystemExit(1)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising SIGTERM/SIGINT after a clean graceful shutdown.
+
+    uvicorn re-raises the caught signal on exit, which makes a clean stop look like a crash
+    (exit status 143) to supervisors and scripts.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+def _serve_workers(resolved: settings.Settings, config_path: Path | None,
+                   overrides: Mapping[str, Any], options: dict[str, Any]) -> None:
+    """Prepare once here, then let uvicorn run N worker processes of `worker_app`."""
+    if not resolved.connected:
+        prepare(resolved)
+    # Workers resolve the same settings from the environment, and skip what was just done.
+    if config_path is not None:
+        os.environ["OTARI_CONFIG"] = str(config_path)
+    for key, value in overrides.items():
+        os.environ[f"OTARI_{key.upper()}"] = str(value)
+    os.environ["OTARI_AUTO_MIGRATE"] = "false"
+    os.environ["OTARI_BOOTSTRAP_API_KEY"] = "false"
+    uvicorn.run("otari_server.daemon:worker_app", factory=True, workers=resolved.workers,
+                **options)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (settings from the environment set by the parent)."""
+    resolved = settings.load()
+    logs.configure(resolved.log_level, resolved.log_format, resolved.access_log)
+    return create_app(resolved)

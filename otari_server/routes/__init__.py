@@ -1,1 +1,0 @@
-"""HTTP routes, one module per resource; `ROUTERS` is the one list app.py mounts."""
