@@ -26,7 +26,8 @@ from otari_server.api import (
 from otari_server.edge.access_log import AccessLog
 from otari_server.edge.hotpath import HotPath
 from otari_server.edge.middleware import RequestContext
-from otari_server.generation import batch_routes, count_tokens, routes, wire
+from otari_server.generation import batch_routes, count_tokens, wire
+from otari_server.generation import routes as generation_routes
 from otari_server.runtime import close_runtime, open_runtime, providers_of, start_background
 from otari_server.settings import Settings
 from otari_server.tools.config import tools_config
@@ -39,7 +40,7 @@ _EXPOSED = ["x-request-id", "request-id", "retry-after", "retry-after-ms",
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    routes.router, count_tokens.router, batch_routes.router, models.router,
+    generation_routes.router, count_tokens.router, batch_routes.router, models.router,
     keys.router, users.router, budgets.router, pricing.router, usage.router,
     providers.router, alerts.router, routing.router,
 ]

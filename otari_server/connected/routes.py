@@ -9,17 +9,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otari_server import errors
 from otari_server.connected.forward import forward_chat
+from otari_server.edge.endpoints import CHAT, CONNECTED, served_paths
 from otari_server.errors import NotFound
 from otari_server.generation.wire import ChatCompletionRequest, body_of
 
-# The otari client SDK prefixes its calls with /api, as in standalone mode.
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/v1/chat/completions"})
+# Bare and /api-prefixed, as in standalone mode (edge.endpoints lists what connected mode serves).
+CHAT_PATHS = served_paths(CONNECTED)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 router = APIRouter(tags=["chat"])
 
 
-@router.post("/v1/chat/completions", openapi_extra=body_of(ChatCompletionRequest))
+@router.post(CHAT.path, openapi_extra=body_of(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     """OpenAI-compatible chat completions, authorized by the platform (Bearer user token)."""
     return await forward_chat(request)

@@ -38,3 +38,21 @@ TRANSCRIPTIONS = Endpoint("/v1/audio/transcriptions", "/audio/transcriptions",
 SPEECH = Endpoint("/v1/audio/speech", "/audio/speech", billing=CHARACTERS,
                   required=("input", "voice"))
 BATCHES = Endpoint("/v1/batches", "/batches")
+
+# Every generation endpoint served straight from ASGI, listed once: the fast path
+# (`edge.hotpath`) serves these, `generation.routes` documents them in /openapi.json, and
+# connected mode serves the CONNECTED subset. tests/server/edge/test_endpoints.py checks all
+# three agree. Batches are not here: they are resource routes (create, list, get, cancel).
+GENERATION: tuple[Endpoint, ...] = (
+    CHAT, MESSAGES, RESPONSES, EMBEDDINGS, MODERATIONS, RERANK, IMAGES_GENERATIONS,
+    TRANSCRIPTIONS, SPEECH,
+)
+CONNECTED: tuple[Endpoint, ...] = (CHAT,)
+
+# The otari client SDK prefixes its calls with /api; both spellings are served.
+PREFIXES = ("", "/api")
+
+
+def served_paths(endpoints: tuple[Endpoint, ...]) -> frozenset[str]:
+    """Every request path that reaches `endpoints`: each public path, bare and /api-prefixed."""
+    return frozenset(prefix + endpoint.path for endpoint in endpoints for prefix in PREFIXES)

@@ -26,9 +26,11 @@ from otari_server.deps import authenticate, require_master
 from otari_server.edge.endpoints import (
     CHAT,
     EMBEDDINGS,
+    GENERATION,
     IMAGES_GENERATIONS,
     MESSAGES,
     MODERATIONS,
+    PREFIXES,
     RERANK,
     RESPONSES,
     SPEECH,
@@ -41,21 +43,23 @@ from otari_server.metrics import Metrics
 
 Handler = Callable[[Request, Caller, Endpoint], Awaitable[Response]]
 
-# POST endpoints served here; each is also a FastAPI route (routes/generation.py) for docs.
-_HANDLERS: list[tuple[Handler, Endpoint]] = [
-    (chat.forward_chat, CHAT),
-    (messages.forward, MESSAGES),
-    (responses.forward, RESPONSES),
-    (proxy.forward_json, EMBEDDINGS),
-    (moderations.forward, MODERATIONS),
-    (proxy.forward_json, RERANK),
-    (proxy.forward_json, IMAGES_GENERATIONS),
-    (audio.forward, TRANSCRIPTIONS),
-    (audio.forward, SPEECH),
-]
+# The handler of each endpoint in GENERATION (the one list); each is also a FastAPI route in
+# generation/routes.py, for the OpenAPI document.
+_HANDLERS: dict[Endpoint, Handler] = {
+    CHAT: chat.forward_chat,
+    MESSAGES: messages.forward,
+    RESPONSES: responses.forward,
+    EMBEDDINGS: proxy.forward_json,
+    MODERATIONS: moderations.forward,
+    RERANK: proxy.forward_json,
+    IMAGES_GENERATIONS: proxy.forward_json,
+    TRANSCRIPTIONS: audio.forward,
+    SPEECH: audio.forward,
+}
+# A KeyError here at import is an endpoint listed without a handler.
 ROUTES: dict[str, tuple[Handler, Endpoint]] = {
-    prefix + endpoint.path: (handler, endpoint)
-    for handler, endpoint in _HANDLERS for prefix in ("", "/api")
+    prefix + endpoint.path: (_HANDLERS[endpoint], endpoint)
+    for endpoint in GENERATION for prefix in PREFIXES
 }
 
 

@@ -44,22 +44,22 @@ from otari_server.generation.wire import (
     body_of,
 )
 
-router = APIRouter(prefix="/v1")
+router = APIRouter()
 
 
-@router.post("/chat/completions", tags=["chat"], openapi_extra=body_of(ChatCompletionRequest))
+@router.post(CHAT.path, tags=["chat"], openapi_extra=body_of(ChatCompletionRequest))
 async def chat_completions(request: Request, caller: CallerDep) -> Response:
     """OpenAI-compatible chat completions, streaming or not, to any configured provider."""
     return await chat.forward_chat(request, caller, CHAT)
 
 
-@router.post("/messages", tags=["messages"], openapi_extra=body_of(MessagesRequest))
+@router.post(MESSAGES.path, tags=["messages"], openapi_extra=body_of(MessagesRequest))
 async def create_message(request: Request, caller: CallerDep) -> Response:
     """Anthropic Messages API-compatible endpoint (streaming, tools, extended thinking)."""
     return await messages.forward(request, caller, MESSAGES)
 
 
-@router.post("/responses", tags=["responses"], openapi_extra=body_of(ResponsesRequest))
+@router.post(RESPONSES.path, tags=["responses"], openapi_extra=body_of(ResponsesRequest))
 async def create_response(request: Request, caller: CallerDep) -> Response:
     """OpenAI Responses API-compatible endpoint."""
     return await responses.forward(request, caller, RESPONSES)
@@ -69,7 +69,7 @@ _STORED: dict[int | str, dict[str, Any]] = {404: {"description": (
     "Not created through this gateway, another user's, or made by translation")}}
 
 
-@router.get("/responses/{response_id}", tags=["responses"], responses=_STORED)
+@router.get("/v1/responses/{response_id}", tags=["responses"], responses=_STORED)
 async def retrieve_response(response_id: str, request: Request, caller: CallerDep,
                             runtime: RuntimeDep) -> Response:
     """A stored response, from the provider that created it."""
@@ -77,14 +77,14 @@ async def retrieve_response(response_id: str, request: Request, caller: CallerDe
                                            list(request.query_params.multi_items()))
 
 
-@router.delete("/responses/{response_id}", tags=["responses"], responses=_STORED)
+@router.delete("/v1/responses/{response_id}", tags=["responses"], responses=_STORED)
 async def delete_response(response_id: str, caller: CallerDep,
                           runtime: RuntimeDep) -> Response:
     """Delete a stored response at the provider that created it."""
     return await stored_responses.remove(runtime, caller, response_id)
 
 
-@router.get("/responses/{response_id}/input_items", tags=["responses"], responses=_STORED)
+@router.get("/v1/responses/{response_id}/input_items", tags=["responses"], responses=_STORED)
 async def list_response_input_items(response_id: str, request: Request, caller: CallerDep,
                                     runtime: RuntimeDep) -> Response:
     """The input items of a stored response (after, before, limit, order, include)."""
@@ -92,20 +92,20 @@ async def list_response_input_items(response_id: str, request: Request, caller: 
                                               list(request.query_params.multi_items()))
 
 
-@router.post("/responses/{response_id}/cancel", tags=["responses"], responses=_STORED)
+@router.post("/v1/responses/{response_id}/cancel", tags=["responses"], responses=_STORED)
 async def cancel_response(response_id: str, caller: CallerDep,
                           runtime: RuntimeDep) -> Response:
     """Cancel a background response at the provider that created it."""
     return await stored_responses.cancel(runtime, caller, response_id)
 
 
-@router.post("/embeddings", tags=["embeddings"], openapi_extra=body_of(EmbeddingRequest))
+@router.post(EMBEDDINGS.path, tags=["embeddings"], openapi_extra=body_of(EmbeddingRequest))
 async def create_embedding(request: Request, caller: CallerDep) -> Response:
     """Embeddings for text input."""
     return await proxy.forward_json(request, caller, EMBEDDINGS)
 
 
-@router.post("/moderations", tags=["moderations"], response_model=ModerationResponse,
+@router.post(MODERATIONS.path, tags=["moderations"], response_model=ModerationResponse,
              openapi_extra=body_of(ModerationRequest))
 async def create_moderation(request: Request, caller: CallerDep,
                             include_raw: bool = Query(False)) -> Response:
@@ -113,27 +113,27 @@ async def create_moderation(request: Request, caller: CallerDep,
     return await moderations.forward(request, caller, MODERATIONS)
 
 
-@router.post("/rerank", tags=["rerank"], openapi_extra=body_of(RerankRequest))
+@router.post(RERANK.path, tags=["rerank"], openapi_extra=body_of(RerankRequest))
 async def create_rerank(request: Request, caller: CallerDep) -> Response:
     """Reorder documents by relevance to a query."""
     return await proxy.forward_json(request, caller, RERANK)
 
 
-@router.post("/images/generations", tags=["images"],
+@router.post(IMAGES_GENERATIONS.path, tags=["images"],
              openapi_extra=body_of(ImageGenerationRequest))
 async def create_image(request: Request, caller: CallerDep) -> Response:
     """Images from a text prompt."""
     return await proxy.forward_json(request, caller, IMAGES_GENERATIONS)
 
 
-@router.post("/audio/transcriptions", tags=["audio"], openapi_extra=body_of(
+@router.post(TRANSCRIPTIONS.path, tags=["audio"], openapi_extra=body_of(
     "Body_create_transcription_v1_audio_transcriptions_post", "multipart/form-data"))
 async def create_transcription(request: Request, caller: CallerDep) -> Response:
     """Transcribe an audio upload."""
     return await audio.forward(request, caller, TRANSCRIPTIONS)
 
 
-@router.post("/audio/speech", tags=["audio"], openapi_extra=body_of(AudioSpeechRequest))
+@router.post(SPEECH.path, tags=["audio"], openapi_extra=body_of(AudioSpeechRequest))
 async def create_speech(request: Request, caller: CallerDep) -> Response:
     """Speech from text, streamed back with the provider's content type."""
     return await audio.forward(request, caller, SPEECH)
