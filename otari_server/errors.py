@@ -1,4 +1,30 @@
-"""The OtariError tree and the one place that renders errors in each API's shape."""
+"""The OtariError tree and the one place that renders errors in each API's shape.
+
+Every error the gateway answers on purpose is one class below; its status and its error
+types (OpenAI `type`, Anthropic `error.type`) live on the class, and `render` writes the body
+in the shape of the API the path belongs to (OpenAI, Anthropic, or management):
+
+    OtariError                      500  server_error            (base; never raised bare)
+    ├── InvalidRequest              400  invalid_request_error   well-formed, cannot be done
+    ├── AuthenticationFailed        401  authentication_error    no credential / unknown / revoked
+    ├── PermissionDenied            403  permission_error        valid credential, not allowed
+    ├── NotFound                    404  not_found_error
+    ├── Conflict                    409  conflict_error          duplicate, still in use
+    ├── Unprocessable               422  invalid_request_error   a value we cannot accept
+    ├── BudgetExceeded              402  budget_exceeded         worst case does not fit
+    ├── PayloadTooLarge             413  invalid_request_error   body over max_body_bytes
+    ├── RateLimited                 429  rate_limit_error        requests/tokens per minute
+    ├── UpstreamError         provider's 4xx/5xx, type by status  provider refused the request
+    ├── BadGateway                  502  upstream_error          provider failed or answered junk
+    │   └── ProviderCredentialRejected    provider refused *our* key (operator's problem)
+    ├── ServiceUnavailable          503  service_unavailable     our database is down, shutdown
+    └── GatewayTimeout              504  timeout_error           provider too slow
+
+Errors that are not answers (configuration, translation, bad provider numbers) are plain
+exceptions near their module (ConfigError, TranslationError, BadCount ...) and are turned into
+one of these at the boundary that knows what the client should hear. Anything else reaching
+`respond` is our bug: a 500 with the request id, logged with its traceback, never its text.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import time
@@ -81,7 +80,7 @@ class Upstream:
             response = await self._session.post(provider.url(path), data=orjson.dumps(body),
                                                 headers=headers, timeout=timeout,
                                                 allow_redirects=False)
-        except Exception as exc:
+        except TRANSPORT_ERRORS as exc:
             raise failure(provider, exc) from None
         if self.observe is not None:
             self.observe.labels(provider.name).observe(time.perf_counter() - started)
@@ -113,9 +112,15 @@ class Upstream:
                 method, provider.url(path), data=data, params=params,
                 headers=provider.request_headers(), timeout=_timeout(provider.timeout, stream),
                 allow_redirects=False)
-        except Exception as exc:
+        except TRANSPORT_ERRORS as exc:
             raise failure(provider, exc) from None
         return unredirected(provider, response)
+
+
+# What talking to a provider can raise: connection, protocol and payload errors (all
+# aiohttp.ClientError), socket errors and timeouts. Nothing broader: an exception of any other
+# kind here is our own bug, and must surface as a 500 (and fail a test), not pass as a 502.
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 def unredirected(provider: Provider, response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
@@ -142,7 +147,7 @@ async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) ->
     made to repeat it: the same rule as for streams); non-2xx answers become our errors."""
     try:
         content = await response.read()
-    except Exception as exc:
+    except TRANSPORT_ERRORS as exc:
         raise failure(provider, exc) from None
     finally:
         response.release()
@@ -177,7 +182,7 @@ def malformed(provider: Provider) -> BadGateway:
 
 def failure(provider: Provider, exc: BaseException) -> OtariError:
     """A transport-level failure talking to a provider, as the error we answer with."""
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"Provider '{provider.name}' did not answer in time")
     if isinstance(exc, aiohttp.ClientError | OSError):
         return BadGateway(f"Could not reach provider '{provider.name}': {type(exc).__name__}")

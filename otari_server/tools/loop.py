@@ -11,11 +11,11 @@ import orjson
 
 from otari_server.accounting.budget_rules import Need
 from otari_server.accounting.prices import Consumption
-from otari_server.errors import InvalidRequest
+from otari_server.errors import InvalidRequest, Unprocessable
 from otari_server.generation.proxy import Call, consumption, worst_case
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
-from otari_server.tools.plan import MAX_ITERATIONS, Plan, Unprocessable, hints, model_request
+from otari_server.tools.plan import MAX_ITERATIONS, Plan, hints, model_request
 from otari_server.tools.toolbox import Toolbox
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from otari_server.errors import InvalidRequest, OtariError
+from otari_server.errors import InvalidRequest, Unprocessable
 from otari_server.tools import urls
 from otari_server.tools.config import ToolsConfig
 
@@ -19,14 +19,6 @@ WEB_SEARCH, CODE_EXECUTION = "web_search", "code_execution"
 GATEWAY_FIELDS = ("mcp_servers", "mcp_server_ids", "max_tool_iterations", "tools_header")
 DEFAULT_HEADER = ("Besides any tools of your own, you can call tools that run on remote "
                   "servers. What each server is for:")
-
-
-class Unprocessable(OtariError):
-    """422: a limit of the tool loop was passed (iteration cap)."""
-
-    status = 422
-    type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
 
 
 @dataclass(frozen=True, slots=True)
