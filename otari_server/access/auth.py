@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cachetools import TTLCache
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -195,33 +196,38 @@ class MasterKey:
 
 
 class KeyCache:
-    """Key snapshots by token hash, kept for `ttl` seconds.
+    """Key snapshots by token hash, kept for `ttl` seconds (cachetools TTLCache: LRU + TTL).
 
     Mutations through this instance's management API clear it at once; other instances see
     a change within `ttl`, which bounds how long a revoked key keeps working elsewhere.
+    Unknown tokens are remembered apart, in a smaller cache of their own: a flood of random
+    bearer tokens evicts other random tokens, never a valid key.
     """
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl
-        self._clock = clock
-        self._entries: dict[str, tuple[float, KeySnapshot | None]] = {}
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic,
+                 known: int = 100_000, unknown: int = 10_000) -> None:
+        self._known: TTLCache[str, KeySnapshot] = TTLCache(known, ttl, timer=clock)
+        self._unknown: TTLCache[str, bool] = TTLCache(unknown, ttl, timer=clock)
 
     def get(self, token_hash: str) -> tuple[bool, KeySnapshot | None]:
         """(hit, snapshot); a hit may be a cached 'unknown key' (None)."""
-        entry = self._entries.get(token_hash)
-        if entry is None or self._clock() - entry[0] > self._ttl:
-            return False, None
-        return True, entry[1]
+        snapshot = self._known.get(token_hash)
+        if snapshot is not None:
+            return True, snapshot
+        return token_hash in self._unknown, None
 
     def put(self, token_hash: str, snapshot: KeySnapshot | None) -> None:
-        """Remember a lookup result; bounded so random tokens cannot grow it forever."""
-        if len(self._entries) >= 100_000:
-            self._entries.clear()
-        self._entries[token_hash] = (self._clock(), snapshot)
+        """Remember a lookup result (bounded: the least recently used goes first)."""
+        if snapshot is None:
+            self._unknown[token_hash] = True
+        else:
+            self._unknown.pop(token_hash, None)
+            self._known[token_hash] = snapshot
 
     def clear(self) -> None:
         """Forget everything (after any management change)."""
-        self._entries.clear()
+        self._known.clear()
+        self._unknown.clear()
 
 
 class KeyActivity:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from anyio import to_thread
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -190,9 +191,9 @@ class PriceBook:
                  fallback: Callable[[str, datetime], Price | None] | None = None) -> None:
         self._sessions = sessions
         self._fallback = fallback
-        self._ttl = ttl
-        self._clock = clock
-        self._entries: dict[str, tuple[float, list[Price]]] = {}
+        # LRU with TTL (cachetools): a flood of unknown model names pushes out the least
+        # recently used entries, not every price at once.
+        self._entries: TTLCache[str, list[Price]] = TTLCache(10_000, ttl, timer=clock)
 
     def _load(self, model_key: str) -> list[Price]:
         with self._sessions() as session:
@@ -200,14 +201,11 @@ class PriceBook:
 
     async def at(self, model_key: str, when: datetime) -> Price | None:
         """The price of `model_key` in effect at `when`, or None when it has none."""
-        entry = self._entries.get(model_key)
-        if entry is None or self._clock() - entry[0] > self._ttl:
+        prices = self._entries.get(model_key)
+        if prices is None:
             prices = await to_thread.run_sync(self._load, model_key)
-            if len(self._entries) > 10_000:
-                self._entries.clear()
-            entry = (self._clock(), prices)
-            self._entries[model_key] = entry
-        price = next((p for p in entry[1] if p.effective_at <= when), None)
+            self._entries[model_key] = prices
+        price = next((p for p in prices if p.effective_at <= when), None)
         if price is None and self._fallback is not None:
             price = self._fallback(model_key, when)
         return price

@@ -1,0 +1,75 @@
+"""The key cache under a flood: random bearer tokens never push out a valid key."""
+
+from __future__ import annotations
+
+import secrets
+
+from otari_server.access.auth import KeyCache, KeySnapshot, hash_token
+
+
+class Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def snapshot(key_id: str) -> KeySnapshot:
+    return KeySnapshot(key_id=key_id, key_name=None, is_active=True, expires_at=None,
+                       user_id="u", user_blocked=False, user_deleted=False)
+
+
+def test_a_flood_of_unknown_tokens_keeps_every_valid_key() -> None:
+    cache = KeyCache(ttl=60, clock=Clock(), known=100, unknown=1_000)
+    valid = {hash_token(f"sk-valid-{i}"): snapshot(f"k{i}") for i in range(100)}
+    for token_hash, snap in valid.items():
+        cache.put(token_hash, snap)
+    for _ in range(20_000):  # twenty times the unknown-token capacity
+        cache.put(hash_token(secrets.token_urlsafe(24)), None)
+    assert all(cache.get(h) == (True, snap) for h, snap in valid.items())
+
+
+def test_unknown_tokens_are_remembered_as_unknown_and_bounded() -> None:
+    cache = KeyCache(ttl=60, clock=Clock(), known=10, unknown=5)
+    tokens = [hash_token(f"random-{i}") for i in range(8)]
+    for token_hash in tokens:
+        cache.put(token_hash, None)
+    assert cache.get(tokens[-1]) == (True, None)  # a hit: known to be unknown
+    assert cache.get(tokens[0]) == (False, None)  # the oldest was evicted (LRU)
+
+
+def test_entries_expire_after_the_ttl_and_clear_forgets_everything() -> None:
+    clock = Clock()
+    cache = KeyCache(ttl=5, clock=clock)
+    cache.put("a", snapshot("ka"))
+    cache.put("b", None)
+    clock.now += 4.9
+    assert cache.get("a") == (True, snapshot("ka"))
+    assert cache.get("b") == (True, None)
+    clock.now += 0.2
+    assert cache.get("a") == (False, None)
+    assert cache.get("b") == (False, None)
+    cache.put("a", snapshot("ka"))
+    cache.clear()
+    assert cache.get("a") == (False, None)
+
+
+def test_a_key_created_after_its_token_was_seen_unknown_is_found() -> None:
+    cache = KeyCache(ttl=60, clock=Clock())
+    cache.put("h", None)
+    cache.put("h", snapshot("k"))
+    assert cache.get("h") == (True, snapshot("k"))
+    assert cache.get("h") == (True, snapshot("k"))
+
+
+def test_the_least_recently_used_valid_key_goes_first_when_known_keys_overflow() -> None:
+    cache = KeyCache(ttl=60, clock=Clock(), known=3)
+    for name in ("a", "b", "c"):
+        cache.put(name, snapshot(name))
+    assert cache.get("a")[0]  # "a" is now the most recently used
+    cache.put("d", snapshot("d"))
+    assert cache.get("b") == (False, None)
+    assert [cache.get(n)[0] for n in ("a", "c", "d")] == [True, True, True]
