@@ -47,6 +47,7 @@ from otari_server.providers import Provider
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.providers.upstream import failure, refusal, sanitize
 from otari_server.translate import chat_via_messages as anthropic_wire
+from otari_server.translate.chat_via_messages_request import to_messages_request
 from otari_server.translate.streams import AnthropicToChat, ChatPassThrough, StreamTranslator
 
 log = logging.getLogger("otari.connected")
@@ -213,7 +214,7 @@ def _request(call: Call, body: dict[str, Any]
     streaming = body.get("stream") is True
     if call.provider.type == "anthropic":
         try:
-            outgoing = anthropic_wire.to_messages_request(
+            outgoing = to_messages_request(
                 body, model=call.attempt.model,
                 default_max_tokens=call.runtime.settings.default_max_tokens)
         except anthropic_wire.TranslationError as exc:

@@ -28,6 +28,7 @@ from otari_server.providers.upstream import malformed, parse_upstream, read_upst
 from otari_server.routing.serve import routed
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
+from otari_server.translate.chat_via_messages_request import to_messages_request
 from otari_server.translate.streams import AnthropicToChat, ChatPassThrough
 
 
@@ -93,7 +94,7 @@ async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
 async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
                           streaming: bool) -> Response:
     try:
-        outgoing = anthropic_wire.to_messages_request(
+        outgoing = to_messages_request(
             body, model=upstream_model,
             default_max_tokens=call.runtime.settings.default_max_tokens)
     except TranslationError as exc:

@@ -5,7 +5,8 @@ model), the answer comes back unchanged, typed stream events are relayed as they
 usage is read from `response.usage` (in a stream, from the terminal response.* event).
 
 Anthropic providers have no Responses API: the request is translated into a chat request
-(providers.responses) and that into a Messages request (providers.anthropic); the answer and
+(translate.responses_via_chat_request) and that into a Messages request
+(translate.chat_via_messages_request); the answer and
 the stream come back the same way, chat in the middle.
 """
 
@@ -44,11 +45,13 @@ from otari_server.runtime import Runtime
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate import responses_via_chat as responses_wire
 from otari_server.translate.chat_via_messages import TranslationError
-from otari_server.translate.streams import (
+from otari_server.translate.chat_via_messages_request import to_messages_request
+from otari_server.translate.responses_streams import (
     AnthropicToResponses,
     ResponsesPassThrough,
     responses_consumption,
 )
+from otari_server.translate.responses_via_chat_request import STATEFUL, to_chat_request
 
 
 async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
@@ -63,7 +66,7 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     streaming = body.get("stream") is True
     model_route = runtime.routes.routes.get(body["model"])
     if model_route is not None:
-        stateful = [name for name in responses_wire.STATEFUL if body.get(name) is not None]
+        stateful = [name for name in STATEFUL if body.get(name) is not None]
         if stateful:
             # State the provider keeps lives with one provider: a route could reach another.
             raise InvalidRequest(f"'{stateful[0]}' refers to state one provider keeps: send "
@@ -99,9 +102,9 @@ def _stored_context_bound(runtime: Runtime, caller: Caller, raw: bytes,
     input the gateway never sees; all of it must fit the model's context window, so the
     window (settings.context_window) bounds the prompt. None for any other request (the
     usual body estimate applies) and for providers reached by translation, which refuse
-    stored state (providers.responses.STATEFUL).
+    stored state (translate.responses_via_chat_request.STATEFUL).
     """
-    if not any(body.get(name) is not None for name in responses_wire.STATEFUL):
+    if not any(body.get(name) is not None for name in STATEFUL):
         return None
     provider, _, model_key = route(runtime, caller, body["model"])
     if provider.type != "openai":
@@ -157,8 +160,8 @@ def _message(error: object) -> str:
 async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
                         streaming: bool) -> Response:
     try:
-        chat = responses_wire.to_chat_request(body, model=upstream_model)
-        outgoing = anthropic_wire.to_messages_request(
+        chat = to_chat_request(body, model=upstream_model)
+        outgoing = to_messages_request(
             chat, model=upstream_model,
             default_max_tokens=call.runtime.settings.default_max_tokens)
     except TranslationError as exc:

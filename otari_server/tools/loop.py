@@ -19,6 +19,7 @@ from otari_server.tools.plan import MAX_ITERATIONS, Plan, hints, model_request
 from otari_server.tools.toolbox import Toolbox
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
+from otari_server.translate.chat_via_messages_request import to_messages_request
 
 
 @dataclass(slots=True)
@@ -111,7 +112,7 @@ async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dic
                                                dict(body, model=upstream_model))
         return parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
-        outgoing = anthropic_wire.to_messages_request(
+        outgoing = to_messages_request(
             body, model=upstream_model, default_max_tokens=runtime.settings.default_max_tokens)
     except TranslationError as exc:
         raise InvalidRequest(str(exc)) from None

@@ -29,7 +29,8 @@ from pydantic import TypeAdapter
 
 from otari_server.translate.chat_via_messages import ChatStreamTranslator
 from otari_server.translate.messages_via_chat import MessageStreamTranslator
-from otari_server.translate.responses_via_chat import ResponseStreamTranslator, decrypt_thinking
+from otari_server.translate.responses_via_chat import ResponseStreamTranslator
+from otari_server.translate.responses_via_chat_request import decrypt_thinking
 from otari_server.translate.sse import SSEParser
 
 GOLDEN = Path(__file__).resolve().parents[2] / "support" / "golden"

@@ -14,8 +14,8 @@ from otari_server.translate.chat_via_messages import (
     chat_usage,
     finish_reason,
     to_chat_completion,
-    to_messages_request,
 )
+from otari_server.translate.chat_via_messages_request import to_messages_request
 
 WEATHER_TOOL = {
     "type": "function",

@@ -20,6 +20,7 @@ import pytest
 from otari_server.providers import Provider, build_providers
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate import messages_via_chat as messages_wire
+from otari_server.translate.chat_via_messages_request import to_messages_request
 from otari_server.translate.sse import DONE_EVENT, SSEParser, encode
 from tests.support.fakes import DEFAULT_TEXT, FakeAnthropic, FakeOpenAI, ToolCall
 
@@ -49,7 +50,7 @@ def chat_bridge(provider: Provider) -> httpx2.MockTransport:
 
     def handle(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
-        upstream = anthropic_wire.to_messages_request(body, model="claude-fake")
+        upstream = to_messages_request(body, model="claude-fake")
         if not body.get("stream"):
             response = httpx.post(
                 provider.url("/messages"), json=upstream, headers=provider.request_headers()

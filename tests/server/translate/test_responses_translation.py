@@ -18,12 +18,13 @@ from otari_server.accounting.prices import Consumption
 from otari_server.generation.responses import metered
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import ChatStreamTranslator, TranslationError
+from otari_server.translate.chat_via_messages_request import to_messages_request
 from otari_server.translate.responses_via_chat import (
     ResponseStreamTranslator,
     responses_usage,
-    to_chat_request,
     to_response,
 )
+from otari_server.translate.responses_via_chat_request import to_chat_request
 from tests.support.fakes import DEFAULT_TEXT, ToolCall
 from tests.support.fakes_responses import FakeOpenAIResponses, responses_prompt_tokens
 
@@ -121,7 +122,7 @@ def test_a_function_call_turn_reaches_anthropic_as_tool_use_and_tool_result() ->
          "arguments": '{"city":"Paris"}'},
         {"type": "function_call_output", "call_id": "toolu_1", "output": "sunny"},
     ]})
-    request = anthropic_wire.to_messages_request(chat, model="claude-sonnet")
+    request = to_messages_request(chat, model="claude-sonnet")
     assert request["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
@@ -370,7 +371,7 @@ def test_reasoning_items_carry_the_signed_thinking_when_asked() -> None:
              {"type": "function_call_output", "call_id": "toolu_1", "output": "done"}]
     chat = to_chat_request({"model": "m", "input": items, "reasoning": {"effort": "high"}})
     assert chat["messages"][1]["thinking_blocks"] == [THINKING, REDACTED]
-    outgoing = anthropic_wire.to_messages_request(chat, model="claude")
+    outgoing = to_messages_request(chat, model="claude")
     assert outgoing["messages"][1]["content"] == [
         THINKING, REDACTED, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]
     # Not asked: the text only, and no redacted item (nothing in it a client could use).
@@ -387,7 +388,7 @@ def test_foreign_or_missing_encrypted_reasoning_is_left_out_and_thinking_asks_fo
     chat = to_chat_request({"model": "m", "input": items, "reasoning": {"effort": "high"}})
     assert "thinking_blocks" not in chat["messages"][1]
     with pytest.raises(TranslationError, match="must keep its thinking"):
-        anthropic_wire.to_messages_request(chat, model="claude")
+        to_messages_request(chat, model="claude")
 
 
 def sdk_state(events: list[dict[str, Any]]) -> Any:
@@ -441,7 +442,7 @@ def test_stream_reasoning_items_and_calls_without_arguments() -> None:
         if "include" in request:
             assert [item["type"] for item in final["output"]] == [
                 "reasoning", "reasoning", "function_call"]
-            from otari_server.translate.responses_via_chat import decrypt_thinking
+            from otari_server.translate.responses_via_chat_request import decrypt_thinking
             assert [decrypt_thinking(item["encrypted_content"]) for item in final["output"][:2]
                     ] == [THINKING, REDACTED]
         else:
@@ -484,6 +485,6 @@ def test_logprobs_asked_through_responses_are_refused_by_anthropic(fields: dict[
     chat = to_chat_request({"model": "m", "input": "x", **fields})
     assert chat["logprobs"] is True
     with pytest.raises(TranslationError) as refused:
-        anthropic_wire.to_messages_request(chat, model="claude")
+        to_messages_request(chat, model="claude")
     assert str(refused.value) == (
         "logprobs: unsupported, anthropic providers do not return log probabilities")
