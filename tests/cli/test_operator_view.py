@@ -165,3 +165,20 @@ def test_names_are_accepted_where_ids_are(cli: Cli) -> None:
     assert ok(cli("users", "update", alias, "--blocked")).json()["user_id"] == other
     assert ok(cli("users", "delete", alias, "--yes")).json() == [
         {"user_id": other, "status": "deleted"}]
+
+
+def test_price_detail_shows_the_rates_that_apply(cli: Cli) -> None:
+    model = f"fakeai:{unique('detail')}"
+    rows = detail(ok(cli("pricing", "set", model, "--input-price", "1.25", "--output-price",
+                         "10", "--tier", "200000:2.5:", "-o", "table")).out)
+    assert [label for label, _ in rows] == ["model", "unit", "input /1M", "output /1M",
+                                            "long-context tiers", "effective", "source",
+                                            "updated"]
+    assert dict(rows)["long-context tiers"] == "above 200000: 2.5 / base"
+    assert (dict(rows)["model"], dict(rows)["input /1M"], dict(rows)["output /1M"]) == (
+        model, "1.25", "10")
+    shown = ok(cli("pricing", "get", model, "-o", "table")).out
+    assert detail(shown) == rows
+    as_json = ok(cli("pricing", "get", model, "-o", "json")).json()
+    assert as_json["price_per_image"] is None and as_json["pricing_tiers"][0][
+        "min_input_tokens"] == 200001
