@@ -1,4 +1,4 @@
-"""Shell completion of values: key ids, user ids, route names and context names (Typer
+"""Shell completion of values: key, user and budget ids, route and context names (Typer
 autocompletion).
 
 Completion runs before the root callback, so the gateway is chosen here from the root
@@ -44,6 +44,11 @@ def user_ids(ctx: typer.Context, incomplete: str) -> list[str]:
     return _ids(ctx, "/v1/users", "user_id", incomplete)
 
 
+def budget_ids(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Budget ids on the chosen gateway."""
+    return _ids(ctx, "/v1/budgets", "budget_id", incomplete)
+
+
 def route_names(ctx: typer.Context, incomplete: str) -> list[str]:
     """Route names on the chosen gateway."""
     return _ids(ctx, "/v1/routes", "name", incomplete)
@@ -60,9 +65,15 @@ def context_names(ctx: typer.Context, incomplete: str) -> list[str]:
     return [name for name in names if name.startswith(incomplete)]
 
 
-KeyId = Annotated[str, typer.Argument(help="An API key id.", autocompletion=key_ids)]
-KeyIds = Annotated[list[str], typer.Argument(help="API key ids.", autocompletion=key_ids)]
-UserId = Annotated[str, typer.Argument(help="A user id.", autocompletion=user_ids)]
-UserIds = Annotated[list[str], typer.Argument(help="User ids.", autocompletion=user_ids)]
+KeyId = Annotated[str, typer.Argument(help="An API key id or name.", autocompletion=key_ids)]
+KeyIds = Annotated[list[str], typer.Argument(help="API key ids or names.",
+                                             autocompletion=key_ids)]
+UserId = Annotated[str, typer.Argument(help="A user id or alias.", autocompletion=user_ids)]
+UserIds = Annotated[list[str], typer.Argument(help="User ids or aliases.",
+                                              autocompletion=user_ids)]
+BudgetId = Annotated[str, typer.Argument(help="A budget id or name.",
+                                         autocompletion=budget_ids)]
+BudgetIds = Annotated[list[str], typer.Argument(help="Budget ids or names.",
+                                                autocompletion=budget_ids)]
 ContextName = Annotated[str, typer.Argument(help="A context name.",
                                             autocompletion=context_names)]

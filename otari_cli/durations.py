@@ -27,12 +27,14 @@ def parse_duration(text: str) -> int:
 
 
 def format_duration(seconds: int) -> str:
-    """The shortest exact human form of `seconds`: 2592000 -> `30d`, 5400 -> `1h30m`."""
+    """The shortest exact human form of `seconds`: 2592000 -> `30d`, 1209600 -> `2w`,
+    5400 -> `1h30m` (weeks only when whole: an operator who typed 30d reads 30d)."""
     if seconds <= 0:
         return f"{seconds}s"
     parts = []
     rest = seconds
-    for unit in ("w", "d", "h", "m", "s"):
+    units = ("w", "d", "h", "m", "s") if seconds % UNIT_SECONDS["w"] == 0 else ("d", "h", "m", "s")
+    for unit in units:
         count, rest = divmod(rest, UNIT_SECONDS[unit])
         if count:
             parts.append(f"{count}{unit}")

@@ -41,6 +41,11 @@ def cell(value: object) -> str:
     return str(value)
 
 
+def limit(value: object) -> str:
+    """A limit in a detail view: None is `unlimited` (a list's `-` would read as unknown)."""
+    return "unlimited" if value is None else cell(value)
+
+
 def when(value: object) -> str:
     """An ISO timestamp as `YYYY-MM-DD HH:MM:SS` UTC (other text unchanged)."""
     if not isinstance(value, str):
@@ -56,11 +61,23 @@ def when(value: object) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: a header, the API field it shows, and how to show it."""
+    """One table column (or one row of a detail view): a header, the API field it shows,
+    and how to show it.
+
+    `of` reads the value from the whole object when it is not one field (a budget's period
+    is its duration or its calendar alignment); `optional` leaves the row out of a detail
+    view when the value is empty (a price per image on a token-priced model).
+    """
 
     header: str
     field: str
     show: Callable[[object], str] = cell
+    of: Callable[[Mapping[str, Any]], object] | None = None
+    optional: bool = False
+
+    def value(self, data: Mapping[str, Any]) -> object:
+        """The value this column shows for `data`."""
+        return self.of(data) if self.of is not None else data.get(self.field)
 
 
 def _csv_value(value: object) -> str:
@@ -115,7 +132,7 @@ class Output:
         else:
             self._table(
                 [c.header for c in columns],
-                [[c.show(row.get(c.field)) for c in columns] for row in rows],
+                [[c.show(c.value(row)) for c in columns] for row in rows],
                 empty="(none)",
             )
 
@@ -124,8 +141,14 @@ class Output:
         data: Mapping[str, Any],
         id_field: str = "id",
         shows: Mapping[str, Callable[[object], str]] | None = None,
+        fields: Sequence[Column] | None = None,
     ) -> None:
-        """One object: a field/value table, a JSON object, one CSV row, or its id."""
+        """One object: a field/value table, a JSON object, one CSV row, or its id.
+
+        With `fields`, a table shows those rows in that order (what an operator reads first)
+        and nothing else: internal counters and ids stay in JSON and CSV. Without, it shows
+        every field as the API names it.
+        """
         if self.quiet:
             self._write(f"{data.get(id_field)}\n")
         elif self.format is Format.JSON:
@@ -134,6 +157,13 @@ class Output:
             self._write(_json_line(data))
         elif self.format is Format.CSV:
             self._csv([data])
+        elif fields is not None:
+            rows = []
+            for column in fields:
+                value = column.value(data)
+                if not (column.optional and value in (None, [], {})):
+                    rows.append([column.header, column.show(value)])
+            self._table(["field", "value"], rows, empty="(empty)")
         else:
             shows = shows or {}
             rows = [

@@ -10,7 +10,7 @@ import typer
 from otari_cli import params
 from otari_cli.client import path
 from otari_cli.errors import UsageError
-from otari_cli.output import Column, when
+from otari_cli.output import Column, cell, when
 from otari_cli.runtime import runtime
 
 app = typer.Typer(help="Model pricing (list is the default).")
@@ -23,7 +23,41 @@ COLUMNS = [
     Column("EFFECTIVE", "effective_at", when),
     Column("UPDATED", "updated_at", when),
 ]
-SHOWS = {c.field: c.show for c in COLUMNS}
+
+
+def _tiers(value: object) -> str:
+    """Long-context tiers as `above N: input / output` (prices per million tokens)."""
+    if not isinstance(value, list) or not value:
+        return "-"
+    parts = []
+    for tier in value:
+        if not isinstance(tier, dict):
+            return cell(value)
+        prices = " / ".join(cell(tier.get(f"{side}_price_per_million", "base"))
+                            for side in ("input", "output"))
+        parts.append(f"above {tier.get('above_input_tokens')}: {prices}")
+    return "; ".join(parts)
+
+
+# A price's detail view: the rates that apply, then when. The tiers' second spelling
+# (pricing_tiers, for the otari SDK) and the row's creation time stay in -o json.
+DETAIL = [
+    Column("model", ID),
+    Column("unit", "unit"),
+    Column("input /1M", "input_price_per_million"),
+    Column("output /1M", "output_price_per_million"),
+    Column("cache read /1M", "cache_read_price_per_million", optional=True),
+    Column("cache write /1M", "cache_write_price_per_million", optional=True),
+    Column("cache write 1h /1M", "cache_write_1h_price_per_million", optional=True),
+    Column("per image", "price_per_image", optional=True),
+    Column("per audio second", "price_per_audio_second", optional=True),
+    Column("per 1M characters", "price_per_million_characters", optional=True),
+    Column("per request", "price_per_request", optional=True),
+    Column("long-context tiers", "tiers", _tiers, optional=True),
+    Column("effective", "effective_at", when),
+    Column("source", "origin"),
+    Column("updated", "updated_at", when),
+]
 
 ModelKey = Annotated[str, typer.Argument(help="provider:model, e.g. openai:gpt-4o-mini.")]
 
@@ -72,7 +106,8 @@ def get_pricing(
 ) -> None:
     """Show the price in effect for a model (now, or --as-of a time)."""
     rt = runtime(ctx)
-    rt.output.item(rt.gateway.get(path("v1", "pricing", model_key), {"as_of": as_of}), ID, SHOWS)
+    rt.output.item(rt.gateway.get(path("v1", "pricing", model_key), {"as_of": as_of}), ID,
+                   fields=DETAIL)
 
 
 @app.command("set")
@@ -110,7 +145,7 @@ def set_pricing(
         body["effective_at"] = effective_at
     if tiers:
         body["tiers"] = [tier(text) for text in tiers]
-    rt.output.item(rt.gateway.post("/v1/pricing", body), ID, SHOWS)
+    rt.output.item(rt.gateway.post("/v1/pricing", body), ID, fields=DETAIL)
 
 
 IMPORT_COLUMNS = [

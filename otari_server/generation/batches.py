@@ -357,7 +357,8 @@ def _reserve(runtime: Runtime, user_id: str, amount: Decimal, now: datetime,
         budget = session.get(Budget, user.budget_id) if user.budget_id else None
         if budget is None or budget.max_budget is None:
             return _hold(session, hold, user_id, amount, now, expires_at)
-        budget_rules.roll_over(session, user, budget.budget_duration_sec, now)
+        budget_rules.roll_over(session, user, budget.budget_duration_sec, now,
+                               budget.reset_alignment)
         available = budget.max_budget - user.spend - user.reserved
         if amount > available or available <= 0:
             raise refusal(user_id, amount, available, budget.max_budget,

@@ -51,6 +51,7 @@ def test_completion_offers_key_ids_user_ids_and_context_names(
     url, script = fake
     script.answer("GET", "/v1/keys", 200, [{"id": "k-alpha"}, {"id": "k-beta"}, {"id": "x-1"}])
     script.answer("GET", "/v1/users", 200, [{"user_id": "alice"}, {"user_id": "bob"}])
+    script.answer("GET", "/v1/budgets", 200, [{"budget_id": "b-team"}, {"budget_id": "c-ops"}])
     cli = Executable(tmp_path)
     save_contexts(cli.dirs.contexts_file,
                   Contexts(entries={"prod": Context("prod", "https://p.example.com")}))
@@ -65,4 +66,7 @@ def test_completion_offers_key_ids_user_ids_and_context_names(
     assert complete("keys", "get", "k-") == ["k-alpha", "k-beta"]
     assert complete("users", "delete", "") == ["alice", "bob"]
     assert complete("context", "use", "pr") == ["prod"]
+    assert complete("budgets", "get", "b") == ["b-team"]
+    assert complete("users", "update", "alice", "--budget", "") == ["b-team", "c-ops"]
+    assert complete("keys", "create", "--user", "b") == ["bob"]
     assert script.seen[0].headers["Authorization"] == "Bearer sk-m"

@@ -26,8 +26,8 @@ WALKTHROUGH = """\
 otari init                                   # config with a fresh master key (mode 0600)
 otari start                                  # background daemon; returns once ready
 otari status
-BUDGET=$(otari budgets create --max 25.00 --period 30d -q)
-otari users create alice --alias "Alice" --budget "$BUDGET"
+otari budgets create --name team --max 25.00 --period 1mo   # resets on the 1st (UTC)
+otari users create alice --alias "Alice" --budget team
 otari keys create --name alice-laptop --user alice   # prints the key once
 otari usage --user alice --since 7d
 otari stop
@@ -81,11 +81,13 @@ def test_walkthrough(cli: Executable) -> None:
     )
     assert done.returncode == 0, done.stderr
     documents = [json.loads(d) for d in re.split(r"\n(?=[\[{])", done.stdout.strip())]
-    init, start, status, user, key, usage, stop = documents
+    init, start, status, budget, user, key, usage, stop = documents
     assert Path(init["config"]).stat().st_mode & 0o777 == 0o600
     assert status["running"] is True and status["ready"] is True
     assert status["url"] == f"http://127.0.0.1:{env['OTARI_PORT']}" == start["url"]
-    assert user["user_id"] == "alice" and user["budget_id"]
+    assert (budget["name"], budget["max_budget"], budget["reset_alignment"]) == (
+        "team", 25, "calendar_month")
+    assert user["user_id"] == "alice" and user["budget_id"] == budget["budget_id"]
     assert key["key"].startswith("gw-") and key["user_id"] == "alice"
     assert usage == []
     assert stop["stopped"] is True and not pid_alive(stop["pid"])

@@ -191,6 +191,7 @@ def test_budget_money_and_period_are_sent_exactly(fake: tuple[str, Script]) -> N
 def test_key_create_sends_expiry_and_metadata(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.answer("POST", "/v1/keys", 200, {**KEY, "key": "gw-secret"})
+    script.answer("GET", "/v1/users/u1", 200, {"user_id": "u1"})  # --user: an id, not an alias
     code, out, _ = otari(
         url,
         "keys",
@@ -207,7 +208,9 @@ def test_key_create_sends_expiry_and_metadata(fake: tuple[str, Script]) -> None:
         "env=prod",
     )
     assert code == 0 and json.loads(out)["key"] == "gw-secret"
-    body = json.loads(script.seen[0].body)
+    assert [(s.method, s.path) for s in script.seen] == [("GET", "/v1/users/u1"),
+                                                         ("POST", "/v1/keys")]
+    body = json.loads(script.seen[1].body)
     assert body == {
         "key_name": "ci",
         "user_id": "u1",

@@ -50,7 +50,7 @@ def test_budget_limits_round_trip(cli: Cli) -> None:
     assert (updated["reset_alignment"], updated["budget_duration_sec"],
             updated["budget_clamp"], updated["request_limit"]) == (None, 86400, False, 0)
     table = ok(cli("budgets", "get", budget_id, "-o", "table")).out
-    assert "token_limit" in table and "2000000" in table
+    assert "token limit" in table and "2000000" in table
     wrong = cli("budgets", "create", "--reset-alignment", "calendar_year")
     assert wrong.code != 0 and "calendar_year" in wrong.err
     both = cli("budgets", "create", "--period", "1d", "--reset-alignment", "calendar_day")

@@ -371,3 +371,39 @@ def test_provider_failures_are_passed_on(gateway: MediaGateway, sdk: OtariClient
     # Nothing was metered, so the next collection bills the results.
     assert call(gateway, "GET", path, gateway.key(user_id="alice")).status_code == 200
     assert len(gateway.usage(2)) == 2
+
+
+def test_a_batch_after_a_calendar_month_ended_starts_the_next_month(
+        gateway: MediaGateway, database_url: str) -> None:
+    """The batch hold rolls a calendar budget over to the current month: it kept the old
+    start with no next reset, so the budget never reset again."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from otari_server.accounting import budget_rules
+    from otari_server.storage.db import create_db_engine, session_factory
+    from otari_server.storage.tables import User
+
+    budget = gateway.admin.post("/v1/budgets", json={"max_budget": 1,
+                                                     "reset_alignment": "calendar_month"})
+    assert budget.status_code == 200, budget.text
+    reply = gateway.admin.post("/v1/users", json={"user_id": "dora",
+                                                  "budget_id": budget.json()["budget_id"]})
+    assert reply.status_code == 200, reply.text
+    engine = create_db_engine(database_url)
+    with session_factory(engine).begin() as session:  # January 2026's period, all spent
+        session.execute(update(User).where(User.user_id == "dora").values(
+            spend=Decimal(1), budget_started_at=datetime(2026, 1, 1, tzinfo=UTC),
+            next_budget_reset_at=datetime(2026, 2, 1, tzinfo=UTC)))
+    engine.dispose()
+    reply = call(gateway, "POST", "/v1/batches", gateway.key(user_id="dora"),
+                 json={"model": MODEL, "requests": REQUESTS})
+    assert reply.status_code == 200, reply.text
+    user = gateway.get_user("dora")
+    period = budget_rules.calendar_period(datetime.fromisoformat(user["budget_started_at"]),
+                                     "calendar_month")
+    assert (user["spend"], user["reserved"]) == (0, WORST)
+    assert datetime.fromisoformat(user["budget_started_at"]) == period.started_at
+    assert datetime.fromisoformat(user["next_budget_reset_at"]) == period.resets_at
+    assert period.started_at > datetime(2026, 1, 1, tzinfo=UTC)
