@@ -64,7 +64,7 @@ def backoff(tries: int, retry_after: str | None, first: float, longest: float,
     Retry-After is honoured, up to `longest`.
     """
     step = min(first * 2 ** min(tries - 1, 32), longest)
-    delay = step * rng.uniform(0.5, 1.0)
+    delay: float = step * rng.uniform(0.5, 1.0)
     if retry_after is not None and retry_after.isdigit():
         delay = max(delay, min(float(retry_after), longest))
     return delay

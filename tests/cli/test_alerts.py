@@ -9,7 +9,7 @@ from decimal import Decimal
 from otari_cli.errors import ExitCode
 from otari_server.api.jsonio import loads
 from tests.cli.conftest import InProcess
-from tests.server.test_alerts import SECRET, Receiver, alerts_config
+from tests.server.accounting.test_alerts import SECRET, Receiver, alerts_config
 from tests.support.servers import MASTER_KEY, make_settings, running
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from starlette.testclient import TestClient
 
 from otari_server.app import create_app
-from tests.server.test_users import add_usage
+from tests.server.api.test_users import add_usage
 from tests.support.factories import MASTER, make_key, make_price, make_user
 from tests.support.servers import make_settings
 
