@@ -21,6 +21,7 @@ from otari_server.translate.sse import Event, encode
 from otari_server.translate.streams import (
     StreamTranslator,
     _typed,
+    anthropic_used,
     completion_chunks,
     decoded,
     framed,
@@ -149,15 +150,7 @@ class AnthropicToResponses(StreamTranslator):
         self._whole_usage: dict[str, Any] | None = None
 
     def used(self) -> Consumption | None:
-        if self._whole_usage is not None:
-            return consumption(self._whole_usage)
-        usage = self._chunks.usage
-        if usage is None:
-            return None
-        used = consumption(usage)
-        if not self._chunks.done:
-            used = replace(used, completion_tokens=max(used.completion_tokens, self.deltas))
-        return used
+        return anthropic_used(self._whole_usage, self._chunks, self.deltas)
 
     def fail(self, message: str, code: str) -> bytes:
         return _typed(self._events.fail(message))

@@ -293,6 +293,22 @@ def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
     return {key: value for key, value in chunk.items() if key != "usage"}
 
 
+def anthropic_used(whole_usage: dict[str, Any] | None, translator: ChatStreamTranslator,
+                   deltas: int) -> Consumption | None:
+    """What an Anthropic stream read through `translator` consumed: the usage of a whole
+    JSON answer when the provider sent one, else the stream's own; None when it reported none.
+    A stream cut short counts at least `deltas` output tokens (one per content delta relayed):
+    message_start's output count is only a placeholder."""
+    if whole_usage is not None:
+        return consumption(whole_usage)
+    if translator.usage is None:
+        return None
+    used = consumption(translator.usage)
+    if not translator.done:
+        used = replace(used, completion_tokens=max(used.completion_tokens, deltas))
+    return used
+
+
 class AnthropicToChat(StreamTranslator):
     """Anthropic Messages events translated into OpenAI chat chunks (the client's `model`;
     a usage chunk at the end when the client asked for it)."""
@@ -305,15 +321,8 @@ class AnthropicToChat(StreamTranslator):
         self._whole_usage: dict[str, Any] | None = None
 
     def used(self) -> Consumption | None:
-        if self._whole_usage is not None:
-            return consumption(self._whole_usage)
-        usage = self._translator.usage
-        if usage is None:
-            return None
-        used = consumption(usage)
-        if not self._translator.done:  # cut short: message_start's output count is a placeholder
-            used = replace(used, completion_tokens=max(used.completion_tokens, self.deltas))
-        return used
+        return anthropic_used(self._whole_usage, self._translator, self.deltas)
+
 
     def fail(self, message: str, code: str) -> bytes:
         return chat_error_event(message, code)
