@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # bench/otari.sh [compare|quick]  - load-test otari with the load harness in bench/harness.
 #
-#   quick    (default) one pinned otari (CPU 1) and the fake upstream (CPU 0); runs
-#            non-streaming and streaming at concurrency 1, 16 and 64, direct and through
-#            otari, 10 s each, and prints the BENCH lines.
+#   quick    (default) one pinned otari (CPU 1), the bare FastAPI+aiohttp pass-through
+#            (bench/floor.py, CPU 1, the floor) and the fake upstream (CPU 0); runs
+#            non-streaming and streaming at concurrency 1, 16 and 64 (CONCS), floor then
+#            otari, SECS (10) s each, prints the BENCH lines and then one table
+#            (bench/table.py): req/s, p50, p99, CPU ms/req for both, and otari's RSS idle
+#            and after the load.
 #   compare  the harness's full A/B (compare.sh with the custom adapter; ~18 min,
 #            CONCS/DELAYS/ROUNDS/SECS shorten it).
 #   route    what a route costs: non-streaming at concurrency 1, the same request with
@@ -19,6 +22,7 @@ SHARED=${HARNESS:-$HERE/harness}
 MODE=${1:-quick}
 WORK=${BENCH_WORK:-/tmp/otari-bench}
 PORT=${OTARI_BENCH_PORT:-18100}
+FLOOR_PORT=${FLOOR_BENCH_PORT:-$((PORT + 1))}
 MOCK_PORT=${MOCK_PORT:-18000}
 export MOCK_URL=http://127.0.0.1:$MOCK_PORT/v1
 export MOCK_API_KEY=${MOCK_API_KEY:-sk-mock-upstream-key}
@@ -76,9 +80,24 @@ if [ "$MODE" = route ]; then
   done
   exit
 fi
+(taskset -c 1 python "$HERE/floor.py" --port "$FLOOR_PORT") >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+pids+=($FLOOR_PID)
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$FLOOR_PORT/health/readiness" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+RESULTS=$WORK/results.txt
+: >"$RESULTS"
+echo "RSS label=otari when=idle kib=$(rss $OTARI_PID)" | tee -a "$RESULTS"
+echo "RSS label=floor when=idle kib=$(rss $FLOOR_PID)" | tee -a "$RESULTS"
 for stream in 0 1; do
   for conc in ${CONCS:-1 16 64}; do
-    STREAM=$stream LABEL=direct "$SHARED/run_bench.sh" "$MOCK_URL" "Authorization: Bearer $MOCK_API_KEY" gpt-4o-mini "$conc" "${SECS:-10}"
-    STREAM=$stream LABEL=otari TARGET_PIDS=$OTARI_PID "$SHARED/run_bench.sh" "http://127.0.0.1:$PORT" "Authorization: Bearer $KEY" mock:gpt-4o-mini "$conc" "${SECS:-10}"
+    STREAM=$stream LABEL=floor TARGET_PIDS=$FLOOR_PID RESULTS_FILE=$RESULTS "$SHARED/run_bench.sh" "http://127.0.0.1:$FLOOR_PORT" "" gpt-4o-mini "$conc" "${SECS:-10}"
+    STREAM=$stream LABEL=otari TARGET_PIDS=$OTARI_PID RESULTS_FILE=$RESULTS "$SHARED/run_bench.sh" "http://127.0.0.1:$PORT" "Authorization: Bearer $KEY" mock:gpt-4o-mini "$conc" "${SECS:-10}"
   done
 done
+echo "RSS label=otari when=loaded kib=$(rss $OTARI_PID)" | tee -a "$RESULTS"
+echo "RSS label=floor when=loaded kib=$(rss $FLOOR_PID)" | tee -a "$RESULTS"
+python "$HERE/table.py" "$RESULTS"

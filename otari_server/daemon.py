@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Generator, Mapping
@@ -62,6 +63,23 @@ class _Server(uvicorn.Server):
             yield
             self._captured_signals.clear()
 
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        settle_heap()
+
+
+def settle_heap() -> None:
+    """Move everything start-up made (modules, app, settings, caches) out of the collector's
+    reach, once the app is serving.
+
+    Otherwise every full collection walks those ~160,000 long-lived objects again: on the
+    2-core bench machine each took 175-240 ms with the event loop stopped, which was the
+    whole p99 at concurrency 16 (bench/README.md, 2026-12-01). Objects made per request
+    are still collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
 
 def _serve_workers(resolved: settings.Settings, config_path: Path | None,
                    overrides: Mapping[str, Any], options: dict[str, Any]) -> None:
@@ -83,4 +101,6 @@ def worker_app() -> FastAPI:
     """The app of one worker process (settings from the environment set by the parent)."""
     resolved = settings.load()
     logs.configure(resolved.log_level, resolved.log_format, resolved.access_log)
-    return create_app(resolved)
+    app = create_app(resolved)
+    settle_heap()  # what the lifespan opens later is left to the collector
+    return app
