@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from otari_server.access.auth import KeyActivity, KeyCache, MasterKey, generate_key
-from otari_server.accounting import ledger, price_import, rate_limits, retention
+from otari_server.accounting import price_import, rate_limits, retention, settlements, spool
 from otari_server.accounting.budget_alerts import Alerts, parse_settings
 from otari_server.accounting.ledger import Ledger
 from otari_server.accounting.prices import PriceBook
@@ -167,11 +167,11 @@ def prepare(settings: Settings) -> None:
         if settings.bootstrap_api_key:
             bootstrap_api_key(db.session_factory(engine))
         with engine.begin() as conn:
-            reclaimed = ledger.reclaim(conn, node_name(settings), utcnow())
+            reclaimed = settlements.reclaim(conn, node_name(settings), utcnow())
         if reclaimed:
             log.warning("gave back %d budget reservation(s) left by an earlier run", reclaimed)
         # After the reclaim: spooled rows then release nothing that was given back already.
-        ledger.replay_spool(engine, node_name(settings), node_name(settings))
+        spool.replay_spool(engine, node_name(settings), node_name(settings))
     except DBAPIError as exc:
         # Without auto-migration the database may be down or not migrated yet: serve anyway
         # (readiness says 503) rather than refuse to start; the periodic sweep reclaims later.
@@ -201,7 +201,7 @@ def open_runtime(settings: Settings) -> Runtime:
                          fallback=price_import.fallback_price
                          if settings.pricing.get("fallback") else None),
         ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
-                      settings.usage_flush_interval, ledger.spool_path(instance_name(settings))),
+                      settings.usage_flush_interval, spool.spool_path(instance_name(settings))),
         providers=providers,
         routes=routes,
         instance_id=instance_name(settings),
@@ -238,7 +238,7 @@ async def _reclaim_expired_forever(runtime: Runtime, interval: float) -> None:
     def reclaim_expired() -> int:
         with runtime.engine.begin() as conn:
             rate_limits.prune(conn, utcnow())
-            return ledger.reclaim(conn, None, utcnow())
+            return settlements.reclaim(conn, None, utcnow())
 
     while True:
         await asyncio.sleep(interval)

@@ -35,8 +35,9 @@ from sqlalchemy.orm import Session
 
 from otari_server.access.auth import Caller
 from otari_server.accounting import budget_rules
-from otari_server.accounting.ledger import NO_HOLD, Settlement, refusal, settle_all
 from otari_server.accounting.prices import Consumption, Price
+from otari_server.accounting.reservations import NO_HOLD, refusal
+from otari_server.accounting.settlements import Settlement, settle_all
 from otari_server.edge.endpoints import BATCHES, CHAT
 from otari_server.errors import (
     Conflict,

@@ -19,7 +19,6 @@ from starlette.responses import Response
 
 from otari_server.access.auth import Caller
 from otari_server.accounting import budget_rules, counts, estimates
-from otari_server.accounting.ledger import NO_HOLD, Hold, Settlement
 from otari_server.accounting.prices import (
     AUDIO_SECONDS,
     CHARACTERS,
@@ -28,6 +27,8 @@ from otari_server.accounting.prices import (
     Consumption,
     Price,
 )
+from otari_server.accounting.reservations import NO_HOLD, Hold
+from otari_server.accounting.settlements import Settlement
 from otari_server.api.schemas import MAX_MONEY
 from otari_server.edge import access_log
 from otari_server.edge.endpoints import CHAT, Endpoint

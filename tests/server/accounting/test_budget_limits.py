@@ -20,8 +20,9 @@ from starlette.testclient import TestClient
 
 from otari_server.accounting import budget_rules
 from otari_server.accounting.budget_rules import Need, Output, Period, Remaining
-from otari_server.accounting.ledger import hold_id, reclaim
 from otari_server.accounting.prices import Consumption, Price, Tier
+from otari_server.accounting.reservations import hold_id
+from otari_server.accounting.settlements import reclaim
 from otari_server.api.jsonio import loads
 from otari_server.storage.db import create_db_engine, session_factory
 from otari_server.storage.tables import Reservation, User

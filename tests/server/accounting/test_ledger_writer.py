@@ -14,8 +14,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, insert, select, text
 
-from otari_server.accounting import ledger
-from otari_server.accounting.ledger import NO_HOLD, Ledger, Settlement
+from otari_server.accounting import spool
+from otari_server.accounting.ledger import Ledger
+from otari_server.accounting.reservations import NO_HOLD
+from otari_server.accounting.settlements import Settlement
 from otari_server.storage import db
 from otari_server.storage.tables import UsageLog, User
 from tests.support.gateway import Gateway
@@ -86,16 +88,16 @@ def test_token_columns_hold_64_bit_counts(database_url: str) -> None:
 
 def test_spooled_rows_are_replayed_exactly_once(database_url: str, tmp_path: Path) -> None:
     engine = _engine_with_user(database_url)
-    path = ledger.spool_path("host:8000")
+    path = spool.spool_path("host:8000")
     rows = [_row("s1", CENT), _row("s2", Decimal("0.02"))]
-    ledger.spool(path, rows)
+    spool.spool(path, rows)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert ledger.replay_spool(engine, "host:8000", "host:8000") == 2  # type: ignore[arg-type]
+    assert spool.replay_spool(engine, "host:8000", "host:8000") == 2  # type: ignore[arg-type]
     assert not path.exists()
-    assert ledger.replay_spool(engine, "host:8000", "host:8000") == 0  # type: ignore[arg-type]
+    assert spool.replay_spool(engine, "host:8000", "host:8000") == 0  # type: ignore[arg-type]
     # A replay interrupted after its commit (file still there) bills nothing twice.
-    ledger.spool(path, rows)
-    ledger.replay_spool(engine, "host:8000", "host:8000")  # type: ignore[arg-type]
+    spool.spool(path, rows)
+    spool.replay_spool(engine, "host:8000", "host:8000")  # type: ignore[arg-type]
     with engine.connect() as conn:  # type: ignore[attr-defined]
         count = conn.execute(select(func.count()).select_from(UsageLog)).scalar_one()
         spend = conn.execute(select(User.spend).where(User.user_id == "u")).scalar_one()

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from otari_server.accounting import ledger
+from otari_server.accounting.spool import spool_path
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.procs import admin, books, budgeted_key, fake_provider, served, wait_until
 from tests.support.servers import free_port
@@ -227,7 +227,7 @@ def test_rows_unwritten_at_shutdown_are_spooled_and_replayed_once(
                 finished = answered.result(timeout=30)
             assert finished.status_code == 200
             request_id = finished.headers["x-request-id"]
-            spool = ledger.spool_path(f"{socket.gethostname()}:{gateway.port}")
+            spool = spool_path(f"{socket.gethostname()}:{gateway.port}")
             assert gateway.terminate(30) == 0, gateway.log()
             assert "saved to" in gateway.log()
             assert stat.S_IMODE(spool.stat().st_mode) == 0o600

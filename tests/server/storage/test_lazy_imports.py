@@ -8,7 +8,7 @@ import sys
 
 from alembic.script import ScriptDirectory
 
-from otari_server import db
+from otari_server.storage import db
 
 # Run in a fresh interpreter: the test process has loaded everything already.
 PROBE = """
