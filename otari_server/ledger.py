@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, insert, or_, selec
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from otari_server import budgets, ratelimits
+from otari_server import budgets, ratelimits, usage_totals
 from otari_server.errors import BudgetExceeded, NotFound, OtariError, ServiceUnavailable
 from otari_server.holds import Holds, UserBudget
 from otari_server.settings import state_dir
@@ -260,7 +260,9 @@ def _reserve_budgets(holds: Holds, asks: list[_Ask], by_user: dict[str, list[int
 def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
                now: datetime) -> None:
     """Apply settlements in the caller's transaction: usage rows, spend, released holds."""
-    conn.execute(_INSERT_USAGE, [_usage_row(s) for s in batch])
+    rows = [_usage_row(s) for s in batch]
+    conn.execute(_INSERT_USAGE, rows)
+    usage_totals.add(conn, rows, usage_totals.shard_of(instance_id))
     rate_tokens: dict[str, int] = defaultdict(int)
     for s in batch:
         for subject in s.rate_subjects:
