@@ -53,9 +53,8 @@ def page(request: Request, rows: list[dict[str, Any]], limit: int,
     added = ENTRY_EXTRAS if extras is None else extras
     response = ExactJSONResponse([{**row, **added} for row in rows] if added else rows)
     if rows and len(rows) == limit:
-        last = rows[-1]
         url = request.url.remove_query_params(["skip", "after"]).include_query_params(
-            after=usage.Cursor(last["timestamp"], last["id"]).encode())
+            after=usage.cursor_after(rows[-1]).encode())
         # A relative reference (RFC 8288 allows it): right behind any proxy or TLS front.
         response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return response
