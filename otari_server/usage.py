@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, literal, select, tuple_, type_coerce
+from sqlalchemy import Select, func, literal, select, tuple_, type_coerce
 from sqlalchemy.orm import Session
 from sqlalchemy.types import NullType
 
@@ -35,6 +36,9 @@ def fetch(session: Session, statement: Select[UsageLog]) -> list[dict[str, Any]]
     type processing, the bulk of a 1,000-row page's cost (an export reads a million).
     """
     result = session.connection().execute(statement.with_only_columns(*_RAW_COLUMNS))
+    stamp: Callable[[Any], str]
+    money: Callable[[Any], orjson.Fragment]
+    flag: Callable[[Any], Any]
     if session.get_bind().dialect.name == "sqlite":
         stamp, money, flag = _sqlite_timestamp, _sqlite_cost, bool
     else:
@@ -180,3 +184,9 @@ def query(filters: Filters, after: Cursor | None = None) -> Select[UsageLog]:
             < tuple_(literal(after.timestamp, UTCDateTime()), after.id))
     return statement.order_by(UsageLog.timestamp.desc(), UsageLog.id.desc())
 
+
+
+def count(session: Session, filters: Filters) -> int:
+    """How many usage rows match `filters` (pruned rows no longer do)."""
+    return int(session.scalar(select(func.count()).select_from(UsageLog)
+                              .where(*filters.conditions())) or 0)
