@@ -14,7 +14,7 @@ import typer
 from otari_cli import params
 from otari_cli.client import path
 from otari_cli.durations import is_duration
-from otari_cli.errors import Refused
+from otari_cli.errors import Refused, Unreachable
 from otari_cli.output import Column, Format, when
 from otari_cli.runtime import Runtime, runtime
 
@@ -138,9 +138,13 @@ def _first(rows: Iterator[Any], limit: int | None, more: list[bool]) -> Iterator
 
 
 def _total(rt: Runtime, filters: dict[str, str | None]) -> int | None:
-    """How many rows the filters match (X-Total-Count), or None from a gateway without it."""
-    response = rt.gateway.send("GET", "/v1/usage", params={**filters, "limit": 1,
-                                                            "include_total": "true"})
+    """How many rows the filters match (X-Total-Count), or None from a gateway without it
+    (or one that stopped answering since the listing)."""
+    try:
+        response = rt.gateway.send("GET", "/v1/usage", params={
+            **filters, "skip": 0, "limit": 1, "include_total": "true"})
+    except Unreachable:
+        return None
     text = response.headers.get("X-Total-Count", "")
     return int(text) if response.status_code == 200 and text.isdigit() else None
 
