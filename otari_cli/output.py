@@ -208,7 +208,26 @@ class Output:
         self.stdout.flush()
         return count
 
-    def _progress(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    def stream_lines(self, lines: Iterable[bytes]) -> int:
+        """Write items given as their compact JSON text (Gateway.walk(lines=True)) in the
+        JSON or JSON Lines format, exactly as `stream` writes the decoded items, without
+        decoding them. Returns the number written."""
+        count = 0
+        write = self.stdout.write
+        jsonl = self.format is Format.JSONL
+        for line in self._progress(lines):
+            text = line.decode("utf-8")
+            if jsonl:
+                write(text + "\n")
+            else:
+                write(("[\n" if count == 0 else ",\n") + text)
+            count += 1
+        if not jsonl:
+            write("\n]\n" if count else "[]\n")
+        self.stdout.flush()
+        return count
+
+    def _progress(self, rows: Iterable[Any]) -> Iterator[Any]:
         if self.quiet or not _isatty(self.stderr):
             yield from rows
             return

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, Any
 
 import typer
@@ -13,26 +14,49 @@ import typer
 from otari_cli import params
 from otari_cli.client import path
 from otari_cli.durations import is_duration
-from otari_cli.errors import Refused
-from otari_cli.output import Column, when
+from otari_cli.errors import Refused, Unreachable
+from otari_cli.output import Column, Format, when
 from otari_cli.runtime import Runtime, runtime
 
 app = typer.Typer()
 
 PAGE_MAX = 1000  # the gateway's largest page
+KEY_LOOKUPS = 20  # distinct keys in a table looked up one by one; past that, list them all
 PRUNE_TIMEOUT = 3600.0  # seconds: pruning a large table runs batch after batch
 
-COLUMNS = [
-    Column("TIME", "timestamp", when),
-    Column("ID", "id"),
-    Column("USER", "user_id"),
-    Column("MODEL", "model"),
-    Column("ENDPOINT", "endpoint"),
-    Column("IN", "prompt_tokens"),
-    Column("OUT", "completion_tokens"),
-    Column("COST", "cost"),
-    Column("STATUS", "status"),
-]
+def _columns(zone: str, show_time: Callable[[object], str],
+             key_field: str = "key") -> list[Column]:
+    """The table's columns; times in `zone` (named in the header)."""
+    return [
+        Column(f"TIME ({zone})", "timestamp", show_time),
+        Column("ID", "id"),
+        Column("USER", "user_id"),
+        Column("KEY", key_field),
+        Column("MODEL", "model"),
+        Column("ENDPOINT", "endpoint"),
+        Column("IN", "prompt_tokens"),
+        Column("OUT", "completion_tokens"),
+        Column("COST", "cost"),
+        Column("STATUS", "status"),
+    ]
+
+
+# Rows as the gateway lists them (key ids, UTC), for `otari users usage`.
+COLUMNS = _columns("UTC", when, key_field="api_key_id")
+
+
+def _local_time(value: object) -> str:
+    """An ISO timestamp as `YYYY-MM-DD HH:MM:SS` in this machine's time zone."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return when(value)
+
 
 Since = Annotated[
     str | None,
@@ -64,33 +88,83 @@ def usage(
     ] = False,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Only this API key id.")] = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="Tables show times in this machine's time zone (default: UTC).")
+    ] = False,
 ) -> None:
-    """Show the usage log, newest first."""
+    """Show the usage log, newest first (table times in UTC unless --local)."""
     if ctx.invoked_subcommand is not None:
         return
     rt = runtime(ctx)
     filters = {"user_id": user, "start_date": since, "end_date": until, "model": model,
                "api_key_id": key}
+    cap = None if every else limit
     # One row past the limit tells whether the listing stopped early.
-    rows = rt.gateway.walk(
-        "/v1/usage",
-        filters,
-        page_size=PAGE_MAX if every else min(limit + 1, PAGE_MAX),
-        limit=None if every else limit + 1,
-    )
-    shown = rt.output.stream(_first(rows, None if every else limit, rt.output.message), COLUMNS)
+    walk = partial(rt.gateway.walk, "/v1/usage", filters,
+                   page_size=PAGE_MAX if every else min(limit + 1, PAGE_MAX),
+                   limit=None if every else limit + 1)
+    more: list[bool] = []
+    if rt.output.format in (Format.JSON, Format.JSONL) and not rt.output.quiet:
+        # Rows written through as the gateway sent them (JSON Lines): no parsing, no
+        # re-encoding, which is most of an export's time.
+        shown = rt.output.stream_lines(_first(walk(lines=True), cap, more))
+    elif rt.output.tabular and not rt.output.quiet:
+        rows = list(_first(walk(), cap, more))
+        names = _key_names(rt, {r.get("api_key_id") for r in rows} - {None})
+        for row in rows:
+            key_id = row.get("api_key_id")
+            row["key"] = names.get(key_id) or key_id
+        zone = (datetime.now().astimezone().tzname() or "local") if local else "UTC"
+        rt.output.items(rows, _columns(zone, _local_time if local else when))
+        shown = len(rows)
+    else:
+        shown = rt.output.stream(_first(walk(), cap, more), [])
+    if more:
+        total = _total(rt, filters)
+        rt.output.message(f"showing {shown} of {total} (use --all)" if total is not None
+                          else f"showing the newest {shown} rows; more match (use --all, "
+                               "or --limit N)")
     if shown == 0 and user is not None:
         _check_user(rt, user)
 
 
-def _first(rows: Iterator[Any], limit: int | None,
-           say: Callable[[str], None]) -> Iterator[Any]:
-    """The first `limit` rows; says on stderr when more matched (the listing stopped early)."""
+def _first(rows: Iterator[Any], limit: int | None, more: list[bool]) -> Iterator[Any]:
+    """The first `limit` rows; appends True to `more` when another one followed."""
     for count, row in enumerate(rows):
         if limit is not None and count == limit:
-            say(f"showing the newest {limit} rows; more match (use --all, or --limit N)")
+            more.append(True)
             return
         yield row
+
+
+def _total(rt: Runtime, filters: dict[str, str | None]) -> int | None:
+    """How many rows the filters match (X-Total-Count), or None from a gateway without it
+    (or one that stopped answering since the listing)."""
+    try:
+        response = rt.gateway.send("GET", "/v1/usage", params={
+            **filters, "skip": 0, "limit": 1, "include_total": "true"})
+    except Unreachable:
+        return None
+    text = response.headers.get("X-Total-Count", "")
+    return int(text) if response.status_code == 200 and text.isdigit() else None
+
+
+def _key_names(rt: Runtime, key_ids: set[str]) -> dict[str, str | None]:
+    """The names of these API keys (None for an unnamed or deleted one): one lookup each,
+    or the whole key list when that is fewer requests."""
+    if len(key_ids) > KEY_LOOKUPS:
+        return {k["id"]: k.get("key_name") for k in rt.gateway.walk("/v1/keys",
+                                                                     page_size=PAGE_MAX)
+                if k.get("id") in key_ids}
+    names: dict[str, str | None] = {}
+    for key_id in sorted(key_ids):
+        try:
+            names[key_id] = rt.gateway.get(path("v1", "keys", key_id)).get("key_name")
+        except Refused as exc:
+            if exc.status != 404:
+                raise
+            names[key_id] = None
+    return names
 
 
 def _check_user(rt: Runtime, user: str) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, bindparam, delete, or_, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from otari_server.accounting import rate_limits
+from otari_server.accounting import rate_limits, usage_totals
 from otari_server.accounting.reservations import Hold, hold_id
 from otari_server.storage.tables import APIKey, Reservation, UsageLog, User, utcnow
 
@@ -83,7 +83,9 @@ _HELD = (select(Reservation.user_id, Reservation.amount)
 def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
                now: datetime) -> None:
     """Apply settlements in the caller's transaction: usage rows, spend, released holds."""
-    _insert_usage(conn, [_usage_row(s) for s in batch])
+    rows = [_usage_row(s) for s in batch]
+    _insert_usage(conn, rows)
+    usage_totals.add(conn, rows, usage_totals.shard_of(instance_id))
     rate_tokens: dict[str, int] = defaultdict(int)
     for s in batch:
         for subject in s.rate_subjects:

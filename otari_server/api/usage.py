@@ -9,7 +9,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from otari_server.accounting import retention, summaries, usage_rows
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute
+from otari_server.api.jsonio import ExactJSONResponse, ExactRoute, dump_bytes
 from otari_server.api.paging import Limit, Skip
 from otari_server.api.schemas import (
     PruneUsageRequest,
@@ -38,6 +38,9 @@ After = Annotated[str | None, Query(
                 "header of the previous page; faster than skip for deep pages")]
 
 
+# The media type of a page as JSON Lines, given when the client's Accept names it.
+NDJSON = "application/x-ndjson"
+
 # Fields GET /v1/usage adds to every row (UsageEntry's defaults).
 ENTRY_EXTRAS = {"source": "gateway", "bulk_editable": False,
                 "cache_write_1h_tokens": None}
@@ -47,15 +50,24 @@ def page(request: Request, rows: list[dict[str, Any]], limit: int,
          extras: dict[str, Any] | None = None) -> Response:
     """The rows as JSON, with `Link: <...>; rel="next"` (RFC 8288) when the page is full.
 
+    With `Accept: application/x-ndjson` the same rows come one JSON object per line.
+
     Rows are serialized straight from the database values (the response_model documents
     the shape; validating 1,000 trusted rows per page through pydantic doubled its cost).
     """
     added = ENTRY_EXTRAS if extras is None else extras
-    response = ExactJSONResponse([{**row, **added} for row in rows] if added else rows)
+    if added:
+        rows = [{**row, **added} for row in rows]
+    response: Response
+    if NDJSON in request.headers.get("accept", ""):
+        # One row per line: an exporter writes lines through without parsing them.
+        response = Response(b"".join(dump_bytes(row) + b"\n" for row in rows),
+                            media_type=NDJSON)
+    else:
+        response = ExactJSONResponse(rows)
     if rows and len(rows) == limit:
-        last = rows[-1]
         url = request.url.remove_query_params(["skip", "after"]).include_query_params(
-            after=usage_rows.Cursor(last["timestamp"], last["id"]).encode())
+            after=usage_rows.cursor_after(rows[-1]).encode())
         # A relative reference (RFC 8288 allows it): right behind any proxy or TLS front.
         response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return response
@@ -72,7 +84,10 @@ def parse_after(after: str | None, skip: int) -> usage_rows.Cursor | None:
 
 @router.get("", response_model=list[UsageEntry], responses={200: {"headers": {"Link": {
     "description": 'Next page: <url>; rel="next" (RFC 8288), on every full page',
-    "schema": {"type": "string"}}}}})
+    "schema": {"type": "string"}}, "X-Total-Count": {
+    "description": "Rows matching the filters, when include_total=true",
+    "schema": {"type": "integer"}}}, "content": {NDJSON: {
+        "schema": {"type": "string", "description": "One usage row (JSON) per line"}}}}})
 def list_usage(
     request: Request,
     session: ReadSessionDep,
@@ -85,6 +100,9 @@ def list_usage(
     after: After = None,
     skip: Skip = 0,
     limit: Limit = 100,
+    include_total: Annotated[bool, Query(
+        description="Also count every row the filters match (cursor and skip aside) into "
+                    "an X-Total-Count header; costs a count over the matching rows")] = False,
 ) -> Response:
     """Usage rows, newest first, by `skip` or by the `after` cursor."""
     cursor = parse_after(after, skip)
@@ -92,7 +110,10 @@ def list_usage(
                             usage_rows.utc_instant(end_date, "end_date"), user_id, api_key_id,
                             model, status)
     rows = usage_rows.fetch(session, usage_rows.query(filters, cursor).offset(skip).limit(limit))
-    return page(request, rows, limit)
+    response = page(request, rows, limit)
+    if include_total:
+        response.headers["X-Total-Count"] = str(usage_rows.count(session, filters))
+    return response
 
 
 @router.get("/summary", response_model=UsageSummaryResponse)

@@ -43,6 +43,9 @@ def redact(url: str) -> str:
         return url.split(":", 1)[0] + "://..."
 
 
+SQLITE_MMAP_BYTES = 1 << 30  # address space only: the OS pages in what is read
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; busy_timeout makes a second writer wait
     # instead of failing; NORMAL sync is durable across process crashes under WAL.
@@ -51,6 +54,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Reads map the file instead of copying each page through a read() call: a deep usage
+    # page or export touches one table page per row (less than half the time per row).
+    cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cursor.close()
 
 

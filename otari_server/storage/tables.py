@@ -369,6 +369,26 @@ class UsageDaily(Base):
     cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
 
 
+class UsageTotal(Base):
+    """Usage per UTC day and one dimension, added to as each usage row is written.
+
+    See usage_totals: summaries over whole days read these instead of every row.
+    """
+
+    __tablename__ = "usage_totals"
+
+    # The primary key is the upsert's conflict target and the index of summary scans.
+    dimension: Mapped[str] = mapped_column(String(8), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+
+
 class RouteDefinition(Base):
     """A route created through /v1/routes (config-file routes are not stored)."""
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
+import pytest
 from typer.testing import CliRunner
 
 from otari_cli.main import app
@@ -165,3 +168,64 @@ def test_usage_summary_by_day_bars_fit_80_columns(database_url: str) -> None:
         bar = len(first[6])  # the costliest day gets the whole width left
         assert 0 < bar <= 30 and len(lines[1].rstrip()) == 80
         assert len(second[6]) == round(Decimal("13.0000000001") / Decimal("119.17500025") * bar)
+
+
+def test_usage_table_names_keys_labels_utc_and_says_how_many_match(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    migrate(database_url)
+    with running(make_settings(database_url)) as url:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {MASTER_KEY}"}) as api:
+            named = api.post("/v1/keys", json={"key_name": "ci-runner"}).json()["id"]
+            unnamed = api.post("/v1/keys", json={}).json()["id"]
+        insert(database_url, [row(f"r{i}", T0 + timedelta(minutes=i),
+                                  api_key_id=named if i % 2 else unnamed) for i in range(5)])
+        code, out, err = _otari(url, "usage", "--limit", "2", "-o", "wide")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].split()[:4] == ["TIME", "(UTC)", "ID", "USER"]
+        assert lines[0].split()[4] == "KEY"
+        # Newest first: r4 (the unnamed key shows its id), r3 (the named key, by name).
+        assert lines[1].split()[:5] == ["2026-03-01", "12:04:00", "r4", "alice", unnamed]
+        assert lines[2].split()[:5] == ["2026-03-01", "12:03:00", "r3", "alice", "ci-runner"]
+        assert len(lines) == 3
+        assert err.strip() == "showing 2 of 5 (use --all)"
+        code, out, err = _otari(url, "usage", "--limit", "2", "--key", named, "-o", "json")
+        assert [r["id"] for r in json.loads(out)] == ["r3", "r1"] and err == ""
+        code, out, err = _otari(url, "usage", "--limit", "1", "--key", unnamed, "-o", "jsonl")
+        assert [json.loads(line)["id"] for line in out.splitlines()] == ["r4"]
+        assert err.strip() == "showing 1 of 3 (use --all)"
+        # --local: this machine's zone, named in the header (+05:30 has no DST to trip on).
+        monkeypatch.setenv("TZ", "Asia/Kolkata")
+        time.tzset()
+        try:
+            code, out, err = _otari(url, "usage", "--limit", "1", "--local", "-o", "wide")
+        finally:
+            monkeypatch.undo()
+            time.tzset()
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].split()[:2] == ["TIME", "(IST)"]
+        assert lines[1].split()[:3] == ["2026-03-01", "17:34:00", "r4"]
+
+
+def test_usage_json_export_is_the_gateways_rows_exactly(database_url: str) -> None:
+    migrate(database_url)
+    insert(database_url, [
+        {**row(f"r{i}", T0 + timedelta(seconds=i), cost="0.0000000375", user_id=None),
+         "error_message": 'a "quoted"\nline é \u2028'} for i in range(1203)])
+    with running(make_settings(database_url)) as url:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {MASTER_KEY}"}) as api:
+            served = []
+            page = api.get("/v1/usage", params={"limit": 1000})
+            served += json.loads(page.text, parse_float=Decimal)
+            page = api.get(page.links["next"]["url"])
+            served += json.loads(page.text, parse_float=Decimal)
+        code, out, err = _otari(url, "usage", "--all", "-o", "json")
+        assert code == 0, err
+        assert json.loads(out, parse_float=Decimal) == served and len(served) == 1203
+        assert served[0]["cost"] == Decimal("0.0000000375")
+        assert out.startswith("[\n{") and out.endswith("}\n]\n")
+        code, out, _ = _otari(url, "usage", "--all", "-o", "jsonl")
+        # Split on newlines only (str.splitlines would also split at the U+2028 inside).
+        assert [json.loads(line, parse_float=Decimal) for line in out.split("\n")[:-1]] \
+            == served

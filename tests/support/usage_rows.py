@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from otari_server.accounting import usage_totals
 from otari_server.storage.db import create_db_engine, session_factory
 from otari_server.storage.tables import UsageLog
 
@@ -23,10 +24,12 @@ def row(row_id: str, when: datetime, *, user_id: str | None = "alice",
 
 
 def insert(database_url: str, rows: list[dict[str, Any]]) -> None:
-    """Insert the rows in one transaction."""
+    """Insert the rows in one transaction, adding them to the day totals as the ledger does."""
     engine = create_db_engine(database_url)
     try:
         with session_factory(engine).begin() as session:
             session.add_all(UsageLog(**fields) for fields in rows)
+            session.flush()
+            usage_totals.add(session.connection(), rows, usage_totals.shard_of("tests"))
     finally:
         engine.dispose()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from starlette.testclient import TestClient
 
+from otari_server.api.jsonio import loads
 from tests.support.factories import MASTER, make_user
 from tests.support.usage_rows import insert, row
 
@@ -118,3 +119,40 @@ def test_user_usage_pages_by_cursor(client: TestClient, database_url: str) -> No
     assert [r["id"] for r in skipped] == ["r1"]
     assert client.get("/v1/users/ghost/usage?after=W10", headers=MASTER).status_code == 400
     assert client.get("/v1/users/ghost/usage", headers=MASTER).status_code == 404
+
+
+def test_json_lines_pages_hold_the_same_rows_and_links(client: TestClient,
+                                                       database_url: str) -> None:
+    insert(database_url, [row(f"r{i}", T0 + timedelta(minutes=i), cost="0.0000000375",
+                              user_id=None if i == 1 else "alice")
+                          for i in range(3)]
+           + [{**row("odd", T0 + timedelta(minutes=9), status="error"),
+               "error_message": 'line\nbreak "quoted" \u2028 é'}])
+    as_json = client.get("/v1/usage?limit=2", headers=MASTER)
+    as_lines = client.get("/v1/usage?limit=2",
+                          headers={**MASTER, "Accept": "application/x-ndjson"})
+    assert as_lines.status_code == 200
+    assert as_lines.headers["content-type"] == "application/x-ndjson"
+    lines = as_lines.content.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 3  # one row per line, each line ended
+    assert [loads(line) for line in lines[:-1]] == loads(as_json.text)
+    assert loads(lines[0])["error_message"] == 'line\nbreak "quoted" \u2028 é'
+    # The same bytes per row as the JSON array's elements, and the same next link.
+    assert as_json.content == b"[" + b",".join(lines[:-1]) + b"]"
+    assert _next(as_lines) == _next(as_json) is not None
+
+
+def test_include_total_counts_every_matching_row(client: TestClient,
+                                                 database_url: str) -> None:
+    insert(database_url, [row(f"r{i}", T0 + timedelta(minutes=i),
+                              user_id="alice" if i % 3 else "bob") for i in range(7)])
+    plain_page = client.get("/v1/usage?limit=2", headers=MASTER)
+    assert "x-total-count" not in plain_page.headers
+    counted = client.get("/v1/usage?limit=2&include_total=true", headers=MASTER)
+    assert counted.headers["x-total-count"] == "7" and len(counted.json()) == 2
+    alice = client.get("/v1/usage?limit=1&include_total=true&user_id=alice", headers=MASTER)
+    assert alice.headers["x-total-count"] == "4"
+    late = client.get(f"/v1/usage?limit=1&include_total=true&start_date="
+                      f"{(T0 + timedelta(minutes=5)).isoformat().replace('+', '%2B')}",
+                      headers=MASTER)
+    assert late.headers["x-total-count"] == "2"
