@@ -2,7 +2,7 @@
 
 The wrk runs of `bench/otari.sh route` measure it end to end, but on a busy machine their
 noise (tenths of a millisecond) is larger than what is measured; this times the routing
-work alone, as otari_server.routing.serve does it for a request whose key has no
+work alone, as otari_server.generation.routed does it for a request whose key has no
 allow-list: the target survey (a cached price lookup per target), the plan, the dearest
 target and the body copy for admission. The worst case is computed on both paths (admit
 takes the route's), so it is left out.
@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from otari_server import settings
 from otari_server.access.auth import MASTER
 from otari_server.app import create_app
-from otari_server.edge.endpoints import CHAT
+from otari_server.generation.endpoints import CHAT
 from otari_server.generation.proxy import worst_case
 from otari_server.routing.order import plan
 from otari_server.routing.survey import survey

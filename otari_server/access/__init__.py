@@ -1,5 +1,6 @@
 """Who may call: bearer tokens from the accepted headers, the key cache, key minting.
 
-May import: `storage/`, `errors`, `settings`.
-Imported by: `edge/`, `generation/`, `api/`, `runtime`, `deps`.
+May import: `accounting/`, `storage/`, `errors`, `settings`, `api/` (only `api.schemas`, the
+key's wire form).
+Imported by: `edge/`, `generation/`, `routing/`, `tools/`, `api/`, `runtime`, `deps`.
 """

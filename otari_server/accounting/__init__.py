@@ -4,6 +4,7 @@ Lives here: prices (and their import from genai-prices), worst-case estimates, v
 numbers providers report, the ledger (reserve before, settle after, write-behind with a spool),
 holds, budget rules and alerts, rate limits, usage rows, summaries and retention.
 
-May import: `storage/`, `errors`, `settings`, `metrics`.
-Imported by: `generation/`, `api/`, `routing/`, `tools/`, `runtime`.
+May import: `storage/`, `errors`, `settings`, `metrics`, `jsonio`.
+Imported by: `generation/`, `api/`, `routing/`, `tools/`, `translate/` (prices, counts),
+`access/` (rate-limit rules), `runtime`.
 """

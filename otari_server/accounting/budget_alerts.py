@@ -35,7 +35,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from otari_server.api.jsonio import dumps
+from otari_server.jsonio import dumps
 from otari_server.settings import ConfigError
 from otari_server.storage.tables import Budget, BudgetAlert, User, utcnow
 

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from otari_server.accounting.prices import Consumption
 
 # No model reads or writes more than this in one request (the largest context windows are
 # about 10^7 tokens); anything above is a provider bug, not usage.
@@ -96,3 +99,30 @@ def clean(value: object) -> int:
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def consumption(usage: object, **extra: Any) -> Consumption:
+    """Consumption from an OpenAI-style usage object (chat, embeddings, responses).
+
+    Every number is checked by `count`; one that breaks the rules gives a Consumption
+    whose `invalid` says why (billed from the estimate by Call.settle).
+    """
+    if not isinstance(usage, dict):
+        return Consumption(**extra)
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    try:
+        prompt = _first_count(usage, "prompt_tokens", "input_tokens")
+        completion = _first_count(usage, "completion_tokens", "output_tokens")
+        return Consumption(prompt_tokens=prompt, completion_tokens=completion,
+                           cache_read_tokens=_first_count(details, "cached_tokens"),
+                           cache_write_tokens=_first_count(details, "cache_creation_tokens"),
+                           **extra)
+    except BadCount as exc:
+        return Consumption(invalid=str(exc), **extra)
+
+
+def _first_count(usage: dict[str, Any], *names: str) -> int:
+    """The first of `names` present in `usage`, checked (0 when none is)."""
+    name = next((n for n in names if n in usage), names[0])
+    return count(usage.get(name), name)

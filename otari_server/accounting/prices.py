@@ -17,6 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from otari_server.storage.tables import Pricing, quantize
 
 _MILLION = Decimal(1_000_000)
+# Money is exact to 1e-10 and, so that SQLite's 64-bit integers hold any sum of it, below
+# a hundred million per amount (USD).
+MAX_MONEY = Decimal(100_000_000)
 
 
 def price_at(session: Session, model_key: str, at: datetime) -> Pricing | None:

@@ -48,7 +48,7 @@ class Settlement:
     error_message: str | None = None
     latency_ms: int | None = None
     request_id: str | None = None
-    # Where the cost's price came from (pricing.Price.source); None when unpriced.
+    # Where the cost's price came from (prices.Price.source); None when unpriced.
     price_source: str | None = None
     # Rate-limit subjects whose tokens-per-minute this request's tokens count toward.
     rate_subjects: tuple[str, ...] = ()

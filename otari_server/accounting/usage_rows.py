@@ -16,8 +16,8 @@ from sqlalchemy import Select, func, literal, select, tuple_, type_coerce
 from sqlalchemy.orm import Session
 from sqlalchemy.types import NullType
 
-from otari_server.api.jsonio import plain
 from otari_server.errors import InvalidRequest
+from otari_server.jsonio import plain
 from otari_server.storage.tables import MONEY_PLACES, UsageLog, UTCDateTime, as_utc
 
 # The fields of a usage row shared by every usage response, in wire order.

@@ -1,6 +1,8 @@
 """The management HTTP surface: one module per resource, its wire schemas, exact money JSON.
 
-`ROUTERS` is the one list `app.py` mounts (generation routes included, for the OpenAPI document).
-May import: `accounting/`, `access/`, `storage/`, `routing/`, `providers/`, `errors`, `deps`.
-Imported by: `app`.
+`app.API_ROUTERS` lists the routers mounted (the generation routes too, for /openapi.json).
+
+May import: `accounting/`, `access/`, `storage/`, `routing/`, `providers/`, `errors`, `deps`,
+`runtime`, `metrics`, `settings`, `jsonio`.
+Imported by: `app`, `connected/` (its health probes).
 """

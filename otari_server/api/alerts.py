@@ -6,9 +6,9 @@ import httpx
 from fastapi import APIRouter, Depends, Response
 
 from otari_server.accounting.budget_alerts import sample_event
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.deps import RuntimeDep, require_master
 from otari_server.errors import BadGateway, InvalidRequest
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import utcnow
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"], route_class=ExactRoute,

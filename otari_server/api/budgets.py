@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 
 from otari_server.accounting import budget_rules
 from otari_server.accounting.budget_alerts import threshold_text
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.api.paging import Limit, Skip
 from otari_server.api.schemas import BudgetResponse, CreateBudgetRequest, UpdateBudgetRequest
 from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, InvalidRequest, NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import Budget, User, utcnow
 
 router = APIRouter(prefix="/v1/budgets", tags=["budgets"], route_class=ExactRoute,

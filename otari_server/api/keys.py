@@ -7,7 +7,6 @@ from sqlalchemy import select
 
 from otari_server.access import minting
 from otari_server.access.minting import REVOKED_MARK, create_key, is_revoked, key_info, rotate_key
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.api.paging import Limit, Skip
 from otari_server.api.schemas import (
     CreateKeyRequest,
@@ -19,6 +18,7 @@ from otari_server.api.schemas import (
 )
 from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import APIKey, User, utcnow
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ExactRoute,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
 
-from otari_server.api.jsonio import ExactJSONResponse
 from otari_server.api.schemas import ModelListResponse, ModelObject
 from otari_server.deps import CallerDep, ReadSessionDep, RuntimeDep, SessionDep
 from otari_server.errors import NotFound
+from otari_server.jsonio import ExactJSONResponse
 from otari_server.providers import ModelAddressError, resolve
 from otari_server.runtime import Runtime
 from otari_server.storage.tables import Pricing, RouteDefinition, utcnow

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from otari_server.accounting import price_import
 from otari_server.accounting.prices import TIER_RATES, Tier, price_at, tiers_from_json
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.api.paging import Limit, Skip
 from otari_server.api.schemas import (
     ImportPricingRequest,
@@ -22,6 +21,7 @@ from otari_server.api.schemas import (
 )
 from otari_server.deps import CallerDep, ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import InvalidRequest, NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import Pricing, utcnow
 
 # Reads are open to API keys; writes need the master key (per the reference).

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select
 
 from otari_server.accounting.prices import TOKENS
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, InvalidRequest, NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.routing.book import from_row
 from otari_server.routing.model import Route, RouteError, parse_route
 from otari_server.routing.order import explain

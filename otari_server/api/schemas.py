@@ -29,7 +29,8 @@ def _no_bool(value: Any) -> Any:
 
 # Money is exact to 1e-10 and, so that SQLite's 64-bit integers hold any sum of it, below
 # a hundred million per amount.
-MAX_MONEY = Decimal(100_000_000)
+from otari_server.accounting.prices import MAX_MONEY  # noqa: E402  (re-exported for the wire models)
+
 NonNegativeMoney = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False,
                                             max_digits=30, decimal_places=10),
                              WithJsonSchema({"type": "number", "minimum": 0})]

@@ -9,7 +9,6 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from otari_server.accounting import retention, summaries, usage_rows
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute, dump_bytes
 from otari_server.api.paging import Limit, Skip
 from otari_server.api.schemas import (
     PruneUsageRequest,
@@ -19,6 +18,7 @@ from otari_server.api.schemas import (
 )
 from otari_server.deps import ReadSessionDep, RuntimeDep, require_master
 from otari_server.errors import InvalidRequest
+from otari_server.jsonio import ExactJSONResponse, ExactRoute, dump_bytes
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], route_class=ExactRoute,
                    dependencies=[Depends(require_master)])

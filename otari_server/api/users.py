@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from otari_server.accounting import budget_rules
 from otari_server.accounting.usage_rows import Filters, fetch, query
 from otari_server.api import usage as usage_routes
-from otari_server.api.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.api.paging import Limit, Skip
 from otari_server.api.schemas import (
     CreateUserRequest,
@@ -22,6 +21,7 @@ from otari_server.api.schemas import (
 )
 from otari_server.deps import ReadSessionDep, RuntimeDep, SessionDep, require_master
 from otari_server.errors import Conflict, NotFound
+from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import APIKey, Budget, User, utcnow
 
 router = APIRouter(prefix="/v1/users", tags=["users"], route_class=ExactRoute,

@@ -9,8 +9,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otari_server import errors
 from otari_server.connected.forward import forward_chat
-from otari_server.edge.endpoints import CHAT, CONNECTED, served_paths
 from otari_server.errors import NotFound
+from otari_server.generation.endpoints import CHAT, CONNECTED, served_paths
 from otari_server.generation.wire import ChatCompletionRequest, body_of
 
 # Bare and /api-prefixed, as in standalone mode (edge.endpoints lists what connected mode serves).

@@ -1,8 +1,10 @@
 """How a request gets in and out before FastAPI.
 
-Lives here: the per-request ASGI middleware (request id, body limits, caching headers), the list of
-generation endpoints, the fast-path dispatcher both modes use, the access log and logging set-up.
+Lives here: the per-request ASGI middleware (request id, body limits, caching headers), the
+fast path (generation endpoints served straight from ASGI, from `generation.endpoints`), the
+access log and logging set-up. Connected mode uses the middleware and its own one-endpoint
+fast path (`connected.routes.ChatPath`).
 
-May import: `settings`, `errors`, `metrics`, and the leaf modules of `generation/` it dispatches to.
-Imported by: `app`, `connected.app`, `daemon`.
+May import: `generation/`, `access/`, `errors`, `settings`, `metrics`, `deps`, `jsonio`.
+Imported by: `app`, `connected/`, `daemon`, `generation/` (the access log).
 """

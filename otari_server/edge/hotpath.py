@@ -23,7 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otari_server import errors
 from otari_server.access.auth import Caller
 from otari_server.deps import authenticate, require_master
-from otari_server.edge.endpoints import (
+from otari_server.errors import BudgetExceeded, RateLimited, ServiceUnavailable
+from otari_server.generation import audio, chat, messages, moderations, proxy, responses
+from otari_server.generation.endpoints import (
     CHAT,
     EMBEDDINGS,
     GENERATION,
@@ -37,8 +39,6 @@ from otari_server.edge.endpoints import (
     TRANSCRIPTIONS,
     Endpoint,
 )
-from otari_server.errors import BudgetExceeded, RateLimited, ServiceUnavailable
-from otari_server.generation import audio, chat, messages, moderations, proxy, responses
 from otari_server.metrics import Metrics
 
 Handler = Callable[[Request, Caller, Endpoint], Awaitable[Response]]

@@ -20,7 +20,7 @@ class JSONFormatter(logging.Formatter):
     access line's fields; money as plain decimal numbers."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from otari_server.api import jsonio
+        from otari_server import jsonio
 
         entry: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname,
                                  "logger": record.name, "message": record.getMessage()}

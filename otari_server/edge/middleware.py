@@ -7,8 +7,8 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otari_server.api.jsonio import dumps
 from otari_server.errors import PayloadTooLarge, error_body, shape_for
+from otari_server.jsonio import dumps
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Anthropic's name for it: the anthropic SDK sets `_request_id` (and error.request_id) from it.

@@ -28,15 +28,15 @@ from starlette.responses import Response
 
 from otari_server.access.auth import Caller
 from otari_server.accounting import counts, estimates
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import TOKENS, Consumption, Price
-from otari_server.edge.endpoints import SPEECH, Endpoint
 from otari_server.errors import InvalidRequest, OtariError, PayloadTooLarge
+from otari_server.generation.endpoints import SPEECH, Endpoint
 from otari_server.generation.proxy import (
     JSON_HEADERS,
     Call,
     admit,
     check_fields,
-    consumption,
     openai_only,
     read_body,
     route,

@@ -35,16 +35,17 @@ from sqlalchemy.orm import Session
 
 from otari_server.access.auth import Caller
 from otari_server.accounting import budget_rules
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption, Price
 from otari_server.accounting.reservations import NO_HOLD, refusal
 from otari_server.accounting.settlements import Settlement, settle_all
-from otari_server.edge.endpoints import BATCHES, CHAT
 from otari_server.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
 )
-from otari_server.generation.proxy import INVALID_USAGE, billed_user, consumption, route, unpriced
+from otari_server.generation.endpoints import BATCHES, CHAT
+from otari_server.generation.proxy import INVALID_USAGE, billed_user, route, unpriced
 from otari_server.generation.proxy import worst_case as proxy_worst_case
 from otari_server.generation.wire import CreateBatchRequest
 from otari_server.providers import Provider

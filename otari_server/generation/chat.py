@@ -10,22 +10,22 @@ from starlette.responses import Response
 
 from otari_server import tools
 from otari_server.access.auth import Caller
-from otari_server.edge.endpoints import Endpoint
+from otari_server.accounting.counts import consumption
 from otari_server.errors import InvalidRequest, OtariError
+from otari_server.generation.endpoints import Endpoint
 from otari_server.generation.proxy import (
     JSON_HEADERS,
     Call,
     admit,
     check_fields,
-    consumption,
     read_body,
     runtime_of,
     settle_answer,
 )
 from otari_server.generation.relay import open_relay
+from otari_server.generation.routed import routed
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
-from otari_server.routing.serve import routed
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
 from otari_server.translate.chat_via_messages_request import to_messages_request

@@ -1,6 +1,6 @@
 """POST /v1/messages/count_tokens: the Anthropic token-count estimate.
 
-POST /v1/messages itself is a generation endpoint (routes/generation.py, served by the hot path).
+POST /v1/messages itself is a generation endpoint (generation/routes.py, served by the hot path).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from otari_server.access.auth import Caller
 from otari_server.accounting.prices import Consumption
-from otari_server.edge.endpoints import Endpoint
+from otari_server.generation.endpoints import Endpoint
 from otari_server.generation.proxy import JSON_HEADERS, exchange_json
 
 

@@ -19,19 +19,19 @@ from starlette.responses import Response
 
 from otari_server.access.auth import Caller
 from otari_server.accounting import budget_rules, counts, estimates
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import (
     AUDIO_SECONDS,
     CHARACTERS,
     IMAGES,
+    MAX_MONEY,
     REQUESTS,
     Consumption,
     Price,
 )
 from otari_server.accounting.reservations import NO_HOLD, Hold
 from otari_server.accounting.settlements import Settlement
-from otari_server.api.schemas import MAX_MONEY
 from otari_server.edge import access_log
-from otari_server.edge.endpoints import CHAT, Endpoint
 from otari_server.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -40,6 +40,7 @@ from otari_server.errors import (
     PermissionDenied,
     RateLimited,
 )
+from otari_server.generation.endpoints import CHAT, Endpoint
 from otari_server.providers import ModelAddressError, Provider, resolve
 from otari_server.providers.upstream import parse_upstream, read_upstream
 from otari_server.runtime import Runtime
@@ -147,32 +148,6 @@ def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Co
     call.settle("success", Consumption(prompt_tokens=call.prompt_estimate,
                                        completion_tokens=output),
                 f"{ESTIMATED} (no usage in the provider's answer)")
-
-
-def consumption(usage: object, **extra: Any) -> Consumption:
-    """Consumption from an OpenAI-style usage object (chat, embeddings, responses).
-
-    Every number is checked by counts.count; one that breaks the rules gives a Consumption
-    whose `invalid` says why (billed from the estimate by Call.settle).
-    """
-    if not isinstance(usage, dict):
-        return Consumption(**extra)
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    details = details if isinstance(details, dict) else {}
-    try:
-        prompt = _count(usage, "prompt_tokens", "input_tokens")
-        completion = _count(usage, "completion_tokens", "output_tokens")
-        return Consumption(prompt_tokens=prompt, completion_tokens=completion,
-                           cache_read_tokens=_count(details, "cached_tokens"),
-                           cache_write_tokens=_count(details, "cache_creation_tokens"), **extra)
-    except counts.BadCount as exc:
-        return Consumption(invalid=str(exc), **extra)
-
-
-def _count(usage: dict[str, Any], *names: str) -> int:
-    """The first of `names` present in `usage`, checked (0 when none is)."""
-    name = next((n for n in names if n in usage), names[0])
-    return counts.count(usage.get(name), name)
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
@@ -422,7 +397,7 @@ async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> 
     model_route = runtime.routes.routes.get(body["model"])
     if model_route is not None:
         # Imported here: routing builds on this module (admit, Call).
-        from otari_server.routing.serve import routed
+        from otari_server.generation.routed import routed
 
         async def attempt(call: Call, upstream_model: str) -> Response:
             content, answer = await send_json(call, body, upstream_model)

@@ -21,15 +21,15 @@ from fastapi import Request
 from starlette.responses import Response
 
 from otari_server.access.auth import Caller
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
-from otari_server.edge.endpoints import RESPONSES, Endpoint
 from otari_server.errors import InvalidRequest, OtariError
+from otari_server.generation.endpoints import RESPONSES, Endpoint
 from otari_server.generation.proxy import (
     JSON_HEADERS,
     Call,
     admit,
     check_fields,
-    consumption,
     read_body,
     route,
     runtime_of,
@@ -37,10 +37,10 @@ from otari_server.generation.proxy import (
     worst_case,
 )
 from otari_server.generation.relay import open_relay
+from otari_server.generation.routed import routed
 from otari_server.generation.stored_responses import check_previous, remember
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
-from otari_server.routing.serve import routed
 from otari_server.runtime import Runtime
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate import responses_via_chat as responses_wire

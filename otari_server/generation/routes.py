@@ -11,7 +11,16 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 
 from otari_server.deps import CallerDep, RuntimeDep
-from otari_server.edge.endpoints import (
+from otari_server.generation import (
+    audio,
+    chat,
+    messages,
+    moderations,
+    proxy,
+    responses,
+    stored_responses,
+)
+from otari_server.generation.endpoints import (
     CHAT,
     EMBEDDINGS,
     IMAGES_GENERATIONS,
@@ -21,15 +30,6 @@ from otari_server.edge.endpoints import (
     RESPONSES,
     SPEECH,
     TRANSCRIPTIONS,
-)
-from otari_server.generation import (
-    audio,
-    chat,
-    messages,
-    moderations,
-    proxy,
-    responses,
-    stored_responses,
 )
 from otari_server.generation.wire import (
     AudioSpeechRequest,

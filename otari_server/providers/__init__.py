@@ -4,8 +4,8 @@ Lives here: `[providers.NAME]` configuration and model addressing (`registry`), 
 the one pooled aiohttp client (`upstream`), provider error bodies, and the scrubbing of provider
 keys from what clients see.
 
-May import: `errors`, `settings`, `translate.sse`. Imported by: `generation/`, `routing/`,
-`tools/`, `connected/`, `runtime`.
+May import: `errors`, `settings`.
+Imported by: `generation/`, `routing/`, `tools/`, `connected/`, `api/`, `runtime`.
 """
 
 from otari_server.providers.registry import (

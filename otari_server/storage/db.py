@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server.api import jsonio
+from otari_server import jsonio
 
 if TYPE_CHECKING:
     from alembic.config import Config

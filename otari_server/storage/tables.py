@@ -204,7 +204,7 @@ class Pricing(Base):
     effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
     input_price_per_million: Mapped[Decimal] = mapped_column(Money())
     output_price_per_million: Mapped[Decimal] = mapped_column(Money())
-    # What the rates are per: "tokens", "requests" or "images" (see pricing.Price.cost).
+    # What the rates are per: "tokens", "requests" or "images" (see prices.Price.cost).
     unit: Mapped[str] = mapped_column(String(16), default="tokens")
     cache_read_price_per_million: Mapped[Decimal | None] = mapped_column(Money())
     cache_write_price_per_million: Mapped[Decimal | None] = mapped_column(Money())
@@ -228,7 +228,7 @@ class UsageLog(Base):
 
     __tablename__ = "usage_logs"
     # Each index serves a usage query: pages newest first, ordered by the (timestamp, id)
-    # cursor, overall, per user and per key (see usage.query and summaries).
+    # cursor, overall, per user and per key (see usage_rows.query and summaries).
     __table_args__ = (
         Index("ix_usage_logs_timestamp_id", "timestamp", "id"),
         Index("ix_usage_logs_user_timestamp_id", "user_id", "timestamp", "id"),

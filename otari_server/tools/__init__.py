@@ -4,6 +4,10 @@ The gateway offers the model its own functions beside the client's, runs the cal
 model makes to them, feeds the results back and repeats until the model answers (or calls
 one of the client's tools). Every model call is metered into one usage row; the budget
 hold grows before each call to cover its worst case (see loop.cover).
+
+May import: `generation/`, `translate/`, `providers/`, `accounting/`, `access/`, `errors`,
+`settings`, `runtime`.
+Imported by: `generation.chat` (a request that asks for gateway-run tools), `app`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from fastapi import Request
 from starlette.responses import Response
 
 from otari_server.access.auth import Caller
-from otari_server.edge.endpoints import Endpoint
 from otari_server.errors import OtariError
+from otari_server.generation.endpoints import Endpoint
 from otari_server.generation.proxy import admit, runtime_of
 from otari_server.tools import answer, loop, plan
 from otari_server.tools.config import tools_config

@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 
 from otari_server.accounting.budget_rules import Need
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
 from otari_server.errors import InvalidRequest, Unprocessable
-from otari_server.generation.proxy import Call, consumption, worst_case
+from otari_server.generation.proxy import Call, worst_case
 from otari_server.providers.presets import ANTHROPIC_VERSION
 from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
 from otari_server.tools.plan import MAX_ITERATIONS, Plan, hints, model_request

@@ -43,7 +43,7 @@ class Toolbox:
         return name in self._runners
 
     def add(self, definition: dict[str, Any], runner: Runner) -> None:
-        """Offer a function (plan.plan made sure the client's tools use other names)."""
+        """Offer a function (plan.parse made sure the client's tools use other names)."""
         self.functions.append(definition)
         self._runners[definition["function"]["name"]] = runner
 

@@ -5,6 +5,7 @@
 Responses API from a Chat Completions provider; `streams` holds the incremental stream translators
 (provider event bytes in, client event bytes out) and `sse` the event-stream parser and writer.
 
-May import: `errors`, `accounting.counts` (validating provider numbers). Nothing here does I/O.
-Imported by: `generation/`, `tools/`, `connected/`.
+May import: `accounting/`, `errors`.
+Imported by: `generation/`, `tools/`, `connected/`. (`accounting/` for `prices.Consumption` and
+`counts`, the rules every provider number passes.)
 """

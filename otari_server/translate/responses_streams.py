@@ -12,8 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from otari_server.accounting import counts
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
-from otari_server.generation.proxy import consumption
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import ChatStreamTranslator
 from otari_server.translate.responses_via_chat import ResponseStreamTranslator

@@ -30,8 +30,8 @@ from typing import Any
 import orjson
 
 from otari_server.accounting import counts
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
-from otari_server.generation.proxy import consumption
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import ChatStreamTranslator, chat_usage
 from otari_server.translate.messages_via_chat import MessageStreamTranslator

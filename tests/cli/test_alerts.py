@@ -7,7 +7,7 @@ import hmac
 from decimal import Decimal
 
 from otari_cli.errors import ExitCode
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.cli.conftest import InProcess
 from tests.server.accounting.test_alerts import SECRET, Receiver, alerts_config
 from tests.support.servers import MASTER_KEY, make_settings, running

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import openai
 
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.support.fakes import FakeAnthropic, FakeOpenAI
 from tests.support.servers import MASTER_KEY, make_settings, running
 

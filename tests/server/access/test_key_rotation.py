@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from otari_server.storage.db import normalize_url
 from otari_server.storage.tables import APIKey, utcnow
 from tests.support.gateway import MASTER, Gateway

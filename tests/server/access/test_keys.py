@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from otari_server.storage.db import normalize_url
 from tests.support.factories import MASTER, make_key, make_user
 from tests.support.gateway import Gateway

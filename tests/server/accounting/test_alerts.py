@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import create_engine, select
 
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from otari_server.storage.db import normalize_url
 from otari_server.storage.tables import BudgetAlert
 from tests.support.fakes import FakeOpenAI

@@ -23,7 +23,7 @@ from otari_server.accounting.budget_rules import Need, Output, Period, Remaining
 from otari_server.accounting.prices import Consumption, Price, Tier
 from otari_server.accounting.reservations import hold_id
 from otari_server.accounting.settlements import reclaim
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from otari_server.storage.db import create_db_engine, session_factory
 from otari_server.storage.tables import Reservation, User
 from tests.support.factories import MASTER, make_budget, make_user

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from starlette.testclient import TestClient
 
-from otari_server.api.jsonio import dumps, loads
+from otari_server.jsonio import dumps, loads
 from tests.support.factories import MASTER
 from tests.support.fakes import Behaviour
 from tests.support.gateway import Gateway

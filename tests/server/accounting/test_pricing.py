@@ -9,7 +9,7 @@ from urllib.parse import quote
 from starlette.testclient import TestClient
 
 from otari_server.accounting.prices import Consumption, Price
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.support.factories import MASTER, make_key, make_price
 
 MODEL = "openrouter:meta-llama/llama-3-70b"

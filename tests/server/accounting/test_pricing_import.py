@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from otari_server.accounting.price_import import exact
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.support.factories import MASTER, make_key, make_price
 from tests.support.fakes import FakeOpenAI
 from tests.support.servers import make_settings, running

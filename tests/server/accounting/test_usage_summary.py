@@ -9,8 +9,8 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from otari_server.api.jsonio import loads
 from otari_server.app import create_app
+from otari_server.jsonio import loads
 from otari_server.storage.db import migrate
 from tests.support.factories import MASTER, make_key
 from tests.support.servers import make_settings

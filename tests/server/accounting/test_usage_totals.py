@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from otari_server.accounting import usage_totals
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from otari_server.storage.db import alembic_config, create_db_engine, migrate, session_factory
 from otari_server.storage.tables import UsageDaily, UsageLog, UsageTotal
 from tests.support.factories import MASTER

@@ -9,7 +9,7 @@ from sqlalchemy import update
 from starlette.testclient import TestClient
 
 from otari_server.accounting import budget_rules, estimates
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from otari_server.storage.db import create_db_engine, session_factory
 from otari_server.storage.tables import User
 from tests.support.factories import MASTER, make_budget, make_user

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 from starlette.testclient import TestClient
 
-from otari_server.api.jsonio import loads
 from otari_server.app import create_app
+from otari_server.jsonio import loads
 from tests.support.factories import MASTER, make_key, make_price
 from tests.support.servers import make_settings
 

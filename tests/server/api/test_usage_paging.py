@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from starlette.testclient import TestClient
 
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.support.factories import MASTER, make_user
 from tests.support.usage_rows import insert, row
 

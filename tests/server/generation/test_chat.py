@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.support.fakes import Behaviour, ToolCall
 from tests.support.gateway import ANTHROPIC_KEY, UPSTREAM_KEY, Gateway
 from tests.support.servers import MASTER_KEY

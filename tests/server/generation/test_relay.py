@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.fakes_streams import Script, ScriptedProvider, sse
 from tests.support.gateway import Gateway

@@ -20,7 +20,7 @@ import pytest
 
 from otari_server.accounting import estimates
 from otari_server.accounting.prices import Consumption, Price
-from otari_server.api.jsonio import loads
+from otari_server.jsonio import loads
 from tests.support.fakes import Failure, FakeAnthropic, FakeOpenAI
 from tests.support.gateway import ANTHROPIC_KEY, MASTER, UPSTREAM_KEY
 from tests.support.servers import MASTER_KEY, free_port, make_settings, running

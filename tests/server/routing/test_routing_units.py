@@ -219,7 +219,7 @@ def test_errors_map_to_failure_kinds_with_their_retry_advice() -> None:
         ProviderCredentialRejected,
         UpstreamError,
     )
-    from otari_server.routing.serve import failure_of
+    from otari_server.generation.routed import failure_of
 
     assert failure_of(UpstreamError("slow", 429, headers={"Retry-After": "7"})) == (
         Failure.RATE_LIMITED, 7.0)

@@ -15,9 +15,9 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from otari_server.api.jsonio import loads
 from otari_server.app import create_app
 from otari_server.deps import get_read_session, get_session
+from otari_server.jsonio import loads
 from otari_server.storage import db
 from otari_server.storage.tables import UsageLog
 from tests.support.gateway import Gateway

@@ -13,7 +13,7 @@ class Endpoint:
 
     path: str
     upstream_path: str
-    # What it is billed by (pricing.TOKENS, IMAGES, ...): decides the price it requires.
+    # What it is billed by (prices.TOKENS, IMAGES, ...): decides the price it requires.
     billing: str = TOKENS
     # Body fields that cap output tokens, first present wins.
     output_limits: tuple[str, ...] = ()

@@ -21,7 +21,6 @@ from starlette.responses import Response
 
 from otari_server.access.auth import Caller
 from otari_server.accounting.prices import Consumption, Price
-from otari_server.edge.endpoints import Endpoint
 from otari_server.errors import (
     BadGateway,
     GatewayTimeout,
@@ -29,6 +28,7 @@ from otari_server.errors import (
     OtariError,
     UpstreamError,
 )
+from otari_server.generation.endpoints import Endpoint
 from otari_server.generation.proxy import Call, admit, refusal_row, worst_case
 from otari_server.routing.model import Route, Target
 from otari_server.routing.order import plan
