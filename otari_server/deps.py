@@ -66,8 +66,9 @@ async def authenticate(request: Request) -> auth.Caller:
     token_hash = auth.hash_token(token)
     hit, snapshot = runtime.keys.get(token_hash)
     if not hit:
+        version = runtime.keys.version
         snapshot = await to_thread.run_sync(_lookup, runtime, token_hash)
-        runtime.keys.put(token_hash, snapshot)
+        runtime.keys.put(token_hash, snapshot, version)
     caller = auth.check(snapshot, utcnow(), presented.header)
     if caller.key_id is not None:
         runtime.activity.touch(caller.key_id)

@@ -208,6 +208,9 @@ class KeyCache:
                  known: int = 100_000, unknown: int = 10_000) -> None:
         self._known: TTLCache[str, KeySnapshot] = TTLCache(known, ttl, timer=clock)
         self._unknown: TTLCache[str, bool] = TTLCache(unknown, ttl, timer=clock)
+        # Bumped by clear(): a lookup that started before a change must not store what it
+        # read after the change was announced (a revoked key would live on for `ttl`).
+        self.version = 0
 
     def get(self, token_hash: str) -> tuple[bool, KeySnapshot | None]:
         """(hit, snapshot); a hit may be a cached 'unknown key' (None)."""
@@ -216,8 +219,15 @@ class KeyCache:
             return True, snapshot
         return token_hash in self._unknown, None
 
-    def put(self, token_hash: str, snapshot: KeySnapshot | None) -> None:
-        """Remember a lookup result (bounded: the least recently used goes first)."""
+    def put(self, token_hash: str, snapshot: KeySnapshot | None,
+            version: int | None = None) -> None:
+        """Remember a lookup result (bounded: the least recently used goes first).
+
+        `version` is `self.version` read before the lookup began: a result read across a
+        clear() is dropped instead of stored.
+        """
+        if version is not None and version != self.version:
+            return
         if snapshot is None:
             self._unknown[token_hash] = True
         else:
@@ -226,6 +236,7 @@ class KeyCache:
 
     def clear(self) -> None:
         """Forget everything (after any management change)."""
+        self.version += 1
         self._known.clear()
         self._unknown.clear()
 

@@ -194,9 +194,11 @@ class PriceBook:
                  fallback: Callable[[str, datetime], Price | None] | None = None) -> None:
         self._sessions = sessions
         self._fallback = fallback
-        # LRU with TTL (cachetools): a flood of unknown model names pushes out the least
-        # recently used entries, not every price at once.
+        # LRU with TTL (cachetools). Models without an entry are remembered apart, so a
+        # flood of unknown model names never pushes out a real price.
         self._entries: TTLCache[str, list[Price]] = TTLCache(10_000, ttl, timer=clock)
+        self._unpriced: TTLCache[str, bool] = TTLCache(10_000, ttl, timer=clock)
+        self._version = 0  # bumped by clear(): a load across a change is not stored
 
     def _load(self, model_key: str) -> list[Price]:
         with self._sessions() as session:
@@ -206,8 +208,15 @@ class PriceBook:
         """The price of `model_key` in effect at `when`, or None when it has none."""
         prices = self._entries.get(model_key)
         if prices is None:
+            prices = [] if model_key in self._unpriced else None
+        if prices is None:
+            version = self._version
             prices = await to_thread.run_sync(self._load, model_key)
-            self._entries[model_key] = prices
+            if version == self._version:
+                if prices:
+                    self._entries[model_key] = prices
+                else:
+                    self._unpriced[model_key] = True
         price = next((p for p in prices if p.effective_at <= when), None)
         if price is None and self._fallback is not None:
             price = self._fallback(model_key, when)
@@ -215,4 +224,6 @@ class PriceBook:
 
     def clear(self) -> None:
         """Forget cached prices (after a pricing change)."""
+        self._version += 1
         self._entries.clear()
+        self._unpriced.clear()

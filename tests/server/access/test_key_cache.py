@@ -73,3 +73,15 @@ def test_the_least_recently_used_valid_key_goes_first_when_known_keys_overflow()
     cache.put("d", snapshot("d"))
     assert cache.get("b") == (False, None)
     assert [cache.get(n)[0] for n in ("a", "c", "d")] == [True, True, True]
+
+
+def test_a_lookup_that_spans_a_change_is_not_stored() -> None:
+    # A revoke commits and clears the cache while another request's lookup (started before
+    # it) is still reading: what that lookup read must not be cached for the whole ttl.
+    cache = KeyCache(ttl=60, clock=Clock())
+    version = cache.version
+    cache.clear()  # the revoke
+    cache.put("h", snapshot("k"), version)
+    assert cache.get("h") == (False, None)
+    cache.put("h", snapshot("k"), cache.version)
+    assert cache.get("h") == (True, snapshot("k"))
