@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from otari_cli import params
+from otari_cli import params, refs
 from otari_cli.client import path
 from otari_cli.durations import is_duration
 from otari_cli.errors import Refused, Unreachable
@@ -77,7 +77,8 @@ Until = Annotated[
 @app.callback(invoke_without_command=True)
 def usage(
     ctx: typer.Context,
-    user: Annotated[str | None, typer.Option("--user", help="Only this user's usage.")] = None,
+    user: Annotated[str | None, typer.Option(
+        "--user", help="Only this user's usage (a user id or alias).")] = None,
     since: Since = None,
     until: Until = None,
     limit: Annotated[
@@ -87,7 +88,8 @@ def usage(
         bool, typer.Option("--all", help="Every entry, written as it arrives (-o jsonl, csv).")
     ] = False,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
-    key: Annotated[str | None, typer.Option("--key", help="Only this API key id.")] = None,
+    key: Annotated[str | None, typer.Option(
+        "--key", help="Only this API key (an id or a key name).")] = None,
     local: Annotated[bool, typer.Option(
         "--local", help="Tables show times in this machine's time zone (default: UTC).")
     ] = False,
@@ -96,8 +98,10 @@ def usage(
     if ctx.invoked_subcommand is not None:
         return
     rt = runtime(ctx)
-    filters = {"user_id": user, "start_date": since, "end_date": until, "model": model,
-               "api_key_id": key}
+    user_id = _reference(rt, refs.USER, user) if user else None
+    filters = {"user_id": user_id or user, "start_date": since, "end_date": until,
+               "model": model,
+               "api_key_id": (_reference(rt, refs.KEY, key) or key) if key else None}
     cap = None if every else limit
     # One row past the limit tells whether the listing stopped early.
     walk = partial(rt.gateway.walk, "/v1/usage", filters,
@@ -124,8 +128,8 @@ def usage(
         rt.output.message(f"showing {shown} of {total} (use --all)" if total is not None
                           else f"showing the newest {shown} rows; more match (use --all, "
                                "or --limit N)")
-    if shown == 0 and user is not None:
-        _check_user(rt, user)
+    if shown == 0 and user is not None and user_id is None:
+        rt.output.warning(f"no user named {user!r}: the filter matches nothing")
 
 
 def _first(rows: Iterator[Any], limit: int | None, more: list[bool]) -> Iterator[Any]:
@@ -167,14 +171,15 @@ def _key_names(rt: Runtime, key_ids: set[str]) -> dict[str, str | None]:
     return names
 
 
-def _check_user(rt: Runtime, user: str) -> None:
-    """An empty listing for a user the gateway does not know says so, rather than nothing."""
+def _reference(rt: Runtime, kind: refs.Kind, ref: str) -> str | None:
+    """The id `ref` stands for: itself when it is an id, else the id of the one item whose
+    name (a key's name, a user's alias) it is; None when nothing has that id or name.
+    Several items with that name exit 2 (refs.named)."""
     try:
-        rt.gateway.get(path("v1", "users", user))
+        return refs.resolve(rt.gateway, kind, ref)
     except Refused as exc:
         if exc.status == 404:
-            rt.output.warning(f"no user named {user!r}: the filter matches nothing")
-            return
+            return None
         raise
 
 
@@ -255,7 +260,7 @@ def summary(
     rt = runtime(ctx)
     result = rt.gateway.get("/v1/usage/summary", {
         "group_by": by.value, "start_date": _whole_days(since), "end_date": until,
-        "user_id": user,
+        "user_id": (_reference(rt, refs.USER, user) or user) if user else None,
         "model": model})
     field = BY_FIELD[by]
     total = {field: "TOTAL", **result["total"]}

@@ -241,7 +241,7 @@ def test_usage_filters_and_paging(fake: tuple[str, Script]) -> None:
         "5",
     )
     assert code == 0 and len(json.loads(out)) == 5
-    assert script.seen[0].query == {
+    assert next(s for s in script.seen if s.path == "/v1/usage").query == {
         "user_id": ["alice"],
         "start_date": ["2025-01-01T00:00:00+00:00"],
         "end_date": ["2025-02-01T12:00:00+00:00"],
@@ -249,10 +249,11 @@ def test_usage_filters_and_paging(fake: tuple[str, Script]) -> None:
         "limit": ["6"],  # one past the limit: tells whether the listing stopped early
     }
     # It stopped early, so it asked how many match (this fake gateway does not say).
-    assert script.seen[1].query["include_total"] == ["true"]
+    assert [s for s in script.seen if s.path == "/v1/usage"][1].query["include_total"] == ["true"]
     code, out, _ = otari(url, "usage", "--all", "-q")
     assert out.split() == [r["id"] for r in rows]
-    assert [s.query["skip"][0] for s in script.seen[2:]] == ["0", "1000", "2000"]
+    listed = [s for s in script.seen if s.path == "/v1/usage"]
+    assert [s.query["skip"][0] for s in listed[2:]] == ["0", "1000", "2000"]
 
 
 def test_model_keys_are_url_encoded(fake: tuple[str, Script]) -> None:
@@ -451,7 +452,7 @@ def test_usage_says_when_it_stopped_early_and_filters_by_model_and_key(
     assert code == 0
     assert [row["id"] for row in json.loads(out)] == ["u0", "u1"]
     assert "showing the newest 2 rows; more match (use --all, or --limit N)" in err
-    query = script.seen[0].query
+    query = next(seen.query for seen in script.seen if seen.path == "/v1/usage")
     assert query["model"] == ["openai:gpt-4o"] and query["api_key_id"] == ["k1"]
     assert query["limit"] == ["3"]
     script.answer("GET", "/v1/usage", 200, rows[:2])
@@ -469,6 +470,26 @@ def test_usage_for_an_unknown_user_says_so(fake: tuple[str, Script]) -> None:
     script.answer("GET", "/v1/users/alice", 200, {"user_id": "alice"})
     code, out, err = otari(url, "usage", "--user", "alice")
     assert code == 0 and "no user named" not in err
+
+
+def test_usage_filters_accept_a_users_alias_and_a_keys_name(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.answer("GET", "/v1/usage", 200, [])
+    script.answer("GET", "/v1/users", 200, [{"user_id": "u-1", "alias": "Alice"},
+                                            {"user_id": "u-2", "alias": "Bob"}])
+    script.answer("GET", "/v1/keys", 200, [{"id": "k-9", "key_name": "laptop"}])
+    script.answer("GET", "/v1/users/u-1", 200, {"user_id": "u-1", "alias": "Alice"})
+    script.answer("GET", "/v1/keys/k-9", 200, {"id": "k-9", "key_name": "laptop"})
+    code, _, err = otari(url, "usage", "--user", "Alice", "--key", "laptop")
+    assert code == 0 and "no user named" not in err
+    query = next(seen.query for seen in script.seen if seen.path == "/v1/usage")
+    assert query["user_id"] == ["u-1"] and query["api_key_id"] == ["k-9"]
+    # An id is used as it is: no listing is read.
+    script.seen.clear()
+    script.answer("GET", "/v1/users/u-2", 200, {"user_id": "u-2"})
+    code, _, err = otari(url, "usage", "--user", "u-2")
+    assert code == 0
+    assert [seen.path for seen in script.seen] == ["/v1/users/u-2", "/v1/usage"]
 
 
 def test_usage_summary_since_a_duration_counts_whole_days(fake: tuple[str, Script]) -> None:
