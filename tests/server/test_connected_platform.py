@@ -27,26 +27,11 @@ from tests.platform_fake import (
     USER_TOKEN,
     FakePlatform,
     Reply,
-    attempt,
     connected_settings,
 )
 from tests.servers import free_port, running
 
-KEY = "sk-platform-issued-key-0123456789"
 MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
-
-
-@pytest.fixture
-def platform() -> Iterator[FakePlatform]:
-    with FakePlatform() as fake:
-        yield fake
-
-
-@pytest.fixture
-def provider(platform: FakePlatform) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY) as fake:
-        platform.route(attempt(fake, "att-1", api_key=KEY))
-        yield fake
 
 
 @pytest.fixture

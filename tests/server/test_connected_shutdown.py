@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import tomli_w
 
 from otari_server.connected.queue import UsageQueue
 from tests.fakes import DEFAULT_TEXT, FakeOpenAI, count_tokens
-from tests.platform_fake import USER_TOKEN, FakePlatform, Reply, attempt
+from tests.platform_fake import USER_TOKEN, FakePlatform, Reply, connected_config
 from tests.procs import ServeProcess, served
 
-KEY = "sk-platform-issued-key-0123456789"
 PROMPT = "Say hello"
 BODY = json.dumps({"model": "openai:gpt-4o-mini", "stream": True,
                    "messages": [{"role": "user", "content": PROMPT}]})
@@ -33,29 +30,11 @@ ESTIMATED_PROMPT = -(-len(BODY) // 4)  # a token per four bytes of the client's 
 SHUTDOWN_TIMEOUT = 1  # uvicorn counts whole seconds
 
 
-@pytest.fixture
-def platform() -> Iterator[FakePlatform]:
-    with FakePlatform() as fake:
-        yield fake
-
-
-@pytest.fixture
-def provider(platform: FakePlatform) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY) as fake:
-        platform.route(attempt(fake, "att-cut", api_key=KEY))
-        yield fake
-
-
-def connected_config(directory: Path, platform: FakePlatform, **keys: Any) -> Path:
-    """A config file for an `otari serve` connected to `platform`; `keys` go in [platform]."""
-    table = {"token": platform.token, "base_url": platform.url, "allow_loopback": True,
-             "usage_queue": str(directory / "reports.sqlite3"), "usage_backoff": 0.01,
-             "usage_backoff_max": 0.1, **keys}
-    values = {"log_level": "warning", "shutdown_timeout": SHUTDOWN_TIMEOUT, "platform": table}
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "connected.toml"
-    path.write_text(tomli_w.dumps(values), encoding="utf-8")
-    return path
+def gateway_config(directory: Path, platform: FakePlatform, **keys: Any) -> Path:
+    """An `otari serve` config connected to `platform`, its queue file in `directory`."""
+    return connected_config(directory, platform, {"shutdown_timeout": SHUTDOWN_TIMEOUT},
+                            usage_queue=str(directory / "reports.sqlite3"),
+                            usage_backoff_max=0.1, **keys)
 
 
 def cut_by_shutdown(gateway: ServeProcess, events: int) -> list[str]:
@@ -80,7 +59,7 @@ def test_a_stream_cut_by_shutdown_reports_the_estimate_of_what_was_relayed(
         tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI) -> None:
     gate = provider.gate()
     provider.push(hold_after=2, gate=gate)  # the role chunk and one content chunk, then held
-    config = connected_config(tmp_path, platform)
+    config = gateway_config(tmp_path, platform)
     with served(tmp_path, "", config=config) as gateway:
         lines = cut_by_shutdown(gateway, 2)
         # Delivered while shutting down (usage_drain_timeout), before the process exited.
@@ -88,7 +67,7 @@ def test_a_stream_cut_by_shutdown_reports_the_estimate_of_what_was_relayed(
     gate.release()
     assert len(lines) == 2 and '"content":"Hello"' in lines[1].replace(" ", "")
     assert report == {
-        "correlation_id": "att-cut", "status": "error", "error_class": "client_disconnected",
+        "correlation_id": "att-1", "status": "error", "error_class": "client_disconnected",
         "usage": {"prompt_tokens": ESTIMATED_PROMPT, "completion_tokens": 1,
                   "total_tokens": ESTIMATED_PROMPT + 1},
         "usage_estimated": True}
@@ -101,14 +80,14 @@ def test_a_stream_cut_by_shutdown_after_the_provider_usage_reports_that_usage(
     # chunk (asked for by the gateway, hidden from this client) were sent.
     gate = provider.gate()
     provider.push(hold_after=words + 3, gate=gate)
-    with served(tmp_path, "", config=connected_config(tmp_path, platform)) as gateway:
+    with served(tmp_path, "", config=gateway_config(tmp_path, platform)) as gateway:
         lines = cut_by_shutdown(gateway, words + 2)
         [report] = platform.usage
     gate.release()
     assert all('"usage"' not in line for line in lines)
     prompt = count_tokens(PROMPT)
     assert report == {
-        "correlation_id": "att-cut", "status": "error", "error_class": "client_disconnected",
+        "correlation_id": "att-1", "status": "error", "error_class": "client_disconnected",
         "usage": {"prompt_tokens": prompt, "completion_tokens": words,
                   "total_tokens": prompt + words}}
 
@@ -117,7 +96,7 @@ def test_a_cut_stream_report_the_platform_did_not_take_is_delivered_after_restar
         tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI) -> None:
     gate = provider.gate()
     provider.push(hold_after=2, gate=gate)
-    config = connected_config(tmp_path, platform, usage_drain_timeout=0.5)
+    config = gateway_config(tmp_path, platform, usage_drain_timeout=0.5)
     platform.outage = Reply(503, {"detail": "down"})
     with served(tmp_path, "", config=config) as gateway:
         cut_by_shutdown(gateway, 2)
@@ -136,7 +115,7 @@ def test_a_cut_stream_report_the_platform_did_not_take_is_delivered_after_restar
     with served(tmp_path, "", config=config, port=port):
         [report] = platform.wait_usage(1)
     assert report == {
-        "correlation_id": "att-cut", "status": "error", "error_class": "client_disconnected",
+        "correlation_id": "att-1", "status": "error", "error_class": "client_disconnected",
         "usage": {"prompt_tokens": ESTIMATED_PROMPT, "completion_tokens": 1,
                   "total_tokens": ESTIMATED_PROMPT + 1},
         "usage_estimated": True}
