@@ -69,8 +69,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await to_thread.run_sync(open_runtime, settings)
         app.state.runtime = runtime
-        await start_background(runtime)
         try:
+            # Inside the try: a start that fails half-way still closes what it opened (the
+            # database pool, whose connections would otherwise be left to the collector).
+            await start_background(runtime)
             yield
         finally:
             await close_runtime(runtime)

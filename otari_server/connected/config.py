@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -10,8 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from otari_server.settings import ConfigError, Settings, state_dir
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from otari_server.tools.urls import Network, policy_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +94,7 @@ def platform_config(settings: Settings) -> PlatformConfig:
             values[key] = _count(table[key], key, least)
     if "usage_queue" in table:
         values["usage_queue"] = _text(table, "usage_queue", required=False)
-    if "allow_loopback" in table:
-        values["allow_loopback"] = _flag(table["allow_loopback"], "allow_loopback")
-    if "allow_private_networks" in table:
-        allowed = table["allow_private_networks"]
-        if isinstance(allowed, list):
-            values["private_networks"] = tuple(_network(item) for item in allowed)
-        else:
-            values["allow_private_networks"] = _flag(allowed, "allow_private_networks")
+    values.update(policy_settings(table, "platform"))
     if "health_path" in table:
         path = _text(table, "health_path", required=False)
         if path and not path.startswith("/"):
@@ -144,19 +135,3 @@ def _count(value: object, key: str, least: int) -> int:
         raise ConfigError(f"platform.{key}: expected an integer of {least} or more, "
                           f"got {value!r}")
     return value
-
-
-def _flag(value: object, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"platform.{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _network(value: object) -> Network:
-    try:
-        if not isinstance(value, str):
-            raise ValueError
-        return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ConfigError(f"platform.allow_private_networks: expected true, false or a list "
-                          f"of networks such as \"10.0.0.0/8\", got {value!r}") from None

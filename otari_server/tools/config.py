@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from otari_server.settings import ConfigError, Settings
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from otari_server.tools.urls import Network, policy_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +54,7 @@ def tools_config(settings: Settings) -> ToolsConfig:
     for key in ("sandbox_token", "header"):
         if table.get(key) not in (None, ""):
             values[key] = _text(table[key], key)
-    if "allow_loopback" in table:
-        values["allow_loopback"] = _flag(table["allow_loopback"], "allow_loopback")
-    if "allow_private_networks" in table:
-        allowed = table["allow_private_networks"]
-        if isinstance(allowed, list):
-            values["private_networks"] = tuple(_network(item) for item in allowed)
-        else:
-            values["allow_private_networks"] = _flag(allowed, "allow_private_networks")
+    values.update(policy_settings(table, "tools", lenient=True))
     if "call_timeout" in table:
         values["call_timeout"] = _positive(table["call_timeout"], "call_timeout", float)
     if "max_result_bytes" in table:
@@ -84,26 +75,6 @@ def _text(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"tools.{key}: expected a string, got {value!r}")
     return value
-
-
-def _flag(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    extra = " or a list of networks" if key == "allow_private_networks" else ""
-    raise ConfigError(f"tools.{key}: expected true or false{extra}, got {value!r}")
-
-
-def _network(value: Any) -> Network:
-    try:
-        return ipaddress.ip_network(str(value), strict=False)
-    except ValueError:
-        raise ConfigError(f"tools.allow_private_networks: {value!r} is not a network "
-                          "such as 10.0.0.0/8") from None
 
 
 def _positive(value: Any, key: str, kind: type[int] | type[float]) -> Any:

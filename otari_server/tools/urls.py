@@ -1,17 +1,24 @@
-"""Which tool server URLs a request may make the gateway connect to (SSRF guard)."""
+"""Which tool server URLs a request may make the gateway connect to (SSRF guard).
+
+The address policy (and the parsing of its keys, `allow_loopback` and
+`allow_private_networks`) is shared with connected mode's provider addresses
+(`otari_server.connected.addresses`), whose keys live in `[platform]`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from otari_server.errors import InvalidRequest
-from otari_server.tools.config import ToolsConfig
+from otari_server.settings import ConfigError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Carrier-grade NAT space is neither private nor global to `ipaddress`; it is internal here.
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
@@ -29,7 +36,57 @@ class AddressPolicy(Protocol):
     def allow_private_networks(self) -> bool: ...
 
     @property
-    def private_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]: ...
+    def private_networks(self) -> tuple[Network, ...]: ...
+
+
+# The spellings of a flag a lenient table ([tools]) accepts besides true and false.
+_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
+def policy_settings(table: Mapping[str, Any], section: str, *,
+                    lenient: bool = False) -> dict[str, Any]:
+    """The address policy keys of a config table (`[tools]` or `[platform]`), validated.
+
+    `allow_loopback` is a flag; `allow_private_networks` a flag (every private range) or a
+    list of networks such as "10.0.0.0/8" (only those, returned as `private_networks`).
+    Returns the AddressPolicy fields the table sets. `lenient` also takes "yes"/"on"/"1"...
+    for flags and any value spelling a network (the [tools] table's way). Raises
+    ConfigError naming `section.key` when a value is not usable.
+    """
+    values: dict[str, Any] = {}
+    if "allow_loopback" in table:
+        values["allow_loopback"] = _flag(table["allow_loopback"], section, "allow_loopback",
+                                         lenient)
+    if "allow_private_networks" in table:
+        allowed = table["allow_private_networks"]
+        if isinstance(allowed, list):
+            values["private_networks"] = tuple(_network(item, section, lenient)
+                                               for item in allowed)
+        else:
+            values["allow_private_networks"] = _flag(allowed, section, "allow_private_networks",
+                                                     lenient)
+    return values
+
+
+def _flag(value: Any, section: str, key: str, lenient: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if lenient and (word := str(value).strip().lower()) in _WORDS:
+        return _WORDS[word]
+    extra = " or a list of networks" if key == "allow_private_networks" else ""
+    raise ConfigError(f"{section}.{key}: expected true or false{extra}, got {value!r}")
+
+
+def _network(value: Any, section: str, lenient: bool) -> Network:
+    try:
+        if not lenient and not isinstance(value, str):
+            raise ValueError
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ConfigError(f"{section}.allow_private_networks: expected true, false or a list "
+                          f"of networks such as \"10.0.0.0/8\"; {value!r} is not a network"
+                          ) from None
 
 
 class UnsafeUrl(InvalidRequest):
@@ -68,7 +125,7 @@ def refusal(address: Address, config: AddressPolicy) -> str | None:
     return "reserved, multicast and unspecified addresses are never allowed"
 
 
-def check(url: str, config: ToolsConfig, *, where: str, token: bool) -> str:
+def check(url: str, config: AddressPolicy, *, where: str, token: bool) -> str:
     """Refuse, without any I/O, what the URL alone shows is unsafe; returns its host."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -89,7 +146,7 @@ def check(url: str, config: ToolsConfig, *, where: str, token: bool) -> str:
     return host
 
 
-async def resolve(url: str, config: ToolsConfig, *, where: str, token: bool) -> None:
+async def resolve(url: str, config: AddressPolicy, *, where: str, token: bool) -> None:
     """Refuse a URL whose host resolves to any address the configuration forbids.
 
     Every address is checked, not just the first, so a name cannot smuggle a private

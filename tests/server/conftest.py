@@ -9,6 +9,7 @@ from starlette.testclient import TestClient
 
 from otari_server.app import create_app
 from tests.support.gateway import gateway_factory_fixture, gateway_fixture
+from tests.support.platform_fake import platform_fixture, provider_fixture
 from tests.support.servers import make_settings
 
 
@@ -29,3 +30,7 @@ def sqlite_client(sqlite_url: str) -> Iterator[TestClient]:
 # End-to-end fixtures (a live gateway before fake providers), shared by the chat tests.
 gateway_factory = pytest.fixture(name="gateway_factory")(gateway_factory_fixture)
 gateway = pytest.fixture(name="gateway")(gateway_fixture)
+
+# Connected mode: a fake platform, and a fake provider it routes every request to.
+platform = pytest.fixture(name="platform")(platform_fixture)
+provider = pytest.fixture(name="provider")(provider_fixture)

@@ -24,20 +24,24 @@ import itertools
 import json
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import tomli_w
 from aiohttp import web
 
 from otari_server import settings as settings_module
 from otari_server.settings import Settings
-from tests.support.fakes import FakeServer
+from tests.support.fakes import FakeOpenAI, FakeServer
 from tests.support.loopback import LoopbackServer
 
 GATEWAY_TOKEN = "gw-platform-token-0123456789"
 USER_TOKEN = "otari-user-token-alice"
+PROVIDER_KEY = "sk-platform-issued-key-0123456789"  # the provider key the platform hands out
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,43 @@ def attempt(provider: FakeServer | None, attempt_id: str, *, name: str = "openai
     return entry
 
 
+def platform_table(platform: FakePlatform, **keys: Any) -> dict[str, Any]:
+    """The [platform] table of a gateway connected to `platform`, with `keys` added."""
+    # Fake providers listen on loopback, which connected mode refuses unless allowed.
+    return {"token": platform.token, "base_url": platform.url, "usage_backoff": 0.01,
+            "allow_loopback": True, **keys}
+
+
 def connected_settings(platform: FakePlatform, overrides: Mapping[str, Any] | None = None,
                        **keys: Any) -> Settings:
-    """Settings for a gateway connected to `platform`; `keys` go in [platform]."""
-    # Fake providers listen on loopback, which connected mode refuses unless allowed.
-    table = {"token": platform.token, "base_url": platform.url, "usage_backoff": 0.01,
-             "allow_loopback": True, **keys}
-    return settings_module.load(None, {**(overrides or {}), "platform": table}, environ={})
+    """Settings for an in-process gateway connected to `platform`; `keys` go in [platform]."""
+    values = {**(overrides or {}), "platform": platform_table(platform, **keys)}
+    return settings_module.load(None, values, environ={})
+
+
+def connected_config(directory: Path, platform: FakePlatform,
+                     overrides: Mapping[str, Any] | None = None, **keys: Any) -> Path:
+    """The same settings as a config file, for an `otari serve` process (tests/procs.py)."""
+    values = {"log_level": "warning", **(overrides or {}),
+              "platform": platform_table(platform, **keys)}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"connected-{uuid.uuid4().hex[:8]}.toml"
+    path.write_text(tomli_w.dumps(values), encoding="utf-8")
+    return path
+
+
+def platform_fixture() -> Iterator[FakePlatform]:
+    """The `platform` fixture (tests/server/conftest.py): a fake platform for one test."""
+    with FakePlatform() as fake:
+        yield fake
+
+
+def provider_fixture(platform: FakePlatform) -> Iterator[FakeOpenAI]:
+    """The `provider` fixture: a fake OpenAI provider expecting PROVIDER_KEY, to which the
+    platform routes every request as attempt `att-1`."""
+    with FakeOpenAI(api_key=PROVIDER_KEY) as fake:
+        platform.route(attempt(fake, "att-1", api_key=PROVIDER_KEY))
+        yield fake
 
 
 class FakePlatform(LoopbackServer):
@@ -243,5 +277,6 @@ class FakePlatform(LoopbackServer):
         return web.json_response(body, status=reply.status, headers=dict(reply.headers))
 
 
-__all__ = ["GATEWAY_TOKEN", "USER_TOKEN", "FakePlatform", "Reply", "Seen", "attempt",
-           "connected_settings"]
+__all__ = ["GATEWAY_TOKEN", "PROVIDER_KEY", "USER_TOKEN", "FakePlatform", "Reply", "Seen",
+           "attempt", "connected_config", "connected_settings", "platform_fixture",
+           "platform_table", "provider_fixture"]

@@ -240,6 +240,8 @@ class UsageRow:
     request_id: str | None
     error_message: str | None
     status_code: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def books(database_url: str, user_id: str) -> Books:
@@ -253,11 +255,12 @@ def books(database_url: str, user_id: str) -> Books:
                 select(Reservation.instance_id, Reservation.amount)
                 .where(Reservation.user_id == user_id))]
             usage = [UsageRow(r.id, r.status, r.cost, r.request_id, r.error_message,
-                              r.status_code)
+                              r.status_code, r.prompt_tokens, r.completion_tokens)
                      for r in conn.execute(
                          select(UsageLog.id, UsageLog.status, UsageLog.cost,
                                 UsageLog.request_id, UsageLog.error_message,
-                                UsageLog.status_code)
+                                UsageLog.status_code, UsageLog.prompt_tokens,
+                                UsageLog.completion_tokens)
                          .where(UsageLog.user_id == user_id))]
     finally:
         engine.dispose()

@@ -20,9 +20,9 @@ from tests.support.platform_fake import (
     attempt,
     connected_settings,
 )
+from tests.support.platform_fake import PROVIDER_KEY as KEY
 from tests.support.servers import free_port, running
 
-KEY = "sk-platform-issued-key-0123456789"
 BACKUP_KEY = "sk-platform-backup-key-987654321"
 CLAUDE_KEY = "sk-ant-platform-key-555"
 MESSAGES: Any = [{"role": "user", "content": "Say hello"}]

@@ -22,9 +22,9 @@ from tests.support.platform_fake import (
     attempt,
     connected_settings,
 )
+from tests.support.platform_fake import PROVIDER_KEY as KEY
 from tests.support.servers import MASTER_KEY, make_settings, running
 
-KEY = "sk-platform-issued-key-0123456789"
 BACKUP_KEY = "sk-platform-backup-key-987654321"
 MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
 
@@ -74,6 +74,8 @@ def stack() -> Iterator[ExitStack]:
         yield stack
 
 
+# Unlike the shared platform and provider fixtures (tests/server/conftest.py), these live in
+# the test's stack, so the gateways `serve` starts later are closed before them.
 @pytest.fixture
 def platform(stack: ExitStack) -> FakePlatform:
     return stack.enter_context(FakePlatform())

@@ -27,26 +27,11 @@ from tests.support.platform_fake import (
     USER_TOKEN,
     FakePlatform,
     Reply,
-    attempt,
     connected_settings,
 )
 from tests.support.servers import free_port, running
 
-KEY = "sk-platform-issued-key-0123456789"
 MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
-
-
-@pytest.fixture
-def platform() -> Iterator[FakePlatform]:
-    with FakePlatform() as fake:
-        yield fake
-
-
-@pytest.fixture
-def provider(platform: FakePlatform) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY) as fake:
-        platform.route(attempt(fake, "att-1", api_key=KEY))
-        yield fake
 
 
 @pytest.fixture
@@ -285,7 +270,11 @@ def test_a_platform_token_needs_a_base_url() -> None:
     ("usage_max_age", 0, r"^platform\.usage_max_age: must be positive"),
     ("allow_loopback", "yes", r"^platform\.allow_loopback: expected true or false"),
     ("allow_private_networks", ["10.0.0.0/8", "nowhere"],
-     r"^platform\.allow_private_networks: expected true, false or a list of networks"),
+     r"^platform\.allow_private_networks: expected true, false or a list of networks "
+     r"such as \"10\.0\.0\.0/8\"; 'nowhere' is not a network$"),
+    ("allow_private_networks", [10], r"^platform\.allow_private_networks: .*; 10 is not a"),
+    ("allow_private_networks", "some",
+     r"^platform\.allow_private_networks: expected true or false or a list of networks"),
     ("first_chunk_timeout", 0, r"^platform\.first_chunk_timeout: must be positive"),
     ("resolve_timeout", "fast", r"^platform\.resolve_timeout: expected a number"),
     ("health_path", "health", r"^platform\.health_path: must start with '/'"),

@@ -7,7 +7,6 @@ import os
 import random
 import stat
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -21,26 +20,19 @@ from otari_server.connected.queue import QueueStats, UsageQueue
 from otari_server.connected.reports import backoff
 from otari_server.settings import ConfigError, state_dir
 from tests.support.fakes import DEFAULT_TEXT, FakeOpenAI
-from tests.support.platform_fake import USER_TOKEN, FakePlatform, Reply, attempt, connected_settings
+from tests.support.platform_fake import (
+    PROVIDER_KEY,
+    USER_TOKEN,
+    FakePlatform,
+    Reply,
+    attempt,
+    connected_settings,
+)
 from tests.support.servers import running
 
-KEY = "sk-platform-issued-key-0123456789"
 MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
 # Short but real backoff: retries keep coming during an outage, and soon after it ends.
 QUICK: dict[str, Any] = {"usage_backoff": 0.01, "usage_backoff_max": 0.1}
-
-
-@pytest.fixture
-def platform() -> Iterator[FakePlatform]:
-    with FakePlatform() as fake:
-        yield fake
-
-
-@pytest.fixture
-def provider(platform: FakePlatform) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY) as fake:
-        platform.route(attempt(fake, "att-1", api_key=KEY))
-        yield fake
 
 
 def chat(url: str) -> Any:
@@ -52,8 +44,9 @@ def chats(platform: FakePlatform, provider: FakeOpenAI, url: str, count: int) ->
     """`count` chat requests, each routed to its own attempt id; those ids."""
     ids = [f"att-{n}" for n in range(count)]
     for attempt_id in ids:
-        platform.push_resolve(body={"request_id": f"req-{attempt_id}", "fallback_enabled": True,
-                                    "attempts": [attempt(provider, attempt_id, api_key=KEY)]})
+        platform.push_resolve(body={
+            "request_id": f"req-{attempt_id}", "fallback_enabled": True,
+            "attempts": [attempt(provider, attempt_id, api_key=PROVIDER_KEY)]})
         assert chat(url).choices[0].message.content == DEFAULT_TEXT
     return ids
 

@@ -94,7 +94,16 @@ def test_sigterm_under_load_finishes_settles_and_flushes(tmp_path: Path,
     for _, _, request_id in results:  # every request the client saw succeed: one row
         assert rows[request_id].status == "success"
         assert rows[request_id].cost == COST
-    assert rows[cut_id].status == "client_disconnected"  # metered as cut off, not lost
+    # Metered as cut off, not lost: billed from the gateway's estimate of what it consumed,
+    # the prompt (a token per four bytes of the request body; input is free here) and the
+    # one content chunk relayed before the provider was held (the role chunk counts none).
+    cut_row = rows[cut_id]
+    assert cut_text.count("data: ") == 2, cut_text
+    sent = httpx.Request("POST", gateway.url, json={**CHAT, "stream": True}).content
+    assert (cut_row.status, cut_row.prompt_tokens, cut_row.completion_tokens) == (
+        "client_disconnected", -(-len(sent) // 4), 1)
+    assert cut_row.cost == Decimal("0.002")  # 1 output token at 2000 per million
+    assert "usage estimated by the gateway" in (cut_row.error_message or "")
     assert final.spend == sum((row.cost or Decimal(0)) for row in final.usage)
 
 

@@ -47,7 +47,9 @@ def test_config_reads_every_key() -> None:
     ({"web_search_url": "searx:8080"}, "tools.web_search_url: expected an http(s) URL"),
     ({"sandbox_url": 5}, "tools.sandbox_url: expected a string"),
     ({"allow_loopback": "maybe"}, "tools.allow_loopback: expected true or false"),
-    ({"allow_private_networks": ["10.0.0.0/33"]}, "tools.allow_private_networks: '10.0"),
+    ({"allow_private_networks": ["10.0.0.0/33"]},
+     "tools.allow_private_networks: expected true, false or a list of networks such as "
+     "\"10.0.0.0/8\"; '10.0.0.0/33' is not a network"),
     ({"allow_private_networks": "sometimes"},
      "tools.allow_private_networks: expected true or false or a list of networks"),
     ({"call_timeout": 0}, "tools.call_timeout: expected a number above zero"),
