@@ -74,6 +74,8 @@ class Column:
     show: Callable[[object], str] = cell
     of: Callable[[Mapping[str, Any]], object] | None = None
     optional: bool = False
+    # Shown in tables only with -o wide (kubectl's rule): what an 80-column table can spare.
+    wide: bool = False
 
     def value(self, data: Mapping[str, Any]) -> object:
         """The value this column shows for `data`."""
@@ -130,6 +132,7 @@ class Output:
         elif self.format is Format.CSV:
             self._csv(rows)
         else:
+            columns = [c for c in columns if not c.wide or self.format is Format.WIDE]
             self._table(
                 [c.header for c in columns],
                 [[c.show(c.value(row)) for c in columns] for row in rows],
@@ -313,9 +316,13 @@ class Output:
         console = Console(file=self.stdout, markup=False, highlight=False, emoji=False,
                           width=None if fit else sum(widths) + 2 * len(widths))
         if fit:
-            # Numbers (tokens, money) are never cut: a truncated amount would mislead.
-            floors = [width if all(_NUMBER.fullmatch(row[i]) for row in rows) else len(header)
+            # Numbers (tokens, money) are never cut: a truncated amount would mislead. A
+            # column of numbers may have empty cells ("-", a refused request has no cost).
+            floors = [width if all(_NUMBER.fullmatch(row[i]) or row[i] in _EMPTY for row in rows)
+                      else len(header)
                       for i, (header, width) in enumerate(zip(headers, widths, strict=True))]
+            # The id gives way too (down to a recognisable prefix): names before UUIDs.
+            floors[0] = min(widths[0], max(floors[0], _ID_FLOOR))
             widths = _fitted(widths, floors, console.width)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for header, width in zip(headers, widths, strict=True):
@@ -357,14 +364,16 @@ def _rate_column() -> Any:
 
 
 _NUMBER = re.compile(r"-?[0-9][0-9,]*(\.[0-9]+)?")
+_EMPTY = frozenset({"", "-"})
+_ID_FLOOR = 11  # characters of an id kept in a fitted table (-o wide shows it whole)
 
 
 def _fitted(widths: list[int], floors: list[int], space: int) -> list[int]:
     """Column widths that fit `space` (two columns of gap each): the widest columns give
-    way first, none below its header (`floors`); the first column (the id) never does."""
+    way first, none below its floor (`floors`: its header, a number's full width)."""
     widths = list(widths)
     while sum(widths) + 2 * (len(widths) - 1) > space:
-        shrinkable = [i for i in range(1, len(widths)) if widths[i] > floors[i]]
+        shrinkable = [i for i in range(len(widths)) if widths[i] > floors[i]]
         if not shrinkable:
             break  # a terminal narrower than the headers: Rich crops what is left
         widest = max(shrinkable, key=lambda i: widths[i])

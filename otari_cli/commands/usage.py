@@ -29,11 +29,11 @@ def _columns(zone: str, show_time: Callable[[object], str],
     """The table's columns; times in `zone` (named in the header)."""
     return [
         Column(f"TIME ({zone})", "timestamp", show_time),
-        Column("ID", "id"),
+        Column("ID", "id", wide=True),
         Column("USER", "user_id"),
         Column("KEY", key_field),
         Column("MODEL", "model"),
-        Column("ENDPOINT", "endpoint"),
+        Column("ENDPOINT", "endpoint", wide=True),
         Column("IN", "prompt_tokens"),
         Column("OUT", "completion_tokens"),
         Column("COST", "cost"),

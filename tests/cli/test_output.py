@@ -156,7 +156,7 @@ def test_tables_fit_80_columns_without_breaking_headers(monkeypatch: pytest.Monk
     assert all(len(line) <= 80 for line in lines), lines
     assert lines[0].split() == USAGE_HEADERS  # every column, no header broken
     assert "…" in lines[1] and LONG_MODEL not in lines[1]
-    assert lines[1].startswith("2026-12-01 03:00:00")  # the first column is never cut
+    assert lines[1].startswith("2026-12-01")  # the first column keeps a readable prefix
     assert "0.0000000376" in lines[1] and " 1200 " in lines[1]  # nor are numbers
 
 
@@ -168,3 +168,23 @@ def test_wide_and_tables_off_a_terminal_show_values_whole(
     Output(fmt, stdout=out)._table(USAGE_HEADERS, _usage_rows(), "(none)")
     lines = out.getvalue().splitlines()
     assert len(lines) == 4 and LONG_MODEL in lines[1] and "…" not in out.getvalue()
+
+
+def test_an_id_gives_way_and_a_cost_column_with_empty_cells_is_still_never_cut(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `otari keys list` at 80 columns: a UUID first, eight columns in all. The id shrinks to
+    # a prefix so that no column is dropped; a money column with "-" cells stays whole.
+    monkeypatch.setenv("COLUMNS", "80")
+    headers = ["ID", "NAME", "PREFIX", "USER", "ACTIVE", "LAST USED", "CREATED", "COST"]
+    rows = [["8f7c1a2e-0c3b-4d5e-9f60-1a2b3c4d5e6f", "alice-laptop", "gw-abc", "alice",
+             "true", "2026-12-01 05:25", "2026-11-30 09:00", "0.0000000376"],
+            ["0a1b2c3d-0c3b-4d5e-9f60-1a2b3c4d5e6f", "bob-ci", "gw-def", "bob", "false", "-",
+             "2026-11-30 09:01", "-"]]
+    terminal = _Terminal()
+    Output(Format.TABLE, stdout=terminal)._table(headers, rows, "(none)")
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in terminal.getvalue().splitlines()]
+    assert len(lines) == 3 and all(len(line) <= 80 for line in lines), lines
+    assert lines[0].split() == ["ID", "NAME", "PREFIX", "USER", "ACTIVE", "LAST", "USED",
+                                "CREATED", "COST"]  # every header whole ("LAST USED" is one)
+    assert lines[1].startswith("8f7c1a2e-") and rows[0][0] not in lines[1]
+    assert lines[1].rstrip().endswith("0.0000000376")
