@@ -26,10 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 from anyio import to_thread
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,6 +37,11 @@ from sqlalchemy.orm import Session
 from otari_server.jsonio import dumps
 from otari_server.settings import ConfigError
 from otari_server.storage.tables import Budget, BudgetAlert, User, utcnow
+
+if TYPE_CHECKING:
+    # httpx (and the Rich/Pygments its command-line module pulls in, ~5 MiB) is loaded only
+    # when [alerts] is configured: a gateway without alerts never needs it.
+    import httpx
 
 log = logging.getLogger("otari.alerts")
 
@@ -256,6 +260,8 @@ class Alerts:
 
     async def post(self, payload: dict[str, Any]) -> httpx.Response:
         """Sign and POST one event; raises httpx.HTTPError when it cannot be sent."""
+        import httpx
+
         client = self._client or httpx.AsyncClient()
         body = dumps(payload).encode("utf-8")
         try:
@@ -269,6 +275,8 @@ class Alerts:
 
     def start(self) -> asyncio.Task[None]:
         """Start the sender in the running loop (touches before this are dropped)."""
+        import httpx
+
         self._loop = asyncio.get_running_loop()
         self._client = httpx.AsyncClient()
         return asyncio.create_task(self.run())
@@ -303,6 +311,8 @@ class Alerts:
             await self._attempt(alert)
 
     async def _attempt(self, alert: BudgetAlert) -> None:
+        import httpx
+
         error = None
         try:
             response = await self.post(event(alert))

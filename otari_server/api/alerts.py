@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 from fastapi import APIRouter, Depends, Response
 
 from otari_server.accounting.budget_alerts import sample_event
@@ -26,6 +25,8 @@ async def send_test(runtime: RuntimeDep) -> Response:
         raise InvalidRequest("budget alerts are off: set [alerts] webhook_url and "
                              "webhook_secret in the gateway's configuration",
                              code="alerts_not_configured")
+    import httpx  # loaded with [alerts] only (Alerts.start); never on an unconfigured gateway
+
     try:
         answer = await runtime.alerts.post(sample_event(utcnow()))
     except httpx.HTTPError as exc:

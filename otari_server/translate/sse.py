@@ -95,12 +95,21 @@ def _parse(block: bytes) -> Event | None:
     return Event(data="\n".join(data), event=name or None, id=ident)
 
 
+# What json.dumps(data, separators=(",", ":")) builds on every call (it only reuses its
+# encoder for the default separators): the same bytes, without a new encoder per event.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(data: Any, event: str | None = None) -> bytes:
     """Serialize one event; dicts and lists become compact JSON, strings go as they are."""
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    lines = "".join(f"data: {line}\n" for line in text.split("\n"))
-    head = f"event: {event}\n" if event else ""
-    return f"{head}{lines}\n".encode()
+    text = data if isinstance(data, str) else _COMPACT.encode(data)
+    if "\n" in text:  # compact JSON never has one: only a string given as it is
+        lines = "".join(f"data: {line}\n" for line in text.split("\n"))
+    else:
+        lines = f"data: {text}\n"
+    if event:
+        return f"event: {event}\n{lines}\n".encode()
+    return f"{lines}\n".encode()
 
 
 DONE_EVENT = encode(DONE)
