@@ -129,7 +129,7 @@ def serve(
 
 
 def _exec_daemon(flags: ServeFlags, debug: bool) -> None:
-    """Become `python -m otari_server serve` (same pid, signals and exit codes; never returns).
+    """Become `python -m otari_server.daemon serve` (same pid, signals, exit codes; no return).
 
     The serving process then holds only the server's libraries: the CLI's (Typer, Rich,
     httpx, these modules) cost the daemon some 5 MiB of RSS for as long as it runs.
@@ -143,7 +143,7 @@ def _exec_daemon(flags: ServeFlags, debug: bool) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     # -P: the daemon's imports never come from the current directory.
-    os.execve(sys.executable, [sys.executable, "-P", "-m", "otari_server", "serve",
+    os.execve(sys.executable, [sys.executable, "-P", "-m", "otari_server.daemon", "serve",
                                json.dumps(request)], env)
 
 

@@ -68,7 +68,7 @@ def test_serve_reports_config_errors_as_usage() -> None:
 
 DAEMON_PROBE = """
 import json, sys
-from otari_server.__main__ import main
+from otari_server.daemon import main
 code = main(["serve", json.dumps({"config": None, "overrides": {}, "debug": False})])
 print(json.dumps({"code": code, "roots": sorted({m.split(".")[0] for m in sys.modules})}),
       file=sys.stderr)
@@ -92,7 +92,7 @@ def test_serve_becomes_the_daemon_entry_in_the_same_process(tmp_path: Path) -> N
                 args=("--master-key", "sk-serve-master")) as gateway:
         assert gateway.proc is not None
         cmdline = Path(f"/proc/{gateway.proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[1:5] == [b"-P", b"-m", b"otari_server", b"serve"]
+        assert cmdline[1:5] == [b"-P", b"-m", b"otari_server.daemon", b"serve"]
         assert b"sk-serve-master" not in b" ".join(cmdline)  # a --master-key stays off argv
         answer = httpx.get(f"{gateway.url}/v1/keys",
                            headers={"Authorization": "Bearer sk-serve-master"}, timeout=10)
