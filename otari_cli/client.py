@@ -12,7 +12,7 @@ import httpx
 import jiter
 
 from otari_cli import jsontext
-from otari_cli.errors import Unreachable, error_for_status
+from otari_cli.errors import AuthFailed, Unreachable, error_for_status
 
 DEFAULT_TIMEOUT = 10.0
 Params = Mapping[str, str | int | None]
@@ -65,6 +65,13 @@ def _validation_problem(item: object) -> str:
 NDJSON = "application/x-ndjson"
 
 
+# The management API: every path under these needs the master key (the gateway refuses it
+# without one), so the CLI does not send such a request without a key.
+MASTER_PATHS = ("/v1/keys", "/v1/users", "/v1/budgets", "/v1/pricing", "/v1/usage",
+                "/v1/alerts", "/v1/routes", "/v1/providers")
+KEY_HINT = ("pass --master-key or set OTARI_MASTER_KEY, or add a context with its key: "
+            "otari context add")
+
 class Gateway:
     """A client for one gateway: base URL, master key, and a timeout on every call."""
 
@@ -111,6 +118,11 @@ class Gateway:
     ) -> httpx.Response:
         """One HTTP exchange (`timeout` overrides the client's, `accept` its Accept header);
         transport failures become Unreachable (exit 3)."""
+        if not self.has_key and url_path.startswith(MASTER_PATHS):
+            # Decided here: a request that needs the master key is not sent without one
+            # (to a gateway that is not ours it would tell it what we manage, and fail).
+            raise AuthFailed(401, f"{method} {url_path} needs the master key and none is "
+                             f"known for {self.url}: {KEY_HINT}")
         wait = self.timeout if timeout is None else timeout
         query = {k: v for k, v in (params or {}).items() if v is not None}
         content = None if body is None else encode(body)
@@ -138,8 +150,7 @@ class Gateway:
         if response.status_code >= 400:
             message = error_message(response)
             if response.status_code in (401, 403) and not self.has_key:
-                message += (f" (no master key was sent to {self.url}: pass --master-key or set "
-                            "OTARI_MASTER_KEY, or add a context with its key: otari context add)")
+                message += f" (no master key was sent to {self.url}: {KEY_HINT})"
             raise error_for_status(response.status_code, message)
         if response.status_code == 204 or not response.content:
             return None

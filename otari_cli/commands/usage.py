@@ -14,7 +14,7 @@ import typer
 from otari_cli import params, refs
 from otari_cli.client import path
 from otari_cli.durations import is_duration
-from otari_cli.errors import Refused, Unreachable
+from otari_cli.errors import Refused, Unreachable, UsageError
 from otari_cli.output import Column, Format, when
 from otari_cli.runtime import Runtime, runtime
 
@@ -44,6 +44,7 @@ def _columns(zone: str, show_time: Callable[[object], str],
 # Rows as the gateway lists them (key ids, UTC), for `otari users usage`.
 COLUMNS = _columns("UTC", when, key_field="api_key_id")
 
+LIST_LIMIT = 100  # `otari usage` without --limit or --all
 
 def _local_time(value: object) -> str:
     """An ISO timestamp as `YYYY-MM-DD HH:MM:SS` in this machine's time zone."""
@@ -83,7 +84,7 @@ def usage(
     until: Until = None,
     limit: Annotated[
         int, typer.Option("--limit", min=1, help="At most this many entries, newest first.")
-    ] = 100,
+    ] = LIST_LIMIT,
     every: Annotated[
         bool, typer.Option("--all", help="Every entry, written as it arrives (-o jsonl, csv).")
     ] = False,
@@ -98,6 +99,8 @@ def usage(
     if ctx.invoked_subcommand is not None:
         return
     rt = runtime(ctx)
+    if every and limit != LIST_LIMIT:
+        raise UsageError("--all and --limit do not go together: --all lists every entry")
     user_id = _reference(rt, refs.USER, user) if user else None
     filters = {"user_id": user_id or user, "start_date": since, "end_date": until,
                "model": model,
@@ -191,9 +194,12 @@ def prune(
         help="Roll up and delete rows before this day (midnight UTC): ISO date or 90d.")],
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Only count the rows and cost that would be rolled up.")] = False,
+    yes: params.Yes = False,
 ) -> None:
     """Move old usage rows into daily roll-ups (summaries stay exact) and delete them."""
     rt = runtime(ctx)
+    if not dry_run:
+        rt.confirm(f"Roll up and delete every usage row before {before}", yes)
     result = rt.gateway.post("/v1/usage/prune", {"before": before, "dry_run": dry_run},
                              timeout=max(rt.options.timeout, PRUNE_TIMEOUT))
     rt.output.item(result, id_field="rows")
@@ -263,11 +269,20 @@ def summary(
         "user_id": (_reference(rt, refs.USER, user) or user) if user else None,
         "model": model})
     field = BY_FIELD[by]
+    if rt.output.format is Format.JSON and not rt.output.quiet:
+        rt.output.item(result)  # the gateway's own shape: {"groups": [...], "total": {...}}
+        return
+    if not rt.output.tabular or rt.output.quiet:
+        # A line or row per group; CSV ends with the total, marked in its own column (a
+        # group may be called "TOTAL"); JSON Lines and ids carry the groups only.
+        groups = result["groups"]
+        if rt.output.format is Format.CSV:
+            groups = [{**g, "total": False} for g in groups]
+            groups.append({field: None, **result["total"], "total": True})
+        rt.output.items(groups, [], id_field=field)
+        return
     total = {field: "TOTAL", **result["total"]}
     rows = [*result["groups"], total]
-    if not rt.output.tabular or rt.output.quiet:
-        rt.output.items(rows, [], id_field=field)
-        return
     largest = max((Decimal(g["cost"]) for g in result["groups"]), default=Decimal(0))
     columns = [Column(by.value.upper(), field), Column("REQUESTS", "requests"),
                Column("ERRORS", "errors"), Column("IN", "prompt_tokens"),

@@ -409,12 +409,15 @@ def test_without_a_key_for_a_remote_url_the_message_says_which_key_to_give(
     fake: tuple[str, Script],
 ) -> None:
     url, script = fake
-    script.answer("GET", "/v1/keys", 401, {"detail": "Invalid or missing credential"})
-    # The fake listens on loopback but is not the local gateway: no local key goes there.
-    result = runner.invoke(app, ["--url", url, "keys", "list"])
-    assert result.exit_code == ExitCode.AUTH
-    assert "Authorization" not in script.seen[0].headers
-    assert "--master-key" in result.stderr and "OTARI_MASTER_KEY" in result.stderr
+    script.answer("GET", "/v1/keys", 200, [])
+    # The fake listens on loopback but is not the local gateway: no local key goes there,
+    # and a management request is not sent at all without a key (it would answer 200 here).
+    for args in (["--url", url, "keys", "list"], ["keys", "list", "--url", url + "/v1"],
+                 ["--url", url, "usage", "summary"], ["--url", url, "providers", "list"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == ExitCode.AUTH, (args, result.stderr)
+        assert "--master-key" in result.stderr and "OTARI_MASTER_KEY" in result.stderr
+    assert script.seen == []
 
 
 @pytest.mark.parametrize("verb", ["create", "update"])
@@ -506,3 +509,10 @@ def test_usage_summary_since_a_duration_counts_whole_days(fake: tuple[str, Scrip
     assert script.seen[1].query["start_date"] == ["2026-03-01T06:00:00+00:00"]
     code, _, err = otari(url, "usage", "summary", "--since", "soon")
     assert code == ExitCode.USAGE and "invalid time" in err
+
+
+def test_usage_all_and_limit_together_are_refused(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    code, out, err = otari(url, "usage", "--all", "--limit", "5", "-o", "json")
+    assert code == ExitCode.USAGE and out == "" and "--all and --limit" in err
+    assert script.seen == []

@@ -97,7 +97,10 @@ def test_usage_prune_dry_run_then_prune(database_url: str) -> None:
         assert json.loads(out, parse_float=Decimal) == {
             "before": "2026-03-02T00:00:00+00:00", "rows": 1, "cost": Decimal("1.5"),
             "dry_run": True}
-        code, out, _ = _otari(url, "usage", "prune", "--before", "2026-03-02", "-o", "json")
+        code, out, err = _otari(url, "usage", "prune", "--before", "2026-03-02", "-o", "json")
+        assert code == 2 and "--yes" in err and out == ""  # a script must say so: it deletes
+        code, out, _ = _otari(url, "usage", "prune", "--before", "2026-03-02", "--yes",
+                              "-o", "json")
         assert json.loads(out)["rows"] == 1 and json.loads(out)["dry_run"] is False
         code, out, _ = _otari(url, "usage", "--all", "-q")
         assert out.split() == ["new"]
@@ -118,19 +121,23 @@ def test_usage_summary_table_json_and_csv(database_url: str) -> None:
     with running(make_settings(database_url)) as url:
         code, out, err = _otari(url, "usage", "summary", "-o", "json")
         assert code == 0, err
-        assert json.loads(out, parse_float=Decimal) == [
+        summary = json.loads(out, parse_float=Decimal)  # the gateway's shape, total apart
+        assert summary["groups"] == [
             {"user_id": "alice", "requests": 2, "errors": 1, "prompt_tokens": 107,
              "completion_tokens": 10, "cost": Decimal("1.5375")},
             {"user_id": "bob", "requests": 1, "errors": 0, "prompt_tokens": 10,
-             "completion_tokens": 5, "cost": Decimal("0.25")},
-            {"user_id": "TOTAL", "requests": 3, "errors": 1, "prompt_tokens": 117,
-             "completion_tokens": 15, "cost": Decimal("1.7875")}]
+             "completion_tokens": 5, "cost": Decimal("0.25")}]
+        assert summary["total"] == {"requests": 3, "errors": 1, "prompt_tokens": 117,
+                                    "completion_tokens": 15, "cost": Decimal("1.7875")}
+        code, out, _ = _otari(url, "usage", "summary", "-o", "jsonl")
+        assert [json.loads(line)["user_id"] for line in out.splitlines()] == ["alice", "bob"]
         code, out, _ = _otari(url, "usage", "summary", "--by", "model", "--user", "alice",
                               "-o", "csv")
         assert list(csv.reader(io.StringIO(out))) == [
-            ["model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost"],
-            ["openai:gpt-4o", "2", "1", "107", "10", "1.5375"],
-            ["TOTAL", "2", "1", "107", "10", "1.5375"]]
+            ["model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost",
+             "total"],
+            ["openai:gpt-4o", "2", "1", "107", "10", "1.5375", "false"],
+            ["", "2", "1", "107", "10", "1.5375", "true"]]
         code, out, _ = _otari(url, "usage", "summary", "--by", "day", "-o", "table")
         lines = out.splitlines()
         assert lines[0].split() == ["DAY", "REQUESTS", "ERRORS", "IN", "OUT", "COST"]
@@ -141,7 +148,7 @@ def test_usage_summary_table_json_and_csv(database_url: str) -> None:
         assert lines[3].split() == ["TOTAL", "3", "1", "117", "15", "1.7875"]
         code, out, _ = _otari(url, "usage", "summary", "--since", "60d", "--model",
                               "openai:gpt-4o", "-o", "json")
-        assert json.loads(out, parse_float=Decimal)[-1]["cost"] == Decimal("101.5375")
+        assert json.loads(out, parse_float=Decimal)["total"]["cost"] == Decimal("101.5375")
         code, _, err = _otari(url, "usage", "summary", "--by", "team")
         assert code == 2 and "team" in err
 
