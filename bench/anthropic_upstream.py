@@ -32,33 +32,69 @@ def _event(name, payload):
 
 
 def _message(model, content, stop_reason, output_tokens):
-    return {"id": MESSAGE_ID, "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": stop_reason, "stop_sequence": None,
-            "usage": {"input_tokens": base.PROMPT_TOKENS, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0, "output_tokens": output_tokens,
-                      "service_tier": "standard"}}
+    return {
+        "id": MESSAGE_ID,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": base.PROMPT_TOKENS,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        },
+    }
 
 
 def message_bytes(model):
-    return base._dumps(_message(model, [{"type": "text", "text": base.CONTENT}], "end_turn",
-                                base.COMPLETION_TOKENS))
+    return base._dumps(
+        _message(
+            model, [{"type": "text", "text": base.CONTENT}], "end_turn", base.COMPLETION_TOKENS
+        )
+    )
 
 
 def message_events(model):
-    evs = [_event("message_start", {"type": "message_start",
-                                    "message": _message(model, [], None, 1)}),
-           _event("ping", {"type": "ping"}),
-           _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                          "content_block": {"type": "text", "text": ""}})]
-    evs += [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                           "delta": {"type": "text_delta", "text": piece}})
-            for piece in base.PIECES]
-    evs += [_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            _event("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                     "usage": {"output_tokens": base.COMPLETION_TOKENS}}),
-            _event("message_stop", {"type": "message_stop"}),
-            b"0\r\n\r\n"]
+    evs = [
+        _event("message_start", {"type": "message_start", "message": _message(model, [], None, 1)}),
+        _event("ping", {"type": "ping"}),
+        _event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+    evs += [
+        _event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            },
+        )
+        for piece in base.PIECES
+    ]
+    evs += [
+        _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": base.COMPLETION_TOKENS},
+            },
+        ),
+        _event("message_stop", {"type": "message_stop"}),
+        b"0\r\n\r\n",
+    ]
     return evs
 
 
@@ -74,7 +110,8 @@ class MessagesProto(base.HttpProto):
         key = base.API_KEY.encode()
         lower = name.lower()
         if (lower == b"authorization" and value.strip() == b"Bearer " + key) or (
-                lower == b"x-api-key" and value.strip() == key):
+            lower == b"x-api-key" and value.strip() == key
+        ):
             self.auth_ok = True
 
     def on_message_complete(self):

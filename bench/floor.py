@@ -54,8 +54,7 @@ def create_floor(upstream: str, api_key: str) -> FastAPI:
             finally:
                 answer.release()
 
-        return StreamingResponse(relay(), status_code=answer.status,
-                                 media_type="text/event-stream")
+        return StreamingResponse(relay(), status_code=answer.status, media_type="text/event-stream")
 
     @app.get("/health/readiness")
     async def ready() -> dict[str, str]:
@@ -70,8 +69,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18101)
     args = parser.parse_args()
     app = create_floor(os.environ["MOCK_URL"], os.environ.get("MOCK_API_KEY", ""))
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, server_header=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
 
 
 if __name__ == "__main__":

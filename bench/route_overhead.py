@@ -35,8 +35,7 @@ RAW = b'{"model":"bench","messages":[{"role":"user","content":"Hello"}],"max_tok
 async def once(runtime: Runtime) -> float:
     """Seconds the routing work of one request takes."""
     route = runtime.routes.routes["bench"]
-    body = {"model": "bench", "messages": [{"role": "user", "content": "Hello"}],
-            "max_tokens": 64}
+    body = {"model": "bench", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64}
     worst = worst_case(CHAT, RAW, body, 4096)
     started = time.perf_counter()
     found = await survey(runtime, route, CHAT.billing, utcnow(), MASTER)
@@ -57,28 +56,45 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        resolved = settings.load(None, {
-            "database_url": f"sqlite:///{tmp}/otari.db", "master_key": "sk-bench-master",
-            "bootstrap_api_key": False, "log_level": "warning",
-            "providers": {"mock": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                   "api_key": "x"},
-                          "mock2": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                    "api_key": "x"}},
-            "routes": {"bench": {"targets": ["mock:gpt-4o-mini", "mock2:gpt-4o-mini"]}}},
-            environ={})
+        resolved = settings.load(
+            None,
+            {
+                "database_url": f"sqlite:///{tmp}/otari.db",
+                "master_key": "sk-bench-master",
+                "bootstrap_api_key": False,
+                "log_level": "warning",
+                "providers": {
+                    "mock": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "x"},
+                    "mock2": {
+                        "type": "openai",
+                        "base_url": "http://127.0.0.1:9/v1",
+                        "api_key": "x",
+                    },
+                },
+                "routes": {"bench": {"targets": ["mock:gpt-4o-mini", "mock2:gpt-4o-mini"]}},
+            },
+            environ={},
+        )
         headers = {"Authorization": "Bearer sk-bench-master"}
         with TestClient(create_app(resolved)) as client:
             for provider in ("mock", "mock2"):
-                client.post("/v1/pricing", json={"model_key": f"{provider}:gpt-4o-mini",
-                                                 "input_price_per_million": 0.15,
-                                                 "output_price_per_million": 0.6},
-                            headers=headers)
+                client.post(
+                    "/v1/pricing",
+                    json={
+                        "model_key": f"{provider}:gpt-4o-mini",
+                        "input_price_per_million": 0.15,
+                        "output_price_per_million": 0.6,
+                    },
+                    headers=headers,
+                )
             runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
             timings = client.portal.call(measure, runtime, args.runs)  # type: ignore[union-attr]
     timings.sort()
-    print(f"route overhead over {args.runs} runs: p50 {statistics.median(timings) * 1e3:.4f} ms, "
-          f"p90 {timings[int(len(timings) * 0.9)] * 1e3:.4f} ms, "
-          f"min {timings[0] * 1e3:.4f} ms")
+    print(
+        f"route overhead over {args.runs} runs: p50 {statistics.median(timings) * 1e3:.4f} ms, "
+        f"p90 {timings[int(len(timings) * 0.9)] * 1e3:.4f} ms, "
+        f"min {timings[0] * 1e3:.4f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -47,17 +47,22 @@ def table(runs: dict[tuple[str, str, str], dict[str, str]], rss: dict[str, str])
     return "\n".join(out)
 
 
-TRANSLATIONS = (("pass", "chat -> OpenAI (pass-through)"),
-                ("chat-anthropic", "chat -> Anthropic (translated)"),
-                ("messages-openai", "messages -> OpenAI (translated)"))
+TRANSLATIONS = (
+    ("pass", "chat -> OpenAI (pass-through)"),
+    ("chat-anthropic", "chat -> Anthropic (translated)"),
+    ("messages-openai", "messages -> OpenAI (translated)"),
+)
 
 
 def _streams_table(runs: dict[tuple[str, str, str], dict[str, str]]) -> list[str]:
     concs = sorted({conc for label, _, conc in runs if label == "pass"}, key=int)
     if not concs:
         return []
-    out = ["", "| stream | conc | req/s | p50 | p99 | CPU/req | CPU vs pass-through |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "",
+        "| stream | conc | req/s | p50 | p99 | CPU/req | CPU vs pass-through |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for conc in concs:
         base = runs.get(("pass", "1", conc))
         for label, title in TRANSLATIONS:
@@ -66,35 +71,67 @@ def _streams_table(runs: dict[tuple[str, str, str], dict[str, str]]) -> list[str
             if base and fields:
                 cpu, base_cpu = fields["gw_cpu_ms_per_req"], base["gw_cpu_ms_per_req"]
                 ratio = f"{float(cpu) / max(float(base_cpu), 1e-9):.2f}x"
-            out.append(" | ".join([
-                "", title, conc, _num(fields, "rps", 0), _num(fields, "p50_ms", 3),
-                _num(fields, "p99_ms", 2), _num(fields, "gw_cpu_ms_per_req", 3), ratio,
-                ""]).strip())
+            out.append(
+                " | ".join(
+                    [
+                        "",
+                        title,
+                        conc,
+                        _num(fields, "rps", 0),
+                        _num(fields, "p50_ms", 3),
+                        _num(fields, "p99_ms", 2),
+                        _num(fields, "gw_cpu_ms_per_req", 3),
+                        ratio,
+                        "",
+                    ]
+                ).strip()
+            )
     return out
 
 
-def _floor_table(runs: dict[tuple[str, str, str], dict[str, str]],
-                 rss: dict[str, str]) -> list[str]:
-    out = ["| mode | conc | floor req/s | otari req/s | floor p50 | otari p50 | floor p99 "
-           "| otari p99 | p99 ratio | added p50 | floor CPU/req | otari CPU/req |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(stream, conc) for label, stream, conc in runs if label in ("floor", "otari")},
-                  key=lambda k: (k[0], int(k[1])))
+def _floor_table(
+    runs: dict[tuple[str, str, str], dict[str, str]], rss: dict[str, str]
+) -> list[str]:
+    out = [
+        "| mode | conc | floor req/s | otari req/s | floor p50 | otari p50 | floor p99 "
+        "| otari p99 | p99 ratio | added p50 | floor CPU/req | otari CPU/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(stream, conc) for label, stream, conc in runs if label in ("floor", "otari")},
+        key=lambda k: (k[0], int(k[1])),
+    )
     for stream, conc in keys:
         floor, otari = runs.get(("floor", stream, conc)), runs.get(("otari", stream, conc))
         ratio = added = "-"
         if floor and otari:
             ratio = f"{float(otari['p99_ms']) / max(float(floor['p99_ms']), 1e-9):.2f}x"
             added = f"{float(otari['p50_ms']) - float(floor['p50_ms']):.3f}"
-        out.append(" | ".join([
-            "", "SSE" if stream == "1" else "JSON", conc,
-            _num(floor, "rps", 0), _num(otari, "rps", 0),
-            _num(floor, "p50_ms", 3), _num(otari, "p50_ms", 3),
-            _num(floor, "p99_ms", 2), _num(otari, "p99_ms", 2), ratio, added,
-            _num(floor, "gw_cpu_ms_per_req", 3), _num(otari, "gw_cpu_ms_per_req", 3), ""]).strip())
+        out.append(
+            " | ".join(
+                [
+                    "",
+                    "SSE" if stream == "1" else "JSON",
+                    conc,
+                    _num(floor, "rps", 0),
+                    _num(otari, "rps", 0),
+                    _num(floor, "p50_ms", 3),
+                    _num(otari, "p50_ms", 3),
+                    _num(floor, "p99_ms", 2),
+                    _num(otari, "p99_ms", 2),
+                    ratio,
+                    added,
+                    _num(floor, "gw_cpu_ms_per_req", 3),
+                    _num(otari, "gw_cpu_ms_per_req", 3),
+                    "",
+                ]
+            ).strip()
+        )
     out.append("")
-    out.append("Latency in ms, CPU in ms per request (the process's user+system time over the "
-               "measured window).")
+    out.append(
+        "Latency in ms, CPU in ms per request (the process's user+system time over the "
+        "measured window)."
+    )
     out.append("")
     out.append("| RSS MiB | idle | after load |")
     out.append("|---|---|---|")

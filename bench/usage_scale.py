@@ -65,8 +65,9 @@ def timed(call: Callable[[], object], runs: int) -> float:
     return statistics.median(samples)
 
 
-def usage_rows(rows: int, users: int, keys: int, now: datetime,
-               seed: int = 7) -> Iterator[tuple[object, ...]]:
+def usage_rows(
+    rows: int, users: int, keys: int, now: datetime, seed: int = 7
+) -> Iterator[tuple[object, ...]]:
     """(id, user, key, timestamp, model, prompt, completion, cost, status) tuples.
 
     Cost is in 1e-10 units (what SQLite stores): $0.15 and $0.60 per million tokens.
@@ -76,11 +77,17 @@ def usage_rows(rows: int, users: int, keys: int, now: datetime,
     for i in range(rows):
         key = rng.randrange(keys)
         prompt, completion = rng.randrange(10, 4000), rng.randrange(1, 1000)
-        yield (f"{i:08d}-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}",
-               f"user-{key % users:04d}", f"key-{key:05d}",
-               now - timedelta(seconds=rng.random() * span), rng.choice(MODELS), prompt,
-               completion, prompt * 1500 + completion * 6000,
-               "error" if rng.random() < 0.02 else "success")
+        yield (
+            f"{i:08d}-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}",
+            f"user-{key % users:04d}",
+            f"key-{key:05d}",
+            now - timedelta(seconds=rng.random() * span),
+            rng.choice(MODELS),
+            prompt,
+            completion,
+            prompt * 1500 + completion * 6000,
+            "error" if rng.random() < 0.02 else "success",
+        )
 
 
 def load_sqlite(url: str, rows: int, users: int, keys: int, now: datetime) -> None:
@@ -90,18 +97,39 @@ def load_sqlite(url: str, rows: int, users: int, keys: int, now: datetime) -> No
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
-    _load_people(lambda sql, params: conn.executemany(sql, params), users, keys, now,
-                 lambda ts: ts.strftime("%Y-%m-%d %H:%M:%S.%f"), "?")
+    _load_people(
+        lambda sql, params: conn.executemany(sql, params),
+        users,
+        keys,
+        now,
+        lambda ts: ts.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        "?",
+    )
     batch: list[tuple[object, ...]] = []
-    sql = ("INSERT INTO usage_logs (id, user_id, api_key_id, timestamp, model, provider, "
-           "endpoint, prompt_tokens, completion_tokens, total_tokens, cost, "
-           "counts_toward_budget, status) VALUES (?,?,?,?,?,'fake','/v1/chat/completions',"
-           "?,?,?,?,1,?)")
+    sql = (
+        "INSERT INTO usage_logs (id, user_id, api_key_id, timestamp, model, provider, "
+        "endpoint, prompt_tokens, completion_tokens, total_tokens, cost, "
+        "counts_toward_budget, status) VALUES (?,?,?,?,?,'fake','/v1/chat/completions',"
+        "?,?,?,?,1,?)"
+    )
     conn.execute("BEGIN")
-    for (rid, user, key, ts, model, prompt, completion, cost, status) in usage_rows(
-            rows, users, keys, now):
-        batch.append((rid, user, key, ts.strftime("%Y-%m-%d %H:%M:%S.%f"), model, prompt,
-                      completion, prompt + completion, cost, status))
+    for rid, user, key, ts, model, prompt, completion, cost, status in usage_rows(
+        rows, users, keys, now
+    ):
+        batch.append(
+            (
+                rid,
+                user,
+                key,
+                ts.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                model,
+                prompt,
+                completion,
+                prompt + completion,
+                cost,
+                status,
+            )
+        )
         if len(batch) == 50_000:
             conn.executemany(sql, batch)
             batch.clear()
@@ -116,33 +144,73 @@ def load_postgres(url: str, rows: int, users: int, keys: int, now: datetime) -> 
 
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
         with conn.cursor() as cur:
-            _load_people(lambda sql, params: cur.executemany(sql, params), users, keys, now,
-                         lambda ts: ts, "%s")
-            with cur.copy("COPY usage_logs (id, user_id, api_key_id, timestamp, model, "
-                          "provider, endpoint, prompt_tokens, completion_tokens, "
-                          "total_tokens, cost, counts_toward_budget, status) "
-                          "FROM STDIN") as copy:
-                for (rid, user, key, ts, model, prompt, completion, cost, status) in \
-                        usage_rows(rows, users, keys, now):
-                    copy.write_row((rid, user, key, ts, model, "fake", "/v1/chat/completions",
-                                    prompt, completion, prompt + completion,
-                                    Decimal(cost).scaleb(-10), True, status))
+            _load_people(
+                lambda sql, params: cur.executemany(sql, params),
+                users,
+                keys,
+                now,
+                lambda ts: ts,
+                "%s",
+            )
+            with cur.copy(
+                "COPY usage_logs (id, user_id, api_key_id, timestamp, model, "
+                "provider, endpoint, prompt_tokens, completion_tokens, "
+                "total_tokens, cost, counts_toward_budget, status) "
+                "FROM STDIN"
+            ) as copy:
+                for rid, user, key, ts, model, prompt, completion, cost, status in usage_rows(
+                    rows, users, keys, now
+                ):
+                    copy.write_row(
+                        (
+                            rid,
+                            user,
+                            key,
+                            ts,
+                            model,
+                            "fake",
+                            "/v1/chat/completions",
+                            prompt,
+                            completion,
+                            prompt + completion,
+                            Decimal(cost).scaleb(-10),
+                            True,
+                            status,
+                        )
+                    )
         conn.commit()
         conn.execute("ANALYZE")
 
 
-def _load_people(many: Callable[[str, list[tuple[object, ...]]], object], users: int,
-                 keys: int, now: datetime, stamp: Callable[[datetime], object],
-                 mark: str) -> None:
+def _load_people(
+    many: Callable[[str, list[tuple[object, ...]]], object],
+    users: int,
+    keys: int,
+    now: datetime,
+    stamp: Callable[[datetime], object],
+    mark: str,
+) -> None:
     values = ", ".join([mark] * 4)
-    many(f"INSERT INTO users (user_id, spend, reserved, blocked, metadata, created_at, "
-         f"updated_at) VALUES ({mark}, 0, 0, false, '{{}}', {mark}, {mark})",
-         [(f"user-{u:04d}", stamp(now), stamp(now)) for u in range(users)])
-    many(f"INSERT INTO api_keys (id, key_hash, key_prefix, user_id, is_active, spend, "
-         f"reserved, exclude_from_budget, metadata, created_at) VALUES ({values}, true, 0, 0, "
-         f"false, '{{}}', {mark})",
-         [(f"key-{k:05d}", uuid.uuid4().hex + uuid.uuid4().hex, "sk-bench",
-           f"user-{k % users:04d}", stamp(now)) for k in range(keys)])
+    many(
+        f"INSERT INTO users (user_id, spend, reserved, blocked, metadata, created_at, "
+        f"updated_at) VALUES ({mark}, 0, 0, false, '{{}}', {mark}, {mark})",
+        [(f"user-{u:04d}", stamp(now), stamp(now)) for u in range(users)],
+    )
+    many(
+        f"INSERT INTO api_keys (id, key_hash, key_prefix, user_id, is_active, spend, "
+        f"reserved, exclude_from_budget, metadata, created_at) VALUES ({values}, true, 0, 0, "
+        f"false, '{{}}', {mark})",
+        [
+            (
+                f"key-{k:05d}",
+                uuid.uuid4().hex + uuid.uuid4().hex,
+                "sk-bench",
+                f"user-{k % users:04d}",
+                stamp(now),
+            )
+            for k in range(keys)
+        ],
+    )
 
 
 @contextmanager
@@ -153,11 +221,15 @@ def gateway(url: str, work: Path, upstream: str) -> Iterator[str]:
     config.write_text(
         f'database_url = "{url}"\nmaster_key = "{MASTER}"\nbootstrap_api_key = false\n'
         f'log_level = "warning"\nport = {port}\n[providers.fake]\ntype = "openai"\n'
-        f'base_url = "{upstream}"\napi_key = "{UPSTREAM_KEY}"\n')
+        f'base_url = "{upstream}"\napi_key = "{UPSTREAM_KEY}"\n'
+    )
     env = {**os.environ, "HOME": str(work), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "otari_cli", "serve", "--config",
-                             str(config)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(work / "otari.log", "w"))  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otari_cli", "serve", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "otari.log", "w"),  # noqa: SIM115  (the daemon's log, for its life)
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -181,9 +253,13 @@ def cursor_at(url: str, depth: int) -> str:
     engine = db.create_db_engine(url)
     try:
         with engine.connect() as conn:
-            stamp, row_id = conn.execute(text(
-                "SELECT timestamp, id FROM usage_logs ORDER BY timestamp DESC, id DESC "
-                "LIMIT 1 OFFSET :depth"), {"depth": depth}).one()
+            stamp, row_id = conn.execute(
+                text(
+                    "SELECT timestamp, id FROM usage_logs ORDER BY timestamp DESC, id DESC "
+                    "LIMIT 1 OFFSET :depth"
+                ),
+                {"depth": depth},
+            ).one()
     finally:
         engine.dispose()
     if isinstance(stamp, str):
@@ -216,9 +292,25 @@ def cli_export(base: str, work: Path) -> tuple[float, float, int]:
     start = time.perf_counter()
     peak = 0.0
     with open(out, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "otari_cli", "--url", base,
-                                 "--master-key", MASTER, "--timeout", "60", "usage", "--all",
-                                 "-o", "json"], stdout=sink, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "otari_cli",
+                "--url",
+                base,
+                "--master-key",
+                MASTER,
+                "--timeout",
+                "60",
+                "usage",
+                "--all",
+                "-o",
+                "json",
+            ],
+            stdout=sink,
+            env=env,
+        )
         # VmHWM only grows: sampling it until the process exits finds its peak (a zombie's
         # status has no memory lines, so the last sample before exit counts).
         while proc.poll() is None:
@@ -237,8 +329,9 @@ def chat_p50(base: str, key: str, count: int) -> tuple[float, int]:
     """p50 ms of `count` sequential budgeted chat completions, and how many failed."""
     samples, failed = [], 0
     body = {"model": "fake:model-000", "messages": [{"role": "user", "content": "hi"}]}
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"},
-                      timeout=60) as client:
+    with httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as client:
         for _ in range(count):
             start = time.perf_counter()
             status = client.post("/v1/chat/completions", json=body).status_code
@@ -252,8 +345,7 @@ def run(kind: str, url: str, args: argparse.Namespace, work: Path) -> dict[str, 
     db.migrate(url)
     now = datetime.now(UTC)
     start = time.perf_counter()
-    (load_sqlite if kind == "sqlite" else load_postgres)(url, args.rows, args.users,
-                                                         args.keys, now)
+    (load_sqlite if kind == "sqlite" else load_postgres)(url, args.rows, args.users, args.keys, now)
     figures["load s"] = round(time.perf_counter() - start, 1)
     # Rows loaded in bulk bypass the ledger, which keeps the totals for rows it writes.
     start = time.perf_counter()
@@ -270,9 +362,11 @@ def run(kind: str, url: str, args: argparse.Namespace, work: Path) -> dict[str, 
     week_start = (now - timedelta(days=14)).isoformat()
     week_end = (now - timedelta(days=7)).isoformat()
     month = (now - timedelta(days=30)).isoformat()
-    with FakeOpenAI(api_key=UPSTREAM_KEY) as upstream, \
-            gateway(url, work, upstream.base_url) as base, \
-            httpx.Client(base_url=base, headers=master, timeout=120) as admin:
+    with (
+        FakeOpenAI(api_key=UPSTREAM_KEY) as upstream,
+        gateway(url, work, upstream.base_url) as base,
+        httpx.Client(base_url=base, headers=master, timeout=120) as admin,
+    ):
 
         def get(path: str, **params: str | int) -> Callable[[], object]:
             def call() -> object:
@@ -284,24 +378,40 @@ def run(kind: str, url: str, args: argparse.Namespace, work: Path) -> dict[str, 
 
         runs = args.runs
         figures["first page ms"] = timed(get("/v1/usage", limit=100), runs)
-        figures[f"cursor page at {deep:,} ms"] = timed(get("/v1/usage", limit=100,
-                                                           after=after), runs)
+        figures[f"cursor page at {deep:,} ms"] = timed(
+            get("/v1/usage", limit=100, after=after), runs
+        )
         figures[f"skip page at {deep:,} ms"] = timed(get("/v1/usage", limit=100, skip=deep), 3)
-        figures["user week ms"] = timed(get("/v1/usage", user_id="user-0042", limit=1000,
-                                            start_date=week_start, end_date=week_end), runs)
-        figures["month by user ms"] = timed(get("/v1/usage/summary", group_by="user",
-                                                start_date=month), 5)
-        figures["month by day ms"] = timed(get("/v1/usage/summary", group_by="day",
-                                               start_date=month), 5)
+        figures["user week ms"] = timed(
+            get(
+                "/v1/usage",
+                user_id="user-0042",
+                limit=1000,
+                start_date=week_start,
+                end_date=week_end,
+            ),
+            runs,
+        )
+        figures["month by user ms"] = timed(
+            get("/v1/usage/summary", group_by="user", start_date=month), 5
+        )
+        figures["month by day ms"] = timed(
+            get("/v1/usage/summary", group_by="day", start_date=month), 5
+        )
         seconds, mib, rows = cli_export(base, work)
         assert rows == args.rows, (rows, args.rows)
         figures["usage --all s"] = round(seconds, 1)
         figures["usage --all peak MiB"] = round(mib)
         admin.post("/v1/budgets", json={"budget_id": "big", "max_budget": 1_000_000})
         admin.post("/v1/users", json={"user_id": "chatter", "budget_id": "big"})
-        admin.post("/v1/pricing", json={"model_key": "fake:model-000",
-                                        "input_price_per_million": 1,
-                                        "output_price_per_million": 2})
+        admin.post(
+            "/v1/pricing",
+            json={
+                "model_key": "fake:model-000",
+                "input_price_per_million": 1,
+                "output_price_per_million": 2,
+            },
+        )
         key = admin.post("/v1/keys", json={"user_id": "chatter"}).json()["key"]
         figures["chat p50 ms (idle)"], _ = chat_p50(base, key, args.chats)
         stop = threading.Event()
@@ -310,8 +420,9 @@ def run(kind: str, url: str, args: argparse.Namespace, work: Path) -> dict[str, 
         def deep_reads() -> None:
             with httpx.Client(base_url=base, headers=master, timeout=120) as reader:
                 while not stop.is_set():
-                    status = reader.get("/v1/usage", params={"skip": deep,
-                                                             "limit": 100}).status_code
+                    status = reader.get(
+                        "/v1/usage", params={"skip": deep, "limit": 100}
+                    ).status_code
                     reads[status != 200] += 1
 
         reader = threading.Thread(target=deep_reads)

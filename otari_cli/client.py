@@ -34,8 +34,7 @@ def decode(text: str | bytes) -> Any:
     jiter (Rust) reads each number's digits into the Decimal exactly, at twice the speed
     of the standard library: `otari usage --all` decodes a million rows. Raises ValueError.
     """
-    return jiter.from_json(text.encode() if isinstance(text, str) else text,
-                           float_mode="decimal")
+    return jiter.from_json(text.encode() if isinstance(text, str) else text, float_mode="decimal")
 
 
 def error_message(response: httpx.Response) -> str:
@@ -67,10 +66,20 @@ NDJSON = "application/x-ndjson"
 
 # The management API: every path under these needs the master key (the gateway refuses it
 # without one), so the CLI does not send such a request without a key.
-MASTER_PATHS = ("/v1/keys", "/v1/users", "/v1/budgets", "/v1/pricing", "/v1/usage",
-                "/v1/alerts", "/v1/routes", "/v1/providers")
-KEY_HINT = ("pass --master-key or set OTARI_MASTER_KEY, or add a context with its key: "
-            "otari context add")
+MASTER_PATHS = (
+    "/v1/keys",
+    "/v1/users",
+    "/v1/budgets",
+    "/v1/pricing",
+    "/v1/usage",
+    "/v1/alerts",
+    "/v1/routes",
+    "/v1/providers",
+)
+KEY_HINT = (
+    "pass --master-key or set OTARI_MASTER_KEY, or add a context with its key: otari context add"
+)
+
 
 class Gateway:
     """A client for one gateway: base URL, master key, and a timeout on every call."""
@@ -113,16 +122,25 @@ class Gateway:
         self._http.close()
 
     def send(
-        self, method: str, url_path: str, *, params: Params | None = None, body: object = None,
-        timeout: float | None = None, accept: str | None = None,
+        self,
+        method: str,
+        url_path: str,
+        *,
+        params: Params | None = None,
+        body: object = None,
+        timeout: float | None = None,
+        accept: str | None = None,
     ) -> httpx.Response:
         """One HTTP exchange (`timeout` overrides the client's, `accept` its Accept header);
         transport failures become Unreachable (exit 3)."""
         if not self.has_key and url_path.startswith(MASTER_PATHS):
             # Decided here: a request that needs the master key is not sent without one
             # (to a gateway that is not ours it would tell it what we manage, and fail).
-            raise AuthFailed(401, f"{method} {url_path} needs the master key and none is "
-                             f"known for {self.url}: {KEY_HINT}")
+            raise AuthFailed(
+                401,
+                f"{method} {url_path} needs the master key and none is "
+                f"known for {self.url}: {KEY_HINT}",
+            )
         wait = self.timeout if timeout is None else timeout
         query = {k: v for k, v in (params or {}).items() if v is not None}
         content = None if body is None else encode(body)
@@ -131,8 +149,12 @@ class Gateway:
             headers["Accept"] = accept
         try:
             return self._http.request(
-                method, url_path, params=query or None, content=content, headers=headers,
-                timeout=wait
+                method,
+                url_path,
+                params=query or None,
+                content=content,
+                headers=headers,
+                timeout=wait,
             )
         except httpx.TimeoutException:
             raise Unreachable(
@@ -142,7 +164,12 @@ class Gateway:
             raise Unreachable(f"cannot reach the gateway at {self.url}: {exc}{self.hint}") from None
 
     def call(
-        self, method: str, url_path: str, *, params: Params | None = None, body: object = None,
+        self,
+        method: str,
+        url_path: str,
+        *,
+        params: Params | None = None,
+        body: object = None,
         timeout: float | None = None,
     ) -> Any:
         """Send, raise the matching error for a non-2xx answer, and return the decoded body."""
@@ -227,19 +254,29 @@ class Gateway:
                 more = len(page) >= want and (limit is None or count < limit)
                 if more:
                     want = page_size if limit is None else min(page_size, limit - count)
-                    pending = pool.submit(self._page, url_path, params, link, count, want,
-                                          lines)
+                    pending = pool.submit(self._page, url_path, params, link, count, want, lines)
                 yield from taken
                 if not more:
                     return
 
-    def _page(self, url_path: str, params: Params | None, link: httpx.URL | None,
-              skip: int, want: int, lines: bool = False) -> tuple[list[Any], httpx.URL | None]:
+    def _page(
+        self,
+        url_path: str,
+        params: Params | None,
+        link: httpx.URL | None,
+        skip: int,
+        want: int,
+        lines: bool = False,
+    ) -> tuple[list[Any], httpx.URL | None]:
         """One page of a list and the link to the next (None: page by skip)."""
         accept = NDJSON if lines else None
         if link is None:
-            response = self.send("GET", url_path, accept=accept,
-                                 params={**(params or {}), "skip": skip, "limit": want})
+            response = self.send(
+                "GET",
+                url_path,
+                accept=accept,
+                params={**(params or {}), "skip": skip, "limit": want},
+            )
         else:
             # Only the link's path and query are used, so credentials never follow it to
             # another host; the page size rides in that query (params would replace it).

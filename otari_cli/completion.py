@@ -21,16 +21,22 @@ def _ids(ctx: typer.Context, url_path: str, field: str, incomplete: str) -> list
     from otari_cli.runtime import Options, Runtime
 
     given: dict[str, Any] = ctx.find_root().params
-    rt = Runtime(Options(given.get("url"), given.get("master_key"), given.get("context_name"),
-                         timeout=_TIMEOUT))
+    rt = Runtime(
+        Options(
+            given.get("url"), given.get("master_key"), given.get("context_name"), timeout=_TIMEOUT
+        )
+    )
     try:
         rows = rt.gateway.get(url_path, {"limit": 1000})
     except CliError:
         return []
     finally:
         rt.close()
-    found = [str(row.get(field)) for row in rows if isinstance(row, dict)] if isinstance(
-        rows, list) else []
+    found = (
+        [str(row.get(field)) for row in rows if isinstance(row, dict)]
+        if isinstance(rows, list)
+        else []
+    )
     return [value for value in found if value.startswith(incomplete)]
 
 
@@ -66,14 +72,11 @@ def context_names(ctx: typer.Context, incomplete: str) -> list[str]:
 
 
 KeyId = Annotated[str, typer.Argument(help="An API key id or name.", autocompletion=key_ids)]
-KeyIds = Annotated[list[str], typer.Argument(help="API key ids or names.",
-                                             autocompletion=key_ids)]
+KeyIds = Annotated[list[str], typer.Argument(help="API key ids or names.", autocompletion=key_ids)]
 UserId = Annotated[str, typer.Argument(help="A user id or alias.", autocompletion=user_ids)]
-UserIds = Annotated[list[str], typer.Argument(help="User ids or aliases.",
-                                              autocompletion=user_ids)]
-BudgetId = Annotated[str, typer.Argument(help="A budget id or name.",
-                                         autocompletion=budget_ids)]
-BudgetIds = Annotated[list[str], typer.Argument(help="Budget ids or names.",
-                                                autocompletion=budget_ids)]
-ContextName = Annotated[str, typer.Argument(help="A context name.",
-                                            autocompletion=context_names)]
+UserIds = Annotated[list[str], typer.Argument(help="User ids or aliases.", autocompletion=user_ids)]
+BudgetId = Annotated[str, typer.Argument(help="A budget id or name.", autocompletion=budget_ids)]
+BudgetIds = Annotated[
+    list[str], typer.Argument(help="Budget ids or names.", autocompletion=budget_ids)
+]
+ContextName = Annotated[str, typer.Argument(help="A context name.", autocompletion=context_names)]

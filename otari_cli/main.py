@@ -45,8 +45,15 @@ Exit codes:
 # Global options that may appear anywhere on the line (`otari keys list -o json --context
 # prod`), moved in front of the subcommand before parsing. Name -> whether it takes a value.
 ANYWHERE = {
-    "-o": True, "--output": True, "-q": False, "--quiet": False, "--debug": False,
-    "--url": True, "--master-key": True, "--context": True, "--timeout": True,
+    "-o": True,
+    "--output": True,
+    "-q": False,
+    "--quiet": False,
+    "--debug": False,
+    "--url": True,
+    "--master-key": True,
+    "--context": True,
+    "--timeout": True,
 }
 
 

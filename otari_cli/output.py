@@ -238,8 +238,14 @@ class Output:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         console = Console(file=self.stderr, markup=False, highlight=False, emoji=False)
-        with Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows"), _rate_column(),
-                      TimeElapsedColumn(), console=console, transient=True) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.completed:,} rows"),
+            _rate_column(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
             task = progress.add_task("rows", total=None)
             for row in rows:
                 yield row
@@ -311,23 +317,37 @@ class Output:
             self.message(empty)
             return
         fit = self.format is Format.TABLE and _isatty(self.stdout)
-        widths = [max(len(header), *(len(row[i]) for row in rows))
-                  for i, header in enumerate(headers)]
-        console = Console(file=self.stdout, markup=False, highlight=False, emoji=False,
-                          width=None if fit else sum(widths) + 2 * len(widths))
+        widths = [
+            max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)
+        ]
+        console = Console(
+            file=self.stdout,
+            markup=False,
+            highlight=False,
+            emoji=False,
+            width=None if fit else sum(widths) + 2 * len(widths),
+        )
         if fit:
             # Numbers (tokens, money) are never cut: a truncated amount would mislead. A
             # column of numbers may have empty cells ("-", a refused request has no cost).
-            floors = [width if all(_NUMBER.fullmatch(row[i]) or row[i] in _EMPTY for row in rows)
-                      else len(header)
-                      for i, (header, width) in enumerate(zip(headers, widths, strict=True))]
+            floors = [
+                width
+                if all(_NUMBER.fullmatch(row[i]) or row[i] in _EMPTY for row in rows)
+                else len(header)
+                for i, (header, width) in enumerate(zip(headers, widths, strict=True))
+            ]
             # The id gives way too (down to a recognisable prefix): names before UUIDs.
             floors[0] = min(widths[0], max(floors[0], _ID_FLOOR))
             widths = _fitted(widths, floors, console.width)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for header, width in zip(headers, widths, strict=True):
-            table.add_column(header, no_wrap=True, min_width=min(len(header), width),
-                             max_width=width, overflow="ellipsis")
+            table.add_column(
+                header,
+                no_wrap=True,
+                min_width=min(len(header), width),
+                max_width=width,
+                overflow="ellipsis",
+            )
         for row in rows:
             # Text(): server-supplied strings are never parsed as Rich markup.
             table.add_row(*(Text(value) for value in row))

@@ -79,12 +79,15 @@ def changes(clear: Iterable[str] = (), **fields: object) -> dict[str, object]:
 
 
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-RpmLimit = Annotated[int | None, typer.Option(
-    "--rpm-limit", min=1, help="Requests per minute allowed (429 beyond).")]
-TpmLimit = Annotated[int | None, typer.Option(
-    "--tpm-limit", min=1, help="Tokens per minute allowed (429 beyond).")]
-NoLimits = Annotated[bool, typer.Option(
-    "--no-limits", help="Remove the requests- and tokens-per-minute limits.")]
+RpmLimit = Annotated[
+    int | None, typer.Option("--rpm-limit", min=1, help="Requests per minute allowed (429 beyond).")
+]
+TpmLimit = Annotated[
+    int | None, typer.Option("--tpm-limit", min=1, help="Tokens per minute allowed (429 beyond).")
+]
+NoLimits = Annotated[
+    bool, typer.Option("--no-limits", help="Remove the requests- and tokens-per-minute limits.")
+]
 Metadata = Annotated[
     list[str] | None,
     typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Metadata pair (repeatable)."),

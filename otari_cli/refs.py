@@ -51,8 +51,9 @@ def act(gateway: Gateway, kind: Kind, ref: str, call: Callable[[str], T]) -> tup
 
 def resolve(gateway: Gateway, kind: Kind, ref: str) -> str:
     """The id of the item whose id, or else whose name, is `ref` (errors as in `act`)."""
-    return act(gateway, kind, ref,
-               lambda item_id: gateway.get(path("v1", kind.collection, item_id)))[0]
+    return act(
+        gateway, kind, ref, lambda item_id: gateway.get(path("v1", kind.collection, item_id))
+    )[0]
 
 
 def named(gateway: Gateway, kind: Kind, ref: str, missing: ApiError) -> str:
@@ -61,11 +62,15 @@ def named(gateway: Gateway, kind: Kind, ref: str, missing: ApiError) -> str:
         rows = gateway.pages(f"/v1/{kind.collection}", page_size=1000)
     except ApiError:
         raise missing from None  # the listing is no help: the first answer stands
-    ids = [str(row.get(kind.id_field)) for row in rows
-           if isinstance(row, dict) and row.get(kind.name_field) == ref]
+    ids = [
+        str(row.get(kind.id_field))
+        for row in rows
+        if isinstance(row, dict) and row.get(kind.name_field) == ref
+    ]
     if not ids:
         raise Refused(404, f"no {kind.noun} has the id or name {ref!r} ({missing.message})")
     if len(ids) > 1:
-        raise UsageError(f"{len(ids)} {kind.noun}s are named {ref!r} ({', '.join(ids)}): "
-                         "give the id")
+        raise UsageError(
+            f"{len(ids)} {kind.noun}s are named {ref!r} ({', '.join(ids)}): give the id"
+        )
     return ids[0]

@@ -33,16 +33,33 @@ from otari_server.settings import Settings
 from otari_server.tools.config import tools_config
 
 # Response headers a browser client may read: the request id and the retry/pacing advice.
-_EXPOSED = ["x-request-id", "request-id", "retry-after", "retry-after-ms",
-            "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]
+_EXPOSED = [
+    "x-request-id",
+    "request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+]
 
 # Routers served under /v1 and, for the otari client SDK, again under /api/v1.
 API_ROUTERS: list[APIRouter] = [
-    generation_routes.router, count_tokens.router, batch_routes.router, models.router,
-    keys.router, users.router, budgets.router, pricing.router, usage.router,
-    providers.router, alerts.router, routing.router,
+    generation_routes.router,
+    count_tokens.router,
+    batch_routes.router,
+    models.router,
+    keys.router,
+    users.router,
+    budgets.router,
+    pricing.router,
+    usage.router,
+    providers.router,
+    alerts.router,
+    routing.router,
 ]
 
 
@@ -77,8 +94,12 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await close_runtime(runtime)
 
-    app = FastAPI(title="otari-gateway", version=__version__, lifespan=lifespan,
-                  description="Self-hosted, OpenAI-compatible LLM gateway")
+    app = FastAPI(
+        title="otari-gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted, OpenAI-compatible LLM gateway",
+    )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(health.metrics_router)
@@ -87,15 +108,23 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router, prefix="/api", include_in_schema=False)
     # Outermost first: every request gets its id and size check, then the hot path.
     app.add_middleware(HotPath)
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
-                       max_header_bytes=settings.max_header_bytes)
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     # Outside RequestContext: its refusals (413, 431) are logged too, with their request id.
     app.add_middleware(AccessLog)
     if settings.cors_allow_origins:
         # Outermost: a preflight is answered before any credential or body check.
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_allow_origins),
-                           allow_methods=["*"], allow_headers=["*"], expose_headers=_EXPOSED,
-                           max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allow_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=_EXPOSED,
+            max_age=600,
+        )
     _document_wire_schemas(app)
     return app
 

@@ -32,17 +32,28 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     if not resolved.connected:
         check_config(resolved)  # one line naming the key, before anything is served
     options: dict[str, Any] = {
-        "host": resolved.host, "port": resolved.port,
-        "log_level": logs.level_number(resolved.log_level), "log_config": None,
+        "host": resolved.host,
+        "port": resolved.port,
+        "log_level": logs.level_number(resolved.log_level),
+        "log_config": None,
         "timeout_graceful_shutdown": int(resolved.shutdown_timeout),
-        "server_header": False, "access_log": False,
-        "proxy_headers": True, "forwarded_allow_ips": resolved.forwarded_allow_ips,
+        "server_header": False,
+        "access_log": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": resolved.forwarded_allow_ips,
     }
-    target = "connected to a platform" if resolved.connected else (
-        f"database {redact(resolved.database_url)}")
-    print(f"otari: serving on http://{resolved.host}:{resolved.port} ({target}"
-          + (f", {resolved.workers} workers" if resolved.workers > 1 else "") + ")",
-          file=sys.stderr, flush=True)
+    target = (
+        "connected to a platform"
+        if resolved.connected
+        else (f"database {redact(resolved.database_url)}")
+    )
+    print(
+        f"otari: serving on http://{resolved.host}:{resolved.port} ({target}"
+        + (f", {resolved.workers} workers" if resolved.workers > 1 else "")
+        + ")",
+        file=sys.stderr,
+        flush=True,
+    )
     if resolved.workers > 1:
         _serve_workers(resolved, config_path, overrides, options)
         return
@@ -83,8 +94,12 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _serve_workers(resolved: settings.Settings, config_path: Path | None,
-                   overrides: Mapping[str, Any], options: dict[str, Any]) -> None:
+def _serve_workers(
+    resolved: settings.Settings,
+    config_path: Path | None,
+    overrides: Mapping[str, Any],
+    options: dict[str, Any],
+) -> None:
     """Prepare once here, then let uvicorn run N worker processes of `worker_app`."""
     if not resolved.connected:
         prepare(resolved)
@@ -95,8 +110,7 @@ def _serve_workers(resolved: settings.Settings, config_path: Path | None,
         os.environ[f"OTARI_{key.upper()}"] = str(value)
     os.environ["OTARI_AUTO_MIGRATE"] = "false"
     os.environ["OTARI_BOOTSTRAP_API_KEY"] = "false"
-    uvicorn.run("otari_server.daemon:worker_app", factory=True, workers=resolved.workers,
-                **options)
+    uvicorn.run("otari_server.daemon:worker_app", factory=True, workers=resolved.workers, **options)
 
 
 def worker_app() -> FastAPI:

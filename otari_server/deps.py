@@ -56,11 +56,13 @@ async def authenticate(request: Request) -> auth.Caller:
         if presented.rejected == "authorization":
             raise AuthenticationFailed(
                 "The Authorization header was rejected: only 'Authorization: Bearer <key>' is "
-                "accepted (or send the key in 'x-api-key' or 'Otari-Key')")
+                "accepted (or send the key in 'x-api-key' or 'Otari-Key')"
+            )
         if presented.rejected is not None:
             raise AuthenticationFailed(f"The {presented.rejected} header is empty")
         raise AuthenticationFailed(
-            "Missing API key: send 'Otari-Key: Bearer <key>' or 'Authorization: Bearer <key>'")
+            "Missing API key: send 'Otari-Key: Bearer <key>' or 'Authorization: Bearer <key>'"
+        )
     if runtime.master.matches(token):
         return auth.MASTER
     token_hash = auth.hash_token(token)

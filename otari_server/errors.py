@@ -48,8 +48,14 @@ class OtariError(Exception):
     anthropic_type = "api_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, code: str | None = None,
-                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
@@ -150,9 +156,14 @@ _UPSTREAM_TYPES = {
     504: ("timeout_error", "timeout_error"),
     529: ("overloaded_error", "overloaded_error"),
 }
-_UPSTREAM_CODES = {429: "rate_limit_exceeded", 413: "request_too_large",
-                   408: "upstream_timeout", 504: "upstream_timeout", 503: "upstream_unavailable",
-                   529: "upstream_overloaded"}
+_UPSTREAM_CODES = {
+    429: "rate_limit_exceeded",
+    413: "request_too_large",
+    408: "upstream_timeout",
+    504: "upstream_timeout",
+    503: "upstream_unavailable",
+    529: "upstream_overloaded",
+}
 
 
 class UpstreamError(OtariError):
@@ -169,8 +180,11 @@ class UpstreamError(OtariError):
         kwargs.setdefault("code", _UPSTREAM_CODES.get(status, f"upstream_{status}"))
         super().__init__(message, **kwargs)
         self.status = status
-        default = ("invalid_request_error", "invalid_request_error") if status < 500 else (
-            "upstream_error", "api_error")
+        default = (
+            ("invalid_request_error", "invalid_request_error")
+            if status < 500
+            else ("upstream_error", "api_error")
+        )
         self.type, self.anthropic_type = _UPSTREAM_TYPES.get(status, default)
 
 
@@ -235,8 +249,15 @@ def shape_for(path: str) -> str:
     return "openai"
 
 
-def error_body(shape: str, status: int, message: str, error_type: str,
-               anthropic_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    shape: str,
+    status: int,
+    message: str,
+    error_type: str,
+    anthropic_type: str,
+    code: str | None,
+    param: str | None = None,
+) -> dict[str, Any]:
     """The JSON body of an error in the given shape."""
     if shape == "anthropic":
         return {"type": "error", "error": {"type": anthropic_type, "message": message}}
@@ -252,15 +273,26 @@ def render(request: Request, exc: OtariError) -> JSONResponse:
     elif exc.status >= 500:
         # Provider failures (502, 503, 504) and our own: findable by the client's request id.
         log.warning("request %s: %s", request.scope.get("otari.request_id", "-"), exc.message)
-    body = error_body(shape_for(request.url.path), exc.status, exc.message, exc.type,
-                      exc.anthropic_type, exc.code, exc.param)
+    body = error_body(
+        shape_for(request.url.path),
+        exc.status,
+        exc.message,
+        exc.type,
+        exc.anthropic_type,
+        exc.code,
+        exc.param,
+    )
     return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 def _credential_rejected(request: Request, exc: ProviderCredentialRejected) -> None:
     # The operator must fix the provider key: say so loudly, with the request id to find it.
-    log.error("request %s: %s (provider said: %s)", request.scope.get("otari.request_id", "-"),
-              exc.message, exc.detail or "nothing")
+    log.error(
+        "request %s: %s (provider said: %s)",
+        request.scope.get("otari.request_id", "-"),
+        exc.message,
+        exc.detail or "nothing",
+    )
     runtime = getattr(request.app.state, "runtime", None)
     metrics = getattr(runtime, "metrics", None)
     if metrics is not None:
@@ -286,8 +318,14 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
     if shape == "detail":
         return JSONResponse({"detail": errors}, status_code=422)
-    body = error_body(shape, 422, _validation_message(errors), "invalid_request_error",
-                      "invalid_request_error", "invalid_request")
+    body = error_body(
+        shape,
+        422,
+        _validation_message(errors),
+        "invalid_request_error",
+        "invalid_request_error",
+        "invalid_request",
+    )
     return JSONResponse(body, status_code=422)
 
 
@@ -312,8 +350,12 @@ async def _on_database_error(request: Request, exc: Exception) -> Response:
         return render(request, Unprocessable("a value in the request cannot be stored"))
     if not exc.connection_invalidated and not _is_connection_error(exc):
         return await _on_unexpected(request, exc)
-    log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
-                type(exc.orig).__name__)
+    log.warning(
+        "database unavailable on %s %s: %s",
+        request.method,
+        request.url.path,
+        type(exc.orig).__name__,
+    )
     return render(request, ServiceUnavailable("database unavailable, retry later"))
 
 
@@ -325,8 +367,14 @@ def _is_connection_error(exc: DBAPIError) -> bool:
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # The one catch-all: log the traceback for operators, never send it to clients.
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = error_body(shape_for(request.url.path), 500, "internal server error",
-                      "server_error", "api_error", "internal_error")
+    body = error_body(
+        shape_for(request.url.path),
+        500,
+        "internal server error",
+        "server_error",
+        "api_error",
+        "internal_error",
+    )
     return JSONResponse(body, status_code=500)
 
 

@@ -113,8 +113,9 @@ class ExactRequest(Request):
                 # JSONDecodeError with a 422 naming the body, as for any malformed JSON.
                 if isinstance(exc, json.JSONDecodeError):
                     raise
-                raise json.JSONDecodeError(f"invalid JSON: {type(exc).__name__}",
-                                           body.decode("utf-8", "replace")[:100], 0) from None
+                raise json.JSONDecodeError(
+                    f"invalid JSON: {type(exc).__name__}", body.decode("utf-8", "replace")[:100], 0
+                ) from None
         return self._json
 
 

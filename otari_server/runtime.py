@@ -95,8 +95,13 @@ def bootstrap_api_key(sessions: sessionmaker[Session]) -> None:
             return
         from otari_server.access.minting import create_key  # keys imports runtime's callers
 
-        created = create_key(session, key_name="bootstrap", user_id=None, expires_at=None,
-                             metadata={"bootstrap": True})
+        created = create_key(
+            session,
+            key_name="bootstrap",
+            user_id=None,
+            expires_at=None,
+            metadata={"bootstrap": True},
+        )
     if sys.stdout.isatty():
         print(f"Created a first API key (shown once): {created.key}", flush=True)
         return
@@ -107,9 +112,12 @@ def bootstrap_api_key(sessions: sessionmaker[Session]) -> None:
 
 def providers_of(settings: Settings) -> dict[str, Provider]:
     """Configured providers, plus well-known ones whose key is in the environment."""
-    table = {name: {"timeout": settings.request_timeout, **dict(values)}
-             if isinstance(values, dict) else values
-             for name, values in settings.providers.items()}
+    table = {
+        name: {"timeout": settings.request_timeout, **dict(values)}
+        if isinstance(values, dict)
+        else values
+        for name, values in settings.providers.items()
+    }
     try:
         return build_providers(table, os.environ, autodetect=True)
     except ProviderConfigError as exc:
@@ -125,20 +133,28 @@ def routes_of(settings: Settings, providers: dict[str, Provider]) -> RouteBook:
     for route in routes.values():
         for index, target in enumerate(route.targets):
             if target.provider not in providers:
-                raise ConfigError(f"routes.{route.name}.targets[{index}]: unknown provider "
-                                  f"'{target.provider}' in '{target.model}'")
+                raise ConfigError(
+                    f"routes.{route.name}.targets[{index}]: unknown provider "
+                    f"'{target.provider}' in '{target.model}'"
+                )
     return RouteBook(routes)
 
 
 def announce(providers: dict[str, Provider], settings: Settings) -> None:
     """Say at start-up which providers requests can reach, and warn when none can."""
     if not providers:
-        log.warning("no providers configured: every generation request will be refused; add "
-                    "a [providers.NAME] table or set a preset's key variable (OPENAI_API_KEY, ...)")
+        log.warning(
+            "no providers configured: every generation request will be refused; add "
+            "a [providers.NAME] table or set a preset's key variable (OPENAI_API_KEY, ...)"
+        )
         return
-    log.info("providers: %s", ", ".join(
-        f"{name} ({provider.type}, {'config' if name in settings.providers else 'environment'})"
-        for name, provider in sorted(providers.items())))
+    log.info(
+        "providers: %s",
+        ", ".join(
+            f"{name} ({provider.type}, {'config' if name in settings.providers else 'environment'})"
+            for name, provider in sorted(providers.items())
+        ),
+    )
 
 
 def node_name(settings: Settings) -> str:
@@ -197,11 +213,18 @@ def open_runtime(settings: Settings) -> Runtime:
         master=MasterKey(resolve_master_key(settings)),
         keys=KeyCache(settings.auth_cache_ttl),
         activity=KeyActivity(),
-        prices=PriceBook(db.read_session_factory(engine), ttl=max(settings.auth_cache_ttl, 1.0),
-                         fallback=price_import.fallback_price
-                         if settings.pricing.get("fallback") else None),
-        ledger=Ledger(engine, instance_name(settings), settings.reservation_ttl,
-                      settings.usage_flush_interval, spool.spool_path(instance_name(settings))),
+        prices=PriceBook(
+            db.read_session_factory(engine),
+            ttl=max(settings.auth_cache_ttl, 1.0),
+            fallback=price_import.fallback_price if settings.pricing.get("fallback") else None,
+        ),
+        ledger=Ledger(
+            engine,
+            instance_name(settings),
+            settings.reservation_ttl,
+            settings.usage_flush_interval,
+            spool.spool_path(instance_name(settings)),
+        ),
         providers=providers,
         routes=routes,
         instance_id=instance_name(settings),
@@ -221,8 +244,7 @@ def flush_activity(runtime: Runtime) -> None:
         return
     with runtime.sessions.begin() as session:
         for key_id, used_at in pending.items():
-            session.execute(update(APIKey).where(APIKey.id == key_id)
-                            .values(last_used_at=used_at))
+            session.execute(update(APIKey).where(APIKey.id == key_id).values(last_used_at=used_at))
 
 
 async def _flush_activity_forever(runtime: Runtime, interval: float) -> None:
@@ -276,14 +298,18 @@ async def start_background(runtime: Runtime) -> None:
     with contextlib.suppress(DBAPIError):  # not migrated yet: the loop below retries
         await to_thread.run_sync(load_routes, runtime)
     runtime.tasks += [
-        asyncio.create_task(_load_routes_forever(runtime, max(runtime.settings.auth_cache_ttl,
-                                                               1.0) * 5)),
+        asyncio.create_task(
+            _load_routes_forever(runtime, max(runtime.settings.auth_cache_ttl, 1.0) * 5)
+        ),
         asyncio.create_task(_flush_activity_forever(runtime, 5.0)),
         asyncio.create_task(_reclaim_expired_forever(runtime, 60.0)),
     ]
     if runtime.settings.usage_retention_days is not None:
-        runtime.tasks.append(asyncio.create_task(
-            retention.retain_forever(runtime.sessions, runtime.settings.usage_retention_days)))
+        runtime.tasks.append(
+            asyncio.create_task(
+                retention.retain_forever(runtime.sessions, runtime.settings.usage_retention_days)
+            )
+        )
 
 
 async def settle_cut_calls(runtime: Runtime, wait: float = 1.0) -> None:
@@ -297,8 +323,7 @@ async def settle_cut_calls(runtime: Runtime, wait: float = 1.0) -> None:
     while runtime.calls and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
     for call in list(runtime.calls.values()):
-        call.settle("error", error="cut at shutdown (shutdown_timeout passed)",
-                    status_code=503)
+        call.settle("error", error="cut at shutdown (shutdown_timeout passed)", status_code=503)
 
 
 async def close_runtime(runtime: Runtime) -> None:
@@ -314,4 +339,3 @@ async def close_runtime(runtime: Runtime) -> None:
     with contextlib.suppress(Exception):
         await to_thread.run_sync(flush_activity, runtime)
     runtime.engine.dispose()
-

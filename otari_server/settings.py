@@ -165,8 +165,9 @@ def _parse_origins(value: Any) -> tuple[str, ...]:
         if not origin:
             continue
         if origin != "*" and not _ORIGIN.match(origin):
-            raise ValueError(f"expected an origin such as https://app.example.com or '*', "
-                             f"got {item!r}")
+            raise ValueError(
+                f"expected an origin such as https://app.example.com or '*', got {item!r}"
+            )
         origins.append(origin)
     return tuple(origins)
 
@@ -177,7 +178,7 @@ _ORIGIN = re.compile(r"https?://[^/\s?#]+\Z")
 def _parse_log_format(value: Any) -> str:
     if value in ("text", "json"):
         return str(value)
-    raise ValueError(f"expected \"text\" or \"json\", got {value!r}")
+    raise ValueError(f'expected "text" or "json", got {value!r}')
 
 
 def _parse_log_level(value: Any) -> str:
@@ -220,11 +221,21 @@ _PARSERS = {
 _TABLES = {"providers", "platform", "tools", "pricing", "alerts", "context_windows", "routes"}
 PRICE_FALLBACKS = ("genai-prices",)
 # Environment variables that fill keys of a table: OTARI_PLATFORM_TOKEN -> platform.token.
-_TABLE_ENV = {"OTARI_PLATFORM_TOKEN": ("platform", "token"),
-              "OTARI_PLATFORM_BASE_URL": ("platform", "base_url")}
-_POSITIVE = {"port", "workers", "default_max_tokens", "request_timeout", "max_body_bytes",
-             "max_header_bytes", "default_context_window", "usage_max_lag",
-             "usage_retention_days"}
+_TABLE_ENV = {
+    "OTARI_PLATFORM_TOKEN": ("platform", "token"),
+    "OTARI_PLATFORM_BASE_URL": ("platform", "base_url"),
+}
+_POSITIVE = {
+    "port",
+    "workers",
+    "default_max_tokens",
+    "request_timeout",
+    "max_body_bytes",
+    "max_header_bytes",
+    "default_context_window",
+    "usage_max_lag",
+    "usage_retention_days",
+}
 
 
 def interpolate(value: Any, environ: Mapping[str, str], key: str) -> Any:
@@ -267,16 +278,18 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _tables_from_env(values: dict[str, Any], environ: Mapping[str, str],
-                     sources: dict[str, str]) -> None:
+def _tables_from_env(
+    values: dict[str, Any], environ: Mapping[str, str], sources: dict[str, str]
+) -> None:
     for variable, (table, key) in _TABLE_ENV.items():
         if environ.get(variable):
             values[table] = {**values.get(table, {}), key: environ[variable]}
             sources[f"{table}.{key}"] = "environment"
 
 
-def _apply(values: dict[str, Any], source: str, layer: Mapping[str, Any],
-           sources: dict[str, str]) -> None:
+def _apply(
+    values: dict[str, Any], source: str, layer: Mapping[str, Any], sources: dict[str, str]
+) -> None:
     for key, raw in layer.items():
         if raw is None:
             continue
@@ -304,19 +317,25 @@ def _check_pricing(table: Mapping[str, Any]) -> None:
         if key != "fallback":
             raise ConfigError(f"pricing.{key}: unknown setting")
         if value not in PRICE_FALLBACKS:
-            raise ConfigError(f"pricing.fallback: expected one of {', '.join(PRICE_FALLBACKS)}"
-                              f", got {value!r}")
+            raise ConfigError(
+                f"pricing.fallback: expected one of {', '.join(PRICE_FALLBACKS)}, got {value!r}"
+            )
 
 
 def _check_windows(table: Mapping[str, Any], source: str) -> None:
     for model_key, tokens in table.items():
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
-            raise ConfigError(f"context_windows.{model_key}: expected a positive number of "
-                              f"tokens, got {tokens!r} (from {source})")
+            raise ConfigError(
+                f"context_windows.{model_key}: expected a positive number of "
+                f"tokens, got {tokens!r} (from {source})"
+            )
 
 
-def load(config_path: Path | None = None, overrides: Mapping[str, Any] | None = None,
-         environ: Mapping[str, str] | None = None) -> Settings:
+def load(
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
     """Resolve settings from every source in precedence order."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}

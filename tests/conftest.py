@@ -17,8 +17,13 @@ PG_URL_ENV = "OTARI_TEST_DATABASE_URL"
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own HOME and XDG directories, so nothing touches the real ones."""
     home = tmp_path / "home"
-    for name, sub in (("HOME", ""), ("XDG_CONFIG_HOME", ".config"), ("XDG_STATE_HOME", ".state"),
-                      ("XDG_DATA_HOME", ".data"), ("XDG_CACHE_HOME", ".cache")):
+    for name, sub in (
+        ("HOME", ""),
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_STATE_HOME", ".state"),
+        ("XDG_DATA_HOME", ".data"),
+        ("XDG_CACHE_HOME", ".cache"),
+    ):
         path = home / sub
         path.mkdir(parents=True, exist_ok=True)
         monkeypatch.setenv(name, str(path))

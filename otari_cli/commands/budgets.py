@@ -20,8 +20,11 @@ from otari_cli.runtime import runtime
 app = typer.Typer(help="Budgets (list is the default).")
 ID = "budget_id"
 MONTH = "1mo"
-CALENDAR_NAMES = {"calendar_day": "calendar day", "calendar_week": "calendar week",
-                  "calendar_month": "calendar month"}
+CALENDAR_NAMES = {
+    "calendar_day": "calendar day",
+    "calendar_week": "calendar week",
+    "calendar_month": "calendar month",
+}
 
 
 def period(budget: Mapping[str, Any]) -> str:
@@ -100,18 +103,18 @@ def period_fields(text: str | None, alignment: str | None) -> dict[str, object]:
     spec = text.strip().lower()
     if spec.endswith("mo") and spec[:-2].isdigit():
         if spec != MONTH:
-            raise UsageError(f"invalid --period {text!r}: a monthly budget resets each "
-                             "calendar month, --period 1mo (months differ in length, so "
-                             "2mo and up have no fixed meaning)")
+            raise UsageError(
+                f"invalid --period {text!r}: a monthly budget resets each "
+                "calendar month, --period 1mo (months differ in length, so "
+                "2mo and up have no fixed meaning)"
+            )
         if alignment is not None:
             raise UsageError("give --period 1mo or --reset-alignment, not both")
         return {"reset_alignment": "calendar_month"}
     try:
         return {"budget_duration_sec": parse_duration(spec)}
     except UsageError as exc:
-        raise UsageError(f"invalid --period: {exc.message}; or 1mo for a calendar "
-                         "month") from None
-
+        raise UsageError(f"invalid --period: {exc.message}; or 1mo for a calendar month") from None
 
 
 class Calendar(StrEnum):
@@ -136,8 +139,9 @@ RequestLimit = Annotated[
 ]
 TokenLimit = Annotated[
     int | None,
-    typer.Option("--token-limit", min=0,
-                 help="Tokens (prompt + completion) allowed per period (402 beyond)."),
+    typer.Option(
+        "--token-limit", min=0, help="Tokens (prompt + completion) allowed per period (402 beyond)."
+    ),
 ]
 Clamp = Annotated[
     bool | None,
@@ -167,8 +171,12 @@ def list_budgets(ctx: typer.Context, limit: params.Limit = None) -> None:
 def get_budget(ctx: typer.Context, budget_id: BudgetId) -> None:
     """Show one budget (by id or name)."""
     rt = runtime(ctx)
-    _, shown = refs.act(rt.gateway, refs.BUDGET, budget_id,
-                        lambda found: rt.gateway.get(path("v1", "budgets", found)))
+    _, shown = refs.act(
+        rt.gateway,
+        refs.BUDGET,
+        budget_id,
+        lambda found: rt.gateway.get(path("v1", "budgets", found)),
+    )
     rt.output.item(shown, ID, fields=DETAIL)
 
 
@@ -186,9 +194,15 @@ def create_budget(
     """Create a budget (without --max it only tracks spend; without --period or
     --reset-alignment it never resets)."""
     rt = runtime(ctx)
-    body = {"name": name, "max_budget": max_budget, "reset_alignment": reset_alignment,
-            "request_limit": request_limit, "token_limit": token_limit,
-            "budget_clamp": clamp, **period_fields(period, reset_alignment)}
+    body = {
+        "name": name,
+        "max_budget": max_budget,
+        "reset_alignment": reset_alignment,
+        "request_limit": request_limit,
+        "token_limit": token_limit,
+        "budget_clamp": clamp,
+        **period_fields(period, reset_alignment),
+    }
     created = rt.gateway.post("/v1/budgets", {k: v for k, v in body.items() if v is not None})
     rt.output.item(created, ID, fields=DETAIL)
 
@@ -208,12 +222,22 @@ def update_budget(
     """Change a budget's name, limits or period, by id or name (a --period in seconds
     replaces a calendar alignment, and the other way round)."""
     rt = runtime(ctx)
-    fields = {"name": name, "max_budget": max_budget, "reset_alignment": reset_alignment,
-              "request_limit": request_limit, "token_limit": token_limit,
-              "budget_clamp": clamp, **period_fields(period, reset_alignment)}
+    fields = {
+        "name": name,
+        "max_budget": max_budget,
+        "reset_alignment": reset_alignment,
+        "request_limit": request_limit,
+        "token_limit": token_limit,
+        "budget_clamp": clamp,
+        **period_fields(period, reset_alignment),
+    }
     body = params.changes((), **fields)
-    _, changed = refs.act(rt.gateway, refs.BUDGET, budget_id,
-                          lambda found: rt.gateway.patch(path("v1", "budgets", found), body))
+    _, changed = refs.act(
+        rt.gateway,
+        refs.BUDGET,
+        budget_id,
+        lambda found: rt.gateway.patch(path("v1", "budgets", found), body),
+    )
     rt.output.item(changed, ID, fields=DETAIL)
 
 
@@ -222,9 +246,15 @@ def delete_budgets(ctx: typer.Context, budget_ids: BudgetIds, yes: params.Yes = 
     """Delete budgets, by id or name (asks first on a terminal)."""
     rt = runtime(ctx)
     rt.confirm(f"Delete {len(budget_ids)} budget(s): {', '.join(budget_ids)}", yes)
-    deleted = [refs.act(rt.gateway, refs.BUDGET, budget_id,
-                        lambda found: rt.gateway.delete(path("v1", "budgets", found)))[0]
-               for budget_id in budget_ids]
+    deleted = [
+        refs.act(
+            rt.gateway,
+            refs.BUDGET,
+            budget_id,
+            lambda found: rt.gateway.delete(path("v1", "budgets", found)),
+        )[0]
+        for budget_id in budget_ids
+    ]
     rt.output.items(
         [{ID: budget_id, "status": "deleted"} for budget_id in deleted],
         [Column("BUDGET ID", ID), Column("STATUS", "status")],

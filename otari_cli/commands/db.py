@@ -24,8 +24,8 @@ DatabaseUrl = Annotated[
 ]
 
 PG_DUMP_RECIPE = (
-    "pg_dump --format=custom --file=otari.dump \"$DATABASE_URL\"  "
-    "(restore: pg_restore --clean --dbname=\"$DATABASE_URL\" otari.dump)"
+    'pg_dump --format=custom --file=otari.dump "$DATABASE_URL"  '
+    '(restore: pg_restore --clean --dbname="$DATABASE_URL" otari.dump)'
 )
 
 
@@ -43,7 +43,7 @@ def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (None for other databases or an in-memory one)."""
     for prefix in ("sqlite+pysqlite:///", "sqlite:///"):
         if url.startswith(prefix):
-            path = url[len(prefix):].split("?", 1)[0]
+            path = url[len(prefix) :].split("?", 1)[0]
             return Path(path).expanduser() if path and path != ":memory:" else None
     return None
 
@@ -92,8 +92,10 @@ def backup(
         )
     # Truncating the live file (or its journal) before copying would destroy the database.
     own = source.resolve()
-    if file.resolve() in {own, *(own.with_name(own.name + s) for s in ("-wal", "-shm",
-                                                                       "-journal"))}:
+    if file.resolve() in {
+        own,
+        *(own.with_name(own.name + s) for s in ("-wal", "-shm", "-journal")),
+    }:
         raise UsageError(f"{file} is the database itself (or its journal): choose another file")
     if file.exists() and not force:
         raise UsageError(f"{file} exists: pass --force to overwrite it")

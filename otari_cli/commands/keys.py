@@ -53,8 +53,12 @@ DETAIL = [
     Column("rpm limit", "rpm_limit", limit),
     Column("tpm limit", "tpm_limit", limit),
     Column("models", "allowed_models", _models),
-    Column("excluded from budget", "exclude_from_budget", optional=True,
-           of=lambda data: data.get("exclude_from_budget") or None),
+    Column(
+        "excluded from budget",
+        "exclude_from_budget",
+        optional=True,
+        of=lambda data: data.get("exclude_from_budget") or None,
+    ),
     Column("metadata", "metadata", optional=True),
     Column("created", "created_at", when),
 ]
@@ -89,8 +93,9 @@ def list_keys(ctx: typer.Context, limit: params.Limit = None) -> None:
 def get_key(ctx: typer.Context, key_id: KeyId) -> None:
     """Show one API key (by id or name)."""
     rt = runtime(ctx)
-    _, shown = refs.act(rt.gateway, refs.KEY, key_id,
-                        lambda found: rt.gateway.get(path("v1", "keys", found)))
+    _, shown = refs.act(
+        rt.gateway, refs.KEY, key_id, lambda found: rt.gateway.get(path("v1", "keys", found))
+    )
     rt.output.item(shown, fields=DETAIL)
 
 
@@ -98,9 +103,12 @@ def get_key(ctx: typer.Context, key_id: KeyId) -> None:
 def create_key(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Option("--name", help="A name for the key.")] = None,
-    user: Annotated[str | None, typer.Option(
-        "--user", help="The user the key spends for (id or alias).",
-        autocompletion=user_ids)] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user", help="The user the key spends for (id or alias).", autocompletion=user_ids
+        ),
+    ] = None,
     expires: Expires = None,
     metadata: params.Metadata = None,
     rpm_limit: params.RpmLimit = None,
@@ -110,8 +118,13 @@ def create_key(
     rt = runtime(ctx)
     if user is not None:
         user = refs.resolve(rt.gateway, refs.USER, user)
-    body = {"key_name": name, "user_id": user, "expires_at": expires,
-            "rpm_limit": rpm_limit, "tpm_limit": tpm_limit}
+    body = {
+        "key_name": name,
+        "user_id": user,
+        "expires_at": expires,
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+    }
     body = {k: v for k, v in body.items() if v is not None}
     created = rt.gateway.post("/v1/keys", {**body, "metadata": params.metadata(metadata)})
     # -q prints the secret: the one thing a script needs and can never get again.
@@ -126,8 +139,10 @@ def rotate_key(
     key_id: KeyId,
     grace: Annotated[
         str | None,
-        typer.Option("--grace", help="How long the old secret keeps working (1h, 30m; "
-                     "default: it stops at once)."),
+        typer.Option(
+            "--grace",
+            help="How long the old secret keeps working (1h, 30m; default: it stops at once).",
+        ),
     ] = None,
 ) -> None:
     """Give a key a new secret and print it (shown this once only; -q prints only the secret).
@@ -137,10 +152,17 @@ def rotate_key(
     """
     rt = runtime(ctx)
     body = {"grace_period_sec": parse_duration(grace) if grace else 0}
-    _, rotated = refs.act(rt.gateway, refs.KEY, key_id,
-                          lambda found: rt.gateway.post(path("v1", "keys", found, "rotate"), body))
-    rt.output.item(rotated, id_field="key", fields=[
-        *SECRET[:1], Column("old secret stops", "previous_key_expires_at", when), *DETAIL])
+    _, rotated = refs.act(
+        rt.gateway,
+        refs.KEY,
+        key_id,
+        lambda found: rt.gateway.post(path("v1", "keys", found, "rotate"), body),
+    )
+    rt.output.item(
+        rotated,
+        id_field="key",
+        fields=[*SECRET[:1], Column("old secret stops", "previous_key_expires_at", when), *DETAIL],
+    )
     if rt.output.tabular:
         rt.output.message("Save the key now: the gateway cannot show it again.")
 
@@ -175,8 +197,12 @@ def update_key(
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
     )
-    _, changed = refs.act(rt.gateway, refs.KEY, key_id,
-                          lambda found: rt.gateway.patch(path("v1", "keys", found), body))
+    _, changed = refs.act(
+        rt.gateway,
+        refs.KEY,
+        key_id,
+        lambda found: rt.gateway.patch(path("v1", "keys", found), body),
+    )
     rt.output.item(changed, fields=DETAIL)
 
 
@@ -187,9 +213,12 @@ def revoke_keys(ctx: typer.Context, key_ids: KeyIds, yes: params.Yes = False) ->
     command."""
     rt = runtime(ctx)
     rt.confirm(f"Revoke {len(key_ids)} key(s): {', '.join(key_ids)}", yes)
-    revoked = [refs.act(rt.gateway, refs.KEY, key_id,
-                        lambda found: rt.gateway.delete(path("v1", "keys", found)))[0]
-               for key_id in key_ids]
+    revoked = [
+        refs.act(
+            rt.gateway, refs.KEY, key_id, lambda found: rt.gateway.delete(path("v1", "keys", found))
+        )[0]
+        for key_id in key_ids
+    ]
     rt.output.items(
         [{"id": key_id, "status": "revoked"} for key_id in revoked],
         [Column("ID", "id"), Column("STATUS", "status")],

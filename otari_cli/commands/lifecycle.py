@@ -138,13 +138,19 @@ def _exec_daemon(flags: ServeFlags, debug: bool) -> None:
     env = dict(os.environ)
     if "master_key" in overrides:  # never on a command line others can read
         env["_OTARI_SERVE_MASTER_KEY"] = str(overrides.pop("master_key"))
-    request = {"config": str(flags.config) if flags.config is not None else None,
-               "overrides": overrides, "debug": debug}
+    request = {
+        "config": str(flags.config) if flags.config is not None else None,
+        "overrides": overrides,
+        "debug": debug,
+    }
     sys.stdout.flush()
     sys.stderr.flush()
     # -P: the daemon's imports never come from the current directory.
-    os.execve(sys.executable, [sys.executable, "-P", "-m", "otari_server.daemon", "serve",
-                               json.dumps(request)], env)
+    os.execve(
+        sys.executable,
+        [sys.executable, "-P", "-m", "otari_server.daemon", "serve", json.dumps(request)],
+        env,
+    )
 
 
 @app.command("start")
@@ -244,8 +250,9 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
                 "`otari start`: stop it first, or choose another --port"
             )
         if daemon.port_in_use(host, port):
-            raise UsageError(f"port {port} is in use: stop what listens there, or choose "
-                             "another --port")
+            raise UsageError(
+                f"port {port} is in use: stop what listens there, or choose another --port"
+            )
         debug = ["--debug"] if rt.options.debug else []
         command = [sys.executable, "-m", "otari_cli", *debug, "serve", *record.args]
         started = daemon.start(
@@ -309,10 +316,16 @@ def status(ctx: typer.Context) -> None:
         health, ready = _probe(url, min(rt.options.timeout, 2.0))
         if health:
             rt.output.item(
-                {"running": True, "pid": health.get("pid"), "url": url,
-                 **{f: health.get(f) for f in fields}, "ready": ready,
-                 "started_by": "not `otari start` (no pidfile)"},
-                id_field="pid", shows={"uptime_seconds": uptime},
+                {
+                    "running": True,
+                    "pid": health.get("pid"),
+                    "url": url,
+                    **{f: health.get(f) for f in fields},
+                    "ready": ready,
+                    "started_by": "not `otari start` (no pidfile)",
+                },
+                id_field="pid",
+                shows={"uptime_seconds": uptime},
             )
             return
         rt.output.item({"running": False, "pidfile": str(rt.dirs.pidfile)}, id_field="running")

@@ -33,8 +33,9 @@ def _tiers(value: object) -> str:
     for tier in value:
         if not isinstance(tier, dict):
             return cell(value)
-        prices = " / ".join(cell(tier.get(f"{side}_price_per_million", "base"))
-                            for side in ("input", "output"))
+        prices = " / ".join(
+            cell(tier.get(f"{side}_price_per_million", "base")) for side in ("input", "output")
+        )
         parts.append(f"above {tier.get('above_input_tokens')}: {prices}")
     return "; ".join(parts)
 
@@ -71,11 +72,14 @@ def tier(text: str) -> dict[str, object]:
     million tokens; an empty price keeps the base one), e.g. `200000:2.5:15`."""
     parts = text.split(":")
     if len(parts) != 3 or not parts[0].isdigit():
-        raise typer.BadParameter(f"{text!r}: expected ABOVE_INPUT_TOKENS:INPUT:OUTPUT, "
-                                 "e.g. 200000:2.5:15")
+        raise typer.BadParameter(
+            f"{text!r}: expected ABOVE_INPUT_TOKENS:INPUT:OUTPUT, e.g. 200000:2.5:15"
+        )
     result: dict[str, object] = {"above_input_tokens": int(parts[0])}
-    for key, value in (("input_price_per_million", parts[1]),
-                       ("output_price_per_million", parts[2])):
+    for key, value in (
+        ("input_price_per_million", parts[1]),
+        ("output_price_per_million", parts[2]),
+    ):
         if value:
             result[key] = params.money(value)
     return result
@@ -106,8 +110,9 @@ def get_pricing(
 ) -> None:
     """Show the price in effect for a model (now, or --as-of a time)."""
     rt = runtime(ctx)
-    rt.output.item(rt.gateway.get(path("v1", "pricing", model_key), {"as_of": as_of}), ID,
-                   fields=DETAIL)
+    rt.output.item(
+        rt.gateway.get(path("v1", "pricing", model_key), {"as_of": as_of}), ID, fields=DETAIL
+    )
 
 
 @app.command("set")
@@ -167,8 +172,11 @@ def _import_rows(result: dict[str, object]) -> list[dict[str, object]]:
         if change["action"] == "unchanged":
             continue
         current = change.get("current")
-        now = (f"{current['input_price_per_million']} / {current['output_price_per_million']}"
-               if current else None)
+        now = (
+            f"{current['input_price_per_million']} / {current['output_price_per_million']}"
+            if current
+            else None
+        )
         rows.append({**{k: v for k, v in change.items() if k != "current"}, "now": now})
     return rows
 
@@ -197,16 +205,22 @@ def import_pricing(
     ("kept") unless --overwrite; importing again when nothing changed writes nothing.
     """
     rt = runtime(ctx)
-    body: dict[str, object] = {"providers": provider or None, "model": model,
-                               "overwrite": overwrite, "dry_run": True}
+    body: dict[str, object] = {
+        "providers": provider or None,
+        "model": model,
+        "overwrite": overwrite,
+        "dry_run": True,
+    }
     planned = rt.gateway.post("/v1/pricing/import", body)
     rows = _import_rows(planned)
     writes = sum(1 for row in rows if row["action"] in ("add", "change"))
     unchanged = len(planned["changes"]) - len(rows)
     if dry_run or not writes:
         rt.output.items(rows, IMPORT_COLUMNS, ID)
-        rt.output.message(f"{writes} price(s) to write, {unchanged} unchanged (genai-prices "
-                          f"{planned['source_version']}){'; dry run' if dry_run else ''}")
+        rt.output.message(
+            f"{writes} price(s) to write, {unchanged} unchanged (genai-prices "
+            f"{planned['source_version']}){'; dry run' if dry_run else ''}"
+        )
         return
     rt.output.items(rows, IMPORT_COLUMNS, ID)
     rt.confirm(f"Write {writes} price(s) from genai-prices {planned['source_version']}", yes)

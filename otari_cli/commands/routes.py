@@ -19,8 +19,11 @@ ID = "name"
 def _targets(value: object) -> str:
     if not isinstance(value, list):
         return cell(value)
-    return ", ".join(t["model"] if t.get("weight", 1) == 1 else f"{t['model']}={t['weight']}"
-                     for t in value if isinstance(t, dict))
+    return ", ".join(
+        t["model"] if t.get("weight", 1) == 1 else f"{t['model']}={t['weight']}"
+        for t in value
+        if isinstance(t, dict)
+    )
 
 
 COLUMNS = [
@@ -54,8 +57,12 @@ EXPLAIN_COLUMNS = [
     Column("WHY", "reason", lambda v: "" if v is None else str(v)),
 ]
 
-Name = Annotated[str, typer.Argument(help="The route's name (what clients send as model).",
-                                     autocompletion=route_names)]
+Name = Annotated[
+    str,
+    typer.Argument(
+        help="The route's name (what clients send as model).", autocompletion=route_names
+    ),
+]
 
 
 def target(text: str) -> dict[str, Any]:
@@ -91,38 +98,72 @@ def get_route(ctx: typer.Context, name: Name) -> None:
 def set_route(
     ctx: typer.Context,
     name: Name,
-    targets: Annotated[list[str], typer.Option(
-        "--target", "-t", help="provider:model, or provider:model=WEIGHT; repeat, in order.")],
-    strategy: Annotated[str, typer.Option(
-        "--strategy", help="fallback (in order) or loadbalance (weighted pick first).")
+    targets: Annotated[
+        list[str],
+        typer.Option(
+            "--target", "-t", help="provider:model, or provider:model=WEIGHT; repeat, in order."
+        ),
+    ],
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy", help="fallback (in order) or loadbalance (weighted pick first)."
+        ),
     ] = "fallback",
     retries: Annotated[int, typer.Option("--retries", help="Retries on the same target.")] = 0,
-    backoff: Annotated[float | None, typer.Option(
-        "--backoff", help="First retry's longest wait in seconds (doubles, jittered).")] = None,
-    retry_after_cap: Annotated[float | None, typer.Option(
-        "--retry-after-cap", help="Longest single wait in seconds, Retry-After included.")
+    backoff: Annotated[
+        float | None,
+        typer.Option(
+            "--backoff", help="First retry's longest wait in seconds (doubles, jittered)."
+        ),
     ] = None,
-    timeout: Annotated[float | None, typer.Option(
-        "--timeout", help="Deadline in seconds across every attempt.")] = None,
-    context_window_fallbacks: Annotated[bool, typer.Option(
-        "--context-window-fallbacks",
-        help="Move on when a target refuses the input as too long for its context.")] = False,
-    cooldown_failures: Annotated[int | None, typer.Option(
-        "--cooldown-failures", help="Failures within the window that start a cooldown.")
+    retry_after_cap: Annotated[
+        float | None,
+        typer.Option(
+            "--retry-after-cap", help="Longest single wait in seconds, Retry-After included."
+        ),
     ] = None,
-    cooldown_window: Annotated[float | None, typer.Option(
-        "--cooldown-window", help="Window in seconds in which failures add up.")] = None,
-    cooldown_seconds: Annotated[float | None, typer.Option(
-        "--cooldown-seconds", help="How long a failing target is skipped.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Deadline in seconds across every attempt.")
+    ] = None,
+    context_window_fallbacks: Annotated[
+        bool,
+        typer.Option(
+            "--context-window-fallbacks",
+            help="Move on when a target refuses the input as too long for its context.",
+        ),
+    ] = False,
+    cooldown_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--cooldown-failures", help="Failures within the window that start a cooldown."
+        ),
+    ] = None,
+    cooldown_window: Annotated[
+        float | None,
+        typer.Option("--cooldown-window", help="Window in seconds in which failures add up."),
+    ] = None,
+    cooldown_seconds: Annotated[
+        float | None,
+        typer.Option("--cooldown-seconds", help="How long a failing target is skipped."),
+    ] = None,
 ) -> None:
     """Create or replace a route (settings not given take their defaults)."""
     rt = runtime(ctx)
-    body: dict[str, Any] = {"strategy": strategy, "targets": [target(t) for t in targets],
-                            "retries": retries,
-                            "context_window_fallbacks": context_window_fallbacks}
-    optional = {"backoff": backoff, "retry_after_cap": retry_after_cap, "timeout": timeout,
-                "cooldown_failures": cooldown_failures, "cooldown_window": cooldown_window,
-                "cooldown_seconds": cooldown_seconds}
+    body: dict[str, Any] = {
+        "strategy": strategy,
+        "targets": [target(t) for t in targets],
+        "retries": retries,
+        "context_window_fallbacks": context_window_fallbacks,
+    }
+    optional = {
+        "backoff": backoff,
+        "retry_after_cap": retry_after_cap,
+        "timeout": timeout,
+        "cooldown_failures": cooldown_failures,
+        "cooldown_window": cooldown_window,
+        "cooldown_seconds": cooldown_seconds,
+    }
     body.update({k: v for k, v in optional.items() if v is not None})
     rt.output.item(rt.gateway.put(path("v1", "routes", name), body), ID, SHOWS)
 
@@ -133,8 +174,9 @@ def delete_route(ctx: typer.Context, name: Name, yes: params.Yes = False) -> Non
     rt = runtime(ctx)
     rt.confirm(f"Delete route {name}", yes)
     rt.gateway.delete(path("v1", "routes", name))
-    rt.output.items([{ID: name, "status": "deleted"}],
-                    [Column("NAME", ID), Column("STATUS", "status")], ID)
+    rt.output.items(
+        [{ID: name, "status": "deleted"}], [Column("NAME", ID), Column("STATUS", "status")], ID
+    )
 
 
 @app.command("explain")
@@ -148,5 +190,6 @@ def explain_route(ctx: typer.Context, name: Name) -> None:
         return
     rt.output.items(shown["targets"], EXPLAIN_COLUMNS, "model")
     if shown.get("strategy") == "loadbalance":
-        rt.output.message("loadbalance: the first target is a weighted pick by SHARE; "
-                         "the others follow in ORDER")
+        rt.output.message(
+            "loadbalance: the first target is a weighted pick by SHARE; the others follow in ORDER"
+        )

@@ -24,8 +24,8 @@ PAGE_MAX = 1000  # the gateway's largest page
 KEY_LOOKUPS = 20  # distinct keys in a table looked up one by one; past that, list them all
 PRUNE_TIMEOUT = 3600.0  # seconds: pruning a large table runs batch after batch
 
-def _columns(zone: str, show_time: Callable[[object], str],
-             key_field: str = "key") -> list[Column]:
+
+def _columns(zone: str, show_time: Callable[[object], str], key_field: str = "key") -> list[Column]:
     """The table's columns; times in `zone` (named in the header)."""
     return [
         Column(f"TIME ({zone})", "timestamp", show_time),
@@ -45,6 +45,7 @@ def _columns(zone: str, show_time: Callable[[object], str],
 COLUMNS = _columns("UTC", when, key_field="api_key_id")
 
 LIST_LIMIT = 100  # `otari usage` without --limit or --all
+
 
 def _local_time(value: object) -> str:
     """An ISO timestamp as `YYYY-MM-DD HH:MM:SS` in this machine's time zone."""
@@ -78,8 +79,9 @@ Until = Annotated[
 @app.callback(invoke_without_command=True)
 def usage(
     ctx: typer.Context,
-    user: Annotated[str | None, typer.Option(
-        "--user", help="Only this user's usage (a user id or alias).")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user's usage (a user id or alias).")
+    ] = None,
     since: Since = None,
     until: Until = None,
     limit: Annotated[
@@ -89,10 +91,14 @@ def usage(
         bool, typer.Option("--all", help="Every entry, written as it arrives (-o jsonl, csv).")
     ] = False,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
-    key: Annotated[str | None, typer.Option(
-        "--key", help="Only this API key (an id or a key name).")] = None,
-    local: Annotated[bool, typer.Option(
-        "--local", help="Tables show times in this machine's time zone (default: UTC).")
+    key: Annotated[
+        str | None, typer.Option("--key", help="Only this API key (an id or a key name).")
+    ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local", help="Tables show times in this machine's time zone (default: UTC)."
+        ),
     ] = False,
 ) -> None:
     """Show the usage log, newest first (table times in UTC unless --local)."""
@@ -102,14 +108,22 @@ def usage(
     if every and limit != LIST_LIMIT:
         raise UsageError("--all and --limit do not go together: --all lists every entry")
     user_id = _reference(rt, refs.USER, user) if user else None
-    filters = {"user_id": user_id or user, "start_date": since, "end_date": until,
-               "model": model,
-               "api_key_id": (_reference(rt, refs.KEY, key) or key) if key else None}
+    filters = {
+        "user_id": user_id or user,
+        "start_date": since,
+        "end_date": until,
+        "model": model,
+        "api_key_id": (_reference(rt, refs.KEY, key) or key) if key else None,
+    }
     cap = None if every else limit
     # One row past the limit tells whether the listing stopped early.
-    walk = partial(rt.gateway.walk, "/v1/usage", filters,
-                   page_size=PAGE_MAX if every else min(limit + 1, PAGE_MAX),
-                   limit=None if every else limit + 1)
+    walk = partial(
+        rt.gateway.walk,
+        "/v1/usage",
+        filters,
+        page_size=PAGE_MAX if every else min(limit + 1, PAGE_MAX),
+        limit=None if every else limit + 1,
+    )
     more: list[bool] = []
     if rt.output.format in (Format.JSON, Format.JSONL) and not rt.output.quiet:
         # Rows written through as the gateway sent them (JSON Lines): no parsing, no
@@ -128,9 +142,11 @@ def usage(
         shown = rt.output.stream(_first(walk(), cap, more), [])
     if more:
         total = _total(rt, filters)
-        rt.output.message(f"showing {shown} of {total} (use --all)" if total is not None
-                          else f"showing the newest {shown} rows; more match (use --all, "
-                               "or --limit N)")
+        rt.output.message(
+            f"showing {shown} of {total} (use --all)"
+            if total is not None
+            else f"showing the newest {shown} rows; more match (use --all, or --limit N)"
+        )
     if shown == 0 and user is not None and user_id is None:
         rt.output.warning(f"no user named {user!r}: the filter matches nothing")
 
@@ -148,8 +164,9 @@ def _total(rt: Runtime, filters: dict[str, str | None]) -> int | None:
     """How many rows the filters match (X-Total-Count), or None from a gateway without it
     (or one that stopped answering since the listing)."""
     try:
-        response = rt.gateway.send("GET", "/v1/usage", params={
-            **filters, "skip": 0, "limit": 1, "include_total": "true"})
+        response = rt.gateway.send(
+            "GET", "/v1/usage", params={**filters, "skip": 0, "limit": 1, "include_total": "true"}
+        )
     except Unreachable:
         return None
     text = response.headers.get("X-Total-Count", "")
@@ -160,9 +177,11 @@ def _key_names(rt: Runtime, key_ids: set[str]) -> dict[str, str | None]:
     """The names of these API keys (None for an unnamed or deleted one): one lookup each,
     or the whole key list when that is fewer requests."""
     if len(key_ids) > KEY_LOOKUPS:
-        return {k["id"]: k.get("key_name") for k in rt.gateway.walk("/v1/keys",
-                                                                     page_size=PAGE_MAX)
-                if k.get("id") in key_ids}
+        return {
+            k["id"]: k.get("key_name")
+            for k in rt.gateway.walk("/v1/keys", page_size=PAGE_MAX)
+            if k.get("id") in key_ids
+        }
     names: dict[str, str | None] = {}
     for key_id in sorted(key_ids):
         try:
@@ -189,19 +208,29 @@ def _reference(rt: Runtime, kind: refs.Kind, ref: str) -> str | None:
 @app.command("prune")
 def prune(
     ctx: typer.Context,
-    before: Annotated[str, typer.Option(
-        "--before", parser=params.past,
-        help="Roll up and delete rows before this day (midnight UTC): ISO date or 90d.")],
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Only count the rows and cost that would be rolled up.")] = False,
+    before: Annotated[
+        str,
+        typer.Option(
+            "--before",
+            parser=params.past,
+            help="Roll up and delete rows before this day (midnight UTC): ISO date or 90d.",
+        ),
+    ],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Only count the rows and cost that would be rolled up."),
+    ] = False,
     yes: params.Yes = False,
 ) -> None:
     """Move old usage rows into daily roll-ups (summaries stay exact) and delete them."""
     rt = runtime(ctx)
     if not dry_run:
         rt.confirm(f"Roll up and delete every usage row before {before}", yes)
-    result = rt.gateway.post("/v1/usage/prune", {"before": before, "dry_run": dry_run},
-                             timeout=max(rt.options.timeout, PRUNE_TIMEOUT))
+    result = rt.gateway.post(
+        "/v1/usage/prune",
+        {"before": before, "dry_run": dry_run},
+        timeout=max(rt.options.timeout, PRUNE_TIMEOUT),
+    )
     rt.output.item(result, id_field="rows")
 
 
@@ -217,8 +246,14 @@ class By(StrEnum):
 
 
 # The field each group is labelled with in the gateway's answer.
-BY_FIELD = {By.USER: "user_id", By.KEY: "api_key_id", By.MODEL: "model",
-            By.PROVIDER: "provider", By.DAY: "day", By.HOUR: "hour"}
+BY_FIELD = {
+    By.USER: "user_id",
+    By.KEY: "api_key_id",
+    By.MODEL: "model",
+    By.PROVIDER: "provider",
+    By.DAY: "day",
+    By.HOUR: "hour",
+}
 BAR_WIDTH = 30
 
 
@@ -236,8 +271,9 @@ def _bar_width(stdout: Any, columns: list[Column], rows: list[dict[str, Any]]) -
     """
     from rich.console import Console
 
-    used = sum(max(len(c.header), *(len(c.show(r.get(c.field))) for r in rows)) + 2
-               for c in columns)  # each column plus Rich's two-space gap before the bar
+    used = sum(
+        max(len(c.header), *(len(c.show(r.get(c.field))) for r in rows)) + 2 for c in columns
+    )  # each column plus Rich's two-space gap before the bar
     return max(1, min(BAR_WIDTH, Console(file=stdout).width - used))
 
 
@@ -254,20 +290,30 @@ def _whole_days(since: str) -> str:
 def summary(
     ctx: typer.Context,
     by: Annotated[By, typer.Option("--by", help="What to group by.")] = By.USER,
-    since: Annotated[str, typer.Option(
-        "--since",
-        help="From this time: ISO date/datetime, or a duration ago (7d: from midnight UTC "
-             "seven days ago, so whole days, pruned ones too, are counted).")] = "7d",
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since",
+            help="From this time: ISO date/datetime, or a duration ago (7d: from midnight UTC "
+            "seven days ago, so whole days, pruned ones too, are counted).",
+        ),
+    ] = "7d",
     until: Until = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
 ) -> None:
     """Requests, errors, tokens and cost per group, with a total (server-side sums)."""
     rt = runtime(ctx)
-    result = rt.gateway.get("/v1/usage/summary", {
-        "group_by": by.value, "start_date": _whole_days(since), "end_date": until,
-        "user_id": (_reference(rt, refs.USER, user) or user) if user else None,
-        "model": model})
+    result = rt.gateway.get(
+        "/v1/usage/summary",
+        {
+            "group_by": by.value,
+            "start_date": _whole_days(since),
+            "end_date": until,
+            "user_id": (_reference(rt, refs.USER, user) or user) if user else None,
+            "model": model,
+        },
+    )
     field = BY_FIELD[by]
     if rt.output.format is Format.JSON and not rt.output.quiet:
         rt.output.item(result)  # the gateway's own shape: {"groups": [...], "total": {...}}
@@ -284,9 +330,14 @@ def summary(
     total = {field: "TOTAL", **result["total"]}
     rows = [*result["groups"], total]
     largest = max((Decimal(g["cost"]) for g in result["groups"]), default=Decimal(0))
-    columns = [Column(by.value.upper(), field), Column("REQUESTS", "requests"),
-               Column("ERRORS", "errors"), Column("IN", "prompt_tokens"),
-               Column("OUT", "completion_tokens"), Column("COST", "cost")]
+    columns = [
+        Column(by.value.upper(), field),
+        Column("REQUESTS", "requests"),
+        Column("ERRORS", "errors"),
+        Column("IN", "prompt_tokens"),
+        Column("OUT", "completion_tokens"),
+        Column("COST", "cost"),
+    ]
     if by is By.DAY:
         width = _bar_width(rt.output.stdout, columns, rows)
         rows = [{**g, "bar": _bar(g["cost"], largest, width)} for g in result["groups"]]

@@ -51,8 +51,12 @@ DETAIL = [
 ]
 
 Alias = Annotated[str | None, typer.Option("--alias", help="A name for people to read.")]
-Budget = Annotated[str | None, typer.Option(
-    "--budget", help="The budget to spend against (id or name).", autocompletion=budget_ids)]
+Budget = Annotated[
+    str | None,
+    typer.Option(
+        "--budget", help="The budget to spend against (id or name).", autocompletion=budget_ids
+    ),
+]
 
 
 def _budget(rt: Runtime, budget: str | None) -> str | None:
@@ -77,8 +81,9 @@ def list_users(ctx: typer.Context, limit: params.Limit = None) -> None:
 def get_user(ctx: typer.Context, user_id: UserId) -> None:
     """Show one user (by id or alias)."""
     rt = runtime(ctx)
-    _, shown = refs.act(rt.gateway, refs.USER, user_id,
-                        lambda found: rt.gateway.get(path("v1", "users", found)))
+    _, shown = refs.act(
+        rt.gateway, refs.USER, user_id, lambda found: rt.gateway.get(path("v1", "users", found))
+    )
     rt.output.item(shown, ID, fields=DETAIL)
 
 
@@ -140,8 +145,12 @@ def update_user(
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
     )
-    _, changed = refs.act(rt.gateway, refs.USER, user_id,
-                          lambda found: rt.gateway.patch(path("v1", "users", found), body))
+    _, changed = refs.act(
+        rt.gateway,
+        refs.USER,
+        user_id,
+        lambda found: rt.gateway.patch(path("v1", "users", found), body),
+    )
     rt.output.item(changed, ID, fields=DETAIL)
 
 
@@ -152,9 +161,15 @@ def delete_users(ctx: typer.Context, user_ids: UserIds, yes: params.Yes = False)
     rt.confirm(
         f"Delete {len(user_ids)} user(s) and deactivate their keys: {', '.join(user_ids)}", yes
     )
-    deleted = [refs.act(rt.gateway, refs.USER, user_id,
-                        lambda found: rt.gateway.delete(path("v1", "users", found)))[0]
-               for user_id in user_ids]
+    deleted = [
+        refs.act(
+            rt.gateway,
+            refs.USER,
+            user_id,
+            lambda found: rt.gateway.delete(path("v1", "users", found)),
+        )[0]
+        for user_id in user_ids
+    ]
     rt.output.items(
         [{ID: user_id, "status": "deleted"} for user_id in deleted],
         [Column("USER ID", ID), Column("STATUS", "status")],

@@ -96,8 +96,10 @@ class Caller:
 
     def may_use(self, model_key: str) -> bool:
         """Whether every allow-list admits `model_key` ('provider:*', 'prefix*' match too)."""
-        return all(any(_matches(pattern, model_key) for pattern in patterns)
-                   for patterns in self.allowed_models)
+        return all(
+            any(_matches(pattern, model_key) for pattern in patterns)
+            for patterns in self.allowed_models
+        )
 
 
 def _matches(pattern: str, model_key: str) -> bool:
@@ -133,7 +135,8 @@ def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
     snapshot expires when the grace period ends (or earlier, with the key).
     """
     row = session.execute(
-        select(APIKey, User).outerjoin(User, APIKey.user_id == User.user_id)
+        select(APIKey, User)
+        .outerjoin(User, APIKey.user_id == User.user_id)
         .where(or_(APIKey.key_hash == token_hash, APIKey.previous_key_hash == token_hash))
     ).first()
     if row is None:
@@ -145,19 +148,28 @@ def load_snapshot(session: Session, token_hash: str) -> KeySnapshot | None:
         grace_end = key.previous_key_expires_at or datetime.min.replace(tzinfo=UTC)
         expires_at = grace_end if expires_at is None else min(expires_at, grace_end)
     return KeySnapshot(
-        key_id=key.id, key_name=key.key_name, is_active=key.is_active,
-        expires_at=expires_at, user_id=key.user_id,
+        key_id=key.id,
+        key_name=key.key_name,
+        is_active=key.is_active,
+        expires_at=expires_at,
+        user_id=key.user_id,
         user_blocked=bool(user and user.blocked),
         user_deleted=bool(user and user.deleted_at is not None),
         user_budget_id=user.budget_id if user else None,
         exclude_from_budget=bool(key.exclude_from_budget),
-        allowed_models=tuple(tuple(models) for models in
-                             (key.allowed_models, user.allowed_models if user else None)
-                             if models is not None),
-        limits=tuple(limit for limit in (
-            Limit(f"key:{key.id}", key.rpm_limit, key.tpm_limit),
-            Limit(f"user:{user.user_id}", user.rpm_limit, user.tpm_limit) if user else None,
-        ) if limit is not None and (limit.rpm is not None or limit.tpm is not None)),
+        allowed_models=tuple(
+            tuple(models)
+            for models in (key.allowed_models, user.allowed_models if user else None)
+            if models is not None
+        ),
+        limits=tuple(
+            limit
+            for limit in (
+                Limit(f"key:{key.id}", key.rpm_limit, key.tpm_limit),
+                Limit(f"user:{user.user_id}", user.rpm_limit, user.tpm_limit) if user else None,
+            )
+            if limit is not None and (limit.rpm is not None or limit.tpm is not None)
+        ),
     )
 
 
@@ -177,10 +189,16 @@ def check(snapshot: KeySnapshot | None, now: datetime, header: str | None = None
         raise AuthenticationFailed("The key's user has been deleted", code="user_deleted")
     if snapshot.user_blocked:
         raise AuthenticationFailed("The key's user is blocked", code="user_blocked")
-    return Caller(is_master=False, key_id=snapshot.key_id, user_id=snapshot.user_id,
-                  key_name=snapshot.key_name, budgeted=snapshot.user_budget_id is not None,
-                  exclude_from_budget=snapshot.exclude_from_budget,
-                  allowed_models=snapshot.allowed_models, limits=snapshot.limits)
+    return Caller(
+        is_master=False,
+        key_id=snapshot.key_id,
+        user_id=snapshot.user_id,
+        key_name=snapshot.key_name,
+        budgeted=snapshot.user_budget_id is not None,
+        exclude_from_budget=snapshot.exclude_from_budget,
+        allowed_models=snapshot.allowed_models,
+        limits=snapshot.limits,
+    )
 
 
 class MasterKey:
@@ -204,8 +222,13 @@ class KeyCache:
     bearer tokens evicts other random tokens, never a valid key.
     """
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 known: int = 100_000, unknown: int = 10_000) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        known: int = 100_000,
+        unknown: int = 10_000,
+    ) -> None:
         self._known: TTLCache[str, KeySnapshot] = TTLCache(known, ttl, timer=clock)
         self._unknown: TTLCache[str, bool] = TTLCache(unknown, ttl, timer=clock)
         # Bumped by clear(): a lookup that started before a change must not store what it
@@ -219,8 +242,9 @@ class KeyCache:
             return True, snapshot
         return token_hash in self._unknown, None
 
-    def put(self, token_hash: str, snapshot: KeySnapshot | None,
-            version: int | None = None) -> None:
+    def put(
+        self, token_hash: str, snapshot: KeySnapshot | None, version: int | None = None
+    ) -> None:
         """Remember a lookup result (bounded: the least recently used goes first).
 
         `version` is `self.version` read before the lookup began: a result read across a

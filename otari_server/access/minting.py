@@ -14,18 +14,33 @@ from otari_server.api.schemas import CreateKeyResponse, KeyInfo, RotateKeyRespon
 from otari_server.storage.tables import APIKey
 
 
-def create_key(session: Session, *, key_name: str | None, user_id: str | None,
-               expires_at: datetime | None, metadata: dict[str, Any],
-               rpm_limit: int | None = None, tpm_limit: int | None = None,
-               allowed_models: list[str] | None = None,
-               exclude_from_budget: bool = False) -> CreateKeyResponse:
+def create_key(
+    session: Session,
+    *,
+    key_name: str | None,
+    user_id: str | None,
+    expires_at: datetime | None,
+    metadata: dict[str, Any],
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    allowed_models: list[str] | None = None,
+    exclude_from_budget: bool = False,
+) -> CreateKeyResponse:
     """Insert a new key and return it with its plaintext secret (the only time it exists)."""
     secret = generate_key()
     row = APIKey(
-        id=str(uuid.uuid4()), key_hash=hash_token(secret), key_prefix=secret[:7],
-        key_name=key_name, user_id=user_id, expires_at=expires_at, metadata_=metadata,
-        is_active=True, rpm_limit=rpm_limit, tpm_limit=tpm_limit,
-        allowed_models=allowed_models, exclude_from_budget=exclude_from_budget,
+        id=str(uuid.uuid4()),
+        key_hash=hash_token(secret),
+        key_prefix=secret[:7],
+        key_name=key_name,
+        user_id=user_id,
+        expires_at=expires_at,
+        metadata_=metadata,
+        is_active=True,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        allowed_models=allowed_models,
+        exclude_from_budget=exclude_from_budget,
     )
     session.add(row)
     session.flush()
@@ -66,16 +81,28 @@ def rotate_key(row: APIKey, grace_period_sec: int, now: datetime) -> RotateKeyRe
         row.previous_key_expires_at = None
     row.key_hash = hash_token(secret)
     row.key_prefix = secret[:7]
-    return RotateKeyResponse(**key_info(row).model_dump(), key=secret,
-                             previous_key_expires_at=row.previous_key_expires_at)
+    return RotateKeyResponse(
+        **key_info(row).model_dump(),
+        key=secret,
+        previous_key_expires_at=row.previous_key_expires_at,
+    )
 
 
 def key_info(row: APIKey) -> KeyInfo:
     """The public view of a key row."""
     return KeyInfo(
-        id=row.id, key_name=row.key_name, user_id=row.user_id, created_at=row.created_at,
-        last_used_at=row.last_used_at, expires_at=row.expires_at, is_active=row.is_active,
-        metadata=row.metadata_ or {}, key_prefix=row.key_prefix, spend=row.spend,
-        rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit, allowed_models=row.allowed_models,
+        id=row.id,
+        key_name=row.key_name,
+        user_id=row.user_id,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        expires_at=row.expires_at,
+        is_active=row.is_active,
+        metadata=row.metadata_ or {},
+        key_prefix=row.key_prefix,
+        spend=row.spend,
+        rpm_limit=row.rpm_limit,
+        tpm_limit=row.tpm_limit,
+        allowed_models=row.allowed_models,
         exclude_from_budget=bool(row.exclude_from_budget),
     )

@@ -78,8 +78,10 @@ def threshold(value: object, where: str) -> Decimal:
     except InvalidOperation:
         raise ValueError(f"{where}: expected a number, got {value!r}") from None
     if not amount.is_finite() or amount <= 0 or amount > _MAX_THRESHOLD:
-        raise ValueError(f"{where}: a threshold is a fraction of the budget above 0 "
-                         f"(1 is the whole budget), got {value!r}")
+        raise ValueError(
+            f"{where}: a threshold is a fraction of the budget above 0 "
+            f"(1 is the whole budget), got {value!r}"
+        )
     return amount.normalize()
 
 
@@ -90,8 +92,14 @@ def threshold_text(value: Decimal) -> str:
 
 def parse_settings(table: Mapping[str, Any]) -> AlertSettings | None:
     """The [alerts] table, or None when no webhook_url is set; raises ConfigError."""
-    known = {"webhook_url", "webhook_secret", "thresholds", "timeout", "retry_base_sec",
-             "max_attempts"}
+    known = {
+        "webhook_url",
+        "webhook_secret",
+        "thresholds",
+        "timeout",
+        "retry_base_sec",
+        "max_attempts",
+    }
     for key in table:
         if key not in known:
             raise ConfigError(f"alerts.{key}: unknown setting")
@@ -103,14 +111,17 @@ def parse_settings(table: Mapping[str, Any]) -> AlertSettings | None:
         raise ConfigError("alerts.webhook_url: expected an http(s) URL")
     secret = table.get("webhook_secret")
     if not isinstance(secret, str) or len(secret) < 16:
-        raise ConfigError("alerts.webhook_secret: required with webhook_url, at least 16 "
-                          "characters (receivers check Otari-Signature with it)")
+        raise ConfigError(
+            "alerts.webhook_secret: required with webhook_url, at least 16 "
+            "characters (receivers check Otari-Signature with it)"
+        )
     raw = table.get("thresholds", list(DEFAULT_THRESHOLDS))
     if not isinstance(raw, list) or not raw:
         raise ConfigError("alerts.thresholds: expected a non-empty list of fractions")
     try:
-        thresholds = tuple(sorted({threshold(v, f"alerts.thresholds[{i}]")
-                                   for i, v in enumerate(raw)}))
+        thresholds = tuple(
+            sorted({threshold(v, f"alerts.thresholds[{i}]") for i, v in enumerate(raw)})
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     numbers = {}
@@ -122,8 +133,9 @@ def parse_settings(table: Mapping[str, Any]) -> AlertSettings | None:
     attempts = table.get("max_attempts", 8)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ConfigError("alerts.max_attempts: expected a positive integer")
-    return AlertSettings(str(url), secret, thresholds, numbers["timeout"],
-                         numbers["retry_base_sec"], attempts)
+    return AlertSettings(
+        str(url), secret, thresholds, numbers["timeout"], numbers["retry_base_sec"], attempts
+    )
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -133,20 +145,35 @@ def sign(body: bytes, secret: str) -> str:
 
 def event(alert: BudgetAlert) -> dict[str, Any]:
     """The webhook payload of an alert row."""
-    return {"type": EVENT_TYPE, "id": str(alert.id), "user_id": alert.user_id,
-            "budget_id": alert.budget_id, "threshold": Decimal(alert.threshold),
-            "spend": alert.spend, "max_budget": alert.max_budget,
-            "period_start": alert.period_start, "period_end": alert.period_end,
-            "timestamp": alert.created_at}
+    return {
+        "type": EVENT_TYPE,
+        "id": str(alert.id),
+        "user_id": alert.user_id,
+        "budget_id": alert.budget_id,
+        "threshold": Decimal(alert.threshold),
+        "spend": alert.spend,
+        "max_budget": alert.max_budget,
+        "period_start": alert.period_start,
+        "period_end": alert.period_end,
+        "timestamp": alert.created_at,
+    }
 
 
 def sample_event(now: datetime) -> dict[str, Any]:
     """What `otari alerts test` sends: an event of the real shape, marked as a test."""
-    return {"type": EVENT_TYPE, "id": "test", "test": True, "user_id": "otari-test-user",
-            "budget_id": "otari-test-budget", "threshold": Decimal("0.8"),
-            "spend": Decimal("8"), "max_budget": Decimal("10"),
-            "period_start": now - timedelta(days=1), "period_end": now + timedelta(days=29),
-            "timestamp": now}
+    return {
+        "type": EVENT_TYPE,
+        "id": "test",
+        "test": True,
+        "user_id": "otari-test-user",
+        "budget_id": "otari-test-budget",
+        "threshold": Decimal("0.8"),
+        "spend": Decimal("8"),
+        "max_budget": Decimal("10"),
+        "period_start": now - timedelta(days=1),
+        "period_end": now + timedelta(days=29),
+        "timestamp": now,
+    }
 
 
 def backoff(attempts: int, base: float) -> float:
@@ -158,8 +185,9 @@ def _insert(dialect: str) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(BudgetAlert)
 
 
-def claim_crossings(engine: Engine, user_ids: Iterable[str],
-                    defaults: tuple[Decimal, ...], now: datetime) -> int:
+def claim_crossings(
+    engine: Engine, user_ids: Iterable[str], defaults: tuple[Decimal, ...], now: datetime
+) -> int:
     """Record every threshold the users' spend has reached in their current period.
 
     One row per (user, period start, threshold): an insert that does nothing when the row
@@ -172,27 +200,46 @@ def claim_crossings(engine: Engine, user_ids: Iterable[str],
     created = 0
     with engine.begin() as conn:
         rows = conn.execute(
-            select(User.user_id, User.spend, User.budget_started_at, User.next_budget_reset_at,
-                   Budget.budget_id, Budget.max_budget, Budget.alert_thresholds)
+            select(
+                User.user_id,
+                User.spend,
+                User.budget_started_at,
+                User.next_budget_reset_at,
+                Budget.budget_id,
+                Budget.max_budget,
+                Budget.alert_thresholds,
+            )
             .join(Budget, User.budget_id == Budget.budget_id)
-            .where(User.user_id.in_(ids), User.deleted_at.is_(None))).all()
+            .where(User.user_id.in_(ids), User.deleted_at.is_(None))
+        ).all()
         insert = _insert(conn.dialect.name)
         for user_id, spend, started, resets, budget_id, max_budget, own in rows:
             if not max_budget or max_budget <= 0 or started is None:
                 continue
             if resets is not None and now >= resets:
                 continue  # the period is over; its spend resets on the next request
-            thresholds = defaults if own is None else tuple(
-                threshold(v, "alert_thresholds") for v in own)
+            thresholds = (
+                defaults if own is None else tuple(threshold(v, "alert_thresholds") for v in own)
+            )
             for fraction in thresholds:
                 if spend < max_budget * fraction:
                     continue
-                result = conn.execute(insert.values(
-                    user_id=user_id, period_start=started, threshold=threshold_text(fraction),
-                    budget_id=budget_id, period_end=resets, spend=spend,
-                    max_budget=max_budget, created_at=now, attempts=0, next_attempt_at=now,
-                ).on_conflict_do_nothing(
-                    index_elements=["user_id", "period_start", "threshold"]))
+                result = conn.execute(
+                    insert.values(
+                        user_id=user_id,
+                        period_start=started,
+                        threshold=threshold_text(fraction),
+                        budget_id=budget_id,
+                        period_end=resets,
+                        spend=spend,
+                        max_budget=max_budget,
+                        created_at=now,
+                        attempts=0,
+                        next_attempt_at=now,
+                    ).on_conflict_do_nothing(
+                        index_elements=["user_id", "period_start", "threshold"]
+                    )
+                )
                 created += result.rowcount or 0
     return created
 
@@ -206,12 +253,17 @@ def take_due(engine: Engine, now: datetime, lease: float, limit: int = 50) -> li
         due = session.execute(
             select(BudgetAlert.id, BudgetAlert.attempts)
             .where(BudgetAlert.delivered_at.is_(None), BudgetAlert.next_attempt_at <= now)
-            .order_by(BudgetAlert.id).limit(limit)).all()
+            .order_by(BudgetAlert.id)
+            .limit(limit)
+        ).all()
         for alert_id, attempts in due:
             won = session.execute(
                 update(BudgetAlert)
-                .where(BudgetAlert.id == alert_id, BudgetAlert.attempts == attempts,
-                       BudgetAlert.delivered_at.is_(None))
+                .where(
+                    BudgetAlert.id == alert_id,
+                    BudgetAlert.attempts == attempts,
+                    BudgetAlert.delivered_at.is_(None),
+                )
                 .values(attempts=attempts + 1, next_attempt_at=now + timedelta(seconds=lease))
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
@@ -224,12 +276,15 @@ def take_due(engine: Engine, now: datetime, lease: float, limit: int = 50) -> li
     return taken
 
 
-def finish(engine: Engine, alert_id: int, now: datetime, error: str | None,
-           retry_at: datetime | None) -> None:
+def finish(
+    engine: Engine, alert_id: int, now: datetime, error: str | None, retry_at: datetime | None
+) -> None:
     """Record an attempt's outcome: delivered, or the error and when to retry (None: never)."""
     values: dict[str, Any] = (
-        {"delivered_at": now, "next_attempt_at": None, "last_error": None} if error is None
-        else {"next_attempt_at": retry_at, "last_error": error[:500]})
+        {"delivered_at": now, "next_attempt_at": None, "last_error": None}
+        if error is None
+        else {"next_attempt_at": retry_at, "last_error": error[:500]}
+    )
     with engine.begin() as conn:
         conn.execute(update(BudgetAlert).where(BudgetAlert.id == alert_id).values(**values))
 
@@ -266,9 +321,14 @@ class Alerts:
         body = dumps(payload).encode("utf-8")
         try:
             return await client.post(
-                self.settings.webhook_url, content=body, timeout=self.settings.timeout,
-                headers={"content-type": "application/json",
-                         SIGNATURE_HEADER: sign(body, self.settings.webhook_secret)})
+                self.settings.webhook_url,
+                content=body,
+                timeout=self.settings.timeout,
+                headers={
+                    "content-type": "application/json",
+                    SIGNATURE_HEADER: sign(body, self.settings.webhook_secret),
+                },
+            )
         finally:
             if client is not self._client:
                 await client.aclose()
@@ -293,14 +353,14 @@ class Alerts:
                 users, self._touched = self._touched, set()
                 try:
                     if users:
-                        await to_thread.run_sync(claim_crossings, self._engine, users,
-                                                 self.settings.thresholds, utcnow())
+                        await to_thread.run_sync(
+                            claim_crossings, self._engine, users, self.settings.thresholds, utcnow()
+                        )
                     await self._deliver_due()
                 except Exception:  # a database outage must not end alerts; retried later
                     self._touched |= users
                     self._next_wake = time.monotonic() + self.settings.retry_base_sec
-                    log.warning("budget alerts: database unavailable; will retry",
-                                exc_info=True)
+                    log.warning("budget alerts: database unavailable; will retry", exc_info=True)
         finally:
             await self._client.aclose()
 
@@ -326,9 +386,20 @@ class Alerts:
                 delay = backoff(alert.attempts, self.settings.retry_base_sec)
                 retry_at = utcnow() + timedelta(seconds=delay)
                 self._next_wake = min(self._next_wake, time.monotonic() + delay)
-                log.warning("budget alert %s for user %s: %s; retry %d in %.1fs", alert.id,
-                            alert.user_id, error, alert.attempts + 1, delay)
+                log.warning(
+                    "budget alert %s for user %s: %s; retry %d in %.1fs",
+                    alert.id,
+                    alert.user_id,
+                    error,
+                    alert.attempts + 1,
+                    delay,
+                )
             else:
-                log.error("budget alert %s for user %s: %s; giving up after %d attempts",
-                          alert.id, alert.user_id, error, alert.attempts)
+                log.error(
+                    "budget alert %s for user %s: %s; giving up after %d attempts",
+                    alert.id,
+                    alert.user_id,
+                    error,
+                    alert.attempts,
+                )
         await to_thread.run_sync(finish, self._engine, alert.id, utcnow(), error, retry_at)

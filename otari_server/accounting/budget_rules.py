@@ -52,8 +52,7 @@ def calendar_period(now: datetime, alignment: str) -> Period:
     raise ValueError(f"unknown reset_alignment {alignment!r}; expected one of {ALIGNMENTS}")
 
 
-def first_period(now: datetime, duration_sec: int | None,
-                 alignment: str | None = None) -> Period:
+def first_period(now: datetime, duration_sec: int | None, alignment: str | None = None) -> Period:
     """The period that starts when a budget is attached."""
     if alignment is not None:
         return calendar_period(now, alignment)
@@ -62,8 +61,9 @@ def first_period(now: datetime, duration_sec: int | None,
     return Period(now, now + timedelta(seconds=duration_sec))
 
 
-def current_period(started_at: datetime, duration_sec: int | None, now: datetime,
-                   alignment: str | None = None) -> Period:
+def current_period(
+    started_at: datetime, duration_sec: int | None, now: datetime, alignment: str | None = None
+) -> Period:
     """The period containing `now`: the calendar's, or aligned to the original start (no
     drift, no cron)."""
     if alignment is not None:
@@ -78,8 +78,13 @@ def current_period(started_at: datetime, duration_sec: int | None, now: datetime
     return Period(start, start + length)
 
 
-def roll_over(session: Session, user: User, duration_sec: int | None, now: datetime,
-              alignment: str | None = None) -> None:
+def roll_over(
+    session: Session,
+    user: User,
+    duration_sec: int | None,
+    now: datetime,
+    alignment: str | None = None,
+) -> None:
     """Start a new period for the user if the old one ended, resetting spend and counts.
 
     The UPDATE is conditional on the old reset time, so concurrent roll-overs (other
@@ -92,10 +97,14 @@ def roll_over(session: Session, user: User, duration_sec: int | None, now: datet
     period = current_period(user.budget_started_at, duration_sec, now, alignment)
     session.execute(
         update(User)
-        .where(User.user_id == user.user_id,
-               User.next_budget_reset_at == user.next_budget_reset_at)
-        .values(spend=0, requests=0, tokens=0, budget_started_at=period.started_at,
-                next_budget_reset_at=period.resets_at)
+        .where(User.user_id == user.user_id, User.next_budget_reset_at == user.next_budget_reset_at)
+        .values(
+            spend=0,
+            requests=0,
+            tokens=0,
+            budget_started_at=period.started_at,
+            next_budget_reset_at=period.resets_at,
+        )
         .execution_options(synchronize_session=False)
     )
     session.refresh(user)
@@ -180,9 +189,13 @@ def affordable_output(output: Output, money: Decimal | None, tokens: int | None)
     for _ in range(3):
         if best > 0 and cost(best) > money:
             best -= 1
-        elif best < min(requested, estimate + 2) and cost(best + 1) <= money and (
-                tokens is None
-                or output.worst.prompt_tokens + (best + 1) * output.choices <= tokens):
+        elif (
+            best < min(requested, estimate + 2)
+            and cost(best + 1) <= money
+            and (
+                tokens is None or output.worst.prompt_tokens + (best + 1) * output.choices <= tokens
+            )
+        ):
             best += 1
         else:
             break
@@ -202,14 +215,20 @@ def judge(need: Need, left: Remaining, clamp: bool) -> Verdict:
     tokens_fit = left.tokens is None or need.tokens <= left.tokens
     requests = need.requests if left.requests is not None else 0
     if money_fits and tokens_fit:
-        return Verdict(need.amount if left.money is not None else Decimal(0), requests,
-                       need.tokens if left.tokens is not None else 0)
+        return Verdict(
+            need.amount if left.money is not None else Decimal(0),
+            requests,
+            need.tokens if left.tokens is not None else 0,
+        )
     output = need.output
     affordable = None if output is None else affordable_output(output, left.money, left.tokens)
     if clamp and output is not None and affordable:
         lowered = replace(output.worst, completion_tokens=affordable * output.choices)
         amount = Decimal(0) if output.price is None else output.price.cost(lowered)
-        return Verdict(amount if left.money is not None else Decimal(0), requests,
-                       lowered.prompt_tokens + lowered.completion_tokens
-                       if left.tokens is not None else 0, clamped=affordable)
+        return Verdict(
+            amount if left.money is not None else Decimal(0),
+            requests,
+            lowered.prompt_tokens + lowered.completion_tokens if left.tokens is not None else 0,
+            clamped=affordable,
+        )
     return Verdict(refused="money" if not money_fits else "tokens", affordable=affordable)

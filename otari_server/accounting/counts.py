@@ -114,10 +114,13 @@ def consumption(usage: object, **extra: Any) -> Consumption:
     try:
         prompt = _first_count(usage, "prompt_tokens", "input_tokens")
         completion = _first_count(usage, "completion_tokens", "output_tokens")
-        return Consumption(prompt_tokens=prompt, completion_tokens=completion,
-                           cache_read_tokens=_first_count(details, "cached_tokens"),
-                           cache_write_tokens=_first_count(details, "cache_creation_tokens"),
-                           **extra)
+        return Consumption(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cache_read_tokens=_first_count(details, "cached_tokens"),
+            cache_write_tokens=_first_count(details, "cache_creation_tokens"),
+            **extra,
+        )
     except BadCount as exc:
         return Consumption(invalid=str(exc), **extra)
 

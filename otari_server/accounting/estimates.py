@@ -36,7 +36,6 @@ def output_tokens(body: Mapping[str, Any], default: int, *keys: str) -> int:
     return (limit if limit is not None and limit > 0 else default) * choices
 
 
-
 def _count(value: object) -> TypeGuard[int]:
     # `true` is no count: a bool never stands for 1 (it would shrink the reservation).
     return isinstance(value, int) and not isinstance(value, bool)

@@ -25,16 +25,25 @@ _USER_BUDGETS = (
     "budgets.budget_duration_sec, budgets.reset_alignment, budgets.request_limit, "
     "budgets.token_limit, budgets.budget_clamp, users.requests, users.tokens, "
     "users.reserved_requests, users.reserved_tokens FROM users LEFT OUTER JOIN budgets "
-    "ON users.budget_id = budgets.budget_id WHERE users.user_id IN ({ids})")
-_ROLL_OVER = ("UPDATE users SET spend = %s, requests = 0, tokens = 0, budget_started_at = %s, "
-              "next_budget_reset_at = %s WHERE user_id = %s")
-_ADD_RESERVED = ("UPDATE users SET reserved = reserved + %s, "
-                 "reserved_requests = reserved_requests + %s, "
-                 "reserved_tokens = reserved_tokens + %s WHERE user_id = %s")
-_GROW_HOLD = ("UPDATE reservations SET amount = amount + %s, requests = requests + %s, "
-              "tokens = tokens + %s, expires_at = %s WHERE id = %s")
-_NEW_HOLD = ("INSERT INTO reservations (id, user_id, api_key_id, amount, requests, tokens, "
-             "instance_id, created_at, expires_at) VALUES (%s, %s, NULL, %s, %s, %s, %s, %s, %s)")
+    "ON users.budget_id = budgets.budget_id WHERE users.user_id IN ({ids})"
+)
+_ROLL_OVER = (
+    "UPDATE users SET spend = %s, requests = 0, tokens = 0, budget_started_at = %s, "
+    "next_budget_reset_at = %s WHERE user_id = %s"
+)
+_ADD_RESERVED = (
+    "UPDATE users SET reserved = reserved + %s, "
+    "reserved_requests = reserved_requests + %s, "
+    "reserved_tokens = reserved_tokens + %s WHERE user_id = %s"
+)
+_GROW_HOLD = (
+    "UPDATE reservations SET amount = amount + %s, requests = requests + %s, "
+    "tokens = tokens + %s, expires_at = %s WHERE id = %s"
+)
+_NEW_HOLD = (
+    "INSERT INTO reservations (id, user_id, api_key_id, amount, requests, tokens, "
+    "instance_id, created_at, expires_at) VALUES (%s, %s, NULL, %s, %s, %s, %s, %s, %s)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +70,9 @@ class UserBudget:
     @property
     def limited(self) -> bool:
         """Whether any of the budget's ceilings is set."""
-        return not (self.max_budget is None and self.request_limit is None
-                    and self.token_limit is None)
+        return not (
+            self.max_budget is None and self.request_limit is None and self.token_limit is None
+        )
 
 
 class Holds:
@@ -116,35 +126,73 @@ class Holds:
         money = _MONEY.process_result_value
         moment = _TIME.process_result_value
         dialect = self._dialect
-        return {row[0]: UserBudget(
-            row[0], money(row[1], dialect) or Decimal(0), money(row[2], dialect) or Decimal(0),
-            moment(_parsed(row[3]), dialect), moment(_parsed(row[4]), dialect),
-            moment(_parsed(row[5]), dialect), money(row[6], dialect), row[7], row[8], row[9],
-            row[10], None if row[11] is None else bool(row[11]), row[12] or 0, row[13] or 0,
-            row[14] or 0, row[15] or 0,
-        ) for row in self._cursor.fetchall()}
+        return {
+            row[0]: UserBudget(
+                row[0],
+                money(row[1], dialect) or Decimal(0),
+                money(row[2], dialect) or Decimal(0),
+                moment(_parsed(row[3]), dialect),
+                moment(_parsed(row[4]), dialect),
+                moment(_parsed(row[5]), dialect),
+                money(row[6], dialect),
+                row[7],
+                row[8],
+                row[9],
+                row[10],
+                None if row[11] is None else bool(row[11]),
+                row[12] or 0,
+                row[13] or 0,
+                row[14] or 0,
+                row[15] or 0,
+            )
+            for row in self._cursor.fetchall()
+        }
 
     def roll_over(self, user_id: str, started: datetime, resets: datetime | None) -> None:
         """Start a new budget period with nothing spent and no requests or tokens used."""
-        self._cursor.execute(self._sql(_ROLL_OVER), (
-            self._money(Decimal(0)), self._time(started), self._time(resets), user_id))
+        self._cursor.execute(
+            self._sql(_ROLL_OVER),
+            (self._money(Decimal(0)), self._time(started), self._time(resets), user_id),
+        )
 
-    def add_reserved(self, user_id: str, amount: Decimal, requests: int = 0,
-                     tokens: int = 0) -> None:
+    def add_reserved(
+        self, user_id: str, amount: Decimal, requests: int = 0, tokens: int = 0
+    ) -> None:
         """Hold more of the user's budget: money, requests, tokens."""
-        self._cursor.execute(self._sql(_ADD_RESERVED),
-                             (self._money(amount), requests, tokens, user_id))
+        self._cursor.execute(
+            self._sql(_ADD_RESERVED), (self._money(amount), requests, tokens, user_id)
+        )
 
-    def grow_hold(self, hold_id: str, user_id: str, instance_id: str, amount: Decimal,
-                  now: datetime, expires_at: datetime, requests: int = 0,
-                  tokens: int = 0) -> None:
+    def grow_hold(
+        self,
+        hold_id: str,
+        user_id: str,
+        instance_id: str,
+        amount: Decimal,
+        now: datetime,
+        expires_at: datetime,
+        requests: int = 0,
+        tokens: int = 0,
+    ) -> None:
         """Add to this instance's hold on the user, creating the row the first time."""
-        self._cursor.execute(self._sql(_GROW_HOLD), (
-            self._money(amount), requests, tokens, self._time(expires_at), hold_id))
+        self._cursor.execute(
+            self._sql(_GROW_HOLD),
+            (self._money(amount), requests, tokens, self._time(expires_at), hold_id),
+        )
         if self._cursor.rowcount == 0:
-            self._cursor.execute(self._sql(_NEW_HOLD), (
-                hold_id, user_id, self._money(amount), requests, tokens, instance_id,
-                self._time(now), self._time(expires_at)))
+            self._cursor.execute(
+                self._sql(_NEW_HOLD),
+                (
+                    hold_id,
+                    user_id,
+                    self._money(amount),
+                    requests,
+                    tokens,
+                    instance_id,
+                    self._time(now),
+                    self._time(expires_at),
+                ),
+            )
 
     def close(self) -> None:
         """Release the cursor."""

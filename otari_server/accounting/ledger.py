@@ -48,8 +48,14 @@ _RETRY_DELAY = 1.0
 class Ledger:
     """The writer thread and its two queues (reservations, settlements)."""
 
-    def __init__(self, engine: Engine, instance_id: str, ttl: float,
-                 flush_interval: float, spool_to: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        instance_id: str,
+        ttl: float,
+        flush_interval: float,
+        spool_to: Path | None = None,
+    ) -> None:
         self._engine = engine
         self._instance_id = instance_id
         self._ttl = ttl
@@ -79,8 +85,11 @@ class Ledger:
         """Seconds the oldest settlement not yet written has waited beyond the write-behind
         window (0 when none is late)."""
         with self._wake:
-            oldest = [t for t in (self._settlements[0].queued if self._settlements else None,
-                                  self._writing) if t is not None]
+            oldest = [
+                t
+                for t in (self._settlements[0].queued if self._settlements else None, self._writing)
+                if t is not None
+            ]
         if not oldest:
             return 0.0
         return max(time.monotonic() - min(oldest) - self._flush_interval, 0.0)
@@ -91,9 +100,14 @@ class Ledger:
         self._thread = threading.Thread(target=self._run, name="otari-ledger", daemon=True)
         self._thread.start()
 
-    async def reserve(self, user_id: str | None, amount: Decimal,
-                      limits: tuple[rate_limits.Limit, ...] = (),
-                      need: budget_rules.Need | None = None, clamp: bool = False) -> Hold:
+    async def reserve(
+        self,
+        user_id: str | None,
+        amount: Decimal,
+        limits: tuple[rate_limits.Limit, ...] = (),
+        need: budget_rules.Need | None = None,
+        clamp: bool = False,
+    ) -> Hold:
         """Count the request against its rate limits and hold `amount` against the user's
         budget (with `need`: also its request and worst-case tokens, and the clamp's
         inputs; without it, a top-up of money only); raises RateLimited, BudgetExceeded or
@@ -141,15 +155,18 @@ class Ledger:
             log.error("%d usage row(s) unwritten at shutdown", len(left))
             return
         spool(self._spool, left)
-        log.warning("database unavailable at shutdown: %d usage row(s) saved to %s, written "
-                    "at the next start", len(left), self._spool)
+        log.warning(
+            "database unavailable at shutdown: %d usage row(s) saved to %s, written "
+            "at the next start",
+            len(left),
+            self._spool,
+        )
 
     def _owed(self, users: set[str]) -> list[Settlement]:
         """Take the queued settlements if any belongs to one of `users` (all of them: one
         transaction, and their order kept)."""
         with self._wake:
-            if not any(s.hold.user_id in users or s.user_id in users
-                       for s in self._settlements):
+            if not any(s.hold.user_id in users or s.user_id in users for s in self._settlements):
                 return []
             owed, self._settlements = self._settlements, []
             self._batch = self._batch + owed
@@ -163,8 +180,11 @@ class Ledger:
         answer: refusals of users with settlements still queued are retried after them.
         """
         results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
-        refused = [i for i, result in results.items()
-                   if isinstance(result, BudgetExceeded) and asks[i].user_id is not None]
+        refused = [
+            i
+            for i, result in results.items()
+            if isinstance(result, BudgetExceeded) and asks[i].user_id is not None
+        ]
         if not refused:
             return results
         owed = self._owed({str(asks[i].user_id) for i in refused})
@@ -172,8 +192,9 @@ class Ledger:
             return results
         write_settlements(conn, owed, self._instance_id, self._reject)
         # Rate limits were counted on the first pass: the retry holds the budget only.
-        again = [Ask(asks[i].user_id, asks[i].need, (), asks[i].future, asks[i].clamp)
-                 for i in refused]
+        again = [
+            Ask(asks[i].user_id, asks[i].need, (), asks[i].future, asks[i].clamp) for i in refused
+        ]
         retried = reserve_all(conn, again, self._instance_id, self._ttl, utcnow())
         for position, index in enumerate(refused):
             results[index] = retried[position]
@@ -188,14 +209,16 @@ class Ledger:
                     self._wake.wait()
                 if not self._asks and not self._stopping:
                     # Only settlements: let them gather for the write-behind window.
-                    self._wake.wait(max(self._flush_interval
-                                        - (time.monotonic() - last_flush), 0))
+                    self._wake.wait(max(self._flush_interval - (time.monotonic() - last_flush), 0))
                 asks, self._asks = self._asks, []
                 stopping = self._stopping
                 # Settlements go in batches, once per window (or when many are waiting, or
                 # when a user's reservation would be refused without them: see _reserve).
-                due = (stopping or len(self._settlements) >= 1000
-                       or time.monotonic() - last_flush >= self._flush_interval)
+                due = (
+                    stopping
+                    or len(self._settlements) >= 1000
+                    or time.monotonic() - last_flush >= self._flush_interval
+                )
                 settlements: list[Settlement] = []
                 if due:
                     settlements, self._settlements = self._settlements, []
@@ -211,11 +234,19 @@ class Ledger:
             except Unwritten as exc:
                 last_failure = time.monotonic()
                 self.last_error = type(exc.__cause__).__name__
-                log.warning("database write failed (%s); %d usage row(s) kept for retry",
-                            self.last_error, len(exc.rows))
+                log.warning(
+                    "database write failed (%s); %d usage row(s) kept for retry",
+                    self.last_error,
+                    len(exc.rows),
+                )
                 self._requeue(exc.rows)
-                self._answer(asks, {i: ServiceUnavailable("database unavailable, retry later")
-                                    for i in range(len(asks))})
+                self._answer(
+                    asks,
+                    {
+                        i: ServiceUnavailable("database unavailable, retry later")
+                        for i in range(len(asks))
+                    },
+                )
                 if stopping:
                     return
                 continue
@@ -235,8 +266,9 @@ class Ledger:
             if settlements:
                 write_settlements(conn, settlements, self._instance_id, self._reject)
                 if self.on_settled is not None:
-                    self.on_settled({s.user_id for s in settlements
-                                     if s.user_id is not None and s.cost})
+                    self.on_settled(
+                        {s.user_id for s in settlements if s.user_id is not None and s.cost}
+                    )
             unwritten = []
             if asks:
                 self._answer(asks, self._reserve(conn, asks))

@@ -31,21 +31,23 @@ log = logging.getLogger("otari.pricing")
 
 SOURCE = "genai-prices"
 
-PROVIDER_IDS = MappingProxyType({
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "mistral": "mistral",
-    "groq": "groq",
-    "together": "together",
-    "fireworks": "fireworks",
-    "deepseek": "deepseek",
-    "openrouter": "openrouter",
-    "xai": "x-ai",
-    "perplexity": "perplexity",
-    "cerebras": "cerebras",
-    "gemini": "google",
-    "moonshot": "moonshotai",
-})
+PROVIDER_IDS = MappingProxyType(
+    {
+        "openai": "openai",
+        "anthropic": "anthropic",
+        "mistral": "mistral",
+        "groq": "groq",
+        "together": "together",
+        "fireworks": "fireworks",
+        "deepseek": "deepseek",
+        "openrouter": "openrouter",
+        "xai": "x-ai",
+        "perplexity": "perplexity",
+        "cerebras": "cerebras",
+        "gemini": "google",
+        "moonshot": "moonshotai",
+    }
+)
 
 
 def package_version() -> str:
@@ -87,23 +89,43 @@ class Quote:
 
     def price(self, effective_at: datetime) -> Price:
         """As a hot-path price, marked as coming from genai-prices."""
-        return Price(self.model_key, effective_at, self.input_per_million,
-                     self.output_per_million, TOKENS, self.cache_read_per_million,
-                     self.cache_write_per_million, tiers=self.tiers, source=SOURCE)
+        return Price(
+            self.model_key,
+            effective_at,
+            self.input_per_million,
+            self.output_per_million,
+            TOKENS,
+            self.cache_read_per_million,
+            self.cache_write_per_million,
+            tiers=self.tiers,
+            source=SOURCE,
+        )
 
     def stored_tiers(self) -> list[dict[str, Any]] | None:
         """The tiers as the pricing.tiers column keeps them (prices as decimal strings)."""
         if not self.tiers:
             return None
         fields = {field: key for key, field in TIER_RATES.items()}
-        return [{"min_input_tokens": tier.min_input_tokens,
-                 **{fields[name]: f"{getattr(tier, name):f}" for name in fields
-                    if getattr(tier, name) is not None}} for tier in self.tiers]
+        return [
+            {
+                "min_input_tokens": tier.min_input_tokens,
+                **{
+                    fields[name]: f"{getattr(tier, name):f}"
+                    for name in fields
+                    if getattr(tier, name) is not None
+                },
+            }
+            for tier in self.tiers
+        ]
 
 
 _FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
-_TIER_FIELDS = ("input_per_million", "output_per_million", "cache_read_per_million",
-                "cache_write_per_million")
+_TIER_FIELDS = (
+    "input_per_million",
+    "output_per_million",
+    "cache_read_per_million",
+    "cache_write_per_million",
+)
 
 
 def _rates(value: object) -> tuple[Decimal | None, list[tuple[int, Decimal]]]:
@@ -160,8 +182,7 @@ def unknown_providers(names: Iterable[str]) -> list[str]:
     return [name for name in names if name not in PROVIDER_IDS]
 
 
-def quotes(providers: Sequence[str] | None, model_glob: str | None,
-           at: datetime) -> list[Quote]:
+def quotes(providers: Sequence[str] | None, model_glob: str | None, at: datetime) -> list[Quote]:
     """Published prices for the mapped providers (all when None), optionally only models
     whose id or provider:model key matches `model_glob` (fnmatch, case-sensitive)."""
     published = _providers()
@@ -172,8 +193,9 @@ def quotes(providers: Sequence[str] | None, model_glob: str | None,
             continue
         for model in source.models:
             key = f"{name}:{model.id}"
-            if model_glob and not (fnmatch.fnmatchcase(model.id, model_glob)
-                                   or fnmatch.fnmatchcase(key, model_glob)):
+            if model_glob and not (
+                fnmatch.fnmatchcase(model.id, model_glob) or fnmatch.fnmatchcase(key, model_glob)
+            ):
                 continue
             try:
                 quote = _quote(key, model, at)
@@ -219,24 +241,32 @@ class Change:
 
 
 def _same(row: Pricing, quote: Quote) -> bool:
-    return ((row.unit or TOKENS) == TOKENS
-            and row.input_price_per_million == quote.input_per_million
-            and row.output_price_per_million == quote.output_per_million
-            and row.cache_read_price_per_million == quote.cache_read_per_million
-            and row.cache_write_price_per_million == quote.cache_write_per_million
-            and tiers_from_json(row.tiers) == quote.tiers)
+    return (
+        (row.unit or TOKENS) == TOKENS
+        and row.input_price_per_million == quote.input_per_million
+        and row.output_price_per_million == quote.output_per_million
+        and row.cache_read_price_per_million == quote.cache_read_per_million
+        and row.cache_write_price_per_million == quote.cache_write_per_million
+        and tiers_from_json(row.tiers) == quote.tiers
+    )
 
 
 def _current(session: Session, keys: list[str], now: datetime) -> dict[str, Pricing]:
     """The entry in effect at `now` of each model key that has one (one query)."""
     if not keys:
         return {}
-    latest = (select(Pricing.model_key, func.max(Pricing.effective_at).label("at"))
-              .where(Pricing.effective_at <= now, Pricing.model_key.in_(keys))
-              .group_by(Pricing.model_key).subquery())
-    rows = session.scalars(select(Pricing).join(
-        latest, (Pricing.model_key == latest.c.model_key)
-        & (Pricing.effective_at == latest.c.at)))
+    latest = (
+        select(Pricing.model_key, func.max(Pricing.effective_at).label("at"))
+        .where(Pricing.effective_at <= now, Pricing.model_key.in_(keys))
+        .group_by(Pricing.model_key)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(Pricing).join(
+            latest,
+            (Pricing.model_key == latest.c.model_key) & (Pricing.effective_at == latest.c.at),
+        )
+    )
     return {row.model_key: row for row in rows}
 
 
@@ -265,12 +295,20 @@ def apply(session: Session, changes: list[Change], now: datetime) -> int:
         if change.action not in ("add", "change"):
             continue
         q = change.quote
-        session.add(Pricing(
-            model_key=q.model_key, effective_at=now, unit=TOKENS,
-            input_price_per_million=q.input_per_million,
-            output_price_per_million=q.output_per_million,
-            cache_read_price_per_million=q.cache_read_per_million,
-            cache_write_price_per_million=q.cache_write_per_million,
-            tiers=q.stored_tiers(), source=SOURCE, created_at=now, updated_at=now))
+        session.add(
+            Pricing(
+                model_key=q.model_key,
+                effective_at=now,
+                unit=TOKENS,
+                input_price_per_million=q.input_per_million,
+                output_price_per_million=q.output_per_million,
+                cache_read_price_per_million=q.cache_read_per_million,
+                cache_write_price_per_million=q.cache_write_per_million,
+                tiers=q.stored_tiers(),
+                source=SOURCE,
+                created_at=now,
+                updated_at=now,
+            )
+        )
         written += 1
     return written

@@ -25,10 +25,11 @@ MAX_MONEY = Decimal(100_000_000)
 def price_at(session: Session, model_key: str, at: datetime) -> Pricing | None:
     """The entry for `model_key` with the latest effective_at not after `at`."""
     return session.scalars(
-        select(Pricing).where(Pricing.model_key == model_key, Pricing.effective_at <= at)
-        .order_by(Pricing.effective_at.desc()).limit(1)
+        select(Pricing)
+        .where(Pricing.model_key == model_key, Pricing.effective_at <= at)
+        .order_by(Pricing.effective_at.desc())
+        .limit(1)
     ).first()
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,12 @@ class Consumption:
 
 # Billing rules: which price field an endpoint cannot do without (see Price.covers).
 TOKENS, IMAGES, AUDIO_SECONDS, CHARACTERS, REQUESTS = (
-    "tokens", "images", "audio_seconds", "characters", "requests")
+    "tokens",
+    "images",
+    "audio_seconds",
+    "characters",
+    "requests",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +73,28 @@ class Tier:
 
 
 # A stored tier's keys (pricing.tiers JSON, prices as decimal strings) and Tier's fields.
-TIER_RATES = {"input_price_per_million": "input_per_million",
-              "output_price_per_million": "output_per_million",
-              "cache_read_price_per_million": "cache_read_per_million",
-              "cache_write_price_per_million": "cache_write_per_million",
-              "cache_write_1h_price_per_million": "cache_write_1h_per_million"}
+TIER_RATES = {
+    "input_price_per_million": "input_per_million",
+    "output_price_per_million": "output_per_million",
+    "cache_read_price_per_million": "cache_read_per_million",
+    "cache_write_price_per_million": "cache_write_per_million",
+    "cache_write_1h_price_per_million": "cache_write_1h_per_million",
+}
 
 
 def tiers_from_json(stored: Iterable[Mapping[str, Any]] | None) -> tuple[Tier, ...]:
     """Tiers from the pricing.tiers column, lowest threshold first."""
-    tiers = [Tier(int(item["min_input_tokens"]),
-                  **{field: Decimal(str(item[key])) for key, field in TIER_RATES.items()
-                     if item.get(key) is not None})
-             for item in stored or ()]
+    tiers = [
+        Tier(
+            int(item["min_input_tokens"]),
+            **{
+                field: Decimal(str(item[key]))
+                for key, field in TIER_RATES.items()
+                if item.get(key) is not None
+            },
+        )
+        for item in stored or ()
+    ]
     return tuple(sorted(tiers, key=lambda tier: tier.min_input_tokens))
 
 
@@ -113,13 +128,17 @@ class Price:
         if tier is None:
             return replace(self, tiers=()) if self.tiers else self
         return replace(
-            self, tiers=(),
+            self,
+            tiers=(),
             input_per_million=_either(tier.input_per_million, self.input_per_million),
             output_per_million=_either(tier.output_per_million, self.output_per_million),
-            cache_read_per_million=_either(tier.cache_read_per_million,
-                                           self.cache_read_per_million),
-            cache_write_per_million=_either(tier.cache_write_per_million,
-                                            self.cache_write_per_million))
+            cache_read_per_million=_either(
+                tier.cache_read_per_million, self.cache_read_per_million
+            ),
+            cache_write_per_million=_either(
+                tier.cache_write_per_million, self.cache_write_per_million
+            ),
+        )
 
     def cost(self, used: Consumption) -> Decimal:
         """Exact cost of one request.
@@ -137,10 +156,12 @@ class Price:
             read = min(used.cache_read_tokens, used.prompt_tokens)
             written = min(used.cache_write_tokens, used.prompt_tokens - read)
             fresh = used.prompt_tokens - read - written
-            total += (self.input_per_million * fresh
-                      + (self.cache_read_per_million or self.input_per_million) * read
-                      + (self.cache_write_per_million or self.input_per_million) * written
-                      + self.output_per_million * used.completion_tokens) / _MILLION
+            total += (
+                self.input_per_million * fresh
+                + (self.cache_read_per_million or self.input_per_million) * read
+                + (self.cache_write_per_million or self.input_per_million) * written
+                + self.output_per_million * used.completion_tokens
+            ) / _MILLION
         else:
             count = used.images if self.unit == IMAGES else used.requests
             total += self.input_per_million * count / _MILLION
@@ -171,15 +192,26 @@ def _either(rate: Decimal | None, base: Decimal | None) -> Any:
 
 def load_prices(session: Session, model_key: str) -> list[Price]:
     """Every entry of a model, newest first."""
-    rows = session.scalars(select(Pricing).where(Pricing.model_key == model_key)
-                           .order_by(Pricing.effective_at.desc()))
-    return [Price(r.model_key, r.effective_at, r.input_price_per_million,
-                  r.output_price_per_million, r.unit or TOKENS,
-                  r.cache_read_price_per_million, r.cache_write_price_per_million,
-                  r.price_per_image, r.price_per_audio_second,
-                  r.price_per_million_characters, r.price_per_request,
-                  tiers_from_json(r.tiers))
-            for r in rows]
+    rows = session.scalars(
+        select(Pricing).where(Pricing.model_key == model_key).order_by(Pricing.effective_at.desc())
+    )
+    return [
+        Price(
+            r.model_key,
+            r.effective_at,
+            r.input_price_per_million,
+            r.output_price_per_million,
+            r.unit or TOKENS,
+            r.cache_read_price_per_million,
+            r.cache_write_price_per_million,
+            r.price_per_image,
+            r.price_per_audio_second,
+            r.price_per_million_characters,
+            r.price_per_request,
+            tiers_from_json(r.tiers),
+        )
+        for r in rows
+    ]
 
 
 class PriceBook:
@@ -189,9 +221,13 @@ class PriceBook:
     [pricing] fallback); None: such a model is unpriced.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], ttl: float,
-                 clock: Callable[[], float] = time.monotonic,
-                 fallback: Callable[[str, datetime], Price | None] | None = None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        fallback: Callable[[str, datetime], Price | None] | None = None,
+    ) -> None:
         self._sessions = sessions
         self._fallback = fallback
         # LRU with TTL (cachetools). Models without an entry are remembered apart, so a

@@ -40,25 +40,27 @@ def retry_after(now: datetime) -> int:
     return max(math.ceil(WINDOW_SECONDS - now.timestamp() % WINDOW_SECONDS), 1)
 
 
-def _upsert(conn: Connection, subject: str, window_start: int, requests: int,
-            tokens: int) -> tuple[int, int]:
+def _upsert(
+    conn: Connection, subject: str, window_start: int, requests: int, tokens: int
+) -> tuple[int, int]:
     """Add to a counter, creating it if needed; returns the new (requests, tokens)."""
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     statement = insert(RateCounter).values(
-        subject=subject, window_start=window_start, requests=requests, tokens=tokens)
+        subject=subject, window_start=window_start, requests=requests, tokens=tokens
+    )
     upsert = statement.on_conflict_do_update(
         index_elements=[RateCounter.subject, RateCounter.window_start],
-        set_={"requests": RateCounter.requests + requests,
-              "tokens": RateCounter.tokens + tokens},
+        set_={"requests": RateCounter.requests + requests, "tokens": RateCounter.tokens + tokens},
     ).returning(RateCounter.requests, RateCounter.tokens)
     row = conn.execute(upsert).one()
     return int(row[0]), int(row[1])
 
 
-_UNCOUNT = (update(RateCounter)
-            .where(RateCounter.subject == bindparam("s"),
-                   RateCounter.window_start == bindparam("w"))
-            .values(requests=RateCounter.requests - 1))
+_UNCOUNT = (
+    update(RateCounter)
+    .where(RateCounter.subject == bindparam("s"), RateCounter.window_start == bindparam("w"))
+    .values(requests=RateCounter.requests - 1)
+)
 
 
 def admit(conn: Connection, limits: tuple[Limit, ...], now: datetime) -> RateLimited | None:
@@ -74,12 +76,10 @@ def admit(conn: Connection, limits: tuple[Limit, ...], now: datetime) -> RateLim
         requests, tokens = _upsert(conn, limit.subject, current, 1, 0)
         counted.append(limit.subject)
         if limit.rpm is not None and requests > limit.rpm:
-            refusal = _refuse(limit, f"{limit.rpm} requests per minute", now,
-                              requests - 1, tokens)
+            refusal = _refuse(limit, f"{limit.rpm} requests per minute", now, requests - 1, tokens)
             break
         if limit.tpm is not None and tokens >= limit.tpm:
-            refusal = _refuse(limit, f"{limit.tpm} tokens per minute", now, requests - 1,
-                              tokens)
+            refusal = _refuse(limit, f"{limit.tpm} tokens per minute", now, requests - 1, tokens)
             break
     if refusal is not None:
         for subject in counted:
@@ -87,30 +87,36 @@ def admit(conn: Connection, limits: tuple[Limit, ...], now: datetime) -> RateLim
     return refusal
 
 
-def _refuse(limit: Limit, what: str, now: datetime, requests: int,
-            tokens: int) -> RateLimited:
+def _refuse(limit: Limit, what: str, now: datetime, requests: int, tokens: int) -> RateLimited:
     seconds = retry_after(now)
     kind, _, ident = limit.subject.partition(":")
-    return RateLimited(f"Rate limit reached for {kind} '{ident}': {what}; retry in "
-                       f"{seconds}s", headers={"Retry-After": str(seconds),
-                                                **pacing_headers(limit, requests, tokens,
-                                                                 seconds)})
+    return RateLimited(
+        f"Rate limit reached for {kind} '{ident}': {what}; retry in {seconds}s",
+        headers={"Retry-After": str(seconds), **pacing_headers(limit, requests, tokens, seconds)},
+    )
 
 
-def pacing_headers(limit: Limit, requests: int, tokens: int,
-                   reset_seconds: int) -> dict[str, str]:
+def pacing_headers(limit: Limit, requests: int, tokens: int, reset_seconds: int) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for a subject's window: its limits, what is left of
     them after `requests` requests and `tokens` tokens, and when they reset ("42s")."""
     reset = _openai_duration(reset_seconds)
     headers = {}
     if limit.rpm is not None:
-        headers.update({"x-ratelimit-limit-requests": str(limit.rpm),
-                        "x-ratelimit-remaining-requests": str(max(limit.rpm - requests, 0)),
-                        "x-ratelimit-reset-requests": reset})
+        headers.update(
+            {
+                "x-ratelimit-limit-requests": str(limit.rpm),
+                "x-ratelimit-remaining-requests": str(max(limit.rpm - requests, 0)),
+                "x-ratelimit-reset-requests": reset,
+            }
+        )
     if limit.tpm is not None:
-        headers.update({"x-ratelimit-limit-tokens": str(limit.tpm),
-                        "x-ratelimit-remaining-tokens": str(max(limit.tpm - tokens, 0)),
-                        "x-ratelimit-reset-tokens": reset})
+        headers.update(
+            {
+                "x-ratelimit-limit-tokens": str(limit.tpm),
+                "x-ratelimit-remaining-tokens": str(max(limit.tpm - tokens, 0)),
+                "x-ratelimit-reset-tokens": reset,
+            }
+        )
     return headers
 
 
@@ -135,6 +141,9 @@ def prune(conn: Connection, now: datetime) -> None:
 
 def counts(conn: Connection, subject: str, now: datetime) -> tuple[int, int]:
     """(requests, tokens) of a subject in the current window, for inspection."""
-    row = conn.execute(select(RateCounter.requests, RateCounter.tokens).where(
-        RateCounter.subject == subject, RateCounter.window_start == window(now))).first()
+    row = conn.execute(
+        select(RateCounter.requests, RateCounter.tokens).where(
+            RateCounter.subject == subject, RateCounter.window_start == window(now)
+        )
+    ).first()
     return (int(row[0]), int(row[1])) if row else (0, 0)

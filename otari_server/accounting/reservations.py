@@ -52,32 +52,47 @@ def hold_id(instance_id: str, user_id: str) -> str:
     return f"{instance_id}|{user_id}"
 
 
-def refusal(user_id: str, amount: Decimal, available: Decimal, max_budget: Decimal,
-            resets_at: datetime | None, affordable: int | None = None,
-            field: str = "max_tokens") -> BudgetExceeded:
+def refusal(
+    user_id: str,
+    amount: Decimal,
+    available: Decimal,
+    max_budget: Decimal,
+    resets_at: datetime | None,
+    affordable: int | None = None,
+    field: str = "max_tokens",
+) -> BudgetExceeded:
     """The error for a request whose worst case does not fit; with `affordable` (1 or
     more), it says which output limit would."""
     until = f" until {resets_at.isoformat()}" if resets_at else ""
     return BudgetExceeded(
         f"Budget exceeded for user '{user_id}': this request may cost up to "
         f"{amount.normalize():f}, {max(available, Decimal(0)).normalize():f} of "
-        f"{max_budget.normalize():f} remains{until}{_advice(affordable, field)}")
+        f"{max_budget.normalize():f} remains{until}{_advice(affordable, field)}"
+    )
 
 
-def limit_refusal(user_id: str, row: UserBudget, what: str, need: budget_rules.Need,
-                  left: budget_rules.Remaining, resets_at: datetime | None,
-                  affordable: int | None = None) -> BudgetExceeded:
+def limit_refusal(
+    user_id: str,
+    row: UserBudget,
+    what: str,
+    need: budget_rules.Need,
+    left: budget_rules.Remaining,
+    resets_at: datetime | None,
+    affordable: int | None = None,
+) -> BudgetExceeded:
     """The error for a request over the budget's request or token limit."""
     until = f" until {resets_at.isoformat()}" if resets_at else ""
     if what == "requests":
         return BudgetExceeded(
             f"Request limit reached for user '{user_id}': {row.request_limit} request(s) "
-            f"per period, none remains{until}")
+            f"per period, none remains{until}"
+        )
     field = need.output.field if need.output is not None else "max_tokens"
     return BudgetExceeded(
         f"Token limit exceeded for user '{user_id}': this request may use up to "
         f"{need.tokens} tokens, {max(left.tokens or 0, 0)} of {row.token_limit} "
-        f"remain{until}{_advice(affordable, field)}")
+        f"remain{until}{_advice(affordable, field)}"
+    )
 
 
 def _advice(affordable: int | None, field: str) -> str:
@@ -86,8 +101,9 @@ def _advice(affordable: int | None, field: str) -> str:
     return f"; lower {field} to {affordable} or less"
 
 
-def reserve_all(conn: Connection, asks: list[Ask], instance_id: str, ttl: float,
-                now: datetime) -> dict[int, Hold | OtariError]:
+def reserve_all(
+    conn: Connection, asks: list[Ask], instance_id: str, ttl: float, now: datetime
+) -> dict[int, Hold | OtariError]:
     """Apply a batch of reservations in one transaction; results by ask index.
 
     Without rate limits to count, the whole transaction runs on the driver's connection
@@ -110,8 +126,14 @@ def reserve_all(conn: Connection, asks: list[Ask], instance_id: str, ttl: float,
         holds.close()
 
 
-def _reserve(conn: Connection | None, holds: Holds, asks: list[Ask], instance_id: str,
-             ttl: float, now: datetime) -> dict[int, Hold | OtariError]:
+def _reserve(
+    conn: Connection | None,
+    holds: Holds,
+    asks: list[Ask],
+    instance_id: str,
+    ttl: float,
+    now: datetime,
+) -> dict[int, Hold | OtariError]:
     results: dict[int, Hold | OtariError] = {}
     by_user: dict[str, list[int]] = defaultdict(list)
     for index, ask in enumerate(asks):
@@ -129,9 +151,15 @@ def _reserve(conn: Connection | None, holds: Holds, asks: list[Ask], instance_id
     return results
 
 
-def _reserve_budgets(holds: Holds, asks: list[Ask], by_user: dict[str, list[int]],
-                     results: dict[int, Hold | OtariError], instance_id: str, ttl: float,
-                     now: datetime) -> None:
+def _reserve_budgets(
+    holds: Holds,
+    asks: list[Ask],
+    by_user: dict[str, list[int]],
+    results: dict[int, Hold | OtariError],
+    instance_id: str,
+    ttl: float,
+    now: datetime,
+) -> None:
     rows = holds.user_budgets(list(by_user))
     for user_id, indexes in by_user.items():
         row = rows.get(user_id)
@@ -147,14 +175,17 @@ def _reserve_budgets(holds: Holds, asks: list[Ask], by_user: dict[str, list[int]
         resets_at = row.next_budget_reset_at
         if resets_at is not None and row.budget_started_at is not None and now >= resets_at:
             period = budget_rules.current_period(
-                row.budget_started_at, row.budget_duration_sec, now, row.reset_alignment)
+                row.budget_started_at, row.budget_duration_sec, now, row.reset_alignment
+            )
             holds.roll_over(user_id, period.started_at, period.resets_at)
             spend, requests, tokens, resets_at = Decimal(0), 0, 0, period.resets_at
         left = budget_rules.Remaining(
             None if row.max_budget is None else row.max_budget - spend - row.reserved,
-            None if row.request_limit is None
+            None
+            if row.request_limit is None
             else row.request_limit - requests - row.reserved_requests,
-            None if row.token_limit is None else row.token_limit - tokens - row.reserved_tokens)
+            None if row.token_limit is None else row.token_limit - tokens - row.reserved_tokens,
+        )
         total, total_requests, total_tokens = Decimal(0), 0, 0
         for index in indexes:
             ask = asks[index]
@@ -163,12 +194,20 @@ def _reserve_budgets(holds: Holds, asks: list[Ask], by_user: dict[str, list[int]
             if verdict.refused == "money":
                 assert row.max_budget is not None and left.money is not None
                 field = ask.need.output.field if ask.need.output is not None else "max_tokens"
-                results[index] = refusal(user_id, ask.need.amount, left.money, row.max_budget,
-                                         resets_at, verdict.affordable, field)
+                results[index] = refusal(
+                    user_id,
+                    ask.need.amount,
+                    left.money,
+                    row.max_budget,
+                    resets_at,
+                    verdict.affordable,
+                    field,
+                )
                 continue
             if verdict.refused is not None:
-                results[index] = limit_refusal(user_id, row, verdict.refused, ask.need, left,
-                                               resets_at, verdict.affordable)
+                results[index] = limit_refusal(
+                    user_id, row, verdict.refused, ask.need, left, resets_at, verdict.affordable
+                )
                 continue
             # Later requests of the batch see what this one holds (the same rule, in order).
             if left.money is not None:
@@ -180,9 +219,18 @@ def _reserve_budgets(holds: Holds, asks: list[Ask], by_user: dict[str, list[int]
             total += verdict.amount
             total_requests += verdict.requests
             total_tokens += verdict.tokens
-            results[index] = Hold(user_id, verdict.amount, verdict.requests, verdict.tokens,
-                                   verdict.clamped)
+            results[index] = Hold(
+                user_id, verdict.amount, verdict.requests, verdict.tokens, verdict.clamped
+            )
         if total or total_requests or total_tokens:
             holds.add_reserved(user_id, total, total_requests, total_tokens)
-            holds.grow_hold(hold_id(instance_id, user_id), user_id, instance_id, total, now,
-                            now + timedelta(seconds=ttl), total_requests, total_tokens)
+            holds.grow_hold(
+                hold_id(instance_id, user_id),
+                user_id,
+                instance_id,
+                total,
+                now,
+                now + timedelta(seconds=ttl),
+                total_requests,
+                total_tokens,
+            )

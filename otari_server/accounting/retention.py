@@ -39,8 +39,7 @@ class PruneResult:
 
 def cutoff(days: int, now: datetime) -> datetime:
     """Midnight UTC starting the oldest day kept when `days` whole days are retained."""
-    return datetime.combine(now.astimezone(UTC).date() - timedelta(days=days), time(),
-                            tzinfo=UTC)
+    return datetime.combine(now.astimezone(UTC).date() - timedelta(days=days), time(), tzinfo=UTC)
 
 
 def day_start(moment: datetime) -> datetime:
@@ -61,8 +60,14 @@ def measure(sessions: sessionmaker[Session], before: datetime) -> PruneResult:
 def _roll_up(session: Session, rows: list[UsageLog]) -> None:
     sums: dict[_GroupKey, list[int | Decimal]] = {}
     for row in rows:
-        key = (row.timestamp.astimezone(UTC).date(), row.user_id, row.api_key_id, row.model,
-               row.provider, row.status)
+        key = (
+            row.timestamp.astimezone(UTC).date(),
+            row.user_id,
+            row.api_key_id,
+            row.model,
+            row.provider,
+            row.status,
+        )
         acc = sums.setdefault(key, [0, 0, 0, 0, Decimal(0)])
         acc[0] += 1
         acc[1] += row.prompt_tokens or 0
@@ -71,33 +76,60 @@ def _roll_up(session: Session, rows: list[UsageLog]) -> None:
         acc[4] += row.cost or Decimal(0)
     for (day, user_id, key_id, model, provider, status), acc in sums.items():
         requests, prompt, completion, total, cost = acc
-        match = (UsageDaily.day == day, UsageDaily.user_id.is_not_distinct_from(user_id),
-                 UsageDaily.api_key_id.is_not_distinct_from(key_id), UsageDaily.model == model,
-                 UsageDaily.provider.is_not_distinct_from(provider), UsageDaily.status == status)
-        added = session.execute(update(UsageDaily).where(*match).values(
-            requests=UsageDaily.requests + requests,
-            prompt_tokens=UsageDaily.prompt_tokens + prompt,
-            completion_tokens=UsageDaily.completion_tokens + completion,
-            total_tokens=UsageDaily.total_tokens + total,
-            cost=UsageDaily.cost + cost))
+        match = (
+            UsageDaily.day == day,
+            UsageDaily.user_id.is_not_distinct_from(user_id),
+            UsageDaily.api_key_id.is_not_distinct_from(key_id),
+            UsageDaily.model == model,
+            UsageDaily.provider.is_not_distinct_from(provider),
+            UsageDaily.status == status,
+        )
+        added = session.execute(
+            update(UsageDaily)
+            .where(*match)
+            .values(
+                requests=UsageDaily.requests + requests,
+                prompt_tokens=UsageDaily.prompt_tokens + prompt,
+                completion_tokens=UsageDaily.completion_tokens + completion,
+                total_tokens=UsageDaily.total_tokens + total,
+                cost=UsageDaily.cost + cost,
+            )
+        )
         if added.rowcount == 0:  # type: ignore[attr-defined]
-            session.execute(insert(UsageDaily).values(
-                day=day, user_id=user_id, api_key_id=key_id, model=model, provider=provider,
-                status=status, requests=requests, prompt_tokens=prompt,
-                completion_tokens=completion, total_tokens=total, cost=cost))
+            session.execute(
+                insert(UsageDaily).values(
+                    day=day,
+                    user_id=user_id,
+                    api_key_id=key_id,
+                    model=model,
+                    provider=provider,
+                    status=status,
+                    requests=requests,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    total_tokens=total,
+                    cost=cost,
+                )
+            )
 
 
-def prune_batch(sessions: sessionmaker[Session], before: datetime,
-                size: int = BATCH_ROWS) -> tuple[int, Decimal]:
+def prune_batch(
+    sessions: sessionmaker[Session], before: datetime, size: int = BATCH_ROWS
+) -> tuple[int, Decimal]:
     """Move up to `size` of the oldest rows before `before` into roll-ups; (rows, cost).
 
     If another instance moved some of the same rows first, this batch is rolled back and
     counts nothing (the next call picks up what is left).
     """
     with sessions() as session:
-        rows = list(session.scalars(
-            select(UsageLog).where(UsageLog.timestamp < before)
-            .order_by(UsageLog.timestamp, UsageLog.id).limit(size)))
+        rows = list(
+            session.scalars(
+                select(UsageLog)
+                .where(UsageLog.timestamp < before)
+                .order_by(UsageLog.timestamp, UsageLog.id)
+                .limit(size)
+            )
+        )
         if not rows:
             return 0, Decimal(0)
         _roll_up(session, rows)
@@ -128,8 +160,12 @@ def any_before(sessions: sessionmaker[Session], before: datetime) -> bool:
     return found is not None
 
 
-async def retain_forever(sessions: sessionmaker[Session], days: int,
-                         interval: float = CHECK_INTERVAL, breather: float = 0.05) -> None:
+async def retain_forever(
+    sessions: sessionmaker[Session],
+    days: int,
+    interval: float = CHECK_INTERVAL,
+    breather: float = 0.05,
+) -> None:
     """Every `interval` seconds, roll up and delete rows older than `days` whole UTC days.
 
     One batch per thread hop with `breather` seconds between batches, so the hot path's
@@ -146,8 +182,11 @@ async def retain_forever(sessions: sessionmaker[Session], days: int,
                 rows += moved
                 await asyncio.sleep(breather)
             if rows:
-                log.info("usage retention: rolled up and removed %d row(s) before %s",
-                         rows, before.date().isoformat())
+                log.info(
+                    "usage retention: rolled up and removed %d row(s) before %s",
+                    rows,
+                    before.date().isoformat(),
+                )
         except Exception:  # an outage must not end the job; the next pass retries
             log.warning("usage retention pass failed; will retry", exc_info=True)
         await asyncio.sleep(interval)

@@ -62,26 +62,36 @@ class Settlement:
 
 
 # Statements built once: constructing SQLAlchemy expressions costs more than running them.
-_SETTLE_USER = (update(User).where(User.user_id == bindparam("uid"))
-                .values(spend=User.spend + bindparam("cost", type_=User.spend.type),
-                        reserved=User.reserved - bindparam("release", type_=User.reserved.type)))
+_SETTLE_USER = (
+    update(User)
+    .where(User.user_id == bindparam("uid"))
+    .values(
+        spend=User.spend + bindparam("cost", type_=User.spend.type),
+        reserved=User.reserved - bindparam("release", type_=User.reserved.type),
+    )
+)
 
 
-_SETTLE_KEY = (update(APIKey).where(APIKey.id == bindparam("kid"))
-               .values(spend=APIKey.spend + bindparam("cost", type_=APIKey.spend.type)))
+_SETTLE_KEY = (
+    update(APIKey)
+    .where(APIKey.id == bindparam("kid"))
+    .values(spend=APIKey.spend + bindparam("cost", type_=APIKey.spend.type))
+)
 
 
-_SHRINK_HOLD = (update(Reservation).where(Reservation.id == bindparam("hid"))
-                .values(amount=Reservation.amount - bindparam("amount",
-                                                              type_=Reservation.amount.type)))
+_SHRINK_HOLD = (
+    update(Reservation)
+    .where(Reservation.id == bindparam("hid"))
+    .values(amount=Reservation.amount - bindparam("amount", type_=Reservation.amount.type))
+)
 
 
-_HELD = (select(Reservation.user_id, Reservation.amount)
-         .where(Reservation.id.in_(bindparam("ids", expanding=True))))
+_HELD = select(Reservation.user_id, Reservation.amount).where(
+    Reservation.id.in_(bindparam("ids", expanding=True))
+)
 
 
-def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
-               now: datetime) -> None:
+def settle_all(conn: Connection, batch: list[Settlement], instance_id: str, now: datetime) -> None:
     """Apply settlements in the caller's transaction: usage rows, spend, released holds."""
     rows = [_usage_row(s) for s in batch]
     _insert_usage(conn, rows)
@@ -110,8 +120,9 @@ def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
         # A hold reclaimed meanwhile (it expired) was given back already: release no more
         # than this instance still holds.
         release = min(released.get(user_id, Decimal(0)), held.get(user_id, Decimal(0)))
-        users.append({"uid": user_id, "cost": user_spend.get(user_id, Decimal(0)),
-                      "release": release})
+        users.append(
+            {"uid": user_id, "cost": user_spend.get(user_id, Decimal(0)), "release": release}
+        )
         if release:
             holds.append({"hid": hold_id(instance_id, user_id), "amount": release})
     if users:
@@ -123,20 +134,30 @@ def settle_all(conn: Connection, batch: list[Settlement], instance_id: str,
     settle_counts(conn, batch, instance_id)
 
 
-_COUNT_USER = (update(User).where(User.user_id == bindparam("uid"))
-               .values(requests=User.requests + bindparam("n"),
-                       tokens=User.tokens + bindparam("t"),
-                       reserved_requests=User.reserved_requests - bindparam("rn"),
-                       reserved_tokens=User.reserved_tokens - bindparam("rt")))
+_COUNT_USER = (
+    update(User)
+    .where(User.user_id == bindparam("uid"))
+    .values(
+        requests=User.requests + bindparam("n"),
+        tokens=User.tokens + bindparam("t"),
+        reserved_requests=User.reserved_requests - bindparam("rn"),
+        reserved_tokens=User.reserved_tokens - bindparam("rt"),
+    )
+)
 
 
-_SHRINK_COUNTS = (update(Reservation).where(Reservation.id == bindparam("hid"))
-                  .values(requests=Reservation.requests - bindparam("rn"),
-                          tokens=Reservation.tokens - bindparam("rt")))
+_SHRINK_COUNTS = (
+    update(Reservation)
+    .where(Reservation.id == bindparam("hid"))
+    .values(
+        requests=Reservation.requests - bindparam("rn"), tokens=Reservation.tokens - bindparam("rt")
+    )
+)
 
 
-_HELD_COUNTS = (select(Reservation.user_id, Reservation.requests, Reservation.tokens)
-                .where(Reservation.id.in_(bindparam("ids", expanding=True))))
+_HELD_COUNTS = select(Reservation.user_id, Reservation.requests, Reservation.tokens).where(
+    Reservation.id.in_(bindparam("ids", expanding=True))
+)
 
 
 def served(s: Settlement) -> bool:
@@ -164,8 +185,10 @@ def settle_counts(conn: Connection, batch: list[Settlement], instance_id: str) -
     held: dict[str, tuple[int, int]] = {}
     if released:
         ids = [hold_id(instance_id, user_id) for user_id in released]
-        held = {str(user_id): (requests, tokens) for user_id, requests, tokens
-                in conn.execute(_HELD_COUNTS, {"ids": ids})}
+        held = {
+            str(user_id): (requests, tokens)
+            for user_id, requests, tokens in conn.execute(_HELD_COUNTS, {"ids": ids})
+        }
     users, shrink = [], []
     for user_id in used.keys() | released.keys():
         # As for money: release no more than this instance still holds (see settle_all).
@@ -201,17 +224,24 @@ def _insert_usage(conn: Connection, rows: list[dict[str, Any]]) -> None:
     dialect = conn.dialect
     columns = list(rows[0])
     table = UsageLog.__table__.c
-    convert = [table[name].type.dialect_impl(dialect).bind_processor(dialect)
-               for name in columns]
+    convert = [table[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
     marker = "?" if dialect.name == "sqlite" else "%s"
     quote = dialect.identifier_preparer.quote
-    sql = (f"INSERT INTO {quote(UsageLog.__tablename__)} "
-           f"({', '.join(quote(name) for name in columns)}) "
-           f"VALUES ({', '.join([marker] * len(columns))})")
-    conn.exec_driver_sql(sql, [
-        tuple(value if process is None or value is None else process(value)
-              for value, process in zip(row.values(), convert, strict=True))
-        for row in rows])
+    sql = (
+        f"INSERT INTO {quote(UsageLog.__tablename__)} "
+        f"({', '.join(quote(name) for name in columns)}) "
+        f"VALUES ({', '.join([marker] * len(columns))})"
+    )
+    conn.exec_driver_sql(
+        sql,
+        [
+            tuple(
+                value if process is None or value is None else process(value)
+                for value, process in zip(row.values(), convert, strict=True)
+            )
+            for row in rows
+        ],
+    )
 
 
 def _usage_row(s: Settlement) -> dict[str, Any]:
@@ -220,16 +250,30 @@ def _usage_row(s: Settlement) -> dict[str, Any]:
         total = (s.prompt_tokens or 0) + (s.completion_tokens or 0)
     # Strings a client chose (the model name) are cut to their column, so PostgreSQL never
     # refuses a row for its length.
-    return {"id": s.id, "user_id": s.user_id, "api_key_id": s.api_key_id,
-            "timestamp": s.timestamp, "model": s.model[:255], "provider": _cut(s.provider, 64),
-            "endpoint": s.endpoint[:64], "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens, "total_tokens": total,
-            "cache_read_tokens": s.cache_read_tokens, "cache_write_tokens": s.cache_write_tokens,
-            "counts_toward_budget": s.counts_toward_budget, "cost": s.cost, "status": s.status,
-            "error_message": s.error_message, "latency_ms": s.latency_ms,
-            "request_id": _cut(s.request_id, 64), "status_code": s.status_code,
-            "price_source": s.price_source,
-            "route": s.route, "attempts": s.attempts}
+    return {
+        "id": s.id,
+        "user_id": s.user_id,
+        "api_key_id": s.api_key_id,
+        "timestamp": s.timestamp,
+        "model": s.model[:255],
+        "provider": _cut(s.provider, 64),
+        "endpoint": s.endpoint[:64],
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "total_tokens": total,
+        "cache_read_tokens": s.cache_read_tokens,
+        "cache_write_tokens": s.cache_write_tokens,
+        "counts_toward_budget": s.counts_toward_budget,
+        "cost": s.cost,
+        "status": s.status,
+        "error_message": s.error_message,
+        "latency_ms": s.latency_ms,
+        "request_id": _cut(s.request_id, 64),
+        "status_code": s.status_code,
+        "price_source": s.price_source,
+        "route": s.route,
+        "attempts": s.attempts,
+    }
 
 
 def _cut(text: str | None, length: int) -> str | None:
@@ -244,11 +288,18 @@ def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:
     """
     condition = Reservation.expires_at <= now
     if left_by is not None:
-        condition = or_(condition, Reservation.instance_id == left_by,
-                        Reservation.instance_id.startswith(left_by + ":", autoescape=True))
-    rows = conn.execute(delete(Reservation).where(condition)
-                        .returning(Reservation.user_id, Reservation.amount,
-                                   Reservation.requests, Reservation.tokens)).all()
+        condition = or_(
+            condition,
+            Reservation.instance_id == left_by,
+            Reservation.instance_id.startswith(left_by + ":", autoescape=True),
+        )
+    rows = conn.execute(
+        delete(Reservation)
+        .where(condition)
+        .returning(
+            Reservation.user_id, Reservation.amount, Reservation.requests, Reservation.tokens
+        )
+    ).all()
     per_user: dict[str, list[Any]] = defaultdict(lambda: [Decimal(0), 0, 0])
     for user_id, amount, requests, tokens in rows:
         if user_id is not None and (amount or requests or tokens):
@@ -257,10 +308,15 @@ def reclaim(conn: Connection, left_by: str | None, now: datetime) -> int:
             totals[1] += requests or 0
             totals[2] += tokens or 0
     for user_id, (amount, requests, tokens) in per_user.items():
-        conn.execute(update(User).where(User.user_id == user_id)
-                     .values(reserved=User.reserved - amount,
-                             reserved_requests=User.reserved_requests - requests,
-                             reserved_tokens=User.reserved_tokens - tokens))
+        conn.execute(
+            update(User)
+            .where(User.user_id == user_id)
+            .values(
+                reserved=User.reserved - amount,
+                reserved_requests=User.reserved_requests - requests,
+                reserved_tokens=User.reserved_tokens - tokens,
+            )
+        )
     return sum(1 for _, amount, requests, tokens in rows if amount or requests or tokens)
 
 
@@ -276,8 +332,12 @@ class Unwritten(Exception):
 _TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
 
 
-def write_settlements(conn: Connection, batch: list[Settlement], instance_id: str,
-                      reject: Callable[[Settlement, BaseException], None]) -> None:
+def write_settlements(
+    conn: Connection,
+    batch: list[Settlement],
+    instance_id: str,
+    reject: Callable[[Settlement, BaseException], None],
+) -> None:
     """Write settlements, each batch in one transaction; one bad row never holds back the rest.
 
     A batch the database refuses is split in halves until the row it refuses is alone;
@@ -293,7 +353,8 @@ def write_settlements(conn: Connection, batch: list[Settlement], instance_id: st
             continue
         except Exception as exc:
             transient = isinstance(exc, _TRANSIENT) or (
-                isinstance(exc, DBAPIError) and exc.connection_invalidated)
+                isinstance(exc, DBAPIError) and exc.connection_invalidated
+            )
             if transient or (len(part) == 1 and not _alive(conn)):
                 raise Unwritten([row for p in (*parts, part) for row in p]) from exc
             if len(part) == 1:
@@ -314,8 +375,15 @@ def _alive(conn: Connection) -> bool:
 
 def log_rejected(row: Settlement, exc: BaseException) -> None:
     # Who and what, never the key or the prompt: enough to find and redo the row by hand.
-    log.error("usage row refused by the database and dropped (%s): id=%s user=%s model=%s "
-              "status=%s prompt_tokens=%s completion_tokens=%s cost=%s",
-              type(exc).__name__, row.id, row.user_id, row.model[:80], row.status,
-              row.prompt_tokens, row.completion_tokens,
-              None if row.cost is None else f"{row.cost:f}")
+    log.error(
+        "usage row refused by the database and dropped (%s): id=%s user=%s model=%s "
+        "status=%s prompt_tokens=%s completion_tokens=%s cost=%s",
+        type(exc).__name__,
+        row.id,
+        row.user_id,
+        row.model[:80],
+        row.status,
+        row.prompt_tokens,
+        row.completion_tokens,
+        None if row.cost is None else f"{row.cost:f}",
+    )

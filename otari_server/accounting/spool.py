@@ -39,9 +39,12 @@ def spooled_paths(node: str) -> list[Path]:
     folder, name = state_dir(), f"usage-spool-{_file_safe(node)}"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name in (f"{name}.jsonl", f"{name}.jsonl.replaying")
-                  or (p.name.startswith(name + "_") and ".jsonl" in p.name))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.name in (f"{name}.jsonl", f"{name}.jsonl.replaying")
+        or (p.name.startswith(name + "_") and ".jsonl" in p.name)
+    )
 
 
 def _file_safe(name: str) -> str:
@@ -61,25 +64,41 @@ def spool(path: Path, rows: list[Settlement]) -> None:
 
 
 def _spooled(s: Settlement) -> dict[str, Any]:
-    return {"hold_user_id": s.hold.user_id, "hold_amount": str(s.hold.amount),
-            "user_id": s.user_id, "api_key_id": s.api_key_id, "model": s.model,
-            "provider": s.provider, "endpoint": s.endpoint, "status": s.status,
-            "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-            "cache_read_tokens": s.cache_read_tokens,
-            "cache_write_tokens": s.cache_write_tokens,
-            "cost": None if s.cost is None else str(s.cost),
-            "counts_toward_budget": s.counts_toward_budget, "error_message": s.error_message,
-            "latency_ms": s.latency_ms, "request_id": s.request_id,
-            "rate_subjects": list(s.rate_subjects), "id": s.id,
-            "timestamp": s.timestamp.isoformat(), "status_code": s.status_code}
+    return {
+        "hold_user_id": s.hold.user_id,
+        "hold_amount": str(s.hold.amount),
+        "user_id": s.user_id,
+        "api_key_id": s.api_key_id,
+        "model": s.model,
+        "provider": s.provider,
+        "endpoint": s.endpoint,
+        "status": s.status,
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "cache_read_tokens": s.cache_read_tokens,
+        "cache_write_tokens": s.cache_write_tokens,
+        "cost": None if s.cost is None else str(s.cost),
+        "counts_toward_budget": s.counts_toward_budget,
+        "error_message": s.error_message,
+        "latency_ms": s.latency_ms,
+        "request_id": s.request_id,
+        "rate_subjects": list(s.rate_subjects),
+        "id": s.id,
+        "timestamp": s.timestamp.isoformat(),
+        "status_code": s.status_code,
+    }
 
 
 def _unspooled(line: dict[str, Any]) -> Settlement:
     hold = Hold(line.pop("hold_user_id"), Decimal(line.pop("hold_amount")))
     cost = line.pop("cost")
-    return Settlement(hold=hold, cost=None if cost is None else Decimal(cost),
-                      timestamp=datetime.fromisoformat(line.pop("timestamp")),
-                      rate_subjects=tuple(line.pop("rate_subjects")), **line)
+    return Settlement(
+        hold=hold,
+        cost=None if cost is None else Decimal(cost),
+        timestamp=datetime.fromisoformat(line.pop("timestamp")),
+        rate_subjects=tuple(line.pop("rate_subjects")),
+        **line,
+    )
 
 
 def replay_spool(engine: Engine, node: str, instance_id: str) -> int:
@@ -92,21 +111,29 @@ def replay_spool(engine: Engine, node: str, instance_id: str) -> int:
     """
     replayed = 0
     for path in spooled_paths(node):
-        working = path if path.name.endswith(".replaying") else path.with_name(
-            path.name + ".replaying")
+        working = (
+            path if path.name.endswith(".replaying") else path.with_name(path.name + ".replaying")
+        )
         if working != path:
             path.replace(working)
-        rows = [_unspooled(orjson.loads(line))
-                for line in working.read_bytes().splitlines() if line.strip()]
+        rows = [
+            _unspooled(orjson.loads(line))
+            for line in working.read_bytes().splitlines()
+            if line.strip()
+        ]
         with engine.connect() as conn:
             try:
                 write_settlements(conn, rows, instance_id, log_rejected)
             except Unwritten as exc:
                 working.unlink()
                 spool(path, exc.rows)
-                log.warning("could not replay %d spooled usage row(s) from %s (%s); "
-                            "kept for the next start", len(exc.rows), path.name,
-                            type(exc.__cause__).__name__)
+                log.warning(
+                    "could not replay %d spooled usage row(s) from %s (%s); "
+                    "kept for the next start",
+                    len(exc.rows),
+                    path.name,
+                    type(exc.__cause__).__name__,
+                )
                 replayed += len(rows) - len(exc.rows)
                 continue
         working.unlink()

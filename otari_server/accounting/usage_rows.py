@@ -21,11 +21,30 @@ from otari_server.jsonio import plain
 from otari_server.storage.tables import MONEY_PLACES, UsageLog, UTCDateTime, as_utc
 
 # The fields of a usage row shared by every usage response, in wire order.
-FIELDS = ("id", "user_id", "api_key_id", "timestamp", "model", "provider", "endpoint",
-          "prompt_tokens", "completion_tokens", "total_tokens", "cost", "status",
-          "error_message", "latency_ms", "request_id", "cache_read_tokens",
-          "cache_write_tokens", "counts_toward_budget", "status_code", "price_source",
-          "route", "attempts")
+FIELDS = (
+    "id",
+    "user_id",
+    "api_key_id",
+    "timestamp",
+    "model",
+    "provider",
+    "endpoint",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost",
+    "status",
+    "error_message",
+    "latency_ms",
+    "request_id",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "counts_toward_budget",
+    "status_code",
+    "price_source",
+    "route",
+    "attempts",
+)
 
 
 def fetch(session: Session, statement: Select[UsageLog]) -> list[dict[str, Any]]:
@@ -56,8 +75,7 @@ def fetch(session: Session, statement: Select[UsageLog]) -> list[dict[str, Any]]
 
 
 # The columns without their result types: values come back as the driver gives them.
-_RAW_COLUMNS = [type_coerce(UsageLog.__table__.c[name], NullType()).label(name)
-                for name in FIELDS]
+_RAW_COLUMNS = [type_coerce(UsageLog.__table__.c[name], NullType()).label(name) for name in FIELDS]
 
 
 def _same(value: Any) -> Any:
@@ -107,8 +125,7 @@ def utc(moment: datetime, name: str) -> datetime:
         instant + timedelta(days=1)  # room for the day arithmetic of summaries and prunes
         instant - timedelta(days=1)
     except OverflowError:
-        raise InvalidRequest(f"{name}: {moment.isoformat()} is out of range",
-                             param=name) from None
+        raise InvalidRequest(f"{name}: {moment.isoformat()} is out of range", param=name) from None
     return instant
 
 
@@ -135,9 +152,12 @@ class Filters:
             where.append(table.timestamp >= self.start_date)
         if timed and self.end_date is not None:
             where.append(table.timestamp < self.end_date)
-        for column, values in ((table.user_id, self.user_ids),
-                               (table.api_key_id, self.api_key_ids),
-                               (table.model, self.models), (table.status, self.statuses)):
+        for column, values in (
+            (table.user_id, self.user_ids),
+            (table.api_key_id, self.api_key_ids),
+            (table.model, self.models),
+            (table.status, self.statuses),
+        ):
             if values:
                 where.append(column.in_(values))
         return where
@@ -166,10 +186,17 @@ class Cursor:
             if not isinstance(row_id, str) or "\x00" in row_id or moment.tzinfo is None:
                 raise ValueError("bad cursor")
             moment = as_utc(moment)
-        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError,
-                RecursionError):  # deeply nested JSON
-            raise InvalidRequest("Invalid 'after' cursor: pass the value from a Link "
-                                 "header unchanged", param="after") from None
+        except (
+            binascii.Error,
+            ValueError,
+            TypeError,
+            UnicodeDecodeError,
+            OverflowError,
+            RecursionError,
+        ):  # deeply nested JSON
+            raise InvalidRequest(
+                "Invalid 'after' cursor: pass the value from a Link header unchanged", param="after"
+            ) from None
         return cls(moment, row_id)
 
 
@@ -181,12 +208,13 @@ def query(filters: Filters, after: Cursor | None = None) -> Select[UsageLog]:
         # (timestamp, id) indexes serve it on both backends.
         statement = statement.where(
             tuple_(UsageLog.timestamp, UsageLog.id)
-            < tuple_(literal(after.timestamp, UTCDateTime()), after.id))
+            < tuple_(literal(after.timestamp, UTCDateTime()), after.id)
+        )
     return statement.order_by(UsageLog.timestamp.desc(), UsageLog.id.desc())
-
 
 
 def count(session: Session, filters: Filters) -> int:
     """How many usage rows match `filters` (pruned rows no longer do)."""
-    return int(session.scalar(select(func.count()).select_from(UsageLog)
-                              .where(*filters.conditions())) or 0)
+    return int(
+        session.scalar(select(func.count()).select_from(UsageLog).where(*filters.conditions())) or 0
+    )

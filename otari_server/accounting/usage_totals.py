@@ -36,8 +36,7 @@ from sqlalchemy.dialects import postgresql
 from otari_server.storage.tables import MONEY_PLACES, UsageDaily, UsageLog, UsageTotal, quantize
 
 # Dimension name -> the usage_logs column it totals.
-DIMENSIONS = {"user": "user_id", "key": "api_key_id", "model": "model",
-              "provider": "provider"}
+DIMENSIONS = {"user": "user_id", "key": "api_key_id", "model": "model", "provider": "provider"}
 # Dimensions whose column may be NULL ("" stands for it in `value`).
 NULLABLE = frozenset({"user", "key", "provider"})
 SHARDS = 16
@@ -82,18 +81,40 @@ def deltas(rows: Iterable[Mapping[str, Any]], shard: int) -> list[dict[str, Any]
             acc[2] += row["completion_tokens"] or 0
             # Each row's cost as stored (ten places), so the totals equal the rows' sum.
             acc[3] += quantize(Decimal(row["cost"])) if row["cost"] else 0
-    return [{"dimension": k[0], "day": k[1], "value": k[2], "status": k[3], "shard": k[4],
-             "requests": v[0], "prompt_tokens": v[1], "completion_tokens": v[2], "cost": v[3]}
-            for k, v in sorted(sums.items())]
+    return [
+        {
+            "dimension": k[0],
+            "day": k[1],
+            "value": k[2],
+            "status": k[3],
+            "shard": k[4],
+            "requests": v[0],
+            "prompt_tokens": v[1],
+            "completion_tokens": v[2],
+            "cost": v[3],
+        }
+        for k, v in sorted(sums.items())
+    ]
 
 
 def _upsert(mark: str) -> str:
-    columns = ("dimension", "day", "value", "status", "shard", "requests", "prompt_tokens",
-               "completion_tokens", "cost")
+    columns = (
+        "dimension",
+        "day",
+        "value",
+        "status",
+        "shard",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+    )
     added = ", ".join(f"{name} = usage_totals.{name} + excluded.{name}" for name in columns[5:])
-    return (f"INSERT INTO usage_totals ({', '.join(columns)}) "
-            f"VALUES ({', '.join([mark] * len(columns))}) "
-            f"ON CONFLICT (dimension, day, value, status, shard) DO UPDATE SET {added}")
+    return (
+        f"INSERT INTO usage_totals ({', '.join(columns)}) "
+        f"VALUES ({', '.join([mark] * len(columns))}) "
+        f"ON CONFLICT (dimension, day, value, status, shard) DO UPDATE SET {added}"
+    )
 
 
 # Plain SQL for the driver: this runs for every request, and SQLAlchemy's statement
@@ -108,9 +129,20 @@ def add(conn: Connection, rows: Iterable[Mapping[str, Any]], shard: int) -> None
         return
     dialect = conn.dialect.name
     if dialect == "sqlite":  # dates as ISO text, money as integer units (tables.Money)
-        values = [(p["dimension"], p["day"].isoformat(), p["value"], p["status"], p["shard"],
-                   p["requests"], p["prompt_tokens"], p["completion_tokens"],
-                   int(Decimal(p["cost"]).scaleb(MONEY_PLACES))) for p in params]
+        values = [
+            (
+                p["dimension"],
+                p["day"].isoformat(),
+                p["value"],
+                p["status"],
+                p["shard"],
+                p["requests"],
+                p["prompt_tokens"],
+                p["completion_tokens"],
+                int(Decimal(p["cost"]).scaleb(MONEY_PLACES)),
+            )
+            for p in params
+        ]
     else:
         values = [tuple(p.values()) for p in params]
     conn.exec_driver_sql(_UPSERTS[dialect], values)
@@ -130,22 +162,50 @@ def rebuild(conn: Connection) -> int:
     conn.execute(delete(UsageTotal))
     day = _day_of_log(conn.dialect.name)
     for dimension, column in DIMENSIONS.items():
-        live = select(day.label("day"),
-                      func.coalesce(getattr(UsageLog, column), "").label("value"),
-                      UsageLog.status.label("status"), literal(1).label("requests"),
-                      func.coalesce(UsageLog.prompt_tokens, 0).label("prompt_tokens"),
-                      func.coalesce(UsageLog.completion_tokens, 0).label("completion_tokens"),
-                      func.coalesce(UsageLog.cost, 0).label("cost"))
-        pruned = select(UsageDaily.day, func.coalesce(getattr(UsageDaily, column), ""),
-                        UsageDaily.status, UsageDaily.requests, UsageDaily.prompt_tokens,
-                        UsageDaily.completion_tokens, UsageDaily.cost)
+        live = select(
+            day.label("day"),
+            func.coalesce(getattr(UsageLog, column), "").label("value"),
+            UsageLog.status.label("status"),
+            literal(1).label("requests"),
+            func.coalesce(UsageLog.prompt_tokens, 0).label("prompt_tokens"),
+            func.coalesce(UsageLog.completion_tokens, 0).label("completion_tokens"),
+            func.coalesce(UsageLog.cost, 0).label("cost"),
+        )
+        pruned = select(
+            UsageDaily.day,
+            func.coalesce(getattr(UsageDaily, column), ""),
+            UsageDaily.status,
+            UsageDaily.requests,
+            UsageDaily.prompt_tokens,
+            UsageDaily.completion_tokens,
+            UsageDaily.cost,
+        )
         both = union_all(live, pruned).subquery()
-        grouped = select(cast(literal(dimension), String), both.c.day, both.c.value,
-                         both.c.status, literal(0), func.sum(both.c.requests),
-                         func.sum(both.c.prompt_tokens), func.sum(both.c.completion_tokens),
-                         func.sum(both.c.cost)
-                         ).group_by(both.c.day, both.c.value, both.c.status)
-        conn.execute(insert(UsageTotal).from_select(
-            ["dimension", "day", "value", "status", "shard", "requests", "prompt_tokens",
-             "completion_tokens", "cost"], grouped))
+        grouped = select(
+            cast(literal(dimension), String),
+            both.c.day,
+            both.c.value,
+            both.c.status,
+            literal(0),
+            func.sum(both.c.requests),
+            func.sum(both.c.prompt_tokens),
+            func.sum(both.c.completion_tokens),
+            func.sum(both.c.cost),
+        ).group_by(both.c.day, both.c.value, both.c.status)
+        conn.execute(
+            insert(UsageTotal).from_select(
+                [
+                    "dimension",
+                    "day",
+                    "value",
+                    "status",
+                    "shard",
+                    "requests",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "cost",
+                ],
+                grouped,
+            )
+        )
     return int(conn.scalar(select(func.count()).select_from(UsageTotal)) or 0)

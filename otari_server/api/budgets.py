@@ -18,33 +18,49 @@ from otari_server.errors import Conflict, InvalidRequest, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import Budget, User, utcnow
 
-router = APIRouter(prefix="/v1/budgets", tags=["budgets"], route_class=ExactRoute,
-                   dependencies=[Depends(require_master)])
+router = APIRouter(
+    prefix="/v1/budgets",
+    tags=["budgets"],
+    route_class=ExactRoute,
+    dependencies=[Depends(require_master)],
+)
 
 
 def _response(session: Session, row: Budget) -> BudgetResponse:
     count, spend, reserved = session.execute(
-        select(func.count(), func.coalesce(func.sum(User.spend), 0),
-               func.coalesce(func.sum(User.reserved), 0))
-        .where(User.budget_id == row.budget_id, User.deleted_at.is_(None))
+        select(
+            func.count(),
+            func.coalesce(func.sum(User.spend), 0),
+            func.coalesce(func.sum(User.reserved), 0),
+        ).where(User.budget_id == row.budget_id, User.deleted_at.is_(None))
     ).one()
     return BudgetResponse(
-        budget_id=row.budget_id, name=row.name, max_budget=row.max_budget,
-        budget_duration_sec=row.budget_duration_sec, created_at=row.created_at,
-        updated_at=row.updated_at, user_count=count,
-        total_spend=Decimal(spend), total_reserved=Decimal(reserved),
-        request_limit=row.request_limit, token_limit=row.token_limit,
-        reset_alignment=row.reset_alignment, budget_clamp=row.budget_clamp,
-        alert_thresholds=None if row.alert_thresholds is None
+        budget_id=row.budget_id,
+        name=row.name,
+        max_budget=row.max_budget,
+        budget_duration_sec=row.budget_duration_sec,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        user_count=count,
+        total_spend=Decimal(spend),
+        total_reserved=Decimal(reserved),
+        request_limit=row.request_limit,
+        token_limit=row.token_limit,
+        reset_alignment=row.reset_alignment,
+        budget_clamp=row.budget_clamp,
+        alert_thresholds=None
+        if row.alert_thresholds is None
         else [Decimal(v) for v in row.alert_thresholds],
     )
 
 
 def _check_period(duration_sec: int | None, alignment: str | None) -> None:
     if duration_sec is not None and alignment is not None:
-        raise InvalidRequest("budget_duration_sec and reset_alignment are exclusive: a period "
-                             "is either a number of seconds or a calendar day, week or month",
-                             param="reset_alignment")
+        raise InvalidRequest(
+            "budget_duration_sec and reset_alignment are exclusive: a period "
+            "is either a number of seconds or a calendar day, week or month",
+            param="reset_alignment",
+        )
 
 
 def _thresholds(values: list[Decimal] | None) -> list[str] | None:
@@ -68,11 +84,17 @@ def create(body: CreateBudgetRequest, session: SessionDep) -> Response:
     budget_id = body.budget_id or str(uuid.uuid4())
     if session.get(Budget, budget_id) is not None:
         raise Conflict(f"Budget '{budget_id}' already exists")
-    row = Budget(budget_id=budget_id, name=body.name, max_budget=body.max_budget,
-                 budget_duration_sec=body.budget_duration_sec,
-                 reset_alignment=body.reset_alignment, request_limit=body.request_limit,
-                 token_limit=body.token_limit, budget_clamp=body.budget_clamp,
-                 alert_thresholds=_thresholds(body.alert_thresholds))
+    row = Budget(
+        budget_id=budget_id,
+        name=body.name,
+        max_budget=body.max_budget,
+        budget_duration_sec=body.budget_duration_sec,
+        reset_alignment=body.reset_alignment,
+        request_limit=body.request_limit,
+        token_limit=body.token_limit,
+        budget_clamp=body.budget_clamp,
+        alert_thresholds=_thresholds(body.alert_thresholds),
+    )
     session.add(row)
     session.commit()
     return ExactJSONResponse(_response(session, row))
@@ -81,8 +103,9 @@ def create(body: CreateBudgetRequest, session: SessionDep) -> Response:
 @router.get("", response_model=list[BudgetResponse])
 def list_budgets(session: ReadSessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
     """List budgets, oldest first."""
-    rows = session.scalars(select(Budget).order_by(Budget.created_at, Budget.budget_id)
-                           .offset(skip).limit(limit))
+    rows = session.scalars(
+        select(Budget).order_by(Budget.created_at, Budget.budget_id).offset(skip).limit(limit)
+    )
     return ExactJSONResponse([_response(session, row) for row in rows])
 
 
@@ -93,8 +116,9 @@ def get(budget_id: str, session: ReadSessionDep) -> Response:
 
 
 @router.patch("/{budget_id}", response_model=BudgetResponse)
-def patch(budget_id: str, body: UpdateBudgetRequest, session: SessionDep,
-          runtime: RuntimeDep) -> Response:
+def patch(
+    budget_id: str, body: UpdateBudgetRequest, session: SessionDep, runtime: RuntimeDep
+) -> Response:
     """Change only the fields sent; a new duration re-times its users' next reset."""
     row = _get(session, budget_id)
     sent = body.model_dump(exclude_unset=True)
@@ -128,14 +152,23 @@ def patch(budget_id: str, body: UpdateBudgetRequest, session: SessionDep,
 def delete(budget_id: str, session: SessionDep) -> Response:
     """Delete a budget no user references; otherwise 409 naming how many do."""
     row = _get(session, budget_id)
-    users = session.scalar(select(func.count()).where(
-        User.budget_id == budget_id, User.deleted_at.is_(None))) or 0
+    users = (
+        session.scalar(
+            select(func.count()).where(User.budget_id == budget_id, User.deleted_at.is_(None))
+        )
+        or 0
+    )
     if users:
-        raise Conflict(f"Budget '{budget_id}' is still assigned to {users} user(s); "
-                       "move them to another budget first")
+        raise Conflict(
+            f"Budget '{budget_id}' is still assigned to {users} user(s); "
+            "move them to another budget first"
+        )
     # Deleted users keep their history but no longer hold on to the budget.
-    session.execute(update(User).where(User.budget_id == budget_id).values(
-        budget_id=None, budget_started_at=None, next_budget_reset_at=None))
+    session.execute(
+        update(User)
+        .where(User.budget_id == budget_id)
+        .values(budget_id=None, budget_started_at=None, next_budget_reset_at=None)
+    )
     session.delete(row)
     session.commit()
     return Response(status_code=204)

@@ -21,8 +21,9 @@ from otari_server.errors import NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import APIKey, User, utcnow
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ExactRoute,
-                   dependencies=[Depends(require_master)])
+router = APIRouter(
+    prefix="/v1/keys", tags=["keys"], route_class=ExactRoute, dependencies=[Depends(require_master)]
+)
 
 
 def _get(session: SessionDep, key_id: str) -> APIKey:
@@ -39,26 +40,34 @@ def create(body: CreateKeyRequest, session: SessionDep, runtime: RuntimeDep) -> 
         user = session.get(User, body.user_id)
         if user is None or user.deleted_at is not None:
             raise NotFound(f"User '{body.user_id}' not found")
-    created = create_key(session, key_name=body.key_name, user_id=body.user_id,
-                         expires_at=body.expires_at, metadata=body.metadata,
-                         rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit,
-                         allowed_models=body.allowed_models,
-                         exclude_from_budget=body.exclude_from_budget)
+    created = create_key(
+        session,
+        key_name=body.key_name,
+        user_id=body.user_id,
+        expires_at=body.expires_at,
+        metadata=body.metadata,
+        rpm_limit=body.rpm_limit,
+        tpm_limit=body.tpm_limit,
+        allowed_models=body.allowed_models,
+        exclude_from_budget=body.exclude_from_budget,
+    )
     session.commit()
     runtime.changed()
     return ExactJSONResponse(created)
 
 
 @router.get("", response_model=list[KeyInfo])
-def list_keys(session: ReadSessionDep, skip: Skip = 0, limit: Limit = 100,
-              include_revoked: bool = Query(
-                  False, description="Also list keys revoked by DELETE")) -> Response:
+def list_keys(
+    session: ReadSessionDep,
+    skip: Skip = 0,
+    limit: Limit = 100,
+    include_revoked: bool = Query(False, description="Also list keys revoked by DELETE"),
+) -> Response:
     """List keys, oldest first; revoked keys only when asked."""
     query = select(APIKey)
     if not include_revoked:
         query = query.where(APIKey.key_hash.not_like(f"{REVOKED_MARK}%"))
-    rows = session.scalars(query.order_by(APIKey.created_at, APIKey.id)
-                           .offset(skip).limit(limit))
+    rows = session.scalars(query.order_by(APIKey.created_at, APIKey.id).offset(skip).limit(limit))
     return ExactJSONResponse([key_info(row) for row in rows])
 
 
@@ -69,8 +78,9 @@ def get(key_id: str, session: ReadSessionDep) -> Response:
 
 
 @router.patch("/{key_id}", response_model=KeyInfo)
-def patch(key_id: str, body: UpdateKeyRequest, session: SessionDep,
-          runtime: RuntimeDep) -> Response:
+def patch(
+    key_id: str, body: UpdateKeyRequest, session: SessionDep, runtime: RuntimeDep
+) -> Response:
     """Change only the fields sent (name, active status, expiration, metadata, limits)."""
     row = _get(session, key_id)
     sent = body.model_dump(exclude_unset=True)
@@ -88,8 +98,9 @@ def patch(key_id: str, body: UpdateKeyRequest, session: SessionDep,
 
 
 @router.post("/{key_id}/rotate", response_model=RotateKeyResponse)
-def rotate(key_id: str, session: SessionDep, runtime: RuntimeDep,
-           body: RotateKeyRequest | None = None) -> Response:
+def rotate(
+    key_id: str, session: SessionDep, runtime: RuntimeDep, body: RotateKeyRequest | None = None
+) -> Response:
     """Replace the key's secret; the response is the only place the new one appears.
 
     The old secret works until grace_period_sec (default 0) has passed: at once on this

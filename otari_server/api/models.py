@@ -20,32 +20,39 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def _model(model_key: str, first_effective: int) -> ModelObject:
-    return ModelObject(id=model_key, created=first_effective,
-                       owned_by=model_key.partition(":")[0])
+    return ModelObject(id=model_key, created=first_effective, owned_by=model_key.partition(":")[0])
 
 
 def _priced(session: SessionDep, model_key: str | None = None) -> list[ModelObject]:
-    statement = (select(Pricing.model_key, func.min(Pricing.effective_at))
-                 .where(Pricing.effective_at <= utcnow())
-                 .group_by(Pricing.model_key).order_by(Pricing.model_key))
+    statement = (
+        select(Pricing.model_key, func.min(Pricing.effective_at))
+        .where(Pricing.effective_at <= utcnow())
+        .group_by(Pricing.model_key)
+        .order_by(Pricing.model_key)
+    )
     if model_key is not None:
         statement = statement.where(Pricing.model_key == model_key)
     return [_model(key, int(first.timestamp())) for key, first in session.execute(statement)]
 
 
-def _routes(session: ReadSessionDep, runtime: Runtime,
-            name: str | None = None) -> list[ModelObject]:
+def _routes(
+    session: ReadSessionDep, runtime: Runtime, name: str | None = None
+) -> list[ModelObject]:
     """Routes as models: created when stored (config routes: when the gateway started)."""
     names = sorted(runtime.routes.routes) if name is None else [name]
     shown = []
     for route_name in names:
         if runtime.routes.get(route_name) is None:
             continue
-        row = (None if route_name in runtime.routes.config
-               else session.get(RouteDefinition, route_name))
+        row = (
+            None
+            if route_name in runtime.routes.config
+            else session.get(RouteDefinition, route_name)
+        )
         created = runtime.started_at if row is None else row.created_at
-        shown.append(ModelObject(id=route_name, created=int(created.timestamp()),
-                                 owned_by=ROUTE_OWNER))
+        shown.append(
+            ModelObject(id=route_name, created=int(created.timestamp()), owned_by=ROUTE_OWNER)
+        )
     return shown
 
 
@@ -61,13 +68,13 @@ def _model_key(model_id: str, runtime: Runtime) -> str:
 @router.get("", response_model=ModelListResponse)
 def list_models(_caller: CallerDep, session: ReadSessionDep, runtime: RuntimeDep) -> Response:
     """Every model with a price in effect, then every route."""
-    return ExactJSONResponse(ModelListResponse(data=_priced(session)
-                                               + _routes(session, runtime)))
+    return ExactJSONResponse(ModelListResponse(data=_priced(session) + _routes(session, runtime)))
 
 
 @router.get("/{model_id:path}", response_model=ModelObject)
-def get(model_id: str, _caller: CallerDep, session: ReadSessionDep,
-        runtime: RuntimeDep) -> Response:
+def get(
+    model_id: str, _caller: CallerDep, session: ReadSessionDep, runtime: RuntimeDep
+) -> Response:
     """One model, named as chat names it: `provider:model` or `provider/model` (answered
     with its `provider:model` id), or a route by its name."""
     found = _routes(session, runtime, model_id) or _priced(session, model_id)

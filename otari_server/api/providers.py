@@ -40,6 +40,13 @@ def list_providers(_master: MasterDep, runtime: RuntimeDep) -> ProviderList:
             preset = PRESETS.get(name)
             variables = ", ".join(preset.key_env) if preset else ""
             source = f"environment ({variables})"
-        infos.append(ProviderInfo(name=name, type=provider.type, base_url=provider.base_url,
-                                  api_key_set=bool(provider.api_key), source=source))
+        infos.append(
+            ProviderInfo(
+                name=name,
+                type=provider.type,
+                base_url=provider.base_url,
+                api_key_set=bool(provider.api_key),
+                source=source,
+            )
+        )
     return ProviderList(data=infos)

@@ -28,36 +28,48 @@ from otari_server.routing.survey import survey
 from otari_server.runtime import Runtime
 from otari_server.storage.tables import RouteDefinition, utcnow
 
-router = APIRouter(prefix="/v1/routes", tags=["routes"], route_class=ExactRoute,
-                   dependencies=[Depends(require_master)])
+router = APIRouter(
+    prefix="/v1/routes",
+    tags=["routes"],
+    route_class=ExactRoute,
+    dependencies=[Depends(require_master)],
+)
 
 
 def _public(route: Route, row: RouteDefinition | None = None) -> dict[str, Any]:
     shown = route.public()
-    shown.update(created_at=None if row is None else row.created_at,
-                 updated_at=None if row is None else row.updated_at)
+    shown.update(
+        created_at=None if row is None else row.created_at,
+        updated_at=None if row is None else row.updated_at,
+    )
     return shown
 
 
 def _checked(runtime: Runtime, name: str, spec: RouteSpec) -> Route:
     """The route `spec` defines, or a 400 naming the bad field; 409 for a config route."""
     if name in runtime.routes.config:
-        raise Conflict(f"Route '{name}' is defined in the config file and is read-only here: "
-                       "change it there and restart", code="route_read_only")
+        raise Conflict(
+            f"Route '{name}' is defined in the config file and is read-only here: "
+            "change it there and restart",
+            code="route_read_only",
+        )
     try:
         route = parse_route(name, spec.table(), "api")
     except RouteError as exc:
         raise InvalidRequest(f"Invalid route: {exc}", param=exc.field) from None
     for index, target in enumerate(route.targets):
         if target.provider not in runtime.providers:
-            raise InvalidRequest(f"Invalid route: targets[{index}]: unknown provider "
-                                 f"'{target.provider}' in '{target.model}'",
-                                 param=f"targets[{index}]")
+            raise InvalidRequest(
+                f"Invalid route: targets[{index}]: unknown provider "
+                f"'{target.provider}' in '{target.model}'",
+                param=f"targets[{index}]",
+            )
     return route
 
 
-def _store(session: SessionDep, runtime: Runtime, route: Route,
-           row: RouteDefinition | None) -> Response:
+def _store(
+    session: SessionDep, runtime: Runtime, route: Route, row: RouteDefinition | None
+) -> Response:
     now = utcnow()
     if row is None:
         row = RouteDefinition(name=route.name, created_at=now)
@@ -92,8 +104,10 @@ def create_route(body: CreateRouteRequest, session: SessionDep, runtime: Runtime
     """Create a route; 409 if the name is taken."""
     route = _checked(runtime, body.name, body)
     if session.get(RouteDefinition, route.name) is not None:
-        raise Conflict(f"Route '{route.name}' already exists: replace it with "
-                       f"PUT /v1/routes/{route.name}", code="route_exists")
+        raise Conflict(
+            f"Route '{route.name}' already exists: replace it with PUT /v1/routes/{route.name}",
+            code="route_exists",
+        )
     response = _store(session, runtime, route, None)
     response.status_code = 201
     return response
@@ -124,8 +138,11 @@ def put_route(name: str, body: RouteSpec, session: SessionDep, runtime: RuntimeD
 def delete_route(name: str, session: SessionDep, runtime: RuntimeDep) -> Response:
     """Delete a route; 409 for a config-file route."""
     if name in runtime.routes.config:
-        raise Conflict(f"Route '{name}' is defined in the config file and is read-only here: "
-                       "remove it there and restart", code="route_read_only")
+        raise Conflict(
+            f"Route '{name}' is defined in the config file and is read-only here: "
+            "remove it there and restart",
+            code="route_read_only",
+        )
     row = session.get(RouteDefinition, name)
     if row is None:
         raise NotFound(f"Route '{name}' not found", code="route_not_found")
@@ -143,9 +160,16 @@ async def explain_route(name: str, runtime: RuntimeDep) -> Response:
     if route is None:
         raise NotFound(f"Route '{name}' not found", code="route_not_found")
     found = await survey(runtime, route, TOKENS, utcnow())
-    prices = {model: None if price is None else {
-        "input_price_per_million": price.input_per_million,
-        "output_price_per_million": price.output_per_million, "unit": price.unit}
-        for model, price in found.prices.items()}
-    return ExactJSONResponse(explain(route, runtime.cooldowns, time.monotonic(),
-                                     found.unusable, prices))
+    prices = {
+        model: None
+        if price is None
+        else {
+            "input_price_per_million": price.input_per_million,
+            "output_price_per_million": price.output_per_million,
+            "unit": price.unit,
+        }
+        for model, price in found.prices.items()
+    }
+    return ExactJSONResponse(
+        explain(route, runtime.cooldowns, time.monotonic(), found.unusable, prices)
+    )

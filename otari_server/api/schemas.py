@@ -31,23 +31,27 @@ def _no_bool(value: Any) -> Any:
 # a hundred million per amount.
 from otari_server.accounting.prices import MAX_MONEY  # noqa: E402  (re-exported for the wire models)
 
-NonNegativeMoney = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False,
-                                            max_digits=30, decimal_places=10),
-                             WithJsonSchema({"type": "number", "minimum": 0})]
+NonNegativeMoney = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_MONEY, allow_inf_nan=False, max_digits=30, decimal_places=10),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
 # Money in responses: exact Decimals, written as JSON numbers (see jsonio), so documented so.
 Money = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 # Counts the databases must hold (SQLite integers and datetimes overflow far above this).
 # A bool is refused, never read as 1; integral numbers (60, 60.0, "60") are accepted.
 Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=2**31 - 1)]
 Metadata = dict[str, Any]
-ModelList = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]],
-                      Field(max_length=1000)]
+ModelList = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=255)]], Field(max_length=1000)
+]
 # Per-period request and token ceilings (the otari SDK's bounds); 0 refuses everything.
 Ceiling = Annotated[int, Field(ge=0, le=10**15, strict=True)]
 # Budget alert thresholds: fractions of max_budget (1 is all of it), above 0, at most 100.
 AlertThresholds = Annotated[
     list[Annotated[Decimal, Field(gt=0, le=100, allow_inf_nan=False, max_digits=12)]],
-    Field(min_length=1, max_length=20)]
+    Field(min_length=1, max_length=20),
+]
 Alignment = Literal["calendar_day", "calendar_week", "calendar_month"]
 # Fields the otari SDK knows that this gateway does not implement: refused unless null, so a
 # caller is never told a limit exists when none is enforced.
@@ -72,9 +76,11 @@ class CreateKeyRequest(_Request):
     rpm_limit: Count | None = Field(None, description="Requests per minute (extension)")
     tpm_limit: Count | None = Field(None, description="Tokens per minute (extension)")
     allowed_models: ModelList | None = Field(
-        None, description="null: any model; else provider:model entries ('provider:*' ok)")
+        None, description="null: any model; else provider:model entries ('provider:*' ok)"
+    )
     exclude_from_budget: bool = Field(
-        False, description="Meter this key's requests but never gate or charge the budget")
+        False, description="Meter this key's requests but never gate or charge the budget"
+    )
 
 
 class UpdateKeyRequest(_Request):
@@ -123,15 +129,19 @@ class RotateKeyRequest(_Request):
     """Body of POST /v1/keys/{key_id}/rotate (optional)."""
 
     grace_period_sec: int = Field(
-        0, ge=0, le=30 * 86400,
-        description="Seconds the old secret keeps working (default 0: it stops at once)")
+        0,
+        ge=0,
+        le=30 * 86400,
+        description="Seconds the old secret keeps working (default 0: it stops at once)",
+    )
 
 
 class RotateKeyResponse(CreateKeyResponse):
     """A rotated key: the same key with a new secret, shown this once."""
 
     previous_key_expires_at: datetime | None = Field(
-        None, description="When the old secret stops working (null: it already has)")
+        None, description="When the old secret stops working (null: it already has)"
+    )
 
 
 class CreateUserRequest(_Request):
@@ -190,22 +200,31 @@ class CreateBudgetRequest(_Request):
     budget_duration_sec: Count | None = Field(
         None, description="Budget duration in seconds (e.g., 86400 for daily)"
     )
-    budget_id: str | None = Field(None, min_length=1, max_length=64,
-                                  description="Optional id; generated when omitted")
+    budget_id: str | None = Field(
+        None, min_length=1, max_length=64, description="Optional id; generated when omitted"
+    )
     name: str | None = Field(None, max_length=255)
     request_limit: Ceiling | None = Field(
-        None, description="Maximum requests per period, independent of max_budget; null: none")
+        None, description="Maximum requests per period, independent of max_budget; null: none"
+    )
     token_limit: Ceiling | None = Field(
-        None, description="Maximum tokens (prompt + completion) per period; null: none")
+        None, description="Maximum tokens (prompt + completion) per period; null: none"
+    )
     reset_alignment: Alignment | None = Field(
-        None, description="Reset on a UTC calendar boundary (day; ISO week from Monday; month "
-        "from the 1st) instead of every budget_duration_sec; exclusive with it")
+        None,
+        description="Reset on a UTC calendar boundary (day; ISO week from Monday; month "
+        "from the 1st) instead of every budget_duration_sec; exclusive with it",
+    )
     budget_clamp: bool | None = Field(
-        None, description="Lower a request's output limit to what fits instead of refusing it "
-        "with 402; null follows the gateway's budget_clamp setting")
+        None,
+        description="Lower a request's output limit to what fits instead of refusing it "
+        "with 402; null follows the gateway's budget_clamp setting",
+    )
     alert_thresholds: AlertThresholds | None = Field(
-        None, description="Fractions of max_budget whose crossing sends a budget alert "
-        "(e.g. [0.5, 0.9, 1]); null uses the gateway's [alerts] thresholds")
+        None,
+        description="Fractions of max_budget whose crossing sends a budget alert "
+        "(e.g. [0.5, 0.9, 1]); null uses the gateway's [alerts] thresholds",
+    )
 
 
 class UpdateBudgetRequest(_Request):
@@ -258,8 +277,7 @@ class PricingTier(_Request):
     @model_validator(mode="after")
     def _one_threshold(self) -> PricingTier:
         if (self.min_input_tokens is None) == (self.above_input_tokens is None):
-            raise ValueError("a tier needs exactly one of min_input_tokens and "
-                             "above_input_tokens")
+            raise ValueError("a tier needs exactly one of min_input_tokens and above_input_tokens")
         return self
 
     @property
@@ -274,15 +292,19 @@ class PricingTier(_Request):
 class SetPricingRequest(_Request):
     """Body of POST /v1/pricing."""
 
-    model_key: str = Field(..., min_length=3, max_length=255,
-                           description="Model identifier in format 'provider:model'")
+    model_key: str = Field(
+        ..., min_length=3, max_length=255, description="Model identifier in format 'provider:model'"
+    )
     input_price_per_million: NonNegativeMoney = Field(..., description="Price per 1M input tokens")
     output_price_per_million: NonNegativeMoney = Field(
-        ..., description="Price per 1M output tokens")
+        ..., description="Price per 1M output tokens"
+    )
     effective_at: datetime | None = Field(
-        None, description="ISO 8601 datetime from which this price applies. Defaults to now.")
+        None, description="ISO 8601 datetime from which this price applies. Defaults to now."
+    )
     unit: Literal["tokens", "requests", "images"] = Field(
-        "tokens", description="What input_price_per_million is per: tokens, requests, images")
+        "tokens", description="What input_price_per_million is per: tokens, requests, images"
+    )
     cache_read_price_per_million: NonNegativeMoney | None = None
     cache_write_price_per_million: NonNegativeMoney | None = None
     cache_write_1h_price_per_million: NonNegativeMoney | None = None
@@ -291,9 +313,11 @@ class SetPricingRequest(_Request):
     price_per_million_characters: NonNegativeMoney | None = None
     price_per_request: NonNegativeMoney | None = None
     pricing_tiers: Annotated[list[PricingTier], Field(max_length=100)] | None = Field(
-        None, description="Long-context tiers (the otari SDK's name); same as tiers")
+        None, description="Long-context tiers (the otari SDK's name); same as tiers"
+    )
     tiers: Annotated[list[PricingTier], Field(max_length=100)] | None = Field(
-        None, description="Long-context tiers; send this or pricing_tiers, not both")
+        None, description="Long-context tiers; send this or pricing_tiers, not both"
+    )
 
 
 class PricingResponse(BaseModel):
@@ -323,12 +347,15 @@ class ImportPricingRequest(_Request):
     """Body of POST /v1/pricing/import."""
 
     providers: list[str] | None = Field(
-        None, description="otari provider names to import (default: every mapped provider)")
+        None, description="otari provider names to import (default: every mapped provider)"
+    )
     model: str | None = Field(
-        None, max_length=255, description="Glob on the model id or provider:model key")
+        None, max_length=255, description="Glob on the model id or provider:model key"
+    )
     dry_run: bool = Field(False, description="Only report what would be written")
     overwrite: bool = Field(
-        False, description="Replace operator-set prices that differ (default: keep them)")
+        False, description="Replace operator-set prices that differ (default: keep them)"
+    )
 
 
 class PriceImportChange(BaseModel):
@@ -341,8 +368,10 @@ class PriceImportChange(BaseModel):
     cache_read_price_per_million: Money | None = None
     cache_write_price_per_million: Money | None = None
     pricing_tiers: list[dict[str, Any]] = Field(
-        default_factory=list, description="Long-context tiers: from min_input_tokens on, "
-        "the whole request at these rates (those omitted are the base rates)")
+        default_factory=list,
+        description="Long-context tiers: from min_input_tokens on, "
+        "the whole request at these rates (those omitted are the base rates)",
+    )
     current: PricingResponse | None = None
 
 
@@ -379,8 +408,10 @@ class UsageLogResponse(BaseModel):
     cache_write_tokens: int | None = None
     counts_toward_budget: bool = True
     price_source: str | None = Field(
-        None, description="Where the cost's price came from: 'pricing' (a pricing entry), "
-        "'genai-prices' (the [pricing] fallback); null when the request was not priced")
+        None,
+        description="Where the cost's price came from: 'pricing' (a pricing entry), "
+        "'genai-prices' (the [pricing] fallback); null when the request was not priced",
+    )
     # Set when the client named a route: model and provider are the target that served (or
     # failed last); attempts counts every try, failed ones included.
     route: str | None = None
@@ -446,8 +477,10 @@ class PruneUsageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    before: datetime = Field(description="Rows before this instant, rounded down to "
-                                         "midnight UTC, are rolled up per day and deleted")
+    before: datetime = Field(
+        description="Rows before this instant, rounded down to "
+        "midnight UTC, are rolled up per day and deleted"
+    )
     dry_run: bool = Field(False, description="Only count what would be pruned")
 
 

@@ -24,20 +24,36 @@ from otari_server.errors import Conflict, NotFound
 from otari_server.jsonio import ExactJSONResponse, ExactRoute
 from otari_server.storage.tables import APIKey, Budget, User, utcnow
 
-router = APIRouter(prefix="/v1/users", tags=["users"], route_class=ExactRoute,
-                   dependencies=[Depends(require_master)])
+router = APIRouter(
+    prefix="/v1/users",
+    tags=["users"],
+    route_class=ExactRoute,
+    dependencies=[Depends(require_master)],
+)
 
 
 def user_response(row: User) -> UserResponse:
     """The public view of a user row."""
     return UserResponse(
-        user_id=row.user_id, alias=row.alias, spend=row.spend, budget_id=row.budget_id,
-        budget_started_at=row.budget_started_at, next_budget_reset_at=row.next_budget_reset_at,
-        blocked=row.blocked, created_at=row.created_at, updated_at=row.updated_at,
-        metadata=row.metadata_ or {}, reserved=row.reserved, deleted_at=row.deleted_at,
-        rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit, allowed_models=row.allowed_models,
-        current_requests=row.requests or 0, current_tokens=row.tokens or 0,
-        reserved_requests=row.reserved_requests or 0, reserved_tokens=row.reserved_tokens or 0,
+        user_id=row.user_id,
+        alias=row.alias,
+        spend=row.spend,
+        budget_id=row.budget_id,
+        budget_started_at=row.budget_started_at,
+        next_budget_reset_at=row.next_budget_reset_at,
+        blocked=row.blocked,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        metadata=row.metadata_ or {},
+        reserved=row.reserved,
+        deleted_at=row.deleted_at,
+        rpm_limit=row.rpm_limit,
+        tpm_limit=row.tpm_limit,
+        allowed_models=row.allowed_models,
+        current_requests=row.requests or 0,
+        current_tokens=row.tokens or 0,
+        reserved_requests=row.reserved_requests or 0,
+        reserved_tokens=row.reserved_tokens or 0,
     )
 
 
@@ -73,8 +89,13 @@ def _current(session: Session, row: User) -> User:
     """The user with its budget period rolled over if it ended."""
     if row.budget_id is not None:
         budget = session.get(Budget, row.budget_id)
-        budget_rules.roll_over(session, row, budget.budget_duration_sec if budget else None,
-                               utcnow(), budget.reset_alignment if budget else None)
+        budget_rules.roll_over(
+            session,
+            row,
+            budget.budget_duration_sec if budget else None,
+            utcnow(),
+            budget.reset_alignment if budget else None,
+        )
     return row
 
 
@@ -107,9 +128,15 @@ def create(body: CreateUserRequest, session: SessionDep, runtime: RuntimeDep) ->
 @router.get("", response_model=list[UserResponse])
 def list_users(session: SessionDep, skip: Skip = 0, limit: Limit = 100) -> Response:
     """List users that are not deleted, oldest first."""
-    rows = list(session.scalars(
-        select(User).where(User.deleted_at.is_(None))
-        .order_by(User.created_at, User.user_id).offset(skip).limit(limit)))
+    rows = list(
+        session.scalars(
+            select(User)
+            .where(User.deleted_at.is_(None))
+            .order_by(User.created_at, User.user_id)
+            .offset(skip)
+            .limit(limit)
+        )
+    )
     result = [user_response(_current(session, row)) for row in rows]
     session.commit()
     return ExactJSONResponse(result)
@@ -124,8 +151,9 @@ def get(user_id: str, session: SessionDep) -> Response:
 
 
 @router.patch("/{user_id}", response_model=UserResponse)
-def patch(user_id: str, body: UpdateUserRequest, session: SessionDep,
-          runtime: RuntimeDep) -> Response:
+def patch(
+    user_id: str, body: UpdateUserRequest, session: SessionDep, runtime: RuntimeDep
+) -> Response:
     """Change only the fields sent; sending budget_id null detaches the budget."""
     row = _current(session, _live_user(session, user_id))
     sent = body.model_dump(exclude_unset=True)
@@ -158,8 +186,14 @@ def delete(user_id: str, session: SessionDep, runtime: RuntimeDep) -> Response:
 
 
 @router.get("/{user_id}/usage", response_model=list[UsageLogResponse])
-def usage(user_id: str, request: Request, session: ReadSessionDep,
-          after: usage_routes.After = None, skip: Skip = 0, limit: Limit = 100) -> Response:
+def usage(
+    user_id: str,
+    request: Request,
+    session: ReadSessionDep,
+    after: usage_routes.After = None,
+    skip: Skip = 0,
+    limit: Limit = 100,
+) -> Response:
     """The user's usage rows, newest first (also after the user was deleted).
 
     Pages by `skip` or by the `after` cursor of the Link rel="next" header.
@@ -167,6 +201,5 @@ def usage(user_id: str, request: Request, session: ReadSessionDep,
     cursor = usage_routes.parse_after(after, skip)
     if session.get(User, user_id) is None:
         raise NotFound(f"User '{user_id}' not found")
-    rows = fetch(
-        session, query(Filters(user_ids=[user_id]), cursor).offset(skip).limit(limit))
+    rows = fetch(session, query(Filters(user_ids=[user_id]), cursor).offset(skip).limit(limit))
     return usage_routes.page(request, rows, limit, extras={})

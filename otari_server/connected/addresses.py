@@ -59,8 +59,9 @@ class GuardedResolver(AbstractResolver):
         self._policy = policy
         self._inner: AbstractResolver | None = None  # made in the event loop, on first use
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         """Resolve `host`; RefusedAddress when any of its addresses is forbidden."""
         if self._inner is None:
             self._inner = DefaultResolver()
@@ -68,8 +69,9 @@ class GuardedResolver(AbstractResolver):
         for result in results:
             address = ipaddress.ip_address(str(result["host"]).split("%", 1)[0])
             if reason := address_refusal(address, self._policy):
-                log.warning("provider host %s resolves to %s: not called (%s)", host, address,
-                            reason)
+                log.warning(
+                    "provider host %s resolves to %s: not called (%s)", host, address, reason
+                )
                 raise RefusedAddress(f"{host} resolves to a refused address")
         return results
 

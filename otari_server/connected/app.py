@@ -36,17 +36,23 @@ def create_connected_app(settings: Settings) -> FastAPI:
         finally:
             await runtime.close()
 
-    app = FastAPI(title="otari-gateway", version=__version__, lifespan=lifespan,
-                  description="Self-hosted, OpenAI-compatible LLM gateway, connected to an "
-                              "otari platform")
+    app = FastAPI(
+        title="otari-gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-hosted, OpenAI-compatible LLM gateway, connected to an otari platform",
+    )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(health.metrics_router)
     app.include_router(routes.router)
     # Outermost first: every request gets its id and size check, then the chat fast path.
     app.add_middleware(routes.ChatPath)
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes,
-                       max_header_bytes=settings.max_header_bytes)
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     _document_chat_schema(app)
     return app
 

@@ -70,8 +70,11 @@ def parse_route(payload: object) -> Route:
     if not isinstance(fallback, bool):
         raise MalformedRoute("fallback_enabled: not a boolean")
     ordered = sorted((_attempt(a) for a in attempts), key=lambda a: a.position)
-    return Route(request_id=_string(payload, "request_id"), fallback_enabled=fallback,
-                 attempts=tuple(ordered))
+    return Route(
+        request_id=_string(payload, "request_id"),
+        fallback_enabled=fallback,
+        attempts=tuple(ordered),
+    )
 
 
 def _attempt(raw: object) -> Attempt:
@@ -83,10 +86,15 @@ def _attempt(raw: object) -> Attempt:
     base = raw.get("api_base")
     if base is not None and not _http_url(base):
         raise MalformedRoute("attempt.api_base: not an http(s) URL")
-    return Attempt(attempt_id=_string(raw, "attempt_id"), position=position,
-                   provider=_string(raw, "provider"), model=_string(raw, "model", _MODEL),
-                   api_key=_string(raw, "api_key", _KEY), api_base=base or None,
-                   managed=raw.get("managed") is True)
+    return Attempt(
+        attempt_id=_string(raw, "attempt_id"),
+        position=position,
+        provider=_string(raw, "provider"),
+        model=_string(raw, "model", _MODEL),
+        api_key=_string(raw, "api_key", _KEY),
+        api_base=base or None,
+        managed=raw.get("managed") is True,
+    )
 
 
 def _http_url(value: object) -> bool:
@@ -123,7 +131,18 @@ def provider_for(attempt: Attempt, timeout: float) -> Provider | None:
     if attempt.api_base:  # spelled either way, as in a [providers] table
         base_url = api_root(attempt.api_base, preset.type if preset else "openai")
     if preset is None:
-        return Provider(name=attempt.provider, type="openai", base_url=base_url.rstrip("/"),
-                        api_key=attempt.api_key, timeout=timeout)
-    return Provider(name=attempt.provider, type=preset.type, base_url=base_url.rstrip("/"),
-                    api_key=attempt.api_key, headers=preset.headers, timeout=timeout)
+        return Provider(
+            name=attempt.provider,
+            type="openai",
+            base_url=base_url.rstrip("/"),
+            api_key=attempt.api_key,
+            timeout=timeout,
+        )
+    return Provider(
+        name=attempt.provider,
+        type=preset.type,
+        base_url=base_url.rstrip("/"),
+        api_key=attempt.api_key,
+        headers=preset.headers,
+        timeout=timeout,
+    )

@@ -54,8 +54,11 @@ class PlatformConfig:
     @property
     def queue_path(self) -> Path:
         """The usage queue file: `usage_queue`, else usage-reports.sqlite3 in the state dir."""
-        return Path(self.usage_queue).expanduser() if self.usage_queue else (
-            state_dir() / "usage-reports.sqlite3")
+        return (
+            Path(self.usage_queue).expanduser()
+            if self.usage_queue
+            else (state_dir() / "usage-reports.sqlite3")
+        )
 
 
 def redacted(url: str) -> str:
@@ -66,24 +69,40 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2]))
 
 
-_SECONDS = ("resolve_timeout", "usage_timeout", "usage_backoff", "usage_backoff_max",
-            "usage_max_age", "usage_drain_timeout", "first_chunk_timeout", "health_timeout")
-_COUNTS = {"usage_max_tries": 0, "usage_queue_max_bytes": 1, "usage_concurrency": 1,
-           "max_attempts": 1}  # each with its least allowed value
+_SECONDS = (
+    "resolve_timeout",
+    "usage_timeout",
+    "usage_backoff",
+    "usage_backoff_max",
+    "usage_max_age",
+    "usage_drain_timeout",
+    "first_chunk_timeout",
+    "health_timeout",
+)
+_COUNTS = {
+    "usage_max_tries": 0,
+    "usage_queue_max_bytes": 1,
+    "usage_concurrency": 1,
+    "max_attempts": 1,
+}  # each with its least allowed value
 _KEYS = tuple(f.name for f in fields(PlatformConfig) if f.name != "private_networks")
 
 
 def platform_config(settings: Settings) -> PlatformConfig:
     """The validated `[platform]` table; ConfigError naming the key when it is not usable."""
     if settings.providers:
-        raise ConfigError("providers: not allowed in connected mode (platform.token is set): "
-                          "the platform supplies provider keys; remove the [providers] tables")
+        raise ConfigError(
+            "providers: not allowed in connected mode (platform.token is set): "
+            "the platform supplies provider keys; remove the [providers] tables"
+        )
     table: Mapping[str, Any] = settings.platform
     for key in table:
         if key not in _KEYS:
             raise ConfigError(f"platform.{key}: unknown setting; use {', '.join(_KEYS)}")
-    values: dict[str, Any] = {"token": _text(table, "token"),
-                              "base_url": _base_url(table.get("base_url"))}
+    values: dict[str, Any] = {
+        "token": _text(table, "token"),
+        "base_url": _base_url(table.get("base_url")),
+    }
     for key in _SECONDS:
         if key in table:
             values[key] = _seconds(table[key], key, positive=True)
@@ -114,8 +133,10 @@ def _text(table: Mapping[str, Any], key: str, *, required: bool = True) -> str:
 
 def _base_url(value: object) -> str:
     if value is None or value == "":
-        raise ConfigError("platform.base_url: required in connected mode "
-                          "(set it in [platform] or OTARI_PLATFORM_BASE_URL)")
+        raise ConfigError(
+            "platform.base_url: required in connected mode "
+            "(set it in [platform] or OTARI_PLATFORM_BASE_URL)"
+        )
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise ConfigError(f"platform.base_url: must be an http:// or https:// URL, got {value!r}")
     return value.rstrip("/")
@@ -132,6 +153,5 @@ def _seconds(value: object, key: str, *, positive: bool) -> float:
 
 def _count(value: object, key: str, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigError(f"platform.{key}: expected an integer of {least} or more, "
-                          f"got {value!r}")
+        raise ConfigError(f"platform.{key}: expected an integer of {least} or more, got {value!r}")
     return value

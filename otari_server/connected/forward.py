@@ -65,8 +65,9 @@ async def forward_chat(request: Request) -> Response:
     check_chat(body)
     if runtime.reporter.full:
         # Nothing is served that could not be billed: the queue keeps what it has.
-        raise ServiceUnavailable("The gateway cannot record usage right now; try again later",
-                                 code="usage_queue_full")
+        raise ServiceUnavailable(
+            "The gateway cannot record usage right now; try again later", code="usage_queue_full"
+        )
     route = await runtime.platform.resolve(user_token, body["model"])
     ids = {"X-Otari-Request-ID": route.request_id}
     if not route.attempts:
@@ -78,9 +79,15 @@ async def forward_chat(request: Request) -> Response:
             response = await _attempt(runtime, attempt, body, estimated_prompt(raw))
         except AttemptFailure as failed:
             runtime.reporter.error(attempt.attempt_id, failed.error_class)
-            log.warning("request %s attempt %d (%s:%s) failed: %s (%s)", route.request_id,
-                        attempt.position, attempt.provider, attempt.model, failed.error_class,
-                        "next attempt" if failed.retryable else "not retryable")
+            log.warning(
+                "request %s attempt %d (%s:%s) failed: %s (%s)",
+                route.request_id,
+                attempt.position,
+                attempt.provider,
+                attempt.model,
+                failed.error_class,
+                "next attempt" if failed.retryable else "not retryable",
+            )
             if not failed.retryable:
                 raise _tagged(failed.error, ids) from None
             last = failed
@@ -99,8 +106,13 @@ def allowed_attempts(runtime: ConnectedRuntime, route: Route) -> tuple[Attempt, 
     attempts = route.attempts if route.fallback_enabled else route.attempts[:1]
     cap = runtime.config.max_attempts
     if len(attempts) > cap:
-        log.warning("request %s: the platform asked for %d attempts; trying the first %d "
-                    "(platform.max_attempts)", route.request_id, len(attempts), cap)
+        log.warning(
+            "request %s: the platform asked for %d attempts; trying the first %d "
+            "(platform.max_attempts)",
+            route.request_id,
+            len(attempts),
+            cap,
+        )
         attempts = attempts[:cap]
     return attempts
 
@@ -114,11 +126,15 @@ def bearer_token(header: str | None) -> str:
     scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
-        raise AuthenticationFailed("Missing or malformed credentials: send "
-                                   "'Authorization: Bearer <token>' with your otari token")
+        raise AuthenticationFailed(
+            "Missing or malformed credentials: send "
+            "'Authorization: Bearer <token>' with your otari token"
+        )
     if len(token) > MAX_TOKEN_CHARS or not token.isascii() or not token.isprintable():
-        raise AuthenticationFailed(f"Malformed token: an otari token is printable ASCII of "
-                                   f"at most {MAX_TOKEN_CHARS} characters")
+        raise AuthenticationFailed(
+            f"Malformed token: an otari token is printable ASCII of "
+            f"at most {MAX_TOKEN_CHARS} characters"
+        )
     return token
 
 
@@ -176,30 +192,40 @@ class Call:
         finally:
             response.release()
 
-    def refused(self, status: int, content: bytes,
-                headers: Mapping[str, str] | None = None) -> AttemptFailure:
+    def refused(
+        self, status: int, content: bytes, headers: Mapping[str, str] | None = None
+    ) -> AttemptFailure:
         """The provider's non-2xx answer, its key redacted from the message."""
         return http_failure(refusal(self.provider, status, content, headers), status)
 
     def broken(self, problem: str, error_class: str, *, retryable: bool) -> AttemptFailure:
         """A failure of ours to make sense of the provider's answer."""
-        return AttemptFailure(BadGateway(f"Provider '{self.provider.name}' {problem}"),
-                              error_class, retryable)
+        return AttemptFailure(
+            BadGateway(f"Provider '{self.provider.name}' {problem}"), error_class, retryable
+        )
 
 
-async def _attempt(runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, Any],
-                   prompt_estimate: int) -> Response:
+async def _attempt(
+    runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, Any], prompt_estimate: int
+) -> Response:
     provider = provider_for(attempt, runtime.settings.request_timeout)
     if provider is None:
-        error = BadGateway(f"Provider '{attempt.provider}' is not known to this gateway and "
-                           "the platform gave no api_base for it")
+        error = BadGateway(
+            f"Provider '{attempt.provider}' is not known to this gateway and "
+            "the platform gave no api_base for it"
+        )
         raise AttemptFailure(error, UNSUPPORTED_PROVIDER, retryable=True)
     if reason := url_refusal(provider.base_url, runtime.config):
         # Names are checked as they resolve (GuardedResolver); literals here, before any I/O.
-        log.warning("attempt %s: provider address %s not called: %s", attempt.attempt_id,
-                    redacted(provider.base_url), reason)
-        error = BadGateway(f"Provider '{attempt.provider}' has an address this gateway does "
-                           "not call")
+        log.warning(
+            "attempt %s: provider address %s not called: %s",
+            attempt.attempt_id,
+            redacted(provider.base_url),
+            reason,
+        )
+        error = BadGateway(
+            f"Provider '{attempt.provider}' has an address this gateway does not call"
+        )
         raise AttemptFailure(error, ADDRESS_REFUSED, retryable=True)
     call = Call(runtime, attempt, provider)
     path, outgoing, translator = _request(call, body)
@@ -208,24 +234,27 @@ async def _attempt(runtime: ConnectedRuntime, attempt: Attempt, body: dict[str, 
     return await _complete(call, path, outgoing, body, prompt_estimate)
 
 
-def _request(call: Call, body: dict[str, Any]
-             ) -> tuple[str, dict[str, Any], StreamTranslator | None]:
+def _request(
+    call: Call, body: dict[str, Any]
+) -> tuple[str, dict[str, Any], StreamTranslator | None]:
     """Upstream path and body for the attempt's model, and a relay when the client streams."""
     streaming = body.get("stream") is True
     if call.provider.type == "anthropic":
         try:
             outgoing = to_messages_request(
-                body, model=call.attempt.model,
-                default_max_tokens=call.runtime.settings.default_max_tokens)
+                body,
+                model=call.attempt.model,
+                default_max_tokens=call.runtime.settings.default_max_tokens,
+            )
         except anthropic_wire.TranslationError as exc:
-            raise AttemptFailure(InvalidRequest(str(exc)), INVALID_REQUEST,
-                                 retryable=False) from None
+            raise AttemptFailure(
+                InvalidRequest(str(exc)), INVALID_REQUEST, retryable=False
+            ) from None
         if not streaming:
             return "/messages", outgoing, None
         options = body.get("stream_options")
         include = isinstance(options, dict) and bool(options.get("include_usage"))
-        return "/messages", outgoing, AnthropicToChat(model=body["model"],
-                                                      include_usage=include)
+        return "/messages", outgoing, AnthropicToChat(model=body["model"], include_usage=include)
     outgoing = dict(body, model=call.attempt.model)
     if not streaming:
         return "/chat/completions", outgoing, None
@@ -233,12 +262,16 @@ def _request(call: Call, body: dict[str, Any]
     options = dict(options) if isinstance(options, dict) else {}
     # The usage chunk is what the platform bills by; hide it again if nobody asked for it.
     outgoing["stream_options"] = {**options, "include_usage": True}
-    return "/chat/completions", outgoing, ChatPassThrough(
-        strip_usage=not options.get("include_usage"))
+    return (
+        "/chat/completions",
+        outgoing,
+        ChatPassThrough(strip_usage=not options.get("include_usage")),
+    )
 
 
-async def _complete(call: Call, path: str, outgoing: dict[str, Any],
-                    body: dict[str, Any], prompt_estimate: int) -> Response:
+async def _complete(
+    call: Call, path: str, outgoing: dict[str, Any], body: dict[str, Any], prompt_estimate: int
+) -> Response:
     response = await call.post(path, outgoing, stream=False)
     content = await call.read(response)
     if response.status >= 400:
@@ -252,19 +285,31 @@ async def _complete(call: Call, path: str, outgoing: dict[str, Any],
         usage = answer.get("usage")
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         raise call.broken("returned a malformed response", MALFORMED, retryable=False) from None
-    if isinstance(usage, dict) and (call.provider.type != "anthropic"
-                                    or isinstance(original_usage, dict)):
+    if isinstance(usage, dict) and (
+        call.provider.type != "anthropic" or isinstance(original_usage, dict)
+    ):
         call.reporter.success(call.attempt.attempt_id, usage_numbers(usage))
     else:  # no usage in the answer: the gateway's estimate, a token per four bytes of output
         output = -(-len(content) // 4)
-        call.reporter.success(call.attempt.attempt_id, {
-            "prompt_tokens": prompt_estimate, "completion_tokens": output,
-            "total_tokens": prompt_estimate + output}, estimated=True)
+        call.reporter.success(
+            call.attempt.attempt_id,
+            {
+                "prompt_tokens": prompt_estimate,
+                "completion_tokens": output,
+                "total_tokens": prompt_estimate + output,
+            },
+            estimated=True,
+        )
     return Response(content, headers=JSON_HEADERS)
 
 
-async def _stream(call: Call, path: str, outgoing: dict[str, Any],
-                  translator: StreamTranslator, prompt_estimate: int) -> Response:
+async def _stream(
+    call: Call,
+    path: str,
+    outgoing: dict[str, Any],
+    translator: StreamTranslator,
+    prompt_estimate: int,
+) -> Response:
     """Open the stream and wait for its first chunk: until then, another attempt may run."""
     wait = call.runtime.config.first_chunk_timeout
     response: aiohttp.ClientResponse | None = None
@@ -273,8 +318,7 @@ async def _stream(call: Call, path: str, outgoing: dict[str, Any],
         async with asyncio.timeout(wait):
             response = await call.post(path, outgoing, stream=True)
             if response.status >= 400:
-                raise call.refused(response.status, await call.read(response),
-                                   response.headers)
+                raise call.refused(response.status, await call.read(response), response.headers)
             try:
                 first = await stream_start(call.provider, response, translator)
             except OtariError as exc:  # neither an event stream nor JSON, or broken JSON
@@ -294,13 +338,23 @@ async def _stream(call: Call, path: str, outgoing: dict[str, Any],
     def settle(ending: Ending) -> None:
         _report(call, ending)
 
-    return RelayResponse(relay(call.provider, response, translator, settle,
-                               prompt_estimate=prompt_estimate, first=first),
-                         media_type="text/event-stream", headers=SSE_HEADERS)
+    return RelayResponse(
+        relay(
+            call.provider,
+            response,
+            translator,
+            settle,
+            prompt_estimate=prompt_estimate,
+            first=first,
+        ),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
 
 
-async def _first_chunk(call: Call, response: aiohttp.ClientResponse,
-                       translator: StreamTranslator) -> bytes:
+async def _first_chunk(
+    call: Call, response: aiohttp.ClientResponse, translator: StreamTranslator
+) -> bytes:
     out = b""
     while True:
         try:
@@ -311,8 +365,9 @@ async def _first_chunk(call: Call, response: aiohttp.ClientResponse,
             out += translator.finish()
             if translator.chunks:
                 return out
-            raise call.broken("ended the stream before its first chunk", STREAM_ERROR,
-                              retryable=True)
+            raise call.broken(
+                "ended the stream before its first chunk", STREAM_ERROR, retryable=True
+            )
         out += translator.feed(data)
         if translator.error is not None and not translator.chunks:
             message = sanitize(call.provider, translator.error)
@@ -325,8 +380,11 @@ def _report(call: Call, ending: Ending) -> None:
     """The attempt's usage report: what was consumed, however the stream ended (provider
     usage when seen, else the gateway's estimate, marked `usage_estimated`)."""
     used = ending.used
-    usage = {"prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
-             "total_tokens": used.prompt_tokens + used.completion_tokens}
+    usage = {
+        "prompt_tokens": used.prompt_tokens,
+        "completion_tokens": used.completion_tokens,
+        "total_tokens": used.prompt_tokens + used.completion_tokens,
+    }
     if ending.status == SUCCESS:
         call.reporter.success(call.attempt.attempt_id, usage, estimated=ending.estimated)
         return
@@ -336,5 +394,6 @@ def _report(call: Call, ending: Ending) -> None:
         error_class = transport_failure(ending.failure).error_class
     else:
         error_class = STREAM_ERROR
-    call.reporter.error(call.attempt.attempt_id, error_class, usage=usage,
-                        estimated=ending.estimated)
+    call.reporter.error(
+        call.attempt.attempt_id, error_class, usage=usage, estimated=ending.estimated
+    )

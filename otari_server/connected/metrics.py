@@ -22,26 +22,38 @@ class ReportCollector(Collector):
         """Queue depth, bytes and oldest age; deliveries, failed tries, reports given up."""
         stats = self._reporter.queue.stats()
         counts = self._reporter.counts
-        yield GaugeMetricFamily("otari_platform_usage_queue_depth",
-                                "Usage reports queued for the platform", value=stats.depth)
-        yield GaugeMetricFamily("otari_platform_usage_queue_bytes",
-                                "Bytes of usage reports queued", value=stats.size)
+        yield GaugeMetricFamily(
+            "otari_platform_usage_queue_depth",
+            "Usage reports queued for the platform",
+            value=stats.depth,
+        )
+        yield GaugeMetricFamily(
+            "otari_platform_usage_queue_bytes", "Bytes of usage reports queued", value=stats.size
+        )
         age = 0.0 if stats.oldest is None else max(time.time() - stats.oldest, 0.0)
-        yield GaugeMetricFamily("otari_platform_usage_oldest_age_seconds",
-                                "Age of the oldest queued usage report (0 when none)",
-                                value=age)
-        yield CounterMetricFamily("otari_platform_usage_deliveries",
-                                  "Usage reports the platform accepted",
-                                  value=counts.delivered)
-        failures = CounterMetricFamily("otari_platform_usage_failures",
-                                       "Usage report tries that failed, by outcome",
-                                       labels=["outcome"])
+        yield GaugeMetricFamily(
+            "otari_platform_usage_oldest_age_seconds",
+            "Age of the oldest queued usage report (0 when none)",
+            value=age,
+        )
+        yield CounterMetricFamily(
+            "otari_platform_usage_deliveries",
+            "Usage reports the platform accepted",
+            value=counts.delivered,
+        )
+        failures = CounterMetricFamily(
+            "otari_platform_usage_failures",
+            "Usage report tries that failed, by outcome",
+            labels=["outcome"],
+        )
         for outcome, count in sorted(counts.failed.items()):
             failures.add_metric([outcome], count)
         yield failures
-        dropped = CounterMetricFamily("otari_platform_usage_dropped",
-                                      "Usage reports given up: refused (4xx), expired, "
-                                      "out of tries, or unwritable", labels=["reason"])
+        dropped = CounterMetricFamily(
+            "otari_platform_usage_dropped",
+            "Usage reports given up: refused (4xx), expired, out of tries, or unwritable",
+            labels=["reason"],
+        )
         for reason, count in sorted(counts.dropped.items()):
             dropped.add_metric([reason], count)
         yield dropped

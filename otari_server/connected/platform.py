@@ -31,7 +31,10 @@ UNAVAILABLE = "Authorization service unavailable"
 # Platform refusals the client sees as they are (status and detail); anything else is our
 # problem with the platform, answered 502.
 REJECTIONS: dict[int, type[OtariError]] = {
-    401: AuthenticationFailed, 402: BudgetExceeded, 403: PermissionDenied, 404: NotFound,
+    401: AuthenticationFailed,
+    402: BudgetExceeded,
+    403: PermissionDenied,
+    404: NotFound,
     429: RateLimited,
 }
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
@@ -62,12 +65,15 @@ class Platform:
     async def open(self) -> None:
         """Create the connection pools (must run inside the event loop)."""
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector,
-                                              skip_auto_headers=("User-Agent",))
-        reports = aiohttp.TCPConnector(limit=self.config.usage_concurrency, ttl_dns_cache=300,
-                                       keepalive_timeout=60)
-        self._usage_session = aiohttp.ClientSession(connector=reports,
-                                                    skip_auto_headers=("User-Agent",))
+        self._session = aiohttp.ClientSession(
+            connector=connector, skip_auto_headers=("User-Agent",)
+        )
+        reports = aiohttp.TCPConnector(
+            limit=self.config.usage_concurrency, ttl_dns_cache=300, keepalive_timeout=60
+        )
+        self._usage_session = aiohttp.ClientSession(
+            connector=reports, skip_auto_headers=("User-Agent",)
+        )
 
     async def close(self) -> None:
         """Close pooled connections."""
@@ -89,9 +95,13 @@ class Platform:
             body["provider"] = provider
         headers = {**self._gateway, "X-User-Token": user_token}
         try:
-            async with self.session.post(self.config.url(RESOLVE_PATH), data=orjson.dumps(body),
-                                         headers=headers, timeout=self._resolve_timeout,
-                                         allow_redirects=False) as response:
+            async with self.session.post(
+                self.config.url(RESOLVE_PATH),
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=self._resolve_timeout,
+                allow_redirects=False,
+            ) as response:
                 status, content = response.status, await response.read()
                 retry_after = response.headers.get("Retry-After")
         except TRANSPORT_ERRORS as exc:
@@ -105,8 +115,12 @@ class Platform:
                 raise BadGateway(UNAVAILABLE, code="authorization_unavailable") from None
         rejection = REJECTIONS.get(status)
         if 300 <= status < 400:
-            log.warning("platform resolve answered a redirect (HTTP %d); not followed: "
-                        "credentials stay with %s", status, redacted(self.config.base_url))
+            log.warning(
+                "platform resolve answered a redirect (HTTP %d); not followed: "
+                "credentials stay with %s",
+                status,
+                redacted(self.config.base_url),
+            )
             raise BadGateway(UNAVAILABLE, code="authorization_unavailable")
         if rejection is None:
             log.warning("platform resolve answered HTTP %d", status)
@@ -121,9 +135,13 @@ class Platform:
         """
         assert self._usage_session is not None, "platform client used before open()"
         headers = {**self._gateway, "Idempotency-Key": key}
-        async with self._usage_session.post(self.config.url(USAGE_PATH), data=body,
-                                            headers=headers, timeout=self._usage_timeout,
-                                            allow_redirects=False) as response:
+        async with self._usage_session.post(
+            self.config.url(USAGE_PATH),
+            data=body,
+            headers=headers,
+            timeout=self._usage_timeout,
+            allow_redirects=False,
+        ) as response:
             await response.read()
             return response.status, response.headers.get("Retry-After")
 
@@ -138,14 +156,18 @@ class Platform:
         return self._reachable
 
     def _fresh(self) -> bool:
-        return (self._probed_at is not None
-                and time.monotonic() - self._probed_at < self.config.health_cache)
+        return (
+            self._probed_at is not None
+            and time.monotonic() - self._probed_at < self.config.health_cache
+        )
 
     async def _probe(self) -> bool:
         try:
-            async with self.session.get(self.config.url(self.config.health_path),
-                                        timeout=self._health_timeout,
-                                        allow_redirects=False) as response:
+            async with self.session.get(
+                self.config.url(self.config.health_path),
+                timeout=self._health_timeout,
+                allow_redirects=False,
+            ) as response:
                 return response.status < 500
         except TRANSPORT_ERRORS:
             return False

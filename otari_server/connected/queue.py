@@ -111,8 +111,10 @@ class UsageQueue:
 
     def put(self, key: str, body: bytes, now: float) -> None:
         """Queue a report, due at once."""
-        self.db.execute("INSERT INTO reports (key, body, size, created, due) "
-                        "VALUES (?, ?, ?, ?, ?)", (key, body, len(body), now, now))
+        self.db.execute(
+            "INSERT INTO reports (key, body, size, created, due) VALUES (?, ?, ?, ?, ?)",
+            (key, body, len(body), now, now),
+        )
         self._size += len(body)
 
     def claim(self, now: float, limit: int, lease: float) -> list[Queued]:
@@ -120,30 +122,32 @@ class UsageQueue:
         rows = self.db.execute(
             "UPDATE reports SET lease = ? WHERE key IN (SELECT key FROM reports "
             "WHERE due <= ? AND lease <= ? ORDER BY due LIMIT ?) "
-            "RETURNING key, body, tries, created", (now + lease, now, now, limit)).fetchall()
+            "RETURNING key, body, tries, created",
+            (now + lease, now, now, limit),
+        ).fetchall()
         return [Queued(key, bytes(body), tries, created) for key, body, tries, created in rows]
 
     def remove(self, key: str) -> None:
         """Forget a report (delivered, refused for good, or given up on)."""
-        row = self.db.execute("DELETE FROM reports WHERE key = ? RETURNING size",
-                              (key,)).fetchone()
+        row = self.db.execute("DELETE FROM reports WHERE key = ? RETURNING size", (key,)).fetchone()
         if row is not None:
             self._size -= row[0]
 
     def retry_at(self, key: str, due: float) -> None:
         """Count a failed try and keep the report until `due`."""
-        self.db.execute("UPDATE reports SET tries = tries + 1, due = ?, lease = 0 "
-                        "WHERE key = ?", (due, key))
+        self.db.execute(
+            "UPDATE reports SET tries = tries + 1, due = ?, lease = 0 WHERE key = ?", (due, key)
+        )
 
     def release(self, keys: list[str]) -> None:
         """End the leases of deliveries cut short (shutdown): due again at once."""
-        self.db.executemany("UPDATE reports SET lease = 0 WHERE key = ?",
-                            [(key,) for key in keys])
+        self.db.executemany("UPDATE reports SET lease = 0 WHERE key = ?", [(key,) for key in keys])
 
     def expire(self, created_before: float) -> list[str]:
         """Remove reports queued before `created_before`; their keys."""
-        rows = self.db.execute("DELETE FROM reports WHERE created < ? RETURNING key",
-                               (created_before,)).fetchall()
+        rows = self.db.execute(
+            "DELETE FROM reports WHERE created < ? RETURNING key", (created_before,)
+        ).fetchall()
         if rows:
             self._size = self.stats().size
         return [key for (key,) in rows]
@@ -156,6 +160,7 @@ class UsageQueue:
     def stats(self) -> QueueStats:
         """Depth, bytes and oldest creation time, counted afresh (other workers write too)."""
         depth, size, oldest = self.db.execute(
-            "SELECT count(*), coalesce(sum(size), 0), min(created) FROM reports").fetchone()
+            "SELECT count(*), coalesce(sum(size), 0), min(created) FROM reports"
+        ).fetchone()
         self._size = int(size)
         return QueueStats(int(depth), int(size), None if oldest is None else float(oldest))

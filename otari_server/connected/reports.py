@@ -40,8 +40,7 @@ def usage_numbers(usage: Mapping[str, Any] | None, chunks: int = 0) -> dict[str,
     if completion is None:
         completion = max(chunks - 1, 0)  # about a token per chunk, less the role chunk
     total = _count(usage, "total_tokens") or (prompt or 0) + completion
-    return {"prompt_tokens": prompt or 0, "completion_tokens": completion,
-            "total_tokens": total}
+    return {"prompt_tokens": prompt or 0, "completion_tokens": completion, "total_tokens": total}
 
 
 def _count(usage: Mapping[str, Any], name: str) -> int | None:
@@ -55,8 +54,9 @@ def _count(usage: Mapping[str, Any], name: str) -> int | None:
         return None
 
 
-def backoff(tries: int, retry_after: str | None, first: float, longest: float,
-            rng: random.Random) -> float:
+def backoff(
+    tries: int, retry_after: str | None, first: float, longest: float, rng: random.Random
+) -> float:
     """Seconds before the next try after `tries` failed ones.
 
     Exponential (`first`, doubling, at most `longest`) with jitter: a random half to all of
@@ -122,12 +122,14 @@ class Reporter:
         if full != self._was_full:  # log the changes, not every refused request
             self._was_full = full
             if full:
-                log.error("usage queue %s is full (usage_queue_max_bytes = %d): refusing chat "
-                          "requests until the platform takes reports again", self.queue.path,
-                          self.queue.max_bytes)
+                log.error(
+                    "usage queue %s is full (usage_queue_max_bytes = %d): refusing chat "
+                    "requests until the platform takes reports again",
+                    self.queue.path,
+                    self.queue.max_bytes,
+                )
             else:
-                log.warning("usage queue %s has room again: serving chat requests",
-                            self.queue.path)
+                log.warning("usage queue %s has room again: serving chat requests", self.queue.path)
         return full
 
     @property
@@ -135,22 +137,29 @@ class Reporter:
         """Reports queued and not yet delivered or given up on."""
         return self.queue.stats().depth
 
-    def success(self, attempt_id: str, usage: dict[str, int], *,
-                estimated: bool = False) -> None:
+    def success(self, attempt_id: str, usage: dict[str, int], *, estimated: bool = False) -> None:
         """Report an attempt that served the request; `estimated` when the provider reported
         no usage and the numbers are the gateway's estimate (`usage_estimated: true`)."""
-        body: dict[str, Any] = {"correlation_id": attempt_id, "status": "success",
-                                "usage": usage}
+        body: dict[str, Any] = {"correlation_id": attempt_id, "status": "success", "usage": usage}
         if estimated:
             body["usage_estimated"] = True
         self._send(body)
 
-    def error(self, attempt_id: str, error_class: str, *, usage: dict[str, int] | None = None,
-              estimated: bool = False) -> None:
+    def error(
+        self,
+        attempt_id: str,
+        error_class: str,
+        *,
+        usage: dict[str, int] | None = None,
+        estimated: bool = False,
+    ) -> None:
         """Report an attempt that failed; a stream cut after it started carries the `usage`
         consumed (`usage_estimated: true` when those are the gateway's estimate)."""
-        body: dict[str, Any] = {"correlation_id": attempt_id, "status": "error",
-                                "error_class": error_class}
+        body: dict[str, Any] = {
+            "correlation_id": attempt_id,
+            "status": "error",
+            "error_class": error_class,
+        }
         if usage is not None:
             body["usage"] = usage
             if estimated:
@@ -219,8 +228,11 @@ class Reporter:
     def _expire(self, now: float) -> None:
         expired = self.queue.expire(now - self._config.usage_max_age)
         if expired:
-            log.error("dropped %d usage report(s) older than usage_max_age (%gs) undelivered",
-                      len(expired), self._config.usage_max_age)
+            log.error(
+                "dropped %d usage report(s) older than usage_max_age (%gs) undelivered",
+                len(expired),
+                self._config.usage_max_age,
+            )
             self.counts.dropped["expired"] = self.counts.dropped.get("expired", 0) + len(expired)
 
     async def _deliver(self, report: Queued) -> None:
@@ -238,21 +250,36 @@ class Reporter:
             outcome = f"HTTP {status}"
             retry = status in (408, 429) or status < 400 or status >= 500
             if 300 <= status < 400:
-                log.warning("usage report answered a redirect (HTTP %d); not followed: "
-                            "credentials stay with %s", status, redacted(config.base_url))
+                log.warning(
+                    "usage report answered a redirect (HTTP %d); not followed: "
+                    "credentials stay with %s",
+                    status,
+                    redacted(config.base_url),
+                )
         self.counts.add(self.counts.failed, outcome)
         tries = report.tries + 1
         if not retry or tries == config.usage_max_tries:
             reason = "refused" if not retry else "tries"
-            log.error("usage report %s dropped after %d tr%s (%s)", report.key, tries,
-                      "y" if tries == 1 else "ies", outcome)
+            log.error(
+                "usage report %s dropped after %d tr%s (%s)",
+                report.key,
+                tries,
+                "y" if tries == 1 else "ies",
+                outcome,
+            )
             self.queue.remove(report.key)
             self.counts.add(self.counts.dropped, reason)
             return
-        delay = backoff(tries, retry_after, config.usage_backoff, config.usage_backoff_max,
-                        self._random)
-        log.warning("usage report %s not delivered (%s); try %d again in %.2fs", report.key,
-                    outcome, tries + 1, delay)
+        delay = backoff(
+            tries, retry_after, config.usage_backoff, config.usage_backoff_max, self._random
+        )
+        log.warning(
+            "usage report %s not delivered (%s); try %d again in %.2fs",
+            report.key,
+            outcome,
+            tries + 1,
+            delay,
+        )
         self.queue.retry_at(report.key, time.time() + delay)
 
     async def close(self, timeout: float) -> None:
@@ -272,11 +299,16 @@ class Reporter:
             self._dispatcher.cancel()
             for task in list(self._deliveries.values()):
                 task.cancel()
-            await asyncio.gather(self._dispatcher, *self._deliveries.values(),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                self._dispatcher, *self._deliveries.values(), return_exceptions=True
+            )
             self.queue.release(cut)
         left = self.queue.stats().depth
         if left:
-            log.warning("%d usage report(s) still queued at shutdown; they are delivered "
-                        "after the next start (%s)", left, self.queue.path)
+            log.warning(
+                "%d usage report(s) still queued at shutdown; they are delivered "
+                "after the next start (%s)",
+                left,
+                self.queue.path,
+            )
         self.queue.close()

@@ -36,10 +36,18 @@ async def not_available(request: Request) -> Response:
     path = request.url.path
     if path in CHAT_PATHS:
         raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
-    message = (f"{request.method} {path} is not available in connected mode: this gateway "
-               "serves POST /v1/chat/completions and /health only")
-    body = errors.error_body("openai", 404, message, NotFound.type, NotFound.anthropic_type,
-                             "not_available_in_connected_mode")
+    message = (
+        f"{request.method} {path} is not available in connected mode: this gateway "
+        "serves POST /v1/chat/completions and /health only"
+    )
+    body = errors.error_body(
+        "openai",
+        404,
+        message,
+        NotFound.type,
+        NotFound.anthropic_type,
+        "not_available_in_connected_mode",
+    )
     return JSONResponse(body, status_code=404)
 
 
@@ -53,8 +61,7 @@ class ChatPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] != "POST"
-                or scope["path"] not in CHAT_PATHS):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in CHAT_PATHS:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)

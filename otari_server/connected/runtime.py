@@ -32,9 +32,13 @@ class ConnectedRuntime:
         """A runtime whose clients are not open yet."""
         platform = Platform(config)
         queue = UsageQueue(config.queue_path, config.usage_queue_max_bytes)
-        return cls(settings=settings, config=config, platform=platform,
-                   reporter=Reporter(platform, queue),
-                   upstream=Upstream(resolver=GuardedResolver(config)))
+        return cls(
+            settings=settings,
+            config=config,
+            platform=platform,
+            reporter=Reporter(platform, queue),
+            upstream=Upstream(resolver=GuardedResolver(config)),
+        )
 
     async def open(self) -> None:
         """Open the connection pools and the usage queue (inside the event loop).

@@ -52,19 +52,26 @@ class AccessLog:
             await self.app(scope, receive, send_status)
         finally:
             client = scope.get("client")
-            line = {"method": scope["method"], "path": scope["path"], "status": status,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                    "request_id": scope.get("otari.request_id"),
-                    "client": client[0] if client else None, **fields}
+            line = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                "request_id": scope.get("otari.request_id"),
+                "client": client[0] if client else None,
+                **fields,
+            }
             log.info("%s", _text(line), extra={"access": line})
 
 
 def _text(line: dict[str, Any]) -> str:
     """The line as `METHOD PATH STATUS LATENCYms key=value ...` (None values left out)."""
     head = f"{line['method']} {line['path']} {line['status']} {line['latency_ms']}ms"
-    rest = " ".join(f"{name}={_plain(value)}" for name, value in line.items()
-                    if name not in ("method", "path", "status", "latency_ms")
-                    and value is not None)
+    rest = " ".join(
+        f"{name}={_plain(value)}"
+        for name, value in line.items()
+        if name not in ("method", "path", "status", "latency_ms") and value is not None
+    )
     return f"{head} {rest}" if rest else head
 
 

@@ -59,7 +59,8 @@ _HANDLERS: dict[Endpoint, Handler] = {
 # A KeyError here at import is an endpoint listed without a handler.
 ROUTES: dict[str, tuple[Handler, Endpoint]] = {
     prefix + endpoint.path: (_HANDLERS[endpoint], endpoint)
-    for endpoint in GENERATION for prefix in PREFIXES
+    for endpoint in GENERATION
+    for prefix in PREFIXES
 }
 
 
@@ -72,8 +73,11 @@ class HotPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
-            if (scope["type"] == "http" and scope["method"] in _WRITES
-                    and errors.is_management(scope["path"])):
+            if (
+                scope["type"] == "http"
+                and scope["method"] in _WRITES
+                and errors.is_management(scope["path"])
+            ):
                 await _master_first(scope, receive, send, self.app)
                 return
             await self.app(scope, receive, send)
@@ -104,10 +108,15 @@ def _cut(request: Request) -> Response:
     request_id = request.scope.get("otari.request_id")
     for call in list(runtime.calls.values()):
         if call.request_id == request_id:
-            call.settle("error", error="cut at shutdown (shutdown_timeout passed)",
-                        status_code=503)
-    return errors.render(request, ServiceUnavailable(
-        "The gateway is shutting down and could not finish this request; retry it"))
+            call.settle("error", error="cut at shutdown (shutdown_timeout passed)", status_code=503)
+    return errors.render(
+        request,
+        ServiceUnavailable(
+            "The gateway is shutting down and could not finish this request; retry it"
+        ),
+    )
+
+
 # Management writes need the master key; FastAPI would read (and buffer) the body before
 # solving the dependency that checks it, so the check comes first, here.
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -125,8 +134,9 @@ async def _master_first(scope: Scope, receive: Receive, send: Send, app: ASGIApp
     await app(scope, receive, send)
 
 
-async def _measured(metrics: Metrics, request: Request, handler: Handler, endpoint: Endpoint,
-                    send: Send) -> None:
+async def _measured(
+    metrics: Metrics, request: Request, handler: Handler, endpoint: Endpoint, send: Send
+) -> None:
     """The same as HotPath, counting and timing the request."""
     started = time.perf_counter()
     status = 500
@@ -148,7 +158,8 @@ async def _measured(metrics: Metrics, request: Request, handler: Handler, endpoi
         except Exception as exc:
             if isinstance(exc, BudgetExceeded | RateLimited):
                 metrics.refusals.labels(
-                    "budget" if isinstance(exc, BudgetExceeded) else "rate_limit").inc()
+                    "budget" if isinstance(exc, BudgetExceeded) else "rate_limit"
+                ).inc()
             response = await errors.respond(request, exc)
         await response(request.scope, request.receive, timed_send)
     finally:

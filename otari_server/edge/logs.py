@@ -22,8 +22,12 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         from otari_server import jsonio
 
-        entry: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname,
-                                 "logger": record.name, "message": record.getMessage()}
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         access = getattr(record, "access", None)
         if isinstance(access, dict):
             entry.update(access)
@@ -35,8 +39,11 @@ class JSONFormatter(logging.Formatter):
 def configure(level: str, log_format: str = "text", access_log: bool = True) -> None:
     """Send otari's and uvicorn's logs to stderr at the given level, as text or JSON."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter() if log_format == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JSONFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(level=level_number(level), handlers=[handler], force=True)
     if not access_log:
         logging.getLogger("otari.access").setLevel(logging.WARNING)

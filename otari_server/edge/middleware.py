@@ -29,8 +29,12 @@ class RequestContext:
     PayloadTooLarge, whatever the app answers is dropped, and the client gets our 413.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_header_bytes: int = 65536,
-                 ) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        max_header_bytes: int = 65536,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_headers = max_header_bytes
@@ -64,12 +68,20 @@ class RequestContext:
             return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            await _refuse(scope, send_with_id, 413,
-                          f"Request body is over the {self.max_body_bytes}-byte limit")
+            await _refuse(
+                scope,
+                send_with_id,
+                413,
+                f"Request body is over the {self.max_body_bytes}-byte limit",
+            )
             return
         if sum(len(name) + len(value) for name, value in scope["headers"]) > self.max_headers:
-            await _refuse(scope, send_with_id, 431,
-                          f"Request headers are over the {self.max_headers}-byte limit")
+            await _refuse(
+                scope,
+                send_with_id,
+                431,
+                f"Request headers are over the {self.max_headers}-byte limit",
+            )
             return
         if length is None and _has_body(scope):
             await _LimitedBody(self.max_body_bytes, receive, send_with_id).run(self.app, scope)
@@ -86,16 +98,16 @@ def _caching(path: str) -> tuple[bytes, bytes] | None:
     return None
 
 
-def _with_caching(headers: list[tuple[bytes, bytes]],
-                  caching: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+def _with_caching(
+    headers: list[tuple[bytes, bytes]], caching: tuple[bytes, bytes]
+) -> list[tuple[bytes, bytes]]:
     """Set Cache-Control and, for private answers, Vary.
 
     A private answer is no-store whatever the route said (an event stream's no-cache still
     lets a cache keep it); a health answer keeps a Cache-Control its route set.
     """
     if caching is _PRIVATE:
-        headers = [(name, value) for name, value in headers
-                   if name.lower() != b"cache-control"]
+        headers = [(name, value) for name, value in headers if name.lower() != b"cache-control"]
         headers.append(caching)
     elif not any(name.lower() == b"cache-control" for name, _ in headers):
         headers.append(caching)
@@ -170,9 +182,24 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
-    body = dumps(error_body(shape_for(scope["path"]), status, message, "invalid_request_error",
-                            "request_too_large", "request_too_large")).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    body = dumps(
+        error_body(
+            shape_for(scope["path"]),
+            status,
+            message,
+            "invalid_request_error",
+            "request_too_large",
+            "request_too_large",
+        )
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -80,17 +80,27 @@ async def _transcribe(request: Request, caller: Caller, endpoint: Endpoint) -> R
         model = {"model": fields["model"], "user": fields.get("user")}
         price = await _price(runtime, caller, fields["model"])
         by_tokens = bills_by_tokens(price)
-        worst = (_token_bound(seconds, form.get("prompt")) if by_tokens
-                 else Consumption(audio_seconds=seconds))
+        worst = (
+            _token_bound(seconds, form.get("prompt"))
+            if by_tokens
+            else Consumption(audio_seconds=seconds)
+        )
         call, upstream_model = await admit(
-            runtime, caller, replace(endpoint, billing=TOKENS) if by_tokens else endpoint,
-            b"", model, request.scope.get("otari.request_id"), worst=worst)
+            runtime,
+            caller,
+            replace(endpoint, billing=TOKENS) if by_tokens else endpoint,
+            b"",
+            model,
+            request.scope.get("otari.request_id"),
+            worst=worst,
+        )
         try:
             openai_only(call)
             ask = "json" if by_tokens and asked in ("json", "text") else "verbose_json"
             outgoing = _upstream_form(form, upload, upstream_model, ask)
-            response = await runtime.upstream.post_form(call.provider, endpoint.upstream_path,
-                                                        outgoing)
+            response = await runtime.upstream.post_form(
+                call.provider, endpoint.upstream_path, outgoing
+            )
             answer = parse_upstream(call.provider, await read_upstream(call.provider, response))
             if ask == "json":
                 used, note = _tokens_used(call, answer, worst)
@@ -119,7 +129,8 @@ def bills_by_tokens(price: Price | None) -> bool:
     if price is None:
         return True
     return price.per_audio_second is None and (
-        price.input_per_million > 0 or price.output_per_million > 0)
+        price.input_per_million > 0 or price.output_per_million > 0
+    )
 
 
 async def _price(runtime: Runtime, caller: Caller, model: str) -> Price | None:
@@ -144,8 +155,12 @@ def audio_seconds(upload: UploadFile) -> Decimal:
         length = None
     finally:
         upload.file.seek(0)
-    if isinstance(length, int | float) and not isinstance(length, bool) and \
-            math.isfinite(length) and length > 0:
+    if (
+        isinstance(length, int | float)
+        and not isinstance(length, bool)
+        and math.isfinite(length)
+        and length > 0
+    ):
         return Decimal(math.ceil(length) + 1)
     return Decimal(estimates.audio_seconds_bound(upload.size or 0))
 
@@ -155,12 +170,15 @@ def _token_bound(seconds: Decimal, prompt: object) -> Consumption:
     `prompt` (a transcript has no max_tokens: its length follows the audio)."""
     whole = math.ceil(seconds)
     text = estimates.input_tokens(prompt.encode()) if isinstance(prompt, str) and prompt else 0
-    return Consumption(prompt_tokens=whole * AUDIO_TOKENS_PER_SECOND + text,
-                       completion_tokens=whole * TRANSCRIPT_TOKENS_PER_SECOND)
+    return Consumption(
+        prompt_tokens=whole * AUDIO_TOKENS_PER_SECOND + text,
+        completion_tokens=whole * TRANSCRIPT_TOKENS_PER_SECOND,
+    )
 
 
-def _tokens_used(call: Call, answer: dict[str, Any],
-                 worst: Consumption) -> tuple[Consumption, str | None]:
+def _tokens_used(
+    call: Call, answer: dict[str, Any], worst: Consumption
+) -> tuple[Consumption, str | None]:
     """Token usage of a json transcription; the reservation when it reports none."""
     if not isinstance(answer.get("text"), str):
         raise malformed(call.provider)
@@ -199,20 +217,25 @@ def _transcription_fields(form: FormData) -> tuple[UploadFile, dict[str, str]]:
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise InvalidRequest("'file' is required and must be a file upload", param="file")
-    fields = {name: value for name, value in form.multi_items()
-              if isinstance(value, str) and name in _OWN_FIELDS}
+    fields = {
+        name: value
+        for name, value in form.multi_items()
+        if isinstance(value, str) and name in _OWN_FIELDS
+    }
     if not fields.get("model"):
         raise InvalidRequest("'model' is required and must be a string", param="model")
     if fields.get("response_format", "json") not in FORMATS:
-        raise InvalidRequest(f"'response_format' must be one of {', '.join(FORMATS)}",
-                             param="response_format")
+        raise InvalidRequest(
+            f"'response_format' must be one of {', '.join(FORMATS)}", param="response_format"
+        )
     if fields.get("stream", "false").lower() not in ("false", "0"):
         raise InvalidRequest("Streaming transcriptions are not supported", param="stream")
     return upload, fields
 
 
-def _upstream_form(form: FormData, upload: UploadFile, upstream_model: str,
-                   response_format: str) -> aiohttp.FormData:
+def _upstream_form(
+    form: FormData, upload: UploadFile, upstream_model: str, response_format: str
+) -> aiohttp.FormData:
     """The provider's form: the client's fields, our model and format, the same file."""
     outgoing = aiohttp.FormData()
     outgoing.add_field("model", upstream_model)
@@ -220,8 +243,12 @@ def _upstream_form(form: FormData, upload: UploadFile, upstream_model: str,
     for name, value in form.multi_items():
         if isinstance(value, str) and name not in _OWN_FIELDS:
             outgoing.add_field(name, value)
-    outgoing.add_field("file", upload.file, filename=upload.filename or "audio",
-                       content_type=upload.content_type or "application/octet-stream")
+    outgoing.add_field(
+        "file",
+        upload.file,
+        filename=upload.filename or "audio",
+        content_type=upload.content_type or "application/octet-stream",
+    )
     return outgoing
 
 
@@ -301,13 +328,20 @@ async def _speak(request: Request, caller: Caller, endpoint: Endpoint) -> Respon
     text = body["input"]
     if not isinstance(text, str):
         raise InvalidRequest("'input' must be a string", param="input")
-    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
-                                       request.scope.get("otari.request_id"),
-                                       worst=Consumption(characters=len(text)))
+    call, upstream_model = await admit(
+        runtime,
+        caller,
+        endpoint,
+        raw,
+        body,
+        request.scope.get("otari.request_id"),
+        worst=Consumption(characters=len(text)),
+    )
     try:
         openai_only(call)
-        response = await runtime.upstream.post(call.provider, endpoint.upstream_path,
-                                               dict(body, model=upstream_model), stream=True)
+        response = await runtime.upstream.post(
+            call.provider, endpoint.upstream_path, dict(body, model=upstream_model), stream=True
+        )
         if response.status >= 400:
             await read_upstream(call.provider, response)  # raises the provider's refusal
     except OtariError as exc:

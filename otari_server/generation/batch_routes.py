@@ -29,31 +29,42 @@ async def create_batch(request: Request, caller: CallerDep, runtime: RuntimeDep)
 
 
 @router.get("")
-async def list_batches(caller: CallerDep, runtime: RuntimeDep, provider: str = Provider,
-                       after: str | None = Query(None, description="Batch id to list after"),
-                       limit: int | None = Query(None, ge=1, le=100)) -> Response:
+async def list_batches(
+    caller: CallerDep,
+    runtime: RuntimeDep,
+    provider: str = Provider,
+    after: str | None = Query(None, description="Batch id to list after"),
+    limit: int | None = Query(None, ge=1, le=100),
+) -> Response:
     """List batches for a provider."""
     return _json(await batches.list_batches(runtime, caller, provider, after, limit))
 
 
 @router.get("/{batch_id}")
-async def retrieve_batch(batch_id: str, caller: CallerDep, runtime: RuntimeDep,
-                         provider: str = Provider) -> Response:
+async def retrieve_batch(
+    batch_id: str, caller: CallerDep, runtime: RuntimeDep, provider: str = Provider
+) -> Response:
     """Retrieve the status of a batch."""
     return _json(await batches.retrieve(runtime, caller, provider, batch_id))
 
 
 @router.post("/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, caller: CallerDep, runtime: RuntimeDep,
-                       provider: str = Provider) -> Response:
+async def cancel_batch(
+    batch_id: str, caller: CallerDep, runtime: RuntimeDep, provider: str = Provider
+) -> Response:
     """Cancel a batch."""
     return _json(await batches.cancel(runtime, caller, provider, batch_id))
 
 
-@router.get("/{batch_id}/results", responses={
-    409: {"description": "Batch is not yet complete"},
-    502: {"description": "LLM provider error"}})
-async def retrieve_batch_results(batch_id: str, caller: CallerDep, runtime: RuntimeDep,
-                                 provider: str = Provider) -> Response:
+@router.get(
+    "/{batch_id}/results",
+    responses={
+        409: {"description": "Batch is not yet complete"},
+        502: {"description": "LLM provider error"},
+    },
+)
+async def retrieve_batch_results(
+    batch_id: str, caller: CallerDep, runtime: RuntimeDep, provider: str = Provider
+) -> Response:
     """Retrieve the results of a completed batch; they are metered on the first retrieval."""
     return _json(await batches.results(runtime, caller, provider, batch_id))

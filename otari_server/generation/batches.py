@@ -87,18 +87,27 @@ async def create(runtime: Runtime, caller: Caller, body: dict[str, Any]) -> dict
     if counts and user_id is not None and (caller.is_master or caller.budgeted):
         if price is not None:
             amount = worst_case(batch, runtime.settings.default_max_tokens, price)
-        hold = await to_thread.run_sync(_reserve, runtime, user_id, amount, now,
-                                        _hold_until(batch, now))
+        hold = await to_thread.run_sync(
+            _reserve, runtime, user_id, amount, now, _hold_until(batch, now)
+        )
     try:
         created = await _submit(runtime, provider, batch, upstream_model)
     except BaseException:
         if hold is not None:
             await to_thread.run_sync(_release_only, runtime, hold)
         raise
-    job = BatchJob(provider=provider.name, batch_id=created["id"], model_key=model_key,
-                   user_id=user_id, api_key_id=caller.key_id, counts_toward_budget=counts,
-                   request_count=len(batch.requests), created_at=now, hold_id=hold,
-                   reserved=amount if hold is not None else Decimal(0))
+    job = BatchJob(
+        provider=provider.name,
+        batch_id=created["id"],
+        model_key=model_key,
+        user_id=user_id,
+        api_key_id=caller.key_id,
+        counts_toward_budget=counts,
+        request_count=len(batch.requests),
+        created_at=now,
+        hold_id=hold,
+        reserved=amount if hold is not None else Decimal(0),
+    )
     await to_thread.run_sync(_insert, runtime, job)
     return created
 
@@ -108,51 +117,62 @@ def worst_case(batch: CreateBatchRequest, default_max_tokens: int, price: Price)
     total = Decimal(0)
     for item in batch.requests:
         line = {**item.body, "model": batch.model}
-        total += price.cost(proxy_worst_case(CHAT, orjson.dumps(line), line,
-                                             default_max_tokens))
+        total += price.cost(proxy_worst_case(CHAT, orjson.dumps(line), line, default_max_tokens))
     return total
 
 
-async def list_batches(runtime: Runtime, caller: Caller, provider_name: str,
-                       after: str | None, limit: int | None) -> dict[str, Any]:
+async def list_batches(
+    runtime: Runtime, caller: Caller, provider_name: str, after: str | None, limit: int | None
+) -> dict[str, Any]:
     """The provider's list of batches; an API key sees only the batches it may see."""
     provider = _provider(runtime, provider_name)
-    params = {name: str(value) for name, value in (("after", after), ("limit", limit))
-              if value is not None}
+    params = {
+        name: str(value)
+        for name, value in (("after", after), ("limit", limit))
+        if value is not None
+    }
     page = await _json(provider, await runtime.upstream.get(provider, "/batches", params))
     data = page.get("data")
     if not isinstance(data, list):
         raise malformed(provider)
     if not caller.is_master:
-        ids = [item["id"] for item in data if isinstance(item, dict)
-               and isinstance(item.get("id"), str)]
+        ids = [
+            item["id"]
+            for item in data
+            if isinstance(item, dict) and isinstance(item.get("id"), str)
+        ]
         jobs = await to_thread.run_sync(_load, runtime, provider.name, ids)
         visible = {job.batch_id for job in jobs if _owns(caller, job)}
-        page["data"] = [item for item in data if isinstance(item, dict)
-                        and item.get("id") in visible]
+        page["data"] = [
+            item for item in data if isinstance(item, dict) and item.get("id") in visible
+        ]
     return page
 
 
-async def retrieve(runtime: Runtime, caller: Caller, provider_name: str,
-                   batch_id: str) -> dict[str, Any]:
+async def retrieve(
+    runtime: Runtime, caller: Caller, provider_name: str, batch_id: str
+) -> dict[str, Any]:
     """The provider's batch object."""
     provider = _provider(runtime, provider_name)
     await _job(runtime, caller, provider, batch_id)
     return await _fetch(runtime, provider, batch_id)
 
 
-async def cancel(runtime: Runtime, caller: Caller, provider_name: str,
-                 batch_id: str) -> dict[str, Any]:
+async def cancel(
+    runtime: Runtime, caller: Caller, provider_name: str, batch_id: str
+) -> dict[str, Any]:
     """Ask the provider to cancel; results it finished before are still collected later."""
     provider = _provider(runtime, provider_name)
     await _job(runtime, caller, provider, batch_id)
-    response = await runtime.upstream.post(provider, f"/batches/{quote(batch_id, safe='')}"
-                                                     "/cancel", {})
+    response = await runtime.upstream.post(
+        provider, f"/batches/{quote(batch_id, safe='')}/cancel", {}
+    )
     return await _json(provider, response)
 
 
-async def results(runtime: Runtime, caller: Caller, provider_name: str,
-                  batch_id: str) -> dict[str, Any]:
+async def results(
+    runtime: Runtime, caller: Caller, provider_name: str, batch_id: str
+) -> dict[str, Any]:
     """The results of an ended batch (409 before); metered on the first collection only."""
     provider = _provider(runtime, provider_name)
     job = await _job(runtime, caller, provider, batch_id)
@@ -179,23 +199,40 @@ async def results(runtime: Runtime, caller: Caller, provider_name: str,
 
 def jsonl(batch: CreateBatchRequest, upstream_model: str) -> bytes:
     """The batch input file: one chat completion request per line."""
-    return b"".join(orjson.dumps({"custom_id": item.custom_id, "method": "POST",
-                                  "url": LINE_URL, "body": {**item.body, "model": upstream_model}})
-                    + b"\n" for item in batch.requests)
+    return b"".join(
+        orjson.dumps(
+            {
+                "custom_id": item.custom_id,
+                "method": "POST",
+                "url": LINE_URL,
+                "body": {**item.body, "model": upstream_model},
+            }
+        )
+        + b"\n"
+        for item in batch.requests
+    )
 
 
-async def _submit(runtime: Runtime, provider: Provider, batch: CreateBatchRequest,
-                  upstream_model: str) -> dict[str, Any]:
+async def _submit(
+    runtime: Runtime, provider: Provider, batch: CreateBatchRequest, upstream_model: str
+) -> dict[str, Any]:
     """Upload the input file, then create the batch from it; the provider's batch object."""
     form = aiohttp.FormData()
     form.add_field("purpose", "batch")
-    form.add_field("file", jsonl(batch, upstream_model), filename="otari-batch.jsonl",
-                   content_type="application/jsonl")
+    form.add_field(
+        "file",
+        jsonl(batch, upstream_model),
+        filename="otari-batch.jsonl",
+        content_type="application/jsonl",
+    )
     uploaded = await _json(provider, await runtime.upstream.post_form(provider, "/files", form))
     if not isinstance(uploaded.get("id"), str):
         raise malformed(provider)
-    request: dict[str, Any] = {"input_file_id": uploaded["id"], "endpoint": LINE_URL,
-                               "completion_window": batch.completion_window}
+    request: dict[str, Any] = {
+        "input_file_id": uploaded["id"],
+        "endpoint": LINE_URL,
+        "completion_window": batch.completion_window,
+    }
     if batch.metadata is not None:
         request["metadata"] = batch.metadata
     created = await _json(provider, await runtime.upstream.post(provider, "/batches", request))
@@ -208,8 +245,11 @@ def _provider(runtime: Runtime, name: str) -> Provider:
     provider = runtime.providers.get(name)
     if provider is None:
         known = ", ".join(sorted(runtime.providers)) or "none"
-        raise InvalidRequest(f"Unknown provider '{name}'; configured providers: {known}",
-                             param="provider", code="unknown_provider")
+        raise InvalidRequest(
+            f"Unknown provider '{name}'; configured providers: {known}",
+            param="provider",
+            code="unknown_provider",
+        )
     _offers_batches(provider)
     return provider
 
@@ -218,7 +258,9 @@ def _offers_batches(provider: Provider) -> None:
     if provider.type != "openai":
         raise InvalidRequest(
             f"Provider '{provider.name}' ({provider.type}) does not offer the OpenAI batch API",
-            param="provider", code="unsupported_endpoint")
+            param="provider",
+            code="unsupported_endpoint",
+        )
 
 
 async def _fetch(runtime: Runtime, provider: Provider, batch_id: str) -> dict[str, Any]:
@@ -246,7 +288,6 @@ async def _download(runtime: Runtime, provider: Provider, file_id: str) -> list[
             raise malformed(provider)
         lines.append(line)
     return lines
-
 
 
 # -- pure rules -------------------------------------------------------------------------------
@@ -278,13 +319,18 @@ def _one_model(batch: CreateBatchRequest, names: set[str], model_key: str) -> No
                 f"requests.{index} (custom_id '{item.custom_id}') names model {named!r}, but "
                 f"this batch runs '{model_key}': a batch runs one model, so send one batch "
                 "per model (or leave 'model' out of the lines)",
-                param=f"requests.{index}.body.model", code="model_mismatch")
+                param=f"requests.{index}.body.model",
+                code="model_mismatch",
+            )
         for name in CHAT.output_limits:
             value = item.body.get(name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 1):
-                raise InvalidRequest(f"requests.{index}.body.{name} must be a positive integer",
-                                     param=f"requests.{index}.body.{name}")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise InvalidRequest(
+                    f"requests.{index}.body.{name} must be a positive integer",
+                    param=f"requests.{index}.body.{name}",
+                )
 
 
 def _hold_until(batch: CreateBatchRequest, now: datetime) -> datetime:
@@ -317,9 +363,14 @@ def _item(line: dict[str, Any]) -> dict[str, Any]:
         error = line.get("error")
     if not isinstance(error, dict):
         error = {}
-    return {"custom_id": line["custom_id"], "result": None, "error": {
-        "code": str(error.get("code") or error.get("type") or code or "batch_error"),
-        "message": str(error.get("message") or "the request failed")}}
+    return {
+        "custom_id": line["custom_id"],
+        "result": None,
+        "error": {
+            "code": str(error.get("code") or error.get("type") or code or "batch_error"),
+            "message": str(error.get("message") or "the request failed"),
+        },
+    }
 
 
 def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Settlement:
@@ -331,8 +382,14 @@ def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Set
     if used.invalid is not None:  # never billed from numbers that break the rules
         status, error = INVALID_USAGE, {"message": f"provider usage refused ({used.invalid})"}
     return Settlement(
-        hold=NO_HOLD, user_id=job.user_id, api_key_id=job.api_key_id, model=job.model_key,
-        provider=job.provider, endpoint=BATCHES.path, status=status, status_code=200,
+        hold=NO_HOLD,
+        user_id=job.user_id,
+        api_key_id=job.api_key_id,
+        model=job.model_key,
+        provider=job.provider,
+        endpoint=BATCHES.path,
+        status=status,
+        status_code=200,
         prompt_tokens=used.prompt_tokens if tokens_seen else None,
         completion_tokens=used.completion_tokens if tokens_seen else None,
         cache_read_tokens=used.cache_read_tokens or None,
@@ -340,51 +397,69 @@ def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Set
         price_source=None if price is None else price.source,
         counts_toward_budget=job.counts_toward_budget,
         error_message=None if error is None else f"{item['custom_id']}: {error['message']}",
-        request_id=job.batch_id[:64], id=uuid.uuid4().hex)
+        request_id=job.batch_id[:64],
+        id=uuid.uuid4().hex,
+    )
 
 
 # -- the database -----------------------------------------------------------------------------
 
 
-def _reserve(runtime: Runtime, user_id: str, amount: Decimal, now: datetime,
-             expires_at: datetime) -> str:
+def _reserve(
+    runtime: Runtime, user_id: str, amount: Decimal, now: datetime, expires_at: datetime
+) -> str:
     """Hold `amount` of the user's budget for a batch; the hold's id. 402 when it does not
     fit, or when nothing of the budget is left (a batch of an unpriced model holds 0)."""
     hold = f"batch:{uuid.uuid4().hex}"
     with runtime.sessions.begin() as session:
-        user = session.scalars(select(User).where(User.user_id == user_id)
-                               .with_for_update()).first()
+        user = session.scalars(
+            select(User).where(User.user_id == user_id).with_for_update()
+        ).first()
         if user is None or user.deleted_at is not None:
             raise NotFound(f"User '{user_id}' not found")
         budget = session.get(Budget, user.budget_id) if user.budget_id else None
         if budget is None or budget.max_budget is None:
             return _hold(session, hold, user_id, amount, now, expires_at)
-        budget_rules.roll_over(session, user, budget.budget_duration_sec, now,
-                               budget.reset_alignment)
+        budget_rules.roll_over(
+            session, user, budget.budget_duration_sec, now, budget.reset_alignment
+        )
         available = budget.max_budget - user.spend - user.reserved
         if amount > available or available <= 0:
-            raise refusal(user_id, amount, available, budget.max_budget,
-                          user.next_budget_reset_at)
+            raise refusal(user_id, amount, available, budget.max_budget, user.next_budget_reset_at)
         return _hold(session, hold, user_id, amount, now, expires_at)
 
 
-def _hold(session: Session, hold: str, user_id: str, amount: Decimal, now: datetime,
-          expires_at: datetime) -> str:
-    session.execute(update(User).where(User.user_id == user_id)
-                    .values(reserved=User.reserved + amount))
-    session.add(Reservation(id=hold, user_id=user_id, amount=amount, instance_id=HOLDER,
-                            created_at=now, expires_at=expires_at))
+def _hold(
+    session: Session, hold: str, user_id: str, amount: Decimal, now: datetime, expires_at: datetime
+) -> str:
+    session.execute(
+        update(User).where(User.user_id == user_id).values(reserved=User.reserved + amount)
+    )
+    session.add(
+        Reservation(
+            id=hold,
+            user_id=user_id,
+            amount=amount,
+            instance_id=HOLDER,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
     return hold
 
 
 def _release(conn: Connection, hold: str) -> None:
     """Give a batch's hold back, unless it expired and was given back already."""
-    rows = conn.execute(delete(Reservation).where(Reservation.id == hold)
-                        .returning(Reservation.user_id, Reservation.amount)).all()
+    rows = conn.execute(
+        delete(Reservation)
+        .where(Reservation.id == hold)
+        .returning(Reservation.user_id, Reservation.amount)
+    ).all()
     for user_id, amount in rows:
         if user_id is not None and amount:
-            conn.execute(update(User).where(User.user_id == user_id)
-                         .values(reserved=User.reserved - amount))
+            conn.execute(
+                update(User).where(User.user_id == user_id).values(reserved=User.reserved - amount)
+            )
 
 
 def _release_only(runtime: Runtime, hold: str) -> None:
@@ -401,12 +476,18 @@ def _load(runtime: Runtime, provider: str, batch_ids: list[str]) -> list[BatchJo
     if not batch_ids:
         return []
     with runtime.reads() as session:
-        return list(session.scalars(select(BatchJob).where(
-            BatchJob.provider == provider, BatchJob.batch_id.in_(batch_ids))))
+        return list(
+            session.scalars(
+                select(BatchJob).where(
+                    BatchJob.provider == provider, BatchJob.batch_id.in_(batch_ids)
+                )
+            )
+        )
 
 
-async def _job(runtime: Runtime, caller: Caller, provider: Provider,
-               batch_id: str) -> BatchJob | None:
+async def _job(
+    runtime: Runtime, caller: Caller, provider: Provider, batch_id: str
+) -> BatchJob | None:
     """Our record of a batch; an API key gets 404 for batches that are not its own."""
     found = await to_thread.run_sync(_load, runtime, provider.name, [batch_id])
     job = found[0] if found else None
@@ -421,9 +502,13 @@ def _claim(runtime: Runtime, job: BatchJob, settlements: list[Settlement]) -> bo
     with runtime.engine.begin() as conn:
         claimed = conn.execute(
             update(BatchJob)
-            .where(BatchJob.provider == job.provider, BatchJob.batch_id == job.batch_id,
-                   BatchJob.metered_at.is_(None))
-            .values(metered_at=utcnow()))
+            .where(
+                BatchJob.provider == job.provider,
+                BatchJob.batch_id == job.batch_id,
+                BatchJob.metered_at.is_(None),
+            )
+            .values(metered_at=utcnow())
+        )
         if claimed.rowcount != 1:
             return False
         if settlements:

@@ -43,17 +43,27 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
     model_route = runtime.routes.routes.get(body["model"])
     if tools.wanted(body):
         if model_route is not None:
-            raise InvalidRequest(f"'{body['model']}' is a route: the gateway-run tool loop "
-                                 "needs a provider:model", param="model")
+            raise InvalidRequest(
+                f"'{body['model']}' is a route: the gateway-run tool loop needs a provider:model",
+                param="model",
+            )
         # MCP servers, web search or code execution: the gateway runs the tool loop.
         return await tools.forward(request, caller, endpoint, raw, body)
     streaming = body.get("stream") is True
     if model_route is not None:
-        return await routed(runtime, caller, endpoint, raw, body,
-                            request.scope.get("otari.request_id"), model_route,
-                            lambda call, model: _dispatch(call, body, model, streaming))
-    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
-                                       request.scope.get("otari.request_id"))
+        return await routed(
+            runtime,
+            caller,
+            endpoint,
+            raw,
+            body,
+            request.scope.get("otari.request_id"),
+            model_route,
+            lambda call, model: _dispatch(call, body, model, streaming),
+        )
+    call, upstream_model = await admit(
+        runtime, caller, endpoint, raw, body, request.scope.get("otari.request_id")
+    )
     try:
         return await _dispatch(call, body, upstream_model, streaming)
     except OtariError as exc:
@@ -61,16 +71,18 @@ async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> 
         raise
 
 
-async def _dispatch(call: Call, body: dict[str, Any], upstream_model: str,
-                    streaming: bool) -> Response:
+async def _dispatch(
+    call: Call, body: dict[str, Any], upstream_model: str, streaming: bool
+) -> Response:
     """Send to the admitted call's provider in its wire format; the client's response."""
     if call.provider.type == "anthropic":
         return await _anthropic_chat(call, body, upstream_model, streaming)
     return await _openai_chat(call, body, upstream_model, streaming)
 
 
-async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
-                       streaming: bool) -> Response:
+async def _openai_chat(
+    call: Call, body: dict[str, Any], upstream_model: str, streaming: bool
+) -> Response:
     outgoing = dict(body, model=upstream_model)
     strip_usage = False
     if streaming:
@@ -79,8 +91,9 @@ async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
         # We need the usage chunk to bill the stream; hide it again if nobody asked for it.
         strip_usage = not options.get("include_usage")
         outgoing["stream_options"] = {**options, "include_usage": True}
-    response = await call.runtime.upstream.post(call.provider, call.endpoint.upstream_path,
-                                                outgoing, stream=streaming)
+    response = await call.runtime.upstream.post(
+        call.provider, call.endpoint.upstream_path, outgoing, stream=streaming
+    )
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
@@ -91,17 +104,19 @@ async def _openai_chat(call: Call, body: dict[str, Any], upstream_model: str,
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
-async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
-                          streaming: bool) -> Response:
+async def _anthropic_chat(
+    call: Call, body: dict[str, Any], upstream_model: str, streaming: bool
+) -> Response:
     try:
         outgoing = to_messages_request(
-            body, model=upstream_model,
-            default_max_tokens=call.runtime.settings.default_max_tokens)
+            body, model=upstream_model, default_max_tokens=call.runtime.settings.default_max_tokens
+        )
     except TranslationError as exc:
         raise InvalidRequest(str(exc)) from None
     headers = {"anthropic-version": ANTHROPIC_VERSION}
-    response = await call.runtime.upstream.post(call.provider, "/messages", outgoing,
-                                                headers, stream=streaming)
+    response = await call.runtime.upstream.post(
+        call.provider, "/messages", outgoing, headers, stream=streaming
+    )
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
@@ -115,6 +130,7 @@ async def _anthropic_chat(call: Call, body: dict[str, Any], upstream_model: str,
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
     except (AttributeError, TypeError):
         raise malformed(call.provider) from None
-    settle_answer(call, message.get("usage"), lambda _: consumption(completion["usage"]),
-                  len(content))
+    settle_answer(
+        call, message.get("usage"), lambda _: consumption(completion["usage"]), len(content)
+    )
     return Response(orjson.dumps(completion), headers=JSON_HEADERS)

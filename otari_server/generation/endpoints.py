@@ -21,22 +21,30 @@ class Endpoint:
     required: tuple[str, ...] = ()
 
 
-CHAT = Endpoint("/v1/chat/completions", "/chat/completions",
-                output_limits=("max_completion_tokens", "max_tokens"), required=("messages",))
-MESSAGES = Endpoint("/v1/messages", "/messages", output_limits=("max_tokens",),
-                    required=("messages", "max_tokens"))
-RESPONSES = Endpoint("/v1/responses", "/responses", output_limits=("max_output_tokens",),
-                     required=("input",))
+CHAT = Endpoint(
+    "/v1/chat/completions",
+    "/chat/completions",
+    output_limits=("max_completion_tokens", "max_tokens"),
+    required=("messages",),
+)
+MESSAGES = Endpoint(
+    "/v1/messages", "/messages", output_limits=("max_tokens",), required=("messages", "max_tokens")
+)
+RESPONSES = Endpoint(
+    "/v1/responses", "/responses", output_limits=("max_output_tokens",), required=("input",)
+)
 EMBEDDINGS = Endpoint("/v1/embeddings", "/embeddings", required=("input",))
-MODERATIONS = Endpoint("/v1/moderations", "/moderations", billing=REQUESTS,
-                       required=("input",))
+MODERATIONS = Endpoint("/v1/moderations", "/moderations", billing=REQUESTS, required=("input",))
 RERANK = Endpoint("/v1/rerank", "/rerank", billing=REQUESTS, required=("query", "documents"))
-IMAGES_GENERATIONS = Endpoint("/v1/images/generations", "/images/generations", billing=IMAGES,
-                              required=("prompt",))
-TRANSCRIPTIONS = Endpoint("/v1/audio/transcriptions", "/audio/transcriptions",
-                          billing=AUDIO_SECONDS)
-SPEECH = Endpoint("/v1/audio/speech", "/audio/speech", billing=CHARACTERS,
-                  required=("input", "voice"))
+IMAGES_GENERATIONS = Endpoint(
+    "/v1/images/generations", "/images/generations", billing=IMAGES, required=("prompt",)
+)
+TRANSCRIPTIONS = Endpoint(
+    "/v1/audio/transcriptions", "/audio/transcriptions", billing=AUDIO_SECONDS
+)
+SPEECH = Endpoint(
+    "/v1/audio/speech", "/audio/speech", billing=CHARACTERS, required=("input", "voice")
+)
 BATCHES = Endpoint("/v1/batches", "/batches")
 
 # Every generation endpoint served straight from ASGI, listed once: the fast path
@@ -44,8 +52,15 @@ BATCHES = Endpoint("/v1/batches", "/batches")
 # connected mode serves the CONNECTED subset. tests/server/edge/test_endpoints.py checks all
 # three agree. Batches are not here: they are resource routes (create, list, get, cancel).
 GENERATION: tuple[Endpoint, ...] = (
-    CHAT, MESSAGES, RESPONSES, EMBEDDINGS, MODERATIONS, RERANK, IMAGES_GENERATIONS,
-    TRANSCRIPTIONS, SPEECH,
+    CHAT,
+    MESSAGES,
+    RESPONSES,
+    EMBEDDINGS,
+    MODERATIONS,
+    RERANK,
+    IMAGES_GENERATIONS,
+    TRANSCRIPTIONS,
+    SPEECH,
 )
 CONNECTED: tuple[Endpoint, ...] = (CHAT,)
 

@@ -59,14 +59,24 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     streaming = body.get("stream") is True
     model_route = runtime.routes.routes.get(body["model"])
     if model_route is not None:
+
         async def attempt(call: Call, upstream_model: str) -> Response:
             body["max_tokens"] = admitted["max_tokens"]  # the budget clamp may have lowered it
             return await _dispatch(call, body, upstream_model, streaming, request.headers)
 
-        return await routed(runtime, caller, endpoint, raw, admitted,
-                            request.scope.get("otari.request_id"), model_route, attempt)
-    call, upstream_model = await admit(runtime, caller, endpoint, raw, admitted,
-                                       request.scope.get("otari.request_id"))
+        return await routed(
+            runtime,
+            caller,
+            endpoint,
+            raw,
+            admitted,
+            request.scope.get("otari.request_id"),
+            model_route,
+            attempt,
+        )
+    call, upstream_model = await admit(
+        runtime, caller, endpoint, raw, admitted, request.scope.get("otari.request_id")
+    )
     body["max_tokens"] = admitted["max_tokens"]  # the budget clamp may have lowered it
     try:
         return await _dispatch(call, body, upstream_model, streaming, request.headers)
@@ -75,8 +85,13 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
         raise
 
 
-async def _dispatch(call: Call, body: dict[str, Any], upstream_model: str, streaming: bool,
-                    headers: Mapping[str, str]) -> Response:
+async def _dispatch(
+    call: Call,
+    body: dict[str, Any],
+    upstream_model: str,
+    streaming: bool,
+    headers: Mapping[str, str],
+) -> Response:
     """Send to the admitted call's provider in its wire format; the client's response."""
     if call.provider.type == "anthropic":
         return await _pass_through(call, body, upstream_model, streaming, headers)
@@ -123,8 +138,7 @@ def _check(body: Mapping[str, Any]) -> None:
         raise InvalidRequest("'messages' must be an array of objects", param="messages")
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
-        raise InvalidRequest("'system' must be a string or an array of text blocks",
-                             param="system")
+        raise InvalidRequest("'system' must be a string or an array of text blocks", param="system")
 
 
 def _attribution(body: Mapping[str, Any], caller: Caller) -> str | None:
@@ -153,13 +167,23 @@ def limit_field(provider: Provider) -> str:
 
 # -- anthropic providers: pass-through -------------------------------------------------------
 
-async def _pass_through(call: Call, body: dict[str, Any], upstream_model: str, streaming: bool,
-                        client_headers: Mapping[str, str]) -> Response:
+
+async def _pass_through(
+    call: Call,
+    body: dict[str, Any],
+    upstream_model: str,
+    streaming: bool,
+    client_headers: Mapping[str, str],
+) -> Response:
     headers = {name: value for name in _CLIENT_HEADERS if (value := client_headers.get(name))}
     headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     response = await call.runtime.upstream.post(
-        call.provider, call.endpoint.upstream_path, dict(body, model=upstream_model), headers,
-        stream=streaming)
+        call.provider,
+        call.endpoint.upstream_path,
+        dict(body, model=upstream_model),
+        headers,
+        stream=streaming,
+    )
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
@@ -172,15 +196,19 @@ async def _pass_through(call: Call, body: dict[str, Any], upstream_model: str, s
 
 # -- OpenAI-compatible providers: translated -------------------------------------------------
 
-async def _translated(call: Call, body: dict[str, Any], upstream_model: str,
-                      streaming: bool) -> Response:
+
+async def _translated(
+    call: Call, body: dict[str, Any], upstream_model: str, streaming: bool
+) -> Response:
     try:
-        outgoing = to_chat_request(body, model=upstream_model,
-                                   limit_field=limit_field(call.provider))
+        outgoing = to_chat_request(
+            body, model=upstream_model, limit_field=limit_field(call.provider)
+        )
     except TranslationError as exc:
         raise InvalidRequest(str(exc)) from None
-    response = await call.runtime.upstream.post(call.provider, "/chat/completions", outgoing,
-                                                stream=streaming)
+    response = await call.runtime.upstream.post(
+        call.provider, "/chat/completions", outgoing, stream=streaming
+    )
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:

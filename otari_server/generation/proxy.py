@@ -83,8 +83,13 @@ class Call:
     route: str | None = None
     attempts: int | None = None
 
-    def settle(self, status: str, used: Consumption | None = None,
-               error: str | None = None, status_code: int | None = None) -> None:
+    def settle(
+        self,
+        status: str,
+        used: Consumption | None = None,
+        error: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
         """Queue the usage row and the hold's release (never blocks).
 
         Only the first call counts (a request cut at shutdown may be settled by the sweep
@@ -102,8 +107,10 @@ class Call:
         if used.invalid is not None:
             # Never bill from a number that breaks the rules: bill the gateway's estimate,
             # and say so on the row.
-            error = (f"provider usage refused ({used.invalid}); billed from the gateway's "
-                     "estimate" + (f"; {error}" if error else ""))
+            error = (
+                f"provider usage refused ({used.invalid}); billed from the gateway's "
+                "estimate" + (f"; {error}" if error else "")
+            )
             status = INVALID_USAGE if status == "success" else status
             used = self.estimate or Consumption(requests=used.requests)
             cost = None if self.price is None else min(self.price.cost(used), MAX_MONEY)
@@ -112,30 +119,44 @@ class Call:
             self.runtime.metrics.tokens.labels("completion").inc(used.completion_tokens)
             if cost:
                 self.runtime.metrics.cost.inc(float(cost))  # a gauge of money, not a ledger
-        access_log.note(model=self.model_key, user=self.user_id, key=self.key_id, cost=cost,
-                    outcome=status)
+        access_log.note(
+            model=self.model_key, user=self.user_id, key=self.key_id, cost=cost, outcome=status
+        )
         tokens_seen = used.prompt_tokens or used.completion_tokens
-        self.runtime.ledger.record(Settlement(
-            hold=self.hold, user_id=self.user_id, api_key_id=self.key_id,
-            model=self.model_key, provider=self.provider.name, endpoint=self.endpoint.path,
-            status=status, prompt_tokens=used.prompt_tokens if tokens_seen else None,
-            completion_tokens=used.completion_tokens if tokens_seen else None,
-            cache_read_tokens=used.cache_read_tokens or None,
-            cache_write_tokens=used.cache_write_tokens or None, cost=cost,
-            counts_toward_budget=self.counts, error_message=error,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            request_id=self.request_id, rate_subjects=self.rate_subjects,
-            status_code=status_code or 200,
-            price_source=None if self.price is None else self.price.source,
-            route=self.route, attempts=self.attempts))
+        self.runtime.ledger.record(
+            Settlement(
+                hold=self.hold,
+                user_id=self.user_id,
+                api_key_id=self.key_id,
+                model=self.model_key,
+                provider=self.provider.name,
+                endpoint=self.endpoint.path,
+                status=status,
+                prompt_tokens=used.prompt_tokens if tokens_seen else None,
+                completion_tokens=used.completion_tokens if tokens_seen else None,
+                cache_read_tokens=used.cache_read_tokens or None,
+                cache_write_tokens=used.cache_write_tokens or None,
+                cost=cost,
+                counts_toward_budget=self.counts,
+                error_message=error,
+                latency_ms=int((time.perf_counter() - self.started) * 1000),
+                request_id=self.request_id,
+                rate_subjects=self.rate_subjects,
+                status_code=status_code or 200,
+                price_source=None if self.price is None else self.price.source,
+                route=self.route,
+                attempts=self.attempts,
+            )
+        )
 
 
 # How a usage row billed from the gateway's own numbers says so (in its error_message).
 ESTIMATED = "usage estimated by the gateway"
 
 
-def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Consumption],
-                  answer_size: int) -> None:
+def settle_answer(
+    call: Call, usage: object, read: Callable[[dict[str, Any]], Consumption], answer_size: int
+) -> None:
     """Settle a whole (non-streamed) answer from its `usage` (read by `read`); an answer
     without usage is billed from the gateway's estimate: the prompt's, and a token per four
     bytes of the answer (at most the reserved output), the row saying it is estimated."""
@@ -145,9 +166,11 @@ def settle_answer(call: Call, usage: object, read: Callable[[dict[str, Any]], Co
     output = -(-answer_size // 4)
     if call.max_output is not None:
         output = min(output, call.max_output)
-    call.settle("success", Consumption(prompt_tokens=call.prompt_estimate,
-                                       completion_tokens=output),
-                f"{ESTIMATED} (no usage in the provider's answer)")
+    call.settle(
+        "success",
+        Consumption(prompt_tokens=call.prompt_estimate, completion_tokens=output),
+        f"{ESTIMATED} (no usage in the provider's answer)",
+    )
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
@@ -172,7 +195,8 @@ def billed_user(caller: Caller, requested: object) -> str | None:
         return requested or None
     if requested and caller.user_id is not None and requested != caller.user_id:
         raise PermissionDenied(
-            f"This API key belongs to user '{caller.user_id}' and cannot bill '{requested}'")
+            f"This API key belongs to user '{caller.user_id}' and cannot bill '{requested}'"
+        )
     return caller.user_id
 
 
@@ -187,25 +211,31 @@ def check_fields(body: dict[str, Any], endpoint: Endpoint) -> None:
         raise InvalidRequest("'stream' must be a boolean", param="stream")
     for name in (*endpoint.output_limits, "n"):
         value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
             raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
 
 
-def worst_case(endpoint: Endpoint, raw: bytes, body: dict[str, Any],
-               default_max_tokens: int) -> Consumption:
+def worst_case(
+    endpoint: Endpoint, raw: bytes, body: dict[str, Any], default_max_tokens: int
+) -> Consumption:
     """The most a request can consume: what the budget reservation holds."""
     n = body.get("n")
     count = n if isinstance(n, int) and n > 1 else 1
     return Consumption(
         prompt_tokens=estimates.input_tokens(raw),
-        completion_tokens=(estimates.output_tokens(body, default_max_tokens,
-                                                *endpoint.output_limits)
-                           if endpoint.output_limits else 0),
+        completion_tokens=(
+            estimates.output_tokens(body, default_max_tokens, *endpoint.output_limits)
+            if endpoint.output_limits
+            else 0
+        ),
         images=count if endpoint.billing == IMAGES else 0,
         characters=len(raw) if endpoint.billing == CHARACTERS else 0,
         audio_seconds=Decimal(estimates.audio_seconds_bound(len(raw)))
-        if endpoint.billing == AUDIO_SECONDS else Decimal(0))
+        if endpoint.billing == AUDIO_SECONDS
+        else Decimal(0),
+    )
 
 
 def route(runtime: Runtime, caller: Caller, model: str) -> tuple[Provider, str, str]:
@@ -217,8 +247,9 @@ def route(runtime: Runtime, caller: Caller, model: str) -> tuple[Provider, str, 
         raise InvalidRequest(str(exc), param="model", code="model_not_found") from None
     model_key = f"{provider.name}:{upstream_model}"
     if not caller.may_use(model_key):
-        raise PermissionDenied(f"This API key may not use model '{model_key}'",
-                               code="model_not_allowed")
+        raise PermissionDenied(
+            f"This API key may not use model '{model_key}'", code="model_not_allowed"
+        )
     return provider, upstream_model, model_key
 
 
@@ -228,12 +259,20 @@ def unpriced(model_key: str, billing: str = "") -> InvalidRequest:
     return InvalidRequest(
         f"Model '{model_key}' has {what}, and require_pricing is on: set one with "
         "POST /v1/pricing (otari pricing set) or turn require_pricing off",
-        param="model", code="model_not_priced")
+        param="model",
+        code="model_not_priced",
+    )
 
 
-async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
-                body: dict[str, Any], request_id: str | None,
-                worst: Consumption | None = None) -> tuple[Call, str]:
+async def admit(
+    runtime: Runtime,
+    caller: Caller,
+    endpoint: Endpoint,
+    raw: bytes,
+    body: dict[str, Any],
+    request_id: str | None,
+    worst: Consumption | None = None,
+) -> tuple[Call, str]:
     """Resolve provider and price, then reserve the worst case; raises if it cannot run.
 
     When the budget clamp lowers the request's output limit, `body` is changed in place
@@ -253,25 +292,47 @@ async def admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes
         raise
 
 
-def refusal_row(runtime: Runtime, caller: Caller, endpoint: Endpoint, body: dict[str, Any],
-                request_id: str | None, exc: OtariError, started: float) -> Settlement:
+def refusal_row(
+    runtime: Runtime,
+    caller: Caller,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    request_id: str | None,
+    exc: OtariError,
+    started: float,
+) -> Settlement:
     """The usage row of a request refused after authentication (nothing held or spent)."""
     model = body.get("model")
     named = model.partition(":")[0] if isinstance(model, str) else ""
     provider = named if named in runtime.providers else None
     user = body.get("user")
     return Settlement(
-        hold=NO_HOLD, user_id=user if caller.is_master and isinstance(user, str) and user
-        else caller.user_id, api_key_id=caller.key_id,
-        model=model if isinstance(model, str) else "", provider=provider,
-        endpoint=endpoint.path, status=REFUSED, cost=None, counts_toward_budget=False,
-        error_message=exc.message, latency_ms=int((time.perf_counter() - started) * 1000),
-        request_id=request_id, status_code=exc.status)
+        hold=NO_HOLD,
+        user_id=user if caller.is_master and isinstance(user, str) and user else caller.user_id,
+        api_key_id=caller.key_id,
+        model=model if isinstance(model, str) else "",
+        provider=provider,
+        endpoint=endpoint.path,
+        status=REFUSED,
+        cost=None,
+        counts_toward_budget=False,
+        error_message=exc.message,
+        latency_ms=int((time.perf_counter() - started) * 1000),
+        request_id=request_id,
+        status_code=exc.status,
+    )
 
 
-async def _admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
-                 body: dict[str, Any], request_id: str | None, worst: Consumption | None,
-                 started: float) -> tuple[Call, str]:
+async def _admit(
+    runtime: Runtime,
+    caller: Caller,
+    endpoint: Endpoint,
+    raw: bytes,
+    body: dict[str, Any],
+    request_id: str | None,
+    worst: Consumption | None,
+    started: float,
+) -> tuple[Call, str]:
     settings = runtime.settings
     provider, upstream_model, model_key = route(runtime, caller, body["model"])
     user_id = billed_user(caller, body.get("user"))
@@ -290,33 +351,63 @@ async def _admit(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: byte
             need = budget_need(endpoint, body, provider, price, worst)
             if endpoint.output_limits:
                 max_output = worst.completion_tokens
-        hold = await runtime.ledger.reserve(user_id if budgeted else None,
-                                            need.amount if need else Decimal(0),
-                                            caller.limits, need, settings.budget_clamp)
+        hold = await runtime.ledger.reserve(
+            user_id if budgeted else None,
+            need.amount if need else Decimal(0),
+            caller.limits,
+            need,
+            settings.budget_clamp,
+        )
         if hold.clamped is not None:
             clamp_output(endpoint, body, provider, hold.clamped)
             # The stream cut follows what was reserved: the clamped limit, per choice.
             n = body.get("n")
             max_output = hold.clamped * (n if isinstance(n, int) and n > 1 else 1)
-    call = Call(runtime, endpoint, provider, model_key, user_id, caller.key_id, price, hold,
-                request_id, started, toward_budget,
-                tuple(limit.subject for limit in caller.limits if limit.tpm is not None),
-                estimates.estimated_prompt(raw), max_output, estimate=worst)
+    call = Call(
+        runtime,
+        endpoint,
+        provider,
+        model_key,
+        user_id,
+        caller.key_id,
+        price,
+        hold,
+        request_id,
+        started,
+        toward_budget,
+        tuple(limit.subject for limit in caller.limits if limit.tpm is not None),
+        estimates.estimated_prompt(raw),
+        max_output,
+        estimate=worst,
+    )
     runtime.calls[id(call)] = call  # settled by the shutdown sweep if it never settles
     return call, upstream_model
 
 
-def budget_need(endpoint: Endpoint, body: dict[str, Any], provider: Provider,
-                price: Price | None, worst: Consumption) -> budget_rules.Need:
+def budget_need(
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    provider: Provider,
+    price: Price | None,
+    worst: Consumption,
+) -> budget_rules.Need:
     """What a request holds against its budget: its worst-case cost, one request, its
     worst-case tokens, and (where output is capped by a body field) how to lower that cap."""
     output = None
     if endpoint.output_limits and worst.completion_tokens:
         n = body.get("n")
-        output = budget_rules.Output(price, worst, n if isinstance(n, int) and n > 1 else 1,
-                                output_field(endpoint, body, provider))
-    return budget_rules.Need(Decimal(0) if price is None else price.cost(worst), 1,
-                        worst.prompt_tokens + worst.completion_tokens, output)
+        output = budget_rules.Output(
+            price,
+            worst,
+            n if isinstance(n, int) and n > 1 else 1,
+            output_field(endpoint, body, provider),
+        )
+    return budget_rules.Need(
+        Decimal(0) if price is None else price.cost(worst),
+        1,
+        worst.prompt_tokens + worst.completion_tokens,
+        output,
+    )
 
 
 def output_field(endpoint: Endpoint, body: dict[str, Any], provider: Provider) -> str:
@@ -327,13 +418,13 @@ def output_field(endpoint: Endpoint, body: dict[str, Any], provider: Provider) -
     if sent is not None:
         return sent
     if endpoint.output_limits == CHAT.output_limits and not provider.base_url.startswith(
-            "https://api.openai.com/"):
+        "https://api.openai.com/"
+    ):
         return "max_tokens"
     return endpoint.output_limits[0]
 
 
-def clamp_output(endpoint: Endpoint, body: dict[str, Any], provider: Provider,
-                 limit: int) -> None:
+def clamp_output(endpoint: Endpoint, body: dict[str, Any], provider: Provider, limit: int) -> None:
     """Lower the request's output limit to `limit` per choice (the budget clamp): every
     output-limit field it sent, or the one the provider reads when it sent none."""
     sent = [name for name in endpoint.output_limits if name in body]
@@ -352,12 +443,18 @@ def openai_only(call: Call) -> None:
     if call.provider.type != "openai":
         raise InvalidRequest(
             f"Provider '{call.provider.name}' ({call.provider.type}) does not offer "
-            f"{call.endpoint.path}", param="model", code="unsupported_endpoint")
+            f"{call.endpoint.path}",
+            param="model",
+            code="unsupported_endpoint",
+        )
 
 
-async def exchange_json(request: Request, caller: Caller, endpoint: Endpoint,
-                        read: tuple[bytes, dict[str, Any]] | None = None,
-                        ) -> tuple[Call, bytes, dict[str, Any]]:
+async def exchange_json(
+    request: Request,
+    caller: Caller,
+    endpoint: Endpoint,
+    read: tuple[bytes, dict[str, Any]] | None = None,
+) -> tuple[Call, bytes, dict[str, Any]]:
     """Admit a JSON request, send it to an OpenAI-type provider, return its JSON answer.
 
     `read` is the body when the caller has read it already. A failure is settled here; on
@@ -368,8 +465,9 @@ async def exchange_json(request: Request, caller: Caller, endpoint: Endpoint,
         read = await read_body(request, runtime.settings.max_body_bytes)
         check_fields(read[1], endpoint)
     raw, body = read
-    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
-                                       request.scope.get("otari.request_id"))
+    call, upstream_model = await admit(
+        runtime, caller, endpoint, raw, body, request.scope.get("otari.request_id")
+    )
     try:
         openai_only(call)
         content, answer = await send_json(call, body, upstream_model)
@@ -379,11 +477,13 @@ async def exchange_json(request: Request, caller: Caller, endpoint: Endpoint,
         raise
 
 
-async def send_json(call: Call, body: dict[str, Any],
-                    upstream_model: str) -> tuple[bytes, dict[str, Any]]:
+async def send_json(
+    call: Call, body: dict[str, Any], upstream_model: str
+) -> tuple[bytes, dict[str, Any]]:
     """POST the body to the call's provider; its JSON answer (raw and parsed)."""
-    response = await call.runtime.upstream.post(call.provider, call.endpoint.upstream_path,
-                                                dict(body, model=upstream_model))
+    response = await call.runtime.upstream.post(
+        call.provider, call.endpoint.upstream_path, dict(body, model=upstream_model)
+    )
     content = await read_upstream(call.provider, response)
     return content, parse_upstream(call.provider, content)
 
@@ -404,9 +504,17 @@ async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> 
             call.settle("success", metered(endpoint, answer))
             return Response(content, headers=JSON_HEADERS)
 
-        return await routed(runtime, caller, endpoint, raw, body,
-                            request.scope.get("otari.request_id"), model_route, attempt,
-                            openai_only=True)
+        return await routed(
+            runtime,
+            caller,
+            endpoint,
+            raw,
+            body,
+            request.scope.get("otari.request_id"),
+            model_route,
+            attempt,
+            openai_only=True,
+        )
     call, content, answer = await exchange_json(request, caller, endpoint, (raw, body))
     call.settle("success", metered(endpoint, answer))
     return Response(content, headers=JSON_HEADERS)
@@ -418,8 +526,9 @@ def metered(endpoint: Endpoint, answer: dict[str, Any]) -> Consumption:
     if endpoint.billing == IMAGES:
         data = answer.get("data")
         try:
-            images = counts.count(len(data) if isinstance(data, list) else 0, "images",
-                                  counts.MAX_IMAGES)
+            images = counts.count(
+                len(data) if isinstance(data, list) else 0, "images", counts.MAX_IMAGES
+            )
         except counts.BadCount as exc:
             return Consumption(invalid=str(exc))
         return consumption(usage, images=images)
@@ -427,8 +536,12 @@ def metered(endpoint: Endpoint, answer: dict[str, Any]) -> Consumption:
         meta = answer.get("meta")
         units = meta.get("billed_units") if isinstance(meta, dict) else None
         if isinstance(units, dict):  # Cohere-style rerank
-            return consumption({"prompt_tokens": units.get("input_tokens"),
-                                "completion_tokens": units.get("output_tokens")})
+            return consumption(
+                {
+                    "prompt_tokens": units.get("input_tokens"),
+                    "completion_tokens": units.get("output_tokens"),
+                }
+            )
     if isinstance(usage, dict) and "total_tokens" in usage and "prompt_tokens" not in usage:
         return consumption({"prompt_tokens": usage["total_tokens"]})  # Jina-style rerank
     return consumption(usage)

@@ -93,18 +93,26 @@ class Ending:
         if self.malformed:
             parts.append(f"skipped {self.malformed} malformed provider event(s)")
         if self.estimated:
-            reason = ("client disconnected before the usage report"
-                      if self.status == CLIENT_DISCONNECTED and not self.error
-                      else "no usage report from the provider")
+            reason = (
+                "client disconnected before the usage report"
+                if self.status == CLIENT_DISCONNECTED and not self.error
+                else "no usage report from the provider"
+            )
             parts.append(f"{ESTIMATED} ({reason})")
         return "; ".join(parts) or None
 
 
-async def relay(provider: Provider, response: aiohttp.ClientResponse | None,
-                translator: StreamTranslator, settle: Callable[[Ending], None], *,
-                prompt_estimate: int = 0, max_output: int | None = None,
-                first: bytes = b"",
-                finished: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
+async def relay(
+    provider: Provider,
+    response: aiohttp.ClientResponse | None,
+    translator: StreamTranslator,
+    settle: Callable[[Ending], None],
+    *,
+    prompt_estimate: int = 0,
+    max_output: int | None = None,
+    first: bytes = b"",
+    finished: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[bytes]:
     """Relay one provider stream to the client through `translator`; settle exactly once.
 
     Every endpoint and both modes behave the same: a final event without its blank line is
@@ -143,8 +151,7 @@ async def relay(provider: Provider, response: aiohttp.ClientResponse | None,
                 out = translator.feed(data)
                 if max_output is not None and translator.output_tokens > max_output + 1:
                     status, cause = ERROR, "output_limit"
-                    error = (f"stream cut: the output passed the {max_output} reserved "
-                             "output tokens")
+                    error = f"stream cut: the output passed the {max_output} reserved output tokens"
                     yield scrub(out + translator.fail(error, "output_limit_exceeded"))
                     return
                 if translator.done:
@@ -177,24 +184,28 @@ async def relay(provider: Provider, response: aiohttp.ClientResponse | None,
         used = translator.used()
         estimated = used is None
         if used is None:
-            used = Consumption(prompt_tokens=prompt_estimate,
-                               completion_tokens=translator.output_tokens)
+            used = Consumption(
+                prompt_tokens=prompt_estimate, completion_tokens=translator.output_tokens
+            )
         if translator.malformed:
-            log.warning("provider %s: skipped %d malformed stream event(s)", provider.name,
-                        translator.malformed)
+            log.warning(
+                "provider %s: skipped %d malformed stream event(s)",
+                provider.name,
+                translator.malformed,
+            )
         settle(Ending(status, error, cause, used, estimated, translator.malformed, failed))
 
 
-def _closed(provider: Provider, translator: StreamTranslator) -> tuple[str, str | None,
-                                                                      str | None]:
+def _closed(provider: Provider, translator: StreamTranslator) -> tuple[str, str | None, str | None]:
     """The outcome of a stream the provider ended: its error if it reported one."""
     if translator.error is not None:
         return ERROR, sanitize(provider, translator.error), "provider"
     return SUCCESS, None, None
 
 
-async def stream_start(provider: Provider, response: aiohttp.ClientResponse,
-                       translator: StreamTranslator) -> bytes:
+async def stream_start(
+    provider: Provider, response: aiohttp.ClientResponse, translator: StreamTranslator
+) -> bytes:
     """Check what the provider answered a stream request with, before anything is relayed.
 
     An event stream gives b"" (relay it). A JSON answer (a provider that ignored `stream`)
@@ -211,30 +222,47 @@ async def stream_start(provider: Provider, response: aiohttp.ClientResponse,
         except (AttributeError, TypeError, KeyError, IndexError, ValueError):
             raise malformed(provider) from None
     response.close()
-    raise BadGateway(f"Provider '{provider.name}' answered a stream request with "
-                     f"'{kind}', neither an event stream nor JSON")
+    raise BadGateway(
+        f"Provider '{provider.name}' answered a stream request with "
+        f"'{kind}', neither an event stream nor JSON"
+    )
 
 
-def relayed(call: Call, response: aiohttp.ClientResponse | None,
-            translator: StreamTranslator, first: bytes = b"",
-            media_type: str = "text/event-stream",
-            finished: Callable[[], Awaitable[None]] | None = None) -> RelayResponse:
+def relayed(
+    call: Call,
+    response: aiohttp.ClientResponse | None,
+    translator: StreamTranslator,
+    first: bytes = b"",
+    media_type: str = "text/event-stream",
+    finished: Callable[[], Awaitable[None]] | None = None,
+) -> RelayResponse:
     """The client's event stream for an admitted standalone call, settled through `call`."""
 
     def settle(ending: Ending) -> None:
         call.settle(ending.status, ending.used, ending.note)
 
-    return RelayResponse(relay(call.provider, response, translator, settle,
-                               prompt_estimate=call.prompt_estimate,
-                               max_output=call.max_output, first=first,
-                               finished=finished),
-                         media_type=media_type,
-                         headers=SSE_HEADERS if translator.text else None)
+    return RelayResponse(
+        relay(
+            call.provider,
+            response,
+            translator,
+            settle,
+            prompt_estimate=call.prompt_estimate,
+            max_output=call.max_output,
+            first=first,
+            finished=finished,
+        ),
+        media_type=media_type,
+        headers=SSE_HEADERS if translator.text else None,
+    )
 
 
-async def open_relay(call: Call, response: aiohttp.ClientResponse,
-                     translator: StreamTranslator,
-                     finished: Callable[[], Awaitable[None]] | None = None) -> RelayResponse:
+async def open_relay(
+    call: Call,
+    response: aiohttp.ClientResponse,
+    translator: StreamTranslator,
+    finished: Callable[[], Awaitable[None]] | None = None,
+) -> RelayResponse:
     """Relay the provider's 2xx answer to a stream request (event stream or whole JSON)."""
     first = await stream_start(call.provider, response, translator)
     if first:
@@ -244,8 +272,9 @@ async def open_relay(call: Call, response: aiohttp.ClientResponse,
     return relayed(call, response, translator, first, finished=finished)
 
 
-async def first_output(provider: Provider, response: aiohttp.ClientResponse,
-                       translator: StreamTranslator) -> bytes:
+async def first_output(
+    provider: Provider, response: aiohttp.ClientResponse, translator: StreamTranslator
+) -> bytes:
     """Read an event stream until it has output for the client (a routed request).
 
     Raises, with the response closed, when the stream fails first: dropped or stalled
@@ -257,12 +286,15 @@ async def first_output(provider: Provider, response: aiohttp.ClientResponse,
         while not out and not translator.done:
             data = await response.content.readany()
             if not data:
-                raise BadGateway(f"Provider '{provider.name}' ended the stream before its "
-                                 "first event")
+                raise BadGateway(
+                    f"Provider '{provider.name}' ended the stream before its first event"
+                )
             out = translator.feed(data)
         if translator.error is not None:
-            raise BadGateway(f"Provider '{provider.name}' failed before the first event: "
-                             f"{sanitize(provider, translator.error)}")
+            raise BadGateway(
+                f"Provider '{provider.name}' failed before the first event: "
+                f"{sanitize(provider, translator.error)}"
+            )
         return out
     except TRANSPORT_ERRORS as exc:
         response.close()

@@ -61,7 +61,8 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
     check_fields(body, endpoint)
     items = body["input"]
     if not isinstance(items, str) and not (
-            isinstance(items, list) and all(isinstance(item, dict) for item in items)):
+        isinstance(items, list) and all(isinstance(item, dict) for item in items)
+    ):
         raise InvalidRequest("'input' must be a string or an array of objects", param="input")
     streaming = body.get("stream") is True
     model_route = runtime.routes.routes.get(body["model"])
@@ -69,16 +70,32 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
         stateful = [name for name in STATEFUL if body.get(name) is not None]
         if stateful:
             # State the provider keeps lives with one provider: a route could reach another.
-            raise InvalidRequest(f"'{stateful[0]}' refers to state one provider keeps: send "
-                                 f"it to that provider:model, not to the route "
-                                 f"'{body['model']}'", param=stateful[0])
-        return await routed(runtime, caller, endpoint, raw, body,
-                            request.scope.get("otari.request_id"), model_route,
-                            lambda call, model: _dispatch(call, body, model, streaming))
+            raise InvalidRequest(
+                f"'{stateful[0]}' refers to state one provider keeps: send "
+                f"it to that provider:model, not to the route "
+                f"'{body['model']}'",
+                param=stateful[0],
+            )
+        return await routed(
+            runtime,
+            caller,
+            endpoint,
+            raw,
+            body,
+            request.scope.get("otari.request_id"),
+            model_route,
+            lambda call, model: _dispatch(call, body, model, streaming),
+        )
     await check_previous(runtime, caller, route(runtime, caller, body["model"])[0], body)
-    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
-                                       request.scope.get("otari.request_id"),
-                                       worst=_stored_context_bound(runtime, caller, raw, body))
+    call, upstream_model = await admit(
+        runtime,
+        caller,
+        endpoint,
+        raw,
+        body,
+        request.scope.get("otari.request_id"),
+        worst=_stored_context_bound(runtime, caller, raw, body),
+    )
     try:
         return await _dispatch(call, body, upstream_model, streaming)
     except OtariError as exc:
@@ -86,16 +103,18 @@ async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Respo
         raise
 
 
-async def _dispatch(call: Call, body: dict[str, Any], upstream_model: str,
-                    streaming: bool) -> Response:
+async def _dispatch(
+    call: Call, body: dict[str, Any], upstream_model: str, streaming: bool
+) -> Response:
     """Send to the admitted call's provider in its wire format; the client's response."""
     if call.provider.type == "anthropic":
         return await _via_messages(call, body, upstream_model, streaming)
     return await _pass_through(call, body, upstream_model, streaming)
 
 
-def _stored_context_bound(runtime: Runtime, caller: Caller, raw: bytes,
-                          body: dict[str, Any]) -> Consumption | None:
+def _stored_context_bound(
+    runtime: Runtime, caller: Caller, raw: bytes, body: dict[str, Any]
+) -> Consumption | None:
     """The worst case of a request that makes the provider read stored state.
 
     With `previous_response_id`, `conversation` or a stored `prompt`, the provider bills
@@ -122,11 +141,15 @@ def metered(usage: object) -> Consumption:
 # -- providers that serve the Responses API ---------------------------------------------------
 
 
-async def _pass_through(call: Call, body: dict[str, Any], upstream_model: str,
-                        streaming: bool) -> Response:
-    response = await call.runtime.upstream.post(call.provider, call.endpoint.upstream_path,
-                                                dict(body, model=upstream_model),
-                                                stream=streaming)
+async def _pass_through(
+    call: Call, body: dict[str, Any], upstream_model: str, streaming: bool
+) -> Response:
+    response = await call.runtime.upstream.post(
+        call.provider,
+        call.endpoint.upstream_path,
+        dict(body, model=upstream_model),
+        stream=streaming,
+    )
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
@@ -157,13 +180,14 @@ def _message(error: object) -> str:
 # -- anthropic providers: Responses -> chat -> Messages, and back -----------------------------
 
 
-async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
-                        streaming: bool) -> Response:
+async def _via_messages(
+    call: Call, body: dict[str, Any], upstream_model: str, streaming: bool
+) -> Response:
     try:
         chat = to_chat_request(body, model=upstream_model)
         outgoing = to_messages_request(
-            chat, model=upstream_model,
-            default_max_tokens=call.runtime.settings.default_max_tokens)
+            chat, model=upstream_model, default_max_tokens=call.runtime.settings.default_max_tokens
+        )
     except TranslationError as exc:
         raise InvalidRequest(str(exc)) from None
     # The id is ours, recorded (before the provider is asked, so that no stream waits on it)
@@ -171,22 +195,25 @@ async def _via_messages(call: Call, body: dict[str, Any], upstream_model: str,
     response_id = f"resp_{uuid.uuid4().hex}"
     await remember(call, response_id, translated=True)
     headers = {"anthropic-version": ANTHROPIC_VERSION}
-    response = await call.runtime.upstream.post(call.provider, "/messages", outgoing,
-                                                headers, stream=streaming)
+    response = await call.runtime.upstream.post(
+        call.provider, "/messages", outgoing, headers, stream=streaming
+    )
     if response.status >= 400:
         await read_upstream(call.provider, response)  # raises the provider's refusal
     if streaming:
-        return await open_relay(call, response,
-                                AnthropicToResponses(body, model=body["model"],
-                                                     response_id=response_id))
+        return await open_relay(
+            call, response, AnthropicToResponses(body, model=body["model"], response_id=response_id)
+        )
     content = await read_upstream(call.provider, response)
     message = parse_upstream(call.provider, content)
     try:
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
-        answer = responses_wire.to_response(completion, body, model=body["model"],
-                                            response_id=response_id)
+        answer = responses_wire.to_response(
+            completion, body, model=body["model"], response_id=response_id
+        )
     except (AttributeError, TypeError):
         raise malformed(call.provider) from None
-    settle_answer(call, message.get("usage"), lambda _: consumption(completion["usage"]),
-                  len(content))
+    settle_answer(
+        call, message.get("usage"), lambda _: consumption(completion["usage"]), len(content)
+    )
     return Response(orjson.dumps(answer), headers=JSON_HEADERS)

@@ -76,9 +76,18 @@ def _cost(price: Price | None, used: Consumption) -> Decimal:
     return Decimal(-1) if price is None else price.cost(used)
 
 
-async def routed(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: bytes,
-                 body: dict[str, Any], request_id: str | None, route: Route,
-                 dispatch: Dispatch, *, openai_only: bool = False) -> Response:
+async def routed(
+    runtime: Runtime,
+    caller: Caller,
+    endpoint: Endpoint,
+    raw: bytes,
+    body: dict[str, Any],
+    request_id: str | None,
+    route: Route,
+    dispatch: Dispatch,
+    *,
+    openai_only: bool = False,
+) -> Response:
     """Admit a request for `route` and try its targets in plan order.
 
     The hold is the worst case at the dearest target that may serve (so any of them fits
@@ -89,8 +98,9 @@ async def routed(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: byte
     """
     settings = runtime.settings
     started = time.perf_counter()
-    found = await survey(runtime, route, endpoint.billing, utcnow(), caller,
-                         endpoint.path if openai_only else None)
+    found = await survey(
+        runtime, route, endpoint.billing, utcnow(), caller, endpoint.path if openai_only else None
+    )
     book = runtime.routes
     laid = plan(route, runtime.cooldowns, time.monotonic(), book.rng, found.unusable)
     metrics = runtime.metrics
@@ -102,14 +112,20 @@ async def routed(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: byte
                 metrics.route_skips.labels(route.name, target.model, "cooldown").inc()
     if not laid.tries:
         why = "; ".join(f"{target.model}: {reason}" for target, reason in laid.skipped)
-        refused = InvalidRequest(f"Route '{route.name}' has no target that can serve this "
-                                 f"request ({why})", param="model", code="route_unavailable")
+        refused = InvalidRequest(
+            f"Route '{route.name}' has no target that can serve this request ({why})",
+            param="model",
+            code="route_unavailable",
+        )
         row = refusal_row(runtime, caller, endpoint, body, request_id, refused, started)
         runtime.ledger.record(replace(row, route=route.name, attempts=0))
         raise refused
     worst = worst_case(endpoint, raw, body, settings.default_max_tokens)
-    dearest = laid.tries[0] if len(laid.tries) == 1 else max(
-        laid.tries, key=lambda t: _cost(found.prices.get(t.model), worst))
+    dearest = (
+        laid.tries[0]
+        if len(laid.tries) == 1
+        else max(laid.tries, key=lambda t: _cost(found.prices.get(t.model), worst))
+    )
     if caller.allowed_models and not caller.may_use(dearest.model):
         # Survey checked the targets (a key allowed the route's name may use them all):
         # admission must not refuse the dearest one again.
@@ -125,13 +141,20 @@ async def routed(runtime: Runtime, caller: Caller, endpoint: Endpoint, raw: byte
         # Output lowered to what the dearest target's price fits: a target whose price
         # makes that output dearer still (other input/output ratio) cannot serve.
         clamped = replace(worst, completion_tokens=call.max_output)
-        tries = tuple(t for t in tries
-                      if _cost(found.prices.get(t.model), clamped) <= call.hold.amount)
+        tries = tuple(
+            t for t in tries if _cost(found.prices.get(t.model), clamped) <= call.hold.amount
+        )
     return await _attempt(runtime, call, route, tries, found.prices, dispatch)
 
 
-async def _attempt(runtime: Runtime, call: Call, route: Route, tries: tuple[Target, ...],
-                   prices: dict[str, Price | None], dispatch: Dispatch) -> Response:
+async def _attempt(
+    runtime: Runtime,
+    call: Call,
+    route: Route,
+    tries: tuple[Target, ...],
+    prices: dict[str, Price | None],
+    dispatch: Dispatch,
+) -> Response:
     """Try `tries` in order with retries, backoff, cooldowns and the route's deadline."""
     book, metrics = runtime.routes, runtime.metrics
     timeout = route.timeout or runtime.settings.request_timeout
@@ -160,9 +183,15 @@ async def _attempt(runtime: Runtime, call: Call, route: Route, tries: tuple[Targ
                 runtime.cooldowns.failed(target.model, route, time.monotonic())
                 if metrics is not None:
                     metrics.route_attempts.labels(route.name, target.model, "timeout").inc()
-                raise _give_up(call, route, GatewayTimeout(
-                    f"Route '{route.name}': no answer from '{target.model}' within the "
-                    f"route's {timeout:g}s deadline"), timeout) from None
+                raise _give_up(
+                    call,
+                    route,
+                    GatewayTimeout(
+                        f"Route '{route.name}': no answer from '{target.model}' within the "
+                        f"route's {timeout:g}s deadline"
+                    ),
+                    timeout,
+                ) from None
             except OtariError as error:
                 exc = error
                 kind, retry_after = failure_of(exc)
@@ -174,11 +203,16 @@ async def _attempt(runtime: Runtime, call: Call, route: Route, tries: tuple[Targ
             last = exc
             if metrics is not None:
                 metrics.route_attempts.labels(route.name, target.model, kind.value).inc()
-            if kind in TRANSIENT and runtime.cooldowns.failed(target.model, route,
-                                                              time.monotonic()):
-                log.warning("route %s: target %s cools down for %gs after %d failures",
-                            route.name, target.model, route.cooldown_seconds,
-                            route.cooldown_failures)
+            if kind in TRANSIENT and runtime.cooldowns.failed(
+                target.model, route, time.monotonic()
+            ):
+                log.warning(
+                    "route %s: target %s cools down for %gs after %d failures",
+                    route.name,
+                    target.model,
+                    route.cooldown_seconds,
+                    route.cooldown_failures,
+                )
                 if metrics is not None:
                     metrics.route_cooldowns.labels(route.name, target.model).inc()
             if not moves_on(kind, route):
@@ -193,16 +227,21 @@ async def _attempt(runtime: Runtime, call: Call, route: Route, tries: tuple[Targ
             break
         if position + 1 < len(tries):
             following = tries[position + 1].model
-            log.warning("request %s: route %s: %s failed (%s: %s); falling back to %s",
-                        call.request_id or "-", route.name, target.model, kind.value,
-                        exc.message, following)
+            log.warning(
+                "request %s: route %s: %s failed (%s: %s); falling back to %s",
+                call.request_id or "-",
+                route.name,
+                target.model,
+                kind.value,
+                exc.message,
+                following,
+            )
             if metrics is not None:
                 metrics.route_fallbacks.labels(route.name, target.model, kind.value).inc()
     raise _give_up(call, route, last, timeout)
 
 
-def _give_up(call: Call, route: Route, last: OtariError | None,
-             timeout: float) -> OtariError:
+def _give_up(call: Call, route: Route, last: OtariError | None, timeout: float) -> OtariError:
     """Every target failed (or the deadline passed): settle one error row; the error."""
     error = last or GatewayTimeout(f"Route '{route.name}': its {timeout:g}s deadline passed")
     call.settle("error", error=error.message, status_code=error.status)

@@ -65,36 +65,41 @@ async def create_response(request: Request, caller: CallerDep) -> Response:
     return await responses.forward(request, caller, RESPONSES)
 
 
-_STORED: dict[int | str, dict[str, Any]] = {404: {"description": (
-    "Not created through this gateway, another user's, or made by translation")}}
+_STORED: dict[int | str, dict[str, Any]] = {
+    404: {
+        "description": ("Not created through this gateway, another user's, or made by translation")
+    }
+}
 
 
 @router.get("/v1/responses/{response_id}", tags=["responses"], responses=_STORED)
-async def retrieve_response(response_id: str, request: Request, caller: CallerDep,
-                            runtime: RuntimeDep) -> Response:
+async def retrieve_response(
+    response_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
+) -> Response:
     """A stored response, from the provider that created it."""
-    return await stored_responses.retrieve(runtime, caller, response_id,
-                                           list(request.query_params.multi_items()))
+    return await stored_responses.retrieve(
+        runtime, caller, response_id, list(request.query_params.multi_items())
+    )
 
 
 @router.delete("/v1/responses/{response_id}", tags=["responses"], responses=_STORED)
-async def delete_response(response_id: str, caller: CallerDep,
-                          runtime: RuntimeDep) -> Response:
+async def delete_response(response_id: str, caller: CallerDep, runtime: RuntimeDep) -> Response:
     """Delete a stored response at the provider that created it."""
     return await stored_responses.remove(runtime, caller, response_id)
 
 
 @router.get("/v1/responses/{response_id}/input_items", tags=["responses"], responses=_STORED)
-async def list_response_input_items(response_id: str, request: Request, caller: CallerDep,
-                                    runtime: RuntimeDep) -> Response:
+async def list_response_input_items(
+    response_id: str, request: Request, caller: CallerDep, runtime: RuntimeDep
+) -> Response:
     """The input items of a stored response (after, before, limit, order, include)."""
-    return await stored_responses.input_items(runtime, caller, response_id,
-                                              list(request.query_params.multi_items()))
+    return await stored_responses.input_items(
+        runtime, caller, response_id, list(request.query_params.multi_items())
+    )
 
 
 @router.post("/v1/responses/{response_id}/cancel", tags=["responses"], responses=_STORED)
-async def cancel_response(response_id: str, caller: CallerDep,
-                          runtime: RuntimeDep) -> Response:
+async def cancel_response(response_id: str, caller: CallerDep, runtime: RuntimeDep) -> Response:
     """Cancel a background response at the provider that created it."""
     return await stored_responses.cancel(runtime, caller, response_id)
 
@@ -105,10 +110,15 @@ async def create_embedding(request: Request, caller: CallerDep) -> Response:
     return await proxy.forward_json(request, caller, EMBEDDINGS)
 
 
-@router.post(MODERATIONS.path, tags=["moderations"], response_model=ModerationResponse,
-             openapi_extra=body_of(ModerationRequest))
-async def create_moderation(request: Request, caller: CallerDep,
-                            include_raw: bool = Query(False)) -> Response:
+@router.post(
+    MODERATIONS.path,
+    tags=["moderations"],
+    response_model=ModerationResponse,
+    openapi_extra=body_of(ModerationRequest),
+)
+async def create_moderation(
+    request: Request, caller: CallerDep, include_raw: bool = Query(False)
+) -> Response:
     """OpenAI-compatible moderation; include_raw adds each provider result verbatim."""
     return await moderations.forward(request, caller, MODERATIONS)
 
@@ -119,15 +129,21 @@ async def create_rerank(request: Request, caller: CallerDep) -> Response:
     return await proxy.forward_json(request, caller, RERANK)
 
 
-@router.post(IMAGES_GENERATIONS.path, tags=["images"],
-             openapi_extra=body_of(ImageGenerationRequest))
+@router.post(
+    IMAGES_GENERATIONS.path, tags=["images"], openapi_extra=body_of(ImageGenerationRequest)
+)
 async def create_image(request: Request, caller: CallerDep) -> Response:
     """Images from a text prompt."""
     return await proxy.forward_json(request, caller, IMAGES_GENERATIONS)
 
 
-@router.post(TRANSCRIPTIONS.path, tags=["audio"], openapi_extra=body_of(
-    "Body_create_transcription_v1_audio_transcriptions_post", "multipart/form-data"))
+@router.post(
+    TRANSCRIPTIONS.path,
+    tags=["audio"],
+    openapi_extra=body_of(
+        "Body_create_transcription_v1_audio_transcriptions_post", "multipart/form-data"
+    ),
+)
 async def create_transcription(request: Request, caller: CallerDep) -> Response:
     """Transcribe an audio upload."""
     return await audio.forward(request, caller, TRANSCRIPTIONS)

@@ -39,9 +39,15 @@ async def remember(call: Call, response_id: object, *, translated: bool) -> None
     or that another response already holds, are not recorded: nothing could route them)."""
     if not isinstance(response_id, str) or not response_id or len(response_id) > 255:
         return
-    row = StoredResponse(response_id=response_id, provider=call.provider.name,
-                         model_key=call.model_key, user_id=call.user_id,
-                         api_key_id=call.key_id, translated=translated, created_at=utcnow())
+    row = StoredResponse(
+        response_id=response_id,
+        provider=call.provider.name,
+        model_key=call.model_key,
+        user_id=call.user_id,
+        api_key_id=call.key_id,
+        translated=translated,
+        created_at=utcnow(),
+    )
     await to_thread.run_sync(_insert, call.runtime, row)
 
 
@@ -53,34 +59,43 @@ def _insert(runtime: Runtime, row: StoredResponse) -> None:
         pass  # the id is already routed; a provider reusing ids keeps its first owner
     except SQLAlchemyError as exc:
         # The answer is paid for and on its way: losing the route costs less than losing it.
-        log.warning("could not record response %s (%s): it cannot be fetched later",
-                    row.response_id, type(exc).__name__)
+        log.warning(
+            "could not record response %s (%s): it cannot be fetched later",
+            row.response_id,
+            type(exc).__name__,
+        )
 
 
-async def retrieve(runtime: Runtime, caller: Caller, response_id: str,
-                   query: list[tuple[str, str]]) -> Response:
+async def retrieve(
+    runtime: Runtime, caller: Caller, response_id: str, query: list[tuple[str, str]]
+) -> Response:
     """GET /v1/responses/{id} from the provider that created it."""
     provider = await _route(runtime, caller, response_id)
     _no_stream(query)
     params = [(k, v) for k, v in query if k in RETRIEVE_PARAMS]
-    return await _pass(provider, await runtime.upstream.get(
-        provider, _path(response_id), _multi(params)))
+    return await _pass(
+        provider, await runtime.upstream.get(provider, _path(response_id), _multi(params))
+    )
 
 
-async def input_items(runtime: Runtime, caller: Caller, response_id: str,
-                      query: list[tuple[str, str]]) -> Response:
+async def input_items(
+    runtime: Runtime, caller: Caller, response_id: str, query: list[tuple[str, str]]
+) -> Response:
     """GET /v1/responses/{id}/input_items from the provider that created it."""
     provider = await _route(runtime, caller, response_id)
     params = [(k, v) for k, v in query if k in INPUT_ITEMS_PARAMS]
-    return await _pass(provider, await runtime.upstream.get(
-        provider, _path(response_id) + "/input_items", _multi(params)))
+    return await _pass(
+        provider,
+        await runtime.upstream.get(provider, _path(response_id) + "/input_items", _multi(params)),
+    )
 
 
 async def cancel(runtime: Runtime, caller: Caller, response_id: str) -> Response:
     """POST /v1/responses/{id}/cancel at the provider that created it."""
     provider = await _route(runtime, caller, response_id)
-    return await _pass(provider, await runtime.upstream.post(
-        provider, _path(response_id) + "/cancel", {}))
+    return await _pass(
+        provider, await runtime.upstream.post(provider, _path(response_id) + "/cancel", {})
+    )
 
 
 async def remove(runtime: Runtime, caller: Caller, response_id: str) -> Response:
@@ -93,8 +108,9 @@ async def remove(runtime: Runtime, caller: Caller, response_id: str) -> Response
     return Response(content, status_code=response.status, headers=JSON_HEADERS)
 
 
-async def check_previous(runtime: Runtime, caller: Caller, provider: Provider,
-                         body: dict[str, Any]) -> None:
+async def check_previous(
+    runtime: Runtime, caller: Caller, provider: Provider, body: dict[str, Any]
+) -> None:
     """Refuse a `previous_response_id` the caller may not reach (404, param
     previous_response_id), as GET would: every user's responses sit behind the same provider
     key, so the provider itself would hand another user's conversation to the caller.
@@ -125,10 +141,13 @@ async def _route(runtime: Runtime, caller: Caller, response_id: str) -> Provider
             f"Response '{response_id}' was made by otari from provider '{row.provider}'"
             f"{kind}, which has no Responses API and stores nothing; otari does not store it "
             "either, so it cannot be retrieved, listed, deleted or cancelled. Send the "
-            "earlier turns as `input` instead of `previous_response_id`.")
+            "earlier turns as `input` instead of `previous_response_id`."
+        )
     if provider is None:
-        raise NotFound(f"Response '{response_id}' was created by provider '{row.provider}', "
-                       "which is no longer configured")
+        raise NotFound(
+            f"Response '{response_id}' was created by provider '{row.provider}', "
+            "which is no longer configured"
+        )
     return provider
 
 
@@ -162,5 +181,4 @@ def _load(runtime: Runtime, response_id: str) -> StoredResponse | None:
 
 def _forget(runtime: Runtime, response_id: str) -> None:
     with runtime.sessions.begin() as session:
-        session.execute(delete(StoredResponse)
-                        .where(StoredResponse.response_id == response_id))
+        session.execute(delete(StoredResponse).where(StoredResponse.response_id == response_id))

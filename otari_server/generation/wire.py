@@ -182,15 +182,28 @@ TRANSCRIPTION_FORM = {
 }
 
 SCHEMAS: list[type[BaseModel]] = [
-    ChatCompletionRequest, McpServerConfig, MessagesRequest, ResponsesRequest, EmbeddingRequest,
-    ModerationRequest, ModerationResult, ModerationResponse, RerankRequest,
-    ImageGenerationRequest, AudioSpeechRequest, BatchRequestItem, CreateBatchRequest,
+    ChatCompletionRequest,
+    McpServerConfig,
+    MessagesRequest,
+    ResponsesRequest,
+    EmbeddingRequest,
+    ModerationRequest,
+    ModerationResult,
+    ModerationResponse,
+    RerankRequest,
+    ImageGenerationRequest,
+    AudioSpeechRequest,
+    BatchRequestItem,
+    CreateBatchRequest,
 ]
 
 
-def body_of(model: type[BaseModel] | str,
-            media_type: str = "application/json") -> dict[str, Any]:
+def body_of(model: type[BaseModel] | str, media_type: str = "application/json") -> dict[str, Any]:
     """`openapi_extra` documenting a request body with the named schema."""
     name = model if isinstance(model, str) else model.__name__
-    return {"requestBody": {"required": True, "content": {media_type: {
-        "schema": {"$ref": f"#/components/schemas/{name}"}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {media_type: {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+    }

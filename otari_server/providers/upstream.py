@@ -51,25 +51,39 @@ class Upstream:
 
     async def open(self) -> None:
         """Create the connection pool (must run inside the event loop)."""
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=60, resolver=self._resolver)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                              skip_auto_headers=("User-Agent",))
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=60,
+            resolver=self._resolver,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        )
 
     async def close(self) -> None:
         """Close pooled connections."""
         if self._session is not None:
             await self._session.close()
 
-    async def post(self, provider: Provider, path: str, body: dict[str, Any],
-                   extra_headers: dict[str, str] | None = None, *,
-                   stream: bool = False) -> aiohttp.ClientResponse:
+    async def post(
+        self,
+        provider: Provider,
+        path: str,
+        body: dict[str, Any],
+        extra_headers: dict[str, str] | None = None,
+        *,
+        stream: bool = False,
+    ) -> aiohttp.ClientResponse:
         """POST JSON to a provider; the caller reads (and releases) the response."""
         assert self._session is not None, "upstream client used before open()"
         headers = self._headers.get(provider.name)
         if headers is None:
             headers = self._headers[provider.name] = {
-                **provider.request_headers(), "Content-Type": "application/json"}
+                **provider.request_headers(),
+                "Content-Type": "application/json",
+            }
         if extra_headers:
             headers = {**headers, **extra_headers}
         timeout = self._timeouts.get((provider.name, stream))
@@ -77,23 +91,33 @@ class Upstream:
             timeout = self._timeouts[provider.name, stream] = _timeout(provider.timeout, stream)
         started = time.perf_counter()
         try:
-            response = await self._session.post(provider.url(path), data=orjson.dumps(body),
-                                                headers=headers, timeout=timeout,
-                                                allow_redirects=False)
+            response = await self._session.post(
+                provider.url(path),
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+            )
         except TRANSPORT_ERRORS as exc:
             raise failure(provider, exc) from None
         if self.observe is not None:
             self.observe.labels(provider.name).observe(time.perf_counter() - started)
         return unredirected(provider, response)
 
-    async def post_form(self, provider: Provider, path: str, form: aiohttp.FormData, *,
-                        stream: bool = False) -> aiohttp.ClientResponse:
+    async def post_form(
+        self, provider: Provider, path: str, form: aiohttp.FormData, *, stream: bool = False
+    ) -> aiohttp.ClientResponse:
         """POST multipart form data (uploads); the caller reads (and releases) the response."""
         return await self._send(provider, "POST", path, data=form, stream=stream)
 
-    async def get(self, provider: Provider, path: str,
-                  params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None, *,
-                  stream: bool = False) -> aiohttp.ClientResponse:
+    async def get(
+        self,
+        provider: Provider,
+        path: str,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        *,
+        stream: bool = False,
+    ) -> aiohttp.ClientResponse:
         """GET from a provider (status, lists, file contents); the caller releases it."""
         return await self._send(provider, "GET", path, params=params, stream=stream)
 
@@ -101,17 +125,28 @@ class Upstream:
         """DELETE at a provider (stored responses); the caller releases the response."""
         return await self._send(provider, "DELETE", path, stream=False)
 
-    async def _send(self, provider: Provider, method: str, path: str, *,
-                    data: aiohttp.FormData | None = None,
-                    params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-                    stream: bool) -> aiohttp.ClientResponse:
+    async def _send(
+        self,
+        provider: Provider,
+        method: str,
+        path: str,
+        *,
+        data: aiohttp.FormData | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        stream: bool,
+    ) -> aiohttp.ClientResponse:
         assert self._session is not None, "upstream client used before open()"
         # No Content-Type of ours: aiohttp sets the multipart boundary itself.
         try:
             response = await self._session.request(
-                method, provider.url(path), data=data, params=params,
-                headers=provider.request_headers(), timeout=_timeout(provider.timeout, stream),
-                allow_redirects=False)
+                method,
+                provider.url(path),
+                data=data,
+                params=params,
+                headers=provider.request_headers(),
+                timeout=_timeout(provider.timeout, stream),
+                allow_redirects=False,
+            )
         except TRANSPORT_ERRORS as exc:
             raise failure(provider, exc) from None
         return unredirected(provider, response)
@@ -128,17 +163,22 @@ def unredirected(provider: Provider, response: aiohttp.ClientResponse) -> aiohtt
     if not 300 <= response.status < 400:
         return response
     response.release()
-    log.warning("provider %s answered a redirect (HTTP %d); not followed: its key stays "
-                "with its own origin", provider.name, response.status)
-    raise BadGateway(f"Provider '{provider.name}' answered with a redirect "
-                     f"(HTTP {response.status}), which is not followed")
+    log.warning(
+        "provider %s answered a redirect (HTTP %d); not followed: its key stays "
+        "with its own origin",
+        provider.name,
+        response.status,
+    )
+    raise BadGateway(
+        f"Provider '{provider.name}' answered with a redirect "
+        f"(HTTP {response.status}), which is not followed"
+    )
 
 
 def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
     # A stream may run long; what must not stall is each read, not the whole answer.
     if stream:
-        return aiohttp.ClientTimeout(total=None, sock_connect=min(seconds, 30),
-                                     sock_read=seconds)
+        return aiohttp.ClientTimeout(total=None, sock_connect=min(seconds, 30), sock_read=seconds)
     return aiohttp.ClientTimeout(total=seconds)
 
 
@@ -152,8 +192,7 @@ async def read_upstream(provider: Provider, response: aiohttp.ClientResponse) ->
     finally:
         response.release()
     if response.status >= 400:
-        raise refusal(provider, response.status, content, response.headers,
-                      url=str(response.url))
+        raise refusal(provider, response.status, content, response.headers, url=str(response.url))
     return scrubbed(provider, content)
 
 
@@ -168,7 +207,8 @@ def parse_upstream(provider: Provider, content: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise malformed(provider)
     if parsed.get("object") != "response" and (
-            parsed.get("type") == "error" or parsed.get("error") not in (None, {}, "")):
+        parsed.get("type") == "error" or parsed.get("error") not in (None, {}, "")
+    ):
         kind, message = error_details(parsed)
         said = sanitize(provider, message or kind or "no details")
         raise BadGateway(f"Provider '{provider.name}' answered with an error: {said}")
@@ -217,8 +257,14 @@ _RETRY_STATUSES = frozenset({429, 503, 529})
 _KEPT_5XX = frozenset({503, 504, 529})
 
 
-def refusal(provider: Provider, status: int, body: bytes,
-            headers: Mapping[str, str] | None = None, *, url: str | None = None) -> OtariError:
+def refusal(
+    provider: Provider,
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    url: str | None = None,
+) -> OtariError:
     """A provider's non-2xx answer as our error, in every wire shape the same way.
 
     4xx keeps its status and message (401/403, a refusal of the gateway's own provider key,
@@ -229,29 +275,36 @@ def refusal(provider: Provider, status: int, body: bytes,
     """
     message = sanitize(provider, error_message(body))
     if status == 404 and url is not None and _no_such_endpoint(message):
-        log.warning("provider '%s' answered 404 for %s: is its base_url right?", provider.name,
-                    url)
-        return UpstreamError(f"Provider '{provider.name}': Not Found: the provider has no "
-                             f"endpoint {urlsplit(url).path} (check its base_url)", 404,
-                             code="upstream_endpoint_not_found")
+        log.warning("provider '%s' answered 404 for %s: is its base_url right?", provider.name, url)
+        return UpstreamError(
+            f"Provider '{provider.name}': Not Found: the provider has no "
+            f"endpoint {urlsplit(url).path} (check its base_url)",
+            404,
+            code="upstream_endpoint_not_found",
+        )
     if status in (401, 403):
         return ProviderCredentialRejected(
             f"Provider '{provider.name}' rejected the gateway's credential (HTTP {status}): "
             "provider credential rejected; the operator must fix the provider's api_key",
-            provider.name, message)
+            provider.name,
+            message,
+        )
     advice = retry_advice(headers) if status in _RETRY_STATUSES and headers else {}
     if 400 <= status < 500:
-        return UpstreamError(f"Provider '{provider.name}': {message}", status,
-                             headers=advice)
+        return UpstreamError(f"Provider '{provider.name}': {message}", status, headers=advice)
     if status in _KEPT_5XX:
-        return UpstreamError(f"Provider '{provider.name}' failed with HTTP {status}: {message}",
-                             status, headers=advice)
+        return UpstreamError(
+            f"Provider '{provider.name}' failed with HTTP {status}: {message}",
+            status,
+            headers=advice,
+        )
     return BadGateway(f"Provider '{provider.name}' failed with HTTP {status}: {message}")
 
 
 # What web servers say for a path they do not serve (as opposed to a model they lack).
-_GENERIC_404 = frozenset({"not found", "404 not found", "404: not found", "404 page not found",
-                          "no details"})
+_GENERIC_404 = frozenset(
+    {"not found", "404 not found", "404: not found", "404 page not found", "no details"}
+)
 
 
 def _no_such_endpoint(message: str) -> bool:

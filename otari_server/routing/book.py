@@ -17,8 +17,9 @@ log = logging.getLogger("otari.routing")
 
 def from_row(row: RouteDefinition) -> Route:
     """The Route a stored definition describes (validated again: rows outlive code)."""
-    return parse_route(row.name, {"strategy": row.strategy, "targets": row.targets,
-                                  **(row.options or {})}, "api")
+    return parse_route(
+        row.name, {"strategy": row.strategy, "targets": row.targets, **(row.options or {})}, "api"
+    )
 
 
 class RouteBook:
@@ -40,8 +41,11 @@ class RouteBook:
         routes: dict[str, Route] = {}
         for row in session.scalars(select(RouteDefinition).order_by(RouteDefinition.name)):
             if row.name in self.config:
-                self._warn(row.name, "is defined in the config file and in the database; the "
-                           "config file's definition is used")
+                self._warn(
+                    row.name,
+                    "is defined in the config file and in the database; the "
+                    "config file's definition is used",
+                )
                 continue
             try:
                 routes[row.name] = from_row(row)

@@ -58,5 +58,6 @@ class Cooldowns:
 
     def cooling(self, now: float) -> dict[str, float]:
         """Every target in cooldown and the seconds it has left."""
-        return {model: state.until - now for model, state in self._states.items()
-                if state.until > now}
+        return {
+            model: state.until - now for model, state in self._states.items() if state.until > now
+        }

@@ -18,9 +18,9 @@ Source = Literal["config", "api"]
 
 # Defaults, documented in docs/routes.md.
 DEFAULT_RETRIES = 0
-DEFAULT_BACKOFF = 0.5           # seconds: the first retry waits up to this, then doubles
+DEFAULT_BACKOFF = 0.5  # seconds: the first retry waits up to this, then doubles
 DEFAULT_RETRY_AFTER_CAP = 30.0  # seconds: the longest single wait (Retry-After included)
-DEFAULT_COOLDOWN_FAILURES = 3   # failures ...
+DEFAULT_COOLDOWN_FAILURES = 3  # failures ...
 DEFAULT_COOLDOWN_WINDOW = 60.0  # ... within this many seconds ...
 DEFAULT_COOLDOWN_SECONDS = 30.0  # ... skip the target for this long
 MAX_RETRIES = 10
@@ -74,18 +74,27 @@ class Route:
 
     def options(self) -> dict[str, Any]:
         """Every setting but name, strategy, targets and source (the stored `options`)."""
-        return {"retries": self.retries, "backoff": self.backoff,
-                "retry_after_cap": self.retry_after_cap, "timeout": self.timeout,
-                "context_window_fallbacks": self.context_window_fallbacks,
-                "cooldown_failures": self.cooldown_failures,
-                "cooldown_window": self.cooldown_window,
-                "cooldown_seconds": self.cooldown_seconds}
+        return {
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "retry_after_cap": self.retry_after_cap,
+            "timeout": self.timeout,
+            "context_window_fallbacks": self.context_window_fallbacks,
+            "cooldown_failures": self.cooldown_failures,
+            "cooldown_window": self.cooldown_window,
+            "cooldown_seconds": self.cooldown_seconds,
+        }
 
     def public(self) -> dict[str, Any]:
         """The route as the API shows it."""
-        return {"name": self.name, "strategy": self.strategy,
-                "targets": [{"model": t.model, "weight": t.weight} for t in self.targets],
-                **self.options(), "source": self.source, "read_only": self.source == "config"}
+        return {
+            "name": self.name,
+            "strategy": self.strategy,
+            "targets": [{"model": t.model, "weight": t.weight} for t in self.targets],
+            **self.options(),
+            "source": self.source,
+            "read_only": self.source == "config",
+        }
 
 
 OPTION_NAMES = frozenset(Route("x", "fallback", ()).options())
@@ -95,9 +104,12 @@ _KEYS = OPTION_NAMES | {"strategy", "targets"}
 def check_name(name: object) -> str:
     """A valid route name, else RouteError: letters, digits, '.', '_', '-' (no ':' or '/')."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise RouteError("name", "a route name is 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit (no ':' or '/': those spell "
-                         "provider:model)")
+        raise RouteError(
+            "name",
+            "a route name is 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no ':' or '/': those spell "
+            "provider:model)",
+        )
     return name
 
 
@@ -115,7 +127,9 @@ def parse_route(name: str, table: Mapping[str, Any], source: Source = "api") -> 
     targets = _targets(table.get("targets"))
     timeout = table.get("timeout")
     route = Route(
-        name=name, strategy=strategy, targets=targets,
+        name=name,
+        strategy=strategy,
+        targets=targets,
         retries=_int(table, "retries", DEFAULT_RETRIES, 0, MAX_RETRIES),
         backoff=_seconds(table, "backoff", DEFAULT_BACKOFF, zero=True),
         retry_after_cap=_seconds(table, "retry_after_cap", DEFAULT_RETRY_AFTER_CAP, zero=True),
@@ -124,14 +138,19 @@ def parse_route(name: str, table: Mapping[str, Any], source: Source = "api") -> 
         cooldown_failures=_int(table, "cooldown_failures", DEFAULT_COOLDOWN_FAILURES, 0, 1000),
         cooldown_window=_seconds(table, "cooldown_window", DEFAULT_COOLDOWN_WINDOW),
         cooldown_seconds=_seconds(table, "cooldown_seconds", DEFAULT_COOLDOWN_SECONDS),
-        source=source, total_weight=sum(t.weight for t in targets))
+        source=source,
+        total_weight=sum(t.weight for t in targets),
+    )
     return route
 
 
 def _targets(value: object) -> tuple[Target, ...]:
     if not isinstance(value, list) or not value:
-        raise RouteError("targets", "expected a non-empty list of 'provider:model' or "
-                         "{model = 'provider:model', weight = N}")
+        raise RouteError(
+            "targets",
+            "expected a non-empty list of 'provider:model' or "
+            "{model = 'provider:model', weight = N}",
+        )
     if len(value) > MAX_TARGETS:
         raise RouteError("targets", f"at most {MAX_TARGETS} targets")
     targets: list[Target] = []
@@ -172,9 +191,14 @@ def _int(table: Mapping[str, Any], key: str, default: int, low: int, high: int) 
 
 def _seconds(table: Mapping[str, Any], key: str, default: float, *, zero: bool = False) -> float:
     value = table.get(key, default)
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)
-            or value > MAX_SECONDS):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+        or value > MAX_SECONDS
+    ):
         floor = "0 or more" if zero else "more than 0"
         raise RouteError(key, f"must be a number of seconds, {floor}, at most {MAX_SECONDS:g}")
     return float(value)

@@ -24,8 +24,13 @@ class Plan:
     cooling: tuple[Target, ...]
 
 
-def plan(route: Route, cooldowns: Cooldowns, now: float, rng: random.Random,
-         unusable: Mapping[str, str] | None = None) -> Plan:
+def plan(
+    route: Route,
+    cooldowns: Cooldowns,
+    now: float,
+    rng: random.Random,
+    unusable: Mapping[str, str] | None = None,
+) -> Plan:
     """The targets of `route` in the order this request tries them.
 
     `unusable` maps a target's model to why it cannot serve at all (unknown provider, not
@@ -53,9 +58,13 @@ def plan(route: Route, cooldowns: Cooldowns, now: float, rng: random.Random,
     return Plan(tuple(tries), tuple(skipped), tuple(cooling))
 
 
-def explain(route: Route, cooldowns: Cooldowns, now: float,
-            unusable: Mapping[str, str] | None = None,
-            prices: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
+def explain(
+    route: Route,
+    cooldowns: Cooldowns,
+    now: float,
+    unusable: Mapping[str, str] | None = None,
+    prices: Mapping[str, Mapping[str, Any] | None] | None = None,
+) -> dict[str, Any]:
     """What `plan` would do right now, without sending anything.
 
     Returns {"route", "strategy", "source", "targets": [...]}; each target has `order`
@@ -91,10 +100,26 @@ def explain(route: Route, cooldowns: Cooldowns, now: float,
             status = "eligible"
             position += 1
             order = position
-        share = (round(target.weight / total, 4)
-                 if route.strategy == "loadbalance" and status == "eligible" else None)
-        rows.append({"order": order, "model": target.model, "weight": target.weight,
-                     "share": share, "price": prices.get(target.model),
-                     "cooldown_remaining": left, "status": status, "reason": reason})
-    return {"route": route.name, "strategy": route.strategy, "source": route.source,
-            "targets": rows}
+        share = (
+            round(target.weight / total, 4)
+            if route.strategy == "loadbalance" and status == "eligible"
+            else None
+        )
+        rows.append(
+            {
+                "order": order,
+                "model": target.model,
+                "weight": target.weight,
+                "share": share,
+                "price": prices.get(target.model),
+                "cooldown_remaining": left,
+                "status": status,
+                "reason": reason,
+            }
+        )
+    return {
+        "route": route.name,
+        "strategy": route.strategy,
+        "source": route.source,
+        "targets": rows,
+    }

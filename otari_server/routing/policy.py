@@ -14,24 +14,31 @@ from otari_server.routing.model import Route
 class Failure(StrEnum):
     """Why an attempt failed, as far as routing cares (also the metrics/log label)."""
 
-    CONNECTION = "connection"        # refused, reset, DNS, TLS
-    TIMEOUT = "timeout"              # no answer in time (or 408)
-    RATE_LIMITED = "rate_limited"    # 429
-    SERVER = "server_error"          # 5xx, malformed answer
-    OVERLOADED = "overloaded"        # 529 (Anthropic)
+    CONNECTION = "connection"  # refused, reset, DNS, TLS
+    TIMEOUT = "timeout"  # no answer in time (or 408)
+    RATE_LIMITED = "rate_limited"  # 429
+    SERVER = "server_error"  # 5xx, malformed answer
+    OVERLOADED = "overloaded"  # 529 (Anthropic)
     CONTEXT_LENGTH = "context_length"  # 400 saying the prompt is too long for the model
-    REFUSED = "refused"              # any other 4xx: the request is wrong everywhere
+    REFUSED = "refused"  # any other 4xx: the request is wrong everywhere
 
 
 # Failures that say nothing about the request, only about the target right now.
-TRANSIENT = frozenset({Failure.CONNECTION, Failure.TIMEOUT, Failure.RATE_LIMITED,
-                       Failure.SERVER, Failure.OVERLOADED})
+TRANSIENT = frozenset(
+    {Failure.CONNECTION, Failure.TIMEOUT, Failure.RATE_LIMITED, Failure.SERVER, Failure.OVERLOADED}
+)
 
 # How providers phrase a context-length refusal (OpenAI's code, Anthropic's and others'
 # messages), lower-cased.
-_CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context window",
-                    "context length", "prompt is too long", "too many tokens",
-                    "input is too long")
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context window",
+    "context length",
+    "prompt is too long",
+    "too many tokens",
+    "input is too long",
+)
 
 
 def classify(status: int | None, message: str = "", *, timeout: bool = False) -> Failure:
@@ -69,8 +76,9 @@ def retries_same_target(kind: Failure) -> bool:
     return kind in TRANSIENT
 
 
-def backoff(retry: int, retry_after: float | None, route: Route,
-            rng: random.Random) -> float | None:
+def backoff(
+    retry: int, retry_after: float | None, route: Route, rng: random.Random
+) -> float | None:
     """Seconds to wait before retry number `retry` (0-based) of the same target.
 
     The provider's Retry-After is honoured exactly when it is at most the route's

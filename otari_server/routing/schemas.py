@@ -37,17 +37,22 @@ class RouteSpec(BaseModel):
 
     strategy: Literal["fallback", "loadbalance"] = "fallback"
     targets: list[str | RouteTarget] = Field(
-        description="provider:model strings or {model, weight}, in try order")
+        description="provider:model strings or {model, weight}, in try order"
+    )
     retries: int = Field(DEFAULT_RETRIES, description="Retries on the same target")
     backoff: Seconds = Field(DEFAULT_BACKOFF, description="First retry's longest wait (s)")
-    retry_after_cap: Seconds = Field(DEFAULT_RETRY_AFTER_CAP,
-                                     description="Longest single wait, Retry-After included (s)")
-    timeout: Seconds | None = Field(None, description="Deadline across every attempt (s); "
-                                    "default: the gateway's request_timeout")
+    retry_after_cap: Seconds = Field(
+        DEFAULT_RETRY_AFTER_CAP, description="Longest single wait, Retry-After included (s)"
+    )
+    timeout: Seconds | None = Field(
+        None,
+        description="Deadline across every attempt (s); default: the gateway's request_timeout",
+    )
     context_window_fallbacks: bool = False
-    cooldown_failures: int = Field(DEFAULT_COOLDOWN_FAILURES,
-                                   description="Failures within cooldown_window that start a "
-                                   "cooldown (0: never)")
+    cooldown_failures: int = Field(
+        DEFAULT_COOLDOWN_FAILURES,
+        description="Failures within cooldown_window that start a cooldown (0: never)",
+    )
     cooldown_window: Seconds = DEFAULT_COOLDOWN_WINDOW
     cooldown_seconds: Seconds = DEFAULT_COOLDOWN_SECONDS
 

@@ -22,8 +22,14 @@ class Survey:
     prices: dict[str, Price | None] = field(default_factory=dict)
 
 
-async def survey(runtime: Runtime, route: Route, billing: str, when: datetime,
-                 caller: Caller | None = None, openai_only: str | None = None) -> Survey:
+async def survey(
+    runtime: Runtime,
+    route: Route,
+    billing: str,
+    when: datetime,
+    caller: Caller | None = None,
+    openai_only: str | None = None,
+) -> Survey:
     """Check every target: provider configured, allowed for the caller (a key allowed the
     route's name may use every target), priced when
     require_pricing is on, and (for `openai_only`, an endpoint path) of the OpenAI type."""
@@ -39,8 +45,9 @@ async def survey(runtime: Runtime, route: Route, billing: str, when: datetime,
             found.unusable[target.model] = "this API key may not use it"
             continue
         if openai_only is not None and provider.type != "openai":
-            found.unusable[target.model] = (f"provider '{provider.name}' ({provider.type}) does "
-                                            f"not offer {openai_only}")
+            found.unusable[target.model] = (
+                f"provider '{provider.name}' ({provider.type}) does not offer {openai_only}"
+            )
             continue
         price = await runtime.prices.at(target.model, when)
         found.prices[target.model] = price

@@ -29,7 +29,7 @@ def normalize_url(url: str) -> str:
     """Map postgres:// and postgresql:// to the psycopg 3 driver; keep SQLite as is."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     if url.startswith(("postgresql+psycopg://", "sqlite://", "sqlite+pysqlite://")):
         return url
     raise DatabaseConfigError(f"database_url: unsupported scheme in {redact(url)}")
@@ -186,8 +186,7 @@ def schema_head() -> str:
                 target, expression = node.target, node.value
             else:
                 continue
-            if not isinstance(target, ast.Name) or target.id not in ("revision",
-                                                                      "down_revision"):
+            if not isinstance(target, ast.Name) or target.id not in ("revision", "down_revision"):
                 continue
             value = ast.literal_eval(expression)
             if target.id == "revision":

@@ -341,6 +341,8 @@ class StoredResponse(Base):
     api_key_id: Mapped[str | None] = mapped_column(String(64), index=True)
     translated: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class UsageDaily(Base):
     """Usage rows rolled up per UTC day as they are pruned, so summaries outlive the rows.
 
@@ -350,12 +352,14 @@ class UsageDaily(Base):
 
     __tablename__ = "usage_daily"
     __table_args__ = (
-        Index("ix_usage_daily_group", "day", "user_id", "api_key_id", "model", "provider",
-              "status"),
+        Index(
+            "ix_usage_daily_group", "day", "user_id", "api_key_id", "model", "provider", "status"
+        ),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     day: Mapped[date] = mapped_column(Date)
     user_id: Mapped[str | None] = mapped_column(String(255))
     api_key_id: Mapped[str | None] = mapped_column(String(64))

@@ -33,14 +33,16 @@ def wanted(body: dict[str, Any]) -> bool:
     return plan.wanted(body)
 
 
-async def forward(request: Request, caller: Caller, endpoint: Endpoint, raw: bytes,
-                  body: dict[str, Any]) -> Response:
+async def forward(
+    request: Request, caller: Caller, endpoint: Endpoint, raw: bytes, body: dict[str, Any]
+) -> Response:
     """POST /v1/chat/completions when the gateway runs tools: the whole story."""
     runtime = runtime_of(request)
     config = tools_config(runtime.settings)
     checked = plan.parse(body, config)
-    call, upstream_model = await admit(runtime, caller, endpoint, raw, body,
-                                       request.scope.get("otari.request_id"))
+    call, upstream_model = await admit(
+        runtime, caller, endpoint, raw, body, request.scope.get("otari.request_id")
+    )
     meter = loop.Meter()
     status: str = "error"
     error: str | None = "interrupted"

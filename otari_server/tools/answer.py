@@ -19,19 +19,26 @@ def respond(completion: dict[str, Any], plan: Plan, meter: Meter) -> Response:
     completion = dict(completion, usage=usage(meter))
     if not plan.streaming:
         return Response(orjson.dumps(completion), headers=JSON_HEADERS)
-    return Response(b"".join(events(completion, plan.include_usage)),
-                    media_type="text/event-stream", headers=SSE_HEADERS)
+    return Response(
+        b"".join(events(completion, plan.include_usage)),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
 
 
 def usage(meter: Meter) -> dict[str, Any]:
     """An OpenAI usage object for everything the loop used."""
     used = meter.used
-    summed: dict[str, Any] = {"prompt_tokens": used.prompt_tokens,
-                              "completion_tokens": used.completion_tokens,
-                              "total_tokens": used.prompt_tokens + used.completion_tokens}
+    summed: dict[str, Any] = {
+        "prompt_tokens": used.prompt_tokens,
+        "completion_tokens": used.completion_tokens,
+        "total_tokens": used.prompt_tokens + used.completion_tokens,
+    }
     if used.cache_read_tokens or used.cache_write_tokens:
-        summed["prompt_tokens_details"] = {"cached_tokens": used.cache_read_tokens,
-                                           "cache_creation_tokens": used.cache_write_tokens}
+        summed["prompt_tokens_details"] = {
+            "cached_tokens": used.cache_read_tokens,
+            "cache_creation_tokens": used.cache_write_tokens,
+        }
     return summed
 
 

@@ -37,8 +37,16 @@ class ToolsConfig:
         return max(16 * self.max_result_bytes, 1 << 20)
 
 
-_KEYS = ("web_search_url", "sandbox_url", "sandbox_token", "allow_loopback",
-         "allow_private_networks", "call_timeout", "max_result_bytes", "header")
+_KEYS = (
+    "web_search_url",
+    "sandbox_url",
+    "sandbox_token",
+    "allow_loopback",
+    "allow_private_networks",
+    "call_timeout",
+    "max_result_bytes",
+    "header",
+)
 
 
 def tools_config(settings: Settings) -> ToolsConfig:
@@ -58,8 +66,7 @@ def tools_config(settings: Settings) -> ToolsConfig:
     if "call_timeout" in table:
         values["call_timeout"] = _positive(table["call_timeout"], "call_timeout", float)
     if "max_result_bytes" in table:
-        values["max_result_bytes"] = _positive(table["max_result_bytes"], "max_result_bytes",
-                                               int)
+        values["max_result_bytes"] = _positive(table["max_result_bytes"], "max_result_bytes", int)
     return ToolsConfig(**values)
 
 

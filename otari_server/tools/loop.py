@@ -42,15 +42,18 @@ class Meter:
 
 def plus(a: Consumption, b: Consumption) -> Consumption:
     """The token counts of two consumptions added up (one request)."""
-    return Consumption(prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-                       completion_tokens=a.completion_tokens + b.completion_tokens,
-                       cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
-                       cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
-                       invalid=a.invalid or b.invalid)  # a refused number taints the sum
+    return Consumption(
+        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+        completion_tokens=a.completion_tokens + b.completion_tokens,
+        cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
+        cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
+        invalid=a.invalid or b.invalid,
+    )  # a refused number taints the sum
 
 
-async def run(call: Call, upstream_model: str, plan: Plan, toolbox: Toolbox,
-              meter: Meter) -> dict[str, Any]:
+async def run(
+    call: Call, upstream_model: str, plan: Plan, toolbox: Toolbox, meter: Meter
+) -> dict[str, Any]:
     """The model's last completion: its answer, or the client's own tool calls."""
     messages = list(plan.body["messages"])
     if (hint := hints(plan, toolbox.offered)) is not None:
@@ -74,7 +77,9 @@ async def run(call: Call, upstream_model: str, plan: Plan, toolbox: Toolbox,
             raise Unprocessable(
                 f"the model still asked for tools after {plan.max_iterations} tool "
                 f"iteration(s), the request's max_tool_iterations (at most {MAX_ITERATIONS})",
-                param="max_tool_iterations", code="tool_iterations_exceeded")
+                param="max_tool_iterations",
+                code="tool_iterations_exceeded",
+            )
         turn = {"role": "assistant", "content": message.get("content"), "tool_calls": calls}
         if message.get("thinking_blocks"):
             # With thinking on, Anthropic wants the turn's signed thinking back before its calls.
@@ -93,32 +98,40 @@ async def cover(call: Call, meter: Meter, body: dict[str, Any]) -> None:
     hold = call.hold
     if hold.user_id is None:
         return  # nothing to hold: no budget limit on this request
-    worst = worst_case(call.endpoint, orjson.dumps(body), body,
-                       call.runtime.settings.default_max_tokens)
+    worst = worst_case(
+        call.endpoint, orjson.dumps(body), body, call.runtime.settings.default_max_tokens
+    )
     total = plus(meter.used, worst)
     need = Decimal(0) if call.price is None else call.price.cost(total)
     tokens = total.prompt_tokens + total.completion_tokens if hold.tokens else 0
     if need > hold.amount or tokens > hold.tokens:
-        extra = await call.runtime.ledger.reserve(hold.user_id, Decimal(0), need=Need(
-            max(need - hold.amount, Decimal(0)), 0, max(tokens - hold.tokens, 0)))
-        call.hold = replace(hold, amount=hold.amount + extra.amount,
-                            tokens=hold.tokens + extra.tokens)
+        extra = await call.runtime.ledger.reserve(
+            hold.user_id,
+            Decimal(0),
+            need=Need(max(need - hold.amount, Decimal(0)), 0, max(tokens - hold.tokens, 0)),
+        )
+        call.hold = replace(
+            hold, amount=hold.amount + extra.amount, tokens=hold.tokens + extra.tokens
+        )
 
 
 async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     """One model call, not streamed; request and completion in the OpenAI chat shape."""
     runtime = call.runtime
     if call.provider.type != "anthropic":
-        response = await runtime.upstream.post(call.provider, call.endpoint.upstream_path,
-                                               dict(body, model=upstream_model))
+        response = await runtime.upstream.post(
+            call.provider, call.endpoint.upstream_path, dict(body, model=upstream_model)
+        )
         return parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         outgoing = to_messages_request(
-            body, model=upstream_model, default_max_tokens=runtime.settings.default_max_tokens)
+            body, model=upstream_model, default_max_tokens=runtime.settings.default_max_tokens
+        )
     except TranslationError as exc:
         raise InvalidRequest(str(exc)) from None
-    response = await runtime.upstream.post(call.provider, "/messages", outgoing,
-                                           {"anthropic-version": ANTHROPIC_VERSION})
+    response = await runtime.upstream.post(
+        call.provider, "/messages", outgoing, {"anthropic-version": ANTHROPIC_VERSION}
+    )
     message = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         return anthropic_wire.to_chat_completion(message, model=body["model"])
@@ -133,8 +146,9 @@ def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise malformed(call.provider)
     calls = message.get("tool_calls")
-    if calls is not None and not (isinstance(calls, list)
-                                  and all(isinstance(c, dict) for c in calls)):
+    if calls is not None and not (
+        isinstance(calls, list) and all(isinstance(c, dict) for c in calls)
+    ):
         raise malformed(call.provider)
     return message
 

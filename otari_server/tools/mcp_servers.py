@@ -69,8 +69,9 @@ class McpConnection:
         # logged for the operator.
         unavailable = McpUnavailable(f"{where} is unreachable or is not an MCP server")
         try:
-            await urls.resolve(self.server.url, self._config, where=where,
-                               token=self.server.token is not None)
+            await urls.resolve(
+                self.server.url, self._config, where=where, token=self.server.token is not None
+            )
         except OSError as exc:
             log.info("%s: cannot resolve its host (%s)", where, exc.strerror or exc)
             raise unavailable from None
@@ -90,8 +91,9 @@ class McpConnection:
         """Call a tool; its text, or ToolFailure when the tool reports an error."""
         if self._client is None or self._task is None or self._task.done():
             raise ToolFailure(f"the connection to MCP server '{self.server.name}' is closed")
-        result = await self._client.call_tool(name, arguments,
-                                              read_timeout_seconds=self._config.call_timeout)
+        result = await self._client.call_tool(
+            name, arguments, read_timeout_seconds=self._config.call_timeout
+        )
         text = _text(result)
         if result.is_error:
             raise ToolFailure(text or "the tool reported an error")
@@ -122,8 +124,7 @@ class McpConnection:
             if not self._ready.done():
                 self._ready.set_exception(exc)
             else:
-                log.info("MCP server '%s' connection ended: %s", self.server.name,
-                         describe(exc))
+                log.info("MCP server '%s' connection ended: %s", self.server.name, describe(exc))
 
     def _connect(self, stack: AsyncExitStack) -> Client:
         limit = self._config.max_response_bytes
@@ -133,13 +134,21 @@ class McpConnection:
         # No read timeout: a server may keep its event stream open and quiet between calls;
         # each call is bounded by call_timeout instead.
         http = httpx2.AsyncClient(
-            headers=headers, timeout=httpx2.Timeout(self._config.call_timeout, read=None),
-            trust_env=False, transport=_CappedTransport(httpx2.AsyncHTTPTransport(), limit))
+            headers=headers,
+            timeout=httpx2.Timeout(self._config.call_timeout, read=None),
+            trust_env=False,
+            transport=_CappedTransport(httpx2.AsyncHTTPTransport(), limit),
+        )
         stack.push_async_callback(http.aclose)
-        transport = streamable_http_client(self.server.url, http_client=http,
-                                           max_sse_event_size=limit)
-        return Client(transport, read_timeout_seconds=self._config.call_timeout, cache=None,
-                      client_info=mcp_types.Implementation(name="otari", version=__version__))
+        transport = streamable_http_client(
+            self.server.url, http_client=http, max_sse_event_size=limit
+        )
+        return Client(
+            transport,
+            read_timeout_seconds=self._config.call_timeout,
+            cache=None,
+            client_info=mcp_types.Implementation(name="otari", version=__version__),
+        )
 
     async def _tools(self, client: Client) -> list[McpTool]:
         listed: list[mcp_types.Tool] = []
@@ -151,24 +160,36 @@ class McpConnection:
             if cursor is None:
                 break
         allowed = self.server.allowed_tools
-        return [McpTool(self.server, tool.name, tool.description or tool.title or "",
-                        tool.input_schema or _EMPTY_SCHEMA)
-                for tool in listed if allowed is None or tool.name in allowed]
+        return [
+            McpTool(
+                self.server,
+                tool.name,
+                tool.description or tool.title or "",
+                tool.input_schema or _EMPTY_SCHEMA,
+            )
+            for tool in listed
+            if allowed is None or tool.name in allowed
+        ]
 
 
-async def connect(servers: tuple[McpServer, ...], config: ToolsConfig,
-                  stack: AsyncExitStack) -> list[tuple[McpConnection, list[McpTool]]]:
+async def connect(
+    servers: tuple[McpServer, ...], config: ToolsConfig, stack: AsyncExitStack
+) -> list[tuple[McpConnection, list[McpTool]]]:
     """Connect to every server at once (closed with `stack`), each with its allowed tools."""
     connections = [McpConnection(server, config) for server in servers]
     for connection in connections:
         stack.push_async_callback(connection.close)
-    listed = await asyncio.gather(*(connection.open() for connection in connections),
-                                  return_exceptions=True)
+    listed = await asyncio.gather(
+        *(connection.open() for connection in connections), return_exceptions=True
+    )
     for outcome in listed:
         if isinstance(outcome, BaseException):
             raise outcome
-    return [(connection, tools) for connection, tools in zip(connections, listed, strict=True)
-            if isinstance(tools, list)]
+    return [
+        (connection, tools)
+        for connection, tools in zip(connections, listed, strict=True)
+        if isinstance(tools, list)
+    ]
 
 
 def _text(result: mcp_types.CallToolResult) -> str:
@@ -178,8 +199,9 @@ def _text(result: mcp_types.CallToolResult) -> str:
             parts.append(block.text)
         elif isinstance(block, mcp_types.EmbeddedResource):
             text = getattr(block.resource, "text", None)
-            parts.append(text if isinstance(text, str) else
-                         f"[binary resource {block.resource.uri} omitted]")
+            parts.append(
+                text if isinstance(text, str) else f"[binary resource {block.resource.uri} omitted]"
+            )
         elif isinstance(block, mcp_types.ResourceLink):
             parts.append(f"[resource: {block.uri}]")
         else:
@@ -199,8 +221,9 @@ class _CappedStream(httpx2.AsyncByteStream):
         async for chunk in self._stream:
             seen += len(chunk)
             if seen > self._limit:
-                raise httpx2.StreamError(f"the server's answer is over the {self._limit}-byte "
-                                         "limit")
+                raise httpx2.StreamError(
+                    f"the server's answer is over the {self._limit}-byte limit"
+                )
             yield chunk
 
     async def aclose(self) -> None:
@@ -217,9 +240,12 @@ class _CappedTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
         assert isinstance(response.stream, httpx2.AsyncByteStream)
-        return httpx2.Response(response.status_code, headers=response.headers,
-                               stream=_CappedStream(response.stream, self._limit),
-                               extensions=response.extensions)
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_CappedStream(response.stream, self._limit),
+            extensions=response.extensions,
+        )
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -15,8 +15,10 @@ def truncate(text: str, limit: int) -> str:
     if len(data) <= limit:
         return text
     kept = data[:limit].decode("utf-8", errors="ignore")
-    return (f"{kept}\n[truncated: the result was {len(data)} bytes, over the gateway's limit "
-            f"of {limit}]")
+    return (
+        f"{kept}\n[truncated: the result was {len(data)} bytes, over the gateway's limit "
+        f"of {limit}]"
+    )
 
 
 async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -28,14 +28,22 @@ _DELETE_TIMEOUT = 5.0
 
 def function(spec: CodeExecution) -> dict[str, Any]:
     """The function definition the model is offered."""
-    return {"type": "function", "function": {
-        "name": CODE_EXECUTION,
-        "description": f"Run {spec.language} code in an isolated sandbox. Returns stdout, "
-                       "stderr and the exit code as JSON. Variables and files persist "
-                       "from one call to the next within this request.",
-        "parameters": {"type": "object", "properties": {
-            "code": {"type": "string", "description": f"The {spec.language} code to run"}},
-            "required": ["code"]}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": CODE_EXECUTION,
+            "description": f"Run {spec.language} code in an isolated sandbox. Returns stdout, "
+            "stderr and the exit code as JSON. Variables and files persist "
+            "from one call to the next within this request.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string", "description": f"The {spec.language} code to run"}
+                },
+                "required": ["code"],
+            },
+        },
+    }
 
 
 class Sandbox:
@@ -47,8 +55,9 @@ class Sandbox:
         self._config = config
         self._spec = spec
         self._base = config.sandbox_url
-        self._headers = ({"Authorization": f"Bearer {config.sandbox_token}"}
-                         if config.sandbox_token else {})
+        self._headers = (
+            {"Authorization": f"Bearer {config.sandbox_token}"} if config.sandbox_token else {}
+        )
         self._session: str | None = None
         # Calls run one at a time: they share the session's state.
         self._lock = asyncio.Lock()
@@ -64,12 +73,16 @@ class Sandbox:
                 if not isinstance(made.get("id"), str) or not made["id"]:
                     raise ToolFailure("the sandbox did not return a session id")
                 self._session = made["id"]
-            ran = await self._send("POST", f"/sessions/{quote(self._session, safe='')}/execute",
-                                   {"code": code, "timeout": self._config.call_timeout})
+            ran = await self._send(
+                "POST",
+                f"/sessions/{quote(self._session, safe='')}/execute",
+                {"code": code, "timeout": self._config.call_timeout},
+            )
         if isinstance(ran.get("error"), str) and ran["error"]:
             raise ToolFailure(f"the sandbox failed: {ran['error']}")
-        return json.dumps({key: ran.get(key) for key in ("stdout", "stderr", "exit_code")},
-                          ensure_ascii=False)
+        return json.dumps(
+            {key: ran.get(key) for key in ("stdout", "stderr", "exit_code")}, ensure_ascii=False
+        )
 
     async def close(self) -> None:
         """Delete the session, if one was made (a failure is logged, not raised)."""
@@ -81,10 +94,12 @@ class Sandbox:
         except (ToolFailure, TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("could not delete sandbox session %s: %s", self._session, exc)
 
-    async def _send(self, method: str, path: str,
-                    body: dict[str, Any] | None = None) -> dict[str, Any]:
-        async with self._http.request(method, self._base + path, json=body,
-                                      headers=self._headers) as response:
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        async with self._http.request(
+            method, self._base + path, json=body, headers=self._headers
+        ) as response:
             data = await read_capped(response, self._config.max_response_bytes)
             status = response.status
         if status == 404 and method == "DELETE":

@@ -13,13 +13,19 @@ from otari_server.tools.config import ToolsConfig
 from otari_server.tools.plan import WEB_SEARCH, WebSearch
 from otari_server.tools.results import ToolFailure, read_capped
 
-FUNCTION: dict[str, Any] = {"type": "function", "function": {
-    "name": WEB_SEARCH,
-    "description": "Search the web. Returns the top results as JSON: each with its title, "
-                   "URL and a snippet. Cite the URLs you use.",
-    "parameters": {"type": "object", "properties": {
-        "query": {"type": "string", "description": "What to search for"}},
-        "required": ["query"]}}}
+FUNCTION: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": WEB_SEARCH,
+        "description": "Search the web. Returns the top results as JSON: each with its title, "
+        "URL and a snippet. Cite the URLs you use.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "What to search for"}},
+            "required": ["query"],
+        },
+    },
+}
 
 
 class WebSearcher:
@@ -36,8 +42,9 @@ class WebSearcher:
         if not isinstance(query, str) or not query.strip():
             raise ToolFailure("'query' must be a non-empty string")
         assert self._config.web_search_url is not None
-        async with self._http.get(f"{self._config.web_search_url}/search",
-                                  params={"q": query, "format": "json"}) as response:
+        async with self._http.get(
+            f"{self._config.web_search_url}/search", params={"q": query, "format": "json"}
+        ) as response:
             data = await read_capped(response, self._config.max_response_bytes)
             if response.status >= 400:
                 raise ToolFailure(f"the search backend answered HTTP {response.status}")
@@ -61,8 +68,11 @@ class WebSearcher:
         if not isinstance(url, str) or not kept(url, self._spec):
             return None
         title, snippet = item.get("title"), item.get("content")
-        return {"title": title if isinstance(title, str) else "", "url": url,
-                "snippet": snippet if isinstance(snippet, str) else ""}
+        return {
+            "title": title if isinstance(title, str) else "",
+            "url": url,
+            "snippet": snippet if isinstance(snippet, str) else "",
+        }
 
 
 def kept(url: str, spec: WebSearch) -> bool:

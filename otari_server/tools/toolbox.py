@@ -55,9 +55,17 @@ class Toolbox:
             return await connection.call(tool.name, arguments)
 
         description = tool.description or f"Tool '{tool.name}'"
-        self.add({"type": "function", "function": {
-            "name": name, "description": f"{description} (MCP server '{tool.server.name}')",
-            "parameters": dict(tool.schema)}}, run)
+        self.add(
+            {
+                "type": "function",
+                "function": {
+                    "name": name,
+                    "description": f"{description} (MCP server '{tool.server.name}')",
+                    "parameters": dict(tool.schema),
+                },
+            },
+            run,
+        )
         self.offered.setdefault(tool.server.name, []).append(name)
 
     async def run(self, call: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,14 +118,20 @@ def _arguments(raw: object) -> dict[str, Any]:
 @asynccontextmanager
 async def open_toolbox(plan: Plan, config: ToolsConfig) -> AsyncIterator[Toolbox]:
     """Connect what the plan needs; everything is closed (sessions deleted) on exit."""
-    taken = {tool["function"]["name"] for tool in plan.client_tools
-             if isinstance(tool.get("function"), Mapping)
-             and isinstance(tool["function"].get("name"), str)}
+    taken = {
+        tool["function"]["name"]
+        for tool in plan.client_tools
+        if isinstance(tool.get("function"), Mapping)
+        and isinstance(tool["function"].get("name"), str)
+    }
     toolbox = Toolbox(config, taken)
     async with AsyncExitStack() as stack:
         if plan.web_search is not None or plan.code_execution is not None:
-            http = await stack.enter_async_context(aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=config.call_timeout), trust_env=False))
+            http = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=config.call_timeout), trust_env=False
+                )
+            )
             if plan.web_search is not None:
                 searcher = search.WebSearcher(http, config, plan.web_search)
                 toolbox.add(search.FUNCTION, searcher.search)
@@ -130,8 +144,9 @@ async def open_toolbox(plan: Plan, config: ToolsConfig) -> AsyncIterator[Toolbox
         yield toolbox
 
 
-async def _connect_servers(toolbox: Toolbox, plan: Plan, config: ToolsConfig,
-                           stack: AsyncExitStack) -> None:
+async def _connect_servers(
+    toolbox: Toolbox, plan: Plan, config: ToolsConfig, stack: AsyncExitStack
+) -> None:
     # The MCP SDK takes about a second to import: only requests that name MCP servers pay
     # for it, not every gateway start.
     from otari_server.tools import mcp_servers

@@ -40,12 +40,21 @@ class AddressPolicy(Protocol):
 
 
 # The spellings of a flag a lenient table ([tools]) accepts besides true and false.
-_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False}
+_WORDS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
-def policy_settings(table: Mapping[str, Any], section: str, *,
-                    lenient: bool = False) -> dict[str, Any]:
+def policy_settings(
+    table: Mapping[str, Any], section: str, *, lenient: bool = False
+) -> dict[str, Any]:
     """The address policy keys of a config table (`[tools]` or `[platform]`), validated.
 
     `allow_loopback` is a flag; `allow_private_networks` a flag (every private range) or a
@@ -56,16 +65,17 @@ def policy_settings(table: Mapping[str, Any], section: str, *,
     """
     values: dict[str, Any] = {}
     if "allow_loopback" in table:
-        values["allow_loopback"] = _flag(table["allow_loopback"], section, "allow_loopback",
-                                         lenient)
+        values["allow_loopback"] = _flag(
+            table["allow_loopback"], section, "allow_loopback", lenient
+        )
     if "allow_private_networks" in table:
         allowed = table["allow_private_networks"]
         if isinstance(allowed, list):
-            values["private_networks"] = tuple(_network(item, section, lenient)
-                                               for item in allowed)
+            values["private_networks"] = tuple(_network(item, section, lenient) for item in allowed)
         else:
-            values["allow_private_networks"] = _flag(allowed, section, "allow_private_networks",
-                                                     lenient)
+            values["allow_private_networks"] = _flag(
+                allowed, section, "allow_private_networks", lenient
+            )
     return values
 
 
@@ -84,9 +94,10 @@ def _network(value: Any, section: str, lenient: bool) -> Network:
             raise ValueError
         return ipaddress.ip_network(str(value), strict=False)
     except ValueError:
-        raise ConfigError(f"{section}.allow_private_networks: expected true, false or a list "
-                          f"of networks such as \"10.0.0.0/8\"; {value!r} is not a network"
-                          ) from None
+        raise ConfigError(
+            f"{section}.allow_private_networks: expected true, false or a list "
+            f'of networks such as "10.0.0.0/8"; {value!r} is not a network'
+        ) from None
 
 
 class UnsafeUrl(InvalidRequest):
@@ -114,14 +125,17 @@ def refusal(address: Address, config: AddressPolicy) -> str | None:
     if found == PUBLIC:
         return None
     if found == LOOPBACK:
-        return None if config.allow_loopback else "loopback addresses are not allowed " \
-            "(tools.allow_loopback is false)"
+        return (
+            None
+            if config.allow_loopback
+            else "loopback addresses are not allowed (tools.allow_loopback is false)"
+        )
     if found == PRIVATE:
-        if config.allow_private_networks or any(address in network
-                                                for network in config.private_networks):
+        if config.allow_private_networks or any(
+            address in network for network in config.private_networks
+        ):
             return None
-        return "private and link-local addresses are not allowed (see " \
-            "tools.allow_private_networks)"
+        return "private and link-local addresses are not allowed (see tools.allow_private_networks)"
     return "reserved, multicast and unspecified addresses are never allowed"
 
 
@@ -141,8 +155,11 @@ def check(url: str, config: AddressPolicy, *, where: str, token: bool) -> str:
     if literal is not None and (reason := refusal(literal, config)):
         raise UnsafeUrl(f"{where}: {host} refused: {reason}", param="mcp_servers")
     if token and parts.scheme == "http" and not _loopback_name(host, literal):
-        raise UnsafeUrl(f"{where}: an authorization_token is only sent over https (plain http "
-                        "only to a loopback address)", param="mcp_servers")
+        raise UnsafeUrl(
+            f"{where}: an authorization_token is only sent over https (plain http "
+            "only to a loopback address)",
+            param="mcp_servers",
+        )
     return host
 
 
@@ -155,15 +172,20 @@ async def resolve(url: str, config: AddressPolicy, *, where: str, token: bool) -
     host = check(url, config, where=where, token=token)
     parts = urlsplit(url)
     infos = await asyncio.get_running_loop().getaddrinfo(
-        host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+    )
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if reason := refusal(address, config):
-            raise UnsafeUrl(f"{where}: {host} resolves to {address}, refused: {reason}",
-                            param="mcp_servers")
+            raise UnsafeUrl(
+                f"{where}: {host} resolves to {address}, refused: {reason}", param="mcp_servers"
+            )
         if token and parts.scheme == "http" and kind(address) != LOOPBACK:
-            raise UnsafeUrl(f"{where}: an authorization_token is only sent over https (plain "
-                            "http only to a loopback address)", param="mcp_servers")
+            raise UnsafeUrl(
+                f"{where}: an authorization_token is only sent over https (plain "
+                "http only to a loopback address)",
+                param="mcp_servers",
+            )
 
 
 def _literal(host: str) -> Address | None:

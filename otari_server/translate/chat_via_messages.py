@@ -252,8 +252,9 @@ class ChatStreamTranslator:
     def _count(self, usage: Mapping[str, Any] | None) -> None:
         # Anthropic reports cumulative totals, so later numbers replace earlier ones.
         if usage:
-            self._usage.update({k: counts.clean(v) for k, v in usage.items()
-                                if k.endswith("_tokens")})
+            self._usage.update(
+                {k: counts.clean(v) for k, v in usage.items() if k.endswith("_tokens")}
+            )
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk = self._envelope()

@@ -36,7 +36,7 @@ THINKING_DROPPED = (
     "its thinking: send back its `thinking_blocks` (each with its `signature`, or `data` for "
     "redacted thinking) exactly as the answer gave them; through the Responses API, send back "
     "its reasoning items with their `encrypted_content` (ask for it with "
-    "`include: [\"reasoning.encrypted_content\"]`)"
+    '`include: ["reasoning.encrypted_content"]`)'
 )
 
 
@@ -220,8 +220,9 @@ def _check_thinking(request: Mapping[str, Any]) -> None:
     if (request.get("thinking") or {}).get("type") != "enabled":
         return
     turns = request["messages"]
-    position = next((i for i in range(len(turns) - 1, -1, -1)
-                     if turns[i]["role"] == "assistant"), None)
+    position = next(
+        (i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "assistant"), None
+    )
     if position is None:
         return
     content = turns[position]["content"]

@@ -191,8 +191,7 @@ class MessageStreamTranslator:
             return []
         self.done = True
         usage = self.usage or {"input_tokens": self._input_tokens, "output_tokens": 0}
-        delta = {"stop_reason": self.stop_reason or "end_turn",
-                 "stop_sequence": self.stop_sequence}
+        delta = {"stop_reason": self.stop_reason or "end_turn", "stop_sequence": self.stop_sequence}
         return [
             *self._start(None),
             *self._close(),

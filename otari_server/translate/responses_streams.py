@@ -36,8 +36,10 @@ def responses_consumption(usage: object) -> Consumption:
     used = consumption(usage)
     details = usage.get("input_tokens_details") if isinstance(usage, dict) else None
     try:  # checked like every other count: the raw number reached the usage row
-        written = counts.count(details.get("cache_write_tokens")
-                               if isinstance(details, dict) else None, "cache_write_tokens")
+        written = counts.count(
+            details.get("cache_write_tokens") if isinstance(details, dict) else None,
+            "cache_write_tokens",
+        )
     except counts.BadCount as exc:
         return used if used.invalid else Consumption(invalid=str(exc))
     if written and not used.cache_write_tokens:
@@ -66,23 +68,40 @@ class ResponsesPassThrough(StreamTranslator):
             self.stored_id = answer["id"]
 
     def fail(self, message: str, code: str) -> bytes:
-        return encode({"type": "error", "code": code, "message": message, "param": None,
-                       "sequence_number": self._events}, "error")
+        return encode(
+            {
+                "type": "error",
+                "code": code,
+                "message": message,
+                "param": None,
+                "sequence_number": self._events,
+            },
+            "error",
+        )
 
     def whole(self, answer: dict[str, Any]) -> bytes:
         output = answer.get("output")
         items = output if isinstance(output, list) else []
         status = answer.get("status")
-        terminal = ("response.failed" if status == "failed" else "response.incomplete"
-                    if status == "incomplete" else "response.completed")
+        terminal = (
+            "response.failed"
+            if status == "failed"
+            else "response.incomplete"
+            if status == "incomplete"
+            else "response.completed"
+        )
         opened = dict(answer, status="in_progress", output=[], usage=None)
-        events: list[dict[str, Any]] = [{"type": "response.created", "response": opened},
-                                        {"type": "response.in_progress", "response": opened}]
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": opened},
+            {"type": "response.in_progress", "response": opened},
+        ]
         for index, item in enumerate(items):
-            events.append({"type": "response.output_item.added", "output_index": index,
-                           "item": item})
-            events.append({"type": "response.output_item.done", "output_index": index,
-                           "item": item})
+            events.append(
+                {"type": "response.output_item.added", "output_index": index, "item": item}
+            )
+            events.append(
+                {"type": "response.output_item.done", "output_index": index, "item": item}
+            )
         events.append({"type": terminal, "response": answer})
         for number, event in enumerate(events):
             event["sequence_number"] = number
@@ -106,8 +125,7 @@ class ResponsesPassThrough(StreamTranslator):
             self._events += 1
             if name is not None and name.endswith(".delta"):
                 self.deltas += 1
-            elif name in TERMINAL or name == "error" or (
-                    name is None and '"type"' in event.data):
+            elif name in TERMINAL or name == "error" or (name is None and '"type"' in event.data):
                 # Servers that omit `event:` lines name the type in the data only.
                 parsed = decoded(event.data)
                 if parsed is None:
@@ -141,8 +159,9 @@ class AnthropicToResponses(StreamTranslator):
     """Anthropic events -> chat chunks -> typed Responses events, for the client's `request`
     (the Responses body) and `model`."""
 
-    def __init__(self, request: Mapping[str, Any], *, model: str,
-                 response_id: str | None = None) -> None:
+    def __init__(
+        self, request: Mapping[str, Any], *, model: str, response_id: str | None = None
+    ) -> None:
         super().__init__()
         self._model = model
         self._chunks = ChatStreamTranslator(model=model, include_usage=True)
@@ -158,8 +177,11 @@ class AnthropicToResponses(StreamTranslator):
     def whole(self, answer: dict[str, Any]) -> bytes:
         completion = anthropic_wire.to_chat_completion(answer, model=self._model)
         self._whole_usage = completion["usage"]
-        out = [typed for chunk in completion_chunks(completion, include_usage=True)
-               for typed in self._events.feed(chunk)]
+        out = [
+            typed
+            for chunk in completion_chunks(completion, include_usage=True)
+            for typed in self._events.feed(chunk)
+        ]
         out += self._events.finish()
         self.chunks = self.deltas = len(out)
         self.done = self._closed = True

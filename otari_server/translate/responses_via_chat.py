@@ -58,9 +58,12 @@ def to_response(
     if isinstance(blocks, list) and blocks:
         encrypted = wants_encrypted_reasoning(request)
         # A redacted block has no text: only its encrypted content is of use to a client.
-        output += [_thinking_item(block, encrypted) for block in blocks
-                   if isinstance(block, Mapping)
-                   and (encrypted or block.get("type") != "redacted_thinking")]
+        output += [
+            _thinking_item(block, encrypted)
+            for block in blocks
+            if isinstance(block, Mapping)
+            and (encrypted or block.get("type") != "redacted_thinking")
+        ]
     else:
         reasoning = reply.get("reasoning_content") or reply.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
@@ -332,8 +335,13 @@ class ResponseStreamTranslator:
             return []
         events: list[dict[str, Any]] = []
         if position not in self._calls:
-            item = _function_item(_id("fc"), call.get("id") or _id("call"),
-                                  function.get("name") or "", arguments, "in_progress")
+            item = _function_item(
+                _id("fc"),
+                call.get("id") or _id("call"),
+                function.get("name") or "",
+                arguments,
+                "in_progress",
+            )
             if self._live is not None:
                 # Another call is still open and may get more arguments: hold this one back.
                 self._held[position] = item
@@ -348,8 +356,11 @@ class ResponseStreamTranslator:
         if arguments:
             # A closed call's late arguments (text came in between) can only name its item.
             item["arguments"] += arguments
-            events.append(self._event("response.function_call_arguments.delta",
-                                      **self._where(item), delta=arguments))
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta", **self._where(item), delta=arguments
+                )
+            )
         return events
 
     def _add(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -368,8 +379,13 @@ class ResponseStreamTranslator:
             events.append(self._item_event("response.output_item.added", item))
             if arguments:
                 item["arguments"] = arguments
-                events.append(self._event("response.function_call_arguments.delta",
-                                          **self._where(item), delta=arguments))
+                events.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        **self._where(item),
+                        delta=arguments,
+                    )
+                )
             events += self._done(status)
         self._held.clear()
         return events
@@ -383,8 +399,11 @@ class ResponseStreamTranslator:
             if not item["arguments"]:
                 # A call without arguments: "{}", as the non-streamed answer has it.
                 item["arguments"] = "{}"
-                events = [self._event("response.function_call_arguments.delta",
-                                      **self._where(item), delta="{}")]
+                events = [
+                    self._event(
+                        "response.function_call_arguments.delta", **self._where(item), delta="{}"
+                    )
+                ]
             else:
                 events = []
             return [
@@ -401,16 +420,26 @@ class ResponseStreamTranslator:
         part = item.pop("_part")
         if part["type"] == "reasoning_text":
             done = self._event(
-                "response.reasoning_text.done", **self._where(item), content_index=0,
-                text=part["text"])
+                "response.reasoning_text.done",
+                **self._where(item),
+                content_index=0,
+                text=part["text"],
+            )
         elif part["type"] == "output_text":
             done = self._event(
-                "response.output_text.done", **self._where(item), content_index=0,
-                text=part["text"], logprobs=[])
+                "response.output_text.done",
+                **self._where(item),
+                content_index=0,
+                text=part["text"],
+                logprobs=[],
+            )
         else:
             done = self._event(
-                "response.refusal.done", **self._where(item), content_index=0,
-                refusal=part["refusal"])
+                "response.refusal.done",
+                **self._where(item),
+                content_index=0,
+                refusal=part["refusal"],
+            )
         item["content"] = [part]
         return [
             done,
@@ -484,8 +513,7 @@ def _message_item(item_id: str, content: list[dict[str, Any]], status: str) -> d
 
 def _reasoning_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
     content = [{"type": "reasoning_text", "text": text}] if text is not None else []
-    return {"id": item_id, "type": "reasoning", "status": status, "summary": [],
-            "content": content}
+    return {"id": item_id, "type": "reasoning", "status": status, "summary": [], "content": content}
 
 
 def _thinking_item(block: Mapping[str, Any], encrypted: bool) -> dict[str, Any]:

@@ -266,8 +266,11 @@ def _response_format(text: object) -> dict[str, Any] | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
-        schema = {key: form[key] for key in ("name", "schema", "strict", "description")
-                  if form.get(key) is not None}
+        schema = {
+            key: form[key]
+            for key in ("name", "schema", "strict", "description")
+            if form.get(key) is not None
+        }
         return {"type": "json_schema", "json_schema": schema}
     raise TranslationError(f"text.format.type: '{kind}' is not supported")
 

@@ -122,15 +122,20 @@ def anthropic_error_event(message: str, kind: str = "api_error") -> bytes:
 
 def completion_chunks(completion: Mapping[str, Any], include_usage: bool) -> list[dict[str, Any]]:
     """A chat.completion as the chunks of a chat stream (without [DONE]); pure."""
-    envelope = {"id": completion.get("id", ""), "object": "chat.completion.chunk",
-                "created": completion.get("created") or int(time.time()),
-                "model": completion.get("model", "")}
+    envelope = {
+        "id": completion.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": completion.get("created") or int(time.time()),
+        "model": completion.get("model", ""),
+    }
     if completion.get("system_fingerprint"):
         envelope["system_fingerprint"] = completion["system_fingerprint"]
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        out = {**envelope, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                        "finish_reason": finish}]}
+        out = {
+            **envelope,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
         if include_usage:
             out["usage"] = None  # as OpenAI does on every chunk but the last
         return out
@@ -142,9 +147,20 @@ def completion_chunks(completion: Mapping[str, Any], include_usage: bool) -> lis
         if isinstance(message.get(key), str) and message[key]:
             chunks.append(chunk({key: message[key]}))
     for index, call in enumerate(message.get("tool_calls") or ()):
-        chunks.append(chunk({"tool_calls": [{"index": index, "id": call.get("id"),
-                                             "type": call.get("type", "function"),
-                                             "function": call.get("function")}]}))
+        chunks.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call.get("id"),
+                            "type": call.get("type", "function"),
+                            "function": call.get("function"),
+                        }
+                    ]
+                }
+            )
+        )
     chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
     if include_usage:
         chunks.append({**envelope, "choices": [], "usage": completion.get("usage")})
@@ -166,8 +182,12 @@ def anthropic_consumption(usage: object) -> Consumption:
     return consumption(chat_usage(usage))
 
 
-_ANTHROPIC_COUNTS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
-                     "output_tokens")
+_ANTHROPIC_COUNTS = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "output_tokens",
+)
 
 
 class AudioPassThrough(StreamTranslator):
@@ -286,15 +306,17 @@ def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
     """A chunk without the usage otari asked for; None when nothing else is left in it."""
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not any(
-            isinstance(choice, dict) and (choice.get("delta") or choice.get("finish_reason")
-                                          or choice.get("logprobs"))
-            for choice in choices):
+        isinstance(choice, dict)
+        and (choice.get("delta") or choice.get("finish_reason") or choice.get("logprobs"))
+        for choice in choices
+    ):
         return None
     return {key: value for key, value in chunk.items() if key != "usage"}
 
 
-def anthropic_used(whole_usage: dict[str, Any] | None, translator: ChatStreamTranslator,
-                   deltas: int) -> Consumption | None:
+def anthropic_used(
+    whole_usage: dict[str, Any] | None, translator: ChatStreamTranslator, deltas: int
+) -> Consumption | None:
     """What an Anthropic stream read through `translator` consumed: the usage of a whole
     JSON answer when the provider sent one, else the stream's own; None when it reported none.
     A stream cut short counts at least `deltas` output tokens (one per content delta relayed):
@@ -322,7 +344,6 @@ class AnthropicToChat(StreamTranslator):
 
     def used(self) -> Consumption | None:
         return anthropic_used(self._whole_usage, self._translator, self.deltas)
-
 
     def fail(self, message: str, code: str) -> bytes:
         return chat_error_event(message, code)
@@ -375,8 +396,11 @@ class MessagesPassThrough(StreamTranslator):
         usage = dict(self._usage)
         if not self._finished:  # cut short: message_start's output count is a placeholder
             placeholder = usage.get("output_tokens")
-            usage["output_tokens"] = max(placeholder, self.deltas) if isinstance(
-                placeholder, int) and not isinstance(placeholder, bool) else self.deltas
+            usage["output_tokens"] = (
+                max(placeholder, self.deltas)
+                if isinstance(placeholder, int) and not isinstance(placeholder, bool)
+                else self.deltas
+            )
         return anthropic_consumption(usage)
 
     def fail(self, message: str, code: str) -> bytes:
@@ -417,8 +441,10 @@ class MessagesPassThrough(StreamTranslator):
                     if name == "message_delta":
                         self._finished = True
                     message = parsed.get("message")
-                    self._count(parsed.get("usage") or (
-                        message.get("usage") if isinstance(message, dict) else None))
+                    self._count(
+                        parsed.get("usage")
+                        or (message.get("usage") if isinstance(message, dict) else None)
+                    )
             elif name == "message_stop":
                 self.done = True
             if name != "error":
@@ -432,36 +458,54 @@ def message_events(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     reported = message.get("usage")
     usage: dict[str, Any] = reported if isinstance(reported, dict) else {}
     start = {key: value for key, value in message.items() if key not in ("content", "usage")}
-    start.update(content=[], stop_reason=None, stop_sequence=None,
-                 usage={**usage, "output_tokens": 0})
+    start.update(
+        content=[], stop_reason=None, stop_sequence=None, usage={**usage, "output_tokens": 0}
+    )
     events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(message.get("content") or ()):
         kind = block.get("type")
         opened: dict[str, Any]
         delta: dict[str, Any] | None
         if kind == "text":
-            opened, delta = {"type": "text", "text": ""}, {
-                "type": "text_delta", "text": block.get("text", "")}
+            opened, delta = (
+                {"type": "text", "text": ""},
+                {"type": "text_delta", "text": block.get("text", "")},
+            )
         elif kind == "thinking":
-            opened, delta = {"type": "thinking", "thinking": ""}, {
-                "type": "thinking_delta", "thinking": block.get("thinking", "")}
+            opened, delta = (
+                {"type": "thinking", "thinking": ""},
+                {"type": "thinking_delta", "thinking": block.get("thinking", "")},
+            )
         elif kind == "tool_use":
             opened = {**block, "input": {}}
-            delta = {"type": "input_json_delta",
-                     "partial_json": orjson.dumps(block.get("input") or {}).decode()}
+            delta = {
+                "type": "input_json_delta",
+                "partial_json": orjson.dumps(block.get("input") or {}).decode(),
+            }
         else:
             opened, delta = dict(block), None
         events.append({"type": "content_block_start", "index": index, "content_block": opened})
         if delta is not None:
             events.append({"type": "content_block_delta", "index": index, "delta": delta})
         if kind == "thinking" and block.get("signature"):
-            events.append({"type": "content_block_delta", "index": index, "delta": {
-                "type": "signature_delta", "signature": block["signature"]}})
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "signature_delta", "signature": block["signature"]},
+                }
+            )
         events.append({"type": "content_block_stop", "index": index})
-    events.append({"type": "message_delta",
-                   "delta": {"stop_reason": message.get("stop_reason"),
-                             "stop_sequence": message.get("stop_sequence")},
-                   "usage": {"output_tokens": usage.get("output_tokens", 0)}})
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": message.get("stop_reason"),
+                "stop_sequence": message.get("stop_sequence"),
+            },
+            "usage": {"output_tokens": usage.get("output_tokens", 0)},
+        }
+    )
     events.append({"type": "message_stop"})
     return events
 
@@ -486,8 +530,11 @@ class ChatToMessages(StreamTranslator):
 
     def whole(self, answer: dict[str, Any]) -> bytes:
         self.done = self._closed = True
-        events = [event for chunk in completion_chunks(answer, include_usage=True)
-                  for event in self._translator.feed(chunk)]
+        events = [
+            event
+            for chunk in completion_chunks(answer, include_usage=True)
+            for event in self._translator.feed(chunk)
+        ]
         events += self._translator.finish()
         self.chunks = self.deltas = len(events)
         return _typed(events)
@@ -524,5 +571,3 @@ def _typed(events: Iterable[dict[str, Any]]) -> bytes:
 
 
 # -- /v1/responses -----------------------------------------------------------------------------
-
-

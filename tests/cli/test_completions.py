@@ -53,13 +53,17 @@ def test_completion_offers_key_ids_user_ids_and_context_names(
     script.answer("GET", "/v1/users", 200, [{"user_id": "alice"}, {"user_id": "bob"}])
     script.answer("GET", "/v1/budgets", 200, [{"budget_id": "b-team"}, {"budget_id": "c-ops"}])
     cli = Executable(tmp_path)
-    save_contexts(cli.dirs.contexts_file,
-                  Contexts(entries={"prod": Context("prod", "https://p.example.com")}))
+    save_contexts(
+        cli.dirs.contexts_file, Contexts(entries={"prod": Context("prod", "https://p.example.com")})
+    )
 
     def complete(*words: str) -> list[str]:
         line = ["otari", "--url", url, "--master-key", "sk-m", *words]
-        env = {"_OTARI_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(line),
-               "COMP_CWORD": str(len(line) - 1)}
+        env = {
+            "_OTARI_COMPLETE": "complete_bash",
+            "COMP_WORDS": " ".join(line),
+            "COMP_CWORD": str(len(line) - 1),
+        }
         done = cli(env=env)
         return done.out.split()
 

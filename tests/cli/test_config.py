@@ -188,9 +188,10 @@ def test_local_key_is_never_sent_to_a_remote_url() -> None:
     # Another port on loopback may be a tunnel to another gateway: not the local key either.
     assert resolve(Selection(url="http://127.0.0.1:8123"))[1] is None
     assert resolve(Selection(url="http://localhost:8000/"))[1] == "local-key"
-    assert resolve(Selection(url="http://127.0.0.1:9999"), daemon_url="http://127.0.0.1:9999")[
-        1
-    ] == "local-key"
+    assert (
+        resolve(Selection(url="http://127.0.0.1:9999"), daemon_url="http://127.0.0.1:9999")[1]
+        == "local-key"
+    )
 
 
 def test_a_context_key_goes_only_to_its_context_url() -> None:

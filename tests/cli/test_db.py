@@ -36,8 +36,13 @@ def test_backup_of_a_running_gateway_is_complete_and_private(tmp_path: Path) -> 
 
 def test_backup_of_postgresql_points_to_pg_dump(tmp_path: Path) -> None:
     cli = Executable(tmp_path)
-    refused = cli("db", "backup", str(tmp_path / "x.db"), "--database-url",
-                  "postgresql://u:p@127.0.0.1:1/otari")
+    refused = cli(
+        "db",
+        "backup",
+        str(tmp_path / "x.db"),
+        "--database-url",
+        "postgresql://u:p@127.0.0.1:1/otari",
+    )
     assert refused.code == ExitCode.USAGE
     assert "pg_dump" in refused.err and "p@" not in refused.err
 
@@ -52,7 +57,8 @@ def test_migrate_brings_a_new_database_to_the_head_schema(tmp_path: Path) -> Non
     assert done.json()["schema"] == db.schema_head()
     with sqlite3.connect(tmp_path / "fresh.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
-            db.schema_head(),)
+            db.schema_head(),
+        )
     assert cli("db", "migrate", "--database-url", url).code == 0  # idempotent
 
 
@@ -65,8 +71,9 @@ def test_backup_onto_the_database_itself_is_refused_and_keeps_it(tmp_path: Path)
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     size = source.stat().st_size
     for target in (source, tmp_path / "." / "otari.db", Path(f"{source}-wal")):
-        refused = cli("db", "backup", str(target), "--force", "--database-url",
-                      f"sqlite:///{source}")
+        refused = cli(
+            "db", "backup", str(target), "--force", "--database-url", f"sqlite:///{source}"
+        )
         assert refused.code == ExitCode.USAGE, refused.err
         assert "is the database itself" in refused.err
     assert source.stat().st_size == size
@@ -98,8 +105,9 @@ def test_backup_finishes_while_the_database_is_written(tmp_path: Path) -> None:
     thread.start()
     try:
         target = tmp_path / "copy.db"
-        result = Executable(tmp_path)("db", "backup", str(target), "--database-url",
-                                      f"sqlite:///{source}", timeout=60)
+        result = Executable(tmp_path)(
+            "db", "backup", str(target), "--database-url", f"sqlite:///{source}", timeout=60
+        )
     finally:
         done.set()
         thread.join()
@@ -107,5 +115,4 @@ def test_backup_finishes_while_the_database_is_written(tmp_path: Path) -> None:
     assert written > 0
     with sqlite3.connect(target) as copy:
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert copy.execute("SELECT count(*) FROM t WHERE length(x) = 4000").fetchone() == (
-            10000,)
+        assert copy.execute("SELECT count(*) FROM t WHERE length(x) = 4000").fetchone() == (10000,)

@@ -37,8 +37,15 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(2_592_000, "30d"), (1_209_600, "2w"), (86_400, "1d"), (5_400, "1h30m"),
-                         (61, "1m1s"), (90_061, "1d1h1m1s")]
+    ("seconds", "text"),
+    [
+        (2_592_000, "30d"),
+        (1_209_600, "2w"),
+        (86_400, "1d"),
+        (5_400, "1h30m"),
+        (61, "1m1s"),
+        (90_061, "1d1h1m1s"),
+    ],
 )
 def test_format_duration(seconds: int, text: str) -> None:
     assert format_duration(seconds) == text

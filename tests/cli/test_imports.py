@@ -59,11 +59,19 @@ def test_keys_list_loads_no_server_modules(fake: tuple[str, Script]) -> None:
 def test_serve_reports_config_errors_as_usage() -> None:
     # `otari serve` has become the lean daemon entry by then: it still renders the error as
     # the CLI does, with the usage exit status.
-    done = subprocess.run([sys.executable, "-m", "otari_cli", "serve"], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "OTARI_PORT": "not-a-port"})
+    done = subprocess.run(
+        [sys.executable, "-m", "otari_cli", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OTARI_PORT": "not-a-port"},
+    )
     assert (done.returncode, done.stdout, done.stderr) == (
-        2, "", "error: invalid configuration: port: invalid literal for int() with base 10: "
-               "'not-a-port' (from environment)\n")
+        2,
+        "",
+        "error: invalid configuration: port: invalid literal for int() with base 10: "
+        "'not-a-port' (from environment)\n",
+    )
 
 
 DAEMON_PROBE = """
@@ -78,8 +86,13 @@ print(json.dumps({"code": code, "roots": sorted({m.split(".")[0] for m in sys.mo
 def test_the_serving_process_loads_the_server_but_not_the_cli_stack() -> None:
     # The daemon entry imports everything it serves with before reading its settings, so a
     # refused configuration shows the serving process's whole import set.
-    done = subprocess.run([sys.executable, "-c", DAEMON_PROBE], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "OTARI_PORT": "not-a-port"})
+    done = subprocess.run(
+        [sys.executable, "-c", DAEMON_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OTARI_PORT": "not-a-port"},
+    )
     report = json.loads(done.stderr.strip().splitlines()[-1])
     assert report["code"] == 2
     assert {"uvicorn", "fastapi", "sqlalchemy", "otari_server"} <= set(report["roots"])
@@ -88,17 +101,24 @@ def test_the_serving_process_loads_the_server_but_not_the_cli_stack() -> None:
 
 
 def test_serve_becomes_the_daemon_entry_in_the_same_process(tmp_path: Path) -> None:
-    with served(tmp_path, f"sqlite:///{tmp_path / 'otari.db'}",
-                args=("--master-key", "sk-serve-master")) as gateway:
+    with served(
+        tmp_path, f"sqlite:///{tmp_path / 'otari.db'}", args=("--master-key", "sk-serve-master")
+    ) as gateway:
         assert gateway.proc is not None
         cmdline = Path(f"/proc/{gateway.proc.pid}/cmdline").read_bytes().split(b"\0")
         assert cmdline[1:5] == [b"-P", b"-m", b"otari_server.daemon", b"serve"]
         assert b"sk-serve-master" not in b" ".join(cmdline)  # a --master-key stays off argv
-        answer = httpx.get(f"{gateway.url}/v1/keys",
-                           headers={"Authorization": "Bearer sk-serve-master"}, timeout=10)
+        answer = httpx.get(
+            f"{gateway.url}/v1/keys",
+            headers={"Authorization": "Bearer sk-serve-master"},
+            timeout=10,
+        )
         assert answer.status_code == 200
-        config_key = httpx.get(f"{gateway.url}/v1/keys",  # the flag overrides the file's
-                               headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=10)
+        config_key = httpx.get(
+            f"{gateway.url}/v1/keys",  # the flag overrides the file's
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            timeout=10,
+        )
         assert config_key.status_code == 401
         assert gateway.terminate() == 0
 
@@ -119,8 +139,10 @@ def test_only_the_commands_that_run_server_code_import_it() -> None:
             )
             if any(n.split(".")[0] in HEAVY for n in names):
                 importers.append(f"{path.relative_to(CLI)}:{node.lineno}")
-    assert sorted({i.split(":")[0] for i in importers}) == ["commands/db.py",
-                                                             "commands/lifecycle.py"]
+    assert sorted({i.split(":")[0] for i in importers}) == [
+        "commands/db.py",
+        "commands/lifecycle.py",
+    ]
 
 
 def test_daemon_module_has_no_typer_or_rich() -> None:

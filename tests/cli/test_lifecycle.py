@@ -86,7 +86,10 @@ def test_walkthrough(cli: Executable) -> None:
     assert status["running"] is True and status["ready"] is True
     assert status["url"] == f"http://127.0.0.1:{env['OTARI_PORT']}" == start["url"]
     assert (budget["name"], budget["max_budget"], budget["reset_alignment"]) == (
-        "team", 25, "calendar_month")
+        "team",
+        25,
+        "calendar_month",
+    )
     assert user["user_id"] == "alice" and user["budget_id"] == budget["budget_id"]
     assert key["key"].startswith("gw-") and key["user_id"] == "alice"
     assert usage == []
@@ -281,8 +284,10 @@ def test_start_on_a_busy_port_is_one_line_and_exit_2(cli: Executable) -> None:
         ok(cli("init", "--port", str(port)))
         refused = cli("start")
     assert refused.code == ExitCode.USAGE
-    assert refused.err.strip() == f"error: port {port} is in use: stop what listens there, " \
+    assert (
+        refused.err.strip() == f"error: port {port} is in use: stop what listens there, "
         "or choose another --port"
+    )
     assert not cli.dirs.pidfile.exists()
 
 

@@ -51,8 +51,13 @@ def test_hoist_moves_output_options_to_the_front() -> None:
         "-q",
     ]
     own = frozenset({"--url"})
-    assert hoist(["context", "add", "p", "--url", "u"], own) == ["context", "add", "p", "--url",
-                                                                "u"]
+    assert hoist(["context", "add", "p", "--url", "u"], own) == [
+        "context",
+        "add",
+        "p",
+        "--url",
+        "u",
+    ]
 
 
 def test_help_documents_the_exit_codes() -> None:
@@ -208,8 +213,10 @@ def test_key_create_sends_expiry_and_metadata(fake: tuple[str, Script]) -> None:
         "env=prod",
     )
     assert code == 0 and json.loads(out)["key"] == "gw-secret"
-    assert [(s.method, s.path) for s in script.seen] == [("GET", "/v1/users/u1"),
-                                                         ("POST", "/v1/keys")]
+    assert [(s.method, s.path) for s in script.seen] == [
+        ("GET", "/v1/users/u1"),
+        ("POST", "/v1/keys"),
+    ]
     body = json.loads(script.seen[1].body)
     assert body == {
         "key_name": "ci",
@@ -371,8 +378,9 @@ def test_serve_rejects_a_bad_log_level_without_importing_the_server(tmp_path: Pa
 def test_global_options_work_after_the_subcommand(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.answer("GET", "/v1/keys", 200, [KEY])
-    result = runner.invoke(app, ["keys", "list", "--url", url, "--master-key", "sk-late",
-                                 "--timeout", "5"])
+    result = runner.invoke(
+        app, ["keys", "list", "--url", url, "--master-key", "sk-late", "--timeout", "5"]
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout) == [KEY]
     assert script.seen[0].headers["Authorization"] == "Bearer sk-late"
@@ -386,8 +394,13 @@ def test_a_subcommand_keeps_its_own_option_of_a_global_name() -> None:
     with group.make_context("otari", ["context", "add", "p", "--url", "u"]) as ctx:
         own = own_options(group, ctx, ["context", "add", "p", "--url", "u"])
     assert "--url" in own
-    assert hoist(["context", "add", "p", "--url", "u"], own) == ["context", "add", "p", "--url",
-                                                                "u"]
+    assert hoist(["context", "add", "p", "--url", "u"], own) == [
+        "context",
+        "add",
+        "p",
+        "--url",
+        "u",
+    ]
 
 
 def test_keys_create_quiet_prints_the_secret(fake: tuple[str, Script]) -> None:
@@ -412,8 +425,12 @@ def test_without_a_key_for_a_remote_url_the_message_says_which_key_to_give(
     script.answer("GET", "/v1/keys", 200, [])
     # The fake listens on loopback but is not the local gateway: no local key goes there,
     # and a management request is not sent at all without a key (it would answer 200 here).
-    for args in (["--url", url, "keys", "list"], ["keys", "list", "--url", url + "/v1"],
-                 ["--url", url, "usage", "summary"], ["--url", url, "providers", "list"]):
+    for args in (
+        ["--url", url, "keys", "list"],
+        ["keys", "list", "--url", url + "/v1"],
+        ["--url", url, "usage", "summary"],
+        ["--url", url, "providers", "list"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == ExitCode.AUTH, (args, result.stderr)
         assert "--master-key" in result.stderr and "OTARI_MASTER_KEY" in result.stderr
@@ -437,6 +454,8 @@ def test_version_and_bare_otari_prints_help() -> None:
     bare = runner.invoke(app, [])
     assert bare.exit_code == 0
     assert "Usage: otari" in bare.stdout and "keys" in bare.stdout
+
+
 def test_money_finer_than_ten_places_is_a_usage_error() -> None:
     assert money("0.0000000001") == Decimal("0.0000000001")
     assert money("1.50000000000") == Decimal("1.5")
@@ -450,8 +469,7 @@ def test_usage_says_when_it_stopped_early_and_filters_by_model_and_key(
     url, script = fake
     rows = [{"id": f"u{i}", "cost": "0.1"} for i in range(3)]
     script.answer("GET", "/v1/usage", 200, rows)
-    code, out, err = otari(url, "usage", "--limit", "2", "--model", "openai:gpt-4o",
-                           "--key", "k1")
+    code, out, err = otari(url, "usage", "--limit", "2", "--model", "openai:gpt-4o", "--key", "k1")
     assert code == 0
     assert [row["id"] for row in json.loads(out)] == ["u0", "u1"]
     assert "showing the newest 2 rows; more match (use --all, or --limit N)" in err
@@ -478,8 +496,12 @@ def test_usage_for_an_unknown_user_says_so(fake: tuple[str, Script]) -> None:
 def test_usage_filters_accept_a_users_alias_and_a_keys_name(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.answer("GET", "/v1/usage", 200, [])
-    script.answer("GET", "/v1/users", 200, [{"user_id": "u-1", "alias": "Alice"},
-                                            {"user_id": "u-2", "alias": "Bob"}])
+    script.answer(
+        "GET",
+        "/v1/users",
+        200,
+        [{"user_id": "u-1", "alias": "Alice"}, {"user_id": "u-2", "alias": "Bob"}],
+    )
     script.answer("GET", "/v1/keys", 200, [{"id": "k-9", "key_name": "laptop"}])
     script.answer("GET", "/v1/users/u-1", 200, {"user_id": "u-1", "alias": "Alice"})
     script.answer("GET", "/v1/keys/k-9", 200, {"id": "k-9", "key_name": "laptop"})
@@ -499,8 +521,21 @@ def test_usage_summary_since_a_duration_counts_whole_days(fake: tuple[str, Scrip
     from datetime import UTC, datetime, timedelta
 
     url, script = fake
-    script.answer("GET", "/v1/usage/summary", 200, {"groups": [], "total": {
-        "requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0}})
+    script.answer(
+        "GET",
+        "/v1/usage/summary",
+        200,
+        {
+            "groups": [],
+            "total": {
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost": 0,
+            },
+        },
+    )
     assert otari(url, "usage", "summary", "--since", "7d")[0] == 0
     start = datetime.fromisoformat(script.seen[0].query["start_date"][0])
     week_ago = datetime.now(UTC) - timedelta(days=7)

@@ -12,12 +12,47 @@ from otari_cli.errors import ExitCode
 from tests.cli.conftest import Cli
 from tests.cli.test_roundtrip import ok, unique
 
-KEY_DETAIL = ["id", "name", "prefix", "user", "active", "expires", "last used", "spend",
-              "rpm limit", "tpm limit", "models", "created"]
-USER_DETAIL = ["user id", "alias", "blocked", "budget", "spend", "period started", "next reset",
-               "rpm limit", "tpm limit", "models", "created", "updated"]
-BUDGET_DETAIL = ["budget id", "name", "max", "period", "request limit", "token limit", "clamp",
-                 "alert thresholds", "users", "created", "updated"]
+KEY_DETAIL = [
+    "id",
+    "name",
+    "prefix",
+    "user",
+    "active",
+    "expires",
+    "last used",
+    "spend",
+    "rpm limit",
+    "tpm limit",
+    "models",
+    "created",
+]
+USER_DETAIL = [
+    "user id",
+    "alias",
+    "blocked",
+    "budget",
+    "spend",
+    "period started",
+    "next reset",
+    "rpm limit",
+    "tpm limit",
+    "models",
+    "created",
+    "updated",
+]
+BUDGET_DETAIL = [
+    "budget id",
+    "name",
+    "max",
+    "period",
+    "request limit",
+    "token limit",
+    "clamp",
+    "alert thresholds",
+    "users",
+    "created",
+    "updated",
+]
 
 
 def detail(table: str) -> list[tuple[str, str]]:
@@ -36,17 +71,23 @@ def utc(text: str) -> datetime:
 def test_keys_create_shows_the_secret_first_and_internal_fields_only_in_json(cli: Cli) -> None:
     user_id, alias, name = unique("dana"), unique("Dana"), unique("deploy")
     ok(cli("users", "create", user_id, "--alias", alias))
-    created = ok(cli("keys", "create", "--name", name, "--user", alias, "--rpm-limit", "30",
-                     "-o", "table"))
+    created = ok(
+        cli("keys", "create", "--name", name, "--user", alias, "--rpm-limit", "30", "-o", "table")
+    )
     rows = detail(created.out)
     assert [label for label, _ in rows] == ["secret", *KEY_DETAIL]
     values = dict(rows)
     secret = values["secret"]
     assert secret.startswith("gw-") and len(secret) > 40
     assert values["prefix"].endswith("…") and secret.startswith(values["prefix"][:-1])
-    assert (values["name"], values["user"], values["rpm limit"], values["tpm limit"],
-            values["models"], values["active"]) == (name, user_id, "30", "unlimited", "any",
-                                                    "yes")
+    assert (
+        values["name"],
+        values["user"],
+        values["rpm limit"],
+        values["tpm limit"],
+        values["models"],
+        values["active"],
+    ) == (name, user_id, "30", "unlimited", "any", "yes")
     assert "Save the key now" in created.err
     assert "workspace" not in created.out and "telemetry" not in created.out
 
@@ -67,18 +108,27 @@ def test_user_detail_leaves_holds_and_period_counters_to_json(cli: Cli) -> None:
     budget = unique("team")
     ok(cli("budgets", "create", "--name", budget, "--max", "10", "--period", "1d"))
     user_id, alias = unique("erin"), unique("Erin")
-    rows = detail(ok(cli("users", "create", user_id, "--alias", alias, "--budget", budget,
-                         "-o", "table")).out)
+    rows = detail(
+        ok(cli("users", "create", user_id, "--alias", alias, "--budget", budget, "-o", "table")).out
+    )
     assert [label for label, _ in rows] == USER_DETAIL
     assert (dict(rows)["user id"], dict(rows)["alias"], dict(rows)["spend"]) == (
-        user_id, alias, "0")
+        user_id,
+        alias,
+        "0",
+    )
     shown = ok(cli("users", "get", alias, "-o", "table")).out
     assert [label for label, _ in detail(shown)] == USER_DETAIL
     assert "reserved" not in shown and "current" not in shown
     as_json = ok(cli("users", "get", alias, "-o", "json")).json()
     assert as_json["user_id"] == user_id
-    assert {"reserved", "current_requests", "current_tokens", "reserved_requests",
-            "reserved_tokens"} <= as_json.keys()
+    assert {
+        "reserved",
+        "current_requests",
+        "current_tokens",
+        "reserved_requests",
+        "reserved_tokens",
+    } <= as_json.keys()
 
 
 def test_budgets_have_names_and_a_calendar_month_period(cli: Cli) -> None:
@@ -87,12 +137,19 @@ def test_budgets_have_names_and_a_calendar_month_period(cli: Cli) -> None:
     budget = created.json()
     budget_id = budget["budget_id"]
     assert (budget["name"], budget["reset_alignment"], budget["budget_duration_sec"]) == (
-        name, "calendar_month", None)
+        name,
+        "calendar_month",
+        None,
+    )
     assert ok(cli("budgets", "get", name)).json()["budget_id"] == budget_id
     rows = detail(ok(cli("budgets", "get", name, "-o", "table")).out)
     assert [label for label, _ in rows] == BUDGET_DETAIL
-    assert (dict(rows)["period"], dict(rows)["max"], dict(rows)["request limit"],
-            dict(rows)["clamp"]) == ("calendar month", "25", "unlimited", "gateway default")
+    assert (
+        dict(rows)["period"],
+        dict(rows)["max"],
+        dict(rows)["request limit"],
+        dict(rows)["clamp"],
+    ) == ("calendar month", "25", "unlimited", "gateway default")
     listed = ok(cli("budgets", "list", "-o", "table", env={"COLUMNS": "250"})).out
     [line] = [line for line in listed.splitlines() if line.startswith(budget_id)]
     assert re.split(r"\s{2,}", line.strip())[:4] == [budget_id, name, "25", "calendar month"]
@@ -111,12 +168,18 @@ def test_budgets_have_names_and_a_calendar_month_period(cli: Cli) -> None:
     assert dict(detail(ok(cli("budgets", "get", name, "-o", "table")).out))["period"] == "30d"
     back = ok(cli("budgets", "update", name, "--period", "1MO", "--name", f"{name}-2")).json()
     assert (back["budget_duration_sec"], back["reset_alignment"], back["name"]) == (
-        None, "calendar_month", f"{name}-2")
+        None,
+        "calendar_month",
+        f"{name}-2",
+    )
     again = ok(cli("users", "get", user_id)).json()
     assert utc(again["next_budget_reset_at"]) == resets
 
-    for wrong in (["--period", "2mo"], ["--period", "1mo", "--reset-alignment", "calendar_week"],
-                  ["--period", "1month"]):
+    for wrong in (
+        ["--period", "2mo"],
+        ["--period", "1mo", "--reset-alignment", "calendar_week"],
+        ["--period", "1month"],
+    ):
         refused = cli("budgets", "create", "--name", name, *wrong)
         assert refused.code == ExitCode.USAGE and refused.out == "", refused.err
         assert "--period" in refused.err or "1mo" in refused.err
@@ -164,21 +227,49 @@ def test_names_are_accepted_where_ids_are(cli: Cli) -> None:
     assert ok(cli("users", "usage", alias)).json() == []
     assert ok(cli("users", "update", alias, "--blocked")).json()["user_id"] == other
     assert ok(cli("users", "delete", alias, "--yes")).json() == [
-        {"user_id": other, "status": "deleted"}]
+        {"user_id": other, "status": "deleted"}
+    ]
 
 
 def test_price_detail_shows_the_rates_that_apply(cli: Cli) -> None:
     model = f"fakeai:{unique('detail')}"
-    rows = detail(ok(cli("pricing", "set", model, "--input-price", "1.25", "--output-price",
-                         "10", "--tier", "200000:2.5:", "-o", "table")).out)
-    assert [label for label, _ in rows] == ["model", "unit", "input /1M", "output /1M",
-                                            "long-context tiers", "effective", "source",
-                                            "updated"]
+    rows = detail(
+        ok(
+            cli(
+                "pricing",
+                "set",
+                model,
+                "--input-price",
+                "1.25",
+                "--output-price",
+                "10",
+                "--tier",
+                "200000:2.5:",
+                "-o",
+                "table",
+            )
+        ).out
+    )
+    assert [label for label, _ in rows] == [
+        "model",
+        "unit",
+        "input /1M",
+        "output /1M",
+        "long-context tiers",
+        "effective",
+        "source",
+        "updated",
+    ]
     assert dict(rows)["long-context tiers"] == "above 200000: 2.5 / base"
     assert (dict(rows)["model"], dict(rows)["input /1M"], dict(rows)["output /1M"]) == (
-        model, "1.25", "10")
+        model,
+        "1.25",
+        "10",
+    )
     shown = ok(cli("pricing", "get", model, "-o", "table")).out
     assert detail(shown) == rows
     as_json = ok(cli("pricing", "get", model, "-o", "json")).json()
-    assert as_json["price_per_image"] is None and as_json["pricing_tiers"][0][
-        "min_input_tokens"] == 200001
+    assert (
+        as_json["price_per_image"] is None
+        and as_json["pricing_tiers"][0]["min_input_tokens"] == 200001
+    )

@@ -141,9 +141,20 @@ LONG_MODEL = "openrouter:meta-llama/llama-3.3-70b-instruct-with-a-very-long-suff
 
 
 def _usage_rows() -> list[list[str]]:
-    return [["2026-12-01 03:00:00", f"req-{i:032x}", "alice-the-very-long-user-name",
-             LONG_MODEL, "/v1/chat/completions", "1200", "350", "0.0000000376", "success"]
-            for i in range(3)]
+    return [
+        [
+            "2026-12-01 03:00:00",
+            f"req-{i:032x}",
+            "alice-the-very-long-user-name",
+            LONG_MODEL,
+            "/v1/chat/completions",
+            "1200",
+            "350",
+            "0.0000000376",
+            "success",
+        ]
+        for i in range(3)
+    ]
 
 
 def test_tables_fit_80_columns_without_breaking_headers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,7 +173,8 @@ def test_tables_fit_80_columns_without_breaking_headers(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("fmt", [Format.WIDE, Format.TABLE])
 def test_wide_and_tables_off_a_terminal_show_values_whole(
-        monkeypatch: pytest.MonkeyPatch, fmt: Format) -> None:
+    monkeypatch: pytest.MonkeyPatch, fmt: Format
+) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     out: io.StringIO = _Terminal() if fmt is Format.WIDE else io.StringIO()
     Output(fmt, stdout=out)._table(USAGE_HEADERS, _usage_rows(), "(none)")
@@ -171,20 +183,48 @@ def test_wide_and_tables_off_a_terminal_show_values_whole(
 
 
 def test_an_id_gives_way_and_a_cost_column_with_empty_cells_is_still_never_cut(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # `otari keys list` at 80 columns: a UUID first, eight columns in all. The id shrinks to
     # a prefix so that no column is dropped; a money column with "-" cells stays whole.
     monkeypatch.setenv("COLUMNS", "80")
     headers = ["ID", "NAME", "PREFIX", "USER", "ACTIVE", "LAST USED", "CREATED", "COST"]
-    rows = [["8f7c1a2e-0c3b-4d5e-9f60-1a2b3c4d5e6f", "alice-laptop", "gw-abc", "alice",
-             "true", "2026-12-01 05:25", "2026-11-30 09:00", "0.0000000376"],
-            ["0a1b2c3d-0c3b-4d5e-9f60-1a2b3c4d5e6f", "bob-ci", "gw-def", "bob", "false", "-",
-             "2026-11-30 09:01", "-"]]
+    rows = [
+        [
+            "8f7c1a2e-0c3b-4d5e-9f60-1a2b3c4d5e6f",
+            "alice-laptop",
+            "gw-abc",
+            "alice",
+            "true",
+            "2026-12-01 05:25",
+            "2026-11-30 09:00",
+            "0.0000000376",
+        ],
+        [
+            "0a1b2c3d-0c3b-4d5e-9f60-1a2b3c4d5e6f",
+            "bob-ci",
+            "gw-def",
+            "bob",
+            "false",
+            "-",
+            "2026-11-30 09:01",
+            "-",
+        ],
+    ]
     terminal = _Terminal()
     Output(Format.TABLE, stdout=terminal)._table(headers, rows, "(none)")
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in terminal.getvalue().splitlines()]
     assert len(lines) == 3 and all(len(line) <= 80 for line in lines), lines
-    assert lines[0].split() == ["ID", "NAME", "PREFIX", "USER", "ACTIVE", "LAST", "USED",
-                                "CREATED", "COST"]  # every header whole ("LAST USED" is one)
+    assert lines[0].split() == [
+        "ID",
+        "NAME",
+        "PREFIX",
+        "USER",
+        "ACTIVE",
+        "LAST",
+        "USED",
+        "CREATED",
+        "COST",
+    ]  # every header whole ("LAST USED" is one)
     assert lines[1].startswith("8f7c1a2e-") and rows[0][0] not in lines[1]
     assert lines[1].rstrip().endswith("0.0000000376")

@@ -16,7 +16,9 @@ def test_import_dry_run_then_write_then_nothing_left(inprocess_cli: InProcess) -
     (row,) = planned.json()
     assert (row["model_key"], row["action"]) == ("openai:gpt-4o-mini", "add")
     assert (row["input_price_per_million"], row["output_price_per_million"]) == (
-        Decimal("0.15"), Decimal("0.6"))
+        Decimal("0.15"),
+        Decimal("0.6"),
+    )
     assert "dry run" in planned.err
     assert inprocess_cli("pricing", "get", "openai:gpt-4o-mini").code == ExitCode.REFUSED
 

@@ -39,16 +39,38 @@ def test_budgets_round_trip(cli: Cli) -> None:
 
 
 def test_budget_limits_round_trip(cli: Cli) -> None:
-    created = ok(cli("budgets", "create", "--max", "25", "--reset-alignment", "calendar_month",
-                     "--request-limit", "1000", "--token-limit", "2000000", "--clamp")).json()
-    assert (created["reset_alignment"], created["request_limit"], created["token_limit"],
-            created["budget_clamp"], created["budget_duration_sec"]) == (
-        "calendar_month", 1000, 2000000, True, None)
+    created = ok(
+        cli(
+            "budgets",
+            "create",
+            "--max",
+            "25",
+            "--reset-alignment",
+            "calendar_month",
+            "--request-limit",
+            "1000",
+            "--token-limit",
+            "2000000",
+            "--clamp",
+        )
+    ).json()
+    assert (
+        created["reset_alignment"],
+        created["request_limit"],
+        created["token_limit"],
+        created["budget_clamp"],
+        created["budget_duration_sec"],
+    ) == ("calendar_month", 1000, 2000000, True, None)
     budget_id = created["budget_id"]
-    updated = ok(cli("budgets", "update", budget_id, "--period", "1d", "--no-clamp",
-                     "--request-limit", "0")).json()
-    assert (updated["reset_alignment"], updated["budget_duration_sec"],
-            updated["budget_clamp"], updated["request_limit"]) == (None, 86400, False, 0)
+    updated = ok(
+        cli("budgets", "update", budget_id, "--period", "1d", "--no-clamp", "--request-limit", "0")
+    ).json()
+    assert (
+        updated["reset_alignment"],
+        updated["budget_duration_sec"],
+        updated["budget_clamp"],
+        updated["request_limit"],
+    ) == (None, 86400, False, 0)
     table = ok(cli("budgets", "get", budget_id, "-o", "table")).out
     assert "token limit" in table and "2000000" in table
     wrong = cli("budgets", "create", "--reset-alignment", "calendar_year")
@@ -131,15 +153,33 @@ def test_keys_round_trip(cli: Cli) -> None:
 
 def test_pricing_tiers_round_trip(cli: Cli) -> None:
     model = f"fakeai:{unique('m')}"
-    entry = ok(cli("pricing", "set", model, "--input-price", "1.25", "--output-price", "10",
-                   "--tier", "200000:2.5:15", "--tier", "1000000::20")).json()
+    entry = ok(
+        cli(
+            "pricing",
+            "set",
+            model,
+            "--input-price",
+            "1.25",
+            "--output-price",
+            "10",
+            "--tier",
+            "200000:2.5:15",
+            "--tier",
+            "1000000::20",
+        )
+    ).json()
     assert entry["tiers"] == [
-        {"above_input_tokens": 200000, "input_price_per_million": Decimal("2.5"),
-         "output_price_per_million": 15},
-        {"above_input_tokens": 1000000, "output_price_per_million": 20}]
+        {
+            "above_input_tokens": 200000,
+            "input_price_per_million": Decimal("2.5"),
+            "output_price_per_million": 15,
+        },
+        {"above_input_tokens": 1000000, "output_price_per_million": 20},
+    ]
     assert [t["min_input_tokens"] for t in entry["pricing_tiers"]] == [200001, 1000001]
-    wrong = cli("pricing", "set", model, "--input-price", "1", "--output-price", "1",
-                "--tier", "lots:1:1")
+    wrong = cli(
+        "pricing", "set", model, "--input-price", "1", "--output-price", "1", "--tier", "lots:1:1"
+    )
     assert wrong.code != 0 and "ABOVE_INPUT_TOKENS" in wrong.err
 
 
@@ -251,17 +291,21 @@ def test_tiny_money_is_plain_in_table_json_and_csv(cli: Cli) -> None:
     priced = f"fakeai:{unique('tiny')}"
     ok(cli("pricing", "set", priced, "--input-price", "0.00001", "--output-price", "0.0075"))
     secret = ok(cli("keys", "create", "--user", user_id)).json()["key"]
-    answer = httpx.post(f"{gateway_url(cli)}/v1/chat/completions", timeout=30,
-                        headers={"Authorization": f"Bearer {secret}"},
-                        json={"model": priced, "messages": [{"role": "user", "content": "hi"}]})
+    answer = httpx.post(
+        f"{gateway_url(cli)}/v1/chat/completions",
+        timeout=30,
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": priced, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert answer.status_code == 200, answer.text
     # 10 prompt tokens at 0.00001 and 5 completion tokens at 0.0075 per million.
     [row] = poll_usage(cli, user_id, 1)
     assert row["cost"] == Decimal("0.0000000376")
     usage_json = ok(cli("usage", "--user", user_id, "-o", "json")).out
     assert '"cost":0.0000000376' in usage_json  # rows stream as compact JSON lines
-    usage_csv = list(csv.DictReader(io.StringIO(
-        ok(cli("usage", "--user", user_id, "-o", "csv")).out)))
+    usage_csv = list(
+        csv.DictReader(io.StringIO(ok(cli("usage", "--user", user_id, "-o", "csv")).out))
+    )
     assert usage_csv[0]["cost"] == "0.0000000376"
     usage_table = ok(cli("usage", "--user", user_id, "-o", "table", env=wide)).out
     assert "0.0000000376" in usage_table and "E-" not in usage_table

@@ -20,8 +20,9 @@ def test_the_unit_verifies(tmp_path: Path) -> None:
     # The unit names the install location of the docs; point it at this machine's otari.
     unit = tmp_path / "otari.service"
     unit.write_text(UNIT.read_text().replace("/opt/otari/bin/otari", otari))
-    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     text = UNIT.read_text()
     assert "UMask=0077" in text and "TimeoutStopSec=45" in text

@@ -17,8 +17,9 @@ import pytest
 import otari_server
 
 ROOT = Path(otari_server.__file__).resolve().parent
-PACKAGES = sorted(p.name for p in ROOT.iterdir()
-                  if (p / "__init__.py").is_file() and p.name != "__pycache__")
+PACKAGES = sorted(
+    p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name != "__pycache__"
+)
 
 
 def allowed(package: str) -> set[str]:
@@ -35,8 +36,11 @@ def imported(package: str) -> dict[str, list[str]]:
     for path in (ROOT / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets = ([f"{node.module}.{a.name}" for a in node.names]
-                           if node.module == "otari_server" else [node.module])
+                targets = (
+                    [f"{node.module}.{a.name}" for a in node.names]
+                    if node.module == "otari_server"
+                    else [node.module]
+                )
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -66,6 +70,9 @@ def test_every_allowed_name_exists(package: str) -> None:
 def test_the_top_of_the_house_is_small_and_no_module_is_too_long() -> None:
     entries = [p for p in ROOT.iterdir() if p.name != "__pycache__"]
     assert len(entries) <= 20, sorted(p.name for p in entries)
-    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 600}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in ROOT.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
+    }
     assert not long

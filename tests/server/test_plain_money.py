@@ -17,10 +17,16 @@ EXPONENT = re.compile(r"[:,\[]-?\d+(?:\.\d+)?[eE][+-]?\d")
 
 
 def test_dumps_writes_every_decimal_in_plain_notation() -> None:
-    values = [Decimal("1E-10"), Decimal("3.75E-8"), Decimal("4e-05"), Decimal("1E+2"),
-              Decimal("25.00"), Decimal("-0"), Decimal("12.345678901234567890")]
-    assert dumps(values) == ("[0.0000000001,0.0000000375,0.00004,100,25,0,"
-                             "12.34567890123456789]")
+    values = [
+        Decimal("1E-10"),
+        Decimal("3.75E-8"),
+        Decimal("4e-05"),
+        Decimal("1E+2"),
+        Decimal("25.00"),
+        Decimal("-0"),
+        Decimal("12.345678901234567890"),
+    ]
+    assert dumps(values) == ("[0.0000000001,0.0000000375,0.00004,100,25,0,12.34567890123456789]")
     assert dumps({"nested": {"cost": Decimal("7.5E-10")}}) == '{"nested":{"cost":0.00000000075}}'
 
 
@@ -44,13 +50,27 @@ def test_tiny_money_reads_plain_on_every_management_answer(gateway: Gateway) -> 
     admin.patch(f"/v1/budgets/{user['budget_id']}", json={"max_budget": 1})
 
     key = gateway.key(user_id="tiny")
-    gateway.openai_fake.push(Behaviour(body={
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny-model",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "hi"}}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}))
+    gateway.openai_fake.push(
+        Behaviour(
+            body={
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "tiny-model",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "hi"},
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+        )
+    )
     gateway.client(key).chat.completions.create(
-        model="fake:tiny-model", messages=[{"role": "user", "content": "hi"}])
+        model="fake:tiny-model", messages=[{"role": "user", "content": "hi"}]
+    )
     # 10 x 0.00001 / 10^6 + 5 x 0.0075 / 10^6 = 0.0000000001 + 0.0000000375
     [row] = gateway.usage(1)
     assert row["cost"] == Decimal("0.0000000376")
@@ -65,7 +85,8 @@ def test_tiny_money_reads_plain_on_every_management_answer(gateway: Gateway) -> 
 def test_dumps_holds_what_json_holds_past_orjsons_own_limits() -> None:
     # A client's metadata may carry integers past 64 bits or deep nesting: still written.
     assert dumps({"n": 10**30, "m": [-(10**25), Decimal("1E-10")]}) == (
-        '{"n":1000000000000000000000000000000,"m":[-10000000000000000000000000,0.0000000001]}')
+        '{"n":1000000000000000000000000000000,"m":[-10000000000000000000000000,0.0000000001]}'
+    )
     deep: dict[str, object] = {"cost": Decimal("3.75E-8")}
     for _ in range(600):
         deep = {"x": deep}
@@ -75,8 +96,9 @@ def test_dumps_holds_what_json_holds_past_orjsons_own_limits() -> None:
 
 def test_metadata_with_a_huge_integer_round_trips(sqlite_client: TestClient) -> None:
     body = '{"user_id": "big", "metadata": {"n": 1000000000000000000000000000000}}'
-    created = sqlite_client.post("/v1/users", content=body,
-                                 headers={**MASTER, "content-type": "application/json"})
+    created = sqlite_client.post(
+        "/v1/users", content=body, headers={**MASTER, "content-type": "application/json"}
+    )
     assert created.status_code == 200, created.text
     fetched = sqlite_client.get("/v1/users/big", headers=MASTER)
     assert fetched.status_code == 200

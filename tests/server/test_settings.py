@@ -54,19 +54,23 @@ def test_interpolation(tmp_path: Path) -> None:
         settings.load(path, {}, environ={"MK": "secret"})
 
 
-@pytest.mark.parametrize(("text", "environ", "key"), [
-    ("port = 'eighty'\n", {}, "port"),
-    ("port = -1\n", {}, "port"),
-    ("auto_migrate = 'maybe'\n", {}, "auto_migrate"),
-    ("log_level = 'loud'\n", {}, "log_level"),
-    ("colour = 'blue'\n", {}, "colour"),
-    ("", {"OTARI_PORT": "x"}, "port"),
-    ("providers = 3\n", {}, "providers"),
-    ("cors_allow_origins = ['https://app.example.com/path']\n", {}, "cors_allow_origins"),
-    ("cors_allow_origins = 'ftp://x'\n", {}, "cors_allow_origins"),
-])
-def test_invalid_values_name_the_key_in_one_line(tmp_path: Path, text: str,
-                                                 environ: dict[str, str], key: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        ("port = 'eighty'\n", {}, "port"),
+        ("port = -1\n", {}, "port"),
+        ("auto_migrate = 'maybe'\n", {}, "auto_migrate"),
+        ("log_level = 'loud'\n", {}, "log_level"),
+        ("colour = 'blue'\n", {}, "colour"),
+        ("", {"OTARI_PORT": "x"}, "port"),
+        ("providers = 3\n", {}, "providers"),
+        ("cors_allow_origins = ['https://app.example.com/path']\n", {}, "cors_allow_origins"),
+        ("cors_allow_origins = 'ftp://x'\n", {}, "cors_allow_origins"),
+    ],
+)
+def test_invalid_values_name_the_key_in_one_line(
+    tmp_path: Path, text: str, environ: dict[str, str], key: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         settings.load(write(tmp_path, text), {}, environ=environ)
     assert str(info.value).startswith(f"{key}:")
@@ -91,13 +95,18 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
 
 
 def test_context_windows_are_per_model_with_a_default() -> None:
-    resolved = settings.load(None, {"context_windows": {"openai:gpt-4o": 128000},
-                                    "default_context_window": 200000}, environ={})
+    resolved = settings.load(
+        None,
+        {"context_windows": {"openai:gpt-4o": 128000}, "default_context_window": 200000},
+        environ={},
+    )
     assert resolved.context_window("openai:gpt-4o") == 128000
     assert resolved.context_window("openai:gpt-4.1") == 200000
     assert settings.load(None, {}, environ={}).context_window("x:y") == 1_048_576
     for bad in (0, -5, True, "128k", 1.5):
         with pytest.raises(settings.ConfigError) as caught:
             settings.load(None, {"context_windows": {"openai:gpt-4o": bad}}, environ={})
-        assert str(caught.value) == (f"context_windows.openai:gpt-4o: expected a positive "
-                                     f"number of tokens, got {bad!r} (from flags)")
+        assert str(caught.value) == (
+            f"context_windows.openai:gpt-4o: expected a positive "
+            f"number of tokens, got {bad!r} (from flags)"
+        )

@@ -24,15 +24,14 @@ def test_first_start_generates_a_private_master_key(sqlite_url: str) -> None:
         path = settings.master_key_path()
         key = path.read_text().strip()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}
-                          ).status_code == 200
+        assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     with TestClient(create_app(resolved)) as client:  # the same key on the next start
-        assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}
-                          ).status_code == 200
+        assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
 def test_bootstrap_api_key_is_minted_once_and_kept_private(
-        sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     resolved = settings.load(None, {"database_url": sqlite_url, "master_key": "mk"}, environ={})
     with TestClient(create_app(resolved)) as client:
         path = settings.state_dir() / "bootstrap_api_key"
@@ -55,8 +54,15 @@ def test_migrations_create_the_schema_and_can_be_switched_off(database_url: str)
     engine = create_engine(db.normalize_url(database_url))
     assert "api_keys" not in inspect(engine).get_table_names()
     db.migrate(database_url)
-    assert {"api_keys", "users", "budgets", "pricing", "usage_logs", "reservations",
-            "alembic_version"} <= set(inspect(engine).get_table_names())
+    assert {
+        "api_keys",
+        "users",
+        "budgets",
+        "pricing",
+        "usage_logs",
+        "reservations",
+        "alembic_version",
+    } <= set(inspect(engine).get_table_names())
     engine.dispose()
     with TestClient(create_app(make_settings(database_url, auto_migrate=False))) as client:
         assert client.get("/v1/keys", headers=MASTER).status_code == 200
@@ -70,8 +76,10 @@ def test_failed_migration_stops_start_up(sqlite_url: str) -> None:
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
         conn.execute(text("INSERT INTO alembic_version VALUES ('9999_from_the_future')"))
     engine.dispose()
-    with pytest.raises(Exception, match="9999_from_the_future"), \
-            TestClient(create_app(make_settings(sqlite_url))):
+    with (
+        pytest.raises(Exception, match="9999_from_the_future"),
+        TestClient(create_app(make_settings(sqlite_url))),
+    ):
         pass
 
 
@@ -88,22 +96,39 @@ def test_readiness_is_503_when_the_database_is_unreachable(tmp_path: Path) -> No
         assert "Traceback" not in keys.text
 
 
-@pytest.mark.parametrize(("table", "key"), [
-    ('[providers.broken]\ntype = "nope"\nbase_url = "http://127.0.0.1:9"\n',
-     "providers.broken.type: must be one of openai, anthropic"),
-    ('[providers.broken]\ntype = "openai"\nbase_url = "ftp://x"\n',
-     "providers.broken.base_url: must be an http:// or https:// URL"),
-    ('[providers.broken]\ntype = "openai"\nbase_url = "http://x"\ntimeout = true\n',
-     "providers.broken.timeout: must be a positive number of seconds"),
-    ('[providers]\nbroken = "http://x"\n', "providers.broken: expected a table"),
-])
-def test_a_broken_provider_table_stops_start_up_with_one_line(tmp_path: Path, table: str,
-                                                              key: str) -> None:
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        (
+            '[providers.broken]\ntype = "nope"\nbase_url = "http://127.0.0.1:9"\n',
+            "providers.broken.type: must be one of openai, anthropic",
+        ),
+        (
+            '[providers.broken]\ntype = "openai"\nbase_url = "ftp://x"\n',
+            "providers.broken.base_url: must be an http:// or https:// URL",
+        ),
+        (
+            '[providers.broken]\ntype = "openai"\nbase_url = "http://x"\ntimeout = true\n',
+            "providers.broken.timeout: must be a positive number of seconds",
+        ),
+        ('[providers]\nbroken = "http://x"\n', "providers.broken: expected a table"),
+    ],
+)
+def test_a_broken_provider_table_stops_start_up_with_one_line(
+    tmp_path: Path, table: str, key: str
+) -> None:
     config = tmp_path / "otari.toml"
-    config.write_text(f'database_url = "sqlite:///{tmp_path}/otari.db"\n'
-                      f'master_key = "mk-start-up-test"\nport = {free_port()}\n{table}')
-    done = subprocess.run([*otari_command(), "serve", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, env=otari_env())
+    config.write_text(
+        f'database_url = "sqlite:///{tmp_path}/otari.db"\n'
+        f'master_key = "mk-start-up-test"\nport = {free_port()}\n{table}'
+    )
+    done = subprocess.run(
+        [*otari_command(), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=otari_env(),
+    )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"error: invalid configuration: {key}"]
     assert not (tmp_path / "otari.db").exists()  # stopped before opening anything

@@ -32,13 +32,18 @@ def make_key(client: TestClient, **fields: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
-def make_price(client: TestClient, model_key: str, input_price: str, output_price: str,
-               **fields: Any) -> dict[str, Any]:
+def make_price(
+    client: TestClient, model_key: str, input_price: str, output_price: str, **fields: Any
+) -> dict[str, Any]:
     """POST /v1/pricing with exact decimal prices (sent as JSON numbers)."""
-    body = (f'{{"model_key": "{model_key}", "input_price_per_million": {input_price}, '
-            f'"output_price_per_million": {output_price}'
-            + "".join(f', "{k}": "{v}"' for k, v in fields.items()) + "}")
-    response = client.post("/v1/pricing", content=body,
-                           headers={**MASTER, "content-type": "application/json"})
+    body = (
+        f'{{"model_key": "{model_key}", "input_price_per_million": {input_price}, '
+        f'"output_price_per_million": {output_price}'
+        + "".join(f', "{k}": "{v}"' for k, v in fields.items())
+        + "}"
+    )
+    response = client.post(
+        "/v1/pricing", content=body, headers={**MASTER, "content-type": "application/json"}
+    )
     assert response.status_code == 200, response.text
     return dict(response.json())

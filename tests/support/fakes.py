@@ -276,8 +276,9 @@ class FakeServer(LoopbackServer):
         return endpoint
 
     def error_response(self, failure: Failure) -> web.Response:
-        return web.json_response(self.error_body(failure), status=failure.status,
-                                 headers=failure.headers)
+        return web.json_response(
+            self.error_body(failure), status=failure.status, headers=failure.headers
+        )
 
     async def send_json(
         self, request: web.Request, payload: Mapping[str, Any], behaviour: Behaviour
@@ -409,9 +410,13 @@ class FakeOpenAI(FakeServer):
         completion_id = self._id("chatcmpl-fake")
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = _openai_chunks(answer, finish, usage if include_usage else None,
-                                    interleave=behaviour.interleave,
-                                    stop_reason=self._stop_reason(answer))
+            chunks = _openai_chunks(
+                answer,
+                finish,
+                usage if include_usage else None,
+                interleave=behaviour.interleave,
+                stop_reason=self._stop_reason(answer),
+            )
             envelope = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -712,7 +717,11 @@ def _openai_call(call: ToolCall) -> dict[str, Any]:
 
 
 def _openai_chunks(
-    answer: Answer, finish: str, usage: dict[str, Any] | None, *, interleave: bool = False,
+    answer: Answer,
+    finish: str,
+    usage: dict[str, Any] | None,
+    *,
+    interleave: bool = False,
     stop_reason: str | None = None,
 ) -> list[dict[str, Any]]:
     """The chunk bodies of an OpenAI stream, without the shared id/model envelope."""
@@ -729,15 +738,20 @@ def _openai_chunks(
         function = {"name": call.name, "arguments": ""}
         head = {"index": index, "id": call.id, "type": "function", "function": function}
         heads.append([choice({"tool_calls": [head]})])
-        parts.append([choice({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
-                      for part in _fragments(call.arguments_json)])
+        parts.append(
+            [
+                choice({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+                for part in _fragments(call.arguments_json)
+            ]
+        )
     if interleave:  # every call started, then their arguments in turns
         chunks += [chunk for head in heads for chunk in head]
         for turn in range(max((len(p) for p in parts), default=0)):
             chunks += [p[turn] for p in parts if turn < len(p)]
     else:
-        chunks += [chunk for head, part in zip(heads, parts, strict=True)
-                   for chunk in [*head, *part]]
+        chunks += [
+            chunk for head, part in zip(heads, parts, strict=True) for chunk in [*head, *part]
+        ]
     chunks.append(choice({}, finish))
     if stop_reason is not None:
         chunks[-1]["choices"][0]["stop_reason"] = stop_reason
@@ -776,8 +790,10 @@ def _anthropic_events(message: dict[str, Any], answer: Answer) -> list[dict[str,
             deltas = [{"type": "text_delta", "text": piece} for piece in answer.pieces]
         elif block["type"] == "thinking":
             opened = {"type": "thinking", "thinking": "", "signature": ""}
-            deltas = [{"type": "thinking_delta", "thinking": piece}
-                      for piece in re.findall(r"\s*\S+", block["thinking"])]
+            deltas = [
+                {"type": "thinking_delta", "thinking": piece}
+                for piece in re.findall(r"\s*\S+", block["thinking"])
+            ]
             deltas.append({"type": "signature_delta", "signature": block["signature"]})
         elif block["type"] == "redacted_thinking":
             opened, deltas = block, []  # whole at its start
@@ -810,8 +826,13 @@ def thinking_signature(thinking: str) -> str:
 def _thinking_content(behaviour: Behaviour) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     if behaviour.thinking is not None:
-        blocks.append({"type": "thinking", "thinking": behaviour.thinking,
-                       "signature": thinking_signature(behaviour.thinking)})
+        blocks.append(
+            {
+                "type": "thinking",
+                "thinking": behaviour.thinking,
+                "signature": thinking_signature(behaviour.thinking),
+            }
+        )
     if behaviour.redacted_thinking is not None:
         blocks.append({"type": "redacted_thinking", "data": behaviour.redacted_thinking})
     return blocks
@@ -825,10 +846,14 @@ def _thinking_problems(body: Mapping[str, Any]) -> list[str]:
     for i, message in enumerate(messages):
         content = message.get("content")
         for j, block in enumerate(content if isinstance(content, list) else ()):
-            if isinstance(block, dict) and block.get("type") == "thinking" and block.get(
-                    "signature") != thinking_signature(str(block.get("thinking"))):
-                problems.append(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` "
-                                "block")
+            if (
+                isinstance(block, dict)
+                and block.get("type") == "thinking"
+                and block.get("signature") != thinking_signature(str(block.get("thinking")))
+            ):
+                problems.append(
+                    f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                )
     if (body.get("thinking") or {}).get("type") != "enabled":
         return problems
     turns = [(i, m) for i, m in enumerate(messages) if m.get("role") == "assistant"]
@@ -839,7 +864,8 @@ def _thinking_problems(body: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
                 f"found `{kinds[0]}`. When `thinking` is enabled, a final `assistant` message "
-                "must start with a thinking block")
+                "must start with a thinking block"
+            )
     return problems
 
 

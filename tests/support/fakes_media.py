@@ -57,13 +57,18 @@ TRANSCRIPTION_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 JSON_ONLY_TRANSCRIBERS = ("gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 WAV_TEXT = "Hello from a real WAV file."
 SPEECH_TYPES: Mapping[str, str] = {
-    "mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac", "flac": "audio/flac",
-    "wav": "audio/wav", "pcm": "audio/pcm",
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
 }
 MEDIA_KEY = "sk-media-upstream-789"
 # 1x1 transparent PNG: what every generated image is.
 PIXEL = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+)
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
@@ -124,8 +129,9 @@ class FakeMedia(FakeOpenAI):
     name = "fake-media"
     MULTIPART_PATHS: ClassVar[tuple[str, ...]] = ("/v1/audio/transcriptions", "/v1/files")
 
-    def __init__(self, *, api_key: str | None = None,
-                 models: tuple[str, ...] = ("gpt-4o-mini",)) -> None:
+    def __init__(
+        self, *, api_key: str | None = None, models: tuple[str, ...] = ("gpt-4o-mini",)
+    ) -> None:
         super().__init__(api_key=api_key, models=models)
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.batches: dict[str, FakeBatch] = {}
@@ -166,21 +172,28 @@ class FakeMedia(FakeOpenAI):
 
     # -- audio ---------------------------------------------------------------------------
 
-    async def transcriptions(self, request: web.Request, call: Received,
-                             behaviour: Behaviour) -> web.StreamResponse:
+    async def transcriptions(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         upload: Upload = call.body
         if "file" not in upload.files:
-            return self.error_response(Failure(400, "Missing required parameter: 'file'.",
-                                               param="file"))
+            return self.error_response(
+                Failure(400, "Missing required parameter: 'file'.", param="file")
+            )
         model = upload.value("model")
         if not model:
             return self.error_response(Failure(400, "you must provide a model parameter"))
         fmt = upload.value("response_format", "json") or "json"
         if fmt not in TRANSCRIPTION_FORMATS or (
-                model.startswith(JSON_ONLY_TRANSCRIBERS) and fmt not in ("json", "text")):
-            return self.error_response(Failure(
-                400, f"response_format '{fmt}' is not compatible with model '{model}'",
-                param="response_format"))
+            model.startswith(JSON_ONLY_TRANSCRIBERS) and fmt not in ("json", "text")
+        ):
+            return self.error_response(
+                Failure(
+                    400,
+                    f"response_format '{fmt}' is not compatible with model '{model}'",
+                    param="response_format",
+                )
+            )
         audio = upload.files["file"][2]
         if audio.startswith(b"RIFF"):  # a real WAV file: its header says how long it lasts
             with wave.open(io.BytesIO(audio)) as wav:
@@ -196,11 +209,13 @@ class FakeMedia(FakeOpenAI):
             audio_tokens = math.ceil(duration * 50 / 3)
             prompt_tokens = count_tokens(upload.value("prompt", "") or "")
             output = count_tokens(text)
-            call.usage = {"type": "tokens", "input_tokens": audio_tokens + prompt_tokens,
-                          "input_token_details": {"text_tokens": prompt_tokens,
-                                                  "audio_tokens": audio_tokens},
-                          "output_tokens": output,
-                          "total_tokens": audio_tokens + prompt_tokens + output}
+            call.usage = {
+                "type": "tokens",
+                "input_tokens": audio_tokens + prompt_tokens,
+                "input_token_details": {"text_tokens": prompt_tokens, "audio_tokens": audio_tokens},
+                "output_tokens": output,
+                "total_tokens": audio_tokens + prompt_tokens + output,
+            }
         segments = _segments(text, duration)
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
@@ -208,15 +223,21 @@ class FakeMedia(FakeOpenAI):
             return web.Response(text=_subtitles(segments, fmt), content_type="text/plain")
         payload: dict[str, Any] = {"text": text, "usage": call.usage}
         if fmt == "verbose_json":
-            payload = {"task": "transcribe", "language": upload.value("language", "english"),
-                       "duration": duration, "text": text, "segments": segments,
-                       "usage": call.usage}
+            payload = {
+                "task": "transcribe",
+                "language": upload.value("language", "english"),
+                "duration": duration,
+                "text": text,
+                "segments": segments,
+                "usage": call.usage,
+            }
             if "word" in upload.fields.get("timestamp_granularities[]", []):
                 payload["words"] = _words(text, duration)
         return await self.send_json(request, payload, behaviour)
 
-    async def speech(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def speech(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         body = call.body
         text, voice = body.get("input"), body.get("voice")
         if not isinstance(text, str) or not text:
@@ -229,7 +250,7 @@ class FakeMedia(FakeOpenAI):
         if fmt not in SPEECH_TYPES:
             return self.error_response(Failure(400, f"Invalid response_format '{fmt}'"))
         audio = speech_audio(text, fmt)
-        chunks = [audio[i:i + CHUNK] for i in range(0, len(audio), CHUNK)]
+        chunks = [audio[i : i + CHUNK] for i in range(0, len(audio), CHUNK)]
         response = web.StreamResponse(headers={"Content-Type": SPEECH_TYPES[fmt]})
         await response.prepare(request)
         for sent, chunk in enumerate(chunks):
@@ -245,8 +266,9 @@ class FakeMedia(FakeOpenAI):
 
     # -- images and rerank ---------------------------------------------------------------
 
-    async def images(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def images(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         body = call.body
         prompt, n = body.get("prompt"), body.get("n", 1)
         if not isinstance(prompt, str) or not prompt:
@@ -255,27 +277,40 @@ class FakeMedia(FakeOpenAI):
             return self.error_response(Failure(400, "n must be between 1 and 10", param="n"))
         model = str(body["model"])
         b64 = body.get("response_format") == "b64_json" or model.startswith("gpt-image")
-        data = [{"b64_json": base64.b64encode(PIXEL).decode()} if b64
-                else {"url": f"{self.url}/images/{self._id('img-')}.png"} for _ in range(n)]
+        data = [
+            {"b64_json": base64.b64encode(PIXEL).decode()}
+            if b64
+            else {"url": f"{self.url}/images/{self._id('img-')}.png"}
+            for _ in range(n)
+        ]
         payload: dict[str, Any] = {"created": CREATED, "data": data}
         if model.startswith("gpt-image"):
             words = count_tokens(prompt)
-            call.usage = {"input_tokens": words, "output_tokens": 100 * n,
-                          "total_tokens": words + 100 * n,
-                          "input_tokens_details": {"text_tokens": words, "image_tokens": 0}}
+            call.usage = {
+                "input_tokens": words,
+                "output_tokens": 100 * n,
+                "total_tokens": words + 100 * n,
+                "input_tokens_details": {"text_tokens": words, "image_tokens": 0},
+            }
             payload["usage"] = call.usage
         return await self.send_json(request, payload, behaviour)
 
-    async def rerank(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def rerank(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         body = call.body
         query, documents = body.get("query"), body.get("documents")
         if not isinstance(query, str) or not isinstance(documents, list) or not documents:
             return self.error_response(Failure(400, "query and documents are required"))
         texts = [d if isinstance(d, str) else str(d.get("text", "")) for d in documents]
         words = set(query.lower().split())
-        scored = sorted(((len(words & set(t.lower().split())) / max(len(words), 1), i)
-                         for i, t in enumerate(texts)), key=lambda pair: (-pair[0], pair[1]))
+        scored = sorted(
+            (
+                (len(words & set(t.lower().split())) / max(len(words), 1), i)
+                for i, t in enumerate(texts)
+            ),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
         top_n = body.get("top_n") or len(texts)
         jina = "jina" in str(body["model"])
         results = []
@@ -290,36 +325,48 @@ class FakeMedia(FakeOpenAI):
             payload = {"model": body["model"], "usage": call.usage, "results": results}
         else:
             call.usage = {"search_units": 1}
-            payload = {"id": self._id("rerank-"), "results": results,
-                       "meta": {"api_version": {"version": "2"},
-                                "billed_units": {"search_units": 1}}}
+            payload = {
+                "id": self._id("rerank-"),
+                "results": results,
+                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+            }
         return await self.send_json(request, payload, behaviour)
 
     # -- files -----------------------------------------------------------------------------
 
-    async def upload_file(self, request: web.Request, call: Received,
-                          behaviour: Behaviour) -> web.StreamResponse:
+    async def upload_file(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         upload: Upload = call.body
         purpose = upload.value("purpose")
         if "file" not in upload.files or purpose not in ("batch", "assistants", "fine-tune"):
             return self.error_response(Failure(400, "file and a valid purpose are required"))
         filename, _, data = upload.files["file"]
-        file = {"id": self._id("file-fake"), "object": "file", "bytes": len(data),
-                "created_at": int(time.time()), "filename": filename or "upload",
-                "purpose": purpose, "status": "processed", "expires_at": None}
+        file = {
+            "id": self._id("file-fake"),
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename or "upload",
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+        }
         with self._lock:
             self.files[file["id"]] = (file, data)
         return await self.send_json(request, file, behaviour)
 
-    async def retrieve_file(self, request: web.Request, call: Received,
-                            behaviour: Behaviour) -> web.StreamResponse:
+    async def retrieve_file(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         found = self.files.get(request.match_info["file_id"])
         if found is None:
             return self.error_response(Failure(404, "No such File object"))
         return await self.send_json(request, found[0], behaviour)
 
-    async def file_content(self, request: web.Request, call: Received,
-                           behaviour: Behaviour) -> web.StreamResponse:
+    async def file_content(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         found = self.files.get(request.match_info["file_id"])
         if found is None:
             return self.error_response(Failure(404, "No such File object"))
@@ -327,8 +374,9 @@ class FakeMedia(FakeOpenAI):
 
     # -- batches -----------------------------------------------------------------------------
 
-    async def create_batch(self, request: web.Request, call: Received,
-                           behaviour: Behaviour) -> web.StreamResponse:
+    async def create_batch(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         body = call.body
         found = self.files.get(str(body.get("input_file_id")))
         if found is None:
@@ -346,12 +394,24 @@ class FakeMedia(FakeOpenAI):
             return self.error_response(Failure(400, problem))
         now = int(time.time())
         batch = {
-            "id": self._id("batch_fake"), "object": "batch", "endpoint": body["endpoint"],
-            "errors": None, "input_file_id": body["input_file_id"],
-            "completion_window": "24h", "status": "validating", "output_file_id": None,
-            "error_file_id": None, "created_at": now, "in_progress_at": None,
-            "expires_at": now + 86400, "finalizing_at": None, "completed_at": None,
-            "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "id": self._id("batch_fake"),
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
             "request_counts": {"total": len(requests), "completed": 0, "failed": 0},
             "metadata": body.get("metadata"),
         }
@@ -359,31 +419,37 @@ class FakeMedia(FakeOpenAI):
             self.batches[batch["id"]] = FakeBatch(batch, requests)
         return await self.send_json(request, batch, behaviour)
 
-    async def list_batches(self, request: web.Request, call: Received,
-                           behaviour: Behaviour) -> web.StreamResponse:
+    async def list_batches(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         with self._lock:
             ids = list(reversed(self.batches))  # newest first
             objects = [dict(self.batches[i].object) for i in ids]
         after = request.query.get("after")
         if after in ids:
-            objects = objects[ids.index(after) + 1:]
+            objects = objects[ids.index(after) + 1 :]
         limit = int(request.query.get("limit", "20"))
         page = objects[:limit]
-        payload = {"object": "list", "data": page,
-                   "first_id": page[0]["id"] if page else None,
-                   "last_id": page[-1]["id"] if page else None,
-                   "has_more": len(objects) > limit}
+        payload = {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(objects) > limit,
+        }
         return await self.send_json(request, payload, behaviour)
 
-    async def retrieve_batch(self, request: web.Request, call: Received,
-                             behaviour: Behaviour) -> web.StreamResponse:
+    async def retrieve_batch(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         batch = self.batches.get(request.match_info["batch_id"])
         if batch is None:
             return self.error_response(Failure(404, "No batch found"))
         return await self.send_json(request, batch.object, behaviour)
 
-    async def cancel_batch(self, request: web.Request, call: Received,
-                           behaviour: Behaviour) -> web.StreamResponse:
+    async def cancel_batch(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         batch = self.batches.get(request.match_info["batch_id"])
         if batch is None:
             return self.error_response(Failure(404, "No batch found"))
@@ -398,16 +464,26 @@ class FakeMedia(FakeOpenAI):
         with self._lock:
             batch = self.batches[batch_id].object
             batch["status"] = status
-            stamp = {"in_progress": "in_progress_at", "finalizing": "finalizing_at",
-                     "completed": "completed_at", "failed": "failed_at",
-                     "expired": "expired_at", "cancelling": "cancelling_at",
-                     "cancelled": "cancelled_at"}.get(status)
+            stamp = {
+                "in_progress": "in_progress_at",
+                "finalizing": "finalizing_at",
+                "completed": "completed_at",
+                "failed": "failed_at",
+                "expired": "expired_at",
+                "cancelling": "cancelling_at",
+                "cancelled": "cancelled_at",
+            }.get(status)
             if stamp is not None:
                 batch[stamp] = int(time.time())
 
-    def finish(self, batch_id: str, status: str = "completed", *,
-               failures: Mapping[str, Failure] | None = None,
-               done: Collection[str] | None = None) -> None:
+    def finish(
+        self,
+        batch_id: str,
+        status: str = "completed",
+        *,
+        failures: Mapping[str, Failure] | None = None,
+        done: Collection[str] | None = None,
+    ) -> None:
         """Run the batch's requests (those in `done`, default all) and end it in `status`.
 
         Requests named in `failures` fail with that error; their lines go to the error file.
@@ -422,15 +498,33 @@ class FakeMedia(FakeOpenAI):
             request_id = self._id("req_fake")
             if custom_id in failures:
                 failure = failures[custom_id]
-                response = {"status_code": failure.status, "request_id": request_id,
-                            "body": self.error_body(failure)}
-                errors.append({"id": self._id("batch_req_"), "custom_id": custom_id,
-                               "response": response, "error": None})
+                response = {
+                    "status_code": failure.status,
+                    "request_id": request_id,
+                    "body": self.error_body(failure),
+                }
+                errors.append(
+                    {
+                        "id": self._id("batch_req_"),
+                        "custom_id": custom_id,
+                        "response": response,
+                        "error": None,
+                    }
+                )
                 continue
-            response = {"status_code": 200, "request_id": request_id,
-                        "body": self._completion(line["body"])}
-            output.append({"id": self._id("batch_req_"), "custom_id": custom_id,
-                           "response": response, "error": None})
+            response = {
+                "status_code": 200,
+                "request_id": request_id,
+                "body": self._completion(line["body"]),
+            }
+            output.append(
+                {
+                    "id": self._id("batch_req_"),
+                    "custom_id": custom_id,
+                    "response": response,
+                    "error": None,
+                }
+            )
         output_id = self._store(output) if output else None
         error_id = self._store(errors) if errors else None
         with self._lock:
@@ -441,9 +535,15 @@ class FakeMedia(FakeOpenAI):
     def _store(self, lines: list[dict[str, Any]]) -> str:
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
         file_id = self._id("file-out")
-        file = {"id": file_id, "object": "file", "bytes": len(data),
-                "created_at": int(time.time()), "filename": "output.jsonl",
-                "purpose": "batch_output", "status": "processed"}
+        file = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": "output.jsonl",
+            "purpose": "batch_output",
+            "status": "processed",
+        }
         with self._lock:
             self.files[file_id] = (file, data)
         return file_id
@@ -451,15 +551,28 @@ class FakeMedia(FakeOpenAI):
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         answer = self.answer(body, Behaviour(), body.get("stop"))
         prompt, completion = answer.prompt_tokens, answer.completion_tokens
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion,
-                 "prompt_tokens_details": {"cached_tokens": 0}}
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
         message = {"role": "assistant", "content": answer.text, "refusal": None}
-        return {"id": self._id("chatcmpl-fake"), "object": "chat.completion",
-                "created": CREATED, "model": body["model"],
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": self.FINISH[answer.stop]}],
-                "usage": usage}
+        return {
+            "id": self._id("chatcmpl-fake"),
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": self.FINISH[answer.stop],
+                }
+            ],
+            "usage": usage,
+        }
 
 
 def parse_form(content_type: str, raw: bytes) -> Upload:
@@ -506,17 +619,30 @@ def _segments(text: str, duration: float) -> list[dict[str, Any]]:
         start = duration * offset / max(len(text), 1)
         offset += len(piece)
         end = duration * offset / max(len(text), 1)
-        segments.append({"id": index, "seek": 0, "start": round(start, 2), "end": round(end, 2),
-                         "text": piece, "tokens": [], "temperature": 0.0,
-                         "avg_logprob": -0.1, "compression_ratio": 1.0, "no_speech_prob": 0.0})
+        segments.append(
+            {
+                "id": index,
+                "seek": 0,
+                "start": round(start, 2),
+                "end": round(end, 2),
+                "text": piece,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": -0.1,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
+        )
     return segments
 
 
 def _words(text: str, duration: float) -> list[dict[str, Any]]:
     words = text.split()
     step = duration / max(len(words), 1)
-    return [{"word": w, "start": round(i * step, 2), "end": round((i + 1) * step, 2)}
-            for i, w in enumerate(words)]
+    return [
+        {"word": w, "start": round(i * step, 2), "end": round((i + 1) * step, 2)}
+        for i, w in enumerate(words)
+    ]
 
 
 def _subtitles(segments: list[dict[str, Any]], fmt: str) -> str:
@@ -524,11 +650,12 @@ def _subtitles(segments: list[dict[str, Any]], fmt: str) -> str:
 
     def stamp(seconds: float) -> str:
         millis = round(seconds * 1000)
-        return (f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:"
-                f"{millis // 1000 % 60:02d}{separator}{millis % 1000:03d}")
+        return (
+            f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:"
+            f"{millis // 1000 % 60:02d}{separator}{millis % 1000:03d}"
+        )
 
-    cues = [f"{stamp(s['start'])} --> {stamp(s['end'])}\n{s['text'].strip()}\n"
-            for s in segments]
+    cues = [f"{stamp(s['start'])} --> {stamp(s['end'])}\n{s['text'].strip()}\n" for s in segments]
     if fmt == "srt":
         return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
     return "WEBVTT\n\n" + "\n".join(cues)
@@ -546,17 +673,22 @@ class MediaGateway(Gateway):
         """A price entry with any pricing fields (values as exact decimal strings)."""
         prices.setdefault("input_price_per_million", "0")
         prices.setdefault("output_price_per_million", "0")
-        fields = ", ".join(f'"{name}": {value}' if name != "unit" else f'"unit": "{value}"'
-                           for name, value in prices.items())
-        response = self.admin.post("/v1/pricing",
-                                   content=f'{{"model_key": "{model_key}", {fields}}}',
-                                   headers={"content-type": "application/json"})
+        fields = ", ".join(
+            f'"{name}": {value}' if name != "unit" else f'"unit": "{value}"'
+            for name, value in prices.items()
+        )
+        response = self.admin.post(
+            "/v1/pricing",
+            content=f'{{"model_key": "{model_key}", {fields}}}',
+            headers={"content-type": "application/json"},
+        )
         assert response.status_code == 200, response.text
 
 
 @contextmanager
-def media_gateway(database_url: str, fake: FakeMedia | None = None,
-                  **overrides: Any) -> Iterator[MediaGateway]:
+def media_gateway(
+    database_url: str, fake: FakeMedia | None = None, **overrides: Any
+) -> Iterator[MediaGateway]:
     """A live gateway on `database_url` in front of a FakeMedia named "media".
 
     Pass `fake` (started, with api_key=MEDIA_KEY) to keep one provider across gateways.
@@ -565,12 +697,13 @@ def media_gateway(database_url: str, fake: FakeMedia | None = None,
         if fake is None:
             fake = stack.enter_context(FakeMedia(api_key=MEDIA_KEY))
         claude = stack.enter_context(FakeAnthropic(api_key=ANTHROPIC_KEY))
-        providers = {"media": {"type": "openai", "base_url": fake.base_url,
-                               "api_key": MEDIA_KEY},
-                     "claude": {"type": "anthropic", "base_url": claude.base_url,
-                                "api_key": ANTHROPIC_KEY}}
-        settings = make_settings(database_url, providers=providers, usage_flush_interval=0.05,
-                                 **overrides)
+        providers = {
+            "media": {"type": "openai", "base_url": fake.base_url, "api_key": MEDIA_KEY},
+            "claude": {"type": "anthropic", "base_url": claude.base_url, "api_key": ANTHROPIC_KEY},
+        }
+        settings = make_settings(
+            database_url, providers=providers, usage_flush_interval=0.05, **overrides
+        )
         url = stack.enter_context(running(settings))
         admin = stack.enter_context(httpx.Client(base_url=url, headers=MASTER, timeout=30))
         gateway = MediaGateway(url, fake, claude, admin)

@@ -58,18 +58,22 @@ class FakeOpenAIResponses(FakeOpenAI):
         self.conversations: dict[str, int] = {}  # conversation id -> tokens it bills as input
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        return [*super().routes(), ("POST", "/v1/responses", self.responses),
-                ("GET", "/v1/responses/{response_id}", self.retrieve),
-                ("DELETE", "/v1/responses/{response_id}", self.delete),
-                ("GET", "/v1/responses/{response_id}/input_items", self.input_items),
-                ("POST", "/v1/responses/{response_id}/cancel", self.cancel)]
+        return [
+            *super().routes(),
+            ("POST", "/v1/responses", self.responses),
+            ("GET", "/v1/responses/{response_id}", self.retrieve),
+            ("DELETE", "/v1/responses/{response_id}", self.delete),
+            ("GET", "/v1/responses/{response_id}/input_items", self.input_items),
+            ("POST", "/v1/responses/{response_id}/cancel", self.cancel),
+        ]
 
     def check(self, request: web.Request, call: Received) -> web.Response | None:
         if request.path.endswith("/cancel"):
             authorization = call.headers.get("authorization", "")
             if self.api_key is not None and authorization != f"Bearer {self.api_key}":
-                return self.error_response(Failure(401, "Incorrect API key provided.",
-                                                   code="invalid_api_key"))
+                return self.error_response(
+                    Failure(401, "Incorrect API key provided.", code="invalid_api_key")
+                )
             return None
         return super().check(request, call)
 
@@ -78,30 +82,37 @@ class FakeOpenAIResponses(FakeOpenAI):
             return self.stored.get(request.match_info["response_id"])
 
     def _missing(self, request: web.Request) -> web.Response:
-        return self.error_response(Failure(
-            404, f"Response with id '{request.match_info['response_id']}' not found.",
-            param="response_id"))
+        return self.error_response(
+            Failure(
+                404,
+                f"Response with id '{request.match_info['response_id']}' not found.",
+                param="response_id",
+            )
+        )
 
-    async def retrieve(self, request: web.Request, call: Received,
-                       behaviour: Behaviour) -> web.StreamResponse:
+    async def retrieve(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         found = self._stored(request)
         if found is None:
             return self._missing(request)
         return await self.send_json(request, found[0], behaviour)
 
-    async def delete(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def delete(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         response_id = request.match_info["response_id"]
         with self._lock:
             found = self.stored.pop(response_id, None)
         if found is None:
             return self._missing(request)
         return await self.send_json(
-            request, {"id": response_id, "object": "response.deleted", "deleted": True},
-            behaviour)
+            request, {"id": response_id, "object": "response.deleted", "deleted": True}, behaviour
+        )
 
-    async def input_items(self, request: web.Request, call: Received,
-                          behaviour: Behaviour) -> web.StreamResponse:
+    async def input_items(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         found = self._stored(request)
         if found is None:
             return self._missing(request)
@@ -110,20 +121,28 @@ class FakeOpenAIResponses(FakeOpenAI):
             items = items[::-1]
         limit = int(call.query.get("limit", "20"))
         page = items[:limit]
-        return await self.send_json(request, {
-            "object": "list", "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(items) > limit}, behaviour)
+        return await self.send_json(
+            request,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > limit,
+            },
+            behaviour,
+        )
 
-    async def cancel(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def cancel(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         found = self._stored(request)
         if found is None:
             return self._missing(request)
         if not found[0].get("background"):
-            return self.error_response(Failure(
-                400, "Only responses created with background=true can be cancelled."))
+            return self.error_response(
+                Failure(400, "Only responses created with background=true can be cancelled.")
+            )
         return await self.send_json(request, {**found[0], "status": "cancelled"}, behaviour)
 
     async def responses(
@@ -143,16 +162,24 @@ class FakeOpenAIResponses(FakeOpenAI):
             with self._lock:
                 earlier = self.stored.get(previous)
             if earlier is None:
-                return self.error_response(Failure(
-                    404, f"Previous response with id '{previous}' not found.",
-                    param="previous_response_id"))
+                return self.error_response(
+                    Failure(
+                        404,
+                        f"Previous response with id '{previous}' not found.",
+                        param="previous_response_id",
+                    )
+                )
             # The stored context is billed again as input, as OpenAI bills it.
             prompt += earlier[0]["usage"]["input_tokens"] + earlier[0]["usage"]["output_tokens"]
         if conversation is not None:
             if conversation not in self.conversations:
-                return self.error_response(Failure(
-                    404, f"Conversation with id '{conversation}' not found.",
-                    param="conversation"))
+                return self.error_response(
+                    Failure(
+                        404,
+                        f"Conversation with id '{conversation}' not found.",
+                        param="conversation",
+                    )
+                )
             prompt += self.conversations[conversation]
         usage = {
             "input_tokens": prompt,
@@ -171,8 +198,11 @@ class FakeOpenAIResponses(FakeOpenAI):
         if answer.stop == "length":
             for item in output:
                 item["status"] = "incomplete"
-            final = {**response, "status": "incomplete",
-                     "incomplete_details": {"reason": "max_output_tokens"}}
+            final = {
+                **response,
+                "status": "incomplete",
+                "incomplete_details": {"reason": "max_output_tokens"},
+            }
         else:
             final = {**response, "status": "completed", "completed_at": CREATED + 1}
         final.update(output=output, usage=usage, background=bool(body.get("background")))
@@ -185,8 +215,12 @@ class FakeOpenAIResponses(FakeOpenAI):
         encoded = [_event(event, sequence) for sequence, event in enumerate(events)]
 
         def failure(problem: Failure) -> bytes:
-            error = {"type": "error", "code": problem.code or "server_error",
-                     "message": problem.message, "param": problem.param}
+            error = {
+                "type": "error",
+                "code": problem.code or "server_error",
+                "message": problem.message,
+                "param": problem.param,
+            }
             return _event(error, behaviour.error_after or 0)
 
         return await self.send_events(request, encoded, behaviour, failure)
@@ -231,12 +265,23 @@ class FakeOpenAIResponses(FakeOpenAI):
 
 def _input_items(given: Any) -> list[dict[str, Any]]:
     """The input as stored input items (a string is one user message), each with an id."""
-    items = [{"type": "message", "role": "user", "content": given}] \
-        if isinstance(given, str) else list(given or ())
-    return [{"id": f"msg_in{index}", **item,
-             **({"content": [{"type": "input_text", "text": item["content"]}]}
-                if isinstance(item.get("content"), str) else {})}
-            for index, item in enumerate(items)]
+    items = (
+        [{"type": "message", "role": "user", "content": given}]
+        if isinstance(given, str)
+        else list(given or ())
+    )
+    return [
+        {
+            "id": f"msg_in{index}",
+            **item,
+            **(
+                {"content": [{"type": "input_text", "text": item["content"]}]}
+                if isinstance(item.get("content"), str)
+                else {}
+            ),
+        }
+        for index, item in enumerate(items)
+    ]
 
 
 def responses_prompt_tokens(body: Mapping[str, Any]) -> int:
@@ -257,12 +302,26 @@ def _output(
 ) -> list[dict[str, Any]]:
     output: list[dict[str, Any]] = []
     if answer.pieces:
-        output.append({"id": message_id, "type": "message", "status": status,
-                       "content": [_text_part(answer.text)], "role": "assistant"})
+        output.append(
+            {
+                "id": message_id,
+                "type": "message",
+                "status": status,
+                "content": [_text_part(answer.text)],
+                "role": "assistant",
+            }
+        )
     for item_id, call in zip(call_ids, answer.tool_calls, strict=True):
-        output.append({"id": item_id, "type": "function_call", "status": status,
-                       "arguments": call.arguments_json, "call_id": call.id,
-                       "name": call.name})
+        output.append(
+            {
+                "id": item_id,
+                "type": "function_call",
+                "status": status,
+                "arguments": call.arguments_json,
+                "call_id": call.id,
+                "name": call.name,
+            }
+        )
     return output
 
 
@@ -281,40 +340,68 @@ def _events(
     index = 0
     if answer.pieces:
         where = {"item_id": message_id, "output_index": index, "content_index": 0}
-        opened = {"id": message_id, "type": "message", "status": "in_progress",
-                  "content": [], "role": "assistant"}
+        opened = {
+            "id": message_id,
+            "type": "message",
+            "status": "in_progress",
+            "content": [],
+            "role": "assistant",
+        }
         events += [
             {"type": "response.output_item.added", "output_index": index, "item": opened},
             {"type": "response.content_part.added", **where, "part": _text_part("")},
         ]
         events += [
-            {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": [],
-             "obfuscation": "fake"}
+            {
+                "type": "response.output_text.delta",
+                **where,
+                "delta": piece,
+                "logprobs": [],
+                "obfuscation": "fake",
+            }
             for piece in answer.pieces
         ]
         events += [
             {"type": "response.output_text.done", **where, "text": answer.text, "logprobs": []},
             {"type": "response.content_part.done", **where, "part": _text_part(answer.text)},
-            {"type": "response.output_item.done", "output_index": index,
-             "item": final["output"][index]},
+            {
+                "type": "response.output_item.done",
+                "output_index": index,
+                "item": final["output"][index],
+            },
         ]
         index += 1
     for item_id, call in zip(call_ids, answer.tool_calls, strict=True):
         where = {"item_id": item_id, "output_index": index}
-        opened = {"id": item_id, "type": "function_call", "status": "in_progress",
-                  "arguments": "", "call_id": call.id, "name": call.name}
-        events.append({"type": "response.output_item.added", "output_index": index,
-                       "item": opened})
+        opened = {
+            "id": item_id,
+            "type": "function_call",
+            "status": "in_progress",
+            "arguments": "",
+            "call_id": call.id,
+            "name": call.name,
+        }
+        events.append({"type": "response.output_item.added", "output_index": index, "item": opened})
         events += [
-            {"type": "response.function_call_arguments.delta", **where, "delta": fragment,
-             "obfuscation": "fake"}
+            {
+                "type": "response.function_call_arguments.delta",
+                **where,
+                "delta": fragment,
+                "obfuscation": "fake",
+            }
             for fragment in _fragments(call.arguments_json)
         ]
         events += [
-            {"type": "response.function_call_arguments.done", **where,
-             "arguments": call.arguments_json},
-            {"type": "response.output_item.done", "output_index": index,
-             "item": final["output"][index]},
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "arguments": call.arguments_json,
+            },
+            {
+                "type": "response.output_item.done",
+                "output_index": index,
+                "item": final["output"][index],
+            },
         ]
         index += 1
     events.append({"type": f"response.{final['status']}", "response": final})
@@ -322,8 +409,11 @@ def _events(
 
 
 def _event(data: dict[str, Any], sequence: int) -> bytes:
-    payload = {"type": data["type"], "sequence_number": sequence,
-               **{k: v for k, v in data.items() if k != "type"}}
+    payload = {
+        "type": data["type"],
+        "sequence_number": sequence,
+        **{k: v for k, v in data.items() if k != "type"},
+    }
     return f"event: {data['type']}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 

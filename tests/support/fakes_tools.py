@@ -32,14 +32,34 @@ from tests.support.servers import free_port
 SANDBOX_TOKEN = "sk-sandbox-secret-321"
 
 SEARCH_RESULTS: tuple[dict[str, Any], ...] = (
-    {"url": "https://docs.example.com/otari", "title": "otari docs",
-     "content": "otari is a self-hosted gateway", "engine": "fake", "score": 3.0},
-    {"url": "https://spam.test/otari-deal", "title": "cheap otari",
-     "content": "buy now", "engine": "fake", "score": 2.5},
-    {"url": "https://blog.example.org/gateways", "title": "LLM gateways compared",
-     "content": "otari, and others", "engine": "fake", "score": 2.0},
-    {"url": "https://news.example.net/otari", "title": "otari released",
-     "content": "version 0.1", "engine": "fake", "score": 1.0},
+    {
+        "url": "https://docs.example.com/otari",
+        "title": "otari docs",
+        "content": "otari is a self-hosted gateway",
+        "engine": "fake",
+        "score": 3.0,
+    },
+    {
+        "url": "https://spam.test/otari-deal",
+        "title": "cheap otari",
+        "content": "buy now",
+        "engine": "fake",
+        "score": 2.5,
+    },
+    {
+        "url": "https://blog.example.org/gateways",
+        "title": "LLM gateways compared",
+        "content": "otari, and others",
+        "engine": "fake",
+        "score": 2.0,
+    },
+    {
+        "url": "https://news.example.net/otari",
+        "title": "otari released",
+        "content": "version 0.1",
+        "engine": "fake",
+        "score": 1.0,
+    },
 )
 
 
@@ -104,16 +124,28 @@ class McpFake:
                 raw = headers.get(b"authorization")
                 self.authorizations.append(raw.decode() if raw is not None else None)
                 if self.token is not None and raw != f"Bearer {self.token}".encode():
-                    await send({"type": "http.response.start", "status": 401,
-                                "headers": [(b"content-type", b"application/json")]})
-                    await send({"type": "http.response.body",
-                                "body": b'{"error": "invalid token"}'})
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 401,
+                            "headers": [(b"content-type", b"application/json")],
+                        }
+                    )
+                    await send(
+                        {"type": "http.response.body", "body": b'{"error": "invalid token"}'}
+                    )
                     return
             await app(scope, receive, send)
 
         port = free_port()
-        config = uvicorn.Config(guarded, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            guarded,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -158,13 +190,19 @@ class FakeSearx(FakeServer):
     def error_body(self, failure: Failure) -> dict[str, Any]:
         return {"error": failure.message}
 
-    async def search(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def search(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         if call.query.get("format") != "json":
             return web.Response(status=403, text="format not allowed")
         query = call.query.get("q", "")
-        payload = {"query": query, "number_of_results": len(self.results),
-                   "results": self.results, "answers": [], "suggestions": []}
+        payload = {
+            "query": query,
+            "number_of_results": len(self.results),
+            "results": self.results,
+            "answers": [],
+            "suggestions": [],
+        }
         return await self.send_json(request, payload, behaviour)
 
     @property
@@ -186,31 +224,36 @@ class FakeSandbox(FakeServer):
         self.executed: list[tuple[str, str]] = []  # (session, code), in order
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        return [("POST", "/sessions", self.create),
-                ("POST", "/sessions/{id}/execute", self.execute),
-                ("DELETE", "/sessions/{id}", self.delete)]
+        return [
+            ("POST", "/sessions", self.create),
+            ("POST", "/sessions/{id}/execute", self.execute),
+            ("DELETE", "/sessions/{id}", self.delete),
+        ]
 
     def error_body(self, failure: Failure) -> dict[str, Any]:
         return {"error": {"message": failure.message}}
 
     def check(self, request: web.Request, call: Received) -> web.Response | None:
-        if self.api_key is not None and \
-                call.headers.get("authorization") != f"Bearer {self.api_key}":
+        if (
+            self.api_key is not None
+            and call.headers.get("authorization") != f"Bearer {self.api_key}"
+        ):
             return self.error_response(Failure(401, "invalid sandbox token"))
         return None
 
-    async def create(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def create(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         if not isinstance(call.body, dict) or not isinstance(call.body.get("language"), str):
             return self.error_response(Failure(400, "language is required"))
         session = uuid.uuid4().hex
         self.sessions[session] = []
         self.created.append(session)
-        return web.json_response({"id": session, "language": call.body["language"]},
-                                 status=201)
+        return web.json_response({"id": session, "language": call.body["language"]}, status=201)
 
-    async def execute(self, request: web.Request, call: Received,
-                      behaviour: Behaviour) -> web.StreamResponse:
+    async def execute(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         history = self.sessions.get(request.match_info["id"])
         if history is None:
             return self.error_response(Failure(404, "no such session"))
@@ -220,16 +263,18 @@ class FakeSandbox(FakeServer):
         history.append(code)
         self.executed.append((request.match_info["id"], code))
         failed = "raise" in code
-        payload = {"stdout": f"[{len(history)}] {code}",
-                   "stderr": "Traceback (most recent call last): boom" if failed else "",
-                   "exit_code": 1 if failed else 0}
+        payload = {
+            "stdout": f"[{len(history)}] {code}",
+            "stderr": "Traceback (most recent call last): boom" if failed else "",
+            "exit_code": 1 if failed else 0,
+        }
         return await self.send_json(request, payload, behaviour)
 
-    async def delete(self, request: web.Request, call: Received,
-                     behaviour: Behaviour) -> web.StreamResponse:
+    async def delete(
+        self, request: web.Request, call: Received, behaviour: Behaviour
+    ) -> web.StreamResponse:
         session = request.match_info["id"]
         if self.sessions.pop(session, None) is None:
             return self.error_response(Failure(404, "no such session"))
         self.deleted.append(session)
         return web.Response(status=204)
-

@@ -49,18 +49,23 @@ class Gateway:
     def user(self, user_id: str, max_budget: str | None = None) -> None:
         budget_id = None
         if max_budget is not None:
-            budget = self.admin.post("/v1/budgets", content=f'{{"max_budget": {max_budget}}}',
-                                     headers={"content-type": "application/json"})
+            budget = self.admin.post(
+                "/v1/budgets",
+                content=f'{{"max_budget": {max_budget}}}',
+                headers={"content-type": "application/json"},
+            )
             budget_id = budget.json()["budget_id"]
-        response = self.admin.post("/v1/users", json={"user_id": user_id,
-                                                      "budget_id": budget_id})
+        response = self.admin.post("/v1/users", json={"user_id": user_id, "budget_id": budget_id})
         assert response.status_code == 200, response.text
 
     def price(self, model_key: str, input_price: str, output_price: str) -> None:
-        body = (f'{{"model_key": "{model_key}", "input_price_per_million": {input_price}, '
-                f'"output_price_per_million": {output_price}}}')
-        response = self.admin.post("/v1/pricing", content=body,
-                                   headers={"content-type": "application/json"})
+        body = (
+            f'{{"model_key": "{model_key}", "input_price_per_million": {input_price}, '
+            f'"output_price_per_million": {output_price}}}'
+        )
+        response = self.admin.post(
+            "/v1/pricing", content=body, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 200, response.text
 
     def usage(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -78,21 +83,27 @@ class Gateway:
         return result
 
 
-def gateway_factory_fixture(database_url: str,
-                            openai_fake: type[FakeOpenAI] = FakeOpenAI,
-                            ) -> Iterator[Callable[..., Gateway]]:
+def gateway_factory_fixture(
+    database_url: str,
+    openai_fake: type[FakeOpenAI] = FakeOpenAI,
+) -> Iterator[Callable[..., Gateway]]:
     """Start gateways (each with its own fakes) on the test's database; stop them after."""
     with ExitStack() as stack:
 
         def start(**overrides: Any) -> Gateway:
             fake = stack.enter_context(openai_fake(api_key=UPSTREAM_KEY))
             claude = stack.enter_context(FakeAnthropic(api_key=ANTHROPIC_KEY))
-            providers = {"fake": {"type": "openai", "base_url": fake.base_url,
-                                  "api_key": UPSTREAM_KEY},
-                         "claude": {"type": "anthropic", "base_url": claude.base_url,
-                                    "api_key": ANTHROPIC_KEY}}
-            settings = make_settings(database_url, providers=providers,
-                                     **{"usage_flush_interval": 0.05, **overrides})
+            providers = {
+                "fake": {"type": "openai", "base_url": fake.base_url, "api_key": UPSTREAM_KEY},
+                "claude": {
+                    "type": "anthropic",
+                    "base_url": claude.base_url,
+                    "api_key": ANTHROPIC_KEY,
+                },
+            }
+            settings = make_settings(
+                database_url, providers=providers, **{"usage_flush_interval": 0.05, **overrides}
+            )
             url = stack.enter_context(running(settings))
             admin = stack.enter_context(httpx.Client(base_url=url, headers=MASTER, timeout=30))
             gateway = Gateway(url, fake, claude, admin)
@@ -107,5 +118,3 @@ def gateway_fixture(gateway_factory: Callable[..., Gateway]) -> Gateway:
     gw.price("fake:gpt-4o-mini", "1", "2")
     gw.price("claude:claude-sonnet", "3", "15")
     return gw
-
-

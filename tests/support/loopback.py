@@ -21,8 +21,7 @@ class LoopbackServer:
     def __init__(self) -> None:
         self.url = ""
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=self.name,
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
         self._runner: web.AppRunner | None = None
 
     def application(self) -> web.Application:
@@ -53,8 +52,9 @@ class LoopbackServer:
         self.close()
 
     async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.application(), shutdown_timeout=0.1,
-                                     handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            self.application(), shutdown_timeout=0.1, handler_cancellation=True, access_log=None
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"

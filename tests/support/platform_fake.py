@@ -65,13 +65,26 @@ class Seen:
     body: Any
 
 
-def attempt(provider: FakeServer | None, attempt_id: str, *, name: str = "openai",
-            model: str = "gpt-4o-mini", api_key: str = "sk-platform-key",
-            position: int | None = None, api_base: str | None = None) -> dict[str, Any]:
+def attempt(
+    provider: FakeServer | None,
+    attempt_id: str,
+    *,
+    name: str = "openai",
+    model: str = "gpt-4o-mini",
+    api_key: str = "sk-platform-key",
+    position: int | None = None,
+    api_base: str | None = None,
+) -> dict[str, Any]:
     """One attempt of a resolve answer, pointing at a fake provider (or at `api_base`)."""
     base = api_base if api_base is not None else (provider.base_url if provider else None)
-    entry: dict[str, Any] = {"attempt_id": attempt_id, "provider": name, "model": model,
-                             "api_key": api_key, "api_base": base, "managed": True}
+    entry: dict[str, Any] = {
+        "attempt_id": attempt_id,
+        "provider": name,
+        "model": model,
+        "api_key": api_key,
+        "api_base": base,
+        "managed": True,
+    }
     if position is not None:
         entry["position"] = position
     return entry
@@ -80,22 +93,32 @@ def attempt(provider: FakeServer | None, attempt_id: str, *, name: str = "openai
 def platform_table(platform: FakePlatform, **keys: Any) -> dict[str, Any]:
     """The [platform] table of a gateway connected to `platform`, with `keys` added."""
     # Fake providers listen on loopback, which connected mode refuses unless allowed.
-    return {"token": platform.token, "base_url": platform.url, "usage_backoff": 0.01,
-            "allow_loopback": True, **keys}
+    return {
+        "token": platform.token,
+        "base_url": platform.url,
+        "usage_backoff": 0.01,
+        "allow_loopback": True,
+        **keys,
+    }
 
 
-def connected_settings(platform: FakePlatform, overrides: Mapping[str, Any] | None = None,
-                       **keys: Any) -> Settings:
+def connected_settings(
+    platform: FakePlatform, overrides: Mapping[str, Any] | None = None, **keys: Any
+) -> Settings:
     """Settings for an in-process gateway connected to `platform`; `keys` go in [platform]."""
     values = {**(overrides or {}), "platform": platform_table(platform, **keys)}
     return settings_module.load(None, values, environ={})
 
 
-def connected_config(directory: Path, platform: FakePlatform,
-                     overrides: Mapping[str, Any] | None = None, **keys: Any) -> Path:
+def connected_config(
+    directory: Path, platform: FakePlatform, overrides: Mapping[str, Any] | None = None, **keys: Any
+) -> Path:
     """The same settings as a config file, for an `otari serve` process (tests/procs.py)."""
-    values = {"log_level": "warning", **(overrides or {}),
-              "platform": platform_table(platform, **keys)}
+    values = {
+        "log_level": "warning",
+        **(overrides or {}),
+        "platform": platform_table(platform, **keys),
+    }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"connected-{uuid.uuid4().hex[:8]}.toml"
     path.write_text(tomli_w.dumps(values), encoding="utf-8")
@@ -203,8 +226,11 @@ class FakePlatform(LoopbackServer):
 
     async def _seen(self, request: web.Request) -> Seen:
         raw = await request.read()
-        return Seen(request.path, {k.lower(): v for k, v in request.headers.items()},
-                    json.loads(raw) if raw else None)
+        return Seen(
+            request.path,
+            {k.lower(): v for k, v in request.headers.items()},
+            json.loads(raw) if raw else None,
+        )
 
     def _refuse(self, seen: Seen) -> web.Response | None:
         if seen.headers.get("x-gateway-token") != self.token:
@@ -220,24 +246,31 @@ class FakePlatform(LoopbackServer):
             return refused
         body = reply.body
         if body is None:
-            body = {"request_id": f"req-{next(self._ids)}",
-                    "fallback_enabled": len(self.attempts) > 1, "attempts": self.attempts}
+            body = {
+                "request_id": f"req-{next(self._ids)}",
+                "fallback_enabled": len(self.attempts) > 1,
+                "attempts": self.attempts,
+            }
         return await self._answer(request, reply, body)
 
     async def _usage(self, request: web.Request) -> web.StreamResponse:
         seen = await self._seen(request)
         with self._condition:
             self.usage_requests.append(seen)
-            reply = self._usage_replies.popleft() if self._usage_replies else (
-                self.outage or Reply())
+            reply = (
+                self._usage_replies.popleft() if self._usage_replies else (self.outage or Reply())
+            )
             self.usage_in_flight += 1
             self.usage_peak = max(self.usage_peak, self.usage_in_flight)
             self._condition.notify_all()
         try:
             if (refused := self._refuse(seen)) is not None:
                 return refused
-            body = reply.body if reply.body is not None else {
-                "correlation_id": seen.body.get("correlation_id"), "status": "recorded"}
+            body = (
+                reply.body
+                if reply.body is not None
+                else {"correlation_id": seen.body.get("correlation_id"), "status": "recorded"}
+            )
             if reply.landed:
                 self._record(seen)
             response = await self._answer(request, reply, body)
@@ -263,8 +296,7 @@ class FakePlatform(LoopbackServer):
             return web.json_response({"status": "ok"})
         return web.json_response({"detail": "maintenance"}, status=503)
 
-    async def _answer(self, request: web.Request, reply: Reply,
-                      body: Any) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, reply: Reply, body: Any) -> web.StreamResponse:
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.drop:
@@ -272,11 +304,26 @@ class FakePlatform(LoopbackServer):
             request.transport.abort()
             return web.Response()
         if isinstance(body, bytes | str):
-            return web.Response(body=body, status=reply.status, headers=dict(reply.headers),
-                                content_type="application/json")
+            return web.Response(
+                body=body,
+                status=reply.status,
+                headers=dict(reply.headers),
+                content_type="application/json",
+            )
         return web.json_response(body, status=reply.status, headers=dict(reply.headers))
 
 
-__all__ = ["GATEWAY_TOKEN", "PROVIDER_KEY", "USER_TOKEN", "FakePlatform", "Reply", "Seen",
-           "attempt", "connected_config", "connected_settings", "platform_fixture",
-           "platform_table", "provider_fixture"]
+__all__ = [
+    "GATEWAY_TOKEN",
+    "PROVIDER_KEY",
+    "USER_TOKEN",
+    "FakePlatform",
+    "Reply",
+    "Seen",
+    "attempt",
+    "connected_config",
+    "connected_settings",
+    "platform_fixture",
+    "platform_table",
+    "provider_fixture",
+]

@@ -38,8 +38,9 @@ START_TIMEOUT = 30.0
 ROOT = Path(__file__).resolve().parents[2]  # the tree under test
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.02) -> float:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> float:
     """Poll `condition` until it holds; return the seconds it took, or fail naming `what`."""
     started = time.monotonic()
     deadline = started + timeout
@@ -50,12 +51,17 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
     return time.monotonic() - started
 
 
-def write_config(directory: Path, database_url: str, providers: Mapping[str, Any] | None = None,
-                 **settings: Any) -> Path:
+def write_config(
+    directory: Path, database_url: str, providers: Mapping[str, Any] | None = None, **settings: Any
+) -> Path:
     """A config TOML for a test gateway: fast usage flushes, quiet logs, no bootstrap key."""
     values: dict[str, Any] = {
-        "database_url": database_url, "master_key": MASTER_KEY, "bootstrap_api_key": False,
-        "usage_flush_interval": 0.05, "log_level": "warning", **settings,
+        "database_url": database_url,
+        "master_key": MASTER_KEY,
+        "bootstrap_api_key": False,
+        "usage_flush_interval": 0.05,
+        "log_level": "warning",
+        **settings,
     }
     if providers:
         values["providers"] = {name: dict(table) for name, table in providers.items()}
@@ -63,7 +69,6 @@ def write_config(directory: Path, database_url: str, providers: Mapping[str, Any
     path = directory / f"otari-{uuid.uuid4().hex[:8]}.toml"
     path.write_text(tomli_w.dumps(values), encoding="utf-8")
     return path
-
 
 
 def otari_command() -> list[str]:
@@ -77,8 +82,11 @@ def otari_command() -> list[str]:
 def otari_env() -> dict[str, str]:
     """This process's environment (isolated HOME/XDG) without OTARI_* settings, importing
     the tree under test first."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("OTARI_") or k == "OTARI_TEST_DATABASE_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OTARI_") or k == "OTARI_TEST_DATABASE_URL"
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -99,12 +107,26 @@ class ServeProcess:
 
     def start(self, timeout: float = START_TIMEOUT) -> ServeProcess:
         """Start and return once /health/readiness answers 200."""
-        command = [*otari_command(), "serve", "--config", str(self.config),
-                   "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+        command = [
+            *otari_command(),
+            "serve",
+            "--config",
+            str(self.config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=otari_env(),
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=otari_env(),
+                start_new_session=True,
+            )
         self.wait_ready(timeout)
         return self
 
@@ -171,15 +193,22 @@ class ServeProcess:
 
 
 @contextmanager
-def served(directory: Path, database_url: str, *, port: int | None = None,
-           args: tuple[str, ...] = (), config: Path | None = None,
-           providers: Mapping[str, Any] | None = None,
-           **settings: Any) -> Iterator[ServeProcess]:
+def served(
+    directory: Path,
+    database_url: str,
+    *,
+    port: int | None = None,
+    args: tuple[str, ...] = (),
+    config: Path | None = None,
+    providers: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> Iterator[ServeProcess]:
     """An `otari serve` subprocess, ready when the block starts, gone when it ends."""
     path = config or write_config(directory, database_url, providers, **settings)
     chosen = port or free_port()
-    process = ServeProcess(path, chosen, directory / f"serve-{chosen}-{uuid.uuid4().hex[:8]}.log",
-                           args)
+    process = ServeProcess(
+        path, chosen, directory / f"serve-{chosen}-{uuid.uuid4().hex[:8]}.log", args
+    )
     try:
         process.start()
         yield process
@@ -208,13 +237,21 @@ def create(client: httpx.Client, path: str, body: str | dict[str, Any]) -> dict[
     return created
 
 
-def budgeted_key(client: httpx.Client, user_id: str, max_budget: str,
-                 model_key: str = "fake:gpt-4o-mini", output_price: str | None = None,
-                 ) -> str:
+def budgeted_key(
+    client: httpx.Client,
+    user_id: str,
+    max_budget: str,
+    model_key: str = "fake:gpt-4o-mini",
+    output_price: str | None = None,
+) -> str:
     """A user on a budget of `max_budget`, an API key for them, and (optionally) a price."""
     if output_price is not None:
-        create(client, "/v1/pricing", f'{{"model_key": "{model_key}", '
-               f'"input_price_per_million": 0, "output_price_per_million": {output_price}}}')
+        create(
+            client,
+            "/v1/pricing",
+            f'{{"model_key": "{model_key}", '
+            f'"input_price_per_million": 0, "output_price_per_million": {output_price}}}',
+        )
     budget = create(client, "/v1/budgets", f'{{"max_budget": {max_budget}}}')
     create(client, "/v1/users", {"user_id": user_id, "budget_id": budget["budget_id"]})
     return str(create(client, "/v1/keys", {"user_id": user_id, "key_name": user_id})["key"])
@@ -249,19 +286,41 @@ def books(database_url: str, user_id: str) -> Books:
     engine = db.create_db_engine(database_url)
     try:
         with engine.connect() as conn:
-            user = conn.execute(select(User.spend, User.reserved)
-                                .where(User.user_id == user_id)).one()
-            holds = [(str(r.instance_id), r.amount) for r in conn.execute(
-                select(Reservation.instance_id, Reservation.amount)
-                .where(Reservation.user_id == user_id))]
-            usage = [UsageRow(r.id, r.status, r.cost, r.request_id, r.error_message,
-                              r.status_code, r.prompt_tokens, r.completion_tokens)
-                     for r in conn.execute(
-                         select(UsageLog.id, UsageLog.status, UsageLog.cost,
-                                UsageLog.request_id, UsageLog.error_message,
-                                UsageLog.status_code, UsageLog.prompt_tokens,
-                                UsageLog.completion_tokens)
-                         .where(UsageLog.user_id == user_id))]
+            user = conn.execute(
+                select(User.spend, User.reserved).where(User.user_id == user_id)
+            ).one()
+            holds = [
+                (str(r.instance_id), r.amount)
+                for r in conn.execute(
+                    select(Reservation.instance_id, Reservation.amount).where(
+                        Reservation.user_id == user_id
+                    )
+                )
+            ]
+            usage = [
+                UsageRow(
+                    r.id,
+                    r.status,
+                    r.cost,
+                    r.request_id,
+                    r.error_message,
+                    r.status_code,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                )
+                for r in conn.execute(
+                    select(
+                        UsageLog.id,
+                        UsageLog.status,
+                        UsageLog.cost,
+                        UsageLog.request_id,
+                        UsageLog.error_message,
+                        UsageLog.status_code,
+                        UsageLog.prompt_tokens,
+                        UsageLog.completion_tokens,
+                    ).where(UsageLog.user_id == user_id)
+                )
+            ]
     finally:
         engine.dispose()
     return Books(user.spend, user.reserved, holds, usage)

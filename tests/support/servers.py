@@ -26,8 +26,11 @@ def free_port() -> int:
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     """Settings for a test gateway: no config file, no environment, a known master key."""
-    values: dict[str, Any] = {"database_url": database_url, "master_key": MASTER_KEY,
-                              "bootstrap_api_key": False}
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "master_key": MASTER_KEY,
+        "bootstrap_api_key": False,
+    }
     values.update(overrides)
     return settings_module.load(None, values, environ={})
 
@@ -36,8 +39,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 def running(settings: Settings) -> Iterator[str]:
     """Serve the app until the block ends; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

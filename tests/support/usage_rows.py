@@ -11,16 +11,33 @@ from otari_server.storage.db import create_db_engine, session_factory
 from otari_server.storage.tables import UsageLog
 
 
-def row(row_id: str, when: datetime, *, user_id: str | None = "alice",
-        api_key_id: str | None = "key-a", model: str = "openai:gpt-4o",
-        status: str = "success", prompt: int = 10, completion: int = 5,
-        cost: str = "0.5") -> dict[str, Any]:
+def row(
+    row_id: str,
+    when: datetime,
+    *,
+    user_id: str | None = "alice",
+    api_key_id: str | None = "key-a",
+    model: str = "openai:gpt-4o",
+    status: str = "success",
+    prompt: int = 10,
+    completion: int = 5,
+    cost: str = "0.5",
+) -> dict[str, Any]:
     """The fields of one usage row (provider taken from the model key)."""
-    return {"id": row_id, "user_id": user_id, "api_key_id": api_key_id, "timestamp": when,
-            "model": model, "provider": model.partition(":")[0],
-            "endpoint": "/v1/chat/completions", "prompt_tokens": prompt,
-            "completion_tokens": completion, "total_tokens": prompt + completion,
-            "cost": Decimal(cost), "status": status}
+    return {
+        "id": row_id,
+        "user_id": user_id,
+        "api_key_id": api_key_id,
+        "timestamp": when,
+        "model": model,
+        "provider": model.partition(":")[0],
+        "endpoint": "/v1/chat/completions",
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost": Decimal(cost),
+        "status": status,
+    }
 
 
 def insert(database_url: str, rows: list[dict[str, Any]]) -> None:

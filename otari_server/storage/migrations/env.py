@@ -12,16 +12,22 @@ config = context.config
 connection = config.attributes.get("connection")
 
 if connection is not None:
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:  # `alembic` run by hand against sqlalchemy.url
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     try:
         with engine.begin() as conn:
-            context.configure(connection=conn, target_metadata=Base.metadata,
-                              render_as_batch=conn.dialect.name == "sqlite")
+            context.configure(
+                connection=conn,
+                target_metadata=Base.metadata,
+                render_as_batch=conn.dialect.name == "sqlite",
+            )
             with context.begin_transaction():
                 context.run_migrations()
     finally:

@@ -18,8 +18,15 @@ class Clock:
 
 
 def snapshot(key_id: str) -> KeySnapshot:
-    return KeySnapshot(key_id=key_id, key_name=None, is_active=True, expires_at=None,
-                       user_id="u", user_blocked=False, user_deleted=False)
+    return KeySnapshot(
+        key_id=key_id,
+        key_name=None,
+        is_active=True,
+        expires_at=None,
+        user_id="u",
+        user_blocked=False,
+        user_deleted=False,
+    )
 
 
 def test_a_flood_of_unknown_tokens_keeps_every_valid_key() -> None:

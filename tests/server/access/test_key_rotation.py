@@ -26,19 +26,28 @@ GRACE = 4
 
 
 def _models(url: str, secret: str) -> httpx.Response:
-    return httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {secret}"},
-                     timeout=30)
+    return httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {secret}"}, timeout=30)
 
 
 def test_rotation_keeps_the_key_and_its_usage_and_the_old_secret_stops_at_once(
-        gateway: Gateway, database_url: str) -> None:
+    gateway: Gateway, database_url: str
+) -> None:
     gateway.user("alice")
-    created = gateway.admin.post("/v1/keys", json={
-        "key_name": "ci", "user_id": "alice", "rpm_limit": 50, "tpm_limit": 9000,
-        "allowed_models": ["fake:*"], "metadata": {"team": "ml"}}).json()
+    created = gateway.admin.post(
+        "/v1/keys",
+        json={
+            "key_name": "ci",
+            "user_id": "alice",
+            "rpm_limit": 50,
+            "tpm_limit": 9000,
+            "allowed_models": ["fake:*"],
+            "metadata": {"team": "ml"},
+        },
+    ).json()
     old = created["key"]
     gateway.client(old).chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
     gateway.usage(1)
 
     response = gateway.admin.post(f"/v1/keys/{created['id']}/rotate")
@@ -46,17 +55,31 @@ def test_rotation_keeps_the_key_and_its_usage_and_the_old_secret_stops_at_once(
     rotated = loads(response.text)
     new = rotated["key"]
     assert new != old and new.startswith("gw-") and rotated["key_prefix"] == new[:7]
-    for field in ("id", "key_name", "user_id", "rpm_limit", "tpm_limit", "allowed_models",
-                  "metadata", "created_at", "spend", "is_active"):
-        assert rotated[field] == loads(gateway.admin.get(f"/v1/keys/{created['id']}").text)[
-            field] == (created[field] if field != "spend" else rotated["spend"])
+    for field in (
+        "id",
+        "key_name",
+        "user_id",
+        "rpm_limit",
+        "tpm_limit",
+        "allowed_models",
+        "metadata",
+        "created_at",
+        "spend",
+        "is_active",
+    ):
+        assert (
+            rotated[field]
+            == loads(gateway.admin.get(f"/v1/keys/{created['id']}").text)[field]
+            == (created[field] if field != "spend" else rotated["spend"])
+        )
     assert rotated["previous_key_expires_at"] is None
 
     refused = _models(gateway.url, old)
     assert refused.status_code == 401
     assert refused.json()["error"]["message"] == "Invalid API key (in the authorization header)"
     gateway.client(new).chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
     rows = gateway.usage(2)
     assert {row["api_key_id"] for row in rows} == {created["id"]}
     # Usage from before and after the rotation counts for the same user.
@@ -66,8 +89,9 @@ def test_rotation_keeps_the_key_and_its_usage_and_the_old_secret_stops_at_once(
     # Only the new secret's hash is stored; the old one is gone (grace 0).
     engine = create_engine(normalize_url(database_url))
     with engine.connect() as conn:
-        stored = conn.execute(select(APIKey.key_hash, APIKey.previous_key_hash)
-                              .where(APIKey.id == created["id"])).one()
+        stored = conn.execute(
+            select(APIKey.key_hash, APIKey.previous_key_hash).where(APIKey.id == created["id"])
+        ).one()
     engine.dispose()
     assert tuple(stored) == (hashlib.sha256(new.encode()).hexdigest(), None)
 
@@ -75,11 +99,12 @@ def test_rotation_keeps_the_key_and_its_usage_and_the_old_secret_stops_at_once(
 def test_rotate_refuses_bad_input_and_non_master(gateway: Gateway) -> None:
     created = gateway.admin.post("/v1/keys", json={}).json()
     assert gateway.admin.post("/v1/keys/nope/rotate").status_code == 404
-    negative = gateway.admin.post(f"/v1/keys/{created['id']}/rotate",
-                                  json={"grace_period_sec": -1})
+    negative = gateway.admin.post(f"/v1/keys/{created['id']}/rotate", json={"grace_period_sec": -1})
     assert negative.status_code in (400, 422)
-    as_key = httpx.post(f"{gateway.url}/v1/keys/{created['id']}/rotate",
-                        headers={"Authorization": f"Bearer {created['key']}"})
+    as_key = httpx.post(
+        f"{gateway.url}/v1/keys/{created['id']}/rotate",
+        headers={"Authorization": f"Bearer {created['key']}"},
+    )
     assert as_key.status_code == 403
     assert _models(gateway.url, created["key"]).status_code == 200  # nothing changed
 
@@ -93,9 +118,14 @@ def test_rotate_refuses_bad_input_and_non_master(gateway: Gateway) -> None:
 def two_apps(postgres_url: str) -> Iterator[tuple[str, str]]:
     """Two gateway apps (instances) sharing one PostgreSQL database."""
     with ExitStack() as stack:
-        urls = [stack.enter_context(running(make_settings(
-            postgres_url, auth_cache_ttl=CACHE_TTL, auto_migrate=index == 0)))
-            for index in range(2)]
+        urls = [
+            stack.enter_context(
+                running(
+                    make_settings(postgres_url, auth_cache_ttl=CACHE_TTL, auto_migrate=index == 0)
+                )
+            )
+            for index in range(2)
+        ]
         yield urls[0], urls[1]
 
 
@@ -106,8 +136,9 @@ def test_grace_period_on_two_instances(two_apps: tuple[str, str]) -> None:
         old = created["key"]
         assert _models(b, old).status_code == 200  # B has the old secret cached
 
-        rotated = loads(admin.post(f"/v1/keys/{created['id']}/rotate",
-                                   json={"grace_period_sec": GRACE}).text)
+        rotated = loads(
+            admin.post(f"/v1/keys/{created['id']}/rotate", json={"grace_period_sec": GRACE}).text
+        )
         new = rotated["key"]
         ends = datetime.fromisoformat(rotated["previous_key_expires_at"])
         # During the grace period both secrets work on both instances.
@@ -118,11 +149,16 @@ def test_grace_period_on_two_instances(two_apps: tuple[str, str]) -> None:
 
         # After it, only the new one, on both; never before the grace period ended.
         for url in (a, b):
+
             def old_refused(url: str = url) -> bool:
                 return _models(url, old).status_code == 401
 
-            wait_until(old_refused, GRACE + CACHE_TTL + 10, f"{url} to refuse the old secret",
-                       interval=0.05)
+            wait_until(
+                old_refused,
+                GRACE + CACHE_TTL + 10,
+                f"{url} to refuse the old secret",
+                interval=0.05,
+            )
             assert utcnow() >= ends
             refusal = _models(url, old).json()["error"]
             assert refusal["code"] == "key_expired"
@@ -133,8 +169,12 @@ def test_grace_period_on_two_instances(two_apps: tuple[str, str]) -> None:
         newest = admin.post(f"/v1/keys/{created['id']}/rotate").json()["key"]
         assert _models(b, new).status_code == 200  # cached on B before the change reaches it
         assert _models(a, new).status_code == 401
-        took = wait_until(lambda: _models(b, new).status_code == 401, CACHE_TTL + 10,
-                          "B to refuse the replaced secret", interval=0.05)
+        took = wait_until(
+            lambda: _models(b, new).status_code == 401,
+            CACHE_TTL + 10,
+            "B to refuse the replaced secret",
+            interval=0.05,
+        )
         assert took <= CACHE_TTL + 2
         for url in (a, b):
             assert _models(url, newest).status_code == 200

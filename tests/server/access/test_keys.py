@@ -16,7 +16,8 @@ from tests.support.gateway import Gateway
 
 
 def test_create_returns_secret_once_and_stores_only_its_hash(
-        client: TestClient, database_url: str) -> None:
+    client: TestClient, database_url: str
+) -> None:
     created = make_key(client, key_name="ci", metadata={"team": "infra"})
     assert created["key"].startswith("gw-") and len(created["key"]) >= 40
     assert created["key_name"] == "ci" and created["metadata"] == {"team": "infra"}
@@ -33,9 +34,13 @@ def test_create_returns_secret_once_and_stores_only_its_hash(
 
 def test_key_authenticates_on_api_endpoints_with_every_header(client: TestClient) -> None:
     secret = make_key(client)["key"]
-    for headers in ({"Otari-Key": f"Bearer {secret}"}, {"Otari-Key": secret},
-                    {"AnyLLM-Key": f"Bearer {secret}"}, {"X-AnyLLM-Key": secret},
-                    {"Authorization": f"Bearer {secret}"}):
+    for headers in (
+        {"Otari-Key": f"Bearer {secret}"},
+        {"Otari-Key": secret},
+        {"AnyLLM-Key": f"Bearer {secret}"},
+        {"X-AnyLLM-Key": secret},
+        {"Authorization": f"Bearer {secret}"},
+    ):
         assert client.get("/v1/models", headers=headers).status_code == 200, headers
 
 
@@ -53,7 +58,8 @@ def test_missing_and_unknown_credentials_are_401(client: TestClient) -> None:
 
 
 def test_a_basic_authorization_header_does_not_hide_a_valid_x_api_key(
-        sqlite_client: TestClient) -> None:
+    sqlite_client: TestClient,
+) -> None:
     secret = make_key(sqlite_client)["key"]
     both = {"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": secret}
     assert sqlite_client.get("/v1/models", headers=both).status_code == 200
@@ -61,9 +67,11 @@ def test_a_basic_authorization_header_does_not_hide_a_valid_x_api_key(
     assert alone.status_code == 401
     assert alone.json()["error"]["message"] == (
         "The Authorization header was rejected: only 'Authorization: Bearer <key>' is "
-        "accepted (or send the key in 'x-api-key' or 'Otari-Key')")
-    wrong = sqlite_client.get("/v1/models", headers={"Authorization": "Basic dXNlcjpwYXNz",
-                                                     "x-api-key": "gw-unknown"})
+        "accepted (or send the key in 'x-api-key' or 'Otari-Key')"
+    )
+    wrong = sqlite_client.get(
+        "/v1/models", headers={"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": "gw-unknown"}
+    )
     assert wrong.status_code == 401
     assert wrong.json()["error"]["message"] == "Invalid API key (in the x-api-key header)"
     bearer = sqlite_client.get("/v1/models", headers={"Authorization": "Bearer gw-unknown"})
@@ -80,14 +88,14 @@ def test_revoked_key_is_refused_at_once(client: TestClient) -> None:
     assert response.json()["error"]["message"] == "Invalid API key (in the otari-key header)"
 
 
-def test_a_deleted_key_is_gone_for_clients_but_its_usage_keeps_its_id(
-        gateway: Gateway) -> None:
+def test_a_deleted_key_is_gone_for_clients_but_its_usage_keeps_its_id(gateway: Gateway) -> None:
     admin = gateway.admin
     kept = admin.post("/v1/keys", json={"key_name": "kept"}).json()
     paused = admin.post("/v1/keys", json={"key_name": "paused"}).json()
     doomed = admin.post("/v1/keys", json={"key_name": "doomed"}).json()
     gateway.client(doomed["key"]).chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
     [row] = gateway.usage(1)
     assert row["api_key_id"] == doomed["id"]
     assert admin.patch(f"/v1/keys/{paused['id']}", json={"is_active": False}).status_code == 200
@@ -101,9 +109,13 @@ def test_a_deleted_key_is_gone_for_clients_but_its_usage_keeps_its_id(
     assert [key["id"] for key in admin.get("/v1/keys").json()] == [kept["id"], paused["id"]]
     listed = admin.get("/v1/keys", params={"include_revoked": "true"}).json()
     assert [(key["id"], key["is_active"]) for key in listed] == [
-        (kept["id"], True), (paused["id"], False), (doomed["id"], False)]
-    refused = httpx.get(f"{gateway.url}/v1/models",
-                        headers={"Authorization": f"Bearer {doomed['key']}"})
+        (kept["id"], True),
+        (paused["id"], False),
+        (doomed["id"], False),
+    ]
+    refused = httpx.get(
+        f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {doomed['key']}"}
+    )
     assert refused.status_code == 401
     [row] = loads(admin.get("/v1/usage").text)
     assert row["api_key_id"] == doomed["id"]
@@ -119,15 +131,14 @@ def test_expired_key_is_refused_with_reason(client: TestClient) -> None:
 
 def test_patch_changes_only_sent_fields(client: TestClient) -> None:
     created = make_key(client, key_name="a", metadata={"x": 1})
-    response = client.patch(f"/v1/keys/{created['id']}", json={"is_active": False},
-                            headers=MASTER)
+    response = client.patch(f"/v1/keys/{created['id']}", json={"is_active": False}, headers=MASTER)
     assert response.status_code == 200
     body = response.json()
     assert body["is_active"] is False
     assert body["key_name"] == "a" and body["metadata"] == {"x": 1}
-    renamed = client.patch(f"/v1/keys/{created['id']}", json={"key_name": "b",
-                                                               "is_active": True},
-                           headers=MASTER).json()
+    renamed = client.patch(
+        f"/v1/keys/{created['id']}", json={"key_name": "b", "is_active": True}, headers=MASTER
+    ).json()
     assert renamed["key_name"] == "b" and renamed["is_active"] is True
     assert client.get("/v1/models", headers={"Otari-Key": created["key"]}).status_code == 200
 
@@ -154,8 +165,9 @@ def test_list_paginates_and_bounds_limit(client: TestClient) -> None:
 
 
 def test_malformed_body_is_422_and_writes_nothing(client: TestClient) -> None:
-    bad = client.post("/v1/keys", content=b'{"key_name": ', headers={
-        **MASTER, "content-type": "application/json"})
+    bad = client.post(
+        "/v1/keys", content=b'{"key_name": ', headers={**MASTER, "content-type": "application/json"}
+    )
     assert bad.status_code == 422
     wrong_type = client.post("/v1/keys", json={"metadata": "not-an-object"}, headers=MASTER)
     assert wrong_type.status_code == 422

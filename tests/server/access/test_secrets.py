@@ -39,10 +39,18 @@ class Session:
     captured: list[tuple[str, str]] = field(default_factory=list)  # (what, text)
 
     def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*otari_command(), *args], input=input, capture_output=True,
-                              text=True, timeout=90, env=otari_env())
-        self.captured += [(f"otari {' '.join(args)} (stdout)", done.stdout),
-                          (f"otari {' '.join(args)} (stderr)", done.stderr)]
+        done = subprocess.run(
+            [*otari_command(), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=otari_env(),
+        )
+        self.captured += [
+            (f"otari {' '.join(args)} (stdout)", done.stdout),
+            (f"otari {' '.join(args)} (stderr)", done.stderr),
+        ]
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done
 
@@ -61,10 +69,18 @@ def mode(path: Path) -> int:
 
 
 def chat(url: str, key: str, **extra: Any) -> httpx.Response:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
-            **extra}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"})
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        **extra,
+    }
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {key}"},
+    )
 
 
 def test_a_whole_session_leaks_no_secret(isolated_home: Path) -> None:
@@ -79,8 +95,9 @@ def test_a_whole_session_leaks_no_secret(isolated_home: Path) -> None:
         config_file = config_dir / "config.toml"
         config = tomllib.loads(config_file.read_text())
         master_key = config["master_key"]
-        config["providers"] = {"fake": {"type": "openai", "base_url": fake.base_url,
-                                        "api_key": provider_key}}
+        config["providers"] = {
+            "fake": {"type": "openai", "base_url": fake.base_url, "api_key": provider_key}
+        }
         config["usage_flush_interval"] = 0.05
         config_file.write_text(tomli_w.dumps(config))
         otari("start", "--log-level", "debug")
@@ -96,8 +113,15 @@ def test_a_whole_session_leaks_no_secret(isolated_home: Path) -> None:
             spare = otari.json("keys", "create", "--name", "spare")
             otari("keys", "update", spare["id"], "--name", "renamed", "-m", "team=ml")
             otari("keys", "list")
-            otari("context", "add", "elsewhere", "--url", "http://127.0.0.1:9", "--key-stdin",
-                  input=master_key + "\n")
+            otari(
+                "context",
+                "add",
+                "elsewhere",
+                "--url",
+                "http://127.0.0.1:9",
+                "--key-stdin",
+                input=master_key + "\n",
+            )
 
             assert otari.saw("chat", chat(url, alice["key"])).status_code == 200
             assert otari.saw("stream", chat(url, alice["key"], stream=True)).status_code == 200
@@ -107,19 +131,32 @@ def test_a_whole_session_leaks_no_secret(isolated_home: Path) -> None:
             fake.push(error=Failure(500, f"internal error for key {provider_key}"))
             assert otari.saw("provider 500", chat(url, spare["key"])).status_code == 502
             assert otari.saw("budget", chat(url, alice["key"])).status_code == 402
-            assert otari.saw("non-master", httpx.get(
-                f"{url}/v1/keys", headers={"Authorization": f"Bearer {alice['key']}"}),
-            ).status_code == 403
-            otari.saw("usage", httpx.get(f"{url}/v1/usage",
-                                         headers={"Authorization": f"Bearer {master_key}"}))
+            assert (
+                otari.saw(
+                    "non-master",
+                    httpx.get(
+                        f"{url}/v1/keys", headers={"Authorization": f"Bearer {alice['key']}"}
+                    ),
+                ).status_code
+                == 403
+            )
+            otari.saw(
+                "usage",
+                httpx.get(f"{url}/v1/usage", headers={"Authorization": f"Bearer {master_key}"}),
+            )
             otari("usage")
             otari("keys", "revoke", spare["id"], "--yes")
         finally:
             otari("stop")
 
-    secret_values = {"master key": master_key, "bootstrap key": bootstrap_key,
-                     "alice's key": alice["key"], "spare key": spare["key"],
-                     "unknown key": bad_key, "provider key": provider_key}
+    secret_values = {
+        "master key": master_key,
+        "bootstrap key": bootstrap_key,
+        "alice's key": alice["key"],
+        "spare key": spare["key"],
+        "unknown key": bad_key,
+        "provider key": provider_key,
+    }
     haystacks = list(otari.captured)
     # `keys create` shows its secret once, by design: take that out, then grep the rest.
     for created in (alice, spare):
@@ -141,14 +178,24 @@ def test_a_whole_session_leaks_no_secret(isolated_home: Path) -> None:
     for path in sorted(database.parent.glob("otari.db*")):
         haystacks.append((str(path), path.read_bytes().decode("latin-1")))
 
-    leaks = [f"{name} in {what}" for name, value in secret_values.items()
-             for what, hay in haystacks if value in hay]
+    leaks = [
+        f"{name} in {what}"
+        for name, value in secret_values.items()
+        for what, hay in haystacks
+        if value in hay
+    ]
     assert not leaks, leaks
 
     # Every file that holds a secret is private; the expected ones are among them.
-    holders = {path: [name for name, value in secret_values.items()
-                      if value in path.read_text(errors="replace")]
-               for path in isolated_home.rglob("*") if path.is_file()}
+    holders = {
+        path: [
+            name
+            for name, value in secret_values.items()
+            if value in path.read_text(errors="replace")
+        ]
+        for path in isolated_home.rglob("*")
+        if path.is_file()
+    }
     holders = {path: names for path, names in holders.items() if names}
     assert {config_file, bootstrap_file} <= holders.keys(), holders
     assert any(path.is_relative_to(config_dir) and path != config_file for path in holders)
@@ -175,8 +222,7 @@ def test_the_sqlite_database_and_its_wal_are_created_private(tmp_path: Path) -> 
         assert created.status_code == 200
         files = sorted(database.parent.glob("otari.db*"))
         assert database in files and database.with_name("otari.db-wal") in files
-        assert {path.name: mode(path) for path in files} == {
-            path.name: 0o600 for path in files}
+        assert {path.name: mode(path) for path in files} == {path.name: 0o600 for path in files}
 
 
 def test_an_existing_database_file_keeps_its_mode(tmp_path: Path) -> None:
@@ -194,24 +240,39 @@ STREAMED_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("provider", "path", "body"), STREAMED_ERRORS,
-                         ids=[f"{p}{path}" for p, path, _ in STREAMED_ERRORS])
-def test_a_streamed_provider_error_is_redacted(sqlite_url: str, provider: str, path: str,
-                                               body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("provider", "path", "body"),
+    STREAMED_ERRORS,
+    ids=[f"{p}{path}" for p, path, _ in STREAMED_ERRORS],
+)
+def test_a_streamed_provider_error_is_redacted(
+    sqlite_url: str, provider: str, path: str, body: dict[str, Any]
+) -> None:
     provider_key = "sk-provider-" + secrets.token_urlsafe(24)
-    with FakeOpenAI(api_key=provider_key) as openai_fake, \
-            FakeAnthropic(api_key=provider_key) as anthropic_fake:
-        providers = {"fake": {"type": "openai", "base_url": openai_fake.base_url,
-                              "api_key": provider_key},
-                     "claude": {"type": "anthropic", "base_url": anthropic_fake.base_url,
-                                "api_key": provider_key}}
+    with (
+        FakeOpenAI(api_key=provider_key) as openai_fake,
+        FakeAnthropic(api_key=provider_key) as anthropic_fake,
+    ):
+        providers = {
+            "fake": {"type": "openai", "base_url": openai_fake.base_url, "api_key": provider_key},
+            "claude": {
+                "type": "anthropic",
+                "base_url": anthropic_fake.base_url,
+                "api_key": provider_key,
+            },
+        }
         fake = openai_fake if provider == "fake" else anthropic_fake
         fake.push(error=Failure(500, f"overloaded, key {provider_key}"), error_after=1)
-        settings = make_settings(sqlite_url, providers=providers, require_pricing=False,
-                                 usage_flush_interval=0.05)
+        settings = make_settings(
+            sqlite_url, providers=providers, require_pricing=False, usage_flush_interval=0.05
+        )
         with running(settings) as url:
-            answer = httpx.post(f"{url}{path}", headers=MASTER, timeout=30, json={
-                **body, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+            answer = httpx.post(
+                f"{url}{path}",
+                headers=MASTER,
+                timeout=30,
+                json={**body, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            )
             rows: list[str] = []
 
             def logged() -> bool:

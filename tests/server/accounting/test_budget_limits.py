@@ -38,43 +38,53 @@ def at(*parts: int) -> datetime:
 # -- calendar periods (pure) ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("now", "started", "resets"), [
-    (at(2026, 2, 14, 15, 30), at(2026, 2, 1), at(2026, 3, 1)),  # February: 28 days
-    (at(2026, 2, 28, 23, 59, 59), at(2026, 2, 1), at(2026, 3, 1)),
-    (at(2026, 3, 1), at(2026, 3, 1), at(2026, 4, 1)),  # the 1st at midnight starts a month
-    (at(2028, 2, 29, 12), at(2028, 2, 1), at(2028, 3, 1)),  # a leap February: 29 days
-    (at(2026, 1, 31, 8), at(2026, 1, 1), at(2026, 2, 1)),
-    (at(2026, 12, 31, 23), at(2026, 12, 1), at(2027, 1, 1)),  # the year rolls too
-])
-def test_calendar_month_rolls_on_the_first(now: datetime, started: datetime,
-                                           resets: datetime) -> None:
+@pytest.mark.parametrize(
+    ("now", "started", "resets"),
+    [
+        (at(2026, 2, 14, 15, 30), at(2026, 2, 1), at(2026, 3, 1)),  # February: 28 days
+        (at(2026, 2, 28, 23, 59, 59), at(2026, 2, 1), at(2026, 3, 1)),
+        (at(2026, 3, 1), at(2026, 3, 1), at(2026, 4, 1)),  # the 1st at midnight starts a month
+        (at(2028, 2, 29, 12), at(2028, 2, 1), at(2028, 3, 1)),  # a leap February: 29 days
+        (at(2026, 1, 31, 8), at(2026, 1, 1), at(2026, 2, 1)),
+        (at(2026, 12, 31, 23), at(2026, 12, 1), at(2027, 1, 1)),  # the year rolls too
+    ],
+)
+def test_calendar_month_rolls_on_the_first(
+    now: datetime, started: datetime, resets: datetime
+) -> None:
     assert budget_rules.calendar_period(now, "calendar_month") == Period(started, resets)
 
 
 def test_calendar_day_and_iso_week() -> None:
     assert budget_rules.calendar_period(at(2026, 2, 28, 18), "calendar_day") == Period(
-        at(2026, 2, 28), at(2026, 3, 1))
+        at(2026, 2, 28), at(2026, 3, 1)
+    )
     # 2026-12-01 is a Tuesday: its week began on Monday 30 November.
     assert budget_rules.calendar_period(at(2026, 12, 1, 12), "calendar_week") == Period(
-        at(2026, 11, 30), at(2026, 12, 7))
+        at(2026, 11, 30), at(2026, 12, 7)
+    )
     # A Sunday belongs to the week of the Monday before it, across a month end.
     assert budget_rules.calendar_period(at(2026, 3, 1, 23, 59), "calendar_week") == Period(
-        at(2026, 2, 23), at(2026, 3, 2))
+        at(2026, 2, 23), at(2026, 3, 2)
+    )
 
 
 def test_calendar_periods_are_utc_whatever_the_offset_given() -> None:
     # 00:30 on March 1st at UTC+5 is still February in UTC.
     local = datetime(2026, 3, 1, 0, 30, tzinfo=timezone(timedelta(hours=5)))
     assert budget_rules.calendar_period(local, "calendar_month") == Period(
-        at(2026, 2, 1), at(2026, 3, 1))
+        at(2026, 2, 1), at(2026, 3, 1)
+    )
 
 
 def test_aligned_periods_ignore_the_start_and_duration() -> None:
     attached = at(2026, 1, 17, 9, 45)
     assert budget_rules.first_period(attached, None, "calendar_month") == Period(
-        at(2026, 1, 1), at(2026, 2, 1))
+        at(2026, 1, 1), at(2026, 2, 1)
+    )
     assert budget_rules.current_period(attached, 3600, at(2026, 2, 14), "calendar_month") == Period(
-        at(2026, 2, 1), at(2026, 3, 1))
+        at(2026, 2, 1), at(2026, 3, 1)
+    )
     with pytest.raises(ValueError, match="calendar_year"):
         budget_rules.calendar_period(attached, "calendar_year")
 
@@ -85,8 +95,9 @@ PRICE = Price("p:m", at(2026, 1, 1), Decimal("1"), Decimal("3"))
 
 
 def _output(completion: int = 1000, choices: int = 1, price: Price | None = PRICE) -> Output:
-    return Output(price, Consumption(prompt_tokens=100, completion_tokens=completion),
-                  choices, "max_tokens")
+    return Output(
+        price, Consumption(prompt_tokens=100, completion_tokens=completion), choices, "max_tokens"
+    )
 
 
 def test_affordable_output_is_exact() -> None:
@@ -113,82 +124,128 @@ def test_judge_counts_requests_first_then_money_and_tokens() -> None:
     assert budget_rules.judge(need, Remaining(None, 0, None), True).refused == "requests"
     granted = budget_rules.judge(need, Remaining(Decimal(1), 5, None), False)
     assert (granted.amount, granted.requests, granted.tokens, granted.refused) == (
-        Decimal("0.0031"), 1, 0, None)
+        Decimal("0.0031"),
+        1,
+        0,
+        None,
+    )
     refused = budget_rules.judge(need, Remaining(Decimal("0.001"), None, None), False)
     assert (refused.refused, refused.affordable) == ("money", 300)
     refused = budget_rules.judge(need, Remaining(None, None, 600), False)
     assert (refused.refused, refused.affordable) == ("tokens", 500)
     clamped = budget_rules.judge(need, Remaining(Decimal("0.001"), 3, 600), True)
     assert (clamped.clamped, clamped.amount, clamped.requests, clamped.tokens) == (
-        300, Decimal("0.001"), 1, 400)
+        300,
+        Decimal("0.001"),
+        1,
+        400,
+    )
 
 
 def test_price_tiers_pick_the_tier_of_the_prompt() -> None:
-    price = Price("p:m", at(2026, 1, 1), Decimal("1"), Decimal("2"),
-                  cache_read_per_million=Decimal("0.1"),
-                  tiers=(Tier(11, Decimal("3"), Decimal("6")), Tier(101, None, Decimal("9"))))
-    assert price.cost(Consumption(prompt_tokens=10, completion_tokens=5)) == Decimal(
-        "0.000020")
-    assert price.cost(Consumption(prompt_tokens=11, completion_tokens=5)) == Decimal(
-        "0.000063")
+    price = Price(
+        "p:m",
+        at(2026, 1, 1),
+        Decimal("1"),
+        Decimal("2"),
+        cache_read_per_million=Decimal("0.1"),
+        tiers=(Tier(11, Decimal("3"), Decimal("6")), Tier(101, None, Decimal("9"))),
+    )
+    assert price.cost(Consumption(prompt_tokens=10, completion_tokens=5)) == Decimal("0.000020")
+    assert price.cost(Consumption(prompt_tokens=11, completion_tokens=5)) == Decimal("0.000063")
     # A rate a tier omits is the base entry's (input 1, cache reads 0.1), not a lower tier's.
-    assert price.cost(Consumption(prompt_tokens=101, completion_tokens=5,
-                                  cache_read_tokens=1)) == Decimal("0.0001451")
+    assert price.cost(
+        Consumption(prompt_tokens=101, completion_tokens=5, cache_read_tokens=1)
+    ) == Decimal("0.0001451")
 
 
 # -- management API ------------------------------------------------------------------------
 
 
 def test_budget_limits_and_alignment_round_trip(client: TestClient) -> None:
-    created = make_budget(client, max_budget=5, reset_alignment="calendar_month",
-                          request_limit=10, token_limit=1000, budget_clamp=True)
-    assert (created["reset_alignment"], created["request_limit"], created["token_limit"],
-            created["budget_clamp"], created["budget_duration_sec"]) == (
-        "calendar_month", 10, 1000, True, None)
+    created = make_budget(
+        client,
+        max_budget=5,
+        reset_alignment="calendar_month",
+        request_limit=10,
+        token_limit=1000,
+        budget_clamp=True,
+    )
+    assert (
+        created["reset_alignment"],
+        created["request_limit"],
+        created["token_limit"],
+        created["budget_clamp"],
+        created["budget_duration_sec"],
+    ) == ("calendar_month", 10, 1000, True, None)
     user = make_user(client, "alice", budget_id=created["budget_id"])
     now = datetime.now(UTC)
     period = budget_rules.calendar_period(now, "calendar_month")
     assert datetime.fromisoformat(user["budget_started_at"]) == period.started_at
     assert datetime.fromisoformat(user["next_budget_reset_at"]) == period.resets_at
-    assert (user["current_requests"], user["current_tokens"], user["reserved_requests"],
-            user["reserved_tokens"]) == (0, 0, 0, 0)
+    assert (
+        user["current_requests"],
+        user["current_tokens"],
+        user["reserved_requests"],
+        user["reserved_tokens"],
+    ) == (0, 0, 0, 0)
     # A number of seconds replaces the alignment (and re-times the users), and back.
-    patched = client.patch(f"/v1/budgets/{created['budget_id']}",
-                           json={"budget_duration_sec": 3600}, headers=MASTER).json()
+    patched = client.patch(
+        f"/v1/budgets/{created['budget_id']}", json={"budget_duration_sec": 3600}, headers=MASTER
+    ).json()
     assert (patched["reset_alignment"], patched["budget_duration_sec"]) == (None, 3600)
-    patched = client.patch(f"/v1/budgets/{created['budget_id']}",
-                           json={"reset_alignment": "calendar_day", "token_limit": None},
-                           headers=MASTER).json()
-    assert (patched["reset_alignment"], patched["budget_duration_sec"],
-            patched["token_limit"], patched["request_limit"]) == ("calendar_day", None, None, 10)
+    patched = client.patch(
+        f"/v1/budgets/{created['budget_id']}",
+        json={"reset_alignment": "calendar_day", "token_limit": None},
+        headers=MASTER,
+    ).json()
+    assert (
+        patched["reset_alignment"],
+        patched["budget_duration_sec"],
+        patched["token_limit"],
+        patched["request_limit"],
+    ) == ("calendar_day", None, None, 10)
     user = client.get("/v1/users/alice", headers=MASTER).json()
     day = budget_rules.calendar_period(datetime.now(UTC), "calendar_day")
     assert datetime.fromisoformat(user["next_budget_reset_at"]) == day.resets_at
 
 
-@pytest.mark.parametrize("body", [
-    {"budget_duration_sec": 86400, "reset_alignment": "calendar_month"},
-    {"reset_alignment": "calendar_year"},
-    {"request_limit": -1},
-    {"token_limit": 10**15 + 1},
-    {"request_limit": True},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"budget_duration_sec": 86400, "reset_alignment": "calendar_month"},
+        {"reset_alignment": "calendar_year"},
+        {"request_limit": -1},
+        {"token_limit": 10**15 + 1},
+        {"request_limit": True},
+    ],
+)
 def test_bad_budget_fields_are_refused_and_nothing_is_written(
-        client: TestClient, body: dict[str, Any]) -> None:
+    client: TestClient, body: dict[str, Any]
+) -> None:
     response = client.post("/v1/budgets", json=body, headers=MASTER)
     assert response.status_code in (400, 422), response.text
     assert client.get("/v1/budgets", headers=MASTER).json() == []
 
 
 def test_calendar_period_rolls_over_on_read(client: TestClient, database_url: str) -> None:
-    budget_id = make_budget(client, max_budget=5, reset_alignment="calendar_month",
-                            request_limit=10)["budget_id"]
+    budget_id = make_budget(
+        client, max_budget=5, reset_alignment="calendar_month", request_limit=10
+    )["budget_id"]
     make_user(client, "alice", budget_id=budget_id)
     engine = create_db_engine(database_url)
     with session_factory(engine).begin() as session:  # last January's period, used up
-        session.execute(update(User).where(User.user_id == "alice").values(
-            spend=Decimal("2.5"), requests=10, tokens=500, budget_started_at=at(2026, 1, 1),
-            next_budget_reset_at=at(2026, 2, 1)))
+        session.execute(
+            update(User)
+            .where(User.user_id == "alice")
+            .values(
+                spend=Decimal("2.5"),
+                requests=10,
+                tokens=500,
+                budget_started_at=at(2026, 1, 1),
+                next_budget_reset_at=at(2026, 2, 1),
+            )
+        )
     engine.dispose()
     user = client.get("/v1/users/alice", headers=MASTER).json()
     period = budget_rules.calendar_period(datetime.now(UTC), "calendar_month")
@@ -198,52 +255,74 @@ def test_calendar_period_rolls_over_on_read(client: TestClient, database_url: st
 
 def test_price_tiers_in_both_forms_with_history(client: TestClient) -> None:
     def post(body: str) -> httpx.Response:
-        return client.post("/v1/pricing", content=body,
-                           headers={**MASTER, "content-type": "application/json"})
+        return client.post(
+            "/v1/pricing", content=body, headers={**MASTER, "content-type": "application/json"}
+        )
 
-    old = post('{"model_key": "a:m", "input_price_per_million": 3, '
-               '"output_price_per_million": 15, "effective_at": "2026-01-01T00:00:00Z"}')
+    old = post(
+        '{"model_key": "a:m", "input_price_per_million": 3, '
+        '"output_price_per_million": 15, "effective_at": "2026-01-01T00:00:00Z"}'
+    )
     assert old.status_code == 200 and old.json()["tiers"] == []
-    new = post('{"model_key": "a:m", "input_price_per_million": 3, '
-               '"output_price_per_million": 15, "effective_at": "2026-02-01T00:00:00Z", '
-               '"tiers": [{"above_input_tokens": 200000, "input_price_per_million": 6, '
-               '"output_price_per_million": 22.5000000001}]}')
+    new = post(
+        '{"model_key": "a:m", "input_price_per_million": 3, '
+        '"output_price_per_million": 15, "effective_at": "2026-02-01T00:00:00Z", '
+        '"tiers": [{"above_input_tokens": 200000, "input_price_per_million": 6, '
+        '"output_price_per_million": 22.5000000001}]}'
+    )
     assert new.status_code == 200, new.text
     entry = loads(new.text)
-    assert entry["tiers"] == [{"above_input_tokens": 200000,
-                               "input_price_per_million": Decimal(6),
-                               "output_price_per_million": Decimal("22.5000000001")}]
-    assert entry["pricing_tiers"] == [{"min_input_tokens": 200001,
-                                       "input_price_per_million": Decimal(6),
-                                       "output_price_per_million": Decimal("22.5000000001")}]
+    assert entry["tiers"] == [
+        {
+            "above_input_tokens": 200000,
+            "input_price_per_million": Decimal(6),
+            "output_price_per_million": Decimal("22.5000000001"),
+        }
+    ]
+    assert entry["pricing_tiers"] == [
+        {
+            "min_input_tokens": 200001,
+            "input_price_per_million": Decimal(6),
+            "output_price_per_million": Decimal("22.5000000001"),
+        }
+    ]
     # The SDK's form is the same thing.
-    sdk = post('{"model_key": "b:m", "input_price_per_million": 1, '
-               '"output_price_per_million": 2, '
-               '"pricing_tiers": [{"min_input_tokens": 128001, "output_price_per_million": 4}]}')
-    assert loads(sdk.text)["tiers"] == [{"above_input_tokens": 128000,
-                                         "output_price_per_million": Decimal(4)}]
+    sdk = post(
+        '{"model_key": "b:m", "input_price_per_million": 1, '
+        '"output_price_per_million": 2, '
+        '"pricing_tiers": [{"min_input_tokens": 128001, "output_price_per_million": 4}]}'
+    )
+    assert loads(sdk.text)["tiers"] == [
+        {"above_input_tokens": 128000, "output_price_per_million": Decimal(4)}
+    ]
     history = client.get("/v1/pricing/a:m/history", headers=MASTER).json()
     assert [len(e["tiers"]) for e in history] == [1, 0]
-    before = client.get("/v1/pricing/a:m", params={"as_of": "2026-01-15T00:00:00Z"},
-                        headers=MASTER).json()
+    before = client.get(
+        "/v1/pricing/a:m", params={"as_of": "2026-01-15T00:00:00Z"}, headers=MASTER
+    ).json()
     assert before["tiers"] == []
 
 
-@pytest.mark.parametrize("tiers", [
-    '"tiers": [{"input_price_per_million": 6}]',  # no threshold
-    '"tiers": [{"min_input_tokens": 5, "above_input_tokens": 4}]',  # two
-    '"tiers": [{"min_input_tokens": 0}]',
-    '"tiers": [{"min_input_tokens": 9}, {"above_input_tokens": 8}]',  # the same start
-    '"tiers": [{"min_input_tokens": 9}], "pricing_tiers": [{"min_input_tokens": 9}]',
-    '"tiers": [{"min_input_tokens": 9}], "unit": "requests"',
-    '"tiers": [{"min_input_tokens": 9, "input_price_per_million": 0.00000000001}]',
-])
-def test_bad_tiers_are_refused_before_anything_is_written(client: TestClient,
-                                                          tiers: str) -> None:
-    body = ('{"model_key": "a:m", "input_price_per_million": 3, '
-            f'"output_price_per_million": 15, {tiers}}}')
-    response = client.post("/v1/pricing", content=body,
-                           headers={**MASTER, "content-type": "application/json"})
+@pytest.mark.parametrize(
+    "tiers",
+    [
+        '"tiers": [{"input_price_per_million": 6}]',  # no threshold
+        '"tiers": [{"min_input_tokens": 5, "above_input_tokens": 4}]',  # two
+        '"tiers": [{"min_input_tokens": 0}]',
+        '"tiers": [{"min_input_tokens": 9}, {"above_input_tokens": 8}]',  # the same start
+        '"tiers": [{"min_input_tokens": 9}], "pricing_tiers": [{"min_input_tokens": 9}]',
+        '"tiers": [{"min_input_tokens": 9}], "unit": "requests"',
+        '"tiers": [{"min_input_tokens": 9, "input_price_per_million": 0.00000000001}]',
+    ],
+)
+def test_bad_tiers_are_refused_before_anything_is_written(client: TestClient, tiers: str) -> None:
+    body = (
+        '{"model_key": "a:m", "input_price_per_million": 3, '
+        f'"output_price_per_million": 15, {tiers}}}'
+    )
+    response = client.post(
+        "/v1/pricing", content=body, headers={**MASTER, "content-type": "application/json"}
+    )
     assert response.status_code in (400, 422), response.text
     assert client.get("/v1/pricing", headers=MASTER).json() == []
 
@@ -253,11 +332,13 @@ def test_bad_tiers_are_refused_before_anything_is_written(client: TestClient,
 
 def _budgeted_user(gateway: Gateway, user_id: str, **budget: Any) -> str:
     """A user on a new budget with these fields; returns an API key of theirs."""
-    response = gateway.admin.post("/v1/budgets", content=_json(budget),
-                                  headers={"content-type": "application/json"})
+    response = gateway.admin.post(
+        "/v1/budgets", content=_json(budget), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 200, response.text
-    created = gateway.admin.post("/v1/users", json={
-        "user_id": user_id, "budget_id": response.json()["budget_id"]})
+    created = gateway.admin.post(
+        "/v1/users", json={"user_id": user_id, "budget_id": response.json()["budget_id"]}
+    )
     assert created.status_code == 200, created.text
     return gateway.key(user_id=user_id)
 
@@ -276,13 +357,19 @@ def _value(value: Any) -> str:
 
 
 def _chat(gateway: Gateway, key: str, content: bytes) -> httpx.Response:
-    return httpx.post(f"{gateway.url}/v1/chat/completions", content=content, timeout=30,
-                      headers={"Otari-Key": key, "content-type": "application/json"})
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=content,
+        timeout=30,
+        headers={"Otari-Key": key, "content-type": "application/json"},
+    )
 
 
 def _body(max_tokens: int, words: str = "one two three") -> bytes:
-    return (b'{"model": "fake:gpt-4o-mini", "max_tokens": %d, '
-            b'"messages": [{"role": "user", "content": "%s"}]}' % (max_tokens, words.encode()))
+    return (
+        b'{"model": "fake:gpt-4o-mini", "max_tokens": %d, '
+        b'"messages": [{"role": "user", "content": "%s"}]}' % (max_tokens, words.encode())
+    )
 
 
 def _settled(gateway: Gateway, user_id: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -302,20 +389,24 @@ def _worst_prompt(raw: bytes) -> int:
 
 
 def test_request_limit_refuses_the_next_request_and_resets_with_the_calendar(
-        gateway: Gateway, database_url: str) -> None:
+    gateway: Gateway, database_url: str
+) -> None:
     key = _budgeted_user(gateway, "team", request_limit=3, reset_alignment="calendar_day")
     client = gateway.client(key)
     for _ in range(3):
-        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
     with pytest.raises(openai.APIStatusError) as refused:
-        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
     assert refused.value.status_code == 402
     day = budget_rules.calendar_period(datetime.now(UTC), "calendar_day")
     assert refused.value.body["message"] == (  # type: ignore[index]
         "Request limit reached for user 'team': 3 request(s) per period, none remains "
-        f"until {day.resets_at.isoformat()}")  # type: ignore[union-attr]
+        f"until {day.resets_at.isoformat()}"
+    )  # type: ignore[union-attr]
     assert len(gateway.openai_fake.requests) == 3
     user = _settled(gateway, "team")
     assert user["current_requests"] == 3
@@ -323,34 +414,46 @@ def test_request_limit_refuses_the_next_request_and_resets_with_the_calendar(
     # The next calendar day starts a new period, at reservation time too.
     engine = create_db_engine(database_url)
     with session_factory(engine).begin() as session:
-        session.execute(update(User).where(User.user_id == "team").values(
-            budget_started_at=day.started_at - timedelta(days=1),
-            next_budget_reset_at=day.started_at))
+        session.execute(
+            update(User)
+            .where(User.user_id == "team")
+            .values(
+                budget_started_at=day.started_at - timedelta(days=1),
+                next_budget_reset_at=day.started_at,
+            )
+        )
     engine.dispose()
-    client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
-                                   messages=[{"role": "user", "content": "hi"}])
+    client.chat.completions.create(
+        model="fake:gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
     user = _settled(gateway, "team")
     assert (user["current_requests"], user["spend"]) == (1, Decimal("0.000011"))
     assert datetime.fromisoformat(user["budget_started_at"]) == day.started_at
 
 
 def test_request_limit_holds_under_concurrency_across_instances(
-        gateway_factory: Callable[..., Gateway]) -> None:
+    gateway_factory: Callable[..., Gateway],
+) -> None:
     first, second = gateway_factory(), gateway_factory()  # two instances, one database
     first.price("fake:gpt-4o-mini", "1", "2")
     key = _budgeted_user(first, "team", request_limit=5)
 
     async def one(client: httpx.AsyncClient) -> int:
-        response = await client.post("/v1/chat/completions", json={
-            "model": "fake:gpt-4o-mini", "max_tokens": 5,
-            "messages": [{"role": "user", "content": "hi"}]})
+        response = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "fake:gpt-4o-mini",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         return response.status_code
 
     async def run() -> list[int]:
-        async with httpx.AsyncClient(base_url=first.url, timeout=60,
-                                     headers={"Otari-Key": key}) as a, \
-                httpx.AsyncClient(base_url=second.url, timeout=60,
-                                  headers={"Otari-Key": key}) as b:
+        async with (
+            httpx.AsyncClient(base_url=first.url, timeout=60, headers={"Otari-Key": key}) as a,
+            httpx.AsyncClient(base_url=second.url, timeout=60, headers={"Otari-Key": key}) as b,
+        ):
             return list(await asyncio.gather(*(one(c) for c in [a, b] * 10)))
 
     statuses = asyncio.run(run())
@@ -360,7 +463,8 @@ def test_request_limit_holds_under_concurrency_across_instances(
 
 
 def test_token_limit_reserves_the_worst_case_settles_the_real_count_and_clamps(
-        gateway: Gateway) -> None:
+    gateway: Gateway,
+) -> None:
     raw = _body(50)
     worst = _worst_prompt(raw) + 50
     key = _budgeted_user(gateway, "team", token_limit=worst + 4)
@@ -368,9 +472,15 @@ def test_token_limit_reserves_the_worst_case_settles_the_real_count_and_clamps(
     gateway.openai_fake.push(gate=gate)
     with httpx.Client(timeout=30) as http:
         result: list[httpx.Response] = []
-        runner = threading.Thread(target=lambda: result.append(http.post(
-            f"{gateway.url}/v1/chat/completions", content=raw,
-            headers={"Otari-Key": key, "content-type": "application/json"})))
+        runner = threading.Thread(
+            target=lambda: result.append(
+                http.post(
+                    f"{gateway.url}/v1/chat/completions",
+                    content=raw,
+                    headers={"Otari-Key": key, "content-type": "application/json"},
+                )
+            )
+        )
         runner.start()
         gate.wait_for(1)
         held = gateway.get_user("team")
@@ -384,11 +494,14 @@ def test_token_limit_reserves_the_worst_case_settles_the_real_count_and_clamps(
     assert refused.status_code == 402
     assert refused.json()["error"]["message"] == (
         f"Token limit exceeded for user 'team': this request may use up to {worst} tokens, "
-        f"{worst - 4} of {worst + 4} remain; lower max_tokens to 46 or less")
+        f"{worst - 4} of {worst + 4} remain; lower max_tokens to 46 or less"
+    )
     # With the clamp on, the same request runs with max_tokens lowered to what fits.
     budget_id = gateway.get_user("team")["budget_id"]
-    assert gateway.admin.patch(f"/v1/budgets/{budget_id}",
-                               json={"budget_clamp": True}).status_code == 200
+    assert (
+        gateway.admin.patch(f"/v1/budgets/{budget_id}", json={"budget_clamp": True}).status_code
+        == 200
+    )
     gateway.openai_fake.push(text=" ".join(["word"] * 60))
     served = _chat(gateway, key, raw)
     assert served.status_code == 200, served.text
@@ -407,15 +520,22 @@ def test_refusal_says_which_max_tokens_fits(gateway: Gateway) -> None:
     key = _budgeted_user(gateway, "team", max_budget="0.0105")
     client = gateway.client(key)
     with pytest.raises(openai.APIStatusError) as refused:
-        client.chat.completions.create(model="fake:gpt-4o-mini", max_completion_tokens=100,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini",
+            max_completion_tokens=100,
+            messages=[{"role": "user", "content": "hi"}],
+        )
     assert refused.value.status_code == 402
     assert refused.value.body["message"] == (  # type: ignore[index]
         "Budget exceeded for user 'team': this request may cost up to 0.1, 0.0105 of 0.0105 "
-        "remains; lower max_completion_tokens to 10 or less")
+        "remains; lower max_completion_tokens to 10 or less"
+    )
     assert gateway.openai_fake.requests == []
-    client.chat.completions.create(model="fake:gpt-4o-mini", max_completion_tokens=10,
-                                   messages=[{"role": "user", "content": "hi"}])
+    client.chat.completions.create(
+        model="fake:gpt-4o-mini",
+        max_completion_tokens=10,
+        messages=[{"role": "user", "content": "hi"}],
+    )
 
 
 def test_both_output_limits_sent_hold_the_larger(gateway: Gateway) -> None:
@@ -423,13 +543,18 @@ def test_both_output_limits_sent_hold_the_larger(gateway: Gateway) -> None:
     # the smaller one let an answer of 50 tokens run on a hold of 5.
     gateway.price("fake:gpt-4o-mini", "0", "1000")  # 0.001 per output token
     key = _budgeted_user(gateway, "team", max_budget="0.01")
-    refused = _chat(gateway, key, b'{"model": "fake:gpt-4o-mini", "max_completion_tokens": 5, '
-                                  b'"max_tokens": 50, "messages": [{"role": "user", '
-                                  b'"content": "hi"}]}')
+    refused = _chat(
+        gateway,
+        key,
+        b'{"model": "fake:gpt-4o-mini", "max_completion_tokens": 5, '
+        b'"max_tokens": 50, "messages": [{"role": "user", '
+        b'"content": "hi"}]}',
+    )
     assert refused.status_code == 402
     assert refused.json()["error"]["message"] == (
         "Budget exceeded for user 'team': this request may cost up to 0.05, 0.01 of 0.01 "
-        "remains; lower max_completion_tokens to 10 or less")
+        "remains; lower max_completion_tokens to 10 or less"
+    )
     assert gateway.openai_fake.requests == []
 
 
@@ -438,8 +563,8 @@ def test_clamp_lowers_max_tokens_and_never_overspends(gateway: Gateway) -> None:
     key = _budgeted_user(gateway, "team", max_budget="0.01", budget_clamp=True)
     gateway.openai_fake.push(text=" ".join(["word"] * 40))
     answer = gateway.client(key).chat.completions.create(
-        model="fake:gpt-4o-mini", max_tokens=1000, n=2,
-        messages=[{"role": "user", "content": "hi"}])
+        model="fake:gpt-4o-mini", max_tokens=1000, n=2, messages=[{"role": "user", "content": "hi"}]
+    )
     # Two choices share the 10 affordable output tokens: five each.
     assert gateway.openai_fake.last.body["max_tokens"] == 5
     assert answer.choices[0].finish_reason == "length"
@@ -458,8 +583,11 @@ def test_global_clamp_on_messages(gateway_factory: Callable[..., Gateway]) -> No
     # An explicit timeout: the SDK otherwise refuses a non-streamed max_tokens this large.
     client = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0, timeout=30)
     try:
-        message = client.messages.create(model="claude:claude-sonnet", max_tokens=64000,
-                                         messages=[{"role": "user", "content": "hi"}])
+        message = client.messages.create(
+            model="claude:claude-sonnet",
+            max_tokens=64000,
+            messages=[{"role": "user", "content": "hi"}],
+        )
     finally:
         client.close()
     assert gateway.anthropic_fake.last.body["max_tokens"] == 12
@@ -469,7 +597,8 @@ def test_global_clamp_on_messages(gateway_factory: Callable[..., Gateway]) -> No
 
 
 def test_a_budget_can_refuse_the_clamp_the_gateway_allows(
-        gateway_factory: Callable[..., Gateway]) -> None:
+    gateway_factory: Callable[..., Gateway],
+) -> None:
     gateway = gateway_factory(budget_clamp=True)
     gateway.price("fake:gpt-4o-mini", "0", "1000")
     key = _budgeted_user(gateway, "team", max_budget="0.01", budget_clamp=False)
@@ -483,22 +612,31 @@ def test_a_budget_can_refuse_the_clamp_the_gateway_allows(
 
 
 def test_tier_of_the_worst_case_is_held_and_the_real_tier_is_billed(gateway: Gateway) -> None:
-    body = ('{"model_key": "fake:gpt-4o-mini", "input_price_per_million": 1, '
-            '"output_price_per_million": 2, "tiers": [{"above_input_tokens": 10, '
-            '"input_price_per_million": 3, "output_price_per_million": 6}]}')
-    assert gateway.admin.post("/v1/pricing", content=body, headers={
-        "content-type": "application/json"}).status_code == 200
+    body = (
+        '{"model_key": "fake:gpt-4o-mini", "input_price_per_million": 1, '
+        '"output_price_per_million": 2, "tiers": [{"above_input_tokens": 10, '
+        '"input_price_per_million": 3, "output_price_per_million": 6}]}'
+    )
+    assert (
+        gateway.admin.post(
+            "/v1/pricing", content=body, headers={"content-type": "application/json"}
+        ).status_code
+        == 200
+    )
     key = _budgeted_user(gateway, "team", max_budget="1")
     short, long = _body(50), _body(50, " ".join(["w"] * 12))
     spent = Decimal(0)
     # The worst-case prompt of both is over 10 tokens: both hold at the long-context rates.
-    for raw, real_cost in ((short, Decimal("0.000013")),  # 3 + 5 tokens at 1 and 2 per M
-                           (long, Decimal("0.000066"))):  # 12 + 5 tokens at 3 and 6 per M
+    for raw, real_cost in (
+        (short, Decimal("0.000013")),  # 3 + 5 tokens at 1 and 2 per M
+        (long, Decimal("0.000066")),
+    ):  # 12 + 5 tokens at 3 and 6 per M
         gate = gateway.openai_fake.gate()
         gateway.openai_fake.push(gate=gate)
         done: list[httpx.Response] = []
-        runner = threading.Thread(target=lambda raw=raw, done=done: done.append(
-            _chat(gateway, key, raw)))
+        runner = threading.Thread(
+            target=lambda raw=raw, done=done: done.append(_chat(gateway, key, raw))
+        )
         runner.start()
         gate.wait_for(1)
         held = gateway.get_user("team")["reserved"]
@@ -520,7 +658,8 @@ def test_clamp_lowers_max_output_tokens_on_responses(database_url: str) -> None:
         key = _budgeted_user(gateway, "team", max_budget="0.007")
         gateway.openai_fake.push(text=" ".join(["word"] * 40))
         response = gateway.client(key).responses.create(
-            model="fake:gpt-4o-mini", input="hi", max_output_tokens=5000)
+            model="fake:gpt-4o-mini", input="hi", max_output_tokens=5000
+        )
         assert gateway.openai_fake.last.body["max_output_tokens"] == 7
         assert response.status == "incomplete"
         assert response.incomplete_details is not None
@@ -533,37 +672,49 @@ def test_clamp_lowers_max_output_tokens_on_responses(database_url: str) -> None:
 # -- holds: released by settlement, given back by reclaim -----------------------------------
 
 
-def test_a_request_the_provider_refused_does_not_use_up_the_request_limit(
-        gateway: Gateway) -> None:
+def test_a_request_the_provider_refused_does_not_use_up_the_request_limit(gateway: Gateway) -> None:
     key = _budgeted_user(gateway, "team", request_limit=1)
     client = gateway.client(key)
     gateway.openai_fake.fail(500, "upstream broke")
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
     assert _settled(gateway, "team")["current_requests"] == 0
-    client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
-                                   messages=[{"role": "user", "content": "hi"}])
+    client.chat.completions.create(
+        model="fake:gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
     assert _settled(gateway, "team")["current_requests"] == 1
     with pytest.raises(openai.APIStatusError) as refused:
-        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
     assert refused.value.status_code == 402
 
 
-def test_reclaim_gives_back_held_requests_and_tokens(client: TestClient,
-                                                     database_url: str) -> None:
+def test_reclaim_gives_back_held_requests_and_tokens(client: TestClient, database_url: str) -> None:
     budget_id = make_budget(client, request_limit=5, token_limit=1000)["budget_id"]
     make_user(client, "alice", budget_id=budget_id)
     engine = create_db_engine(database_url)
     now = datetime.now(UTC)
     with engine.begin() as conn:  # a dead instance's hold, expired
-        conn.execute(Reservation.__table__.insert().values(
-            id=hold_id("gone:1", "alice"), user_id="alice", amount=Decimal(0), requests=2,
-            tokens=700, instance_id="gone:1", created_at=now - timedelta(hours=2),
-            expires_at=now - timedelta(hours=1)))
-        conn.execute(update(User).where(User.user_id == "alice").values(
-            reserved_requests=3, reserved_tokens=900))  # 1 and 200 held by a live instance
+        conn.execute(
+            Reservation.__table__.insert().values(
+                id=hold_id("gone:1", "alice"),
+                user_id="alice",
+                amount=Decimal(0),
+                requests=2,
+                tokens=700,
+                instance_id="gone:1",
+                created_at=now - timedelta(hours=2),
+                expires_at=now - timedelta(hours=1),
+            )
+        )
+        conn.execute(
+            update(User)
+            .where(User.user_id == "alice")
+            .values(reserved_requests=3, reserved_tokens=900)
+        )  # 1 and 200 held by a live instance
     with engine.begin() as conn:
         assert reclaim(conn, None, now) == 1
     engine.dispose()

@@ -27,10 +27,21 @@ CENT = Decimal("0.01")
 
 
 def _row(row_id: str, cost: Decimal, user_id: str = "u") -> Settlement:
-    return Settlement(hold=NO_HOLD, user_id=user_id, api_key_id=None, model="fake:m",
-                      provider="fake", endpoint="/v1/chat/completions", status="success",
-                      prompt_tokens=1, completion_tokens=5, cost=cost, id=row_id,
-                      request_id=row_id, status_code=200)
+    return Settlement(
+        hold=NO_HOLD,
+        user_id=user_id,
+        api_key_id=None,
+        model="fake:m",
+        provider="fake",
+        endpoint="/v1/chat/completions",
+        status="success",
+        prompt_tokens=1,
+        completion_tokens=5,
+        cost=cost,
+        id=row_id,
+        request_id=row_id,
+        status_code=200,
+    )
 
 
 def _engine_with_user(database_url: str) -> object:
@@ -53,8 +64,9 @@ def _write(engine: object, rows: list[Settlement]) -> Ledger:
     return asyncio.run(run())
 
 
-def test_a_refused_row_is_isolated_and_the_rest_lands(database_url: str,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_row_is_isolated_and_the_rest_lands(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     engine = _engine_with_user(database_url)
     good = [_row(f"g{i}", CENT) for i in range(10)]
     # Out of the money column's range on both databases, and a second write of g3's id.
@@ -127,15 +139,17 @@ class _UsageTableLock:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_readiness_says_503_while_usage_cannot_be_written_and_recovers(
-        gateway_factory: Callable[..., Gateway], database_url: str) -> None:
+    gateway_factory: Callable[..., Gateway], database_url: str
+) -> None:
     gateway = gateway_factory(usage_max_lag=0.5)
     gateway.price("fake:gpt-4o-mini", "0", "2000")
     client = gateway.client(gateway.key())
     ready = f"{gateway.url}/health/readiness"
     assert httpx.get(ready).status_code == 200
     with _UsageTableLock(database_url):
-        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=5,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
 
         def not_ready() -> bool:
             return httpx.get(ready, timeout=10).status_code == 503
@@ -145,7 +159,10 @@ def test_readiness_says_503_while_usage_cannot_be_written_and_recovers(
         assert answer["status"] == "not ready" and answer["database"] == "ok"
         assert answer["usage"].startswith("usage not written for ")
         assert "usage_max_lag is 0.5s" in answer["usage"]
-    wait_until(lambda: httpx.get(ready, timeout=10).status_code == 200, 15,
-               "readiness to recover by itself")
+    wait_until(
+        lambda: httpx.get(ready, timeout=10).status_code == 200,
+        15,
+        "readiness to recover by itself",
+    )
     [row] = gateway.usage(1)
     assert row["cost"] == CENT and row["status_code"] == 200

@@ -30,9 +30,18 @@ HI = [{"role": "user", "content": "hi"}]
 def chat_answer(usage: Any) -> dict[str, Any]:
     """An OpenAI chat completion reporting `usage` verbatim."""
     answer: dict[str, Any] = {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "served anyway"}}]}
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "served anyway"},
+            }
+        ],
+    }
     if usage is not None:
         answer["usage"] = usage
     return answer
@@ -42,24 +51,28 @@ def priced(gateway: Gateway, input_price: str = "0") -> None:
     gateway.price(MODEL, input_price, "2000")
 
 
-BAD_PROMPT_TOKENS = [10**14, 3_000_000_000, 2**63 + 5, -5, "12x", 12.5, True, [1], {"n": 1},
-                     "1e3"]
+BAD_PROMPT_TOKENS = [10**14, 3_000_000_000, 2**63 + 5, -5, "12x", 12.5, True, [1], {"n": 1}, "1e3"]
 
 
 @pytest.mark.parametrize("prompt_tokens", BAD_PROMPT_TOKENS, ids=repr)
 def test_bad_counts_are_served_flagged_and_billed_the_estimate(
-        gateway: Gateway, prompt_tokens: object) -> None:
+    gateway: Gateway, prompt_tokens: object
+) -> None:
     priced(gateway)
     gateway.user("victim", max_budget="1")
     gateway.user("other", max_budget="1")
-    gateway.openai_fake.push(body=chat_answer(
-        {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": 5}))
+    gateway.openai_fake.push(
+        body=chat_answer(
+            {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": 5}
+        )
+    )
     victim = gateway.client(gateway.key(user_id="victim"))
     reply = victim.chat.completions.create(model=MODEL, messages=HI, max_tokens=5)
     assert reply.choices[0].message.content == "served anyway"
     # Another user's request right behind it settles normally, to the exact amount.
     gateway.client(gateway.key(user_id="other")).chat.completions.create(
-        model=MODEL, messages=HI, max_tokens=5)
+        model=MODEL, messages=HI, max_tokens=5
+    )
     other, flagged = gateway.usage(2)
     assert flagged["user_id"] == "victim"
     assert flagged["status"] == "invalid_usage" and flagged["status_code"] == 200
@@ -75,12 +88,13 @@ def test_bad_counts_are_served_flagged_and_billed_the_estimate(
 
 @pytest.mark.parametrize(("prompt_tokens", "completion_tokens"), [("12", "5"), (12.0, 5.0)])
 def test_numeric_strings_and_whole_floats_are_converted(
-        gateway: Gateway, prompt_tokens: object, completion_tokens: object) -> None:
+    gateway: Gateway, prompt_tokens: object, completion_tokens: object
+) -> None:
     priced(gateway, input_price="1000")
-    gateway.openai_fake.push(body=chat_answer(
-        {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}))
-    gateway.client(gateway.key()).chat.completions.create(model=MODEL, messages=HI,
-                                                          max_tokens=5)
+    gateway.openai_fake.push(
+        body=chat_answer({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
+    )
+    gateway.client(gateway.key()).chat.completions.create(model=MODEL, messages=HI, max_tokens=5)
     [row] = gateway.usage(1)
     assert row["status"] == "success" and row["status_code"] == 200
     assert (row["prompt_tokens"], row["completion_tokens"]) == (12, 5)
@@ -92,7 +106,8 @@ def test_missing_usage_still_settles(gateway: Gateway) -> None:
     gateway.user("u", max_budget="1")
     gateway.openai_fake.push(body=chat_answer(None))
     gateway.client(gateway.key(user_id="u")).chat.completions.create(
-        model=MODEL, messages=HI, max_tokens=5)
+        model=MODEL, messages=HI, max_tokens=5
+    )
     [row] = gateway.usage(1)
     assert row["status_code"] == 200
     assert gateway.get_user("u")["reserved"] == 0
@@ -101,15 +116,23 @@ def test_missing_usage_still_settles(gateway: Gateway) -> None:
 def test_bad_counts_from_an_anthropic_provider_are_refused_too(gateway: Gateway) -> None:
     gateway.user("u", max_budget="1")
     # 3 input + 15 output per million (the fixture's claude price); max_tokens 100.
-    gateway.anthropic_fake.push(body={
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet",
-        "content": [{"type": "text", "text": "served anyway"}], "stop_reason": "end_turn",
-        "stop_sequence": None, "usage": {"input_tokens": 10**14, "output_tokens": 7}})
-    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key(user_id="u"),
-                                 max_retries=0)
+    gateway.anthropic_fake.push(
+        body={
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet",
+            "content": [{"type": "text", "text": "served anyway"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10**14, "output_tokens": 7},
+        }
+    )
+    client = anthropic.Anthropic(
+        base_url=gateway.url, api_key=gateway.key(user_id="u"), max_retries=0
+    )
     with client:
-        reply = client.messages.create(model="claude:claude-sonnet", max_tokens=100,
-                                       messages=HI)
+        reply = client.messages.create(model="claude:claude-sonnet", max_tokens=100, messages=HI)
     assert reply.content[0].text == "served anyway"  # type: ignore[union-attr]
     [row] = gateway.usage(1)
     assert row["status"] == "invalid_usage" and row["status_code"] == 200
@@ -125,18 +148,34 @@ def test_bad_counts_from_an_anthropic_provider_are_refused_too(gateway: Gateway)
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("output_tokens", [True, 7.5, "7x", [7]], ids=repr)
 def test_non_integer_counts_on_the_native_messages_path_are_refused(
-        gateway: Gateway, output_tokens: object, stream: bool) -> None:
+    gateway: Gateway, output_tokens: object, stream: bool
+) -> None:
     # /v1/messages to an Anthropic provider is not a translation: the same rules as on
     # every other native path (true is not 1, 7.5 is not a count), never read as 0.
     gateway.user("u", max_budget="1")
-    gateway.anthropic_fake.push(body={
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet",
-        "content": [{"type": "text", "text": "served anyway"}], "stop_reason": "end_turn",
-        "stop_sequence": None, "usage": {"input_tokens": 4, "output_tokens": output_tokens}})
+    gateway.anthropic_fake.push(
+        body={
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet",
+            "content": [{"type": "text", "text": "served anyway"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 4, "output_tokens": output_tokens},
+        }
+    )
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
-        reply = http.post("/v1/messages", headers={"x-api-key": gateway.key(user_id="u")},
-                          json={"model": "claude:claude-sonnet", "max_tokens": 100,
-                                "messages": HI, "stream": stream})
+        reply = http.post(
+            "/v1/messages",
+            headers={"x-api-key": gateway.key(user_id="u")},
+            json={
+                "model": "claude:claude-sonnet",
+                "max_tokens": 100,
+                "messages": HI,
+                "stream": stream,
+            },
+        )
     assert reply.status_code == 200 and "served anyway" in reply.text
     [row] = gateway.usage(1)
     assert row["status"] == "invalid_usage"
@@ -148,7 +187,8 @@ def test_non_integer_counts_on_the_native_messages_path_are_refused(
 
 
 def test_sequential_requests_see_their_own_settlements(
-        gateway_factory: Callable[..., Gateway]) -> None:
+    gateway_factory: Callable[..., Gateway],
+) -> None:
     # A long write-behind window: without settling a user's finished requests before their
     # next reservation, the third request below would find the first two still held.
     gateway = gateway_factory(usage_flush_interval=30)
@@ -161,8 +201,9 @@ def test_sequential_requests_see_their_own_settlements(
     with pytest.raises(openai.APIStatusError) as refused:
         client.chat.completions.create(model=MODEL, messages=HI, max_tokens=10)
     assert refused.value.status_code == 402
-    assert ("this request may cost up to 0.02, 0.01 of 0.05 remains"
-            in refused.value.message), refused.value.message
+    assert "this request may cost up to 0.02, 0.01 of 0.05 remains" in refused.value.message, (
+        refused.value.message
+    )
     user = gateway.get_user("seq")
     assert user["spend"] == Decimal("0.04") and user["reserved"] == 0
 
@@ -170,27 +211,38 @@ def test_sequential_requests_see_their_own_settlements(
 # -- the rules themselves (pure) ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, 0), (0, 0), (7, 7), ("12", 12), (" 12 ", 12), (12.0, 12),
-    (counts.MAX_TOKENS, counts.MAX_TOKENS),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, 0),
+        (0, 0),
+        (7, 7),
+        ("12", 12),
+        (" 12 ", 12),
+        (12.0, 12),
+        (counts.MAX_TOKENS, counts.MAX_TOKENS),
+    ],
+)
 def test_count_accepts(value: object, expected: int) -> None:
     assert counts.count(value, "x") == expected
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    (True, "x: True is a boolean, not a count"),
-    (False, "x: False is a boolean, not a count"),
-    (-1, "x: -1 is negative"),
-    (counts.MAX_TOKENS + 1, "x: 100000001 is over the ceiling of 100000000"),
-    (2**63 + 5, "x: 9223372036854775813 is over the ceiling of 100000000"),
-    (12.5, "x: 12.5 is not a whole number"),
-    (float("nan"), "x: nan is not a whole number"),
-    ("12.5", "x: '12.5' is not a number"),
-    ("-3", "x: '-3' is not a number"),
-    ("١٢", "x: '١٢' is not a number"),  # Arabic-Indic digits: decimal, but not ASCII
-    ([1], "x: a list is not a count"),
-])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (True, "x: True is a boolean, not a count"),
+        (False, "x: False is a boolean, not a count"),
+        (-1, "x: -1 is negative"),
+        (counts.MAX_TOKENS + 1, "x: 100000001 is over the ceiling of 100000000"),
+        (2**63 + 5, "x: 9223372036854775813 is over the ceiling of 100000000"),
+        (12.5, "x: 12.5 is not a whole number"),
+        (float("nan"), "x: nan is not a whole number"),
+        ("12.5", "x: '12.5' is not a number"),
+        ("-3", "x: '-3' is not a number"),
+        ("١٢", "x: '١٢' is not a number"),  # Arabic-Indic digits: decimal, but not ASCII
+        ([1], "x: a list is not a count"),
+    ],
+)
 def test_count_refuses(value: object, reason: str) -> None:
     with pytest.raises(counts.BadCount) as refused:
         counts.count(value, "x")
@@ -207,26 +259,40 @@ def test_seconds_rules() -> None:
 
 def test_connected_reports_apply_the_same_rules() -> None:
     assert usage_numbers({"prompt_tokens": 2**63 + 5, "completion_tokens": 10**15}, 4) == {
-        "prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3}
-    assert usage_numbers({"prompt_tokens": "7", "completion_tokens": 2.0,
-                          "total_tokens": True}) == {
-        "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+        "prompt_tokens": 0,
+        "completion_tokens": 3,
+        "total_tokens": 3,
+    }
+    assert usage_numbers(
+        {"prompt_tokens": "7", "completion_tokens": 2.0, "total_tokens": True}
+    ) == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
     assert usage_numbers({"prompt_tokens": 1.5, "completion_tokens": -2}, 1) == {
-        "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+    }
 
 
 @pytest.mark.parametrize("prompt_tokens", [-1, "lots", 10**14, False])
-def test_pass_through_endpoints_refuse_bad_counts_too(gateway: Gateway,
-                                                      prompt_tokens: object) -> None:
+def test_pass_through_endpoints_refuse_bad_counts_too(
+    gateway: Gateway, prompt_tokens: object
+) -> None:
     gateway.price("fake:text-embedding-3-small", "1000", "0")
-    gateway.openai_fake.push(body={
-        "object": "list", "model": "text-embedding-3-small",
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": 3}})
+    gateway.openai_fake.push(
+        body={
+            "object": "list",
+            "model": "text-embedding-3-small",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": 3},
+        }
+    )
     raw = b'{"model": "fake:text-embedding-3-small", "input": "hello there"}'
-    reply = httpx.post(f"{gateway.url}/v1/embeddings", content=raw, timeout=30,
-                       headers={"Authorization": f"Bearer {gateway.key()}",
-                                "content-type": "application/json"})
+    reply = httpx.post(
+        f"{gateway.url}/v1/embeddings",
+        content=raw,
+        timeout=30,
+        headers={"Authorization": f"Bearer {gateway.key()}", "content-type": "application/json"},
+    )
     assert reply.status_code == 200 and reply.json()["data"][0]["embedding"] == [0.5, 0.25]
     [row] = gateway.usage(1)
     assert row["status"] == "invalid_usage" and row["status_code"] == 200
@@ -237,7 +303,8 @@ def test_pass_through_endpoints_refuse_bad_counts_too(gateway: Gateway,
 
 @pytest.mark.parametrize("cache_write_tokens", [2**63 + 5, 10**14, True, "7x"], ids=repr)
 def test_responses_cache_write_tokens_are_checked_too(
-        database_url: str, cache_write_tokens: object) -> None:
+    database_url: str, cache_write_tokens: object
+) -> None:
     # 2**63 + 5 was stored as is: the database refused the row, so the request was never
     # billed and its hold never released; 10**14 was kept and true counted as 1.
     factory = gateway_factory_fixture(database_url, FakeOpenAIResponses)
@@ -245,20 +312,46 @@ def test_responses_cache_write_tokens_are_checked_too(
         gateway = next(factory)()
         gateway.price(MODEL, "1000", "2000")
         gateway.user("u", max_budget="1")
-        gateway.openai_fake.push(body={
-            "id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-4o-mini",
-            "status": "completed", "output": [{
-                "type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
-                "content": [{"type": "output_text", "text": "served anyway",
-                             "annotations": []}]}],
-            "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13,
-                      "input_tokens_details": {"cached_tokens": 0,
-                                               "cache_write_tokens": cache_write_tokens},
-                      "output_tokens_details": {"reasoning_tokens": 0}}})
+        gateway.openai_fake.push(
+            body={
+                "id": "resp_1",
+                "object": "response",
+                "created_at": 1,
+                "model": "gpt-4o-mini",
+                "status": "completed",
+                "output": [
+                    {
+                        "type": "message",
+                        "id": "msg_1",
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [
+                            {"type": "output_text", "text": "served anyway", "annotations": []}
+                        ],
+                    }
+                ],
+                "usage": {
+                    "input_tokens": 10,
+                    "output_tokens": 3,
+                    "total_tokens": 13,
+                    "input_tokens_details": {
+                        "cached_tokens": 0,
+                        "cache_write_tokens": cache_write_tokens,
+                    },
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                },
+            }
+        )
         raw = b'{"model": "fake:gpt-4o-mini", "input": "hi", "max_output_tokens": 5}'
-        reply = httpx.post(f"{gateway.url}/v1/responses", content=raw, timeout=30,
-                           headers={"Authorization": f"Bearer {gateway.key(user_id='u')}",
-                                    "content-type": "application/json"})
+        reply = httpx.post(
+            f"{gateway.url}/v1/responses",
+            content=raw,
+            timeout=30,
+            headers={
+                "Authorization": f"Bearer {gateway.key(user_id='u')}",
+                "content-type": "application/json",
+            },
+        )
         assert reply.status_code == 200 and "served anyway" in reply.text
         [row] = gateway.usage(1)
         assert row["status"] == "invalid_usage"

@@ -130,27 +130,45 @@ def fast(method: str, url: str, **kwargs: Any) -> httpx.Response:
     return response
 
 
-def test_database_outage_and_recovery(tmp_path: Path, postgres_url: str,
-                                      proxy: TcpProxy) -> None:
+def test_database_outage_and_recovery(tmp_path: Path, postgres_url: str, proxy: TcpProxy) -> None:
     held = 3
-    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, ThreadPoolExecutor(held) as pool, \
-            served(tmp_path, through(postgres_url, proxy),
-                   providers=fake_provider(fake.base_url, UPSTREAM_KEY)) as gateway, \
-            admin(gateway.url) as client:
+    with (
+        FakeOpenAI(api_key=UPSTREAM_KEY) as fake,
+        ThreadPoolExecutor(held) as pool,
+        served(
+            tmp_path,
+            through(postgres_url, proxy),
+            providers=fake_provider(fake.base_url, UPSTREAM_KEY),
+        ) as gateway,
+        admin(gateway.url) as client,
+    ):
         key = budgeted_key(client, "u", "100", MODEL, "2000")
         auth = {"Authorization": f"Bearer {key}"}
-        assert httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT,
-                          headers=auth).status_code == 200
+        assert (
+            httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=auth).status_code
+            == 200
+        )
         wait_until(lambda: len(books(postgres_url, "u").usage) == 1, 10, "the first usage row")
 
         # Requests in flight when the database goes away.
         gate = fake.gate()
         fake.default = Behaviour(gate=gate)
-        in_flight = [pool.submit(httpx.post, f"{gateway.url}/v1/chat/completions", json=CHAT,
-                                 headers=auth, timeout=30) for _ in range(held)]
+        in_flight = [
+            pool.submit(
+                httpx.post,
+                f"{gateway.url}/v1/chat/completions",
+                json=CHAT,
+                headers=auth,
+                timeout=30,
+            )
+            for _ in range(held)
+        ]
         gate.wait_for(held)
-        wait_until(lambda: books(postgres_url, "u").reserved == held * COST, 10,
-                   "the in-flight reservations")
+        wait_until(
+            lambda: books(postgres_url, "u").reserved == held * COST,
+            10,
+            "the in-flight reservations",
+        )
 
         proxy.cut()
         ready = fast("GET", f"{gateway.url}/health/readiness")
@@ -163,13 +181,16 @@ def test_database_outage_and_recovery(tmp_path: Path, postgres_url: str,
         managed = fast("GET", f"{gateway.url}/v1/users/u", headers=client.headers)
         assert managed.status_code == 503
         assert managed.json() == {"detail": "database unavailable, retry later"}
-        created = fast("POST", f"{gateway.url}/v1/users", headers=client.headers,
-                       json={"user_id": "during-outage"})
+        created = fast(
+            "POST",
+            f"{gateway.url}/v1/users",
+            headers=client.headers,
+            json={"user_id": "during-outage"},
+        )
         assert created.status_code == 503
         fake.default = Behaviour()
         for headers in (auth, {"Authorization": "Bearer gw-unknown-key-not-cached"}):
-            refused = fast("POST", f"{gateway.url}/v1/chat/completions", json=CHAT,
-                           headers=headers)
+            refused = fast("POST", f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers)
             assert refused.status_code == 503, refused.text
             error = refused.json()["error"]
             assert error["type"] == "service_unavailable"
@@ -180,8 +201,9 @@ def test_database_outage_and_recovery(tmp_path: Path, postgres_url: str,
         gateway.wait_ready(15)  # by itself: no restart
 
         def served_again() -> bool:
-            response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT,
-                                  headers=auth, timeout=30)
+            response = httpx.post(
+                f"{gateway.url}/v1/chat/completions", json=CHAT, headers=auth, timeout=30
+            )
             assert response.status_code in (200, 503), response.text
             return response.status_code == 200
 
@@ -203,25 +225,39 @@ def test_database_outage_and_recovery(tmp_path: Path, postgres_url: str,
 
 
 def test_rows_unwritten_at_shutdown_are_spooled_and_replayed_once(
-        tmp_path: Path, postgres_url: str, proxy: TcpProxy) -> None:
+    tmp_path: Path, postgres_url: str, proxy: TcpProxy
+) -> None:
     with FakeOpenAI(api_key=UPSTREAM_KEY) as fake:
         providers = fake_provider(fake.base_url, UPSTREAM_KEY)
-        with served(tmp_path, through(postgres_url, proxy), providers=providers) as gateway, \
-                admin(gateway.url) as client:
+        with (
+            served(tmp_path, through(postgres_url, proxy), providers=providers) as gateway,
+            admin(gateway.url) as client,
+        ):
             key = budgeted_key(client, "spool", "100", MODEL, "2000")
             auth = {"Authorization": f"Bearer {key}"}
-            assert httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT,
-                              headers=auth).status_code == 200
-            wait_until(lambda: len(books(postgres_url, "spool").usage) == 1, 10,
-                       "the first usage row")
+            assert (
+                httpx.post(
+                    f"{gateway.url}/v1/chat/completions", json=CHAT, headers=auth
+                ).status_code
+                == 200
+            )
+            wait_until(
+                lambda: len(books(postgres_url, "spool").usage) == 1, 10, "the first usage row"
+            )
             gate = fake.gate()
             fake.default = Behaviour(gate=gate)
             with ThreadPoolExecutor(1) as pool:
-                answered = pool.submit(httpx.post, f"{gateway.url}/v1/chat/completions",
-                                       json=CHAT, headers=auth, timeout=30)
+                answered = pool.submit(
+                    httpx.post,
+                    f"{gateway.url}/v1/chat/completions",
+                    json=CHAT,
+                    headers=auth,
+                    timeout=30,
+                )
                 gate.wait_for(1)
-                wait_until(lambda: books(postgres_url, "spool").reserved == COST, 10,
-                           "the reservation")
+                wait_until(
+                    lambda: books(postgres_url, "spool").reserved == COST, 10, "the reservation"
+                )
                 proxy.cut()  # the database goes away while the provider answers
                 gate.release()
                 finished = answered.result(timeout=30)
@@ -238,8 +274,9 @@ def test_rows_unwritten_at_shutdown_are_spooled_and_replayed_once(
         left = books(postgres_url, "spool")
         assert len(left.usage) == 1 and left.reserved == COST  # nothing written yet
         for _ in range(2):  # the second start finds nothing more to replay
-            with served(tmp_path, through(postgres_url, proxy), port=port,
-                        config=config) as restarted:
+            with served(
+                tmp_path, through(postgres_url, proxy), port=port, config=config
+            ) as restarted:
                 final = books(postgres_url, "spool")
                 assert restarted.terminate(30) == 0
             assert not spool.exists()

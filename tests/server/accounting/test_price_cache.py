@@ -29,9 +29,14 @@ def book(tmp_path: Path, clock: Clock) -> tuple[PriceBook, Session]:
     migrate(url)
     sessions = session_factory(create_db_engine(url))
     session = sessions()
-    session.add(Pricing(model_key="p:m", effective_at=datetime(2026, 1, 1, tzinfo=UTC),
-                        input_price_per_million=Decimal("2"),
-                        output_price_per_million=Decimal("8")))
+    session.add(
+        Pricing(
+            model_key="p:m",
+            effective_at=datetime(2026, 1, 1, tzinfo=UTC),
+            input_price_per_million=Decimal("2"),
+            output_price_per_million=Decimal("8"),
+        )
+    )
     session.commit()
     return PriceBook(sessions, ttl=10, clock=clock), session
 
@@ -72,9 +77,14 @@ def test_clear_forgets_prices_and_unknown_models(tmp_path: Path) -> None:
     clock = Clock()
     prices, session = book(tmp_path, clock)
     assert asyncio.run(prices.at("p:new", WHEN)) is None
-    session.add(Pricing(model_key="p:new", effective_at=datetime(2026, 1, 1, tzinfo=UTC),
-                        input_price_per_million=Decimal("1"),
-                        output_price_per_million=Decimal("1")))
+    session.add(
+        Pricing(
+            model_key="p:new",
+            effective_at=datetime(2026, 1, 1, tzinfo=UTC),
+            input_price_per_million=Decimal("1"),
+            output_price_per_million=Decimal("1"),
+        )
+    )
     session.commit()
     assert asyncio.run(prices.at("p:new", WHEN)) is None  # still the cached "unpriced"
     prices.clear()

@@ -75,13 +75,13 @@ def test_import_writes_exact_prices_and_a_second_import_is_a_no_op(client: TestC
 def test_anthropic_cache_prices_come_out_exact(client: TestClient) -> None:
     _import(client, providers=["anthropic"], model="claude-3-5-haiku-latest")
     (entry,) = _history(client, "anthropic:claude-3-5-haiku-latest")
-    assert [entry[f"{name}_price_per_million"] for name in
-            ("input", "output", "cache_read", "cache_write")] == [
-        Decimal("0.8"), Decimal("4"), Decimal("0.08"), Decimal("1")]
+    assert [
+        entry[f"{name}_price_per_million"]
+        for name in ("input", "output", "cache_read", "cache_write")
+    ] == [Decimal("0.8"), Decimal("4"), Decimal("0.08"), Decimal("1")]
 
 
-def test_operator_prices_are_kept_unless_overwrite_and_history_stays(
-        client: TestClient) -> None:
+def test_operator_prices_are_kept_unless_overwrite_and_history_stays(client: TestClient) -> None:
     make_price(client, "openai:gpt-4o-mini", "1", "2", effective_at="2026-01-01T00:00:00Z")
     kept = _import(client, providers=["openai"], model="gpt-4o-mini")
     change = _change(kept, "openai:gpt-4o-mini")
@@ -90,19 +90,23 @@ def test_operator_prices_are_kept_unless_overwrite_and_history_stays(
     assert len(_history(client, "openai:gpt-4o-mini")) == 1
 
     replaced = _import(client, providers=["openai"], model="gpt-4o-mini", overwrite=True)
-    assert (_change(replaced, "openai:gpt-4o-mini")["action"], replaced["written"]) == (
-        "change", 1)
+    assert (_change(replaced, "openai:gpt-4o-mini")["action"], replaced["written"]) == ("change", 1)
     newest, older = _history(client, "openai:gpt-4o-mini")
     assert (newest["input_price_per_million"], newest["output_price_per_million"]) == (
-        Decimal("0.15"), Decimal("0.6"))
+        Decimal("0.15"),
+        Decimal("0.6"),
+    )
     assert (older["input_price_per_million"], older["output_price_per_million"]) == (
-        Decimal("1"), Decimal("2"))
+        Decimal("1"),
+        Decimal("2"),
+    )
     assert (newest["origin"], older["origin"]) == ("genai-prices", "api")
 
 
 def test_unknown_provider_is_a_400_and_writes_nothing(client: TestClient) -> None:
-    response = client.post("/v1/pricing/import", json={"providers": ["openai", "ollama"]},
-                           headers=MASTER)
+    response = client.post(
+        "/v1/pricing/import", json={"providers": ["openai", "ollama"]}, headers=MASTER
+    )
     assert response.status_code == 400
     assert "ollama" in response.json()["detail"]
     assert client.get("/v1/pricing", headers=MASTER).json() == []
@@ -110,8 +114,9 @@ def test_unknown_provider_is_a_400_and_writes_nothing(client: TestClient) -> Non
 
 def test_import_needs_the_master_key(client: TestClient) -> None:
     key = make_key(client)["key"]
-    response = client.post("/v1/pricing/import", json={"dry_run": True},
-                           headers={"Authorization": f"Bearer {key}"})
+    response = client.post(
+        "/v1/pricing/import", json={"dry_run": True}, headers={"Authorization": f"Bearer {key}"}
+    )
     assert response.status_code == 403
     assert client.get("/v1/pricing", headers=MASTER).json() == []
 
@@ -130,12 +135,19 @@ def test_package_prices_are_taken_exactly_never_through_float() -> None:
 def openai_gateway(database_url: str) -> Iterator[Any]:
     """Start a gateway whose provider is named 'openai' (a fake server on loopback)."""
     with ExitStack() as stack:
+
         def start(**overrides: Any) -> tuple[str, httpx.Client]:
             fake = stack.enter_context(FakeOpenAI(api_key=UPSTREAM_KEY))
-            providers = {"openai": {"type": "openai", "base_url": fake.base_url,
-                                    "api_key": UPSTREAM_KEY}}
-            url = stack.enter_context(running(make_settings(
-                database_url, providers=providers, usage_flush_interval=0.05, **overrides)))
+            providers = {
+                "openai": {"type": "openai", "base_url": fake.base_url, "api_key": UPSTREAM_KEY}
+            }
+            url = stack.enter_context(
+                running(
+                    make_settings(
+                        database_url, providers=providers, usage_flush_interval=0.05, **overrides
+                    )
+                )
+            )
             admin = stack.enter_context(httpx.Client(base_url=url, headers=MASTER, timeout=30))
             return url, admin
 
@@ -152,17 +164,19 @@ def _usage_rows(admin: httpx.Client, count: int) -> list[dict[str, Any]]:
         time.sleep(0.02)
 
 
-def test_fallback_prices_an_unpriced_model_and_the_usage_row_says_so(
-        openai_gateway: Any) -> None:
+def test_fallback_prices_an_unpriced_model_and_the_usage_row_says_so(openai_gateway: Any) -> None:
     url, admin = openai_gateway(pricing={"fallback": "genai-prices"})
     key = admin.post("/v1/keys", json={}).json()["key"]
     with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
         answer = client.chat.completions.create(
-            model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "hello there"}])
+            model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "hello there"}]
+        )
     assert answer.usage is not None
     (row,) = _usage_rows(admin, 1)
-    expected = (Decimal("0.15") * answer.usage.prompt_tokens
-                + Decimal("0.6") * answer.usage.completion_tokens) / Decimal(1_000_000)
+    expected = (
+        Decimal("0.15") * answer.usage.prompt_tokens
+        + Decimal("0.6") * answer.usage.completion_tokens
+    ) / Decimal(1_000_000)
     assert row["cost"] == expected.quantize(Decimal("1E-10"))
     assert row["price_source"] == "genai-prices"
     # The fallback prices the request; it writes no pricing entry.
@@ -170,47 +184,61 @@ def test_fallback_prices_an_unpriced_model_and_the_usage_row_says_so(
 
 
 def test_without_fallback_the_model_is_unpriced_and_table_prices_say_pricing(
-        openai_gateway: Any) -> None:
+    openai_gateway: Any,
+) -> None:
     url, admin = openai_gateway()
     key = admin.post("/v1/keys", json={}).json()["key"]
     with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(
-                model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
         assert refused.value.code == "model_not_priced"
-        admin.post("/v1/pricing", content='{"model_key": "openai:gpt-4o-mini", '
-                   '"input_price_per_million": 1, "output_price_per_million": 2}',
-                   headers={"content-type": "application/json"})
+        admin.post(
+            "/v1/pricing",
+            content='{"model_key": "openai:gpt-4o-mini", '
+            '"input_price_per_million": 1, "output_price_per_million": 2}',
+            headers={"content-type": "application/json"},
+        )
         answer = client.chat.completions.create(
-            model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
     assert answer.usage is not None
     rows = _usage_rows(admin, 2)  # the refusal is recorded too, unpriced
     (row,) = [r for r in rows if r["status"] == "success"]
     (refusal,) = [r for r in rows if r["status"] != "success"]
     assert refusal["price_source"] is None and refusal["cost"] is None
     assert row["price_source"] == "pricing"
-    assert row["cost"] == (Decimal(answer.usage.prompt_tokens)
-                           + 2 * Decimal(answer.usage.completion_tokens)) / Decimal(1_000_000)
+    assert row["cost"] == (
+        Decimal(answer.usage.prompt_tokens) + 2 * Decimal(answer.usage.completion_tokens)
+    ) / Decimal(1_000_000)
 
 
-def test_long_context_tiers_are_imported_exactly_and_compare_on_repeat(
-        client: TestClient) -> None:
-    planned = _import(client, providers=["anthropic"], model="claude-sonnet-4-5",
-                      dry_run=True)
+def test_long_context_tiers_are_imported_exactly_and_compare_on_repeat(client: TestClient) -> None:
+    planned = _import(client, providers=["anthropic"], model="claude-sonnet-4-5", dry_run=True)
     assert _change(planned, "anthropic:claude-sonnet-4-5")["pricing_tiers"] == [
-        {"min_input_tokens": 200001, "input_price_per_million": Decimal("6"),
-         "output_price_per_million": Decimal("22.5"),
-         "cache_read_price_per_million": Decimal("0.6"),
-         "cache_write_price_per_million": Decimal("7.5")}]
+        {
+            "min_input_tokens": 200001,
+            "input_price_per_million": Decimal("6"),
+            "output_price_per_million": Decimal("22.5"),
+            "cache_read_price_per_million": Decimal("0.6"),
+            "cache_write_price_per_million": Decimal("7.5"),
+        }
+    ]
     assert _import(client, providers=["anthropic"], model="claude-sonnet-4-5")["written"] == 1
     (entry,) = _history(client, "anthropic:claude-sonnet-4-5")
     assert (entry["input_price_per_million"], entry["output_price_per_million"]) == (
-        Decimal("3"), Decimal("15"))
+        Decimal("3"),
+        Decimal("15"),
+    )
     (tier,) = entry["pricing_tiers"]
     assert tier["min_input_tokens"] == 200001
-    assert (tier["input_price_per_million"], tier["output_price_per_million"],
-            tier["cache_read_price_per_million"], tier["cache_write_price_per_million"]) == (
-        Decimal("6"), Decimal("22.5"), Decimal("0.6"), Decimal("7.5"))
+    assert (
+        tier["input_price_per_million"],
+        tier["output_price_per_million"],
+        tier["cache_read_price_per_million"],
+        tier["cache_write_price_per_million"],
+    ) == (Decimal("6"), Decimal("22.5"), Decimal("0.6"), Decimal("7.5"))
     again = _import(client, providers=["anthropic"], model="claude-sonnet-4-5")
     assert again["written"] == 0
     assert _change(again, "anthropic:claude-sonnet-4-5")["action"] == "unchanged"

@@ -12,8 +12,9 @@ from tests.support.gateway import Gateway
 
 
 def ask(client: openai.OpenAI) -> None:
-    client.chat.completions.create(model="fake:gpt-4o-mini",
-                                   messages=[{"role": "user", "content": "hi"}])
+    client.chat.completions.create(
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
 
 
 def test_requests_per_minute_on_a_key(gateway: Gateway) -> None:

@@ -42,11 +42,17 @@ def _rows(count: int, seed: int = 11) -> list[dict[str, Any]]:
         if i % 25 == 0:
             when = DAY0 + timedelta(days=rng.randrange(6))
         model = rng.choice(["openai:gpt-4o", "openai:gpt-4o-mini", "claude:sonnet"])
-        fields = row(f"r{i:04d}", when, user_id=rng.choice(["alice", "bob", "carol", None]),
-                     api_key_id=rng.choice(["key-a", "key-b", None]), model=model,
-                     status=rng.choice(["success"] * 6 + ["error"]),
-                     prompt=rng.randrange(0, 500), completion=rng.randrange(0, 200),
-                     cost=str(Decimal(rng.randrange(0, 10**12)).scaleb(-10)))
+        fields = row(
+            f"r{i:04d}",
+            when,
+            user_id=rng.choice(["alice", "bob", "carol", None]),
+            api_key_id=rng.choice(["key-a", "key-b", None]),
+            model=model,
+            status=rng.choice(["success"] * 6 + ["error"]),
+            prompt=rng.randrange(0, 500),
+            completion=rng.randrange(0, 200),
+            cost=str(Decimal(rng.randrange(0, 10**12)).scaleb(-10)),
+        )
         if i % 17 == 0:
             fields["provider"] = None
         if i % 13 == 0:
@@ -64,8 +70,9 @@ def _group_value(dimension: str, fields: dict[str, Any]) -> Any:
     return fields[FIELD[dimension]]
 
 
-def _expected(rows: Iterable[dict[str, Any]], group_by: list[str],
-              params: dict[str, Any]) -> dict[str, Any]:
+def _expected(
+    rows: Iterable[dict[str, Any]], group_by: list[str], params: dict[str, Any]
+) -> dict[str, Any]:
     """The summary computed from the rows themselves."""
     start, end = params.get("start_date"), params.get("end_date")
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -74,27 +81,42 @@ def _expected(rows: Iterable[dict[str, Any]], group_by: list[str],
             continue
         if end is not None and fields["timestamp"] >= end:
             continue
-        if any(name in params and fields[name] not in params[name]
-               for name in ("user_id", "api_key_id", "model", "status")):
+        if any(
+            name in params and fields[name] not in params[name]
+            for name in ("user_id", "api_key_id", "model", "status")
+        ):
             continue
         key = tuple(_group_value(d, fields) for d in group_by)
-        sums = groups.setdefault(key, {"requests": 0, "errors": 0, "prompt_tokens": 0,
-                                       "completion_tokens": 0, "cost": Decimal(0)})
+        sums = groups.setdefault(
+            key,
+            {
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost": Decimal(0),
+            },
+        )
         sums["requests"] += 1
         sums["errors"] += fields["status"] != "success"
         sums["prompt_tokens"] += fields["prompt_tokens"] or 0
         sums["completion_tokens"] += fields["completion_tokens"] or 0
         sums["cost"] += fields["cost"] or Decimal(0)
-    total = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
-             "cost": Decimal(0)}
+    total = {
+        "requests": 0,
+        "errors": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost": Decimal(0),
+    }
     answer = []
     for key in sorted(groups, key=lambda k: tuple((v is None, str(v or "")) for v in k)):
         for name, value in groups[key].items():
             total[name] += value
-        names = {d: ("day" if d == "day" else "hour" if d == "hour" else FIELD[d])
-                 for d in group_by}
-        answer.append({**{names[d]: v for d, v in zip(group_by, key, strict=True)},
-                       **groups[key]})
+        names = {
+            d: ("day" if d == "day" else "hour" if d == "hour" else FIELD[d]) for d in group_by
+        }
+        answer.append({**{names[d]: v for d, v in zip(group_by, key, strict=True)}, **groups[key]})
     return {"group_by": group_by, "groups": answer, "total": total}
 
 
@@ -110,39 +132,65 @@ def _summary(client: TestClient, group_by: list[str], params: dict[str, Any]) ->
     return loads(response.text)
 
 
-GROUPINGS = [["user"], ["key"], ["model"], ["provider"], ["day"], ["user", "day"],
-             ["day", "model"], ["key", "day"], ["model", "key"]]
+GROUPINGS = [
+    ["user"],
+    ["key"],
+    ["model"],
+    ["provider"],
+    ["day"],
+    ["user", "day"],
+    ["day", "model"],
+    ["key", "day"],
+    ["model", "key"],
+]
 
 
 def _periods(pruned_until: datetime | None = None) -> list[dict[str, Any]]:
     """Whole-day, mid-day and open periods (none with a bound inside a pruned day)."""
     day = timedelta(days=1)
     periods: list[dict[str, Any]] = [
-        {}, {"start_date": DAY0 + 2 * day}, {"end_date": DAY0 + 4 * day},
+        {},
+        {"start_date": DAY0 + 2 * day},
+        {"end_date": DAY0 + 4 * day},
         {"start_date": DAY0 + day, "end_date": DAY0 + 5 * day},
         {"start_date": DAY0 + 3 * day + timedelta(hours=7, minutes=13)},
         {"end_date": DAY0 + 4 * day + timedelta(hours=15, seconds=1)},
-        {"start_date": DAY0 + 2 * day + timedelta(hours=20),
-         "end_date": DAY0 + 5 * day + timedelta(hours=3, microseconds=5)},
+        {
+            "start_date": DAY0 + 2 * day + timedelta(hours=20),
+            "end_date": DAY0 + 5 * day + timedelta(hours=3, microseconds=5),
+        },
         # Within one day, and across one midnight with no whole day between.
-        {"start_date": DAY0 + 3 * day + timedelta(hours=2),
-         "end_date": DAY0 + 3 * day + timedelta(hours=19)},
-        {"start_date": DAY0 + 4 * day + timedelta(hours=22),
-         "end_date": DAY0 + 5 * day + timedelta(hours=1)},
+        {
+            "start_date": DAY0 + 3 * day + timedelta(hours=2),
+            "end_date": DAY0 + 3 * day + timedelta(hours=19),
+        },
+        {
+            "start_date": DAY0 + 4 * day + timedelta(hours=22),
+            "end_date": DAY0 + 5 * day + timedelta(hours=1),
+        },
     ]
     if pruned_until is None:
-        periods.append({"start_date": DAY0 + timedelta(hours=5),
-                        "end_date": DAY0 + 2 * day + timedelta(hours=12)})
+        periods.append(
+            {
+                "start_date": DAY0 + timedelta(hours=5),
+                "end_date": DAY0 + 2 * day + timedelta(hours=12),
+            }
+        )
     return periods
 
 
-FILTERS: list[dict[str, Any]] = [{}, {"user_id": ["alice"]}, {"status": ["error"]},
-                                 {"model": ["claude:sonnet", "openai:gpt-4o"]},
-                                 {"api_key_id": ["key-b"], "status": ["success"]}]
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"user_id": ["alice"]},
+    {"status": ["error"]},
+    {"model": ["claude:sonnet", "openai:gpt-4o"]},
+    {"api_key_id": ["key-b"], "status": ["success"]},
+]
 
 
-def _check_all(client: TestClient, rows: list[dict[str, Any]],
-               periods: list[dict[str, Any]]) -> int:
+def _check_all(
+    client: TestClient, rows: list[dict[str, Any]], periods: list[dict[str, Any]]
+) -> int:
     checked = 0
     for period in periods:
         for extra in FILTERS:
@@ -154,18 +202,20 @@ def _check_all(client: TestClient, rows: list[dict[str, Any]],
     return checked
 
 
-def test_summaries_equal_the_raw_rows_before_and_after_pruning(client: TestClient,
-                                                               database_url: str) -> None:
+def test_summaries_equal_the_raw_rows_before_and_after_pruning(
+    client: TestClient, database_url: str
+) -> None:
     rows = _rows(600)
     # Several transactions, so totals rows are added to, not only created.
     for part in range(0, len(rows), 100):
-        insert(database_url, rows[part:part + 100])
+        insert(database_url, rows[part : part + 100])
     assert _check_all(client, rows, _periods()) == 10 * 5 * 9
-    hourly = {"start_date": DAY0 + timedelta(days=1, hours=3),
-              "end_date": DAY0 + timedelta(days=3, hours=1)}
+    hourly = {
+        "start_date": DAY0 + timedelta(days=1, hours=3),
+        "end_date": DAY0 + timedelta(days=3, hours=1),
+    }
     assert _summary(client, ["hour"], hourly) == _expected(rows, ["hour"], hourly)
-    pruned = client.post("/v1/usage/prune", json={"before": "2026-05-03T00:00:00Z"},
-                         headers=MASTER)
+    pruned = client.post("/v1/usage/prune", json={"before": "2026-05-03T00:00:00Z"}, headers=MASTER)
     assert pruned.status_code == 200, pruned.text
     gone = [r for r in rows if r["timestamp"] < DAY0 + timedelta(days=2)]
     assert loads(pruned.text)["rows"] == len(gone) > 0
@@ -182,8 +232,10 @@ def test_summaries_equal_the_raw_rows_before_and_after_pruning(client: TestClien
 def test_totals_keep_each_rows_cost_as_stored(client: TestClient, database_url: str) -> None:
     # Costs below the tenth place are stored as 0 each; their totals must say 0 too (not
     # the 0.0000000001 their sum rounds to).
-    insert(database_url, [row(f"t{i}", DAY0 + timedelta(hours=i), cost="0.00000000004")
-                          for i in range(3)])
+    insert(
+        database_url,
+        [row(f"t{i}", DAY0 + timedelta(hours=i), cost="0.00000000004") for i in range(3)],
+    )
     listed = {r["id"]: r["cost"] for r in loads(client.get("/v1/usage", headers=MASTER).text)}
     assert listed == {"t0": 0, "t1": 0, "t2": 0}
     got = _summary(client, ["day"], {})
@@ -196,9 +248,14 @@ def _totals(database_url: str) -> dict[tuple[Any, ...], tuple[Any, ...]]:
         with engine.connect() as conn:
             keys = (UsageTotal.dimension, UsageTotal.day, UsageTotal.value, UsageTotal.status)
             found = conn.execute(
-                select(*keys, func.sum(UsageTotal.requests), func.sum(UsageTotal.prompt_tokens),
-                       func.sum(UsageTotal.completion_tokens), func.sum(UsageTotal.cost))
-                .group_by(*keys))
+                select(
+                    *keys,
+                    func.sum(UsageTotal.requests),
+                    func.sum(UsageTotal.prompt_tokens),
+                    func.sum(UsageTotal.completion_tokens),
+                    func.sum(UsageTotal.cost),
+                ).group_by(*keys)
+            )
             return {tuple(r[:4]): tuple(r[4:]) for r in found}
     finally:
         engine.dispose()
@@ -228,8 +285,12 @@ def test_the_ledger_keeps_totals_as_requests_are_served(gateway: Gateway) -> Non
     gateway.user("alice")
     alice = gateway.client(gateway.key(user_id="alice"))
     anyone = gateway.client(gateway.key())
-    for client, model in ((alice, "fake:gpt-4o-mini"), (anyone, "fake:gpt-4o-mini"),
-                          (alice, "claude:claude-sonnet"), (alice, "fake:gpt-4o-mini")):
+    for client, model in (
+        (alice, "fake:gpt-4o-mini"),
+        (anyone, "fake:gpt-4o-mini"),
+        (alice, "claude:claude-sonnet"),
+        (alice, "fake:gpt-4o-mini"),
+    ):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
     rows = gateway.usage(4)
     for fields in rows:
@@ -252,16 +313,31 @@ def test_migration_counts_existing_rows_live_and_pruned(database_url: str) -> No
     try:
         with session_factory(engine).begin() as session:
             session.add_all(UsageLog(**fields) for fields in rows)
-            session.add(UsageDaily(day=date(2026, 4, 30), user_id="alice", api_key_id=None,
-                                   model="openai:gpt-4o", provider=None, status="error",
-                                   requests=3, prompt_tokens=30, completion_tokens=0,
-                                   total_tokens=30, cost=Decimal("0.0000000123")))
+            session.add(
+                UsageDaily(
+                    day=date(2026, 4, 30),
+                    user_id="alice",
+                    api_key_id=None,
+                    model="openai:gpt-4o",
+                    provider=None,
+                    status="error",
+                    requests=3,
+                    prompt_tokens=30,
+                    completion_tokens=0,
+                    total_tokens=30,
+                    cost=Decimal("0.0000000123"),
+                )
+            )
     finally:
         engine.dispose()
     migrate(database_url)
     migrated = _totals(database_url)
     assert migrated[("user", date(2026, 4, 30), "alice", "error")] == (
-        3, 30, 0, Decimal("0.0000000123"))
+        3,
+        30,
+        0,
+        Decimal("0.0000000123"),
+    )
     assert migrated[("provider", date(2026, 4, 30), "", "error")][0] == 3
     assert sum(v[0] for k, v in migrated.items() if k[0] == "model") == len(rows) + 3
     _rebuild(database_url)

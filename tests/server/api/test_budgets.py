@@ -17,8 +17,9 @@ from tests.support.factories import MASTER, make_budget, make_user
 
 def test_money_is_exact_through_the_api(client: TestClient) -> None:
     body = '{"max_budget": 0.1000000003, "budget_duration_sec": 86400}'
-    response = client.post("/v1/budgets", content=body,
-                           headers={**MASTER, "content-type": "application/json"})
+    response = client.post(
+        "/v1/budgets", content=body, headers={**MASTER, "content-type": "application/json"}
+    )
     assert response.status_code == 200
     assert '"max_budget":0.1000000003' in response.text
     assert loads(response.text)["max_budget"] == Decimal("0.1000000003")
@@ -28,8 +29,9 @@ def test_crud(client: TestClient) -> None:
     created = make_budget(client, max_budget=25, budget_duration_sec=3600)
     budget_id = created["budget_id"]
     assert client.get(f"/v1/budgets/{budget_id}", headers=MASTER).json()["max_budget"] == 25
-    patched = client.patch(f"/v1/budgets/{budget_id}", json={"max_budget": 30},
-                           headers=MASTER).json()
+    patched = client.patch(
+        f"/v1/budgets/{budget_id}", json={"max_budget": 30}, headers=MASTER
+    ).json()
     assert patched["max_budget"] == 30 and patched["budget_duration_sec"] == 3600
     assert len(client.get("/v1/budgets", headers=MASTER).json()) == 1
     assert client.delete(f"/v1/budgets/{budget_id}", headers=MASTER).status_code == 204
@@ -38,24 +40,31 @@ def test_crud(client: TestClient) -> None:
 
 def test_invalid_values_are_422(client: TestClient) -> None:
     assert client.post("/v1/budgets", json={"max_budget": -1}, headers=MASTER).status_code == 422
-    assert client.post("/v1/budgets", json={"budget_duration_sec": 0},
-                       headers=MASTER).status_code == 422
-    assert client.post("/v1/budgets", json={"max_budget": "lots"},
-                       headers=MASTER).status_code == 422
+    assert (
+        client.post("/v1/budgets", json={"budget_duration_sec": 0}, headers=MASTER).status_code
+        == 422
+    )
+    assert (
+        client.post("/v1/budgets", json={"max_budget": "lots"}, headers=MASTER).status_code == 422
+    )
     assert client.get("/v1/budgets", headers=MASTER).json() == []
 
 
 def test_counts_refuse_booleans(sqlite_client: TestClient) -> None:
     client = sqlite_client
-    refused = client.post("/v1/budgets", json={"max_budget": 1, "budget_duration_sec": True},
-                          headers=MASTER)
+    refused = client.post(
+        "/v1/budgets", json={"max_budget": 1, "budget_duration_sec": True}, headers=MASTER
+    )
     assert refused.status_code == 422
     assert refused.json()["detail"][0]["loc"] == ["body", "budget_duration_sec"]
     assert "not a boolean" in refused.json()["detail"][0]["msg"]
-    assert client.post("/v1/budgets", json={"max_budget": True},
-                       headers=MASTER).status_code == 422
-    for path, field in (("/v1/keys", "rpm_limit"), ("/v1/keys", "tpm_limit"),
-                        ("/v1/users", "rpm_limit"), ("/v1/users", "tpm_limit")):
+    assert client.post("/v1/budgets", json={"max_budget": True}, headers=MASTER).status_code == 422
+    for path, field in (
+        ("/v1/keys", "rpm_limit"),
+        ("/v1/keys", "tpm_limit"),
+        ("/v1/users", "rpm_limit"),
+        ("/v1/users", "tpm_limit"),
+    ):
         body = {field: True} | ({"user_id": "u-bool"} if path == "/v1/users" else {})
         answer = client.post(path, json=body, headers=MASTER)
         assert answer.status_code == 422, (path, field)
@@ -63,11 +72,16 @@ def test_counts_refuse_booleans(sqlite_client: TestClient) -> None:
     assert client.get("/v1/budgets", headers=MASTER).json() == []
     assert client.get("/v1/keys", headers=MASTER).json() == []
     budget = make_budget(client, max_budget=1, budget_duration_sec=60)
-    patched = client.patch(f"/v1/budgets/{budget['budget_id']}",
-                           json={"budget_duration_sec": False}, headers=MASTER)
+    patched = client.patch(
+        f"/v1/budgets/{budget['budget_id']}", json={"budget_duration_sec": False}, headers=MASTER
+    )
     assert patched.status_code == 422
-    assert client.get(f"/v1/budgets/{budget['budget_id']}",
-                      headers=MASTER).json()["budget_duration_sec"] == 60
+    assert (
+        client.get(f"/v1/budgets/{budget['budget_id']}", headers=MASTER).json()[
+            "budget_duration_sec"
+        ]
+        == 60
+    )
 
 
 def test_a_boolean_token_limit_never_shrinks_the_reservation() -> None:
@@ -107,9 +121,15 @@ def test_period_rolls_over_on_read(client: TestClient, database_url: str) -> Non
     start = datetime.now(UTC) - timedelta(hours=2, minutes=30)
     engine = create_db_engine(database_url)
     with session_factory(engine).begin() as session:
-        session.execute(update(User).where(User.user_id == "alice").values(
-            spend=Decimal("2.5"), budget_started_at=start,
-            next_budget_reset_at=start + timedelta(hours=1)))
+        session.execute(
+            update(User)
+            .where(User.user_id == "alice")
+            .values(
+                spend=Decimal("2.5"),
+                budget_started_at=start,
+                next_budget_reset_at=start + timedelta(hours=1),
+            )
+        )
     engine.dispose()
     user = client.get("/v1/users/alice", headers=MASTER).json()
     assert user["spend"] == 0

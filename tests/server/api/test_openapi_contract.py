@@ -38,16 +38,23 @@ PENDING: frozenset[tuple[str, str]] = frozenset()
 
 def reference_operations() -> list[tuple[str, str]]:
     """(METHOD, path) of every operation in the reference."""
-    return [(method.upper(), path) for path, item in REFERENCE["paths"].items()
-            for method in item if method in METHODS]
+    return [
+        (method.upper(), path)
+        for path, item in REFERENCE["paths"].items()
+        for method in item
+        if method in METHODS
+    ]
 
 
 def operation_params() -> Iterator[Any]:
     for method, path in reference_operations():
         marks = []
         if (method, path) in PENDING:
-            marks.append(pytest.mark.xfail(
-                strict=True, reason="generation endpoints land with issues 4 and 5"))
+            marks.append(
+                pytest.mark.xfail(
+                    strict=True, reason="generation endpoints land with issues 4 and 5"
+                )
+            )
         yield pytest.param(method, path, id=f"{method} {path}", marks=marks)
 
 
@@ -61,8 +68,12 @@ def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def field_names(spec: dict[str, Any], schema: dict[str, Any], prefix: str = "",
-                seen: frozenset[str] = frozenset()) -> set[str]:
+def field_names(
+    spec: dict[str, Any],
+    schema: dict[str, Any],
+    prefix: str = "",
+    seen: frozenset[str] = frozenset(),
+) -> set[str]:
     """Every property name reachable in a schema, nested ones dotted (`data.id`).
 
     Looks through $ref, anyOf/oneOf/allOf, array items and additionalProperties; a $ref
@@ -90,12 +101,16 @@ def field_names(spec: dict[str, Any], schema: dict[str, Any], prefix: str = "",
 
 def parameters(operation: dict[str, Any]) -> set[tuple[str, str]]:
     """(name, location) of an operation's path and query parameters."""
-    return {(p["name"], p["in"]) for p in operation.get("parameters", [])
-            if p["in"] in ("path", "query")}
+    return {
+        (p["name"], p["in"])
+        for p in operation.get("parameters", [])
+        if p["in"] in ("path", "query")
+    }
 
 
-def missing_fields(ref_content: dict[str, Any], our_content: dict[str, Any],
-                   where: str, ours: dict[str, Any]) -> list[str]:
+def missing_fields(
+    ref_content: dict[str, Any], our_content: dict[str, Any], where: str, ours: dict[str, Any]
+) -> list[str]:
     """Problems for one body: each media type of the reference must carry its field names."""
     problems: list[str] = []
     for media_type, media in ref_content.items():
@@ -132,18 +147,24 @@ def test_operation_matches_reference(our_spec: dict[str, Any], method: str, path
         if "requestBody" not in our_op:
             problems.append("no request body")
         else:
-            problems += missing_fields(ref_op["requestBody"]["content"],
-                                       our_op["requestBody"]["content"], "request body",
-                                       our_spec)
+            problems += missing_fields(
+                ref_op["requestBody"]["content"],
+                our_op["requestBody"]["content"],
+                "request body",
+                our_spec,
+            )
     for status, response in ref_op["responses"].items():
         if not status.startswith("2"):
             continue
         if status not in our_op["responses"]:
             problems.append(f"no {status} response (ours: {sorted(our_op['responses'])})")
             continue
-        problems += missing_fields(response.get("content", {}),
-                                   our_op["responses"][status].get("content", {}),
-                                   f"{status} response", our_spec)
+        problems += missing_fields(
+            response.get("content", {}),
+            our_op["responses"][status].get("content", {}),
+            f"{status} response",
+            our_spec,
+        )
     assert problems == [], f"{method} {path}: " + "; ".join(problems)
 
 
@@ -158,8 +179,9 @@ def test_field_names_sees_nested_and_referenced_fields() -> None:
     names = field_names(REFERENCE, models["application/json"]["schema"])
     assert {"data", "object", "data.id", "data.owned_by"} <= names
     keys = REFERENCE["paths"]["/v1/keys"]["get"]["responses"]["200"]["content"]
-    assert {"id", "key_name", "is_active"} <= field_names(REFERENCE,
-                                                          keys["application/json"]["schema"])
+    assert {"id", "key_name", "is_active"} <= field_names(
+        REFERENCE, keys["application/json"]["schema"]
+    )
 
 
 def test_openapi_json_is_served(sqlite_url: str, our_spec: dict[str, Any]) -> None:

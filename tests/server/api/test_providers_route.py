@@ -31,9 +31,13 @@ def test_providers_lists_config_and_environment_without_keys(
         answer = client.get("/v1/providers", headers=MASTER)
         assert answer.status_code == 200
         rows = {row["name"]: row for row in answer.json()["data"]}
-        assert rows["local"] == {"name": "local", "type": "openai",
-                                 "base_url": "http://127.0.0.1:9/v1", "api_key_set": True,
-                                 "source": "config"}
+        assert rows["local"] == {
+            "name": "local",
+            "type": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key_set": True,
+            "source": "config",
+        }
         assert rows["groq"]["source"] == "environment (GROQ_API_KEY)"
         assert rows["groq"]["api_key_set"] is True
         assert "sk-local" not in answer.text and "gsk-from-environment" not in answer.text
@@ -44,13 +48,17 @@ def test_providers_lists_config_and_environment_without_keys(
 def test_start_up_warns_when_no_provider_is_configured(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="otari"), TestClient(
-            create_app(make_settings(sqlite_url))):
+    with (
+        caplog.at_level(logging.INFO, logger="otari"),
+        TestClient(create_app(make_settings(sqlite_url))),
+    ):
         pass
     assert any("no providers configured" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="otari"), TestClient(
-            create_app(make_settings(sqlite_url, providers=LOCAL))):
+    with (
+        caplog.at_level(logging.INFO, logger="otari"),
+        TestClient(create_app(make_settings(sqlite_url, providers=LOCAL))),
+    ):
         pass
     assert any(r.getMessage() == "providers: local (openai, config)" for r in caplog.records)
 

@@ -28,8 +28,7 @@ try:
 except ImportError:  # a dev extra: a skip locally, a failure in CI
     if os.environ.get("CI") == "true":
         raise
-    pytest.skip("pip install schemathesis to run the schemathesis suite",
-                allow_module_level=True)
+    pytest.skip("pip install schemathesis to run the schemathesis suite", allow_module_level=True)
 
 from tests.support.fakes import FakeOpenAI
 from tests.support.procs import ROOT
@@ -68,17 +67,22 @@ def money_as_numbers(node: Any) -> int:
 def live_gateway(database_url: str) -> Iterator[str]:
     """A live gateway in front of one fake provider, with a price and a little data."""
     with FakeOpenAI(api_key=UPSTREAM_KEY) as fake:
-        providers = {"fake": {"type": "openai", "base_url": fake.base_url,
-                              "api_key": UPSTREAM_KEY}}
+        providers = {"fake": {"type": "openai", "base_url": fake.base_url, "api_key": UPSTREAM_KEY}}
         settings = make_settings(database_url, providers=providers, usage_flush_interval=0.05)
         with running(settings) as url, httpx.Client(base_url=url, headers=MASTER) as client:
-            priced = client.post("/v1/pricing", content=(
-                '{"model_key": "fake:gpt-4o-mini", "input_price_per_million": 1, '
-                '"output_price_per_million": 2}'), headers={"content-type": "application/json"})
+            priced = client.post(
+                "/v1/pricing",
+                content=(
+                    '{"model_key": "fake:gpt-4o-mini", "input_price_per_million": 1, '
+                    '"output_price_per_million": 2}'
+                ),
+                headers={"content-type": "application/json"},
+            )
             assert priced.status_code == 200, priced.text
             budget = client.post("/v1/budgets", json={"max_budget": 100}).json()
-            created = client.post("/v1/users", json={"user_id": "u1",
-                                                     "budget_id": budget["budget_id"]})
+            created = client.post(
+                "/v1/users", json={"user_id": "u1", "budget_id": budget["budget_id"]}
+            )
             assert created.status_code == 200, created.text
             yield url
 
@@ -88,19 +92,40 @@ def test_no_server_error_and_responses_match_our_schema(sqlite_url: str, tmp_pat
         document = httpx.get(f"{url}/openapi.json").json()
         spec = tmp_path / "openapi.json"
         spec.write_text(json.dumps(document), encoding="utf-8")
-        command = [sys.executable, "-m", "schemathesis.cli", "run", str(spec), "--url", url,
-                   "--header", f"Authorization: Bearer {MASTER_KEY}",
-                   "--checks", "not_a_server_error,response_schema_conformance",
-                   # Fuzzing only: the coverage phase's value generation fails now and then
-                   # inside schemathesis when the machine is busy (a runtime error, no request).
-                   "--phases", "fuzzing", "--mode", "all",
-                   "--max-examples", str(MAX_EXAMPLES), "--generation-deterministic",
-                   # Generous per-request time: the suite runs this beside other busy tests.
-                   "--no-shrink", "--request-timeout", "60", "--workers", "2", "--no-color"]
+        command = [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            str(spec),
+            "--url",
+            url,
+            "--header",
+            f"Authorization: Bearer {MASTER_KEY}",
+            "--checks",
+            "not_a_server_error,response_schema_conformance",
+            # Fuzzing only: the coverage phase's value generation fails now and then
+            # inside schemathesis when the machine is busy (a runtime error, no request).
+            "--phases",
+            "fuzzing",
+            "--mode",
+            "all",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--generation-deterministic",
+            # Generous per-request time: the suite runs this beside other busy tests.
+            "--no-shrink",
+            "--request-timeout",
+            "60",
+            "--workers",
+            "2",
+            "--no-color",
+        ]
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path}
-        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-                              cwd=tmp_path, env=env)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path, env=env
+        )
     # Asserted once the gateway has stopped (see `answered`).
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-20000:]
@@ -123,16 +148,20 @@ def answered(database_url: str, send: Send) -> httpx.Response:
     while that thread still logs a traceback can crash pytest (the ast module's state is
     shared between threads, python/cpython#106905).
     """
-    with running(make_settings(database_url)) as url, \
-            httpx.Client(base_url=url, headers=MASTER) as client:
+    with (
+        running(make_settings(database_url)) as url,
+        httpx.Client(base_url=url, headers=MASTER) as client,
+    ):
         response = send(client)
     return response
 
 
-HUGE = [("POST", "/v1/budgets", {"budget_duration_sec": 2**63}),
-        ("POST", "/v1/keys", {"rpm_limit": 2**63}),
-        ("POST", "/v1/users", {"user_id": "big", "tpm_limit": 2**63}),
-        ("PATCH", "/v1/budgets/{budget}", {"budget_duration_sec": 10**12})]
+HUGE = [
+    ("POST", "/v1/budgets", {"budget_duration_sec": 2**63}),
+    ("POST", "/v1/keys", {"rpm_limit": 2**63}),
+    ("POST", "/v1/users", {"user_id": "big", "tpm_limit": 2**63}),
+    ("PATCH", "/v1/budgets/{budget}", {"budget_duration_sec": 10**12}),
+]
 
 
 def huge(method: str, path: str, body: dict[str, Any]) -> Send:
@@ -147,23 +176,30 @@ def huge(method: str, path: str, body: dict[str, Any]) -> Send:
 
 
 @pytest.mark.parametrize(("method", "path", "body"), HUGE)
-def test_huge_integers_are_a_4xx_on_postgresql(postgres_url: str, method: str, path: str,
-                                               body: dict[str, Any]) -> None:
+def test_huge_integers_are_a_4xx_on_postgresql(
+    postgres_url: str, method: str, path: str, body: dict[str, Any]
+) -> None:
     response = answered(postgres_url, huge(method, path, body))
     assert 400 <= response.status_code < 500, response.text
 
 
 @pytest.mark.parametrize(("method", "path", "body"), HUGE)
-def test_huge_integers_are_a_4xx_on_sqlite(sqlite_url: str, method: str, path: str,
-                                           body: dict[str, Any]) -> None:
+def test_huge_integers_are_a_4xx_on_sqlite(
+    sqlite_url: str, method: str, path: str, body: dict[str, Any]
+) -> None:
     response = answered(sqlite_url, huge(method, path, body))
     assert 400 <= response.status_code < 500, response.text
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/v1/users"), ("PATCH", "/v1/users/u"), ("POST", "/v1/keys"),
-    ("PATCH", "/v1/keys/{key}"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/users"),
+        ("PATCH", "/v1/users/u"),
+        ("POST", "/v1/keys"),
+        ("PATCH", "/v1/keys/{key}"),
+    ],
+)
 def test_fractional_metadata_is_stored(database_url: str, method: str, path: str) -> None:
     def send(client: httpx.Client) -> httpx.Response:
         client.post("/v1/users", json={"user_id": "u"})
@@ -177,9 +213,12 @@ def test_fractional_metadata_is_stored(database_url: str, method: str, path: str
 
 
 def test_decimal_rewrite_only_touches_decimal_strings() -> None:
-    document = {"a": {"type": "string", "pattern": DECIMAL_PATTERN, "default": "0"},
-                "b": {"type": "string", "pattern": "^x$"}}
+    document = {
+        "a": {"type": "string", "pattern": DECIMAL_PATTERN, "default": "0"},
+        "b": {"type": "string", "pattern": "^x$"},
+    }
     assert money_as_numbers(document) == 1
-    assert json.dumps(document) == json.dumps({"a": {"type": "number"},
-                                               "b": {"type": "string", "pattern": "^x$"}})
+    assert json.dumps(document) == json.dumps(
+        {"a": {"type": "number"}, "b": {"type": "string", "pattern": "^x$"}}
+    )
     assert re.fullmatch(DECIMAL_PATTERN, "12.50")

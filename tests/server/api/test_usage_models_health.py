@@ -22,15 +22,16 @@ def test_usage_filters_order_and_bounds(client: TestClient, database_url: str) -
     assert [r["id"] for r in every] == [bob, feb, jan]
     alice = client.get("/v1/usage?user_id=alice", headers=MASTER).json()
     assert [r["id"] for r in alice] == [feb, jan]
-    window = client.get("/v1/usage?start_date=2026-02-01T00:00:00Z&end_date=2026-02-11T00:00:00Z",
-                        headers=MASTER).json()
+    window = client.get(
+        "/v1/usage?start_date=2026-02-01T00:00:00Z&end_date=2026-02-11T00:00:00Z", headers=MASTER
+    ).json()
     assert [r["id"] for r in window] == [feb]
-    assert [r["id"] for r in client.get("/v1/usage?skip=1&limit=1",
-                                        headers=MASTER).json()] == [feb]
+    assert [r["id"] for r in client.get("/v1/usage?skip=1&limit=1", headers=MASTER).json()] == [feb]
     assert client.get("/v1/usage?limit=1001", headers=MASTER).status_code == 422
     assert client.get("/v1/usage?start_date=yesterday", headers=MASTER).status_code == 422
-    assert client.get("/v1/usage", headers={"Otari-Key": make_key(client)["key"]}
-                      ).status_code == 403
+    assert (
+        client.get("/v1/usage", headers={"Otari-Key": make_key(client)["key"]}).status_code == 403
+    )
 
 
 def test_models_come_from_pricing(client: TestClient) -> None:
@@ -40,30 +41,36 @@ def test_models_come_from_pricing(client: TestClient) -> None:
     headers = {"Otari-Key": make_key(client)["key"]}
     listed = client.get("/v1/models", headers=headers).json()
     assert listed["object"] == "list"
-    assert [m["id"] for m in listed["data"]] == ["openai:gpt-4o",
-                                                 "openrouter:meta-llama/llama-3-70b"]
+    assert [m["id"] for m in listed["data"]] == [
+        "openai:gpt-4o",
+        "openrouter:meta-llama/llama-3-70b",
+    ]
     one = client.get("/v1/models/openrouter:meta-llama/llama-3-70b", headers=headers).json()
-    assert one == {"id": "openrouter:meta-llama/llama-3-70b", "object": "model",
-                   "created": one["created"], "owned_by": "openrouter"}
+    assert one == {
+        "id": "openrouter:meta-llama/llama-3-70b",
+        "object": "model",
+        "created": one["created"],
+        "owned_by": "openrouter",
+    }
     missing = client.get("/v1/models/openai:nope", headers=headers)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
 def test_a_model_is_found_by_either_spelling_chat_accepts(sqlite_url: str) -> None:
-    providers = {"openrouter": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                "api_key": "k"},
-                 "openai": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
-                            "api_key": "k"}}
+    providers = {
+        "openrouter": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
+        "openai": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
+    }
     with TestClient(create_app(make_settings(sqlite_url, providers=providers))) as client:
         make_price(client, "openrouter:meta-llama/llama-3-70b", "0.1", "0.2")
         make_price(client, "openai:gpt-4o", "2.5", "10")
         headers = {"Otari-Key": make_key(client)["key"]}
-        for asked, key in (("openrouter/meta-llama/llama-3-70b",
-                            "openrouter:meta-llama/llama-3-70b"),
-                           ("openrouter:meta-llama/llama-3-70b",
-                            "openrouter:meta-llama/llama-3-70b"),
-                           ("openai/gpt-4o", "openai:gpt-4o"),
-                           ("openai:gpt-4o", "openai:gpt-4o")):
+        for asked, key in (
+            ("openrouter/meta-llama/llama-3-70b", "openrouter:meta-llama/llama-3-70b"),
+            ("openrouter:meta-llama/llama-3-70b", "openrouter:meta-llama/llama-3-70b"),
+            ("openai/gpt-4o", "openai:gpt-4o"),
+            ("openai:gpt-4o", "openai:gpt-4o"),
+        ):
             found = client.get(f"/v1/models/{asked}", headers=headers)
             assert found.status_code == 200, asked
             assert found.json()["id"] == key and found.json()["owned_by"] == key.split(":")[0]

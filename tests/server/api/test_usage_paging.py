@@ -41,18 +41,21 @@ def _walk(client: TestClient, url: str) -> tuple[list[str], int]:
 
 def _seed(database_url: str) -> None:
     # Three rows share one timestamp: the cursor must order them by id, never skip or repeat.
-    insert(database_url, [
-        row("r1", T0), row("r2", T0 + timedelta(minutes=1), user_id="bob", api_key_id="key-b"),
-        row("r3", T0 + timedelta(minutes=2), model="claude:sonnet", status="error"),
-        row("r4a", T0 + timedelta(minutes=2), user_id="bob", api_key_id="key-b"),
-        row("r4b", T0 + timedelta(minutes=2)),
-        row("r5", T0 + timedelta(minutes=3), model="claude:sonnet"),
-        row("r6", T0 + timedelta(minutes=4), status="client_disconnected"),
-    ])
+    insert(
+        database_url,
+        [
+            row("r1", T0),
+            row("r2", T0 + timedelta(minutes=1), user_id="bob", api_key_id="key-b"),
+            row("r3", T0 + timedelta(minutes=2), model="claude:sonnet", status="error"),
+            row("r4a", T0 + timedelta(minutes=2), user_id="bob", api_key_id="key-b"),
+            row("r4b", T0 + timedelta(minutes=2)),
+            row("r5", T0 + timedelta(minutes=3), model="claude:sonnet"),
+            row("r6", T0 + timedelta(minutes=4), status="client_disconnected"),
+        ],
+    )
 
 
-def test_cursor_pages_walk_every_row_once_in_order(client: TestClient,
-                                                   database_url: str) -> None:
+def test_cursor_pages_walk_every_row_once_in_order(client: TestClient, database_url: str) -> None:
     _seed(database_url)
     everything = [r["id"] for r in client.get("/v1/usage", headers=MASTER).json()]
     assert everything == ["r6", "r5", "r4b", "r4a", "r3", "r2", "r1"]
@@ -101,7 +104,8 @@ def test_hostile_cursors_are_400_not_500(client: TestClient, database_url: str) 
     _seed(database_url)
     nested = base64.urlsafe_b64encode(b"[" * 3000).decode()  # past json's recursion limit
     nul_id = base64.urlsafe_b64encode(
-        json.dumps(["2026-03-01T12:00:00+00:00", "r\u0000"]).encode()).decode()
+        json.dumps(["2026-03-01T12:00:00+00:00", "r\u0000"]).encode()
+    ).decode()
     for bad in (nested, nul_id):
         response = client.get(f"/v1/usage?after={bad}", headers=MASTER)
         assert response.status_code == 400, response.text
@@ -121,16 +125,29 @@ def test_user_usage_pages_by_cursor(client: TestClient, database_url: str) -> No
     assert client.get("/v1/users/ghost/usage", headers=MASTER).status_code == 404
 
 
-def test_json_lines_pages_hold_the_same_rows_and_links(client: TestClient,
-                                                       database_url: str) -> None:
-    insert(database_url, [row(f"r{i}", T0 + timedelta(minutes=i), cost="0.0000000375",
-                              user_id=None if i == 1 else "alice")
-                          for i in range(3)]
-           + [{**row("odd", T0 + timedelta(minutes=9), status="error"),
-               "error_message": 'line\nbreak "quoted" \u2028 é'}])
+def test_json_lines_pages_hold_the_same_rows_and_links(
+    client: TestClient, database_url: str
+) -> None:
+    insert(
+        database_url,
+        [
+            row(
+                f"r{i}",
+                T0 + timedelta(minutes=i),
+                cost="0.0000000375",
+                user_id=None if i == 1 else "alice",
+            )
+            for i in range(3)
+        ]
+        + [
+            {
+                **row("odd", T0 + timedelta(minutes=9), status="error"),
+                "error_message": 'line\nbreak "quoted" \u2028 é',
+            }
+        ],
+    )
     as_json = client.get("/v1/usage?limit=2", headers=MASTER)
-    as_lines = client.get("/v1/usage?limit=2",
-                          headers={**MASTER, "Accept": "application/x-ndjson"})
+    as_lines = client.get("/v1/usage?limit=2", headers={**MASTER, "Accept": "application/x-ndjson"})
     assert as_lines.status_code == 200
     assert as_lines.headers["content-type"] == "application/x-ndjson"
     lines = as_lines.content.split(b"\n")
@@ -142,17 +159,23 @@ def test_json_lines_pages_hold_the_same_rows_and_links(client: TestClient,
     assert _next(as_lines) == _next(as_json) is not None
 
 
-def test_include_total_counts_every_matching_row(client: TestClient,
-                                                 database_url: str) -> None:
-    insert(database_url, [row(f"r{i}", T0 + timedelta(minutes=i),
-                              user_id="alice" if i % 3 else "bob") for i in range(7)])
+def test_include_total_counts_every_matching_row(client: TestClient, database_url: str) -> None:
+    insert(
+        database_url,
+        [
+            row(f"r{i}", T0 + timedelta(minutes=i), user_id="alice" if i % 3 else "bob")
+            for i in range(7)
+        ],
+    )
     plain_page = client.get("/v1/usage?limit=2", headers=MASTER)
     assert "x-total-count" not in plain_page.headers
     counted = client.get("/v1/usage?limit=2&include_total=true", headers=MASTER)
     assert counted.headers["x-total-count"] == "7" and len(counted.json()) == 2
     alice = client.get("/v1/usage?limit=1&include_total=true&user_id=alice", headers=MASTER)
     assert alice.headers["x-total-count"] == "4"
-    late = client.get(f"/v1/usage?limit=1&include_total=true&start_date="
-                      f"{(T0 + timedelta(minutes=5)).isoformat().replace('+', '%2B')}",
-                      headers=MASTER)
+    late = client.get(
+        f"/v1/usage?limit=1&include_total=true&start_date="
+        f"{(T0 + timedelta(minutes=5)).isoformat().replace('+', '%2B')}",
+        headers=MASTER,
+    )
     assert late.headers["x-total-count"] == "2"

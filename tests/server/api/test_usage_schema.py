@@ -17,12 +17,17 @@ def test_usage_indexes_and_rollups_match_the_tables(database_url: str) -> None:
     try:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-            indexes = {ix["name"]: ix["column_names"]
-                       for ix in inspect(conn).get_indexes("usage_logs")}
+            indexes = {
+                ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("usage_logs")
+            }
     finally:
         engine.dispose()
-    structural = [d for d in diff if isinstance(d, tuple)
-                  and d[0] in ("add_table", "remove_table", "add_index", "remove_index")]
+    structural = [
+        d
+        for d in diff
+        if isinstance(d, tuple)
+        and d[0] in ("add_table", "remove_table", "add_index", "remove_index")
+    ]
     assert structural == []
     assert indexes == {
         "ix_usage_logs_timestamp_id": ["timestamp", "id"],
@@ -44,5 +49,8 @@ def test_migration_0004_downgrades_cleanly(sqlite_url: str) -> None:
             assert "usage_daily" not in inspect(conn).get_table_names()
     finally:
         engine.dispose()
-    assert names == {"ix_usage_logs_api_key_id", "ix_usage_logs_timestamp",
-                     "ix_usage_logs_user_timestamp"}
+    assert names == {
+        "ix_usage_logs_api_key_id",
+        "ix_usage_logs_timestamp",
+        "ix_usage_logs_user_timestamp",
+    }

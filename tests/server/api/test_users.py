@@ -18,11 +18,22 @@ def add_usage(database_url: str, user_id: str, when: datetime, cost: str = "0.5"
     engine = create_db_engine(database_url)
     row_id = str(uuid.uuid4())
     with session_factory(engine).begin() as session:
-        session.add(UsageLog(id=row_id, user_id=user_id, api_key_id=None, timestamp=when,
-                             model="openai:gpt-4o", provider="openai",
-                             endpoint="/v1/chat/completions", prompt_tokens=10,
-                             completion_tokens=5, total_tokens=15, cost=Decimal(cost),
-                             status="success"))
+        session.add(
+            UsageLog(
+                id=row_id,
+                user_id=user_id,
+                api_key_id=None,
+                timestamp=when,
+                model="openai:gpt-4o",
+                provider="openai",
+                endpoint="/v1/chat/completions",
+                prompt_tokens=10,
+                completion_tokens=5,
+                total_tokens=15,
+                cost=Decimal(cost),
+                status="success",
+            )
+        )
     engine.dispose()
     return row_id
 
@@ -33,7 +44,9 @@ def test_create_get_list(client: TestClient) -> None:
     assert client.get("/v1/users/alice", headers=MASTER).json()["alias"] == "Alice"
     make_user(client, "bob")
     assert [u["user_id"] for u in client.get("/v1/users", headers=MASTER).json()] == [
-        "alice", "bob"]
+        "alice",
+        "bob",
+    ]
 
 
 def test_duplicate_is_409_and_unknown_is_404(client: TestClient) -> None:
@@ -46,8 +59,7 @@ def test_duplicate_is_409_and_unknown_is_404(client: TestClient) -> None:
 
 
 def test_unknown_budget_is_404(client: TestClient) -> None:
-    response = client.post("/v1/users", json={"user_id": "a", "budget_id": "nope"},
-                           headers=MASTER)
+    response = client.post("/v1/users", json={"user_id": "a", "budget_id": "nope"}, headers=MASTER)
     assert response.status_code == 404
     assert client.get("/v1/users", headers=MASTER).json() == []
 
@@ -70,7 +82,8 @@ def test_blocked_user_keys_are_refused_with_reason(client: TestClient) -> None:
 
 
 def test_delete_soft_deletes_keeps_usage_and_deactivates_keys(
-        client: TestClient, database_url: str) -> None:
+    client: TestClient, database_url: str
+) -> None:
     make_user(client, "alice")
     key = make_key(client, user_id="alice")
     add_usage(database_url, "alice", datetime.now(UTC))
@@ -85,7 +98,8 @@ def test_delete_soft_deletes_keeps_usage_and_deactivates_keys(
 
 
 def test_recreating_a_deleted_user_restores_it_cleanly(
-        client: TestClient, database_url: str) -> None:
+    client: TestClient, database_url: str
+) -> None:
     budget = make_budget(client, max_budget=10)
     make_user(client, "alice", alias="old", blocked=True, budget_id=budget["budget_id"])
     add_usage(database_url, "alice", datetime.now(UTC))
@@ -97,13 +111,13 @@ def test_recreating_a_deleted_user_restores_it_cleanly(
     assert len(client.get("/v1/users/alice/usage", headers=MASTER).json()) == 1
 
 
-def test_user_usage_is_newest_first_and_paginated(
-        client: TestClient, database_url: str) -> None:
+def test_user_usage_is_newest_first_and_paginated(client: TestClient, database_url: str) -> None:
     make_user(client, "alice")
     older = add_usage(database_url, "alice", datetime(2026, 1, 1, tzinfo=UTC))
     newer = add_usage(database_url, "alice", datetime(2026, 2, 1, tzinfo=UTC), cost="0.25")
     rows = client.get("/v1/users/alice/usage", headers=MASTER).json()
     assert [r["id"] for r in rows] == [newer, older]
     assert rows[0]["cost"] == 0.25
-    assert [r["id"] for r in client.get("/v1/users/alice/usage?skip=1&limit=1",
-                                        headers=MASTER).json()] == [older]
+    assert [
+        r["id"] for r in client.get("/v1/users/alice/usage?skip=1&limit=1", headers=MASTER).json()
+    ] == [older]

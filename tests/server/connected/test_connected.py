@@ -43,7 +43,8 @@ class World:
     def start(self, overrides: dict[str, Any] | None = None, **keys: Any) -> str:
         """Serve a connected gateway (its [platform] table takes `keys`)."""
         self.url = self.stack.enter_context(
-            running(connected_settings(self.platform, overrides, **keys)))
+            running(connected_settings(self.platform, overrides, **keys))
+        )
         return self.url
 
     def client(self, token: str = USER_TOKEN) -> openai.OpenAI:
@@ -54,7 +55,8 @@ class World:
     def ask(self, model: str = "openai:gpt-4o-mini", **kwargs: Any) -> Any:
         """A chat completion through the gateway; the raw response (headers and parse())."""
         return self.client().chat.completions.with_raw_response.create(
-            model=model, messages=MESSAGES, **kwargs)
+            model=model, messages=MESSAGES, **kwargs
+        )
 
     def first(self) -> dict[str, Any]:
         return attempt(self.primary, "att-primary", api_key=KEY)
@@ -63,8 +65,9 @@ class World:
         return attempt(self.backup, "att-backup", model="gpt-4o", api_key=BACKUP_KEY)
 
     def anthropic(self) -> dict[str, Any]:
-        return attempt(self.claude, "att-claude", name="anthropic", model="claude-fake",
-                       api_key=CLAUDE_KEY)
+        return attempt(
+            self.claude, "att-claude", name="anthropic", model="claude-fake", api_key=CLAUDE_KEY
+        )
 
 
 @pytest.fixture
@@ -89,8 +92,11 @@ def gw(world: World) -> World:
 
 def usage_of(text: str = DEFAULT_TEXT) -> dict[str, int]:
     prompt, completion = count_tokens("Say hello"), count_tokens(text)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 # -- the happy path --------------------------------------------------------------------------------
@@ -113,7 +119,8 @@ def test_chat_completion_is_routed_by_the_platform(gw: World) -> None:
     assert raw.headers["x-request-id"]
     assert gw.backup.requests == []
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "success", "usage": usage_of()}]
+        {"correlation_id": "att-primary", "status": "success", "usage": usage_of()}
+    ]
     [report] = gw.platform.usage_requests
     assert report.headers["x-gateway-token"] == GATEWAY_TOKEN
 
@@ -124,8 +131,14 @@ def test_a_model_without_provider_prefix_leaves_the_choice_to_the_platform(gw: W
 
 
 def test_the_older_flat_resolve_shape_is_one_attempt(gw: World) -> None:
-    flat = {"provider": "openai", "model": "gpt-4o-mini", "api_key": KEY,
-            "api_base": gw.primary.base_url, "managed": False, "correlation_id": "corr-7"}
+    flat = {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "api_key": KEY,
+        "api_base": gw.primary.base_url,
+        "managed": False,
+        "correlation_id": "corr-7",
+    }
     gw.platform.push_resolve(body=flat)
     raw = gw.ask()
     assert raw.headers["x-otari-request-id"] == "corr-7"
@@ -195,7 +208,8 @@ def test_a_non_retryable_failure_stops_with_the_providers_answer(gw: World, stat
     assert info.value.response.headers["x-otari-request-id"] == "req-1"
     assert gw.backup.requests == []
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "error", "error_class": f"http_{status}"}]
+        {"correlation_id": "att-primary", "status": "error", "error_class": f"http_{status}"}
+    ]
 
 
 def test_a_malformed_answer_stops_with_502(gw: World) -> None:
@@ -234,7 +248,8 @@ def test_all_attempts_failing_is_504_when_the_last_timed_out(world: World) -> No
 
 def stream_text(world: World, **kwargs: Any) -> tuple[str, list[Any], Any]:
     raw: Any = world.client().chat.completions.with_raw_response.create(
-        model="openai:gpt-4o-mini", messages=MESSAGES, stream=True, **kwargs)
+        model="openai:gpt-4o-mini", messages=MESSAGES, stream=True, **kwargs
+    )
     chunks: list[Any] = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return text, chunks, raw
@@ -248,7 +263,8 @@ def test_a_stream_is_relayed_and_reported(gw: World) -> None:
     assert raw.headers["x-correlation-id"] == "att-primary"
     assert raw.headers["x-otari-request-id"] == "req-1"
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "success", "usage": usage_of()}]
+        {"correlation_id": "att-primary", "status": "success", "usage": usage_of()}
+    ]
 
 
 def test_a_stream_keeps_the_usage_chunk_when_asked(gw: World) -> None:
@@ -299,21 +315,31 @@ def test_errors_after_the_first_chunk_go_down_the_stream(gw: World) -> None:
     # Cut streams still report what was consumed: the provider sent no usage, so the
     # gateway's estimate (a token per four bytes of the client's compact JSON body; two
     # content chunks relayed), marked as estimated.
-    sent = json.dumps({"messages": MESSAGES, "model": "openai:gpt-4o-mini", "stream": True},
-                      separators=(",", ":"))
+    sent = json.dumps(
+        {"messages": MESSAGES, "model": "openai:gpt-4o-mini", "stream": True}, separators=(",", ":")
+    )
     prompt = -(-len(sent) // 4)
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "error", "error_class": "conn_err",
-         "usage": {"prompt_tokens": prompt, "completion_tokens": 2,
-                   "total_tokens": prompt + 2}, "usage_estimated": True}]
+        {
+            "correlation_id": "att-primary",
+            "status": "error",
+            "error_class": "conn_err",
+            "usage": {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2},
+            "usage_estimated": True,
+        }
+    ]
 
 
 def test_a_client_leaving_mid_stream_is_reported(gw: World) -> None:
     gate = gw.primary.gate()
     gw.primary.push(hold_after=2, gate=gate)
     body = json.dumps({"model": "openai:gpt-4o-mini", "messages": MESSAGES, "stream": True})
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", content=body,
-                      headers={"Authorization": f"Bearer {USER_TOKEN}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {USER_TOKEN}"},
+    ) as response:
         assert response.status_code == 200
         # Read both events sent before the hold (the role chunk and one content chunk), so
         # what was relayed when the client leaves does not depend on timing.
@@ -323,10 +349,14 @@ def test_a_client_leaving_mid_stream_is_reported(gw: World) -> None:
     # one content chunk relayed before the hold).
     prompt = -(-len(body) // 4)
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "error",
-         "error_class": "client_disconnected",
-         "usage": {"prompt_tokens": prompt, "completion_tokens": 1,
-                   "total_tokens": prompt + 1}, "usage_estimated": True}]
+        {
+            "correlation_id": "att-primary",
+            "status": "error",
+            "error_class": "client_disconnected",
+            "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1},
+            "usage_estimated": True,
+        }
+    ]
     gate.release()
 
 
@@ -346,17 +376,22 @@ def test_an_anthropic_stream_is_translated(gw: World) -> None:
 @pytest.mark.parametrize("header", [None, "Basic abc", "Bearer", "Token abc", "Bearer a b"])
 def test_chat_needs_a_bearer_user_token(gw: World, header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}
-    response = httpx.post(f"{gw.url}/v1/chat/completions", headers=headers,
-                          json={"model": "openai:gpt-4o-mini", "messages": MESSAGES})
+    response = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        headers=headers,
+        json={"model": "openai:gpt-4o-mini", "messages": MESSAGES},
+    )
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
     assert gw.platform.resolves == []
 
 
 def test_a_malformed_request_is_refused_before_the_platform_is_asked(gw: World) -> None:
-    response = httpx.post(f"{gw.url}/v1/chat/completions",
-                          headers={"Authorization": f"Bearer {USER_TOKEN}"},
-                          json={"model": "openai:gpt-4o-mini", "messages": []})
+    response = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {USER_TOKEN}"},
+        json={"model": "openai:gpt-4o-mini", "messages": []},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages"
     assert gw.platform.resolves == []
@@ -375,22 +410,37 @@ def test_platform_managed_keys_are_scrubbed_from_mid_stream_errors(world: World)
     world.platform.route(world.anthropic())
     world.start()
     world.claude.push(error=Failure(500, f"overloaded, key {CLAUDE_KEY}"), error_after=3)
-    body = httpx.post(f"{world.url}/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {USER_TOKEN}"},
-                      json={"model": "openai:gpt-4o-mini", "messages": MESSAGES,
-                            "stream": True}).text
+    body = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        timeout=30,
+        headers={"Authorization": f"Bearer {USER_TOKEN}"},
+        json={"model": "openai:gpt-4o-mini", "messages": MESSAGES, "stream": True},
+    ).text
     assert "overloaded, key [redacted]" in body and CLAUDE_KEY not in body
 
 
 def test_a_json_answer_to_a_stream_request_is_streamed_and_reported(gw: World) -> None:
-    completion = {"id": "chatcmpl-9", "object": "chat.completion", "created": 1700000000,
-                  "model": "gpt-4o-mini", "choices": [{
-                      "index": 0, "message": {"role": "assistant", "content": "Hi there"},
-                      "finish_reason": "stop"}],
-                  "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
+    completion = {
+        "id": "chatcmpl-9",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hi there"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+    }
     gw.primary.push(body=completion)  # answers JSON although the request streams
     text, chunks, _ = stream_text(gw, stream_options={"include_usage": True})
     assert text == "Hi there" and chunks[-1].usage.total_tokens == 6
     assert gw.platform.wait_usage(1) == [
-        {"correlation_id": "att-primary", "status": "success",
-         "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}]
+        {
+            "correlation_id": "att-primary",
+            "status": "success",
+            "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+        }
+    ]

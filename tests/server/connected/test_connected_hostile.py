@@ -102,13 +102,15 @@ def recorder(stack: ExitStack) -> Recorder:
 def serve(stack: ExitStack, platform: FakePlatform) -> Callable[..., str]:
     def start(overrides: dict[str, Any] | None = None, **keys: Any) -> str:
         return stack.enter_context(running(connected_settings(platform, overrides, **keys)))
+
     return start
 
 
 def chat(url: str, token: str = USER_TOKEN) -> Any:
     with openai.OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0) as client:
         return client.chat.completions.with_raw_response.create(
-            model="openai:gpt-4o-mini", messages=MESSAGES)
+            model="openai:gpt-4o-mini", messages=MESSAGES
+        )
 
 
 def errors_of(platform: FakePlatform, count: int) -> dict[str, str | None]:
@@ -118,12 +120,13 @@ def errors_of(platform: FakePlatform, count: int) -> dict[str, str | None]:
 # -- 20.5 secrets stay with their origin -----------------------------------------------------------
 
 
-def test_a_resolve_redirect_is_not_followed(platform: FakePlatform, provider: FakeOpenAI,
-                                            recorder: Recorder,
-                                            serve: Callable[..., str]) -> None:
+def test_a_resolve_redirect_is_not_followed(
+    platform: FakePlatform, provider: FakeOpenAI, recorder: Recorder, serve: Callable[..., str]
+) -> None:
     url = serve()
-    platform.push_resolve(status=307, body={},
-                          headers={"Location": f"{recorder.url}/gateway/provider-keys/resolve"})
+    platform.push_resolve(
+        status=307, body={}, headers={"Location": f"{recorder.url}/gateway/provider-keys/resolve"}
+    )
     with pytest.raises(openai.APIStatusError) as info:
         chat(url)
     assert info.value.status_code == 502
@@ -132,8 +135,7 @@ def test_a_resolve_redirect_is_not_followed(platform: FakePlatform, provider: Fa
 
 
 def test_a_usage_redirect_is_not_followed_and_the_report_is_kept(
-    platform: FakePlatform, provider: FakeOpenAI, recorder: Recorder,
-    serve: Callable[..., str]
+    platform: FakePlatform, provider: FakeOpenAI, recorder: Recorder, serve: Callable[..., str]
 ) -> None:
     url = serve()
     platform.fail_usage(1, status=308, headers={"Location": f"{recorder.url}/gateway/usage"})
@@ -144,13 +146,19 @@ def test_a_usage_redirect_is_not_followed_and_the_report_is_kept(
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
-def test_a_provider_redirect_is_not_followed(platform: FakePlatform, backup: FakeOpenAI,
-                                             recorder: Recorder, serve: Callable[..., str],
-                                             stack: ExitStack, kind: str) -> None:
+def test_a_provider_redirect_is_not_followed(
+    platform: FakePlatform,
+    backup: FakeOpenAI,
+    recorder: Recorder,
+    serve: Callable[..., str],
+    stack: ExitStack,
+    kind: str,
+) -> None:
     redirector = stack.enter_context(Redirector(recorder.url))
-    platform.route(attempt(None, "att-redirect", name=kind, api_key=KEY,
-                           api_base=redirector.url),
-                   attempt(backup, "att-backup", api_key=BACKUP_KEY))
+    platform.route(
+        attempt(None, "att-redirect", name=kind, api_key=KEY, api_base=redirector.url),
+        attempt(backup, "att-backup", api_key=BACKUP_KEY),
+    )
     raw = chat(serve())
     assert raw.parse().choices[0].message.content == DEFAULT_TEXT
     assert raw.headers["x-correlation-id"] == "att-backup"
@@ -158,17 +166,20 @@ def test_a_provider_redirect_is_not_followed(platform: FakePlatform, backup: Fak
     assert errors_of(platform, 2) == {"att-redirect": "conn_err", "att-backup": None}
 
 
-def test_standalone_provider_redirects_are_not_followed(database_url: str, recorder: Recorder,
-                                                        stack: ExitStack) -> None:
+def test_standalone_provider_redirects_are_not_followed(
+    database_url: str, recorder: Recorder, stack: ExitStack
+) -> None:
     redirector = stack.enter_context(Redirector(recorder.url))
     providers = {"claude": {"type": "anthropic", "base_url": redirector.url, "api_key": KEY}}
-    url = stack.enter_context(running(make_settings(database_url, providers=providers,
-                                                    require_pricing=False)))
-    made = httpx.post(f"{url}/v1/keys", json={},
-                      headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    url = stack.enter_context(
+        running(make_settings(database_url, providers=providers, require_pricing=False))
+    )
+    made = httpx.post(f"{url}/v1/keys", json={}, headers={"Authorization": f"Bearer {MASTER_KEY}"})
     assert made.status_code == 200, made.text
-    with openai.OpenAI(base_url=f"{url}/v1", api_key=made.json()["key"],
-                       max_retries=0) as client, pytest.raises(openai.APIStatusError) as info:
+    with (
+        openai.OpenAI(base_url=f"{url}/v1", api_key=made.json()["key"], max_retries=0) as client,
+        pytest.raises(openai.APIStatusError) as info,
+    ):
         client.chat.completions.create(model="claude:claude-x", messages=MESSAGES)
     assert info.value.status_code == 502
     assert "redirect" in info.value.message and KEY not in info.value.message
@@ -178,23 +189,35 @@ def test_standalone_provider_redirects_are_not_followed(database_url: str, recor
 # -- 20.6 provider addresses from the platform are checked -----------------------------------------
 
 
-@pytest.mark.parametrize("base", ["http://169.254.169.254/v1", "http://10.0.0.7/v1",
-                                  "http://[fe80::1]/v1", "http://[::ffff:169.254.169.254]/v1"])
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://169.254.169.254/v1",
+        "http://10.0.0.7/v1",
+        "http://[fe80::1]/v1",
+        "http://[::ffff:169.254.169.254]/v1",
+    ],
+)
 def test_metadata_link_local_and_private_addresses_are_not_called(
     platform: FakePlatform, backup: FakeOpenAI, serve: Callable[..., str], base: str
 ) -> None:
-    platform.route(attempt(None, "att-bad", api_key=KEY, api_base=base),
-                   attempt(backup, "att-backup", api_key=BACKUP_KEY))
+    platform.route(
+        attempt(None, "att-bad", api_key=KEY, api_base=base),
+        attempt(backup, "att-backup", api_key=BACKUP_KEY),
+    )
     raw = chat(serve(allow_private_networks=True) if "10.0" not in base else serve())
     assert raw.headers["x-correlation-id"] == "att-backup"
     assert errors_of(platform, 2) == {"att-bad": "address_refused", "att-backup": None}
 
 
-def test_a_listed_private_network_is_allowed(platform: FakePlatform, backup: FakeOpenAI,
-                                             serve: Callable[..., str]) -> None:
+def test_a_listed_private_network_is_allowed(
+    platform: FakePlatform, backup: FakeOpenAI, serve: Callable[..., str]
+) -> None:
     # 192.0.2.0/24 is TEST-NET-1: allowed here, and nobody answers there.
-    platform.route(attempt(None, "att-private", api_key=KEY, api_base="http://192.0.2.1/v1"),
-                   attempt(backup, "att-backup", api_key=BACKUP_KEY))
+    platform.route(
+        attempt(None, "att-private", api_key=KEY, api_base="http://192.0.2.1/v1"),
+        attempt(backup, "att-backup", api_key=BACKUP_KEY),
+    )
     raw = chat(serve({"request_timeout": 0.5}, allow_private_networks=["192.0.2.0/24"]))
     assert raw.headers["x-correlation-id"] == "att-backup"
     errors = errors_of(platform, 2)
@@ -226,14 +249,21 @@ def test_a_name_resolving_to_an_allowed_address_is_called(
 # -- 20.7 the platform's instructions are obeyed and bounded ---------------------------------------
 
 
-def test_fallback_disabled_means_one_attempt(platform: FakePlatform, provider: FakeOpenAI,
-                                             backup: FakeOpenAI,
-                                             serve: Callable[..., str]) -> None:
+def test_fallback_disabled_means_one_attempt(
+    platform: FakePlatform, provider: FakeOpenAI, backup: FakeOpenAI, serve: Callable[..., str]
+) -> None:
     url = serve()
     provider.fail(503, "down")
-    platform.push_resolve(body={"request_id": "req-1", "fallback_enabled": False, "attempts": [
-        attempt(provider, "att-1", api_key=KEY, position=0),
-        attempt(backup, "att-2", api_key=BACKUP_KEY, position=1)]})
+    platform.push_resolve(
+        body={
+            "request_id": "req-1",
+            "fallback_enabled": False,
+            "attempts": [
+                attempt(provider, "att-1", api_key=KEY, position=0),
+                attempt(backup, "att-2", api_key=BACKUP_KEY, position=1),
+            ],
+        }
+    )
     with pytest.raises(openai.APIStatusError) as info:
         chat(url)
     assert info.value.status_code == 502
@@ -241,8 +271,9 @@ def test_fallback_disabled_means_one_attempt(platform: FakePlatform, provider: F
     assert errors_of(platform, 1) == {"att-1": "http_503"}
 
 
-def test_the_number_of_attempts_is_capped(platform: FakePlatform, provider: FakeOpenAI,
-                                          serve: Callable[..., str]) -> None:
+def test_the_number_of_attempts_is_capped(
+    platform: FakePlatform, provider: FakeOpenAI, serve: Callable[..., str]
+) -> None:
     url = serve(max_attempts=3)
     for _ in range(3):
         provider.fail(503, "down")
@@ -256,18 +287,28 @@ def test_the_number_of_attempts_is_capped(platform: FakePlatform, provider: Fake
     assert len(platform.usage_requests) == 3
 
 
-@pytest.mark.parametrize("field", ["request_id", "attempt_id", "api_key", "provider", "model",
-                                   "api_base", "fallback_enabled"])
-def test_unsafe_values_from_the_platform_are_refused(platform: FakePlatform,
-                                                     provider: FakeOpenAI,
-                                                     serve: Callable[..., str],
-                                                     field: str) -> None:
+@pytest.mark.parametrize(
+    "field",
+    ["request_id", "attempt_id", "api_key", "provider", "model", "api_base", "fallback_enabled"],
+)
+def test_unsafe_values_from_the_platform_are_refused(
+    platform: FakePlatform, provider: FakeOpenAI, serve: Callable[..., str], field: str
+) -> None:
     url = serve()
-    answer: dict[str, Any] = {"request_id": "req-1", "fallback_enabled": True,
-                              "attempts": [attempt(provider, "att-1", api_key=KEY)]}
-    bad = {"request_id": "req\r\nX-Evil: 1", "attempt_id": "att\n1", "api_key": "sk-\r\nX: y",
-           "provider": "open ai", "model": "gpt\x00", "api_base": "http://a b/v1",
-           "fallback_enabled": "no"}[field]
+    answer: dict[str, Any] = {
+        "request_id": "req-1",
+        "fallback_enabled": True,
+        "attempts": [attempt(provider, "att-1", api_key=KEY)],
+    }
+    bad = {
+        "request_id": "req\r\nX-Evil: 1",
+        "attempt_id": "att\n1",
+        "api_key": "sk-\r\nX: y",
+        "provider": "open ai",
+        "model": "gpt\x00",
+        "api_base": "http://a b/v1",
+        "fallback_enabled": "no",
+    }[field]
     if field in ("request_id", "fallback_enabled"):
         answer[field] = bad
     else:
@@ -282,12 +323,19 @@ def test_unsafe_values_from_the_platform_are_refused(platform: FakePlatform,
     assert platform.usage_requests == []
 
 
-def test_a_flat_answer_with_a_crlf_correlation_id_is_refused(platform: FakePlatform,
-                                                             provider: FakeOpenAI,
-                                                             serve: Callable[..., str]) -> None:
+def test_a_flat_answer_with_a_crlf_correlation_id_is_refused(
+    platform: FakePlatform, provider: FakeOpenAI, serve: Callable[..., str]
+) -> None:
     url = serve()
-    platform.push_resolve(body={"provider": "openai", "model": "gpt-4o-mini", "api_key": KEY,
-                                "api_base": provider.base_url, "correlation_id": "c\r\n7"})
+    platform.push_resolve(
+        body={
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "api_key": KEY,
+            "api_base": provider.base_url,
+            "correlation_id": "c\r\n7",
+        }
+    )
     with pytest.raises(openai.APIStatusError) as info:
         chat(url)
     assert info.value.status_code == 502 and provider.requests == []
@@ -297,8 +345,10 @@ def test_a_flat_answer_with_a_crlf_correlation_id_is_refused(platform: FakePlatf
 
 
 def test_health_and_logs_redact_credentials_in_the_platform_url(
-    platform: FakePlatform, provider: FakeOpenAI, recorder: Recorder,
-    caplog: pytest.LogCaptureFixture
+    platform: FakePlatform,
+    provider: FakeOpenAI,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     base = platform.url.replace("http://", "http://admin:hunter2@")
     with running(connected_settings(platform, base_url=base)) as url:
@@ -308,48 +358,55 @@ def test_health_and_logs_redact_credentials_in_the_platform_url(
             chat(url)
     assert health.status_code == 200
     assert "hunter2" not in health.text and "admin" not in health.text
-    assert health.json()["platform_url"] == platform.url.replace("http://",
-                                                                  "http://[redacted]@")
+    assert health.json()["platform_url"] == platform.url.replace("http://", "http://[redacted]@")
     assert "redirect (HTTP 307)" in caplog.text and "hunter2" not in caplog.text
 
 
-def test_max_header_bytes_applies(serve: Callable[..., str], platform: FakePlatform,
-                                  provider: FakeOpenAI) -> None:
+def test_max_header_bytes_applies(
+    serve: Callable[..., str], platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     url = serve({"max_header_bytes": 2048})
-    response = httpx.post(f"{url}/v1/chat/completions",
-                          headers={"Authorization": f"Bearer {USER_TOKEN}", "X-Pad": "p" * 4096},
-                          json={"model": "openai:gpt-4o-mini", "messages": MESSAGES})
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {USER_TOKEN}", "X-Pad": "p" * 4096},
+        json={"model": "openai:gpt-4o-mini", "messages": MESSAGES},
+    )
     assert response.status_code == 431
     assert platform.resolves == []
 
 
-@pytest.mark.parametrize("token", [b"t" * 5000, "tok\u00e9n".encode()],
-                         ids=["long", "non-ascii"])
-def test_a_malformed_token_is_401(serve: Callable[..., str], platform: FakePlatform,
-                                  provider: FakeOpenAI, token: bytes) -> None:
+@pytest.mark.parametrize("token", [b"t" * 5000, "tok\u00e9n".encode()], ids=["long", "non-ascii"])
+def test_a_malformed_token_is_401(
+    serve: Callable[..., str], platform: FakePlatform, provider: FakeOpenAI, token: bytes
+) -> None:
     url = serve()
-    response = httpx.post(f"{url}/v1/chat/completions",
-                          headers={b"Authorization": b"Bearer " + token},
-                          json={"model": "openai:gpt-4o-mini", "messages": MESSAGES})
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers={b"Authorization": b"Bearer " + token},
+        json={"model": "openai:gpt-4o-mini", "messages": MESSAGES},
+    )
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
     assert "printable ASCII of at most 4096 characters" in response.json()["error"]["message"]
     assert platform.resolves == []
 
 
-def test_a_token_with_control_characters_is_400(serve: Callable[..., str],
-                                                platform: FakePlatform) -> None:
+def test_a_token_with_control_characters_is_400(
+    serve: Callable[..., str], platform: FakePlatform
+) -> None:
     # The HTTP server refuses such a header line itself, before the gateway sees it.
-    response = httpx.post(f"{serve()}/v1/chat/completions",
-                          headers={b"Authorization": b"Bearer tok\x01en"},
-                          json={"model": "openai:gpt-4o-mini", "messages": MESSAGES})
+    response = httpx.post(
+        f"{serve()}/v1/chat/completions",
+        headers={b"Authorization": b"Bearer tok\x01en"},
+        json={"model": "openai:gpt-4o-mini", "messages": MESSAGES},
+    )
     assert response.status_code == 400
     assert platform.resolves == []
 
 
-def test_a_token_of_the_longest_allowed_length_is_asked_about(serve: Callable[..., str],
-                                                              platform: FakePlatform,
-                                                              provider: FakeOpenAI) -> None:
+def test_a_token_of_the_longest_allowed_length_is_asked_about(
+    serve: Callable[..., str], platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     assert chat(serve(), token="t" * 4096).parse().choices[0].message.content == DEFAULT_TEXT
     assert platform.last_resolve.headers["x-user-token"] == "t" * 4096
     assert platform.last_resolve.headers["x-gateway-token"] == GATEWAY_TOKEN

@@ -42,8 +42,9 @@ def url(platform: FakePlatform, provider: FakeOpenAI) -> Iterator[str]:
 
 def chat(url: str, **kwargs: Any) -> Any:
     with openai.OpenAI(base_url=f"{url}/v1", api_key=USER_TOKEN, max_retries=0) as client:
-        return client.chat.completions.create(model="openai:gpt-4o-mini", messages=MESSAGES,
-                                              **kwargs)
+        return client.chat.completions.create(
+            model="openai:gpt-4o-mini", messages=MESSAGES, **kwargs
+        )
 
 
 def message_of(error: openai.APIStatusError) -> str:
@@ -76,27 +77,31 @@ def test_platform_refusals_reach_the_client_with_their_detail(
     assert platform.usage_requests == []
 
 
-def test_a_refusal_without_detail_gets_a_generic_message(platform: FakePlatform,
-                                                         url: str) -> None:
+def test_a_refusal_without_detail_gets_a_generic_message(platform: FakePlatform, url: str) -> None:
     platform.push_resolve(status=403, body={"detail": [{"msg": "structured"}]})
     with pytest.raises(openai.PermissionDeniedError) as info:
         chat(url)
     assert message_of(info.value) == "Authorization request rejected"
 
 
-@pytest.mark.parametrize("reply", [
-    Reply(422, {"detail": [{"loc": ["body", "model"], "msg": "field required"}]}),
-    Reply(500, {"detail": "boom"}),
-    Reply(503, "not json"),
-    Reply(400, {"detail": "odd"}),
-    Reply(200, b"{not json"),
-    Reply(200, {"request_id": "r", "attempts": [{"provider": "openai"}]}),
-    Reply(200, {"request_id": "r", "fallback_enabled": False, "attempts": []}),
-    Reply(delay=5),
-    Reply(drop=True),
-], ids=["422", "500", "503", "400", "malformed", "incomplete", "empty", "timeout", "dropped"])
-def test_platform_failures_are_502(platform: FakePlatform, provider: FakeOpenAI, url: str,
-                                   reply: Reply) -> None:
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(422, {"detail": [{"loc": ["body", "model"], "msg": "field required"}]}),
+        Reply(500, {"detail": "boom"}),
+        Reply(503, "not json"),
+        Reply(400, {"detail": "odd"}),
+        Reply(200, b"{not json"),
+        Reply(200, {"request_id": "r", "attempts": [{"provider": "openai"}]}),
+        Reply(200, {"request_id": "r", "fallback_enabled": False, "attempts": []}),
+        Reply(delay=5),
+        Reply(drop=True),
+    ],
+    ids=["422", "500", "503", "400", "malformed", "incomplete", "empty", "timeout", "dropped"],
+)
+def test_platform_failures_are_502(
+    platform: FakePlatform, provider: FakeOpenAI, url: str, reply: Reply
+) -> None:
     platform.push_resolve(reply)
     with pytest.raises(openai.APIStatusError) as info:
         chat(url)
@@ -125,8 +130,9 @@ def test_usage_reports_are_retried_until_delivered(platform: FakePlatform, url: 
     assert len(platform.usage_requests) == 3
 
 
-def test_usage_reports_retry_timeouts_and_dropped_connections(platform: FakePlatform,
-                                                              provider: FakeOpenAI) -> None:
+def test_usage_reports_retry_timeouts_and_dropped_connections(
+    platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     with running(connected_settings(platform, usage_timeout=0.3)) as url:
         platform.fail_usage(1, status=200, delay=5)
         platform.fail_usage(1, status=200, drop=True)
@@ -152,8 +158,9 @@ def test_a_refused_usage_report_is_not_retried(platform: FakePlatform, url: str)
     assert len(platform.usage_requests) == 1
 
 
-def test_a_slow_usage_report_never_delays_the_response(platform: FakePlatform,
-                                                      provider: FakeOpenAI) -> None:
+def test_a_slow_usage_report_never_delays_the_response(
+    platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     with running(connected_settings(platform, usage_timeout=30)) as url:
         platform.fail_usage(1, status=200, delay=1)
         assert chat(url).choices[0].message.content == DEFAULT_TEXT
@@ -162,8 +169,9 @@ def test_a_slow_usage_report_never_delays_the_response(platform: FakePlatform,
         platform.wait_usage(1)
 
 
-def test_pending_usage_reports_are_drained_on_shutdown(platform: FakePlatform,
-                                                       provider: FakeOpenAI) -> None:
+def test_pending_usage_reports_are_drained_on_shutdown(
+    platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     with running(connected_settings(platform)) as url:
         platform.fail_usage(1, status=200, delay=0.5)
         chat(url)
@@ -205,14 +213,23 @@ def test_readiness_probes_are_cached(platform: FakePlatform, provider: FakeOpenA
         assert httpx.get(f"{url}/health/readiness").status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v1/models"), ("POST", "/v1/embeddings"), ("POST", "/v1/messages"),
-    ("GET", "/v1/keys"), ("POST", "/v1/users"), ("GET", "/v1/usage"),
-    ("POST", "/api/v1/responses"), ("GET", "/v1/anything/else"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v1/messages"),
+        ("GET", "/v1/keys"),
+        ("POST", "/v1/users"),
+        ("GET", "/v1/usage"),
+        ("POST", "/api/v1/responses"),
+        ("GET", "/v1/anything/else"),
+    ],
+)
 def test_other_v1_paths_are_not_available(url: str, method: str, path: str) -> None:
-    response = httpx.request(method, f"{url}{path}",
-                             headers={"Authorization": f"Bearer {USER_TOKEN}"})
+    response = httpx.request(
+        method, f"{url}{path}", headers={"Authorization": f"Bearer {USER_TOKEN}"}
+    )
     assert response.status_code == 404
     error = response.json()["error"]
     assert "not available in connected mode" in error["message"]
@@ -225,16 +242,22 @@ def test_chat_completions_only_answers_post(url: str) -> None:
 
 
 def test_chat_is_served_under_api_too(url: str) -> None:
-    response = httpx.post(f"{url}/api/v1/chat/completions",
-                          headers={"Authorization": f"Bearer {USER_TOKEN}"},
-                          json={"model": "openai:gpt-4o-mini", "messages": MESSAGES})
+    response = httpx.post(
+        f"{url}/api/v1/chat/completions",
+        headers={"Authorization": f"Bearer {USER_TOKEN}"},
+        json={"model": "openai:gpt-4o-mini", "messages": MESSAGES},
+    )
     assert response.status_code == 200 and response.headers["x-correlation-id"] == "att-1"
 
 
 def test_openapi_describes_the_connected_surface(url: str) -> None:
     document = httpx.get(f"{url}/openapi.json").json()
-    assert set(document["paths"]) == {"/v1/chat/completions", "/health", "/health/liveness",
-                                      "/health/readiness"}
+    assert set(document["paths"]) == {
+        "/v1/chat/completions",
+        "/health",
+        "/health/liveness",
+        "/health/readiness",
+    }
     assert "ChatCompletionRequest" in document["components"]["schemas"]
 
 
@@ -246,9 +269,13 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Any:
 
 
 def test_local_providers_and_a_platform_token_do_not_mix() -> None:
-    settings = load({"OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN,
-                     "OTARI_PLATFORM_BASE_URL": "https://platform.example"},
-                    providers={"openai": {"api_key": "sk-local"}})
+    settings = load(
+        {
+            "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN,
+            "OTARI_PLATFORM_BASE_URL": "https://platform.example",
+        },
+        providers={"openai": {"api_key": "sk-local"}},
+    )
     with pytest.raises(ConfigError, match=r"^providers: not allowed in connected mode"):
         create_app(settings)
 
@@ -260,38 +287,52 @@ def test_a_platform_token_needs_a_base_url() -> None:
         create_app(settings)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("base_url", "platform.example", r"^platform\.base_url: must be an http"),
-    ("usage_max_tries", -1, r"^platform\.usage_max_tries: expected an integer of 0 or more"),
-    ("usage_concurrency", 0, r"^platform\.usage_concurrency: expected an integer of 1 or more"),
-    ("max_attempts", True, r"^platform\.max_attempts: expected an integer of 1 or more"),
-    ("usage_queue_max_bytes", 0,
-     r"^platform\.usage_queue_max_bytes: expected an integer of 1 or more"),
-    ("usage_max_age", 0, r"^platform\.usage_max_age: must be positive"),
-    ("allow_loopback", "yes", r"^platform\.allow_loopback: expected true or false"),
-    ("allow_private_networks", ["10.0.0.0/8", "nowhere"],
-     r"^platform\.allow_private_networks: expected true, false or a list of networks "
-     r"such as \"10\.0\.0\.0/8\"; 'nowhere' is not a network$"),
-    ("allow_private_networks", [10], r"^platform\.allow_private_networks: .*; 10 is not a"),
-    ("allow_private_networks", "some",
-     r"^platform\.allow_private_networks: expected true or false or a list of networks"),
-    ("first_chunk_timeout", 0, r"^platform\.first_chunk_timeout: must be positive"),
-    ("resolve_timeout", "fast", r"^platform\.resolve_timeout: expected a number"),
-    ("health_path", "health", r"^platform\.health_path: must start with '/'"),
-    ("colour", "blue", r"^platform\.colour: unknown setting"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("base_url", "platform.example", r"^platform\.base_url: must be an http"),
+        ("usage_max_tries", -1, r"^platform\.usage_max_tries: expected an integer of 0 or more"),
+        ("usage_concurrency", 0, r"^platform\.usage_concurrency: expected an integer of 1 or more"),
+        ("max_attempts", True, r"^platform\.max_attempts: expected an integer of 1 or more"),
+        (
+            "usage_queue_max_bytes",
+            0,
+            r"^platform\.usage_queue_max_bytes: expected an integer of 1 or more",
+        ),
+        ("usage_max_age", 0, r"^platform\.usage_max_age: must be positive"),
+        ("allow_loopback", "yes", r"^platform\.allow_loopback: expected true or false"),
+        (
+            "allow_private_networks",
+            ["10.0.0.0/8", "nowhere"],
+            r"^platform\.allow_private_networks: expected true, false or a list of networks "
+            r"such as \"10\.0\.0\.0/8\"; 'nowhere' is not a network$",
+        ),
+        ("allow_private_networks", [10], r"^platform\.allow_private_networks: .*; 10 is not a"),
+        (
+            "allow_private_networks",
+            "some",
+            r"^platform\.allow_private_networks: expected true or false or a list of networks",
+        ),
+        ("first_chunk_timeout", 0, r"^platform\.first_chunk_timeout: must be positive"),
+        ("resolve_timeout", "fast", r"^platform\.resolve_timeout: expected a number"),
+        ("health_path", "health", r"^platform\.health_path: must start with '/'"),
+        ("colour", "blue", r"^platform\.colour: unknown setting"),
+    ],
+)
 def test_platform_settings_are_validated(key: str, value: Any, message: str) -> None:
     table = {"token": GATEWAY_TOKEN, "base_url": "https://platform.example", key: value}
     with pytest.raises(ConfigError, match=message):
         create_app(load(platform=table))
 
 
-def test_the_platform_table_can_come_from_the_config_file(tmp_path: Path,
-                                                          platform: FakePlatform,
-                                                          provider: FakeOpenAI) -> None:
+def test_the_platform_table_can_come_from_the_config_file(
+    tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     config = tmp_path / "config.toml"
-    config.write_text('[platform]\ntoken = "${GW_TOKEN}"\nfirst_chunk_timeout = 5\n'
-                      f'base_url = "{platform.url}/"\nallow_loopback = true\n')
+    config.write_text(
+        '[platform]\ntoken = "${GW_TOKEN}"\nfirst_chunk_timeout = 5\n'
+        f'base_url = "{platform.url}/"\nallow_loopback = true\n'
+    )
     settings = settings_module.load(config, environ={"GW_TOKEN": GATEWAY_TOKEN})
     with running(settings) as url:
         assert chat(url).choices[0].message.content == DEFAULT_TEXT
@@ -300,12 +341,15 @@ def test_the_platform_table_can_come_from_the_config_file(tmp_path: Path,
 
 def test_the_example_config_documents_every_platform_key() -> None:
     text = (Path(__file__).resolve().parents[3] / "config.example.toml").read_text()
-    block = text[text.index("# Connected mode"):]
+    block = text[text.index("# Connected mode") :]
     for key in PlatformConfig.__dataclass_fields__:
         if key != "private_networks":  # set through allow_private_networks
             assert f"\n# {key} " in block, key
-    table = "\n".join(line.removeprefix("# ") for line in block.splitlines()
-                      if line.startswith(("# [platform]", "# token =", "# base_url =")))
+    table = "\n".join(
+        line.removeprefix("# ")
+        for line in block.splitlines()
+        if line.startswith(("# [platform]", "# token =", "# base_url ="))
+    )
     parsed = tomllib.loads(table)["platform"]
     assert set(parsed) == {"token", "base_url"}
 
@@ -320,14 +364,24 @@ def loopback_config(tmp_path: Path) -> str:
     return str(config)
 
 
-def test_otari_serve_runs_connected(platform: FakePlatform, provider: FakeOpenAI,
-                                    tmp_path: Path) -> None:
+def test_otari_serve_runs_connected(
+    platform: FakePlatform, provider: FakeOpenAI, tmp_path: Path
+) -> None:
     port = free_port()
-    env = {**os.environ, "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN, "OTARI_CONFIG":
-           loopback_config(tmp_path), "OTARI_PLATFORM_BASE_URL": platform.url,
-           "OPENAI_API_KEY": "sk-ignored"}
-    proc = subprocess.Popen([sys.executable, "-m", "otari_cli", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN,
+        "OTARI_CONFIG": loopback_config(tmp_path),
+        "OTARI_PLATFORM_BASE_URL": platform.url,
+        "OPENAI_API_KEY": "sk-ignored",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otari_cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         poll(lambda: proc.poll() is not None or _ready(url), timeout=30)
@@ -342,15 +396,25 @@ def test_otari_serve_runs_connected(platform: FakePlatform, provider: FakeOpenAI
     assert "Application shutdown complete" in err
 
 
-def test_otari_start_and_stop_run_connected(platform: FakePlatform, provider: FakeOpenAI,
-                                            tmp_path: Path) -> None:
+def test_otari_start_and_stop_run_connected(
+    platform: FakePlatform, provider: FakeOpenAI, tmp_path: Path
+) -> None:
     port = free_port()
-    env = {**os.environ, "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN,
-           "OTARI_CONFIG": loopback_config(tmp_path), "OTARI_PLATFORM_BASE_URL": platform.url}
+    env = {
+        **os.environ,
+        "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN,
+        "OTARI_CONFIG": loopback_config(tmp_path),
+        "OTARI_PLATFORM_BASE_URL": platform.url,
+    }
 
     def otari(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "otari_cli", *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "otari_cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     started = otari("start", "--port", str(port))
     try:
@@ -364,9 +428,13 @@ def test_otari_start_and_stop_run_connected(platform: FakePlatform, provider: Fa
 
 def test_otari_serve_refuses_a_bad_platform_table(platform: FakePlatform) -> None:
     env = {**os.environ, "OTARI_PLATFORM_TOKEN": GATEWAY_TOKEN}
-    done = subprocess.run([sys.executable, "-m", "otari_cli", "serve", "--port",
-                           str(free_port())], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "otari_cli", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert "platform.base_url: required" in done.stderr
 

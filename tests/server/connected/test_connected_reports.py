@@ -44,9 +44,13 @@ def chats(platform: FakePlatform, provider: FakeOpenAI, url: str, count: int) ->
     """`count` chat requests, each routed to its own attempt id; those ids."""
     ids = [f"att-{n}" for n in range(count)]
     for attempt_id in ids:
-        platform.push_resolve(body={
-            "request_id": f"req-{attempt_id}", "fallback_enabled": True,
-            "attempts": [attempt(provider, attempt_id, api_key=PROVIDER_KEY)]})
+        platform.push_resolve(
+            body={
+                "request_id": f"req-{attempt_id}",
+                "fallback_enabled": True,
+                "attempts": [attempt(provider, attempt_id, api_key=PROVIDER_KEY)],
+            }
+        )
         assert chat(url).choices[0].message.content == DEFAULT_TEXT
     return ids
 
@@ -80,8 +84,9 @@ def metrics(url: str) -> dict[str, float]:
 # -- outages and restarts --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("outage", [Reply(503, {"detail": "down"}), Reply(drop=True)],
-                         ids=["503", "dropped"])
+@pytest.mark.parametrize(
+    "outage", [Reply(503, {"detail": "down"}), Reply(drop=True)], ids=["503", "dropped"]
+)
 def test_every_report_arrives_exactly_once_after_an_outage(
     platform: FakePlatform, provider: FakeOpenAI, outage: Reply
 ) -> None:
@@ -130,8 +135,9 @@ def test_a_report_that_landed_before_its_try_timed_out_is_recorded_once(
     assert platform.usage == [first.body]
 
 
-def test_a_409_means_the_platform_has_the_report_already(platform: FakePlatform,
-                                                          provider: FakeOpenAI) -> None:
+def test_a_409_means_the_platform_has_the_report_already(
+    platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     with running(connected_settings(platform, {"metrics": True})) as url:
         platform.fail_usage(1, status=409)
         chat(url)
@@ -141,22 +147,24 @@ def test_a_409_means_the_platform_has_the_report_already(platform: FakePlatform,
     assert len(platform.usage_requests) == 1
 
 
-def test_undelivered_reports_expire_at_usage_max_age(platform: FakePlatform,
-                                                     provider: FakeOpenAI) -> None:
-    with running(connected_settings(platform, {"metrics": True}, usage_max_age=0.5,
-                                    **QUICK)) as url:
+def test_undelivered_reports_expire_at_usage_max_age(
+    platform: FakePlatform, provider: FakeOpenAI
+) -> None:
+    with running(
+        connected_settings(platform, {"metrics": True}, usage_max_age=0.5, **QUICK)
+    ) as url:
         platform.outage = Reply(503, {"detail": "down"})
         chat(url)
-        poll(lambda: metrics(url).get('otari_platform_usage_dropped_total{reason="expired"}')
-             == 1)
+        poll(lambda: metrics(url).get('otari_platform_usage_dropped_total{reason="expired"}') == 1)
         assert metrics(url)["otari_platform_usage_queue_depth"] == 0
         platform.outage = None
         platform.settle()
     assert platform.usage == []
 
 
-def test_a_full_queue_refuses_new_requests_until_it_drains(platform: FakePlatform,
-                                                           provider: FakeOpenAI) -> None:
+def test_a_full_queue_refuses_new_requests_until_it_drains(
+    platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     with running(connected_settings(platform, usage_queue_max_bytes=1, **QUICK)) as url:
         platform.outage = Reply(503, {"detail": "down"})
         chat(url)  # the queue was empty: served, and its report fills the queue
@@ -183,8 +191,10 @@ def test_queue_metrics(platform: FakePlatform, provider: FakeOpenAI) -> None:
         poll(lambda: metrics(url)["otari_platform_usage_queue_depth"] == 0)
         done = metrics(url)
     assert done["otari_platform_usage_deliveries_total"] == 1
-    assert done['otari_platform_usage_failures_total{outcome="HTTP 503"}'] == len(
-        platform.usage_requests) - 1
+    assert (
+        done['otari_platform_usage_failures_total{outcome="HTTP 503"}']
+        == len(platform.usage_requests) - 1
+    )
     assert done["otari_platform_usage_oldest_age_seconds"] == 0
 
 
@@ -199,8 +209,9 @@ def test_metrics_are_off_unless_switched_on(platform: FakePlatform, provider: Fa
 def test_a_hanging_usage_endpoint_holds_only_usage_concurrency_connections(
     platform: FakePlatform, provider: FakeOpenAI
 ) -> None:
-    settings = connected_settings(platform, usage_concurrency=2, usage_timeout=30,
-                                  usage_drain_timeout=0.1)
+    settings = connected_settings(
+        platform, usage_concurrency=2, usage_timeout=30, usage_drain_timeout=0.1
+    )
     with ExitStack() as stack:
         url = stack.enter_context(running(settings))
         platform.outage = Reply(200, delay=30)  # the platform takes reports, never answers
@@ -219,8 +230,9 @@ def test_an_unusable_queue_file_stops_start_up(platform: FakePlatform, tmp_path:
         create_app(settings)
 
 
-def test_the_queue_file_can_be_placed_anywhere(platform: FakePlatform, provider: FakeOpenAI,
-                                               tmp_path: Path) -> None:
+def test_the_queue_file_can_be_placed_anywhere(
+    platform: FakePlatform, provider: FakeOpenAI, tmp_path: Path
+) -> None:
     queue = tmp_path / "spool" / "reports.db"
     with running(connected_settings(platform, usage_queue=str(queue))) as url:
         chat(url)

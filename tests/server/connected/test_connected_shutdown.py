@@ -24,26 +24,40 @@ from tests.support.platform_fake import USER_TOKEN, FakePlatform, Reply, connect
 from tests.support.procs import ServeProcess, served
 
 PROMPT = "Say hello"
-BODY = json.dumps({"model": "openai:gpt-4o-mini", "stream": True,
-                   "messages": [{"role": "user", "content": PROMPT}]})
+BODY = json.dumps(
+    {
+        "model": "openai:gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+)
 ESTIMATED_PROMPT = -(-len(BODY) // 4)  # a token per four bytes of the client's body
 SHUTDOWN_TIMEOUT = 1  # uvicorn counts whole seconds
 
 
 def gateway_config(directory: Path, platform: FakePlatform, **keys: Any) -> Path:
     """An `otari serve` config connected to `platform`, its queue file in `directory`."""
-    return connected_config(directory, platform, {"shutdown_timeout": SHUTDOWN_TIMEOUT},
-                            usage_queue=str(directory / "reports.sqlite3"),
-                            usage_backoff_max=0.1, **keys)
+    return connected_config(
+        directory,
+        platform,
+        {"shutdown_timeout": SHUTDOWN_TIMEOUT},
+        usage_queue=str(directory / "reports.sqlite3"),
+        usage_backoff_max=0.1,
+        **keys,
+    )
 
 
 def cut_by_shutdown(gateway: ServeProcess, events: int) -> list[str]:
     """Stream a chat, read `events` data events, SIGTERM the gateway while the provider holds
     the rest, and read on until shutdown cuts the stream; every data line received."""
     lines: list[str] = []
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", content=BODY, timeout=60,
-                      headers={"Authorization": f"Bearer {USER_TOKEN}",
-                               "content-type": "application/json"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        content=BODY,
+        timeout=60,
+        headers={"Authorization": f"Bearer {USER_TOKEN}", "content-type": "application/json"},
+    ) as response:
         assert response.status_code == 200
         received = (line for line in response.iter_lines() if line.startswith("data: "))
         # What was relayed before the signal is known exactly: the estimate cannot vary.
@@ -56,7 +70,8 @@ def cut_by_shutdown(gateway: ServeProcess, events: int) -> list[str]:
 
 
 def test_a_stream_cut_by_shutdown_reports_the_estimate_of_what_was_relayed(
-        tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI) -> None:
+    tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     gate = provider.gate()
     provider.push(hold_after=2, gate=gate)  # the role chunk and one content chunk, then held
     config = gateway_config(tmp_path, platform)
@@ -67,14 +82,21 @@ def test_a_stream_cut_by_shutdown_reports_the_estimate_of_what_was_relayed(
     gate.release()
     assert len(lines) == 2 and '"content":"Hello"' in lines[1].replace(" ", "")
     assert report == {
-        "correlation_id": "att-1", "status": "error", "error_class": "client_disconnected",
-        "usage": {"prompt_tokens": ESTIMATED_PROMPT, "completion_tokens": 1,
-                  "total_tokens": ESTIMATED_PROMPT + 1},
-        "usage_estimated": True}
+        "correlation_id": "att-1",
+        "status": "error",
+        "error_class": "client_disconnected",
+        "usage": {
+            "prompt_tokens": ESTIMATED_PROMPT,
+            "completion_tokens": 1,
+            "total_tokens": ESTIMATED_PROMPT + 1,
+        },
+        "usage_estimated": True,
+    }
 
 
 def test_a_stream_cut_by_shutdown_after_the_provider_usage_reports_that_usage(
-        tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI) -> None:
+    tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     words = count_tokens(DEFAULT_TEXT)
     # Held before [DONE]: the role chunk, a chunk per word, the finish chunk and the usage
     # chunk (asked for by the gateway, hidden from this client) were sent.
@@ -87,13 +109,20 @@ def test_a_stream_cut_by_shutdown_after_the_provider_usage_reports_that_usage(
     assert all('"usage"' not in line for line in lines)
     prompt = count_tokens(PROMPT)
     assert report == {
-        "correlation_id": "att-1", "status": "error", "error_class": "client_disconnected",
-        "usage": {"prompt_tokens": prompt, "completion_tokens": words,
-                  "total_tokens": prompt + words}}
+        "correlation_id": "att-1",
+        "status": "error",
+        "error_class": "client_disconnected",
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": words,
+            "total_tokens": prompt + words,
+        },
+    }
 
 
 def test_a_cut_stream_report_the_platform_did_not_take_is_delivered_after_restart(
-        tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI) -> None:
+    tmp_path: Path, platform: FakePlatform, provider: FakeOpenAI
+) -> None:
     gate = provider.gate()
     provider.push(hold_after=2, gate=gate)
     config = gateway_config(tmp_path, platform, usage_drain_timeout=0.5)
@@ -115,10 +144,16 @@ def test_a_cut_stream_report_the_platform_did_not_take_is_delivered_after_restar
     with served(tmp_path, "", config=config, port=port):
         [report] = platform.wait_usage(1)
     assert report == {
-        "correlation_id": "att-1", "status": "error", "error_class": "client_disconnected",
-        "usage": {"prompt_tokens": ESTIMATED_PROMPT, "completion_tokens": 1,
-                  "total_tokens": ESTIMATED_PROMPT + 1},
-        "usage_estimated": True}
+        "correlation_id": "att-1",
+        "status": "error",
+        "error_class": "client_disconnected",
+        "usage": {
+            "prompt_tokens": ESTIMATED_PROMPT,
+            "completion_tokens": 1,
+            "total_tokens": ESTIMATED_PROMPT + 1,
+        },
+        "usage_estimated": True,
+    }
     # The same report (one idempotency key on every try, before and after the restart).
     assert {seen.headers["idempotency-key"] for seen in platform.usage_requests} == tried
     assert len(tried) == 1

@@ -18,23 +18,36 @@ MODEL = "fake:gpt-4o-mini"
 
 
 def access_lines(log: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line, parse_float=Decimal) for line in log.splitlines()
-             if line.startswith("{")]
+    lines = [
+        json.loads(line, parse_float=Decimal) for line in log.splitlines() if line.startswith("{")
+    ]
     return [line for line in lines if line.get("logger") == "otari.access"]
 
 
 def test_every_request_has_one_json_access_line(tmp_path: Path, sqlite_url: str) -> None:
-    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, \
-            served(tmp_path, sqlite_url, providers=fake_provider(fake.base_url, UPSTREAM_KEY),
-                   log_format="json", log_level="info",
-                   forwarded_allow_ips="127.0.0.1") as gateway, \
-            admin(gateway.url) as client:
+    with (
+        FakeOpenAI(api_key=UPSTREAM_KEY) as fake,
+        served(
+            tmp_path,
+            sqlite_url,
+            providers=fake_provider(fake.base_url, UPSTREAM_KEY),
+            log_format="json",
+            log_level="info",
+            forwarded_allow_ips="127.0.0.1",
+        ) as gateway,
+        admin(gateway.url) as client,
+    ):
         key = budgeted_key(client, "alice", "1", MODEL, "2000")
-        answer = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=30,
-                            headers={"Authorization": f"Bearer {key}",
-                                     "X-Forwarded-For": "203.0.113.7"},
-                            json={"model": MODEL, "max_tokens": 10,
-                                  "messages": [{"role": "user", "content": "hi"}]})
+        answer = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            timeout=30,
+            headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": "203.0.113.7"},
+            json={
+                "model": MODEL,
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         assert answer.status_code == 200
         request_id = answer.headers["x-request-id"]
         refused = httpx.get(f"{gateway.url}/v1/keys", timeout=30)
@@ -42,24 +55,26 @@ def test_every_request_has_one_json_access_line(tmp_path: Path, sqlite_url: str)
         wait_until(lambda: len(access_lines(gateway.log())) >= 6, 10, "the access lines")
         lines = access_lines(gateway.log())
     [chat] = [line for line in lines if line["request_id"] == request_id]
-    assert (chat["method"], chat["path"], chat["status"]) == ("POST", "/v1/chat/completions",
-                                                              200)
+    assert (chat["method"], chat["path"], chat["status"]) == ("POST", "/v1/chat/completions", 200)
     assert chat["client"] == "203.0.113.7"  # from a trusted proxy (loopback)
     assert (chat["model"], chat["user"], chat["outcome"]) == (MODEL, "alice", "success")
     assert chat["cost"] == Decimal(fake.last.usage["completion_tokens"]) * Decimal("0.002")
     assert chat["latency_ms"] > 0 and chat["key"]
-    assert [line["status"] for line in lines if line["path"] == "/v1/keys"
-            and line["method"] == "GET"] == [401]
+    assert [
+        line["status"] for line in lines if line["path"] == "/v1/keys" and line["method"] == "GET"
+    ] == [401]
     assert UPSTREAM_KEY not in gateway.log() and key not in gateway.log()
 
 
-def test_forwarded_for_is_ignored_from_an_untrusted_peer(tmp_path: Path,
-                                                         sqlite_url: str) -> None:
-    with served(tmp_path, sqlite_url, log_format="json", log_level="info",
-                forwarded_allow_ips="192.0.2.1") as gateway:
-        httpx.get(f"{gateway.url}/health", headers={"X-Forwarded-For": "203.0.113.7"},
-                  timeout=30)
-        wait_until(lambda: any(line["path"] == "/health"
-                               for line in access_lines(gateway.log())), 10, "the line")
+def test_forwarded_for_is_ignored_from_an_untrusted_peer(tmp_path: Path, sqlite_url: str) -> None:
+    with served(
+        tmp_path, sqlite_url, log_format="json", log_level="info", forwarded_allow_ips="192.0.2.1"
+    ) as gateway:
+        httpx.get(f"{gateway.url}/health", headers={"X-Forwarded-For": "203.0.113.7"}, timeout=30)
+        wait_until(
+            lambda: any(line["path"] == "/health" for line in access_lines(gateway.log())),
+            10,
+            "the line",
+        )
         [line] = [line for line in access_lines(gateway.log()) if line["path"] == "/health"]
     assert line["client"] == "127.0.0.1"

@@ -29,22 +29,34 @@ def chunks(total: int, size: int = 100) -> Iterator[bytes]:
     yield b'"}'
 
 
-@pytest.mark.parametrize("method,path", [
-    ("POST", "/v1/keys"), ("POST", "/api/v1/users"), ("PATCH", "/v1/budgets/b1"),
-    ("POST", "/v1/pricing"), ("POST", "/v1/batches"), ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/embeddings"),
-])
-def test_a_chunked_body_over_the_limit_is_refused_on_every_route(url: str, method: str,
-                                                                 path: str) -> None:
-    reply = httpx.request(method, url + path, content=chunks(6 * LIMIT),
-                          headers={"Authorization": f"Bearer {MASTER_KEY}",
-                                   "Content-Type": "application/json"})
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/v1/keys"),
+        ("POST", "/api/v1/users"),
+        ("PATCH", "/v1/budgets/b1"),
+        ("POST", "/v1/pricing"),
+        ("POST", "/v1/batches"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/count_tokens"),
+        ("POST", "/v1/embeddings"),
+    ],
+)
+def test_a_chunked_body_over_the_limit_is_refused_on_every_route(
+    url: str, method: str, path: str
+) -> None:
+    reply = httpx.request(
+        method,
+        url + path,
+        content=chunks(6 * LIMIT),
+        headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"},
+    )
     assert reply.status_code == 413, reply.text
     message = f"Request body is over the {LIMIT}-byte limit"
     body = reply.json()
     if path.endswith("/messages") or "count_tokens" in path:
-        assert body == {"type": "error",
-                        "error": {"type": "request_too_large", "message": message}}
+        assert body == {"type": "error", "error": {"type": "request_too_large", "message": message}}
     elif path.startswith(("/v1/keys", "/api/v1/users", "/v1/budgets", "/v1/pricing")):
         assert body == {"detail": message}
     else:
@@ -53,9 +65,11 @@ def test_a_chunked_body_over_the_limit_is_refused_on_every_route(url: str, metho
 
 
 def test_a_chunked_body_under_the_limit_still_works(url: str) -> None:
-    reply = httpx.post(url + "/v1/budgets", content=iter([b'{"max_budget":', b" 2.5}"]),
-                       headers={"Authorization": f"Bearer {MASTER_KEY}",
-                                "Content-Type": "application/json"})
+    reply = httpx.post(
+        url + "/v1/budgets",
+        content=iter([b'{"max_budget":', b" 2.5}"]),
+        headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"},
+    )
     assert reply.status_code == 200, reply.text
     assert reply.json()["max_budget"] == 2.5
 
@@ -64,9 +78,13 @@ def open_request(url: str, method: str, path: str, headers: dict[str, str]) -> s
     """A raw connection that sent the request head and one chunk, and never ends the body."""
     parts = urlsplit(url)
     conn = socket.create_connection((parts.hostname, parts.port), timeout=20)
-    head = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}",
-            "Transfer-Encoding: chunked", "Content-Type: application/json",
-            *(f"{k}: {v}" for k, v in headers.items())]
+    head = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Transfer-Encoding: chunked",
+        "Content-Type: application/json",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b"10\r\n" + b"{" * 16 + b"\r\n")
     return conn
 
@@ -81,17 +99,28 @@ def read_answer(conn: socket.socket) -> tuple[int, bytes]:
     return int(status_line.split()[1]), rest
 
 
-@pytest.mark.parametrize("headers,status", [
-    ({}, 401),
-    ({"Authorization": "Bearer not-a-key"}, 401),
-    ({"x-api-key": "wrong"}, 401),
-])
-@pytest.mark.parametrize("method,path", [
-    ("POST", "/v1/keys"), ("POST", "/v1/users"), ("PATCH", "/v1/users/u1"),
-    ("POST", "/api/v1/budgets"), ("POST", "/v1/pricing"), ("DELETE", "/v1/pricing/a:b"),
-])
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer not-a-key"}, 401),
+        ({"x-api-key": "wrong"}, 401),
+    ],
+)
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/v1/keys"),
+        ("POST", "/v1/users"),
+        ("PATCH", "/v1/users/u1"),
+        ("POST", "/api/v1/budgets"),
+        ("POST", "/v1/pricing"),
+        ("DELETE", "/v1/pricing/a:b"),
+    ],
+)
 def test_a_management_write_without_the_master_key_is_refused_before_its_body(
-        url: str, method: str, path: str, headers: dict[str, str], status: int) -> None:
+    url: str, method: str, path: str, headers: dict[str, str], status: int
+) -> None:
     # The body never ends: an answer proves the gateway did not wait to read it.
     with open_request(url, method, path, headers) as conn:
         code, rest = read_answer(conn)
@@ -108,6 +137,7 @@ def test_an_api_key_may_not_write_management_routes_either(url: str) -> None:
 
 
 def test_the_master_key_reaches_the_route(url: str) -> None:
-    reply = httpx.post(url + "/v1/users", json={"user_id": "u1"},
-                       headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    reply = httpx.post(
+        url + "/v1/users", json={"user_id": "u1"}, headers={"Authorization": f"Bearer {MASTER_KEY}"}
+    )
     assert reply.status_code == 200 and reply.json()["user_id"] == "u1"

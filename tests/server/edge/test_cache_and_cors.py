@@ -38,16 +38,28 @@ def assert_private(response: httpx.Response | object) -> None:
 def test_every_authenticated_answer_is_private(gw: Gateway) -> None:
     key = gw.key()
     raw = gw.client(key).chat.completions.with_raw_response.create(
-        model="fake:gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        model="fake:gpt-4o-mini", messages=MESSAGES
+    )  # type: ignore[arg-type]
     assert_private(raw)
     with gw.client(key).chat.completions.with_streaming_response.create(
-            model="fake:gpt-4o-mini", messages=MESSAGES, stream=True) as streamed:  # type: ignore[arg-type]
+        model="fake:gpt-4o-mini", messages=MESSAGES, stream=True
+    ) as streamed:  # type: ignore[arg-type]
         assert_private(streamed)
     with anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0) as messages:
-        assert_private(messages.messages.with_raw_response.create(
-            model="claude:claude-sonnet", max_tokens=5, messages=MESSAGES))  # type: ignore[arg-type]
-    for path in ("/v1/keys", "/v1/usage", "/v1/users", "/v1/budgets", "/v1/pricing",
-                 "/v1/models", "/api/v1/keys"):
+        assert_private(
+            messages.messages.with_raw_response.create(
+                model="claude:claude-sonnet", max_tokens=5, messages=MESSAGES
+            )
+        )  # type: ignore[arg-type]
+    for path in (
+        "/v1/keys",
+        "/v1/usage",
+        "/v1/users",
+        "/v1/budgets",
+        "/v1/pricing",
+        "/v1/models",
+        "/api/v1/keys",
+    ):
         assert_private(gw.admin.get(path))
     user = {"Authorization": f"Bearer {key}"}
     assert_private(httpx.get(gw.url + "/v1/models", headers=user))
@@ -69,8 +81,9 @@ def test_cors_is_off_by_default(gw: Gateway) -> None:
     answer = httpx.get(gw.url + "/v1/models", headers={**MASTER, **origin})
     assert answer.status_code == 200
     assert "access-control-allow-origin" not in answer.headers
-    preflight = httpx.options(gw.url + "/v1/chat/completions", headers={
-        **origin, "Access-Control-Request-Method": "POST"})
+    preflight = httpx.options(
+        gw.url + "/v1/chat/completions", headers={**origin, "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in preflight.headers
 
 
@@ -83,9 +96,14 @@ def cors_url(sqlite_url: str) -> Iterator[str]:
 
 def test_an_allowed_origin_gets_a_preflight_and_a_real_answer(cors_url: str) -> None:
     origin = "https://app.example.com"
-    preflight = httpx.options(cors_url + "/v1/chat/completions", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+    preflight = httpx.options(
+        cors_url + "/v1/chat/completions",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == origin
     assert "POST" in preflight.headers["access-control-allow-methods"]
@@ -93,8 +111,9 @@ def test_an_allowed_origin_gets_a_preflight_and_a_real_answer(cors_url: str) -> 
     assert preflight.headers["access-control-max-age"] == "600"
 
     key = httpx.post(cors_url + "/v1/keys", json={}, headers=MASTER).json()["key"]
-    real = httpx.get(cors_url + "/v1/models",
-                     headers={"Origin": origin, "Authorization": f"Bearer {key}"})
+    real = httpx.get(
+        cors_url + "/v1/models", headers={"Origin": origin, "Authorization": f"Bearer {key}"}
+    )
     assert real.status_code == 200
     assert real.headers["access-control-allow-origin"] == origin
     assert "x-request-id" in real.headers["access-control-expose-headers"]
@@ -103,10 +122,14 @@ def test_an_allowed_origin_gets_a_preflight_and_a_real_answer(cors_url: str) -> 
     assert sorted(vary) == sorted(["Origin", *VARY.split(", ")])
     assert real.headers["cache-control"] == "no-store, private"
 
-    other = httpx.options(cors_url + "/v1/chat/completions", headers={
-        "Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST"})
+    other = httpx.options(
+        cors_url + "/v1/chat/completions",
+        headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST"},
+    )
     assert other.status_code == 400
     assert "access-control-allow-origin" not in other.headers
-    stray = httpx.get(cors_url + "/v1/models", headers={
-        "Origin": "https://evil.example.net", "Authorization": f"Bearer {key}"})
+    stray = httpx.get(
+        cors_url + "/v1/models",
+        headers={"Origin": "https://evil.example.net", "Authorization": f"Bearer {key}"},
+    )
     assert "access-control-allow-origin" not in stray.headers

@@ -29,14 +29,26 @@ def test_the_fast_path_serves_every_listed_endpoint_bare_and_under_api() -> None
 
 # Documented POSTs that are not generation endpoints: management resources, batches (resource
 # routes) and the token count utility. Everything else documented must be in GENERATION.
-NOT_GENERATION = ("/v1/keys", "/v1/users", "/v1/budgets", "/v1/pricing", "/v1/usage",
-                  "/v1/alerts", "/v1/routes", "/v1/batches", "/v1/messages/count_tokens")
+NOT_GENERATION = (
+    "/v1/keys",
+    "/v1/users",
+    "/v1/budgets",
+    "/v1/pricing",
+    "/v1/usage",
+    "/v1/alerts",
+    "/v1/routes",
+    "/v1/batches",
+    "/v1/messages/count_tokens",
+)
 
 
 def test_openapi_documents_exactly_the_listed_generation_endpoints(tmp_path: Path) -> None:
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'otari.db'}"))
-    documented = {path for path in posted(app.openapi())
-                  if "{" not in path and not path.startswith(NOT_GENERATION)}
+    documented = {
+        path
+        for path in posted(app.openapi())
+        if "{" not in path and not path.startswith(NOT_GENERATION)
+    }
     assert documented == GENERATION_PATHS
 
 

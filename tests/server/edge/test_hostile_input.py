@@ -12,8 +12,14 @@ JSON = {**MASTER, "content-type": "application/json"}
 
 def test_deep_nesting_and_invalid_utf8_are_4xx_everywhere(client: TestClient) -> None:
     deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
-    for path in ("/v1/users", "/v1/keys", "/v1/budgets", "/v1/chat/completions",
-                 "/v1/embeddings", "/v1/messages"):
+    for path in (
+        "/v1/users",
+        "/v1/keys",
+        "/v1/budgets",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+    ):
         for body in (deep, b"[" * 100_000, b'{"user_id": "\xff\xfe"}', b"\x00\x01"):
             response = client.post(path, content=body, headers=JSON)
             assert 400 <= response.status_code < 500, (path, body[:20], response.text[:200])
@@ -21,10 +27,15 @@ def test_deep_nesting_and_invalid_utf8_are_4xx_everywhere(client: TestClient) ->
 
 
 def test_wrong_types_are_422_with_the_field(client: TestClient) -> None:
-    for path, body in (("/v1/users", {"user_id": 5}), ("/v1/budgets", {"max_budget": "lots"}),
-                       ("/v1/keys", {"expires_at": "tomorrow"}),
-                       ("/v1/pricing", {"model_key": ["a"], "input_price_per_million": 1,
-                                        "output_price_per_million": 1})):
+    for path, body in (
+        ("/v1/users", {"user_id": 5}),
+        ("/v1/budgets", {"max_budget": "lots"}),
+        ("/v1/keys", {"expires_at": "tomorrow"}),
+        (
+            "/v1/pricing",
+            {"model_key": ["a"], "input_price_per_million": 1, "output_price_per_million": 1},
+        ),
+    ):
         response = client.post(path, json=body, headers=MASTER)
         assert response.status_code == 422, (path, response.text)
         assert response.json()["detail"][0]["loc"][0] == "body"

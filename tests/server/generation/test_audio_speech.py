@@ -27,13 +27,19 @@ def test_speech_returns_the_audio_and_bills_each_character(gateway: MediaGateway
     gateway.user("alice", max_budget="10")
     client = gateway.client(gateway.key(user_id="alice"))
     text = "Hello world, héllo!"  # 19 characters (not bytes)
-    raw = client.audio.speech.with_raw_response.create(model=MODEL, voice="alloy", input=text,
-                                                       speed=1.25, instructions="cheerful")
+    raw = client.audio.speech.with_raw_response.create(
+        model=MODEL, voice="alloy", input=text, speed=1.25, instructions="cheerful"
+    )
     assert raw.headers["content-type"] == "audio/mpeg"
     assert raw.content == speech_audio(text, "mp3")
     sent = gateway.media.last.body
-    assert sent == {"model": "tts-1", "voice": "alloy", "input": text, "speed": 1.25,
-                    "instructions": "cheerful"}
+    assert sent == {
+        "model": "tts-1",
+        "voice": "alloy",
+        "input": text,
+        "speed": 1.25,
+        "instructions": "cheerful",
+    }
     [row] = gateway.usage(1)
     # 19 characters at $15 per million, exactly.
     assert row["cost"] == Decimal("0.000285")
@@ -42,13 +48,16 @@ def test_speech_returns_the_audio_and_bills_each_character(gateway: MediaGateway
     assert user["spend"] == Decimal("0.000285") and user["reserved"] == 0
 
 
-@pytest.mark.parametrize(("fmt", "content_type"), [
-    ("wav", "audio/wav"), ("opus", "audio/opus"), ("flac", "audio/flac")])
-def test_the_provider_content_type_is_kept(gateway: MediaGateway, fmt: str,
-                                           content_type: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "content_type"), [("wav", "audio/wav"), ("opus", "audio/opus"), ("flac", "audio/flac")]
+)
+def test_the_provider_content_type_is_kept(
+    gateway: MediaGateway, fmt: str, content_type: str
+) -> None:
     client = gateway.client(gateway.key())
     with client.audio.speech.with_streaming_response.create(
-            model=MODEL, voice="nova", input="Some words", response_format=fmt) as response:
+        model=MODEL, voice="nova", input="Some words", response_format=fmt
+    ) as response:
         assert response.headers["content-type"] == content_type
         assert b"".join(response.iter_bytes()) == speech_audio("Some words", fmt)
 
@@ -59,12 +68,13 @@ def test_audio_arrives_before_the_provider_finishes(gateway: MediaGateway) -> No
     text = "A long sentence to speak aloud. " * 10
     client = gateway.client(gateway.key())
     with client.audio.speech.with_streaming_response.create(
-            model=MODEL, voice="alloy", input=text) as response:
+        model=MODEL, voice="alloy", input=text
+    ) as response:
         chunks = response.iter_bytes()
         received = b""
         while len(received) < 2 * CHUNK:  # would block forever if the gateway buffered
             received += next(chunks)
-        assert received == speech_audio(text)[:2 * CHUNK]
+        assert received == speech_audio(text)[: 2 * CHUNK]
         gate.release()
         received += b"".join(chunks)
     assert received == speech_audio(text)
@@ -77,9 +87,12 @@ def test_client_gone_mid_stream_is_recorded_and_billed(gateway: MediaGateway) ->
     gateway.media.push(Behaviour(gate=gate, hold_after=1))
     gateway.user("dan", max_budget="1")
     key = gateway.key(user_id="dan")
-    with httpx.stream("POST", f"{gateway.url}/v1/audio/speech",
-                      headers={"Authorization": f"Bearer {key}"},
-                      json={"model": MODEL, "voice": "alloy", "input": "x" * 100}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/audio/speech",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": MODEL, "voice": "alloy", "input": "x" * 100},
+    ) as response:
         assert response.status_code == 200
         next(response.iter_raw())
     [row] = gateway.usage(1)
@@ -92,10 +105,15 @@ def test_client_gone_mid_stream_is_recorded_and_billed(gateway: MediaGateway) ->
 
 def test_provider_cut_off_is_an_error_row(gateway: MediaGateway) -> None:
     gateway.media.push(cut_after=2)
-    with pytest.raises(httpx.RemoteProtocolError), httpx.stream(  # never a "complete" file
-            "POST", f"{gateway.url}/v1/audio/speech",
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream(  # never a "complete" file
+            "POST",
+            f"{gateway.url}/v1/audio/speech",
             headers={"Authorization": f"Bearer {gateway.key()}"},
-            json={"model": MODEL, "voice": "alloy", "input": "y" * 100}) as response:
+            json={"model": MODEL, "voice": "alloy", "input": "y" * 100},
+        ) as response,
+    ):
         response.read()
     [row] = gateway.usage(1)
     assert row["status"] == "error" and "media" in row["error_message"]
@@ -137,14 +155,21 @@ def test_missing_character_price_is_refused(gateway: MediaGateway) -> None:
     assert gateway.media.requests == []
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": MODEL, "voice": "alloy"}, "input"),
-    ({"model": MODEL, "input": "hi"}, "voice"),
-    ({"model": MODEL, "voice": "alloy", "input": ["hi"]}, "input"),
-])
-def test_bad_requests_are_refused(gateway: MediaGateway, body: dict[str, object],
-                                  param: str) -> None:
-    reply = httpx.post(f"{gateway.url}/v1/audio/speech", json=body,
-                       headers={"Authorization": f"Bearer {gateway.key()}"})
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": MODEL, "voice": "alloy"}, "input"),
+        ({"model": MODEL, "input": "hi"}, "voice"),
+        ({"model": MODEL, "voice": "alloy", "input": ["hi"]}, "input"),
+    ],
+)
+def test_bad_requests_are_refused(
+    gateway: MediaGateway, body: dict[str, object], param: str
+) -> None:
+    reply = httpx.post(
+        f"{gateway.url}/v1/audio/speech",
+        json=body,
+        headers={"Authorization": f"Bearer {gateway.key()}"},
+    )
     assert reply.status_code == 400 and reply.json()["error"]["param"] == param
     assert gateway.media.requests == []

@@ -19,8 +19,10 @@ from tests.support.servers import MASTER_KEY
 
 MODEL = "media:gpt-4o-mini"
 REQUESTS = [
-    {"custom_id": "r1", "body": {"messages": [{"role": "user", "content": "one two three"}],
-                                 "max_tokens": 50}},
+    {
+        "custom_id": "r1",
+        "body": {"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 50},
+    },
     {"custom_id": "r2", "body": {"messages": [{"role": "user", "content": "four five"}]}},
 ]
 # At $1/M in and $2/M out: r1 is 3 + 5 tokens, r2 is 2 + 5 tokens.
@@ -52,10 +54,14 @@ def create(sdk: OtariClient, requests: list[dict[str, Any]] = REQUESTS) -> str:
     return str(batch["id"])
 
 
-def call(gateway: MediaGateway, method: str, path: str, key: str,
-         **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{gateway.url}{path}", timeout=30,
-                         headers={"Authorization": f"Bearer {key}"}, **kwargs)
+def call(gateway: MediaGateway, method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(
+        method,
+        f"{gateway.url}{path}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {key}"},
+        **kwargs,
+    )
 
 
 def meter_mark(gateway: MediaGateway, key: str, rows: int) -> list[dict[str, Any]]:
@@ -65,16 +71,24 @@ def meter_mark(gateway: MediaGateway, key: str, rows: int) -> list[dict[str, Any
     is in the database by the time this call's row is: counting needs no sleeping.
     """
     gateway.client(key).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        model=MODEL, messages=[{"role": "user", "content": "hi"}]
+    )
     found = gateway.usage(rows)
     assert found[0]["endpoint"] == "/v1/chat/completions"  # newest first
     return found
 
 
 def test_create_uploads_the_jsonl_and_answers_the_provider_batch(
-        gateway: MediaGateway, sdk: OtariClient) -> None:
-    batch = sdk.create_batch({"model": MODEL, "requests": REQUESTS, "completion_window": "24h",
-                              "metadata": {"job": "nightly"}})
+    gateway: MediaGateway, sdk: OtariClient
+) -> None:
+    batch = sdk.create_batch(
+        {
+            "model": MODEL,
+            "requests": REQUESTS,
+            "completion_window": "24h",
+            "metadata": {"job": "nightly"},
+        }
+    )
     assert batch["object"] == "batch" and batch["id"].startswith("batch_fake")
     assert batch["request_counts"]["total"] == 2
     assert batch["metadata"] == {"job": "nightly"}
@@ -85,18 +99,28 @@ def test_create_uploads_the_jsonl_and_answers_the_provider_batch(
     assert filename is not None and filename.endswith(".jsonl")
     assert content_type == "application/jsonl"
     lines = [json.loads(line) for line in data.decode().splitlines()]
-    assert lines == [{"custom_id": r["custom_id"], "method": "POST",
-                      "url": "/v1/chat/completions", "body": {**r["body"], "model": "gpt-4o-mini"}}
-                     for r in REQUESTS]
+    assert lines == [
+        {
+            "custom_id": r["custom_id"],
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**r["body"], "model": "gpt-4o-mini"},
+        }
+        for r in REQUESTS
+    ]
     assert created.path == "/v1/batches"
-    assert created.body == {"input_file_id": batch["input_file_id"],
-                            "endpoint": "/v1/chat/completions", "completion_window": "24h",
-                            "metadata": {"job": "nightly"}}
+    assert created.body == {
+        "input_file_id": batch["input_file_id"],
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"job": "nightly"},
+    }
     assert gateway.admin.get("/v1/usage").json() == []  # nothing is billed at creation
 
 
 def test_results_are_409_until_the_batch_ends_then_billed_once(
-        gateway: MediaGateway, sdk: OtariClient) -> None:
+    gateway: MediaGateway, sdk: OtariClient
+) -> None:
     batch_id = create(sdk)
     for status in ("validating", "in_progress", "finalizing"):
         gateway.media.set_status(batch_id, status)
@@ -109,13 +133,19 @@ def test_results_are_409_until_the_batch_ends_then_billed_once(
     assert all(item.error is None for item in first.results)
     answer = first.results[0].result
     assert answer is not None and answer["choices"][0]["message"]["content"] == (
-        "Hello from the fake provider")
+        "Hello from the fake provider"
+    )
     rows = gateway.usage(2)
     assert sorted(r["cost"] for r in rows) == [R2_COST, R1_COST]
     assert {(r["prompt_tokens"], r["completion_tokens"]) for r in rows} == {(3, 5), (2, 5)}
-    assert all(r["endpoint"] == "/v1/batches" and r["request_id"] == batch_id
-               and r["user_id"] == "alice" and r["model"] == MODEL and r["status"] == "success"
-               for r in rows)
+    assert all(
+        r["endpoint"] == "/v1/batches"
+        and r["request_id"] == batch_id
+        and r["user_id"] == "alice"
+        and r["model"] == MODEL
+        and r["status"] == "success"
+        for r in rows
+    )
     second = sdk.retrieve_batch_results(batch_id, "media")
     assert second.results == first.results
     meter_mark(gateway, gateway.key(user_id="alice"), 3)  # not 5: the second fetch is free
@@ -124,10 +154,12 @@ def test_results_are_409_until_the_batch_ends_then_billed_once(
 
 
 def test_failed_requests_come_back_as_errors_and_cost_nothing(
-        gateway: MediaGateway, sdk: OtariClient) -> None:
+    gateway: MediaGateway, sdk: OtariClient
+) -> None:
     batch_id = create(sdk)
-    gateway.media.finish(batch_id, failures={
-        "r2": Failure(400, "max_tokens is too large", code="invalid_value")})
+    gateway.media.finish(
+        batch_id, failures={"r2": Failure(400, "max_tokens is too large", code="invalid_value")}
+    )
     results = sdk.retrieve_batch_results(batch_id, "media").results
     assert [(r.custom_id, r.result is not None) for r in results] == [("r1", True), ("r2", False)]
     assert results[1].error == {"code": "invalid_value", "message": "max_tokens is too large"}
@@ -138,8 +170,7 @@ def test_failed_requests_come_back_as_errors_and_cost_nothing(
     assert gateway.get_user("alice")["spend"] == R1_COST
 
 
-def test_a_cancelled_batch_bills_what_it_finished(gateway: MediaGateway,
-                                                  sdk: OtariClient) -> None:
+def test_a_cancelled_batch_bills_what_it_finished(gateway: MediaGateway, sdk: OtariClient) -> None:
     batch_id = create(sdk)
     client = gateway.client(gateway.key(user_id="alice"))
     cancelled = client.batches.cancel(batch_id, extra_query={"provider": "media"})
@@ -152,8 +183,7 @@ def test_a_cancelled_batch_bills_what_it_finished(gateway: MediaGateway,
     assert row["cost"] == R1_COST
 
 
-def test_retrieve_and_list_with_the_openai_sdk(gateway: MediaGateway,
-                                               sdk: OtariClient) -> None:
+def test_retrieve_and_list_with_the_openai_sdk(gateway: MediaGateway, sdk: OtariClient) -> None:
     first, second = create(sdk), create(sdk)
     client = gateway.client(gateway.key(user_id="alice"))
     gateway.media.set_status(first, "in_progress")
@@ -174,31 +204,43 @@ def test_other_keys_cannot_see_or_touch_a_batch(gateway: MediaGateway, sdk: Otar
     gateway.media.finish(batch_id)
     gateway.user("mallory")
     other = gateway.key(user_id="mallory")
-    for method, path in (("GET", f"/v1/batches/{batch_id}"),
-                         ("POST", f"/v1/batches/{batch_id}/cancel"),
-                         ("GET", f"/v1/batches/{batch_id}/results")):
+    for method, path in (
+        ("GET", f"/v1/batches/{batch_id}"),
+        ("POST", f"/v1/batches/{batch_id}/cancel"),
+        ("GET", f"/v1/batches/{batch_id}/results"),
+    ):
         reply = call(gateway, method, f"{path}?provider=media", other)
         assert reply.status_code == 404, (path, reply.text)
     listed = call(gateway, "GET", "/v1/batches?provider=media", other)
     assert listed.status_code == 200 and listed.json()["data"] == []
     # Another key of the same user sees it; so does the master key.
-    assert call(gateway, "GET", "/v1/batches?provider=media",
-                gateway.key(user_id="alice")).json()["data"][0]["id"] == batch_id
-    assert call(gateway, "GET", f"/v1/batches/{batch_id}?provider=media",
-                MASTER_KEY).status_code == 200
+    assert (
+        call(gateway, "GET", "/v1/batches?provider=media", gateway.key(user_id="alice")).json()[
+            "data"
+        ][0]["id"]
+        == batch_id
+    )
+    assert (
+        call(gateway, "GET", f"/v1/batches/{batch_id}?provider=media", MASTER_KEY).status_code
+        == 200
+    )
     assert call(gateway, "GET", "/v1/batches?provider=media", "wrong").status_code == 401
     assert gateway.admin.get("/v1/usage").json() == []
 
 
 def test_the_master_key_bills_the_named_user(gateway: MediaGateway) -> None:
     gateway.user("bob", max_budget="1")
-    reply = call(gateway, "POST", "/v1/batches", MASTER_KEY,
-                 json={"model": MODEL, "requests": REQUESTS, "user": "bob"})
+    reply = call(
+        gateway,
+        "POST",
+        "/v1/batches",
+        MASTER_KEY,
+        json={"model": MODEL, "requests": REQUESTS, "user": "bob"},
+    )
     assert reply.status_code == 200, reply.text
     batch_id = reply.json()["id"]
     gateway.media.finish(batch_id)
-    results = call(gateway, "GET", f"/v1/batches/{batch_id}/results?provider=media",
-                   MASTER_KEY)
+    results = call(gateway, "GET", f"/v1/batches/{batch_id}/results?provider=media", MASTER_KEY)
     assert results.status_code == 200 and len(results.json()["results"]) == 2
     rows = gateway.usage(2)
     assert {r["user_id"] for r in rows} == {"bob"}
@@ -206,7 +248,8 @@ def test_the_master_key_bills_the_named_user(gateway: MediaGateway) -> None:
 
 
 def test_a_batch_holds_the_worst_case_of_every_line_until_it_is_collected(
-        gateway: MediaGateway, sdk: OtariClient) -> None:
+    gateway: MediaGateway, sdk: OtariClient
+) -> None:
     batch_id = create(sdk)
     assert gateway.get_user("alice")["reserved"] == WORST
     gateway.media.finish(batch_id)
@@ -220,18 +263,19 @@ def test_a_batch_holds_the_worst_case_of_every_line_until_it_is_collected(
 
 
 def test_a_batch_whose_worst_case_does_not_fit_is_refused_before_the_provider(
-        gateway: MediaGateway) -> None:
+    gateway: MediaGateway,
+) -> None:
     # The real cost (0.000025) would fit, but the worst case (r2 may answer 4096 tokens)
     # does not: the batch would otherwise be billed past the budget.
     gateway.user("carol", max_budget="0.0001")
     key = gateway.key(user_id="carol")
-    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL,
-                                                            "requests": REQUESTS})
+    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS})
     assert reply.status_code == 402
     assert reply.json()["error"]["code"] == "budget_exceeded"
     assert reply.json()["error"]["message"] == (
         "Budget exceeded for user 'carol': this request may cost up to 0.008353, "
-        "0.0001 of 0.0001 remains")
+        "0.0001 of 0.0001 remains"
+    )
     assert gateway.media.requests == [] and gateway.media.files == {}
     assert gateway.get_user("carol")["reserved"] == 0
     # Lowering the lines' max_tokens makes it fit: 34 + 32 tokens in (99 and 95 bytes),
@@ -242,8 +286,9 @@ def test_a_batch_whose_worst_case_does_not_fit_is_refused_before_the_provider(
     assert gateway.get_user("carol")["reserved"] == Decimal("0.000082")
 
 
-def test_a_provider_refusal_at_creation_gives_the_hold_back(gateway: MediaGateway,
-                                                            sdk: OtariClient) -> None:
+def test_a_provider_refusal_at_creation_gives_the_hold_back(
+    gateway: MediaGateway, sdk: OtariClient
+) -> None:
     gateway.media.fail(500, "storage is down")
     with pytest.raises(Exception, match="storage is down"):
         sdk.create_batch({"model": MODEL, "requests": REQUESTS})
@@ -253,27 +298,32 @@ def test_a_provider_refusal_at_creation_gives_the_hold_back(gateway: MediaGatewa
 @pytest.mark.parametrize("named", ["media:other-model", "gpt-4o", "claude:claude-sonnet"])
 def test_a_line_naming_another_model_is_refused(gateway: MediaGateway, named: str) -> None:
     lines = [REQUESTS[0], {**REQUESTS[1], "body": {**REQUESTS[1]["body"], "model": named}}]
-    reply = call(gateway, "POST", "/v1/batches", gateway.key(),
-                 json={"model": MODEL, "requests": lines})
+    reply = call(
+        gateway, "POST", "/v1/batches", gateway.key(), json={"model": MODEL, "requests": lines}
+    )
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert error["param"] == "requests.1.body.model" and error["code"] == "model_mismatch"
     assert error["message"] == (
         f"requests.1 (custom_id 'r2') names model '{named}', but this batch runs "
         "'media:gpt-4o-mini': a batch runs one model, so send one batch per model "
-        "(or leave 'model' out of the lines)")
+        "(or leave 'model' out of the lines)"
+    )
     assert gateway.media.requests == []
 
 
 @pytest.mark.parametrize("named", [MODEL, "gpt-4o-mini"])
 def test_a_line_may_name_the_batch_model_either_way(gateway: MediaGateway, named: str) -> None:
     lines = [REQUESTS[0], {**REQUESTS[1], "body": {**REQUESTS[1]["body"], "model": named}}]
-    reply = call(gateway, "POST", "/v1/batches", gateway.key(),
-                 json={"model": MODEL, "requests": lines})
+    reply = call(
+        gateway, "POST", "/v1/batches", gateway.key(), json={"model": MODEL, "requests": lines}
+    )
     assert reply.status_code == 200, reply.text
     upload = gateway.media.requests[0]
-    models = {json.loads(line)["body"]["model"]
-              for line in upload.body.files["file"][2].decode().splitlines()}
+    models = {
+        json.loads(line)["body"]["model"]
+        for line in upload.body.files["file"][2].decode().splitlines()
+    }
     assert models == {"gpt-4o-mini"}
 
 
@@ -282,8 +332,9 @@ def test_results_stay_metered_across_a_restart(database_url: str) -> None:
         with media_gateway(database_url, fake=fake) as gateway:
             gateway.price(MODEL, "1", "2")
             key = gateway.key()
-            reply = call(gateway, "POST", "/v1/batches", key,
-                         json={"model": MODEL, "requests": REQUESTS})
+            reply = call(
+                gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS}
+            )
             batch_id = reply.json()["id"]
             fake.finish(batch_id)
             path = f"/v1/batches/{batch_id}/results?provider=media"
@@ -300,8 +351,9 @@ def test_a_batch_hold_outlives_a_restart_until_collection(database_url: str) -> 
             gateway.price(MODEL, "1", "2")
             gateway.user("alice", max_budget="10")
             key = gateway.key(user_id="alice")
-            reply = call(gateway, "POST", "/v1/batches", key,
-                         json={"model": MODEL, "requests": REQUESTS})
+            reply = call(
+                gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS}
+            )
             batch_id = reply.json()["id"]
         # The start-up reclaims the holds of requests in flight, not those of batches.
         with media_gateway(database_url, fake=fake) as again:
@@ -313,21 +365,32 @@ def test_a_batch_hold_outlives_a_restart_until_collection(database_url: str) -> 
             assert user["reserved"] == 0 and user["spend"] == R1_COST + R2_COST
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": MODEL, "requests": []}, "requests"),
-    ({"requests": REQUESTS}, "model"),
-    ({"model": MODEL, "requests": [REQUESTS[0], REQUESTS[0]]}, "requests"),
-    ({"model": MODEL, "requests": [{"custom_id": "x"}]}, "requests.0.body"),
-    ({"model": "claude:claude-sonnet", "requests": REQUESTS}, "provider"),
-    ({"model": "nowhere:gpt", "requests": REQUESTS}, "model"),
-    ({"model": "media:unpriced", "requests": REQUESTS}, "model"),
-    ({"model": MODEL, "requests": [{"custom_id": "x", "body": {"max_tokens": 0}}]},
-     "requests.0.body.max_tokens"),
-    ({"model": MODEL, "requests": [{"custom_id": "x", "body": {"max_completion_tokens": True}}]},
-     "requests.0.body.max_completion_tokens"),
-])
-def test_bad_batches_are_refused_before_the_provider(gateway: MediaGateway,
-                                                     body: dict[str, Any], param: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": MODEL, "requests": []}, "requests"),
+        ({"requests": REQUESTS}, "model"),
+        ({"model": MODEL, "requests": [REQUESTS[0], REQUESTS[0]]}, "requests"),
+        ({"model": MODEL, "requests": [{"custom_id": "x"}]}, "requests.0.body"),
+        ({"model": "claude:claude-sonnet", "requests": REQUESTS}, "provider"),
+        ({"model": "nowhere:gpt", "requests": REQUESTS}, "model"),
+        ({"model": "media:unpriced", "requests": REQUESTS}, "model"),
+        (
+            {"model": MODEL, "requests": [{"custom_id": "x", "body": {"max_tokens": 0}}]},
+            "requests.0.body.max_tokens",
+        ),
+        (
+            {
+                "model": MODEL,
+                "requests": [{"custom_id": "x", "body": {"max_completion_tokens": True}}],
+            },
+            "requests.0.body.max_completion_tokens",
+        ),
+    ],
+)
+def test_bad_batches_are_refused_before_the_provider(
+    gateway: MediaGateway, body: dict[str, Any], param: str
+) -> None:
     gateway.price("claude:claude-sonnet", "1", "1")
     reply = call(gateway, "POST", "/v1/batches", gateway.key(), json=body)
     assert reply.status_code == 400, reply.text
@@ -337,15 +400,14 @@ def test_bad_batches_are_refused_before_the_provider(gateway: MediaGateway,
 
 def test_allow_lists_apply_to_batches(gateway: MediaGateway) -> None:
     key = gateway.key(allowed_models=["media:other"])
-    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL,
-                                                            "requests": REQUESTS})
+    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS})
     assert reply.status_code == 403 and reply.json()["error"]["code"] == "model_not_allowed"
 
 
-@pytest.mark.parametrize(("query", "status"), [
-    ("", 422), ("?provider=nowhere", 400), ("?provider=claude", 400)])
-def test_the_provider_parameter_is_checked(gateway: MediaGateway, query: str,
-                                           status: int) -> None:
+@pytest.mark.parametrize(
+    ("query", "status"), [("", 422), ("?provider=nowhere", 400), ("?provider=claude", 400)]
+)
+def test_the_provider_parameter_is_checked(gateway: MediaGateway, query: str, status: int) -> None:
     reply = call(gateway, "GET", f"/v1/batches{query}", gateway.key())
     assert reply.status_code == status, reply.text
     assert gateway.media.requests == []
@@ -353,8 +415,9 @@ def test_the_provider_parameter_is_checked(gateway: MediaGateway, query: str,
 
 def test_provider_failures_are_passed_on(gateway: MediaGateway, sdk: OtariClient) -> None:
     gateway.media.fail(500, "storage is down")
-    reply = call(gateway, "POST", "/v1/batches", gateway.key(),
-                 json={"model": MODEL, "requests": REQUESTS})
+    reply = call(
+        gateway, "POST", "/v1/batches", gateway.key(), json={"model": MODEL, "requests": REQUESTS}
+    )
     assert reply.status_code == 502 and "storage is down" in reply.json()["error"]["message"]
     batch_id = create(sdk)
     gateway.media.finish(batch_id)
@@ -374,7 +437,8 @@ def test_provider_failures_are_passed_on(gateway: MediaGateway, sdk: OtariClient
 
 
 def test_a_batch_after_a_calendar_month_ended_starts_the_next_month(
-        gateway: MediaGateway, database_url: str) -> None:
+    gateway: MediaGateway, database_url: str
+) -> None:
     """The batch hold rolls a calendar budget over to the current month: it kept the old
     start with no next reset, so the budget never reset again."""
     from datetime import UTC, datetime
@@ -385,24 +449,38 @@ def test_a_batch_after_a_calendar_month_ended_starts_the_next_month(
     from otari_server.storage.db import create_db_engine, session_factory
     from otari_server.storage.tables import User
 
-    budget = gateway.admin.post("/v1/budgets", json={"max_budget": 1,
-                                                     "reset_alignment": "calendar_month"})
+    budget = gateway.admin.post(
+        "/v1/budgets", json={"max_budget": 1, "reset_alignment": "calendar_month"}
+    )
     assert budget.status_code == 200, budget.text
-    reply = gateway.admin.post("/v1/users", json={"user_id": "dora",
-                                                  "budget_id": budget.json()["budget_id"]})
+    reply = gateway.admin.post(
+        "/v1/users", json={"user_id": "dora", "budget_id": budget.json()["budget_id"]}
+    )
     assert reply.status_code == 200, reply.text
     engine = create_db_engine(database_url)
     with session_factory(engine).begin() as session:  # January 2026's period, all spent
-        session.execute(update(User).where(User.user_id == "dora").values(
-            spend=Decimal(1), budget_started_at=datetime(2026, 1, 1, tzinfo=UTC),
-            next_budget_reset_at=datetime(2026, 2, 1, tzinfo=UTC)))
+        session.execute(
+            update(User)
+            .where(User.user_id == "dora")
+            .values(
+                spend=Decimal(1),
+                budget_started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                next_budget_reset_at=datetime(2026, 2, 1, tzinfo=UTC),
+            )
+        )
     engine.dispose()
-    reply = call(gateway, "POST", "/v1/batches", gateway.key(user_id="dora"),
-                 json={"model": MODEL, "requests": REQUESTS})
+    reply = call(
+        gateway,
+        "POST",
+        "/v1/batches",
+        gateway.key(user_id="dora"),
+        json={"model": MODEL, "requests": REQUESTS},
+    )
     assert reply.status_code == 200, reply.text
     user = gateway.get_user("dora")
-    period = budget_rules.calendar_period(datetime.fromisoformat(user["budget_started_at"]),
-                                     "calendar_month")
+    period = budget_rules.calendar_period(
+        datetime.fromisoformat(user["budget_started_at"]), "calendar_month"
+    )
     assert (user["spend"], user["reserved"]) == (0, WORST)
     assert datetime.fromisoformat(user["budget_started_at"]) == period.started_at
     assert datetime.fromisoformat(user["next_budget_reset_at"]) == period.resets_at

@@ -22,15 +22,31 @@ def test_non_streaming_forwards_every_field_and_meters_exactly(gateway: Gateway)
     client = gateway.client(gateway.key(user_id="alice"))
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     reply = client.chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "say hello please"}],
-        tools=tools, tool_choice="auto", response_format={"type": "text"}, stop=["END"], n=1,
-        seed=7, logprobs=False, temperature=0.3, extra_body={"custom_knob": {"a": 1}})
+        model="fake:gpt-4o-mini",
+        messages=[{"role": "user", "content": "say hello please"}],
+        tools=tools,
+        tool_choice="auto",
+        response_format={"type": "text"},
+        stop=["END"],
+        n=1,
+        seed=7,
+        logprobs=False,
+        temperature=0.3,
+        extra_body={"custom_knob": {"a": 1}},
+    )
     assert reply.choices[0].message.content == "Hello from the fake provider"
     sent = gateway.openai_fake.last.body
     assert sent["model"] == "gpt-4o-mini"
-    for field, value in (("tools", tools), ("tool_choice", "auto"), ("stop", ["END"]),
-                         ("seed", 7), ("logprobs", False), ("custom_knob", {"a": 1}),
-                         ("response_format", {"type": "text"}), ("temperature", 0.3)):
+    for field, value in (
+        ("tools", tools),
+        ("tool_choice", "auto"),
+        ("stop", ["END"]),
+        ("seed", 7),
+        ("logprobs", False),
+        ("custom_knob", {"a": 1}),
+        ("response_format", {"type": "text"}),
+        ("temperature", 0.3),
+    ):
         assert sent[field] == value, field
     assert gateway.openai_fake.last.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     [row] = gateway.usage(1)
@@ -47,7 +63,8 @@ def test_non_streaming_forwards_every_field_and_meters_exactly(gateway: Gateway)
 def test_streaming_relays_chunks_strips_injected_usage_and_bills(gateway: Gateway) -> None:
     client = gateway.client(gateway.key())
     stream = client.chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from the fake provider"
@@ -61,18 +78,28 @@ def test_streaming_relays_chunks_strips_injected_usage_and_bills(gateway: Gatewa
 
 def test_streaming_keeps_usage_when_the_client_asked(gateway: Gateway) -> None:
     client = gateway.client(gateway.key())
-    chunks = list(client.chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
 
 
 def test_streaming_tool_calls_pass_through(gateway: Gateway) -> None:
     gateway.openai_fake.push(tool_calls=(ToolCall("get_weather", {"city": "Paris"}),))
     client = gateway.client(gateway.key())
-    chunks = list(client.chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "weather?"}],
-        stream=True, tools=[{"type": "function", "function": {"name": "get_weather"}}]))
+    chunks = list(
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini",
+            messages=[{"role": "user", "content": "weather?"}],
+            stream=True,
+            tools=[{"type": "function", "function": {"name": "get_weather"}}],
+        )
+    )
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert calls[0].function is not None and calls[0].function.name == "get_weather"
     arguments = "".join(tc.function.arguments or "" for tc in calls if tc.function)
@@ -85,7 +112,8 @@ def test_first_token_arrives_before_the_stream_ends(gateway: Gateway) -> None:
     gateway.openai_fake.push(Behaviour(gate=gate, hold_after=2))
     client = gateway.client(gateway.key())
     stream = client.chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     first = next(iter(stream))  # would block forever if the gateway buffered the stream
     assert first.choices[0].delta.role == "assistant"
     gate.release()
@@ -99,7 +127,8 @@ def test_async_client(gateway: Gateway) -> None:
     async def run() -> str:
         client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
         reply = await client.chat.completions.create(
-            model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            model="fake/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
         await client.close()
         return reply.choices[0].message.content or ""
 
@@ -111,9 +140,14 @@ def test_anthropic_provider_translated_both_ways(gateway: Gateway) -> None:
     gateway.user("alice", max_budget="10")
     client = gateway.client(gateway.key(user_id="alice"))
     reply = client.chat.completions.create(
-        model="claude:claude-sonnet", max_tokens=100, stop=["STOP"],
-        messages=[{"role": "system", "content": "be brief"},
-                  {"role": "user", "content": "hello there"}])
+        model="claude:claude-sonnet",
+        max_tokens=100,
+        stop=["STOP"],
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello there"},
+        ],
+    )
     assert reply.choices[0].message.content == "Hello from the fake provider"
     assert reply.choices[0].finish_reason == "stop"
     sent = gateway.anthropic_fake.last
@@ -127,17 +161,25 @@ def test_anthropic_provider_translated_both_ways(gateway: Gateway) -> None:
 
 def test_anthropic_streaming_and_tool_calls(gateway: Gateway) -> None:
     client = gateway.client(gateway.key())
-    chunks = list(client.chat.completions.create(
-        model="claude:claude-sonnet", messages=[{"role": "user", "content": "hi"}],
-        stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="claude:claude-sonnet",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from the fake provider"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     gateway.anthropic_fake.push(tool_calls=(ToolCall("lookup", {"q": "x"}),))
     reply = client.chat.completions.create(
-        model="claude:claude-sonnet", messages=[{"role": "user", "content": "look it up"}],
-        tools=[{"type": "function", "function": {"name": "lookup",
-                                                 "parameters": {"type": "object"}}}])
+        model="claude:claude-sonnet",
+        messages=[{"role": "user", "content": "look it up"}],
+        tools=[
+            {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+        ],
+    )
     call = reply.choices[0].message.tool_calls
     assert call and call[0].function.name == "lookup"  # type: ignore[union-attr]
     assert call[0].function.arguments == '{"q":"x"}'  # type: ignore[union-attr]
@@ -151,8 +193,7 @@ def test_unknown_provider_and_malformed_model_list_providers(gateway: Gateway) -
     client = gateway.client(gateway.key())
     for model in ("nope:gpt", "gpt-4o"):
         with pytest.raises(openai.BadRequestError) as info:
-            client.chat.completions.create(model=model, messages=[{"role": "user",
-                                                                   "content": "x"}])
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
         assert "claude, fake" in str(info.value)
     assert gateway.openai_fake.requests == []
 
@@ -160,11 +201,15 @@ def test_unknown_provider_and_malformed_model_list_providers(gateway: Gateway) -
 def test_malformed_bodies_are_4xx_in_openai_shape(gateway: Gateway) -> None:
     headers = {"Authorization": f"Bearer {gateway.key()}", "content-type": "application/json"}
     with httpx.Client(base_url=gateway.url, headers=headers) as http:
-        for body in (b"{not json", b"[1, 2]", b'{"model": "fake:gpt-4o-mini"}',
-                     b'{"model": "fake:gpt-4o-mini", "messages": []}',
-                     b'{"model": 3, "messages": [{"role": "user"}]}',
-                     b'{"model": "fake:gpt-4o-mini", "messages": [{}], "max_tokens": -1}',
-                     b'\xff\xfe'):
+        for body in (
+            b"{not json",
+            b"[1, 2]",
+            b'{"model": "fake:gpt-4o-mini"}',
+            b'{"model": "fake:gpt-4o-mini", "messages": []}',
+            b'{"model": 3, "messages": [{"role": "user"}]}',
+            b'{"model": "fake:gpt-4o-mini", "messages": [{}], "max_tokens": -1}',
+            b"\xff\xfe",
+        ):
             response = http.post("/v1/chat/completions", content=body)
             assert response.status_code == 400, body
             assert response.json()["error"]["type"] == "invalid_request_error"
@@ -174,18 +219,21 @@ def test_malformed_bodies_are_4xx_in_openai_shape(gateway: Gateway) -> None:
 def test_unpriced_models_are_refused_before_the_call(gateway: Gateway) -> None:
     client = gateway.client(gateway.key())
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="fake:unpriced",
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="fake:unpriced", messages=[{"role": "user", "content": "x"}]
+        )
     assert "no price" in str(info.value)
     assert gateway.openai_fake.requests == []
 
 
 def test_unpriced_models_served_with_null_cost_when_allowed(
-        gateway_factory: Callable[..., Gateway]) -> None:
+    gateway_factory: Callable[..., Gateway],
+) -> None:
     gateway = gateway_factory(require_pricing=False)
     client = gateway.client(gateway.key())
-    client.chat.completions.create(model="fake:unpriced",
-                                   messages=[{"role": "user", "content": "x"}])
+    client.chat.completions.create(
+        model="fake:unpriced", messages=[{"role": "user", "content": "x"}]
+    )
     [row] = gateway.usage(1)
     assert row["cost"] is None and row["completion_tokens"] == 5
 
@@ -195,19 +243,24 @@ def test_attribution_rules(gateway: Gateway) -> None:
     gateway.user("bob")
     alice = gateway.client(gateway.key(user_id="alice"))
     with pytest.raises(openai.PermissionDeniedError):
-        alice.chat.completions.create(model="fake:gpt-4o-mini", user="bob",
-                                      messages=[{"role": "user", "content": "x"}])
-    alice.chat.completions.create(model="fake:gpt-4o-mini", user="alice",
-                                  messages=[{"role": "user", "content": "x"}])
+        alice.chat.completions.create(
+            model="fake:gpt-4o-mini", user="bob", messages=[{"role": "user", "content": "x"}]
+        )
+    alice.chat.completions.create(
+        model="fake:gpt-4o-mini", user="alice", messages=[{"role": "user", "content": "x"}]
+    )
     master = gateway.client(MASTER_KEY)
-    master.chat.completions.create(model="fake:gpt-4o-mini", user="bob",
-                                   messages=[{"role": "user", "content": "x"}])
+    master.chat.completions.create(
+        model="fake:gpt-4o-mini", user="bob", messages=[{"role": "user", "content": "x"}]
+    )
     with pytest.raises(openai.NotFoundError):
-        master.chat.completions.create(model="fake:gpt-4o-mini", user="ghost",
-                                       messages=[{"role": "user", "content": "x"}])
+        master.chat.completions.create(
+            model="fake:gpt-4o-mini", user="ghost", messages=[{"role": "user", "content": "x"}]
+        )
     keyless = gateway.key()
     gateway.client(keyless).chat.completions.create(
-        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+    )
     rows = gateway.usage(3)
     assert sorted(str(r["user_id"]) for r in rows) == ["None", "alice", "bob"]
     keys = loads(gateway.admin.get("/v1/keys").text)
@@ -220,8 +273,9 @@ def test_budget_refusal_happens_before_any_provider_call(gateway: Gateway) -> No
     gateway.user("poor", max_budget="0.000001")
     client = gateway.client(gateway.key(user_id="poor"))
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="fake:gpt-4o-mini", max_tokens=100,
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="fake:gpt-4o-mini", max_tokens=100, messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.status_code == 402
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "budget_exceeded"
@@ -231,15 +285,23 @@ def test_budget_refusal_happens_before_any_provider_call(gateway: Gateway) -> No
 
 def _concurrent(gateway: Gateway, key: str, count: int) -> list[int]:
     async def one(client: httpx.AsyncClient) -> int:
-        response = await client.post("/v1/chat/completions", json={
-            "model": "fake:gpt-4o-mini", "max_tokens": 5,
-            "messages": [{"role": "user", "content": "hi"}]})
+        response = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "fake:gpt-4o-mini",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         return response.status_code
 
     async def run() -> list[int]:
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=60,
-                                     headers={"Otari-Key": key},
-                                     limits=httpx.Limits(max_connections=count)) as client:
+        async with httpx.AsyncClient(
+            base_url=gateway.url,
+            timeout=60,
+            headers={"Otari-Key": key},
+            limits=httpx.Limits(max_connections=count),
+        ) as client:
             return list(await asyncio.gather(*(one(client) for _ in range(count))))
 
     return asyncio.run(run())

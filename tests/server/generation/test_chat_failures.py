@@ -36,12 +36,13 @@ def alice(gateway: Gateway) -> openai.OpenAI:
 def ask(client: openai.OpenAI, **kwargs: object) -> object:
     return client.chat.completions.create(  # type: ignore[call-overload]
         model=kwargs.pop("model", "fake:gpt-4o-mini"),
-        messages=[{"role": "user", "content": "hi"}], **kwargs)
+        messages=[{"role": "user", "content": "hi"}],
+        **kwargs,
+    )
 
 
 def test_provider_4xx_keeps_status_and_message_without_the_key(gw: Gateway) -> None:
-    gw.openai_fake.fail(400, f"Invalid 'temperature' for key {UPSTREAM_KEY}",
-                        param="temperature")
+    gw.openai_fake.fail(400, f"Invalid 'temperature' for key {UPSTREAM_KEY}", param="temperature")
     with pytest.raises(openai.BadRequestError) as info:
         ask(alice(gw))
     message = str(info.value)
@@ -80,9 +81,11 @@ def test_unreachable_provider_becomes_502(database_url: str) -> None:
     providers = {"dead": {"type": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}}
     settings = make_settings(database_url, providers=providers, require_pricing=False)
     with TestClient(create_app(settings)) as client:
-        response = client.post("/v1/chat/completions", headers={
-            "Authorization": f"Bearer {MASTER_KEY}"}, json={
-            "model": "dead:m", "messages": [{"role": "user", "content": "x"}]})
+        response = client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            json={"model": "dead:m", "messages": [{"role": "user", "content": "x"}]},
+        )
     assert response.status_code == 502
     assert "Could not reach provider 'dead'" in response.json()["error"]["message"]
 
@@ -117,10 +120,19 @@ def test_client_disconnect_mid_stream_is_recorded_and_settled(gw: Gateway) -> No
     gate = gw.openai_fake.gate()
     gw.openai_fake.push(Behaviour(gate=gate, hold_after=3))
     key = gw.key(user_id="alice")
-    with httpx.Client(base_url=gw.url, timeout=30) as http, http.stream(
-            "POST", "/v1/chat/completions", headers={"Otari-Key": key},
-            json={"model": "fake:gpt-4o-mini", "stream": True,
-                  "messages": [{"role": "user", "content": "hi"}]}) as response:
+    with (
+        httpx.Client(base_url=gw.url, timeout=30) as http,
+        http.stream(
+            "POST",
+            "/v1/chat/completions",
+            headers={"Otari-Key": key},
+            json={
+                "model": "fake:gpt-4o-mini",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        ) as response,
+    ):
         first = next(response.iter_bytes())
         assert first.startswith(b"data: ")
         # Leaving the block closes the connection while the provider is still streaming.
@@ -157,18 +169,41 @@ def test_excluded_keys_are_metered_but_not_charged(gw: Gateway) -> None:
     assert gw.get_user("alice")["spend"] == 0
 
 
-def test_cache_prices_apply_to_cached_prompt_tokens(gateway_factory: Callable[..., Gateway],
-                                                    ) -> None:
+def test_cache_prices_apply_to_cached_prompt_tokens(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
     gateway = gateway_factory()
-    gateway.admin.post("/v1/pricing", json={
-        "model_key": "fake:gpt-4o-mini", "input_price_per_million": 10,
-        "output_price_per_million": 20, "cache_read_price_per_million": 1})
-    usage = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110,
-              "prompt_tokens_details": {"cached_tokens": 60}}
-    gateway.openai_fake.push(body={
-        "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "ok"}}], "usage": usage})
+    gateway.admin.post(
+        "/v1/pricing",
+        json={
+            "model_key": "fake:gpt-4o-mini",
+            "input_price_per_million": 10,
+            "output_price_per_million": 20,
+            "cache_read_price_per_million": 1,
+        },
+    )
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "total_tokens": 110,
+        "prompt_tokens_details": {"cached_tokens": 60},
+    }
+    gateway.openai_fake.push(
+        body={
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "ok"},
+                }
+            ],
+            "usage": usage,
+        }
+    )
     ask(gateway.client(gateway.key()))
     [row] = gateway.usage(1)
     # 40 fresh x $10/M + 60 cached x $1/M + 10 output x $20/M
@@ -178,21 +213,41 @@ def test_cache_prices_apply_to_cached_prompt_tokens(gateway_factory: Callable[..
 def test_crash_reservations_are_reclaimed_at_next_start(database_url: str) -> None:
     settings = make_settings(database_url, port=free_port())
     with TestClient(create_app(settings)) as client:
-        client.post("/v1/budgets", json={"budget_id": "b", "max_budget": 1},
-                    headers={"Authorization": f"Bearer {MASTER_KEY}"})
-        client.post("/v1/users", json={"user_id": "u", "budget_id": "b"},
-                    headers={"Authorization": f"Bearer {MASTER_KEY}"})
+        client.post(
+            "/v1/budgets",
+            json={"budget_id": "b", "max_budget": 1},
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        )
+        client.post(
+            "/v1/users",
+            json={"user_id": "u", "budget_id": "b"},
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        )
     # What a SIGKILL mid-request leaves: a held amount and its reservation row.
     engine = create_db_engine(database_url)
     now = utcnow()
     with session_factory(engine).begin() as session:
         session.execute(update(User).where(User.user_id == "u").values(reserved=Decimal("0.7")))
-        session.add(Reservation(id="r1", user_id="u", amount=Decimal("0.7"),
-                                instance_id=instance_name(settings), created_at=now,
-                                expires_at=now + timedelta(hours=1)))
-        session.add(Reservation(id="r2", user_id="u", amount=Decimal(0),
-                                instance_id="elsewhere:1", created_at=now,
-                                expires_at=now + timedelta(hours=1)))
+        session.add(
+            Reservation(
+                id="r1",
+                user_id="u",
+                amount=Decimal("0.7"),
+                instance_id=instance_name(settings),
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+        session.add(
+            Reservation(
+                id="r2",
+                user_id="u",
+                amount=Decimal(0),
+                instance_id="elsewhere:1",
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
     engine.dispose()
     with TestClient(create_app(settings)) as client:
         user = client.get("/v1/users/u", headers={"Authorization": f"Bearer {MASTER_KEY}"})
@@ -205,15 +260,22 @@ def test_crash_reservations_are_reclaimed_at_next_start(database_url: str) -> No
 
 
 def test_spent_budget_renews_when_its_period_ends(gw: Gateway, database_url: str) -> None:
-    gw.admin.post("/v1/budgets", json={"budget_id": "daily", "max_budget": 0.001,
-                                       "budget_duration_sec": 3600})
+    gw.admin.post(
+        "/v1/budgets", json={"budget_id": "daily", "max_budget": 0.001, "budget_duration_sec": 3600}
+    )
     gw.admin.patch("/v1/users/alice", json={"budget_id": "daily"})
     client = alice(gw)
     engine = create_db_engine(database_url)
     with session_factory(engine).begin() as session:  # exhausted, in a period now over
-        session.execute(update(User).where(User.user_id == "alice").values(
-            spend=Decimal("0.001"), next_budget_reset_at=utcnow() - timedelta(seconds=1),
-            budget_started_at=utcnow() - timedelta(seconds=3601)))
+        session.execute(
+            update(User)
+            .where(User.user_id == "alice")
+            .values(
+                spend=Decimal("0.001"),
+                next_budget_reset_at=utcnow() - timedelta(seconds=1),
+                budget_started_at=utcnow() - timedelta(seconds=3601),
+            )
+        )
     engine.dispose()
     ask(client, max_tokens=5)
     gw.usage(1)

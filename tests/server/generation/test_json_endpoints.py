@@ -23,8 +23,9 @@ def gateway(database_url: str) -> Iterator[MediaGateway]:
 
 
 def post(gateway: MediaGateway, path: str, key: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{gateway.url}{path}", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"})
+    return httpx.post(
+        f"{gateway.url}{path}", json=body, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 # -- embeddings ------------------------------------------------------------------------------
@@ -34,8 +35,9 @@ def test_embeddings_bill_the_input_tokens(gateway: MediaGateway) -> None:
     gateway.set_price("media:text-embedding-3-small", input_price_per_million="2")
     gateway.user("alice", max_budget="1")
     client = gateway.client(gateway.key(user_id="alice"))
-    result = client.embeddings.create(model="media:text-embedding-3-small",
-                                      input=["one two three", "four five"], dimensions=4)
+    result = client.embeddings.create(
+        model="media:text-embedding-3-small", input=["one two three", "four five"], dimensions=4
+    )
     assert [len(item.embedding) for item in result.data] == [4, 4]
     assert result.usage.prompt_tokens == 5
     sent = gateway.media.last
@@ -77,8 +79,9 @@ def test_moderations_bill_per_request(gateway: MediaGateway) -> None:
     gateway.set_price("media:omni-moderation-latest", price_per_request="0.0001")
     gateway.user("bob", max_budget="1")
     client = gateway.client(gateway.key(user_id="bob"))
-    result = client.moderations.create(model="media:omni-moderation-latest",
-                                       input=["a kind word", "[flag] a threat"])
+    result = client.moderations.create(
+        model="media:omni-moderation-latest", input=["a kind word", "[flag] a threat"]
+    )
     assert [r.flagged for r in result.results] == [False, True]
     assert result.results[1].categories.violence is True
     assert gateway.media.last.body["model"] == "omni-moderation-latest"
@@ -89,14 +92,22 @@ def test_moderations_bill_per_request(gateway: MediaGateway) -> None:
 
 def test_moderations_include_raw_copies_each_provider_result(gateway: MediaGateway) -> None:
     gateway.set_price("media:omni-moderation-latest", price_per_request="0.0001")
-    reply = post(gateway, "/v1/moderations?include_raw=true", gateway.key(),
-                 {"model": "media:omni-moderation-latest", "input": "[flag] go away"})
+    reply = post(
+        gateway,
+        "/v1/moderations?include_raw=true",
+        gateway.key(),
+        {"model": "media:omni-moderation-latest", "input": "[flag] go away"},
+    )
     assert reply.status_code == 200, reply.text
     [result] = reply.json()["results"]
     raw = result.pop("provider_raw")
     assert raw == result and result["flagged"] is True
-    plain = post(gateway, "/v1/moderations", gateway.key(),
-                 {"model": "media:omni-moderation-latest", "input": "hello"})
+    plain = post(
+        gateway,
+        "/v1/moderations",
+        gateway.key(),
+        {"model": "media:omni-moderation-latest", "input": "hello"},
+    )
     assert "provider_raw" not in plain.json()["results"][0]
     rows = gateway.usage(2)
     assert [r["cost"] for r in rows] == [Decimal("0.0001")] * 2
@@ -108,9 +119,18 @@ def test_moderations_include_raw_copies_each_provider_result(gateway: MediaGatew
 def test_cohere_style_rerank_bills_per_request(gateway: MediaGateway) -> None:
     gateway.set_price("media:rerank-v3.5", price_per_request="0.002")
     gateway.user("carol", max_budget="1")
-    reply = post(gateway, "/v1/rerank", gateway.key(user_id="carol"),
-                 {"model": "media:rerank-v3.5", "query": "cat dog", "documents": DOCUMENTS,
-                  "top_n": 2, "max_tokens_per_doc": 512})
+    reply = post(
+        gateway,
+        "/v1/rerank",
+        gateway.key(user_id="carol"),
+        {
+            "model": "media:rerank-v3.5",
+            "query": "cat dog",
+            "documents": DOCUMENTS,
+            "top_n": 2,
+            "max_tokens_per_doc": 512,
+        },
+    )
     assert reply.status_code == 200, reply.text
     results = reply.json()["results"]
     assert [(r["index"], r["relevance_score"]) for r in results] == [(2, 1.0), (0, 0.5)]
@@ -122,11 +142,15 @@ def test_cohere_style_rerank_bills_per_request(gateway: MediaGateway) -> None:
 
 
 def test_jina_style_rerank_bills_tokens_and_the_request(gateway: MediaGateway) -> None:
-    gateway.set_price("media:jina-reranker-v2", input_price_per_million="1",
-                      price_per_request="0.001")
-    reply = post(gateway, "/v1/rerank", gateway.key(),
-                 {"model": "media:jina-reranker-v2", "query": "cat dog",
-                  "documents": DOCUMENTS})
+    gateway.set_price(
+        "media:jina-reranker-v2", input_price_per_million="1", price_per_request="0.001"
+    )
+    reply = post(
+        gateway,
+        "/v1/rerank",
+        gateway.key(),
+        {"model": "media:jina-reranker-v2", "query": "cat dog", "documents": DOCUMENTS},
+    )
     assert reply.status_code == 200, reply.text
     assert reply.json()["results"][0]["document"] == {"text": "a cat and a dog"}
     [row] = gateway.usage(1)
@@ -137,8 +161,9 @@ def test_jina_style_rerank_bills_tokens_and_the_request(gateway: MediaGateway) -
 
 def test_rerank_requires_query_and_documents(gateway: MediaGateway) -> None:
     gateway.set_price("media:rerank-v3.5", price_per_request="0.002")
-    reply = post(gateway, "/v1/rerank", gateway.key(),
-                 {"model": "media:rerank-v3.5", "query": "cat"})
+    reply = post(
+        gateway, "/v1/rerank", gateway.key(), {"model": "media:rerank-v3.5", "query": "cat"}
+    )
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "documents"
     assert gateway.media.requests == []
 
@@ -150,8 +175,7 @@ def test_images_bill_per_image(gateway: MediaGateway) -> None:
     gateway.set_price("media:dall-e-3", price_per_image="0.04")
     gateway.user("dora", max_budget="1")
     client = gateway.client(gateway.key(user_id="dora"))
-    result = client.images.generate(model="media:dall-e-3", prompt="a cat", n=2,
-                                    size="1024x1024")
+    result = client.images.generate(model="media:dall-e-3", prompt="a cat", n=2, size="1024x1024")
     assert result.data is not None and len(result.data) == 2
     assert all(image.url for image in result.data)
     sent = gateway.media.last.body
@@ -163,8 +187,12 @@ def test_images_bill_per_image(gateway: MediaGateway) -> None:
 
 
 def test_image_tokens_add_to_the_per_image_price(gateway: MediaGateway) -> None:
-    gateway.set_price("media:gpt-image-1", input_price_per_million="5",
-                      output_price_per_million="40", price_per_image="0.01")
+    gateway.set_price(
+        "media:gpt-image-1",
+        input_price_per_million="5",
+        output_price_per_million="40",
+        price_per_image="0.01",
+    )
     client = gateway.client(gateway.key())
     result = client.images.generate(model="media:gpt-image-1", prompt="a red cat")
     assert result.data is not None and result.data[0].b64_json is not None
@@ -185,8 +213,7 @@ def test_images_priced_by_unit(gateway: MediaGateway) -> None:
 
 
 def test_images_without_a_price_per_image_are_refused(gateway: MediaGateway) -> None:
-    gateway.set_price("media:dall-e-3", input_price_per_million="1",
-                      output_price_per_million="1")
+    gateway.set_price("media:dall-e-3", input_price_per_million="1", output_price_per_million="1")
     client = gateway.client(gateway.key())
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.generate(model="media:dall-e-3", prompt="a cat")

@@ -33,8 +33,9 @@ def gw(gateway: Gateway) -> Gateway:
 
 @pytest.fixture
 def alice(gw: Gateway) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=gw.url, api_key=gw.key(user_id="alice"),
-                             max_retries=0) as client:
+    with anthropic.Anthropic(
+        base_url=gw.url, api_key=gw.key(user_id="alice"), max_retries=0
+    ) as client:
         yield client
 
 
@@ -49,15 +50,22 @@ def wait_released(gateway: Gateway, user_id: str) -> None:
     assert gateway.get_user(user_id)["reserved"] == 0
 
 
-@pytest.mark.parametrize(("status", "error", "kind"), [
-    (400, anthropic.BadRequestError, "invalid_request_error"),
-    (404, anthropic.NotFoundError, "not_found_error"),
-    (429, anthropic.RateLimitError, "rate_limit_error"),
-])
-def test_provider_4xx_keeps_status_in_anthropic_shape(gw: Gateway, alice: anthropic.Anthropic,
-                                                      upstream: str, status: int,
-                                                      error: type[anthropic.APIStatusError],
-                                                      kind: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "error", "kind"),
+    [
+        (400, anthropic.BadRequestError, "invalid_request_error"),
+        (404, anthropic.NotFoundError, "not_found_error"),
+        (429, anthropic.RateLimitError, "rate_limit_error"),
+    ],
+)
+def test_provider_4xx_keeps_status_in_anthropic_shape(
+    gw: Gateway,
+    alice: anthropic.Anthropic,
+    upstream: str,
+    status: int,
+    error: type[anthropic.APIStatusError],
+    kind: str,
+) -> None:
     secret = ANTHROPIC_KEY if upstream == "claude" else UPSTREAM_KEY
     fake_of(gw, upstream).fail(status, f"Refused, key {secret}")
     with pytest.raises(error) as info:
@@ -71,8 +79,9 @@ def test_provider_4xx_keeps_status_in_anthropic_shape(gw: Gateway, alice: anthro
     assert gw.get_user("alice")["reserved"] == 0
 
 
-def test_provider_5xx_becomes_502_api_error(gw: Gateway, alice: anthropic.Anthropic,
-                                            upstream: str) -> None:
+def test_provider_5xx_becomes_502_api_error(
+    gw: Gateway, alice: anthropic.Anthropic, upstream: str
+) -> None:
     fake_of(gw, upstream).fail(500, "The server had an error")
     with pytest.raises(anthropic.InternalServerError) as info:
         alice.messages.create(model=MODELS[upstream], max_tokens=10, messages=HELLO)
@@ -80,8 +89,9 @@ def test_provider_5xx_becomes_502_api_error(gw: Gateway, alice: anthropic.Anthro
     assert gw.usage(1)[0]["status"] == "error"
 
 
-def test_malformed_provider_answer_becomes_502(gw: Gateway, alice: anthropic.Anthropic,
-                                               upstream: str) -> None:
+def test_malformed_provider_answer_becomes_502(
+    gw: Gateway, alice: anthropic.Anthropic, upstream: str
+) -> None:
     fake_of(gw, upstream).push(malformed=True)
     with pytest.raises(anthropic.InternalServerError) as info:
         alice.messages.create(model=MODELS[upstream], max_tokens=10, messages=HELLO)
@@ -89,13 +99,16 @@ def test_malformed_provider_answer_becomes_502(gw: Gateway, alice: anthropic.Ant
 
 
 def test_provider_error_inside_a_stream_is_an_anthropic_error_event(
-        gw: Gateway, alice: anthropic.Anthropic, upstream: str) -> None:
-    fake_of(gw, upstream).push(error=Failure(429, "overloaded mid-stream",
-                                             type="rate_limit_error"), error_after=4)
+    gw: Gateway, alice: anthropic.Anthropic, upstream: str
+) -> None:
+    fake_of(gw, upstream).push(
+        error=Failure(429, "overloaded mid-stream", type="rate_limit_error"), error_after=4
+    )
     received = []
-    with (pytest.raises(anthropic.APIStatusError) as info,
-          alice.messages.stream(model=MODELS[upstream], max_tokens=100,
-                                messages=HELLO) as stream):
+    with (
+        pytest.raises(anthropic.APIStatusError) as info,
+        alice.messages.stream(model=MODELS[upstream], max_tokens=100, messages=HELLO) as stream,
+    ):
         received.extend(stream.text_stream)
     assert received  # the text before the failure reached the client
     assert info.value.type == "rate_limit_error"
@@ -109,8 +122,9 @@ def test_stream_cut_midway_ends_with_an_error_event(gw: Gateway, upstream: str) 
     fake_of(gw, upstream).push(cut_after=5)
     body = {"model": MODELS[upstream], "max_tokens": 100, "messages": HELLO, "stream": True}
     with httpx.Client(base_url=gw.url, timeout=30) as http:
-        response = http.post("/v1/messages", json=body,
-                             headers={"x-api-key": gw.key(user_id="alice")})
+        response = http.post(
+            "/v1/messages", json=body, headers={"x-api-key": gw.key(user_id="alice")}
+        )
     assert response.status_code == 200
     blocks = [block for block in response.text.split("\n\n") if block]
     assert blocks[0].startswith("event: message_start\n")
@@ -123,15 +137,17 @@ def test_stream_cut_midway_ends_with_an_error_event(gw: Gateway, upstream: str) 
     wait_released(gw, "alice")
 
 
-def test_client_disconnect_mid_stream_is_recorded_and_settled(gw: Gateway,
-                                                              upstream: str) -> None:
+def test_client_disconnect_mid_stream_is_recorded_and_settled(gw: Gateway, upstream: str) -> None:
     fake = fake_of(gw, upstream)
     gate = fake.gate()
     fake.push(Behaviour(gate=gate, hold_after=4))
     body = {"model": MODELS[upstream], "max_tokens": 100, "messages": HELLO, "stream": True}
-    with httpx.Client(base_url=gw.url, timeout=30) as http, http.stream(
-            "POST", "/v1/messages", json=body,
-            headers={"x-api-key": gw.key(user_id="alice")}) as response:
+    with (
+        httpx.Client(base_url=gw.url, timeout=30) as http,
+        http.stream(
+            "POST", "/v1/messages", json=body, headers={"x-api-key": gw.key(user_id="alice")}
+        ) as response,
+    ):
         first = next(response.iter_bytes())
         assert first.startswith(b"event: message_start")
     # No wait at the gate: the relay may stop before the provider even reaches it.
@@ -141,36 +157,58 @@ def test_client_disconnect_mid_stream_is_recorded_and_settled(gw: Gateway,
     wait_released(gw, "alice")
 
 
-def test_unpriced_model_is_refused_before_the_call(gw: Gateway,
-                                                   alice: anthropic.Anthropic) -> None:
+def test_unpriced_model_is_refused_before_the_call(gw: Gateway, alice: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         alice.messages.create(model="claude:unpriced", max_tokens=10, messages=HELLO)
     assert "no price" in str(info.value) and info.value.type == "invalid_request_error"
     assert gw.anthropic_fake.requests == []
 
 
-def test_cache_tokens_of_an_anthropic_provider_are_priced(gw: Gateway,
-                                                          alice: anthropic.Anthropic) -> None:
-    gw.admin.post("/v1/pricing", json={
-        "model_key": "claude:claude-sonnet", "input_price_per_million": 10,
-        "output_price_per_million": 20, "cache_read_price_per_million": 1,
-        "cache_write_price_per_million": 12})
-    usage = {"input_tokens": 40, "cache_read_input_tokens": 50,
-             "cache_creation_input_tokens": 10, "output_tokens": 10}
-    gw.anthropic_fake.push(body={
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet",
-        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
-        "stop_sequence": None, "usage": usage})
+def test_cache_tokens_of_an_anthropic_provider_are_priced(
+    gw: Gateway, alice: anthropic.Anthropic
+) -> None:
+    gw.admin.post(
+        "/v1/pricing",
+        json={
+            "model_key": "claude:claude-sonnet",
+            "input_price_per_million": 10,
+            "output_price_per_million": 20,
+            "cache_read_price_per_million": 1,
+            "cache_write_price_per_million": 12,
+        },
+    )
+    usage = {
+        "input_tokens": 40,
+        "cache_read_input_tokens": 50,
+        "cache_creation_input_tokens": 10,
+        "output_tokens": 10,
+    }
+    gw.anthropic_fake.push(
+        body={
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet",
+            "content": [{"type": "text", "text": "ok"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+    )
     reply = alice.messages.create(model="claude:claude-sonnet", max_tokens=10, messages=HELLO)
     assert reply.usage.cache_read_input_tokens == 50
     [row] = gw.usage(1)
     assert (row["prompt_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
-        100, 50, 10)
+        100,
+        50,
+        10,
+    )
     # 40 fresh x $10/M + 50 read x $1/M + 10 written x $12/M + 10 output x $20/M
     assert row["cost"] == Decimal("0.00077")
 
 
 def test_openai_itself_takes_max_completion_tokens() -> None:
     assert limit_field(Provider("openai", "openai", "https://api.openai.com/v1")) == (
-        "max_completion_tokens")
+        "max_completion_tokens"
+    )
     assert limit_field(Provider("local", "openai", "http://localhost:8000/v1")) == "max_tokens"

@@ -48,11 +48,13 @@ class World:
 
     def openai(self, key: str = MASTER_KEY) -> openai.OpenAI:
         return self.stack.enter_context(
-            openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0))
+            openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+        )
 
     def anthropic(self) -> anthropic.Anthropic:
         return self.stack.enter_context(
-            anthropic.Anthropic(base_url=self.url, api_key=MASTER_KEY, max_retries=0))
+            anthropic.Anthropic(base_url=self.url, api_key=MASTER_KEY, max_retries=0)
+        )
 
 
 @pytest.fixture
@@ -61,17 +63,22 @@ def world_factory(sqlite_url: str) -> Iterator[Callable[[str], World]]:
 
         def start(database_url: str = sqlite_url) -> World:
             fake = stack.enter_context(ScriptedProvider())
-            providers = {"raw": {"type": "openai", "base_url": fake.base_url, "api_key": RAW_KEY},
-                         "rawclaude": {"type": "anthropic", "base_url": fake.base_url,
-                                       "api_key": RAW_KEY}}
-            settings = make_settings(database_url, providers=providers,
-                                     usage_flush_interval=0.05)
+            providers = {
+                "raw": {"type": "openai", "base_url": fake.base_url, "api_key": RAW_KEY},
+                "rawclaude": {"type": "anthropic", "base_url": fake.base_url, "api_key": RAW_KEY},
+            }
+            settings = make_settings(database_url, providers=providers, usage_flush_interval=0.05)
             url = stack.enter_context(running(settings))
             admin = stack.enter_context(httpx.Client(base_url=url, headers=MASTER, timeout=30))
             for model, prices in (("raw:m", (1, 2)), ("rawclaude:m", (3, 15))):
-                response = admin.post("/v1/pricing", json={
-                    "model_key": model, "input_price_per_million": prices[0],
-                    "output_price_per_million": prices[1]})
+                response = admin.post(
+                    "/v1/pricing",
+                    json={
+                        "model_key": model,
+                        "input_price_per_million": prices[0],
+                        "output_price_per_million": prices[1],
+                    },
+                )
                 assert response.status_code == 200, response.text
             return World(url, fake, admin, stack)
 
@@ -85,14 +92,21 @@ def world(world_factory: Callable[..., World]) -> World:
 
 # -- provider shapes -----------------------------------------------------------------------------
 
-ENVELOPE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000,
-            "model": "m"}
+ENVELOPE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "created": 1700000000,
+    "model": "m",
+}
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {**ENVELOPE, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                     "finish_reason": finish}], **extra}
+    return {
+        **ENVELOPE,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        **extra,
+    }
 
 
 def chat_stream(*texts: str, usage: bool = True, **extra: Any) -> list[bytes]:
@@ -105,53 +119,122 @@ def chat_stream(*texts: str, usage: bool = True, **extra: Any) -> list[bytes]:
 
 
 def anthropic_stream(*texts: str) -> list[bytes]:
-    start = {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
-        "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 7, "output_tokens": 1}}}
-    parts = [sse(start, "message_start"),
-             sse({"type": "content_block_start", "index": 0,
-                  "content_block": {"type": "text", "text": ""}}, "content_block_start"),
-             sse({"type": "ping"}, "ping")]
-    parts += [sse({"type": "content_block_delta", "index": 0,
-                   "delta": {"type": "text_delta", "text": text}}, "content_block_delta")
-              for text in texts]
-    parts += [sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-              sse({"type": "message_delta", "delta": {"stop_reason": "end_turn",
-                                                      "stop_sequence": None},
-                   "usage": {"output_tokens": 3}}, "message_delta"),
-              sse({"type": "message_stop"}, "message_stop")]
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 7, "output_tokens": 1},
+        },
+    }
+    parts = [
+        sse(start, "message_start"),
+        sse(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            "content_block_start",
+        ),
+        sse({"type": "ping"}, "ping"),
+    ]
+    parts += [
+        sse(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            },
+            "content_block_delta",
+        )
+        for text in texts
+    ]
+    parts += [
+        sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 3},
+            },
+            "message_delta",
+        ),
+        sse({"type": "message_stop"}, "message_stop"),
+    ]
     return parts
 
 
-COMPLETION = {"id": "chatcmpl-9", "object": "chat.completion", "created": 1700000000,
-              "model": "m", "choices": [{"index": 0, "message": {
-                  "role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}],
-              "usage": USAGE}
-MESSAGE = {"id": "msg_9", "type": "message", "role": "assistant", "model": "m",
-           "content": [{"type": "text", "text": "Hello there"}], "stop_reason": "end_turn",
-           "stop_sequence": None, "usage": {"input_tokens": 7, "output_tokens": 3}}
-RESPONSE = {"id": "resp_9", "object": "response", "created_at": 1700000000, "model": "m",
-            "status": "completed", "output": [{
-                "type": "message", "id": "msg_9", "status": "completed", "role": "assistant",
-                "content": [{"type": "output_text", "text": "Hello there", "annotations": []}]}],
-            "usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}}}
+COMPLETION = {
+    "id": "chatcmpl-9",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": USAGE,
+}
+MESSAGE = {
+    "id": "msg_9",
+    "type": "message",
+    "role": "assistant",
+    "model": "m",
+    "content": [{"type": "text", "text": "Hello there"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 7, "output_tokens": 3},
+}
+RESPONSE = {
+    "id": "resp_9",
+    "object": "response",
+    "created_at": 1700000000,
+    "model": "m",
+    "status": "completed",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_9",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello there", "annotations": []}],
+        }
+    ],
+    "usage": {
+        "input_tokens": 7,
+        "output_tokens": 3,
+        "total_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    },
+}
 # The cost of 7 prompt and 3 completion tokens at each model's price.
 COST = {"raw:m": Decimal("0.000013"), "rawclaude:m": Decimal("0.000066")}
 
 
 def chat_text(client: openai.OpenAI, model: str, **kwargs: Any) -> tuple[str, list[Any]]:
-    chunks = list(client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], stream=True, **kwargs))
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], stream=True, **kwargs
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return text, chunks
 
 
 def messages_text(client: anthropic.Anthropic, model: str) -> str:
-    with client.messages.stream(model=model, max_tokens=50,
-                                messages=[{"role": "user", "content": "hi"}]) as stream:
+    with client.messages.stream(
+        model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         return "".join(stream.text_stream)
 
 
@@ -186,8 +269,9 @@ def test_messages_final_event_without_blank_line_is_flushed(world: World) -> Non
     parts = anthropic_stream("Hello", " there")
     parts[-1] = parts[-1].rstrip(b"\n")
     world.fake.push(Script(parts))
-    with world.anthropic().messages.stream(model="rawclaude:m", max_tokens=50, messages=[
-            {"role": "user", "content": "hi"}]) as stream:
+    with world.anthropic().messages.stream(
+        model="rawclaude:m", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         message = stream.get_final_message()
     assert message.content[0].text == "Hello there" and message.stop_reason == "end_turn"
     billed(world, "rawclaude:m")
@@ -231,21 +315,38 @@ def test_messages_from_openai_malformed_event_is_skipped(world: World) -> None:
 
 
 def data_events(body: str) -> list[Any]:
-    return [json.loads(line[6:]) for line in body.splitlines()
-            if line.startswith("data: ") and line != "data: [DONE]"]
+    return [
+        json.loads(line[6:])
+        for line in body.splitlines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
 
 
 def test_translated_mid_stream_error_has_the_openai_error_fields(world: World) -> None:
     parts = anthropic_stream("Hello", " there")
-    error = {"type": "error", "error": {"type": "overloaded_error",
-                                        "message": f"Overloaded (key {RAW_KEY})"}}
+    error = {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": f"Overloaded (key {RAW_KEY})"},
+    }
     world.fake.push(Script([*parts[:4], sse(error, "error")]))
-    body = httpx.post(f"{world.url}/v1/chat/completions", headers=MASTER, json={
-        "model": "rawclaude:m", "stream": True,
-        "messages": [{"role": "user", "content": "hi"}]}).text
+    body = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        headers=MASTER,
+        json={
+            "model": "rawclaude:m",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    ).text
     last = data_events(body)[-1]
-    assert last == {"error": {"message": "Overloaded (key [redacted])",
-                              "type": "overloaded_error", "param": None, "code": None}}
+    assert last == {
+        "error": {
+            "message": "Overloaded (key [redacted])",
+            "type": "overloaded_error",
+            "param": None,
+            "code": None,
+        }
+    }
     [row] = world.usage(1)
     assert row["status"] == "error" and row["error_message"] == "Overloaded (key [redacted])"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (7, 1)
@@ -253,13 +354,25 @@ def test_translated_mid_stream_error_has_the_openai_error_fields(world: World) -
 
 def test_a_dropped_stream_ends_with_an_error_event_with_every_field(gateway: Gateway) -> None:
     gateway.openai_fake.push(cut_after=3)
-    body = httpx.post(f"{gateway.url}/v1/chat/completions", headers=MASTER, timeout=30, json={
-        "model": "fake:gpt-4o-mini", "stream": True,
-        "messages": [{"role": "user", "content": "hi"}]}).text
+    body = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers=MASTER,
+        timeout=30,
+        json={
+            "model": "fake:gpt-4o-mini",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    ).text
     last = data_events(body)[-1]
-    assert last == {"error": {"message": "Could not reach provider 'fake': ClientPayloadError",
-                              "type": "upstream_error", "param": None,
-                              "code": "stream_interrupted"}}
+    assert last == {
+        "error": {
+            "message": "Could not reach provider 'fake': ClientPayloadError",
+            "type": "upstream_error",
+            "param": None,
+            "code": "stream_interrupted",
+        }
+    }
 
 
 # -- a stream read to its end is a success -------------------------------------------------------
@@ -277,34 +390,52 @@ def test_a_stream_read_to_its_last_event_is_a_success(world: World) -> None:
 
 
 def test_usage_on_a_chunk_with_choices_is_stripped(world: World) -> None:
-    with_null = [sse(chunk({"role": "assistant", "content": ""}, usage=None)),
-                 sse(chunk({"content": "Hello"}, usage=None)),
-                 sse(chunk({"content": " there"}, usage=None)),
-                 sse(chunk({}, "stop", usage=None)),
-                 # LiteLLM's shape: usage (and its own cost) on a chunk with an empty delta.
-                 sse({**ENVELOPE, "choices": [{"index": 0, "delta": {}}], "usage": USAGE,
-                      "cost": 0.0001}),
-                 b"data: [DONE]\n\n"]
+    with_null = [
+        sse(chunk({"role": "assistant", "content": ""}, usage=None)),
+        sse(chunk({"content": "Hello"}, usage=None)),
+        sse(chunk({"content": " there"}, usage=None)),
+        sse(chunk({}, "stop", usage=None)),
+        # LiteLLM's shape: usage (and its own cost) on a chunk with an empty delta.
+        sse({**ENVELOPE, "choices": [{"index": 0, "delta": {}}], "usage": USAGE, "cost": 0.0001}),
+        b"data: [DONE]\n\n",
+    ]
     world.fake.push(Script(with_null))
-    body = httpx.post(f"{world.url}/v1/chat/completions", headers=MASTER, json={
-        "model": "raw:m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).text
+    body = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        headers=MASTER,
+        json={"model": "raw:m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    ).text
     # Exactly what the client would get had otari not asked for usage.
-    assert data_events(body) == [chunk({"role": "assistant", "content": ""}),
-                                 chunk({"content": "Hello"}), chunk({"content": " there"}),
-                                 chunk({}, "stop")]
+    assert data_events(body) == [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hello"}),
+        chunk({"content": " there"}),
+        chunk({}, "stop"),
+    ]
     assert body.endswith("data: [DONE]\n\n")
     assert world.fake.requests[0]["stream_options"] == {"include_usage": True}
     billed(world, "raw:m")
 
 
 def test_usage_on_a_chunk_with_content_keeps_the_content(world: World) -> None:
-    world.fake.push(Script([sse(chunk({"role": "assistant", "content": ""})),
-                            sse(chunk({"content": "Hello there"}, "stop", usage=USAGE)),
-                            b"data: [DONE]\n\n"]))
-    body = httpx.post(f"{world.url}/v1/chat/completions", headers=MASTER, json={
-        "model": "raw:m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).text
-    assert data_events(body) == [chunk({"role": "assistant", "content": ""}),
-                                 chunk({"content": "Hello there"}, "stop")]
+    world.fake.push(
+        Script(
+            [
+                sse(chunk({"role": "assistant", "content": ""})),
+                sse(chunk({"content": "Hello there"}, "stop", usage=USAGE)),
+                b"data: [DONE]\n\n",
+            ]
+        )
+    )
+    body = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        headers=MASTER,
+        json={"model": "raw:m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    ).text
+    assert data_events(body) == [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hello there"}, "stop"),
+    ]
     billed(world, "raw:m")
 
 
@@ -320,10 +451,12 @@ JSON_ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize(("endpoint", "model", "answer"), JSON_ANSWERS,
-                         ids=[f"{e}-{m}" for e, m, _ in JSON_ANSWERS])
+@pytest.mark.parametrize(
+    ("endpoint", "model", "answer"), JSON_ANSWERS, ids=[f"{e}-{m}" for e, m, _ in JSON_ANSWERS]
+)
 def test_a_json_answer_to_a_stream_request_is_streamed_and_billed(
-        world: World, endpoint: str, model: str, answer: dict[str, Any]) -> None:
+    world: World, endpoint: str, model: str, answer: dict[str, Any]
+) -> None:
     world.fake.push(Script([json.dumps(answer).encode()], content_type="application/json"))
     if endpoint == "chat":
         text, chunks = chat_text(world.openai(), model, stream_options={"include_usage": True})
@@ -341,48 +474,68 @@ def test_an_answer_neither_json_nor_events_is_a_502(world: World) -> None:
     with pytest.raises(openai.APIStatusError) as info:
         chat_text(world.openai(), "raw:m")
     assert info.value.status_code == 502
-    assert ("Provider 'raw' answered a stream request with 'text/html', neither an event "
-            "stream nor JSON") in str(info.value)
+    assert (
+        "Provider 'raw' answered a stream request with 'text/html', neither an event "
+        "stream nor JSON"
+    ) in str(info.value)
     [row] = world.usage(1)
     assert row["status"] == "error" and row["cost"] == 0
 
 
 JSON_ERRORS = {
-    "raw:m": {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
-                        "code": "rate_limit_exceeded"}},
-    "rawclaude:m": {"type": "error", "error": {"type": "overloaded_error",
-                                               "message": "Rate limit reached"}},
+    "raw:m": {
+        "error": {
+            "message": "Rate limit reached",
+            "type": "rate_limit_error",
+            "code": "rate_limit_exceeded",
+        }
+    },
+    "rawclaude:m": {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Rate limit reached"},
+    },
 }
 
 
 def plain_text(world: World, endpoint: str, model: str) -> str | None:
     if endpoint == "chat":
-        return world.openai().chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+        return (
+            world.openai()
+            .chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            .choices[0]
+            .message.content
+        )
     if endpoint == "messages":
-        return str(world.anthropic().messages.create(
-            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]).content)
+        return str(
+            world.anthropic()
+            .messages.create(
+                model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            )
+            .content
+        )
     return world.openai().responses.create(model=model, input="hi").output_text
 
 
 @pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
 @pytest.mark.parametrize("endpoint", ["chat", "messages", "responses"])
-def test_a_json_error_answer_with_status_200_is_an_error(world: World, endpoint: str,
-                                                         model: str, stream: bool) -> None:
+def test_a_json_error_answer_with_status_200_is_an_error(
+    world: World, endpoint: str, model: str, stream: bool
+) -> None:
     # An error body sent with status 200 is no answer: never an empty successful answer
     # billed from the estimate.
-    world.fake.push(Script([json.dumps(JSON_ERRORS[model]).encode()],
-                           content_type="application/json"))
+    world.fake.push(
+        Script([json.dumps(JSON_ERRORS[model]).encode()], content_type="application/json")
+    )
     expected = f"Provider '{model.split(':')[0]}' answered with an error: Rate limit reached"
     caught: openai.APIStatusError | anthropic.APIStatusError
     if endpoint == "messages":
         with pytest.raises(anthropic.APIStatusError) as anthropic_info:
             messages_text(world.anthropic(), model) if stream else plain_text(
-                world, endpoint, model)
+                world, endpoint, model
+            )
         caught = anthropic_info.value
-        assert caught.body == {"type": "error", "error": {"type": "api_error",
-                                                          "message": expected}}
+        assert caught.body == {"type": "error", "error": {"type": "api_error", "message": expected}}
     else:
         with pytest.raises(openai.APIStatusError) as openai_info:
             if not stream:
@@ -409,22 +562,28 @@ def test_a_stream_past_the_reserved_output_is_cut(world: World, endpoint: str) -
     key = world.admin.post("/v1/keys", json={"user_id": "alice"}).json()["key"]
     # A provider that ignores max_tokens and never stops.
     words = [sse(chunk({"content": f" w{n}"})) for n in range(40)]
-    world.fake.push(Script([sse(chunk({"role": "assistant", "content": ""})), *words],
-                           hold=True))
+    world.fake.push(Script([sse(chunk({"role": "assistant", "content": ""})), *words], hold=True))
     text = ""
     if endpoint == "chat":
         with pytest.raises(openai.APIError) as info:
             for item in world.openai(key).chat.completions.create(
-                    model="raw:m", max_tokens=3, stream=True,
-                    messages=[{"role": "user", "content": "hi"}]):
+                model="raw:m",
+                max_tokens=3,
+                stream=True,
+                messages=[{"role": "user", "content": "hi"}],
+            ):
                 text += item.choices[0].delta.content or ""
         message = str(info.value)
     else:
-        client = world.stack.enter_context(anthropic.Anthropic(
-            base_url=world.url, api_key=key, max_retries=0))
-        with pytest.raises(anthropic.APIError) as caught, client.messages.stream(
-                model="raw:m", max_tokens=3,
-                messages=[{"role": "user", "content": "hi"}]) as stream:
+        client = world.stack.enter_context(
+            anthropic.Anthropic(base_url=world.url, api_key=key, max_retries=0)
+        )
+        with (
+            pytest.raises(anthropic.APIError) as caught,
+            client.messages.stream(
+                model="raw:m", max_tokens=3, messages=[{"role": "user", "content": "hi"}]
+            ) as stream,
+        ):
             for piece in stream.text_stream:
                 text += piece
         message = str(caught.value)
@@ -444,26 +603,41 @@ def test_a_stream_past_the_reserved_output_is_cut(world: World, endpoint: str) -
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
 def test_a_client_leaving_a_300kb_prompt_early_pays_the_estimate(
-        gateway_factory: Callable[..., Gateway], path: str) -> None:
+    gateway_factory: Callable[..., Gateway], path: str
+) -> None:
     gateway = gateway_factory()
     gateway.price("fake:gpt-4o-mini", "1", "2")
     gateway.user("alice", max_budget="5")
     key = gateway.key(user_id="alice")
     gate = gateway.openai_fake.gate()
-    gateway.openai_fake.push(text="one two three four five six seven eight", gate=gate,
-                             hold_after=5)  # the role chunk and four words, then waits
+    gateway.openai_fake.push(
+        text="one two three four five six seven eight", gate=gate, hold_after=5
+    )  # the role chunk and four words, then waits
     prompt = "lorem ipsum " * 25_000  # 300 KB
-    raw = json.dumps({"model": "fake:gpt-4o-mini", "stream": True, "max_tokens": 50,
-                      "messages": [{"role": "user", "content": prompt}]}).encode()
+    raw = json.dumps(
+        {
+            "model": "fake:gpt-4o-mini",
+            "stream": True,
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+    ).encode()
     seen = 0
-    with httpx.Client(base_url=gateway.url, timeout=30) as http, http.stream(
-            "POST", path, content=raw, headers={"Authorization": f"Bearer {key}",
-                                                "content-type": "application/json"}) as answer:
+    with (
+        httpx.Client(base_url=gateway.url, timeout=30) as http,
+        http.stream(
+            "POST",
+            path,
+            content=raw,
+            headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+        ) as answer,
+    ):
         assert answer.status_code == 200
         for line in answer.iter_lines():
             # Chat: five chunks; Messages: the four text deltas they became.
             if line.startswith("data: ") and (
-                    path.endswith("completions") or '"content_block_delta"' in line):
+                path.endswith("completions") or '"content_block_delta"' in line
+            ):
                 seen += 1
             if seen == (5 if path.endswith("completions") else 4):
                 break
@@ -473,8 +647,7 @@ def test_a_client_leaving_a_300kb_prompt_early_pays_the_estimate(
     assert row["status"] == "client_disconnected"
     assert (row["prompt_tokens"], row["completion_tokens"]) == (estimate, 4)
     assert row["cost"] == (Decimal(estimate) * 1 + 4 * 2) / 10**6
-    assert row["error_message"] == (
-        f"{ESTIMATED} (client disconnected before the usage report)")
+    assert row["error_message"] == (f"{ESTIMATED} (client disconnected before the usage report)")
 
 
 def test_a_json_answer_without_usage_is_billed_from_the_estimate(world: World) -> None:
@@ -482,8 +655,11 @@ def test_a_json_answer_without_usage_is_billed_from_the_estimate(world: World) -
     content = json.dumps(answer).encode()
     world.fake.push(Script([content], content_type="application/json"))
     raw = json.dumps({"model": "raw:m", "messages": [{"role": "user", "content": "hi"}]})
-    response = httpx.post(f"{world.url}/v1/chat/completions", headers={
-        **MASTER, "content-type": "application/json"}, content=raw)
+    response = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        headers={**MASTER, "content-type": "application/json"},
+        content=raw,
+    )
     assert response.status_code == 200
     [row] = world.usage(1)
     prompt, output = -(-len(raw) // 4), -(-len(content) // 4)
@@ -501,13 +677,20 @@ TEXT = "Six experts packed the box with x-rays and an EMPTY kettle"
 def test_a_dummy_provider_key_is_never_scrubbed(sqlite_url: str, key: str) -> None:
     with FakeOpenAI(api_key=key) as fake:
         fake.default = Behaviour(text=TEXT)
-        settings = make_settings(sqlite_url, require_pricing=False, providers={
-            "local": {"type": "openai", "base_url": fake.base_url, "api_key": key}})
+        settings = make_settings(
+            sqlite_url,
+            require_pricing=False,
+            providers={"local": {"type": "openai", "base_url": fake.base_url, "api_key": key}},
+        )
         with running(settings) as url:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key=MASTER_KEY, max_retries=0)
-            chunks = list(client.chat.completions.create(
-                model="local:gpt-4o-mini", stream=True,
-                messages=[{"role": "user", "content": "hi"}]))
+            chunks = list(
+                client.chat.completions.create(
+                    model="local:gpt-4o-mini",
+                    stream=True,
+                    messages=[{"role": "user", "content": "hi"}],
+                )
+            )
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             assert all(c.object == "chat.completion.chunk" for c in chunks)
             assert text == TEXT
@@ -522,28 +705,61 @@ def test_a_secret_key_is_scrubbed_on_token_boundaries_only(world: World) -> None
 
 
 ECHOED = {
-    "raw:m": {**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": f"key {RAW_KEY}. not x{RAW_KEY}y"}}]},
-    "rawclaude:m": {**MESSAGE, "content": [
-        {"type": "text", "text": f"key {RAW_KEY}. not x{RAW_KEY}y"}]},
+    "raw:m": {
+        **COMPLETION,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": f"key {RAW_KEY}. not x{RAW_KEY}y"},
+            }
+        ],
+    },
+    "rawclaude:m": {
+        **MESSAGE,
+        "content": [{"type": "text", "text": f"key {RAW_KEY}. not x{RAW_KEY}y"}],
+    },
 }
-RESPONSE_ECHOED = {**RESPONSE, "output": [{**RESPONSE["output"][0], "content": [
-    {"type": "output_text", "text": f"key {RAW_KEY}. not x{RAW_KEY}y", "annotations": []}]}]}
+RESPONSE_ECHOED = {
+    **RESPONSE,
+    "output": [
+        {
+            **RESPONSE["output"][0],
+            "content": [
+                {
+                    "type": "output_text",
+                    "text": f"key {RAW_KEY}. not x{RAW_KEY}y",
+                    "annotations": [],
+                }
+            ],
+        }
+    ],
+}
 
 
 @pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
 @pytest.mark.parametrize("endpoint", ["chat", "messages", "responses"])
-def test_a_secret_key_is_scrubbed_from_plain_answers_too(world: World, endpoint: str,
-                                                         model: str) -> None:
+def test_a_secret_key_is_scrubbed_from_plain_answers_too(
+    world: World, endpoint: str, model: str
+) -> None:
     # A model made to repeat the key leaks it as surely in a JSON answer as in a stream.
     answer = RESPONSE_ECHOED if (endpoint, model) == ("responses", "raw:m") else ECHOED[model]
     world.fake.push(Script([json.dumps(answer).encode()], content_type="application/json"))
     if endpoint == "chat":
-        text = world.openai().chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+        text = (
+            world.openai()
+            .chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            .choices[0]
+            .message.content
+        )
     elif endpoint == "messages":
-        block = world.anthropic().messages.create(
-            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]).content[0]
+        block = (
+            world.anthropic()
+            .messages.create(
+                model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            )
+            .content[0]
+        )
         assert block.type == "text"
         text = block.text
     else:
@@ -557,28 +773,49 @@ def test_a_secret_key_is_scrubbed_from_plain_answers_too(world: World, endpoint:
 
 def responses_stream(*texts: str) -> list[bytes]:
     created = {**RESPONSE, "status": "in_progress", "output": [], "usage": None}
-    parts = [sse({"type": "response.created", "response": created, "sequence_number": 0},
-                  "response.created")]
-    parts += [sse({"type": "response.output_text.delta", "item_id": "msg_9", "output_index": 0,
-                   "content_index": 0, "delta": text, "sequence_number": n + 1},
-                  "response.output_text.delta") for n, text in enumerate(texts)]
-    parts.append(sse({"type": "response.completed", "response": RESPONSE,
-                      "sequence_number": len(texts) + 1}, "response.completed"))
+    parts = [
+        sse(
+            {"type": "response.created", "response": created, "sequence_number": 0},
+            "response.created",
+        )
+    ]
+    parts += [
+        sse(
+            {
+                "type": "response.output_text.delta",
+                "item_id": "msg_9",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": text,
+                "sequence_number": n + 1,
+            },
+            "response.output_text.delta",
+        )
+        for n, text in enumerate(texts)
+    ]
+    parts.append(
+        sse(
+            {"type": "response.completed", "response": RESPONSE, "sequence_number": len(texts) + 1},
+            "response.completed",
+        )
+    )
     return parts
 
 
 def test_responses_unterminated_final_event_and_malformed_event(world: World) -> None:
     parts = responses_stream("Hello", " there")
     parts[-1] = parts[-1].rstrip(b"\n")
-    world.fake.push(Script([*parts[:2], b"event: response.output_text.delta\n" + BROKEN,
-                            *parts[2:]]))
+    world.fake.push(
+        Script([*parts[:2], b"event: response.output_text.delta\n" + BROKEN, *parts[2:]])
+    )
     assert responses_text(world.openai(), "raw:m") == "Hello there"
     billed(world, "raw:m", SKIPPED)
 
 
 @pytest.mark.parametrize("endpoint", ["messages", "responses"])
-def test_a_stream_read_to_its_last_event_is_a_success_everywhere(world: World,
-                                                                 endpoint: str) -> None:
+def test_a_stream_read_to_its_last_event_is_a_success_everywhere(
+    world: World, endpoint: str
+) -> None:
     if endpoint == "messages":
         world.fake.push(Script(anthropic_stream("Hello", " there"), hold=True))
         assert messages_text(world.anthropic(), "rawclaude:m") == "Hello there"

@@ -62,10 +62,22 @@ def at(text: str | None) -> datetime:
 
 def usage_row(row_id: str, user_id: str | None, timestamp: datetime, cost: str) -> UsageLog:
     """A usage row as the proxy would record it for a chat completion."""
-    return UsageLog(id=row_id, user_id=user_id, api_key_id=None, timestamp=timestamp,
-                    model="gpt-4o", provider="openai", endpoint="/v1/chat/completions",
-                    prompt_tokens=100, completion_tokens=20, total_tokens=120,
-                    cost=Decimal(cost), status="success", error_message=None, latency_ms=42)
+    return UsageLog(
+        id=row_id,
+        user_id=user_id,
+        api_key_id=None,
+        timestamp=timestamp,
+        model="gpt-4o",
+        provider="openai",
+        endpoint="/v1/chat/completions",
+        prompt_tokens=100,
+        completion_tokens=20,
+        total_tokens=120,
+        cost=Decimal(cost),
+        status="success",
+        error_message=None,
+        latency_ms=42,
+    )
 
 
 def write_rows(database_url: str, change: Callable[[Any], None]) -> None:
@@ -81,9 +93,11 @@ def write_rows(database_url: str, change: Callable[[Any], None]) -> None:
 def test_keys(cp: ControlPlane, gateway: str) -> None:
     cp.users.create(CreateUserRequest(user_id="alice"))
     expires = datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC)
-    created = cp.keys.create(CreateKeyRequest(key_name="ci", user_id="alice",
-                                              metadata={"team": "infra", "n": 3},
-                                              expires_at=expires))
+    created = cp.keys.create(
+        CreateKeyRequest(
+            key_name="ci", user_id="alice", metadata={"team": "infra", "n": 3}, expires_at=expires
+        )
+    )
     assert created.key.startswith("gw-") and len(created.key) > 30
     assert created.key_name == "ci" and created.user_id == "alice" and created.is_active
     assert created.metadata == {"team": "infra", "n": 3}
@@ -96,8 +110,9 @@ def test_keys(cp: ControlPlane, gateway: str) -> None:
     assert [key.id for key in cp.keys.list()] == [created.id]
 
     # The /api/v1 alias and /v1 are the same resource.
-    plain = httpx.get(f"{gateway}/v1/keys/{created.id}",
-                      headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    plain = httpx.get(
+        f"{gateway}/v1/keys/{created.id}", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+    )
     assert plain.status_code == 200 and plain.json()["key_name"] == "ci"
     assert "key" not in plain.json(), "the secret is shown only once"
 
@@ -156,9 +171,14 @@ def test_wrong_master_key_is_refused(gateway: str) -> None:
 
 def test_users(cp: ControlPlane) -> None:
     budget = cp.budgets.create(CreateBudgetRequest(max_budget=25.5, budget_duration_sec=DAY))
-    user = cp.users.create(CreateUserRequest(user_id="alice", alias="Alice",
-                                             budget_id=budget.budget_id,
-                                             metadata={"team": "research"}))
+    user = cp.users.create(
+        CreateUserRequest(
+            user_id="alice",
+            alias="Alice",
+            budget_id=budget.budget_id,
+            metadata={"team": "research"},
+        )
+    )
     assert (user.user_id, user.alias, user.budget_id) == ("alice", "Alice", budget.budget_id)
     assert user.blocked is False and user.metadata == {"team": "research"}
     assert user.spend == 0 and user.reserved == 0
@@ -190,8 +210,11 @@ def test_users(cp: ControlPlane) -> None:
     restored = cp.users.create(CreateUserRequest(user_id="bob", alias="Bob again"))
     assert restored.alias == "Bob again" and restored.spend == 0
 
-    for call in (lambda: cp.users.get("nobody"), lambda: cp.users.delete("nobody"),
-                 lambda: cp.users.update("nobody", UpdateUserRequest(alias="x"))):
+    for call in (
+        lambda: cp.users.get("nobody"),
+        lambda: cp.users.delete("nobody"),
+        lambda: cp.users.update("nobody", UpdateUserRequest(alias="x")),
+    ):
         with pytest.raises(ModelNotFoundError):
             call()
 
@@ -200,18 +223,26 @@ def test_user_usage(cp: ControlPlane, database_url: str) -> None:
     cp.users.create(CreateUserRequest(user_id="alice"))
     cp.users.create(CreateUserRequest(user_id="bob"))
     day = datetime(2024, 5, 1, 12, tzinfo=UTC)
-    write_rows(database_url, lambda session: session.add_all([
-        usage_row("u1", "alice", day, "0.000125"),
-        usage_row("u2", "bob", day + timedelta(hours=1), "1.5"),
-        usage_row("u3", "alice", day + timedelta(hours=2), "0.0000000375"),
-    ]))
+    write_rows(
+        database_url,
+        lambda session: session.add_all(
+            [
+                usage_row("u1", "alice", day, "0.000125"),
+                usage_row("u2", "bob", day + timedelta(hours=1), "1.5"),
+                usage_row("u3", "alice", day + timedelta(hours=2), "0.0000000375"),
+            ]
+        ),
+    )
 
     rows = cp.users.get_usage("alice")
     assert [row.id for row in rows] == ["u3", "u1"], "newest first, only alice"
     assert [row.cost for row in rows] == [0.0000000375, 0.000125]
     assert rows[1].model == "gpt-4o" and rows[1].endpoint == "/v1/chat/completions"
     assert (rows[1].prompt_tokens, rows[1].completion_tokens, rows[1].total_tokens) == (
-        100, 20, 120)
+        100,
+        20,
+        120,
+    )
     assert at(rows[1].timestamp) == day and rows[1].status == "success"
     assert [row.id for row in cp.users.get_usage("alice", skip=1, limit=1)] == ["u1"]
 
@@ -260,9 +291,11 @@ def test_budgets(cp: ControlPlane, database_url: str) -> None:
 
 def test_pricing(cp: ControlPlane) -> None:
     now = datetime.now(UTC)
-    current = cp.pricing.set(SetPricingRequest(model_key="openai:gpt-4o",
-                                               input_price_per_million=2.5,
-                                               output_price_per_million=10))
+    current = cp.pricing.set(
+        SetPricingRequest(
+            model_key="openai:gpt-4o", input_price_per_million=2.5, output_price_per_million=10
+        )
+    )
     assert current.model_key == "openai:gpt-4o"
     assert (current.input_price_per_million, current.output_price_per_million) == (2.5, 10)
     assert abs(at(current.effective_at) - now) < timedelta(minutes=1)
@@ -271,14 +304,21 @@ def test_pricing(cp: ControlPlane) -> None:
     new = datetime(2024, 6, 1, tzinfo=UTC)
     future = now + timedelta(days=30)
     for effective_at, price in ((old, 0.15), (new, 0.12), (future, 0.1)):
-        entry = cp.pricing.set(SetPricingRequest(
-            model_key=SLASH_MODEL, input_price_per_million=price,
-            output_price_per_million=0.6, effective_at=effective_at))
+        entry = cp.pricing.set(
+            SetPricingRequest(
+                model_key=SLASH_MODEL,
+                input_price_per_million=price,
+                output_price_per_million=0.6,
+                effective_at=effective_at,
+            )
+        )
         assert at(entry.effective_at) == effective_at and entry.model_key == SLASH_MODEL
 
     assert cp.pricing.get(SLASH_MODEL).input_price_per_million == 0.12
-    assert cp.pricing.get(SLASH_MODEL, as_of=datetime(2024, 3, 1, tzinfo=UTC)
-                          ).input_price_per_million == 0.15
+    assert (
+        cp.pricing.get(SLASH_MODEL, as_of=datetime(2024, 3, 1, tzinfo=UTC)).input_price_per_million
+        == 0.15
+    )
     assert cp.pricing.get(SLASH_MODEL, as_of=future).input_price_per_million == 0.1
     with pytest.raises(ModelNotFoundError):
         cp.pricing.get(SLASH_MODEL, as_of=datetime(2023, 1, 1, tzinfo=UTC))
@@ -295,8 +335,11 @@ def test_pricing(cp: ControlPlane) -> None:
     assert [at(e.effective_at) for e in cp.pricing.get_history(SLASH_MODEL)] == [future, old]
     assert cp.pricing.get(SLASH_MODEL).input_price_per_million == 0.15
     cp.pricing.delete(SLASH_MODEL)
-    for call in (lambda: cp.pricing.get(SLASH_MODEL), lambda: cp.pricing.delete(SLASH_MODEL),
-                 lambda: cp.pricing.get_history(SLASH_MODEL)):
+    for call in (
+        lambda: cp.pricing.get(SLASH_MODEL),
+        lambda: cp.pricing.delete(SLASH_MODEL),
+        lambda: cp.pricing.get_history(SLASH_MODEL),
+    ):
         with pytest.raises(ModelNotFoundError):
             call()
     assert [e.model_key for e in cp.pricing.list()] == ["openai:gpt-4o"]
@@ -305,12 +348,17 @@ def test_pricing(cp: ControlPlane) -> None:
 def test_usage(cp: ControlPlane, database_url: str) -> None:
     cp.users.create(CreateUserRequest(user_id="alice"))
     start = datetime(2024, 5, 1, tzinfo=UTC)
-    write_rows(database_url, lambda session: session.add_all([
-        usage_row("u1", "alice", start, "0.5"),
-        usage_row("u2", "bob", start + timedelta(days=1), "0.25"),
-        usage_row("u3", "alice", start + timedelta(days=2), "0.0000000375"),
-        usage_row("u4", None, start + timedelta(days=3), "2"),
-    ]))
+    write_rows(
+        database_url,
+        lambda session: session.add_all(
+            [
+                usage_row("u1", "alice", start, "0.5"),
+                usage_row("u2", "bob", start + timedelta(days=1), "0.25"),
+                usage_row("u3", "alice", start + timedelta(days=2), "0.0000000375"),
+                usage_row("u4", None, start + timedelta(days=3), "2"),
+            ]
+        ),
+    )
 
     everything = cp.usage.list()
     assert [row.id for row in everything] == ["u4", "u3", "u2", "u1"], "newest first"
@@ -319,11 +367,16 @@ def test_usage(cp: ControlPlane, database_url: str) -> None:
     assert everything[1].source and everything[1].counts_toward_budget is True
     assert [row.id for row in cp.usage.list(user_id="alice")] == ["u3", "u1"]
     assert [row.id for row in cp.usage.list(start_date=start + timedelta(days=1))] == [
-        "u4", "u3", "u2"]
+        "u4",
+        "u3",
+        "u2",
+    ]
     assert [row.id for row in cp.usage.list(end_date=start + timedelta(days=1))] == ["u1"], (
-        "end_date is exclusive")
-    window = cp.usage.list(start_date=start + timedelta(hours=1),
-                           end_date=start + timedelta(days=3), user_id="alice")
+        "end_date is exclusive"
+    )
+    window = cp.usage.list(
+        start_date=start + timedelta(hours=1), end_date=start + timedelta(days=3), user_id="alice"
+    )
     assert [row.id for row in window] == ["u3"]
     assert [row.id for row in cp.usage.list(skip=1, limit=2)] == ["u3", "u2"]
     assert cp.usage.list(user_id="nobody") == []
@@ -331,14 +384,27 @@ def test_usage(cp: ControlPlane, database_url: str) -> None:
 
 def test_models(cp: ControlPlane, gateway: str) -> None:
     key = cp.keys.create(CreateKeyRequest(key_name="models"))
-    cp.pricing.set(SetPricingRequest(model_key="openai:gpt-4o", input_price_per_million=2.5,
-                                     output_price_per_million=10))
-    cp.pricing.set(SetPricingRequest(model_key=SLASH_MODEL, input_price_per_million=0.15,
-                                     output_price_per_million=0.6,
-                                     effective_at=datetime(2024, 1, 1, tzinfo=UTC)))
-    cp.pricing.set(SetPricingRequest(model_key="anthropic:claude-next",
-                                     input_price_per_million=1, output_price_per_million=2,
-                                     effective_at=datetime.now(UTC) + timedelta(days=1)))
+    cp.pricing.set(
+        SetPricingRequest(
+            model_key="openai:gpt-4o", input_price_per_million=2.5, output_price_per_million=10
+        )
+    )
+    cp.pricing.set(
+        SetPricingRequest(
+            model_key=SLASH_MODEL,
+            input_price_per_million=0.15,
+            output_price_per_million=0.6,
+            effective_at=datetime(2024, 1, 1, tzinfo=UTC),
+        )
+    )
+    cp.pricing.set(
+        SetPricingRequest(
+            model_key="anthropic:claude-next",
+            input_price_per_million=1,
+            output_price_per_million=2,
+            effective_at=datetime.now(UTC) + timedelta(days=1),
+        )
+    )
 
     client = OtariClient(gateway, api_key=key.key)
     try:
@@ -346,7 +412,9 @@ def test_models(cp: ControlPlane, gateway: str) -> None:
     finally:
         client.close()
     assert [(m.id, m.owned_by, m.object) for m in models] == [
-        ("openai:gpt-4o", "openai", "model"), (SLASH_MODEL, "openrouter", "model")]
+        ("openai:gpt-4o", "openai", "model"),
+        (SLASH_MODEL, "openrouter", "model"),
+    ]
     assert models[1].created == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
 
     # ControlPlane has no models accessor; the SDK's generated ModelsApi is the way in.
@@ -372,8 +440,7 @@ def _budget_limits(cp: ControlPlane) -> tuple[object, object]:
 
 
 def _budget_alignment(cp: ControlPlane) -> tuple[object, object]:
-    budget = cp.budgets.create(CreateBudgetRequest(max_budget=5,
-                                                   reset_alignment="calendar_month"))
+    budget = cp.budgets.create(CreateBudgetRequest(max_budget=5, reset_alignment="calendar_month"))
     return "calendar_month", budget.reset_alignment
 
 
@@ -392,39 +459,76 @@ def _user_allowed_models(cp: ControlPlane) -> tuple[object, object]:
 
 
 def _pricing_cache_prices(cp: ControlPlane) -> tuple[object, object]:
-    entry = cp.pricing.set(SetPricingRequest(
-        model_key="anthropic:claude", input_price_per_million=3, output_price_per_million=15,
-        cache_read_price_per_million=0.3, cache_write_price_per_million=3.75,
-        cache_write_1h_price_per_million=6))
-    return (0.3, 3.75, 6), (entry.cache_read_price_per_million,
-                            entry.cache_write_price_per_million,
-                            entry.cache_write_1h_price_per_million)
+    entry = cp.pricing.set(
+        SetPricingRequest(
+            model_key="anthropic:claude",
+            input_price_per_million=3,
+            output_price_per_million=15,
+            cache_read_price_per_million=0.3,
+            cache_write_price_per_million=3.75,
+            cache_write_1h_price_per_million=6,
+        )
+    )
+    return (0.3, 3.75, 6), (
+        entry.cache_read_price_per_million,
+        entry.cache_write_price_per_million,
+        entry.cache_write_1h_price_per_million,
+    )
 
 
 def _pricing_unit(cp: ControlPlane) -> tuple[object, object]:
-    entry = cp.pricing.set(SetPricingRequest(model_key="openai:omni-moderation",
-                                             input_price_per_million=0,
-                                             output_price_per_million=0, unit="requests"))
+    entry = cp.pricing.set(
+        SetPricingRequest(
+            model_key="openai:omni-moderation",
+            input_price_per_million=0,
+            output_price_per_million=0,
+            unit="requests",
+        )
+    )
     return "requests", entry.unit
 
 
 def _pricing_tiers(cp: ControlPlane) -> tuple[object, object]:
-    entry = cp.pricing.set(SetPricingRequest(
-        model_key="gemini:gemini-pro", input_price_per_million=1.25, output_price_per_million=10,
-        pricing_tiers=[PricingTier(min_input_tokens=200001, input_price_per_million=2.5,
-                                   output_price_per_million=15)]))
-    return [(200001, 2.5, 15)], [(tier.min_input_tokens, tier.input_price_per_million,
-                                  tier.output_price_per_million) for tier in entry.pricing_tiers]
+    entry = cp.pricing.set(
+        SetPricingRequest(
+            model_key="gemini:gemini-pro",
+            input_price_per_million=1.25,
+            output_price_per_million=10,
+            pricing_tiers=[
+                PricingTier(
+                    min_input_tokens=200001,
+                    input_price_per_million=2.5,
+                    output_price_per_million=15,
+                )
+            ],
+        )
+    )
+    return [(200001, 2.5, 15)], [
+        (tier.min_input_tokens, tier.input_price_per_million, tier.output_price_per_million)
+        for tier in entry.pricing_tiers
+    ]
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, id=case.__name__.lstrip("_"))
-    for case in (_budget_name, _budget_limits, _budget_alignment, _key_allowed_models,
-                 _key_exclude_from_budget, _user_allowed_models, _pricing_cache_prices,
-                 _pricing_unit, _pricing_tiers)
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, id=case.__name__.lstrip("_"))
+        for case in (
+            _budget_name,
+            _budget_limits,
+            _budget_alignment,
+            _key_allowed_models,
+            _key_exclude_from_budget,
+            _user_allowed_models,
+            _pricing_cache_prices,
+            _pricing_unit,
+            _pricing_tiers,
+        )
+    ],
+)
 def test_sdk_fields_are_kept_or_refused(
-        sqlite_url: str, case: Callable[[ControlPlane], tuple[object, object]]) -> None:
+    sqlite_url: str, case: Callable[[ControlPlane], tuple[object, object]]
+) -> None:
     with running(make_settings(sqlite_url)) as url:
         control_plane = ControlPlane(url, MASTER_KEY)
         try:

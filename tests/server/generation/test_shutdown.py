@@ -33,8 +33,13 @@ CUT = "<connection cut>"
 def post(url: str, key: str, stream: bool) -> tuple[int, str, str]:
     """(status, body, request id) of one chat call, reading a stream to its end (or cut)."""
     body = {**CHAT, "stream": stream}
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60,
-                      headers={"Authorization": f"Bearer {key}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        json=body,
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}"},
+    ) as response:
         pieces: list[str] = []
         try:
             pieces.extend(response.iter_text())
@@ -43,15 +48,20 @@ def post(url: str, key: str, stream: bool) -> tuple[int, str, str]:
         return response.status_code, "".join(pieces), response.headers.get("x-request-id", "")
 
 
-def test_sigterm_under_load_finishes_settles_and_flushes(tmp_path: Path,
-                                                         sqlite_url: str) -> None:
+def test_sigterm_under_load_finishes_settles_and_flushes(tmp_path: Path, sqlite_url: str) -> None:
     held, streams = 4, 4
     # The pool outlives the gateway: a failure kills the gateway first, freeing held calls.
-    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, \
-            ThreadPoolExecutor(held + streams + 1) as pool, \
-            served(tmp_path, sqlite_url, providers=fake_provider(fake.base_url, UPSTREAM_KEY),
-                   shutdown_timeout=SHUTDOWN_TIMEOUT) as gateway, \
-            admin(gateway.url) as client:
+    with (
+        FakeOpenAI(api_key=UPSTREAM_KEY) as fake,
+        ThreadPoolExecutor(held + streams + 1) as pool,
+        served(
+            tmp_path,
+            sqlite_url,
+            providers=fake_provider(fake.base_url, UPSTREAM_KEY),
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        ) as gateway,
+        admin(gateway.url) as client,
+    ):
         key = budgeted_key(client, "load", "100", MODEL, "2000")
         gate, stuck = fake.gate(), fake.gate()
         calls: list[Future[tuple[int, str, str]]] = []
@@ -66,8 +76,11 @@ def test_sigterm_under_load_finishes_settles_and_flushes(tmp_path: Path,
         fake.push(gate=stuck, hold_after=2)  # a stream that outlives shutdown_timeout
         cut = pool.submit(post, gateway.url, key, True)
         stuck.wait_for(1)
-        wait_until(lambda: books(sqlite_url, "load").reserved == (held + streams + 1) * COST,
-                   10, "every reservation to be committed")
+        wait_until(
+            lambda: books(sqlite_url, "load").reserved == (held + streams + 1) * COST,
+            10,
+            "every reservation to be committed",
+        )
 
         gateway.signal(signal.SIGTERM)
         wait_until(lambda: not gateway.accepting(), 10, "the listener to close")
@@ -101,7 +114,10 @@ def test_sigterm_under_load_finishes_settles_and_flushes(tmp_path: Path,
     assert cut_text.count("data: ") == 2, cut_text
     sent = httpx.Request("POST", gateway.url, json={**CHAT, "stream": True}).content
     assert (cut_row.status, cut_row.prompt_tokens, cut_row.completion_tokens) == (
-        "client_disconnected", -(-len(sent) // 4), 1)
+        "client_disconnected",
+        -(-len(sent) // 4),
+        1,
+    )
     assert cut_row.cost == Decimal("0.002")  # 1 output token at 2000 per million
     assert "usage estimated by the gateway" in (cut_row.error_message or "")
     assert final.spend == sum((row.cost or Decimal(0)) for row in final.usage)
@@ -116,20 +132,28 @@ def test_sigkill_holds_are_reclaimed_at_next_start(tmp_path: Path, sqlite_url: s
     served_before, in_flight = 3, 3
     with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, ThreadPoolExecutor(in_flight) as pool:
         providers = fake_provider(fake.base_url, UPSTREAM_KEY)
-        with served(tmp_path, sqlite_url, providers=providers) as gateway, \
-                admin(gateway.url) as client:
+        with (
+            served(tmp_path, sqlite_url, providers=providers) as gateway,
+            admin(gateway.url) as client,
+        ):
             key = budgeted_key(client, "crash", "100", MODEL, "2000")
             for _ in range(served_before):
                 assert post(gateway.url, key, False)[0] == 200
             # Write-behind: rows of served requests land within the flush window.
-            wait_until(lambda: len(books(sqlite_url, "crash").usage) == served_before, 5,
-                       "usage rows of the requests served before the crash")
+            wait_until(
+                lambda: len(books(sqlite_url, "crash").usage) == served_before,
+                5,
+                "usage rows of the requests served before the crash",
+            )
             gate = fake.gate()
             fake.default = Behaviour(gate=gate)
             lost = [pool.submit(post, gateway.url, key, False) for _ in range(in_flight)]
             gate.wait_for(in_flight)
-            wait_until(lambda: books(sqlite_url, "crash").reserved == in_flight * COST, 10,
-                       "the in-flight reservations")
+            wait_until(
+                lambda: books(sqlite_url, "crash").reserved == in_flight * COST,
+                10,
+                "the in-flight reservations",
+            )
             gateway.kill()
             for call in lost:
                 with pytest.raises(httpx.TransportError):
@@ -152,11 +176,19 @@ def test_sigkill_holds_are_reclaimed_at_next_start(tmp_path: Path, sqlite_url: s
 
 
 def test_request_cut_at_shutdown_timeout_gets_json_503_a_row_and_its_hold_back(
-        tmp_path: Path, sqlite_url: str) -> None:
-    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, ThreadPoolExecutor(1) as pool, \
-            served(tmp_path, sqlite_url, providers=fake_provider(fake.base_url, UPSTREAM_KEY),
-                   shutdown_timeout=1) as gateway, \
-            admin(gateway.url) as client:
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    with (
+        FakeOpenAI(api_key=UPSTREAM_KEY) as fake,
+        ThreadPoolExecutor(1) as pool,
+        served(
+            tmp_path,
+            sqlite_url,
+            providers=fake_provider(fake.base_url, UPSTREAM_KEY),
+            shutdown_timeout=1,
+        ) as gateway,
+        admin(gateway.url) as client,
+    ):
         key = budgeted_key(client, "cut", "100", MODEL, "2000")
         stuck = fake.gate()  # never released: the provider outlives shutdown_timeout
         fake.default = Behaviour(gate=stuck)

@@ -41,8 +41,7 @@ def fake(gateway: Gateway) -> FakeOpenAIResponses:
     return gateway.openai_fake
 
 
-def test_retrieve_input_items_and_delete_reach_the_provider_that_made_it(
-        gateway: Gateway) -> None:
+def test_retrieve_input_items_and_delete_reach_the_provider_that_made_it(gateway: Gateway) -> None:
     client = gateway.client(gateway.key(user_id="alice"))
     created = client.responses.create(model=OPENAI_MODEL, input="say hello please")
     got = client.responses.retrieve(created.id)
@@ -58,7 +57,9 @@ def test_retrieve_input_items_and_delete_reach_the_provider_that_made_it(
     assert other.responses.retrieve(created.id).id == created.id
     client.responses.delete(created.id)
     assert (fake(gateway).last.method, fake(gateway).last.path) == (
-        "DELETE", f"/v1/responses/{created.id}")
+        "DELETE",
+        f"/v1/responses/{created.id}",
+    )
     assert created.id not in fake(gateway).stored
     calls = len(fake(gateway).requests)
     with pytest.raises(openai.NotFoundError) as caught:
@@ -88,42 +89,51 @@ def test_cancel_is_routed_and_the_provider_answer_passed_on(gateway: Gateway) ->
 
 def test_another_user_gets_404_and_the_provider_is_not_asked(gateway: Gateway) -> None:
     created = gateway.client(gateway.key(user_id="alice")).responses.create(
-        model=OPENAI_MODEL, input="hi")
+        model=OPENAI_MODEL, input="hi"
+    )
     calls = len(fake(gateway).requests)
     bob = gateway.client(gateway.key(user_id="bob"))
-    for attempt in (lambda: bob.responses.retrieve(created.id),
-                    lambda: bob.responses.input_items.list(created.id),
-                    lambda: bob.responses.cancel(created.id),
-                    lambda: bob.responses.delete(created.id)):
+    for attempt in (
+        lambda: bob.responses.retrieve(created.id),
+        lambda: bob.responses.input_items.list(created.id),
+        lambda: bob.responses.cancel(created.id),
+        lambda: bob.responses.delete(created.id),
+    ):
         with pytest.raises(openai.NotFoundError) as caught:
             attempt()
         assert caught.value.body["message"] == (  # type: ignore[index]
-            f"Response '{created.id}' not found")
+            f"Response '{created.id}' not found"
+        )
     assert len(fake(gateway).requests) == calls
     # The master key reaches every response.
-    assert gateway.client(MASTER_KEY).responses.retrieve(created.id).id \
-        == created.id
+    assert gateway.client(MASTER_KEY).responses.retrieve(created.id).id == created.id
 
 
 def test_another_users_response_cannot_be_continued(gateway: Gateway) -> None:
     # previous_response_id makes the provider read the earlier turns: naming a response of
     # another user would hand its conversation to the caller (one provider key serves all).
     created = gateway.client(gateway.key(user_id="alice")).responses.create(
-        model=OPENAI_MODEL, input="my secret is 42")
+        model=OPENAI_MODEL, input="my secret is 42"
+    )
     calls = len(fake(gateway).requests)
     bob = gateway.client(gateway.key(user_id="bob"))
     for response_id in (created.id, "resp_never_made"):
         with pytest.raises(openai.NotFoundError) as caught:
-            bob.responses.create(model=OPENAI_MODEL, input="what is my secret?",
-                                 previous_response_id=response_id)
+            bob.responses.create(
+                model=OPENAI_MODEL, input="what is my secret?", previous_response_id=response_id
+            )
         assert caught.value.body == {  # type: ignore[comparison-overlap]
-            "message": f"Response '{response_id}' not found", "type": "not_found_error",
-            "param": "previous_response_id", "code": None}
+            "message": f"Response '{response_id}' not found",
+            "type": "not_found_error",
+            "param": "previous_response_id",
+            "code": None,
+        }
     assert len(fake(gateway).requests) == calls
     # Its owner continues it.
     alice = gateway.client(gateway.key(user_id="alice"))
-    second = alice.responses.create(model=OPENAI_MODEL, input="and again",
-                                    previous_response_id=created.id)
+    second = alice.responses.create(
+        model=OPENAI_MODEL, input="and again", previous_response_id=created.id
+    )
     assert fake(gateway).last.body["previous_response_id"] == created.id
     assert second.status == "completed"
 
@@ -151,7 +161,8 @@ def test_a_translated_response_answers_404_saying_why(gateway: Gateway, stream: 
         f"Response '{response_id}' was made by otari from provider 'claude' (anthropic), "
         "which has no Responses API and stores nothing; otari does not store it either, so "
         "it cannot be retrieved, listed, deleted or cancelled. Send the earlier turns as "
-        "`input` instead of `previous_response_id`.")
+        "`input` instead of `previous_response_id`."
+    )
     with pytest.raises(openai.NotFoundError):
         client.responses.delete(response_id)
     assert len(gateway.anthropic_fake.requests) == calls

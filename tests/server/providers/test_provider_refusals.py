@@ -43,13 +43,17 @@ def anthropic_client(gateway: Gateway, key: str) -> anthropic.Anthropic:
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["fake:gpt-4o-mini", "claude:claude-sonnet"])
 def test_a_provider_429_reaches_the_openai_sdk_with_its_retry_after(
-        gw: Gateway, model: str, stream: bool) -> None:
+    gw: Gateway, model: str, stream: bool
+) -> None:
     fake = gw.openai_fake if model.startswith("fake") else gw.anthropic_fake
     fake.fail(429, "Rate limit reached for requests", headers=RETRY)
     client = gw.client(gw.key())
     with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(model=model, messages=MESSAGES,  # type: ignore[call-overload]
-                                       stream=stream)
+        client.chat.completions.create(
+            model=model,
+            messages=MESSAGES,  # type: ignore[call-overload]
+            stream=stream,
+        )
     response = caught.value.response
     assert response.status_code == 429
     assert response.headers["retry-after"] == "17"
@@ -74,46 +78,66 @@ def test_the_openai_sdk_waits_as_long_as_retry_after_says(gw: Gateway) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["claude:claude-sonnet", "fake:gpt-4o-mini"])
 def test_a_provider_429_reaches_the_anthropic_sdk_on_messages(
-        gw: Gateway, model: str, stream: bool) -> None:
+    gw: Gateway, model: str, stream: bool
+) -> None:
     fake = gw.openai_fake if model.startswith("fake") else gw.anthropic_fake
     fake.fail(429, "Number of requests has exceeded your rate limit", headers=RETRY)
-    with (anthropic_client(gw, gw.key()) as client,
-          pytest.raises(anthropic.RateLimitError) as caught):
-        client.messages.create(model=model, max_tokens=10, messages=MESSAGES,  # type: ignore[call-overload]
-                               stream=stream)
+    with (
+        anthropic_client(gw, gw.key()) as client,
+        pytest.raises(anthropic.RateLimitError) as caught,
+    ):
+        client.messages.create(
+            model=model,
+            max_tokens=10,
+            messages=MESSAGES,  # type: ignore[call-overload]
+            stream=stream,
+        )
     response = caught.value.response
     assert response.headers["retry-after"] == "17"
     assert response.headers["retry-after-ms"] == "17000"
-    assert caught.value.body == {"type": "error", "error": {
-        "type": "rate_limit_error",
-        "message": f"Provider '{model.split(':')[0]}': Number of requests has exceeded your "
-                   "rate limit"}}
+    assert caught.value.body == {
+        "type": "error",
+        "error": {
+            "type": "rate_limit_error",
+            "message": f"Provider '{model.split(':')[0]}': Number of requests has exceeded your "
+            "rate limit",
+        },
+    }
 
 
 @pytest.mark.parametrize("status", [503, 529])
-def test_overloaded_and_unavailable_keep_status_and_retry_after(gw: Gateway,
-                                                               status: int) -> None:
-    for path, model, shape in (("/v1/chat/completions", "claude:claude-sonnet", "openai"),
-                               ("/v1/messages", "fake:gpt-4o-mini", "anthropic"),
-                               ("/v1/messages", "claude:claude-sonnet", "anthropic")):
+def test_overloaded_and_unavailable_keep_status_and_retry_after(gw: Gateway, status: int) -> None:
+    for path, model, shape in (
+        ("/v1/chat/completions", "claude:claude-sonnet", "openai"),
+        ("/v1/messages", "fake:gpt-4o-mini", "anthropic"),
+        ("/v1/messages", "claude:claude-sonnet", "anthropic"),
+    ):
         fake = gw.openai_fake if model.startswith("fake") else gw.anthropic_fake
         fake.fail(status, "busy", headers={"Retry-After": "3"})
-        reply = httpx.post(gw.url + path, headers={"Authorization": f"Bearer {gw.key()}"},
-                           json={"model": model, "max_tokens": 5, "messages": MESSAGES})
+        reply = httpx.post(
+            gw.url + path,
+            headers={"Authorization": f"Bearer {gw.key()}"},
+            json={"model": model, "max_tokens": 5, "messages": MESSAGES},
+        )
         assert reply.status_code == status, (path, model)
         assert reply.headers["retry-after"] == "3"
         error = reply.json()["error"]
-        expected = {503: ("service_unavailable", "api_error"),
-                    529: ("overloaded_error", "overloaded_error")}[status]
+        expected = {
+            503: ("service_unavailable", "api_error"),
+            529: ("overloaded_error", "overloaded_error"),
+        }[status]
         assert error["type"] == (expected[0] if shape == "openai" else expected[1])
 
 
 def test_unusable_retry_advice_is_not_relayed(gw: Gateway) -> None:
-    gw.openai_fake.fail(429, "busy", headers={"Retry-After": "soon; rm -rf",
-                                              "retry-after-ms": "nan"})
-    reply = httpx.post(gw.url + "/v1/chat/completions",
-                       headers={"Authorization": f"Bearer {gw.key()}"},
-                       json={"model": "fake:gpt-4o-mini", "messages": MESSAGES})
+    gw.openai_fake.fail(
+        429, "busy", headers={"Retry-After": "soon; rm -rf", "retry-after-ms": "nan"}
+    )
+    reply = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {gw.key()}"},
+        json={"model": "fake:gpt-4o-mini", "messages": MESSAGES},
+    )
     assert reply.status_code == 429
     assert "retry-after" not in reply.headers and "retry-after-ms" not in reply.headers
 
@@ -138,14 +162,20 @@ STATUSES = [
 
 @pytest.mark.parametrize(("status", "answered", "openai_type", "anthropic_type"), STATUSES)
 def test_every_provider_status_gets_its_error_type_in_each_shape(
-        gw: Gateway, status: int, answered: int, openai_type: str, anthropic_type: str) -> None:
+    gw: Gateway, status: int, answered: int, openai_type: str, anthropic_type: str
+) -> None:
     key = gw.key()
-    for fake, model in ((gw.openai_fake, "fake:gpt-4o-mini"),
-                        (gw.anthropic_fake, "claude:claude-sonnet")):
+    for fake, model in (
+        (gw.openai_fake, "fake:gpt-4o-mini"),
+        (gw.anthropic_fake, "claude:claude-sonnet"),
+    ):
         for path in ("/v1/chat/completions", "/v1/messages"):
             fake.fail(status, "no")
-            reply = httpx.post(gw.url + path, headers={"Authorization": f"Bearer {key}"},
-                               json={"model": model, "max_tokens": 5, "messages": MESSAGES})
+            reply = httpx.post(
+                gw.url + path,
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": model, "max_tokens": 5, "messages": MESSAGES},
+            )
             assert reply.status_code == answered, (model, path)
             body = reply.json()
             if path == "/v1/messages":
@@ -168,10 +198,15 @@ def test_own_rate_limits_send_openai_pacing_headers(gw: Gateway) -> None:
     assert 1 <= seconds <= 60
     reset = "1m0s" if seconds == 60 else f"{seconds}s"
     assert {name: headers[name] for name in headers if name.startswith("x-ratelimit-")} == {
-        "x-ratelimit-limit-requests": "1", "x-ratelimit-remaining-requests": "0",
-        "x-ratelimit-reset-requests": reset, "x-ratelimit-limit-tokens": "100000",
-        "x-ratelimit-remaining-tokens": str(100000 - int(
-            gw.openai_fake.last.usage["total_tokens"])), "x-ratelimit-reset-tokens": reset}
+        "x-ratelimit-limit-requests": "1",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": reset,
+        "x-ratelimit-limit-tokens": "100000",
+        "x-ratelimit-remaining-tokens": str(
+            100000 - int(gw.openai_fake.last.usage["total_tokens"])
+        ),
+        "x-ratelimit-reset-tokens": reset,
+    }
 
 
 # -- A provider rejecting the gateway's own key (issue 21 item 3) ------------------------------
@@ -179,38 +214,50 @@ def test_own_rate_limits_send_openai_pacing_headers(gw: Gateway) -> None:
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_provider_rejecting_our_key_is_a_502_for_the_client(
-        gw: Gateway, status: int, caplog: pytest.LogCaptureFixture) -> None:
+    gw: Gateway, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
     key = gw.key()
     client = gw.client(key)
     gw.openai_fake.fail(status, "Incorrect API key provided: sk-upstream-secret-value-123")
-    with (caplog.at_level(logging.ERROR, logger="otari.errors"),
-          pytest.raises(openai.APIStatusError) as caught):
-        client.chat.completions.with_raw_response.create(model="fake:gpt-4o-mini",
-                                                         messages=MESSAGES)
+    with (
+        caplog.at_level(logging.ERROR, logger="otari.errors"),
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        client.chat.completions.with_raw_response.create(
+            model="fake:gpt-4o-mini", messages=MESSAGES
+        )
     error = caught.value
     assert error.status_code == 502 and not isinstance(error, openai.AuthenticationError)
     assert error.code == "provider_credential_rejected"
     assert "provider credential rejected" in error.message
     assert "sk-upstream" not in error.message
     request_id = error.response.headers["x-request-id"]
-    [logged] = [record.getMessage() for record in caplog.records
-                if request_id in record.getMessage()]
+    [logged] = [
+        record.getMessage() for record in caplog.records if request_id in record.getMessage()
+    ]
     assert "Provider 'fake' rejected the gateway's credential" in logged
     assert "Incorrect API key provided: [redacted]" in logged
     assert "sk-upstream" not in logged
 
     gw.anthropic_fake.fail(status, "invalid x-api-key")
-    with (anthropic_client(gw, key) as claude,
-          pytest.raises(anthropic.APIStatusError) as messages_error):
-        claude.messages.create(model="claude:claude-sonnet", max_tokens=5,
-                               messages=MESSAGES)  # type: ignore[arg-type]
+    with (
+        anthropic_client(gw, key) as claude,
+        pytest.raises(anthropic.APIStatusError) as messages_error,
+    ):
+        claude.messages.create(model="claude:claude-sonnet", max_tokens=5, messages=MESSAGES)  # type: ignore[arg-type]
     assert messages_error.value.status_code == 502
     body: Any = messages_error.value.body
     assert body["error"]["type"] == "api_error"
     assert "provider credential rejected" in body["error"]["message"]
 
     metrics = httpx.get(f"{gw.url}/metrics").text
-    assert re.search(r'^otari_provider_credential_rejections_total\{provider="fake"\} 1\.0$',
-                     metrics, re.MULTILINE)
-    assert re.search(r'^otari_provider_credential_rejections_total\{provider="claude"\} 1\.0$',
-                     metrics, re.MULTILINE)
+    assert re.search(
+        r'^otari_provider_credential_rejections_total\{provider="fake"\} 1\.0$',
+        metrics,
+        re.MULTILINE,
+    )
+    assert re.search(
+        r'^otari_provider_credential_rejections_total\{provider="claude"\} 1\.0$',
+        metrics,
+        re.MULTILINE,
+    )

@@ -36,8 +36,13 @@ def test_schema_head_read_from_the_files_is_alembics() -> None:
 def test_a_migrated_database_is_served_without_alembic(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'otari.db'}"
     db.migrate(url)  # here, in the test process: the daemon below finds the schema at head
-    done = subprocess.run([sys.executable, "-c", PROBE, url, json.dumps(OPTIONAL)],
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, url, json.dumps(OPTIONAL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"ready": 200, "loaded": []}
 

@@ -32,8 +32,11 @@ def _insert_with_no_wait(path: str) -> None:
     other = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        other.execute("INSERT INTO rate_counters (subject, window_start, requests, tokens) "
-                      "VALUES (?, 1, 1, 1)", (uuid.uuid4().hex,))
+        other.execute(
+            "INSERT INTO rate_counters (subject, window_start, requests, tokens) "
+            "VALUES (?, 1, 1, 1)",
+            (uuid.uuid4().hex,),
+        )
         other.execute("COMMIT")
     finally:
         other.close()
@@ -62,8 +65,11 @@ def test_a_read_session_leaves_the_write_lock_free(sqlite_url: str) -> None:
 def test_every_get_route_reads_through_a_read_session(sqlite_url: str) -> None:
     app = create_app(make_settings(sqlite_url))
     checked = 0
-    routes = [inner for outer in app.routes
-              for inner in getattr(getattr(outer, "original_router", None), "routes", [outer])]
+    routes = [
+        inner
+        for outer in app.routes
+        for inner in getattr(getattr(outer, "original_router", None), "routes", [outer])
+    ]
     for route in routes:
         if not isinstance(route, APIRoute) or "GET" not in route.methods:
             continue
@@ -98,18 +104,30 @@ def _seed(database_url: str, count: int) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     try:
         with db.session_factory(engine).begin() as session:
-            session.add_all(UsageLog(
-                id=f"seed-{i:06d}", user_id=f"u{i % 7}", api_key_id=None,
-                timestamp=start + timedelta(seconds=i), model="fake:gpt-4o-mini",
-                provider="fake", endpoint="/v1/chat/completions", prompt_tokens=1,
-                completion_tokens=1, total_tokens=2, cost=Decimal("0.000001"),
-                status="success") for i in range(count))
+            session.add_all(
+                UsageLog(
+                    id=f"seed-{i:06d}",
+                    user_id=f"u{i % 7}",
+                    api_key_id=None,
+                    timestamp=start + timedelta(seconds=i),
+                    model="fake:gpt-4o-mini",
+                    provider="fake",
+                    endpoint="/v1/chat/completions",
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    total_tokens=2,
+                    cost=Decimal("0.000001"),
+                    status="success",
+                )
+                for i in range(count)
+            )
     finally:
         engine.dispose()
 
 
 def test_budgeted_chat_keeps_working_while_deep_usage_reads_loop(
-        gateway: Gateway, sqlite_url: str) -> None:
+    gateway: Gateway, sqlite_url: str
+) -> None:
     _seed(sqlite_url, 3000)
     gateway.user("alice", max_budget="10")
     client = gateway.client(gateway.key(user_id="alice"))
@@ -118,8 +136,12 @@ def test_budgeted_chat_keeps_working_while_deep_usage_reads_loop(
     stop = threading.Event()
 
     def read_deep_pages() -> None:
-        paths = ["/v1/usage?skip=2900&limit=1000", "/v1/users/alice/usage?skip=0",
-                 "/v1/usage/summary?group_by=user", "/health/readiness"]
+        paths = [
+            "/v1/usage?skip=2900&limit=1000",
+            "/v1/users/alice/usage?skip=0",
+            "/v1/usage/summary?group_by=user",
+            "/health/readiness",
+        ]
         while not stop.is_set():
             for path in paths:
                 reads.append(gateway.admin.get(path).status_code)
@@ -130,9 +152,12 @@ def test_budgeted_chat_keeps_working_while_deep_usage_reads_loop(
     try:
         assert first_read.wait(30)
         reads_before = len(reads)
-        replies = [client.chat.completions.create(
-            model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-            for _ in range(20)]
+        replies = [
+            client.chat.completions.create(
+                model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            for _ in range(20)
+        ]
         reads_during = len(reads) - reads_before
         # Every chat request finished before the reader stopped: they ran while reads did.
         assert reader.is_alive()

@@ -41,24 +41,31 @@ REVOCATION_BOUND = 5.0
 
 
 def chat(url: str, key: str) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json=CHAT,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
 
 
 @contextmanager
-def two_instances(tmp_path: Path, database_url: str,
-                  fake: FakeOpenAI) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+def two_instances(
+    tmp_path: Path, database_url: str, fake: FakeOpenAI
+) -> Iterator[tuple[ServeProcess, ServeProcess]]:
     """Instance A migrates the schema; instance B, started after, does not."""
     providers = fake_provider(fake.base_url, UPSTREAM_KEY)
     with ExitStack() as stack:
         a = stack.enter_context(served(tmp_path / "a", database_url, providers=providers))
-        b = stack.enter_context(served(tmp_path / "b", database_url, providers=providers,
-                                       args=("--no-auto-migrate",)))
+        b = stack.enter_context(
+            served(tmp_path / "b", database_url, providers=providers, args=("--no-auto-migrate",))
+        )
         yield a, b
 
 
-def exact_budget(urls: list[str], key: str, fake: FakeOpenAI, database_url: str,
-                 user_id: str) -> None:
+def exact_budget(
+    urls: list[str], key: str, fake: FakeOpenAI, database_url: str, user_id: str
+) -> None:
     """Fire REQUESTS at once, spread over `urls`: exactly FITS are served, the rest get 402.
 
     Admitted requests are held at the fake provider, so all FITS reservations are in flight
@@ -68,11 +75,13 @@ def exact_budget(urls: list[str], key: str, fake: FakeOpenAI, database_url: str,
     fake.default = Behaviour(gate=gate)
     with ThreadPoolExecutor(REQUESTS) as pool:
         futures: list[Future[httpx.Response]] = [
-            pool.submit(chat, urls[i % len(urls)], key) for i in range(REQUESTS)]
+            pool.submit(chat, urls[i % len(urls)], key) for i in range(REQUESTS)
+        ]
         try:
             gate.wait_for(FITS, timeout=30)
-            wait_until(lambda: sum(f.done() for f in futures) >= REQUESTS - FITS, 30,
-                       "the refusals")
+            wait_until(
+                lambda: sum(f.done() for f in futures) >= REQUESTS - FITS, 30, "the refusals"
+            )
             held = books(database_url, user_id)
             assert gate.arrived == FITS
             assert held.reserved == FITS * COST
@@ -82,8 +91,9 @@ def exact_budget(urls: list[str], key: str, fake: FakeOpenAI, database_url: str,
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * FITS + [402] * (REQUESTS - FITS), statuses
     for url in urls:  # every instance refused once the shared budget was held elsewhere
-        assert any(r.status_code == 402 for i, r in enumerate(responses)
-                   if urls[i % len(urls)] == url)
+        assert any(
+            r.status_code == 402 for i, r in enumerate(responses) if urls[i % len(urls)] == url
+        )
     refusal = next(r for r in responses if r.status_code == 402).json()
     assert refusal["error"]["code"] == "budget_exceeded"
     served_ids = {r.headers["x-request-id"] for r in responses if r.status_code == 200}
@@ -124,8 +134,11 @@ def refused_within(url: str, key: str, change: httpx.Response) -> float:
 
 
 def test_two_instances_on_one_postgresql(tmp_path: Path, postgres_url: str) -> None:
-    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, \
-            two_instances(tmp_path, postgres_url, fake) as (a, b), admin(a.url) as client:
+    with (
+        FakeOpenAI(api_key=UPSTREAM_KEY) as fake,
+        two_instances(tmp_path, postgres_url, fake) as (a, b),
+        admin(a.url) as client,
+    ):
         # One budget, requests alternating between the instances.
         key = budgeted_key(client, "shared", str(FITS * COST), MODEL, OUTPUT_PRICE)
         exact_budget([a.url, b.url], key, fake, postgres_url, "shared")
@@ -140,17 +153,19 @@ def test_two_instances_on_one_postgresql(tmp_path: Path, postgres_url: str) -> N
         revoked = create(client, "/v1/keys", {"user_id": "alice"})
         blocked = create(client, "/v1/keys", {"user_id": "bob"})
         for secret in (revoked["key"], blocked["key"]):  # B knows (and caches) both keys
-            answer = httpx.get(f"{b.url}/v1/models",
-                               headers={"Authorization": f"Bearer {secret}"})
+            answer = httpx.get(f"{b.url}/v1/models", headers={"Authorization": f"Bearer {secret}"})
             assert answer.status_code == 200, answer.text
-        took = refused_within(b.url, revoked["key"],
-                              client.delete(f"/v1/keys/{revoked['id']}"))
+        took = refused_within(b.url, revoked["key"], client.delete(f"/v1/keys/{revoked['id']}"))
         assert took <= REVOCATION_BOUND
-        took = refused_within(b.url, blocked["key"],
-                              client.patch("/v1/users/bob", json={"blocked": True}))
+        took = refused_within(
+            b.url, blocked["key"], client.patch("/v1/users/bob", json={"blocked": True})
+        )
         assert took <= REVOCATION_BOUND
-        refusal = httpx.post(f"{b.url}/v1/chat/completions", json=CHAT,
-                             headers={"Authorization": f"Bearer {blocked['key']}"})
+        refusal = httpx.post(
+            f"{b.url}/v1/chat/completions",
+            json=CHAT,
+            headers={"Authorization": f"Bearer {blocked['key']}"},
+        )
         assert refusal.status_code == 401
         assert refusal.json()["error"]["code"] == "user_blocked"
         assert len(fake.requests) == FITS
@@ -158,9 +173,16 @@ def test_two_instances_on_one_postgresql(tmp_path: Path, postgres_url: str) -> N
 
 def test_workers_hold_the_budget_exactly(tmp_path: Path, sqlite_url: str) -> None:
     url = sqlite_url
-    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake, \
-            served(tmp_path, url, providers=fake_provider(fake.base_url, UPSTREAM_KEY),
-                   args=("--workers", "2")) as gateway, admin(gateway.url) as client:
+    with (
+        FakeOpenAI(api_key=UPSTREAM_KEY) as fake,
+        served(
+            tmp_path,
+            url,
+            providers=fake_provider(fake.base_url, UPSTREAM_KEY),
+            args=("--workers", "2"),
+        ) as gateway,
+        admin(gateway.url) as client,
+    ):
         key = budgeted_key(client, "workers", str(FITS * COST), MODEL, OUTPUT_PRICE)
         exact_budget([gateway.url], key, fake, url, "workers")
         assert gateway.terminate() == 0

@@ -109,13 +109,15 @@ def test_openai_only_fields_are_dropped() -> None:
     assert set(request) == {"model", "messages", "max_tokens"}
 
 
-@pytest.mark.parametrize("fields", [{"logprobs": True}, {"top_logprobs": 2},
-                                    {"logprobs": True, "top_logprobs": 0}])
+@pytest.mark.parametrize(
+    "fields", [{"logprobs": True}, {"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 0}]
+)
 def test_logprobs_are_refused_not_dropped(fields: dict[str, Any]) -> None:
     with pytest.raises(TranslationError) as caught:
         translate(**fields)
     assert str(caught.value) == (
-        "logprobs: unsupported, anthropic providers do not return log probabilities")
+        "logprobs: unsupported, anthropic providers do not return log probabilities"
+    )
 
 
 def test_several_choices_cannot_be_translated() -> None:
@@ -402,7 +404,8 @@ def test_tool_use_response() -> None:
     assert choice.message.content == "Let me check."
     assert completion["choices"][0]["message"]["reasoning_content"] == "Need weather."
     assert completion["choices"][0]["message"]["thinking_blocks"] == [
-        {"type": "thinking", "thinking": "Need weather.", "signature": "sig"}]
+        {"type": "thinking", "thinking": "Need weather.", "signature": "sig"}
+    ]
     # The model as the provider named it, as a passed-through answer reports it.
     assert completion["model"] == "claude-sonnet-4-5"
     call = choice.message.tool_calls[0]  # type: ignore[index]
@@ -599,8 +602,11 @@ def test_stream_thinking_becomes_reasoning_content() -> None:
     assert [c["choices"][0]["delta"] for c in chunks] == [
         {"role": "assistant", "content": ""},
         {"reasoning_content": "Hmm"},
-        {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "Hmm",
-                              "signature": "s"}]},
+        {
+            "thinking_blocks": [
+                {"index": 0, "type": "thinking", "thinking": "Hmm", "signature": "s"}
+            ]
+        },
     ]
 
 
@@ -648,12 +654,14 @@ def test_unknown_events_are_ignored() -> None:
 
 # -- tool calls without arguments, thinking blocks through a tool loop (issues 12, 18) ---------
 
+
 def _arguments_by_call(chunks: list[dict[str, Any]]) -> dict[int, str]:
     arguments: dict[int, str] = {}
     for chunk in chunks:
         for call in chunk["choices"][0]["delta"].get("tool_calls") or ():
-            arguments[call["index"]] = arguments.get(call["index"], "") + call["function"][
-                "arguments"]
+            arguments[call["index"]] = (
+                arguments.get(call["index"], "") + call["function"]["arguments"]
+            )
     return arguments
 
 
@@ -661,79 +669,137 @@ def _arguments_by_call(chunks: list[dict[str, Any]]) -> dict[int, str]:
 def test_stream_tool_call_without_arguments_ends_as_empty_object(deltas: list[str]) -> None:
     events = [
         TEXT_AND_TOOL_EVENTS[0],
-        {"type": "content_block_start", "index": 0,
-         "content_block": {"type": "tool_use", "id": "toolu_9", "name": "now", "input": {}}},
-        *[{"type": "content_block_delta", "index": 0,
-           "delta": {"type": "input_json_delta", "partial_json": part}} for part in deltas],
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_9", "name": "now", "input": {}},
+        },
+        *[
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": part},
+            }
+            for part in deltas
+        ],
         {"type": "content_block_stop", "index": 0},
     ]
     _, chunks = run(events)
     assert _arguments_by_call(chunks) == {0: "{}"}
-    json_answer = to_chat_completion(anthropic_message(content=[
-        {"type": "tool_use", "id": "toolu_9", "name": "now", "input": {}}]))
+    json_answer = to_chat_completion(
+        anthropic_message(
+            content=[{"type": "tool_use", "id": "toolu_9", "name": "now", "input": {}}]
+        )
+    )
     assert json_answer["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == "{}"
 
 
 def test_stream_redacted_thinking_comes_whole_and_in_order() -> None:
     events = [
         TEXT_AND_TOOL_EVENTS[0],
-        {"type": "content_block_start", "index": 0,
-         "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
-        {"type": "content_block_delta", "index": 0,
-         "delta": {"type": "thinking_delta", "thinking": "A"}},
-        {"type": "content_block_delta", "index": 0,
-         "delta": {"type": "thinking_delta", "thinking": "B"}},
-        {"type": "content_block_delta", "index": 0,
-         "delta": {"type": "signature_delta", "signature": "sig-1"}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "A"},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "B"},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "sig-1"},
+        },
         {"type": "content_block_stop", "index": 0},
-        {"type": "content_block_start", "index": 1,
-         "content_block": {"type": "redacted_thinking", "data": "opaque=="}},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "redacted_thinking", "data": "opaque=="},
+        },
         {"type": "content_block_stop", "index": 1},
     ]
     _, chunks = run(events)
     assert [c["choices"][0]["delta"] for c in chunks[1:]] == [
         {"reasoning_content": "A"},
         {"reasoning_content": "B"},
-        {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "AB",
-                              "signature": "sig-1"}]},
+        {
+            "thinking_blocks": [
+                {"index": 0, "type": "thinking", "thinking": "AB", "signature": "sig-1"}
+            ]
+        },
         {"thinking_blocks": [{"index": 1, "type": "redacted_thinking", "data": "opaque=="}]},
     ]
 
 
 def test_thinking_blocks_go_back_unchanged_and_first() -> None:
-    thinking = [{"type": "thinking", "thinking": "Need weather.", "signature": "sig"},
-                {"type": "redacted_thinking", "data": "opaque=="}]
-    call = {"id": "toolu_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    thinking = [
+        {"type": "thinking", "thinking": "Need weather.", "signature": "sig"},
+        {"type": "redacted_thinking", "data": "opaque=="},
+    ]
+    call = {
+        "id": "toolu_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+    }
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "Let me check.", "reasoning_content": "Need weather.",
-         "thinking_blocks": thinking, "tool_calls": [call]},
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "reasoning_content": "Need weather.",
+            "thinking_blocks": thinking,
+            "tool_calls": [call],
+        },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
     ]
-    for fields in ({"thinking": {"type": "enabled", "budget_tokens": 2048}},
-                   {"reasoning_effort": "medium"}):
+    for fields in (
+        {"thinking": {"type": "enabled", "budget_tokens": 2048}},
+        {"reasoning_effort": "medium"},
+    ):
         request = translate(messages=messages, tools=[WEATHER_TOOL], **fields)
         assert request["thinking"]["type"] == "enabled"
-        assert request["messages"][1] == {"role": "assistant", "content": [
-            *thinking,
-            {"type": "text", "text": "Let me check."},
-            {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
-             "input": {"city": "Paris"}},
-        ]}
+        assert request["messages"][1] == {
+            "role": "assistant",
+            "content": [
+                *thinking,
+                {"type": "text", "text": "Let me check."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+            ],
+        }
 
 
 def test_dropped_thinking_blocks_are_a_clear_400() -> None:
-    call = {"id": "toolu_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    call = {
+        "id": "toolu_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+    }
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "reasoning_content": "Need weather.",
-         "tool_calls": [call]},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "Need weather.",
+            "tool_calls": [call],
+        },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
     ]
-    for fields in ({"thinking": {"type": "enabled", "budget_tokens": 2048}},
-                   {"reasoning_effort": "high"}):
+    for fields in (
+        {"thinking": {"type": "enabled", "budget_tokens": 2048}},
+        {"reasoning_effort": "high"},
+    ):
         with pytest.raises(TranslationError) as caught:
             translate(messages=messages, tools=[WEATHER_TOOL], **fields)
         assert str(caught.value) == (
@@ -741,23 +807,36 @@ def test_dropped_thinking_blocks_are_a_clear_400() -> None:
             "keep its thinking: send back its `thinking_blocks` (each with its `signature`, or "
             "`data` for redacted thinking) exactly as the answer gave them; through the "
             "Responses API, send back its reasoning items with their `encrypted_content` (ask "
-            "for it with `include: [\"reasoning.encrypted_content\"]`)")
+            'for it with `include: ["reasoning.encrypted_content"]`)'
+        )
     # Without thinking the same history is fine, and a finished tool loop needs nothing.
-    assert translate(messages=messages, tools=[WEATHER_TOOL])["messages"][1]["content"][0][
-        "type"] == "tool_use"
-    done = [*messages, {"role": "assistant", "content": "Sunny."},
-            {"role": "user", "content": "Thanks"}]
+    assert (
+        translate(messages=messages, tools=[WEATHER_TOOL])["messages"][1]["content"][0]["type"]
+        == "tool_use"
+    )
+    done = [
+        *messages,
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": "Thanks"},
+    ]
     assert translate(messages=done, reasoning_effort="high")["thinking"]["type"] == "enabled"
 
 
-@pytest.mark.parametrize(("blocks", "where"), [
-    ("nope", "messages[0].thinking_blocks: expected a list of thinking blocks"),
-    ([{"type": "text", "text": "x"}],
-     "messages[0].thinking_blocks[0]: expected a 'thinking' or 'redacted_thinking' block"),
-    ([{"type": "thinking", "thinking": "x"}],
-     "messages[0].thinking_blocks[0].signature: expected a string"),
-    ([{"type": "redacted_thinking"}], "messages[0].thinking_blocks[0].data: expected a string"),
-])
+@pytest.mark.parametrize(
+    ("blocks", "where"),
+    [
+        ("nope", "messages[0].thinking_blocks: expected a list of thinking blocks"),
+        (
+            [{"type": "text", "text": "x"}],
+            "messages[0].thinking_blocks[0]: expected a 'thinking' or 'redacted_thinking' block",
+        ),
+        (
+            [{"type": "thinking", "thinking": "x"}],
+            "messages[0].thinking_blocks[0].signature: expected a string",
+        ),
+        ([{"type": "redacted_thinking"}], "messages[0].thinking_blocks[0].data: expected a string"),
+    ],
+)
 def test_malformed_thinking_blocks_name_their_place(blocks: Any, where: str) -> None:
     with pytest.raises(TranslationError) as caught:
         translate(messages=[{"role": "assistant", "content": "x", "thinking_blocks": blocks}])
@@ -766,24 +845,37 @@ def test_malformed_thinking_blocks_name_their_place(blocks: Any, where: str) -> 
 
 def test_streamed_thinking_entries_go_back_without_their_index() -> None:
     # What the openai SDK's stream helper accumulates: the entries keep their `index`.
-    blocks = [{"index": 0, "type": "thinking", "thinking": "T", "signature": "s"},
-              {"index": 1, "type": "redacted_thinking", "data": "d"}]
-    request = translate(messages=[{"role": "user", "content": "hi"},
-                                  {"role": "assistant", "content": "x", "thinking_blocks": blocks},
-                                  {"role": "user", "content": "more"}])
+    blocks = [
+        {"index": 0, "type": "thinking", "thinking": "T", "signature": "s"},
+        {"index": 1, "type": "redacted_thinking", "data": "d"},
+    ]
+    request = translate(
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "x", "thinking_blocks": blocks},
+            {"role": "user", "content": "more"},
+        ]
+    )
     assert request["messages"][1]["content"][:2] == [
         {"type": "thinking", "thinking": "T", "signature": "s"},
-        {"type": "redacted_thinking", "data": "d"}]
+        {"type": "redacted_thinking", "data": "d"},
+    ]
 
 
 def test_stream_tool_input_given_at_the_start_is_sent_once() -> None:
-    start = {"type": "content_block_start", "index": 0, "content_block": {
-        "type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}}
+    start = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}},
+    }
     stop = {"type": "content_block_stop", "index": 0}
     _, chunks = run([TEXT_AND_TOOL_EVENTS[0], start, stop])
     assert _arguments_by_call(chunks) == {0: '{"a":1}'}
     # Deltas, when they come, are the arguments: the start's input is not added to them.
-    delta = {"type": "content_block_delta", "index": 0,
-             "delta": {"type": "input_json_delta", "partial_json": '{"a":1}'}}
+    delta = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "input_json_delta", "partial_json": '{"a":1}'},
+    }
     _, chunks = run([TEXT_AND_TOOL_EVENTS[0], start, delta, stop])
     assert _arguments_by_call(chunks) == {0: '{"a":1}'}

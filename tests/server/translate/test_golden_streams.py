@@ -46,7 +46,7 @@ def golden(name: str, piece: int = 5) -> list[Any]:
     OpenAI's [DONE] comes back as the string "[DONE]"."""
     raw = (GOLDEN / name).read_bytes()
     parser = SSEParser()
-    events = [e for i in range(0, len(raw), piece) for e in parser.feed(raw[i:i + piece])]
+    events = [e for i in range(0, len(raw), piece) for e in parser.feed(raw[i : i + piece])]
     events += parser.close()
     return [event.data if event.done else event.json() for event in events]
 
@@ -79,8 +79,11 @@ def sdk_message(events: list[dict[str, Any]]) -> tuple[Any, list[tuple[str, Any]
     for event in events:
         if event["type"] in ("ping", "error"):
             continue
-        snapshot = accumulate_event(event=ANTHROPIC_EVENT.validate_python(event),
-                                    current_snapshot=snapshot, json_bufs=buffers)
+        snapshot = accumulate_event(
+            event=ANTHROPIC_EVENT.validate_python(event),
+            current_snapshot=snapshot,
+            json_bufs=buffers,
+        )
         if event["type"] == "content_block_stop":
             block = snapshot.content[event["index"]]
             if block.type == "tool_use":
@@ -112,8 +115,9 @@ def sdk_completion(chunks: list[dict[str, Any]]) -> Any:
 
 
 def to_responses(chunks: list[dict[str, Any]], request: dict[str, Any]) -> list[dict[str, Any]]:
-    translator = ResponseStreamTranslator(request, model="alias", response_id="resp_g",
-                                          created_at=1)
+    translator = ResponseStreamTranslator(
+        request, model="alias", response_id="resp_g", created_at=1
+    )
     events = [e for chunk in chunks if chunk != "[DONE]" for e in translator.feed(chunk)]
     events += translator.finish()
     for event in events:
@@ -144,31 +148,39 @@ def well_nested_responses(events: list[dict[str, Any]]) -> None:
 
 # -- Anthropic -> chat -------------------------------------------------------------------------
 
+
 def test_anthropic_thinking_and_parallel_tools_to_chat() -> None:
-    translator, chunks = anthropic_to_chat("anthropic_thinking_parallel_tools.sse",
-                                           include_usage=True)
+    translator, chunks = anthropic_to_chat(
+        "anthropic_thinking_parallel_tools.sse", include_usage=True
+    )
     completion = sdk_completion(chunks)
     assert completion.id == "msg_01GoldenThinking"
     assert completion.model == "claude-sonnet-4-5-20250929"
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content == "I'll check both."
-    assert [(c.id, c.function.name, c.function.arguments)
-            for c in choice.message.tool_calls] == [
+    assert [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
         ("toolu_01Weather", "get_weather", '{"city": "Paris"}'),
-        ("toolu_01Time", "get_time", "{}")]  # no arguments: "{}", never ""
+        ("toolu_01Time", "get_time", "{}"),
+    ]  # no arguments: "{}", never ""
     # The SDK's own accumulator merges the entries by their index into the full list.
     assert choice.message.model_extra["thinking_blocks"] == [
         {"index": 0, "type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE},
-        {"index": 1, "type": "redacted_thinking", "data": REDACTED}]
-    reasoning = "".join(chunk["choices"][0]["delta"].get("reasoning_content", "")
-                        for chunk in chunks if chunk["choices"])
+        {"index": 1, "type": "redacted_thinking", "data": REDACTED},
+    ]
+    reasoning = "".join(
+        chunk["choices"][0]["delta"].get("reasoning_content", "")
+        for chunk in chunks
+        if chunk["choices"]
+    )
     assert reasoning == THOUGHT
     # The usage-only last chunk, cache reads and writes counted as prompt tokens.
     assert chunks[-1]["choices"] == []
     assert completion.usage.model_dump(exclude_none=True) == {
-        "prompt_tokens": 472 + 1024 + 2048, "completion_tokens": 89,
+        "prompt_tokens": 472 + 1024 + 2048,
+        "completion_tokens": 89,
         "total_tokens": 472 + 1024 + 2048 + 89,
-        "prompt_tokens_details": {"cached_tokens": 2048, "cache_creation_tokens": 1024}}
+        "prompt_tokens_details": {"cached_tokens": 2048, "cache_creation_tokens": 1024},
+    }
     assert translator.done and translator.error is None
 
 
@@ -178,13 +190,15 @@ def test_anthropic_error_event_to_chat() -> None:
     for chunk in body:
         ChatCompletionChunk.model_validate(chunk)
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in body) == "Once upon"
-    assert last == {"error": {"message": "Overloaded", "type": "overloaded_error",
-                              "param": None, "code": None}}
+    assert last == {
+        "error": {"message": "Overloaded", "type": "overloaded_error", "param": None, "code": None}
+    }
     assert translator.error == last["error"] and not translator.done
     assert translator.usage is not None and translator.usage["prompt_tokens"] == 12
 
 
 # -- Anthropic -> chat -> Responses ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("encrypted", [True, False])
 def test_anthropic_thinking_and_parallel_tools_to_responses(encrypted: bool) -> None:
@@ -197,10 +211,11 @@ def test_anthropic_thinking_and_parallel_tools_to_responses(encrypted: bool) -> 
     response = sdk_response(events)
     assert response.model == "claude-sonnet-4-5-20250929" and response.status == "completed"
     kinds = [item.type for item in response.output]
-    calls = [(i.call_id, i.name, i.arguments) for i in response.output
-             if i.type == "function_call"]
-    assert calls == [("toolu_01Weather", "get_weather", '{"city": "Paris"}'),
-                     ("toolu_01Time", "get_time", "{}")]
+    calls = [(i.call_id, i.name, i.arguments) for i in response.output if i.type == "function_call"]
+    assert calls == [
+        ("toolu_01Weather", "get_weather", '{"city": "Paris"}'),
+        ("toolu_01Time", "get_time", "{}"),
+    ]
     assert response.output_text == "I'll check both."
     reasoning = [item for item in response.output if item.type == "reasoning"]
     assert reasoning[0].content[0].text == THOUGHT
@@ -208,7 +223,8 @@ def test_anthropic_thinking_and_parallel_tools_to_responses(encrypted: bool) -> 
         assert kinds == ["reasoning", "reasoning", "message", "function_call", "function_call"]
         assert [decrypt_thinking(item.encrypted_content) for item in reasoning] == [
             {"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE},
-            {"type": "redacted_thinking", "data": REDACTED}]
+            {"type": "redacted_thinking", "data": REDACTED},
+        ]
     else:
         assert kinds == ["reasoning", "message", "function_call", "function_call"]
         assert reasoning[0].encrypted_content is None
@@ -227,6 +243,7 @@ def test_anthropic_error_event_to_responses() -> None:
 
 
 # -- OpenAI chat -> Anthropic ------------------------------------------------------------------
+
 
 def test_openai_text_with_usage_only_chunk_to_anthropic() -> None:
     _, events = chat_to_anthropic("openai_chat_text_usage.sse")
@@ -248,10 +265,16 @@ def test_openai_interleaved_parallel_tools_to_anthropic() -> None:
     valid_anthropic(events)
     well_nested_anthropic(events)
     message, at_stop = sdk_message(events)
-    assert at_stop == [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "CET"}),
-                       ("noop", {})]
+    assert at_stop == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {"zone": "CET"}),
+        ("noop", {}),
+    ]
     assert [(b.id, b.input) for b in message.content] == [
-        ("call_Weather", {"city": "Paris"}), ("call_Time", {"zone": "CET"}), ("call_Noop", {})]
+        ("call_Weather", {"city": "Paris"}),
+        ("call_Time", {"zone": "CET"}),
+        ("call_Noop", {}),
+    ]
     assert message.stop_reason == "tool_use" and message.model == "qwen2.5-72b-instruct"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (210, 31)
 
@@ -270,28 +293,38 @@ def test_openai_matched_stop_string_to_anthropic() -> None:
 def test_openai_error_chunk_to_anthropic() -> None:
     translator, events = chat_to_anthropic("openai_chat_error.sse")
     valid_anthropic(events)
-    assert events[-1] == {"type": "error", "error": {
-        "type": "api_error",
-        "message": "The server had an error while processing your request."}}
+    assert events[-1] == {
+        "type": "error",
+        "error": {
+            "type": "api_error",
+            "message": "The server had an error while processing your request.",
+        },
+    }
     assert translator.done and translator.error == events[-1]["error"]
     assert "message_stop" not in [e["type"] for e in events]
 
 
 # -- OpenAI chat -> Responses (the translator on its own) --------------------------------------
 
+
 def test_openai_interleaved_parallel_tools_to_responses() -> None:
-    events = to_responses(golden("openai_chat_parallel_tools_interleaved.sse"),
-                          {"model": "m", "input": "x"})
+    events = to_responses(
+        golden("openai_chat_parallel_tools_interleaved.sse"), {"model": "m", "input": "x"}
+    )
     well_nested_responses(events)
     response = sdk_response(events)
     assert [(i.name, json.loads(i.arguments)) for i in response.output] == [
-        ("get_weather", {"city": "Paris"}), ("get_time", {"zone": "CET"}), ("noop", {})]
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {"zone": "CET"}),
+        ("noop", {}),
+    ]
     assert response.model == "qwen2.5-72b-instruct"
     assert response.usage.input_tokens == 210
 
 
 def test_openai_text_to_responses() -> None:
-    response = sdk_response(to_responses(golden("openai_chat_text_usage.sse"),
-                                         {"model": "m", "input": "x"}))
+    response = sdk_response(
+        to_responses(golden("openai_chat_text_usage.sse"), {"model": "m", "input": "x"})
+    )
     assert response.output_text == "Hello there!"
     assert response.usage.input_tokens_details.cached_tokens == 1024

@@ -516,6 +516,7 @@ def test_reasoning_models_take_the_limit_as_max_completion_tokens() -> None:
 
 # -- parallel tool calls, stop strings, model and id (issues 12, 18, 22) ----------------------
 
+
 def sdk_inputs_at_block_stop(events: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     """What the official SDK's accumulator holds for each tool_use block at its stop."""
     from anthropic.lib.streaming._messages import accumulate_event
@@ -526,8 +527,9 @@ def sdk_inputs_at_block_stop(events: list[dict[str, Any]]) -> list[tuple[str, An
     for event in events:
         if event["type"] == "ping":
             continue
-        snapshot = accumulate_event(event=EVENT.validate_python(event),
-                                    current_snapshot=snapshot, json_bufs=buffers)
+        snapshot = accumulate_event(
+            event=EVENT.validate_python(event), current_snapshot=snapshot, json_bufs=buffers
+        )
         if event["type"] == "content_block_stop":
             block = snapshot.content[event["index"]]
             if block.type == "tool_use":
@@ -537,8 +539,12 @@ def sdk_inputs_at_block_stop(events: list[dict[str, Any]]) -> list[tuple[str, An
 
 def test_interleaved_parallel_tool_calls_keep_each_block_whole() -> None:
     def head(index: int, name: str) -> dict[str, Any]:
-        return {"index": index, "id": f"call_{index}", "type": "function",
-                "function": {"name": name, "arguments": ""}}
+        return {
+            "index": index,
+            "id": f"call_{index}",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
 
     def part(index: int, text: str) -> dict[str, Any]:
         return {"index": index, "function": {"arguments": text}}
@@ -568,23 +574,41 @@ def test_interleaved_parallel_tool_calls_keep_each_block_whole() -> None:
             assert event["index"] == open_block
             open_block = None
     assert sdk_inputs_at_block_stop(events) == [
-        ("weather", {"city": "Paris"}), ("time", {"zone": "CET"}), ("noop", {})]
+        ("weather", {"city": "Paris"}),
+        ("time", {"zone": "CET"}),
+        ("noop", {}),
+    ]
     assert [e["content_block"]["id"] for e in events if e["type"] == "content_block_start"] == [
-        "call_0", "call_1", "call_2"]
+        "call_0",
+        "call_1",
+        "call_2",
+    ]
     assert events[-2]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
 
 
 def test_text_after_held_tool_calls_closes_them_first() -> None:
-    calls = [{"index": 0, "id": "a", "type": "function",
-              "function": {"name": "f", "arguments": "{}"}},
-             {"index": 1, "id": "b", "type": "function",
-              "function": {"name": "g", "arguments": '{"x":1}'}}]
+    calls = [
+        {"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {
+            "index": 1,
+            "id": "b",
+            "type": "function",
+            "function": {"name": "g", "arguments": '{"x":1}'},
+        },
+    ]
     _, events = run([chunk({"tool_calls": calls}), chunk({"content": "done"}), chunk({}, "stop")])
     assert [(e["type"], e.get("index")) for e in events[1:-2]] == [
-        ("content_block_start", 0), ("ping", None), ("content_block_delta", 0),
-        ("content_block_stop", 0), ("content_block_start", 1), ("content_block_delta", 1),
-        ("content_block_stop", 1), ("content_block_start", 2), ("content_block_delta", 2),
-        ("content_block_stop", 2)]
+        ("content_block_start", 0),
+        ("ping", None),
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+        ("content_block_stop", 1),
+        ("content_block_start", 2),
+        ("content_block_delta", 2),
+        ("content_block_stop", 2),
+    ]
     assert sdk_inputs_at_block_stop(events) == [("f", {}), ("g", {"x": 1})]
 
 
@@ -599,10 +623,13 @@ def test_a_matched_stop_string_is_a_stop_sequence() -> None:
     for matched in (128001, None):
         answer["choices"][0]["stop_reason"] = matched
         assert (to_message(answer)["stop_reason"], to_message(answer)["stop_sequence"]) == (
-            "end_turn", None)
+            "end_turn",
+            None,
+        )
     final = {"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "THREE"}
-    translator, events = run([chunk({"content": "one two"}),
-                              {"id": "chatcmpl-1", "choices": [final]}])
+    translator, events = run(
+        [chunk({"content": "one two"}), {"id": "chatcmpl-1", "choices": [final]}]
+    )
     assert events[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "THREE"}
     assert (translator.stop_reason, translator.stop_sequence) == ("stop_sequence", "THREE")
 

@@ -140,29 +140,32 @@ def test_encode_multiline_strings_and_done() -> None:
 
 
 def test_scrubbing_only_touches_secrets_on_token_boundaries() -> None:
-    assert [is_secret(key) for key in ("x", "k", "EMPTY", "ollama", "aaaaaaaaaaaaaaaaaaaa",
-                                       None)] == [False] * 6
+    assert [
+        is_secret(key) for key in ("x", "k", "EMPTY", "ollama", "aaaaaaaaaaaaaaaaaaaa", None)
+    ] == [False] * 6
     secret = "sk-proj-Zt8vQ2mW9xLr4KpA"
     assert is_secret(secret)
     line = f'data: {{"object":"x","text":"Six experts box {secret}, a{secret}"}}\n\n'
     assert scrub_bytes("x", line.encode()) == line.encode()
     assert scrub_text(secret, line) == line.replace(f" {secret},", " [redacted],")
-    assert scrub_bytes(secret, line.encode()) == line.replace(
-        f" {secret},", " [redacted],").encode()
+    assert (
+        scrub_bytes(secret, line.encode()) == line.replace(f" {secret},", " [redacted],").encode()
+    )
 
 
 def test_chat_pass_through_flushes_skips_and_strips_in_any_split() -> None:
-    stream = (b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}\n\n'
-              b'data: {"choices": [\n\n'
-              b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":2,'
-              b'"completion_tokens":1},"cost":1}\n\n'
-              b"data: [DONE]")  # the last event lacks its blank line
+    stream = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}\n\n'
+        b'data: {"choices": [\n\n'
+        b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":2,'
+        b'"completion_tokens":1},"cost":1}\n\n'
+        b"data: [DONE]"
+    )  # the last event lacks its blank line
     for size in (1, 7, len(stream)):
         relay = ChatPassThrough(strip_usage=True)
-        out = b"".join(relay.feed(stream[i:i + size]) for i in range(0, len(stream), size))
+        out = b"".join(relay.feed(stream[i : i + size]) for i in range(0, len(stream), size))
         out += relay.finish()
-        assert out == (b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
-                       + DONE_EVENT)
+        assert out == (b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n' + DONE_EVENT)
         assert relay.malformed == 1 and relay.done
         used = relay.used()
         assert used is not None and (used.prompt_tokens, used.completion_tokens) == (2, 1)

@@ -57,9 +57,7 @@ def upgrade() -> None:
             tables.Money(precision=30, scale=10),
             nullable=True,
         ),
-        sa.Column(
-            "price_per_image", tables.Money(precision=30, scale=10), nullable=True
-        ),
+        sa.Column("price_per_image", tables.Money(precision=30, scale=10), nullable=True),
         sa.Column(
             "price_per_audio_second",
             tables.Money(precision=30, scale=10),
@@ -70,9 +68,7 @@ def upgrade() -> None:
             tables.Money(precision=30, scale=10),
             nullable=True,
         ),
-        sa.Column(
-            "price_per_request", tables.Money(precision=30, scale=10), nullable=True
-        ),
+        sa.Column("price_per_request", tables.Money(precision=30, scale=10), nullable=True),
         sa.Column("created_at", tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", tables.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
@@ -148,12 +144,8 @@ def upgrade() -> None:
         sa.Column("spend", tables.Money(precision=30, scale=10), nullable=False),
         sa.Column("reserved", tables.Money(precision=30, scale=10), nullable=False),
         sa.Column("budget_id", sa.String(length=64), nullable=True),
-        sa.Column(
-            "budget_started_at", tables.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column(
-            "next_budget_reset_at", tables.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("budget_started_at", tables.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_budget_reset_at", tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("blocked", sa.Boolean(), nullable=False),
         sa.Column("deleted_at", tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("rpm_limit", sa.Integer(), nullable=True),

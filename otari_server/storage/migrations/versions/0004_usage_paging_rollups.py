@@ -19,17 +19,21 @@ def upgrade() -> None:
     # Pages are ordered by the (timestamp, id) cursor, overall, per user and per key; the
     # single-column indexes they replace served no query (api_key_id) or only half of one.
     op.create_index("ix_usage_logs_timestamp_id", "usage_logs", ["timestamp", "id"])
-    op.create_index("ix_usage_logs_user_timestamp_id", "usage_logs",
-                    ["user_id", "timestamp", "id"])
-    op.create_index("ix_usage_logs_key_timestamp_id", "usage_logs",
-                    ["api_key_id", "timestamp", "id"])
+    op.create_index("ix_usage_logs_user_timestamp_id", "usage_logs", ["user_id", "timestamp", "id"])
+    op.create_index(
+        "ix_usage_logs_key_timestamp_id", "usage_logs", ["api_key_id", "timestamp", "id"]
+    )
     op.drop_index("ix_usage_logs_user_timestamp", table_name="usage_logs")
     op.drop_index("ix_usage_logs_timestamp", table_name="usage_logs")
     op.drop_index("ix_usage_logs_api_key_id", table_name="usage_logs")
     op.create_table(
         "usage_daily",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                  autoincrement=True, nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("user_id", sa.String(length=255), nullable=True),
         sa.Column("api_key_id", sa.String(length=64), nullable=True),
@@ -43,8 +47,11 @@ def upgrade() -> None:
         sa.Column("cost", tables.Money(precision=30, scale=10), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ix_usage_daily_group", "usage_daily",
-                    ["day", "user_id", "api_key_id", "model", "provider", "status"])
+    op.create_index(
+        "ix_usage_daily_group",
+        "usage_daily",
+        ["day", "user_id", "api_key_id", "model", "provider", "status"],
+    )
 
 
 def downgrade() -> None:

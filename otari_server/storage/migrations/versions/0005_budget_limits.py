@@ -12,8 +12,10 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-_COUNTS = {"users": ("requests", "tokens", "reserved_requests", "reserved_tokens"),
-           "reservations": ("requests", "tokens")}
+_COUNTS = {
+    "users": ("requests", "tokens", "reserved_requests", "reserved_tokens"),
+    "reservations": ("requests", "tokens"),
+}
 
 
 def upgrade() -> None:
@@ -25,8 +27,9 @@ def upgrade() -> None:
     for table, columns in _COUNTS.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
             for column in columns:
-                batch_op.add_column(sa.Column(column, sa.BigInteger(), nullable=False,
-                                              server_default="0"))
+                batch_op.add_column(
+                    sa.Column(column, sa.BigInteger(), nullable=False, server_default="0")
+                )
     with op.batch_alter_table("pricing", schema=None) as batch_op:
         batch_op.add_column(sa.Column("tiers", sa.JSON(), nullable=True))
 

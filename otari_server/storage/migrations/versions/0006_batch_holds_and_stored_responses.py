@@ -18,9 +18,11 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.add_column(sa.Column("hold_id", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column(
-            "reserved", tables.Money(precision=30, scale=10), nullable=False,
-            server_default="0"))
+        batch_op.add_column(
+            sa.Column(
+                "reserved", tables.Money(precision=30, scale=10), nullable=False, server_default="0"
+            )
+        )
     op.create_table(
         "stored_responses",
         sa.Column("response_id", sa.String(length=255), nullable=False),
@@ -33,10 +35,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("response_id"),
     )
     with op.batch_alter_table("stored_responses", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_stored_responses_user_id"), ["user_id"],
-                              unique=False)
-        batch_op.create_index(batch_op.f("ix_stored_responses_api_key_id"), ["api_key_id"],
-                              unique=False)
+        batch_op.create_index(batch_op.f("ix_stored_responses_user_id"), ["user_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_stored_responses_api_key_id"), ["api_key_id"], unique=False
+        )
 
 
 def downgrade() -> None:

@@ -22,19 +22,19 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("price_source", sa.String(length=32), nullable=True))
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.add_column(sa.Column("previous_key_hash", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column(
-            "previous_key_expires_at", tables.UTCDateTime(timezone=True),
-            nullable=True))
-        batch_op.create_index(batch_op.f("ix_api_keys_previous_key_hash"),
-                              ["previous_key_hash"], unique=True)
+        batch_op.add_column(
+            sa.Column("previous_key_expires_at", tables.UTCDateTime(timezone=True), nullable=True)
+        )
+        batch_op.create_index(
+            batch_op.f("ix_api_keys_previous_key_hash"), ["previous_key_hash"], unique=True
+        )
     with op.batch_alter_table("budgets", schema=None) as batch_op:
         batch_op.add_column(sa.Column("alert_thresholds", sa.JSON(), nullable=True))
     op.create_table(
         "budget_alerts",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("user_id", sa.String(length=255), nullable=False),
-        sa.Column("period_start", tables.UTCDateTime(timezone=True),
-                  nullable=False),
+        sa.Column("period_start", tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("threshold", sa.String(length=32), nullable=False),
         sa.Column("budget_id", sa.String(length=64), nullable=True),
         sa.Column("period_end", tables.UTCDateTime(timezone=True), nullable=True),
@@ -42,17 +42,16 @@ def upgrade() -> None:
         sa.Column("max_budget", tables.Money(), nullable=False),
         sa.Column("created_at", tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", tables.UTCDateTime(timezone=True),
-                  nullable=True),
-        sa.Column("delivered_at", tables.UTCDateTime(timezone=True),
-                  nullable=True),
+        sa.Column("next_attempt_at", tables.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("user_id", "period_start", "threshold"),
     )
     with op.batch_alter_table("budget_alerts", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_budget_alerts_next_attempt_at"),
-                              ["next_attempt_at"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_budget_alerts_next_attempt_at"), ["next_attempt_at"], unique=False
+        )
 
 
 def downgrade() -> None:

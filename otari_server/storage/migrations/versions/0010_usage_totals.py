@@ -15,8 +15,12 @@ branch_labels = None
 depends_on = None
 
 # (dimension, usage column) pairs; see otari_server.accounting.usage_totals.
-_DIMENSIONS = (("user", "user_id"), ("key", "api_key_id"), ("model", "model"),
-               ("provider", "provider"))
+_DIMENSIONS = (
+    ("user", "user_id"),
+    ("key", "api_key_id"),
+    ("model", "model"),
+    ("provider", "provider"),
+)
 
 
 def upgrade() -> None:
@@ -50,7 +54,8 @@ def upgrade() -> None:
             "FROM usage_logs UNION ALL "
             f"SELECT day, COALESCE({column}, ''), status, requests, prompt_tokens, "
             "completion_tokens, cost FROM usage_daily"
-            ") AS rows GROUP BY day, value, status")
+            ") AS rows GROUP BY day, value, status"
+        )
 
 
 def downgrade() -> None:
