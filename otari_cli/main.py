@@ -28,6 +28,7 @@ from otari_cli.commands import (
     usage,
     users,
 )
+from otari_cli.completion import context_names
 from otari_cli.errors import CliError, ExitCode, StartFailed
 from otari_cli.output import Format, Output
 from otari_cli.runtime import Options, Runtime
@@ -165,7 +166,12 @@ def root(
     ] = None,
     context_name: Annotated[
         str | None,
-        typer.Option("--context", envvar="OTARI_CONTEXT", help="Use this context for one call."),
+        typer.Option(
+            "--context",
+            envvar="OTARI_CONTEXT",
+            help="Use this context for one call.",
+            autocompletion=context_names,
+        ),
     ] = None,
     output: Annotated[
         Format | None,

@@ -80,7 +80,11 @@ class Runtime:
         local = target.context is None and not target.url_source.startswith("--url")
         hint = " (is it running? try `otari start` or `otari status`)" if local else ""
         self._gateway = Gateway(
-            target.url, target.master_key, timeout=self.options.timeout, hint=hint
+            target.url,
+            target.master_key,
+            timeout=self.options.timeout,
+            hint=hint,
+            require_key=target.url_source.startswith("--url"),
         )
         return self._gateway
 

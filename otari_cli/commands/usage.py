@@ -13,6 +13,8 @@ import typer
 
 from otari_cli import params, refs
 from otari_cli.client import path
+from otari_cli.completion import key_ids as complete_key_ids
+from otari_cli.completion import user_ids as complete_user_ids
 from otari_cli.durations import is_duration
 from otari_cli.errors import Refused, Unreachable, UsageError
 from otari_cli.output import Column, Format, when
@@ -80,7 +82,12 @@ Until = Annotated[
 def usage(
     ctx: typer.Context,
     user: Annotated[
-        str | None, typer.Option("--user", help="Only this user's usage (a user id or alias).")
+        str | None,
+        typer.Option(
+            "--user",
+            help="Only this user's usage (a user id or alias).",
+            autocompletion=complete_user_ids,
+        ),
     ] = None,
     since: Since = None,
     until: Until = None,
@@ -92,7 +99,12 @@ def usage(
     ] = False,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
     key: Annotated[
-        str | None, typer.Option("--key", help="Only this API key (an id or a key name).")
+        str | None,
+        typer.Option(
+            "--key",
+            help="Only this API key (an id or a key name).",
+            autocompletion=complete_key_ids,
+        ),
     ] = None,
     local: Annotated[
         bool,
@@ -299,7 +311,9 @@ def summary(
         ),
     ] = "7d",
     until: Until = None,
-    user: Annotated[str | None, typer.Option("--user", help="Only this user.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user.", autocompletion=complete_user_ids)
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
 ) -> None:
     """Requests, errors, tokens and cost per group, with a total (server-side sums)."""

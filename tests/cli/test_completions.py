@@ -73,4 +73,8 @@ def test_completion_offers_key_ids_user_ids_and_context_names(
     assert complete("budgets", "get", "b") == ["b-team"]
     assert complete("users", "update", "alice", "--budget", "") == ["b-team", "c-ops"]
     assert complete("keys", "create", "--user", "b") == ["bob"]
+    assert complete("usage", "--user", "a") == ["alice"]
+    assert complete("usage", "--key", "k-") == ["k-alpha", "k-beta"]
+    assert complete("usage", "summary", "--user", "") == ["alice", "bob"]
+    assert complete("--context", "p") == ["prod"]
     assert script.seen[0].headers["Authorization"] == "Bearer sk-m"

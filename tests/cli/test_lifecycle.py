@@ -179,8 +179,13 @@ def test_wrong_master_key_exits_4_and_no_gateway_exits_3(
     not_master = running("--master-key", api_key, "users", "list")
     assert not_master.code == ExitCode.AUTH, not_master.err
     nobody = Executable(tmp_path / "empty")
-    down = nobody("--url", f"http://127.0.0.1:{free_port()}", "keys", "list")
+    down = nobody(
+        "--url", f"http://127.0.0.1:{free_port()}", "--master-key", "sk-x", "keys", "list"
+    )
     assert down.code == ExitCode.UNREACHABLE and "Traceback" not in down.err
+    # Without a key for a gateway named by --url, nothing is sent: exit 4 names the key to give.
+    keyless = nobody("--url", f"http://127.0.0.1:{free_port()}", "keys", "list")
+    assert keyless.code == ExitCode.AUTH and "--master-key" in keyless.err
     local = nobody("keys", "list")
     assert local.code == ExitCode.UNREACHABLE and "otari start" in local.err
 
