@@ -4,7 +4,7 @@
 # Starts one gateway per source tree (a checkout of otari, e.g. a `git worktree` of an older
 # commit), all pinned to CPU 1 with auth, budget reservation and usage on, and the fake
 # upstream on CPU 0; then ROUNDS (8) rounds in which each gateway in turn gets SECS (4) s of
-# load at concurrency 1 (STREAM=1 for streams). Every round sees the same machine, so the
+# load at concurrency CONC (1; STREAM=1 for streams). Every round sees the same machine, so the
 # medians compare the trees even on a busy host. Prints each tree's median CPU ms/request.
 #
 #   git worktree add /tmp/otari-before <commit>
@@ -60,7 +60,7 @@ for round in $(seq 1 "${ROUNDS:-8}"); do
   for i in "${!trees[@]}"; do
     line=$(STREAM=${STREAM:-0} WARMUP=1 LABEL="tree$i" TARGET_PIDS=${gw_pids[$i]} \
       "$HARNESS_DIR/run_bench.sh" "http://127.0.0.1:${ports[$i]}" \
-      "Authorization: Bearer ${keys[$i]}" mock:gpt-4o-mini 1 "${SECS:-4}")
+      "Authorization: Bearer ${keys[$i]}" mock:gpt-4o-mini "${CONC:-1}" "${SECS:-4}")
     echo "$line" >>"$WORK/lines"
     echo "round $round ${trees[$i]}: $(grep -o 'gw_cpu_ms_per_req=[0-9.]*' <<<"$line")"
   done

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from anyio import to_thread
@@ -24,6 +25,7 @@ from otari_server.api import (
     users,
 )
 from otari_server.edge.access_log import AccessLog
+from otari_server.edge.front import Fronted
 from otari_server.edge.hotpath import HotPath
 from otari_server.edge.middleware import RequestContext
 from otari_server.generation import batch_routes, count_tokens, wire
@@ -94,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await close_runtime(runtime)
 
-    app = FastAPI(
+    app = Fronted(
         title="otari-gateway",
         version=__version__,
         lifespan=lifespan,
@@ -106,24 +108,29 @@ def create_app(settings: Settings) -> FastAPI:
     for router in API_ROUTERS:
         app.include_router(router)
         app.include_router(router, prefix="/api", include_in_schema=False)
-    # Outermost first: every request gets its id and size check, then the hot path.
-    app.add_middleware(HotPath)
-    app.add_middleware(
-        RequestContext,
-        max_body_bytes=settings.max_body_bytes,
-        max_header_bytes=settings.max_header_bytes,
+    # In front of FastAPI, innermost first (see edge/front.py): every request gets its id
+    # and size check, then the hot path; the rest goes on to FastAPI.
+    app.front(HotPath)
+    app.front(
+        partial(
+            RequestContext,
+            max_body_bytes=settings.max_body_bytes,
+            max_header_bytes=settings.max_header_bytes,
+        )
     )
     # Outside RequestContext: its refusals (413, 431) are logged too, with their request id.
-    app.add_middleware(AccessLog)
+    app.front(AccessLog)
     if settings.cors_allow_origins:
         # Outermost: a preflight is answered before any credential or body check.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_allow_origins),
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=_EXPOSED,
-            max_age=600,
+        app.front(
+            partial(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_allow_origins),
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=_EXPOSED,
+                max_age=600,
+            )
         )
     _document_wire_schemas(app)
     return app

@@ -237,10 +237,11 @@ class KeyCache:
 
     def get(self, token_hash: str) -> tuple[bool, KeySnapshot | None]:
         """(hit, snapshot); a hit may be a cached 'unknown key' (None)."""
-        snapshot = self._known.get(token_hash)
-        if snapshot is not None:
-            return True, snapshot
-        return token_hash in self._unknown, None
+        try:
+            # Indexing is cachetools' cheapest hit (get() checks the entry's age twice).
+            return True, self._known[token_hash]
+        except KeyError:
+            return token_hash in self._unknown, None
 
     def put(
         self, token_hash: str, snapshot: KeySnapshot | None, version: int | None = None

@@ -38,6 +38,8 @@ class BadCount(ValueError):
 
 def count(value: object, name: str, ceiling: int = MAX_TOKENS) -> int:
     """`value` as a count in [0, ceiling]; None is 0; raises BadCount otherwise."""
+    if type(value) is int and 0 <= value <= ceiling:
+        return value  # the common case, decided in one test (bool is not exactly int)
     if value is None:
         return 0
     if isinstance(value, bool):
@@ -127,5 +129,7 @@ def consumption(usage: object, **extra: Any) -> Consumption:
 
 def _first_count(usage: dict[str, Any], *names: str) -> int:
     """The first of `names` present in `usage`, checked (0 when none is)."""
-    name = next((n for n in names if n in usage), names[0])
-    return count(usage.get(name), name)
+    for name in names:
+        if name in usage:
+            return count(usage[name], name)
+    return 0

@@ -242,8 +242,10 @@ class PriceBook:
 
     async def at(self, model_key: str, when: datetime) -> Price | None:
         """The price of `model_key` in effect at `when`, or None when it has none."""
-        prices = self._entries.get(model_key)
-        if prices is None:
+        try:
+            # Indexing is cachetools' cheapest hit (get() checks the entry's age twice).
+            prices: list[Price] | None = self._entries[model_key]
+        except KeyError:
             prices = [] if model_key in self._unpriced else None
         if prices is None:
             version = self._version

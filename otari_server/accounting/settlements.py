@@ -232,16 +232,17 @@ def _insert_usage(conn: Connection, rows: list[dict[str, Any]]) -> None:
         f"({', '.join(quote(name) for name in columns)}) "
         f"VALUES ({', '.join([marker] * len(columns))})"
     )
-    conn.exec_driver_sql(
-        sql,
-        [
-            tuple(
-                value if process is None or value is None else process(value)
-                for value, process in zip(row.values(), convert, strict=True)
-            )
-            for row in rows
-        ],
-    )
+    # Only the columns that have a processor are touched: this runs for every request.
+    processed = [(index, process) for index, process in enumerate(convert) if process is not None]
+    values = []
+    for row in rows:
+        record = list(row.values())
+        for index, process in processed:
+            value = record[index]
+            if value is not None:
+                record[index] = process(value)
+        values.append(tuple(record))
+    conn.exec_driver_sql(sql, values)
 
 
 def _usage_row(s: Settlement) -> dict[str, Any]:

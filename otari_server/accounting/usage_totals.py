@@ -40,6 +40,7 @@ DIMENSIONS = {"user": "user_id", "key": "api_key_id", "model": "model", "provide
 # Dimensions whose column may be NULL ("" stands for it in `value`).
 NULLABLE = frozenset({"user", "key", "provider"})
 SHARDS = 16
+_ZERO = Decimal(0)
 
 _Key = tuple[str, date, str, str, int]
 
@@ -71,16 +72,21 @@ def deltas(rows: Iterable[Mapping[str, Any]], shard: int) -> list[dict[str, Any]
     sums: dict[_Key, list[Any]] = {}
     for row in rows:
         day = _day(row["timestamp"])
+        status = row["status"]
+        prompt = row["prompt_tokens"] or 0
+        completion = row["completion_tokens"] or 0
+        # Each row's cost as stored (ten places), so the totals equal the rows' sum.
+        cost = quantize(Decimal(row["cost"])) if row["cost"] else _ZERO
         for dimension, column in DIMENSIONS.items():
-            key = (dimension, day, stored(dimension, row[column]), row["status"], shard)
+            key = (dimension, day, stored(dimension, row[column]), status, shard)
             acc = sums.get(key)
             if acc is None:
-                acc = sums[key] = [0, 0, 0, Decimal(0)]
-            acc[0] += 1
-            acc[1] += row["prompt_tokens"] or 0
-            acc[2] += row["completion_tokens"] or 0
-            # Each row's cost as stored (ten places), so the totals equal the rows' sum.
-            acc[3] += quantize(Decimal(row["cost"])) if row["cost"] else 0
+                sums[key] = [1, prompt, completion, cost]
+            else:
+                acc[0] += 1
+                acc[1] += prompt
+                acc[2] += completion
+                acc[3] += cost
     return [
         {
             "dimension": k[0],

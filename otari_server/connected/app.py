@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,6 +14,7 @@ from otari_server.connected import health, routes
 from otari_server.connected.config import platform_config
 from otari_server.connected.queue import UsageQueue
 from otari_server.connected.runtime import ConnectedRuntime
+from otari_server.edge.front import Fronted
 from otari_server.edge.middleware import RequestContext
 from otari_server.generation.wire import ChatCompletionRequest, McpServerConfig
 from otari_server.settings import Settings
@@ -36,7 +38,7 @@ def create_connected_app(settings: Settings) -> FastAPI:
         finally:
             await runtime.close()
 
-    app = FastAPI(
+    app = Fronted(
         title="otari-gateway",
         version=__version__,
         lifespan=lifespan,
@@ -46,12 +48,15 @@ def create_connected_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(health.metrics_router)
     app.include_router(routes.router)
-    # Outermost first: every request gets its id and size check, then the chat fast path.
-    app.add_middleware(routes.ChatPath)
-    app.add_middleware(
-        RequestContext,
-        max_body_bytes=settings.max_body_bytes,
-        max_header_bytes=settings.max_header_bytes,
+    # In front of FastAPI, innermost first (see edge/front.py): every request gets its id
+    # and size check, then the chat fast path.
+    app.front(routes.ChatPath)
+    app.front(
+        partial(
+            RequestContext,
+            max_body_bytes=settings.max_body_bytes,
+            max_header_bytes=settings.max_header_bytes,
+        )
     )
     _document_chat_schema(app)
     return app

@@ -106,19 +106,23 @@ def _with_caching(
     A private answer is no-store whatever the route said (an event stream's no-cache still
     lets a cache keep it); a health answer keeps a Cache-Control its route set.
     """
-    if caching is _PRIVATE:
-        headers = [(name, value) for name, value in headers if name.lower() != b"cache-control"]
-        headers.append(caching)
-    elif not any(name.lower() == b"cache-control" for name, _ in headers):
-        headers.append(caching)
-    if caching is _PRIVATE:
-        for index, (name, value) in enumerate(headers):
-            if name.lower() == b"vary":  # CORS adds Vary: Origin; keep it
-                headers[index] = (name, value + b", " + _VARY)
-                break
-        else:
-            headers.append((b"vary", _VARY))
-    return headers
+    if caching is not _PRIVATE:
+        if not any(name.lower() == b"cache-control" for name, _ in headers):
+            headers.append(caching)
+        return headers
+    sent = []
+    vary = False
+    for name, value in headers:  # one pass: on every API answer
+        lowered = name.lower()
+        if lowered == b"cache-control":
+            continue
+        if lowered == b"vary" and not vary:  # CORS adds Vary: Origin; keep it
+            value, vary = value + b", " + _VARY, True
+        sent.append((name, value))
+    sent.append(caching)
+    if not vary:
+        sent.append((b"vary", _VARY))
+    return sent
 
 
 def _has_body(scope: Scope) -> bool:

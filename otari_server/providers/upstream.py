@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
 from prometheus_client import Histogram
+from yarl import URL
 
 from otari_server.errors import (
     BadGateway,
@@ -59,7 +61,12 @@ class Upstream:
             resolver=self._resolver,
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            # A provider's cookies (a load balancer's session, a bot-check token) must not
+            # be kept and sent again with other users' requests; and no jar is cheaper.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
@@ -92,7 +99,7 @@ class Upstream:
         started = time.perf_counter()
         try:
             response = await self._session.post(
-                provider.url(path),
+                _url(provider.url(path)),
                 data=orjson.dumps(body),
                 headers=headers,
                 timeout=timeout,
@@ -156,6 +163,12 @@ class Upstream:
 # aiohttp.ClientError), socket errors and timeouts. Nothing broader: an exception of any other
 # kind here is our own bug, and must surface as a 500 (and fail a test), not pass as a 502.
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(text: str) -> URL:
+    """A provider endpoint's URL, parsed once (aiohttp would parse the string per request)."""
+    return URL(text)
 
 
 def unredirected(provider: Provider, response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:

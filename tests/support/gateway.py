@@ -90,11 +90,17 @@ def gateway_factory_fixture(
     """Start gateways (each with its own fakes) on the test's database; stop them after."""
     with ExitStack() as stack:
 
-        def start(**overrides: Any) -> Gateway:
+        def start(fake_host: str = "127.0.0.1", **overrides: Any) -> Gateway:
+            # fake_host: the name the gateway uses for the OpenAI-type fake ("localhost":
+            # a host name, where an IP address would switch off cookie handling).
             fake = stack.enter_context(openai_fake(api_key=UPSTREAM_KEY))
             claude = stack.enter_context(FakeAnthropic(api_key=ANTHROPIC_KEY))
             providers = {
-                "fake": {"type": "openai", "base_url": fake.base_url, "api_key": UPSTREAM_KEY},
+                "fake": {
+                    "type": "openai",
+                    "base_url": fake.base_url.replace("127.0.0.1", fake_host),
+                    "api_key": UPSTREAM_KEY,
+                },
                 "claude": {
                     "type": "anthropic",
                     "base_url": claude.base_url,

@@ -261,3 +261,27 @@ def test_a_provider_rejecting_our_key_is_a_502_for_the_client(
         metrics,
         re.MULTILINE,
     )
+
+
+# -- a provider's cookies stay with the answer that set them -----------------------------------
+
+
+def test_a_cookie_a_provider_sets_is_never_sent_with_the_next_request(
+    lite_factory: Callable[..., Gateway],
+) -> None:
+    # A load balancer's session cookie set on one user's call must not ride along with the
+    # next user's: the gateway keeps no cookie jar. (By host name: aiohttp's jar ignores
+    # cookies from IP addresses, which would hide the fault.)
+    gw = lite_factory(fake_host="localhost")
+    gw.price("fake:gpt-4o-mini", "1", "2")
+    gw.openai_fake.fail(
+        429, "slow down", headers={"Set-Cookie": "__cf_bm=user-a-session; Path=/; HttpOnly"}
+    )
+    client = gw.client(gw.key())
+    with pytest.raises(openai.RateLimitError):
+        client.with_options(max_retries=0).chat.completions.create(
+            model="fake:gpt-4o-mini", messages=MESSAGES
+        )
+    client.chat.completions.create(model="fake:gpt-4o-mini", messages=MESSAGES)
+    assert len(gw.openai_fake.requests) == 2
+    assert "cookie" not in gw.openai_fake.last.headers
