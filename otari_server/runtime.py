@@ -11,7 +11,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 from sqlalchemy import Engine, func, select, update
@@ -23,7 +23,6 @@ from otari_server.accounting import price_import, rate_limits, retention, settle
 from otari_server.accounting.budget_alerts import Alerts, parse_settings
 from otari_server.accounting.ledger import Ledger
 from otari_server.accounting.prices import PriceBook
-from otari_server.metrics import Metrics
 from otari_server.providers import Provider, ProviderConfigError, build_providers
 from otari_server.providers.upstream import Upstream
 from otari_server.routing.book import RouteBook
@@ -32,6 +31,9 @@ from otari_server.routing.model import RouteError, parse_config
 from otari_server.settings import ConfigError, Settings, master_key_path, state_dir
 from otari_server.storage import db, secret_files
 from otari_server.storage.tables import APIKey, utcnow
+
+if TYPE_CHECKING:
+    from otari_server.metrics import Metrics
 
 log = logging.getLogger("otari")
 
@@ -232,6 +234,8 @@ def open_runtime(settings: Settings) -> Runtime:
     if alert_settings is not None:
         runtime.alerts = Alerts(engine, alert_settings)
     if settings.metrics:
+        from otari_server.metrics import Metrics  # prometheus_client only when asked for
+
         runtime.metrics = Metrics(lambda: runtime.ledger.depth, lambda: runtime.ledger.rejected)
         runtime.upstream.observe = runtime.metrics.upstream_latency
     return runtime

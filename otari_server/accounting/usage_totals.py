@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Date,
     String,
     cast,
     delete,
@@ -31,7 +32,6 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.dialects import postgresql
 
 from otari_server.storage.tables import MONEY_PLACES, UsageDaily, UsageLog, UsageTotal, quantize
 
@@ -158,7 +158,7 @@ def _day_of_log(dialect: str) -> Any:
     if dialect == "sqlite":
         # SQLite keeps UTC as 'YYYY-MM-DD HH:MM:SS.ffffff' text, and dates as 'YYYY-MM-DD'.
         return func.substr(UsageLog.timestamp, 1, 10)
-    return cast(func.timezone("UTC", UsageLog.timestamp), postgresql.DATE)
+    return cast(func.timezone("UTC", UsageLog.timestamp), Date)
 
 
 def rebuild(conn: Connection) -> int:

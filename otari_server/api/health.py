@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse, Response
 from otari_server import __version__
 from otari_server.deps import RuntimeDep
 from otari_server.errors import NotFound
-from otari_server.metrics import CONTENT_TYPE
 from otari_server.storage import db
 from otari_server.storage.tables import utcnow
 
@@ -92,4 +91,6 @@ def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus metrics, when switched on (metrics = true); 404 otherwise."""
     if runtime.metrics is None:
         raise NotFound("Metrics are off: set metrics = true (OTARI_METRICS=true)")
+    from otari_server.metrics import CONTENT_TYPE  # loaded with the metrics, not before
+
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)

@@ -7,11 +7,9 @@ from fastapi.responses import JSONResponse
 
 from otari_server import __version__
 from otari_server.api.health import process_facts
-from otari_server.connected import metrics as connected_metrics
 from otari_server.connected.config import redacted
 from otari_server.connected.runtime import runtime_of
 from otari_server.errors import NotFound
-from otari_server.metrics import CONTENT_TYPE
 
 router = APIRouter(prefix="/health", tags=["health"])
 metrics_router = APIRouter(tags=["metrics"])
@@ -52,4 +50,8 @@ def metrics(request: Request) -> Response:
     runtime = runtime_of(request)
     if not runtime.settings.metrics:
         raise NotFound("Metrics are off: set metrics = true (OTARI_METRICS=true)")
+    # prometheus_client is loaded with the metrics, not before.
+    from otari_server.connected import metrics as connected_metrics
+    from otari_server.metrics import CONTENT_TYPE
+
     return Response(connected_metrics.render(runtime.reporter), media_type=CONTENT_TYPE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,7 +40,9 @@ from otari_server.generation.endpoints import (
     TRANSCRIPTIONS,
     Endpoint,
 )
-from otari_server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from otari_server.metrics import Metrics  # prometheus_client: only with metrics on
 
 Handler = Callable[[Request, Caller, Endpoint], Awaitable[Response]]
 

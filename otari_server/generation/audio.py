@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import mutagen
 import orjson
 from anyio import to_thread
 from fastapi import Request
@@ -147,6 +146,8 @@ def audio_seconds(upload: UploadFile) -> Decimal:
     WAV, FLAC, Ogg, M4A, ... read by mutagen) rounded up, plus one second for decoders
     that count a partial frame; from its size (estimates.audio_seconds_bound) when no header
     gives a duration."""
+    import mutagen  # imported when an upload needs it, not by every gateway
+
     upload.file.seek(0)
     try:
         found = mutagen.File(upload.file)

@@ -7,13 +7,12 @@ import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
-from prometheus_client import Histogram
 from yarl import URL
 
 from otari_server.errors import (
@@ -26,6 +25,9 @@ from otari_server.errors import (
 from otari_server.providers import Provider
 from otari_server.providers.error_bodies import error_details
 from otari_server.providers.scrub import scrub_bytes, scrub_text
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram  # only with metrics on
 
 log = logging.getLogger("otari.upstream")
 

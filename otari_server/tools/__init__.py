@@ -21,9 +21,8 @@ from otari_server.access.auth import Caller
 from otari_server.errors import OtariError
 from otari_server.generation.endpoints import Endpoint
 from otari_server.generation.proxy import admit, runtime_of
-from otari_server.tools import answer, loop, plan
+from otari_server.tools import plan
 from otari_server.tools.config import tools_config
-from otari_server.tools.toolbox import open_toolbox
 
 __all__ = ["forward", "wanted"]
 
@@ -37,6 +36,11 @@ async def forward(
     request: Request, caller: Caller, endpoint: Endpoint, raw: bytes, body: dict[str, Any]
 ) -> Response:
     """POST /v1/chat/completions when the gateway runs tools: the whole story."""
+    # The tool loop is loaded by the first request that asks for it: a gateway whose
+    # clients never do keeps its memory.
+    from otari_server.tools import answer, loop
+    from otari_server.tools.toolbox import open_toolbox
+
     runtime = runtime_of(request)
     config = tools_config(runtime.settings)
     checked = plan.parse(body, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,31 @@ def test_a_broken_provider_table_stops_start_up_with_one_line(
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"error: invalid configuration: {key}"]
     assert not (tmp_path / "otari.db").exists()  # stopped before opening anything
+
+
+def test_an_sqlite_gateway_without_metrics_loads_none_of_the_optional_parts(
+    sqlite_url: str,
+) -> None:
+    # Memory (issue 17): the PostgreSQL dialect, prometheus_client, the audio reader and the
+    # gateway-run tool loop are loaded when configured or first used, not by every gateway.
+    # (A first start migrates the database with Alembic, which loads every dialect: the
+    # database is migrated here first, as any start after the first finds it.)
+    resolved = settings.load(None, {"database_url": sqlite_url}, environ={})
+    with TestClient(create_app(resolved)) as client:
+        assert client.get("/health/readiness").status_code == 200
+    script = f"""
+import sys
+from starlette.testclient import TestClient
+from otari_server import settings
+from otari_server.app import create_app
+resolved = settings.load(None, {{"database_url": {sqlite_url!r}}}, environ={{}})
+with TestClient(create_app(resolved)) as client:
+    assert client.get("/health/readiness").status_code == 200
+optional = ("sqlalchemy.dialects.postgresql", "prometheus_client", "mutagen",
+            "otari_server.tools.loop", "otari_server.tools.toolbox", "psycopg")
+print(sorted(m for m in sys.modules if m.startswith(optional)))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
