@@ -81,12 +81,12 @@ PY
 send 50
 GATEWAY=$(ss -ltnpH "sport = :$PORT" | grep -o "pid=[0-9]*" | head -1 | cut -d= -f2)
 sleep 1
-callgrind_control -i on "$GATEWAY" >/dev/null
-callgrind_control -z "$GATEWAY" >/dev/null
+callgrind_control -i on "$GATEWAY" >/dev/null 2>&1
+callgrind_control -z "$GATEWAY" >/dev/null 2>&1
 send "$N"
 sleep 2
-callgrind_control -i off "$GATEWAY" >/dev/null
-callgrind_control -d "$GATEWAY" >/dev/null
+callgrind_control -i off "$GATEWAY" >/dev/null 2>&1
+callgrind_control -d "$GATEWAY" >/dev/null 2>&1
 sleep 1
 kill "$GATEWAY" 2>/dev/null || true
 total=0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,10 +20,23 @@ MASTER_KEY = "sk-test-master-key-0123456789"
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, from this test worker's own range.
+
+    The ranges lie below the kernel's ephemeral ports (32768 and up), so a port handed out
+    here is never the one another xdist worker, or an outgoing connection, gets next; with
+    bind(0) two workers could be given the same freed port and race to listen on it.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 20000 + (int(worker) % 6 if worker.isdigit() else 0) * 2000
+    for _ in range(500):
+        port = base + random.randrange(2000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or still in TIME_WAIT
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + 1999}")
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -38,12 +53,17 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 @contextmanager
 def running(settings: Settings) -> Iterator[str]:
     """Serve the app until the block ends; yields its base URL."""
-    port = free_port()
+    # The listening socket is bound here and handed to uvicorn: no window in which another
+    # test could take the port.
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = int(listener.getsockname()[1])
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     started = threading.Event()
 
@@ -59,3 +79,4 @@ def running(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        listener.close()

@@ -756,11 +756,11 @@ def test_anthropic_thinking_survives_the_gateway_tool_loop(
 def test_mcp_sessions_outlive_slow_model_calls(
     lite_factory: Callable[..., Gateway], mcp_server: McpFake
 ) -> None:
-    gateway = start(lite_factory, call_timeout=0.5)
+    gateway = start(lite_factory, call_timeout=1.5)
     fake = gateway.openai_fake
     fake.push(tool_calls=(ToolCall("calc__add", {"a": 1, "b": 1}),))
     # The model thinks for several call timeouts while the MCP session sits idle.
-    fake.push(tool_calls=(ToolCall("calc__add", {"a": 2, "b": 2}),), delay=2.0)
+    fake.push(tool_calls=(ToolCall("calc__add", {"a": 2, "b": 2}),), delay=4.5)
     fake.push(text="done")
     assert ask(gateway, mcp_servers=[calc(mcp_server)]).choices[0].message.content == "done"
     assert [m["content"] for m in tool_messages(fake.last)] == ["2", "4"]
