@@ -22,9 +22,8 @@ MOCK_PYTHON=${MOCK_PYTHON:-${TMPDIR:-/tmp}/bench-venv/bin/python}
 
 bash "$HARNESS_DIR/setup.sh" >/dev/null
 rm -rf "$WORK" && mkdir -p "$WORK"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 MOCK_PORT=$MOCK_PORT taskset -c 0 "$MOCK_PYTHON" "$HARNESS_DIR/mock_upstream.py" >"$WORK/mock.log" 2>&1 &
 pids+=($!)
 
@@ -32,17 +31,7 @@ trees=("$@") gw_pids=() keys=() ports=()
 for i in "${!trees[@]}"; do
   tree=$(cd "${trees[$i]}" && pwd) dir=$WORK/$i port=$((BASE_PORT + i))
   mkdir -p "$dir"
-  cat >"$dir/config.toml" <<TOML
-database_url = "sqlite:///$dir/otari.db"
-master_key = "sk-bench-master"
-bootstrap_api_key = false
-log_level = "warning"
-port = $port
-[providers.mock]
-type = "openai"
-base_url = "$MOCK_URL"
-api_key = "$MOCK_API_KEY"
-TOML
+  gateway_config "$dir/otari.db" "$port" >"$dir/config.toml"
   keys[$i]=$(PYTHONPATH=$tree python "$HERE/prepare.py" "sqlite:///$dir/otari.db" mock)
   (cd "$dir" && HOME=$dir PYTHONPATH=$tree exec taskset -c 1 python -m otari_cli serve \
     --config "$dir/config.toml") >"$dir/otari.log" 2>&1 &

@@ -31,23 +31,12 @@ MOCK_PYTHON=${MOCK_PYTHON:-${TMPDIR:-/tmp}/bench-venv/bin/python}
 
 bash "$HERE/harness/setup.sh" >/dev/null
 rm -rf "$WORK" && mkdir -p "$WORK"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+export MOCK_URL=http://127.0.0.1:$MOCK_PORT/v1 MOCK_API_KEY=${MOCK_API_KEY:-sk-mock-upstream-key}
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 MOCK_PORT=$MOCK_PORT "$MOCK_PYTHON" "$HERE/harness/mock_upstream.py" >"$WORK/mock.log" 2>&1 &
 pids+=($!)
-cat >"$WORK/config.toml" <<TOML
-database_url = "sqlite:///$WORK/otari.db"
-master_key = "sk-bench-master"
-bootstrap_api_key = false
-log_level = "warning"
-port = $PORT
-usage_flush_interval = ${FLUSH:-4}
-[providers.mock]
-type = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-api_key = "sk-mock-upstream-key"
-TOML
+gateway_config "$WORK/otari.db" "$PORT" "usage_flush_interval = ${FLUSH:-4}" >"$WORK/config.toml"
 KEY=$(PYTHONPATH=$TREE "$PY" "$HERE/prepare.py" "sqlite:///$WORK/otari.db" mock)
 # Instrumentation starts switched off (start-up at near full speed) and is switched on
 # for the measured requests only.

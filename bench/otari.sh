@@ -36,16 +36,9 @@ MOCK_PYTHON=${MOCK_PYTHON:-${BENCH_TMP:-${TMPDIR:-/tmp}}/bench-venv/bin/python}
 
 bash "$SHARED/setup.sh" >/dev/null
 rm -rf "$WORK" && mkdir -p "$WORK"
-cat >"$WORK/config.toml" <<TOML
-database_url = "sqlite:///$WORK/otari.db"
-master_key = "sk-bench-master"
-bootstrap_api_key = false
-log_level = "warning"
-port = $PORT
-[providers.mock]
-type = "openai"
-base_url = "$MOCK_URL"
-api_key = "$MOCK_API_KEY"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
+{ gateway_config "$WORK/otari.db" "$PORT"; cat <<TOML; } >"$WORK/config.toml"
 [providers.mock2]
 type = "openai"
 base_url = "$MOCK_URL"
@@ -69,9 +62,6 @@ if [ "$MODE" = compare ]; then
   exit
 fi
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 MOCK_PORT=$MOCK_PORT taskset -c 0 "$MOCK_PYTHON" "$HERE/anthropic_upstream.py" >"$WORK/mock.log" 2>&1 &
 pids+=($!)

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from otari_server.jsonio import dumps
 from otari_server.settings import ConfigError
+from otari_server.storage import db
 from otari_server.storage.tables import Budget, BudgetAlert, User, utcnow
 
 if TYPE_CHECKING:
@@ -180,18 +181,6 @@ def backoff(attempts: int, base: float) -> float:
     return float(min(base * 2 ** max(attempts - 1, 0), 3600.0))
 
 
-def _insert(dialect: str) -> Any:
-    # The dialect's own INSERT (ON CONFLICT), imported when used: the PostgreSQL dialect
-    # costs an SQLite gateway about 2 MiB for nothing.
-    if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        return postgresql.insert(BudgetAlert)
-    from sqlalchemy.dialects import sqlite
-
-    return sqlite.insert(BudgetAlert)
-
-
 def claim_crossings(
     engine: Engine, user_ids: Iterable[str], defaults: tuple[Decimal, ...], now: datetime
 ) -> int:
@@ -219,7 +208,7 @@ def claim_crossings(
             .join(Budget, User.budget_id == Budget.budget_id)
             .where(User.user_id.in_(ids), User.deleted_at.is_(None))
         ).all()
-        insert = _insert(conn.dialect.name)
+        insert = db.upsert_insert(conn.dialect.name, BudgetAlert)
         for user_id, spend, started, resets, budget_id, max_budget, own in rows:
             if not max_budget or max_budget <= 0 or started is None:
                 continue

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 
 from otari_server.errors import RateLimited
+from otari_server.storage import db
 from otari_server.storage.tables import RateCounter
 
 WINDOW_SECONDS = 60
@@ -43,8 +43,7 @@ def _upsert(
     conn: Connection, subject: str, window_start: int, requests: int, tokens: int
 ) -> tuple[int, int]:
     """Add to a counter, creating it if needed; returns the new (requests, tokens)."""
-    insert = _dialect_insert(conn.dialect.name)
-    statement = insert(RateCounter).values(
+    statement = db.upsert_insert(conn.dialect.name, RateCounter).values(
         subject=subject, window_start=window_start, requests=requests, tokens=tokens
     )
     upsert = statement.on_conflict_do_update(
@@ -146,15 +145,3 @@ def counts(conn: Connection, subject: str, now: datetime) -> tuple[int, int]:
         )
     ).first()
     return (int(row[0]), int(row[1])) if row else (0, 0)
-
-
-def _dialect_insert(dialect: str) -> Any:
-    """The dialect's own INSERT (ON CONFLICT), imported when first used: the PostgreSQL
-    dialect costs an SQLite gateway about 2 MiB for nothing."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert
