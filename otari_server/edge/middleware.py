@@ -19,6 +19,8 @@ _PRIVATE = (b"cache-control", b"no-store, private")
 _VARY = b"Authorization, x-api-key, Otari-Key, AnyLLM-Key, X-AnyLLM-Key"
 # Health answers hold nothing private; a cache may keep them for a few seconds.
 _HEALTH = (b"cache-control", b"public, max-age=5")
+# ... but not a failed one (a crash's 500, a 503): no cache may repeat it to the next caller.
+_FAILED_HEALTH = (b"cache-control", b"no-store")
 
 
 class RequestContext:
@@ -57,7 +59,9 @@ class RequestContext:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 sent = [*message.get("headers", []), *headers]
-                if caching is not None:
+                if caching is _HEALTH and message["status"] >= 500:
+                    sent = _with_caching(sent, _FAILED_HEALTH)
+                elif caching is not None:
                     sent = _with_caching(sent, caching)
                 message["headers"] = sent
             await send(message)

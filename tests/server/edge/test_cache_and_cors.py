@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 import anthropic
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
+from otari_server.app import create_app
 from tests.support.gateway import MASTER, Gateway, gateway_factory_fixture
 from tests.support.servers import make_settings, running
 
@@ -74,6 +76,24 @@ def test_health_may_be_cached_for_a_few_seconds(gw: Gateway) -> None:
         assert response.status_code == 200, path
         assert response.headers["cache-control"] == "public, max-age=5"
         assert "vary" not in response.headers
+
+
+def test_a_failed_health_answer_is_never_cached(sqlite_url: str) -> None:
+    # A crash's 500 passes through the edge too (it is in front of FastAPI's error page):
+    # no shared cache may keep it and answer the next caller with it.
+    app = create_app(make_settings(sqlite_url))
+
+    @app.get("/health/boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        failed = client.get("/health/boom")
+        healthy = client.get("/health/liveness")
+    assert failed.status_code == 500
+    assert failed.headers["cache-control"] == "no-store"
+    assert failed.headers["x-request-id"]
+    assert healthy.headers["cache-control"] == "public, max-age=5"
 
 
 def test_cors_is_off_by_default(gw: Gateway) -> None:
