@@ -1,12 +1,14 @@
-"""The reservation statements, run on the driver's own cursor.
+"""The statements on budgets and holds, run on the driver's own cursor: reserving (once per
+batch of asks) and settling (once per batch of finished requests).
 
-They run once per batch on every request's critical path, where SQLAlchemy's statement
-execution costs about five times the SQL itself; so these few statements are written out for
-both dialects and their values converted with the same column types the tables use.
+They run on every request's critical path, where SQLAlchemy's statement execution costs
+about five times the SQL itself; so these few statements are written out for both dialects
+and their values converted with the same column types the tables use.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +29,7 @@ _USER_BUDGETS = (
     "users.reserved_requests, users.reserved_tokens FROM users LEFT OUTER JOIN budgets "
     "ON users.budget_id = budgets.budget_id WHERE users.user_id IN ({ids})"
 )
+_USER_BUDGETS_LOCKED = _USER_BUDGETS + " FOR UPDATE OF users"
 _ROLL_OVER = (
     "UPDATE users SET spend = %s, requests = 0, tokens = 0, budget_started_at = %s, "
     "next_budget_reset_at = %s WHERE user_id = %s"
@@ -40,6 +43,18 @@ _GROW_HOLD = (
     "UPDATE reservations SET amount = amount + %s, requests = requests + %s, "
     "tokens = tokens + %s, expires_at = %s WHERE id = %s"
 )
+_HELD = "SELECT id, amount, requests, tokens FROM reservations WHERE id IN ({ids})"
+_SETTLE_USER = (
+    "UPDATE users SET spend = spend + %s, reserved = reserved - %s, "
+    "requests = requests + %s, tokens = tokens + %s, "
+    "reserved_requests = reserved_requests - %s, reserved_tokens = reserved_tokens - %s "
+    "WHERE user_id = %s"
+)
+_RELEASE = (
+    "UPDATE reservations SET amount = amount - %s, requests = requests - %s, "
+    "tokens = tokens - %s WHERE id = %s"
+)
+_SETTLE_KEY = "UPDATE api_keys SET spend = spend + %s WHERE id = %s"
 _NEW_HOLD = (
     "INSERT INTO reservations (id, user_id, api_key_id, amount, requests, tokens, "
     "instance_id, created_at, expires_at) VALUES (%s, %s, NULL, %s, %s, %s, %s, %s, %s)"
@@ -75,6 +90,41 @@ class UserBudget:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a hold keeps (or gives back): money (USD), requests and tokens."""
+
+    amount: Decimal = Decimal(0)
+    requests: int = 0
+    tokens: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.amount or self.requests or self.tokens)
+
+    def at_most(self, other: Held) -> Held:
+        """Each dimension no larger than `other`'s."""
+        return Held(
+            min(self.amount, other.amount),
+            min(self.requests, other.requests),
+            min(self.tokens, other.tokens),
+        )
+
+
+NOTHING = Held()
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettled:
+    """One user's share of a settled batch: money spent, requests and tokens used (toward
+    the budget), and what the user's hold gives back."""
+
+    user_id: str
+    spend: Decimal
+    requests: int
+    tokens: int
+    released: Held
+
+
 class Holds:
     """Reservation SQL for one connection's dialect."""
 
@@ -106,7 +156,7 @@ class Holds:
             self._cursor.execute("ROLLBACK")
 
     def _sql(self, statement: str) -> str:
-        return statement if self._postgres else statement.replace("%s", "?")
+        return statement if self._postgres else _qmark(statement)
 
     def _money(self, value: Decimal) -> Any:
         return _MONEY.process_bind_param(value, self._dialect)
@@ -121,10 +171,9 @@ class Holds:
 
     def user_budgets(self, user_ids: list[str]) -> dict[str, UserBudget]:
         """The users' budget rows (locked for this transaction on PostgreSQL)."""
-        sql = _USER_BUDGETS.format(ids=", ".join(["%s"] * len(user_ids)))
-        if self._postgres:
-            sql += " FOR UPDATE OF users"  # the row lock makes check-and-add atomic
-        self._cursor.execute(self._sql(sql), user_ids)
+        # On PostgreSQL the row lock makes check-and-add atomic.
+        statement = _USER_BUDGETS_LOCKED if self._postgres else _USER_BUDGETS
+        self._cursor.execute(_in_list(statement, len(user_ids), self._postgres), user_ids)
         money = _MONEY.process_result_value
         moment = _TIME.process_result_value
         dialect = self._dialect
@@ -196,9 +245,69 @@ class Holds:
                 ),
             )
 
+    def held(self, hold_ids: list[str]) -> dict[str, Held]:
+        """What these hold rows still hold, by hold id (rows that are gone are left out)."""
+        if not hold_ids:
+            return {}
+        self._cursor.execute(_in_list(_HELD, len(hold_ids), self._postgres), hold_ids)
+        money = _MONEY.process_result_value
+        dialect = self._dialect
+        return {
+            row[0]: Held(money(row[1], dialect) or Decimal(0), row[2] or 0, row[3] or 0)
+            for row in self._cursor.fetchall()
+        }
+
+    def settle_users(self, settled: list[UserSettled]) -> None:
+        """Add what users spent and used, and take back what their holds released."""
+        money = self._money
+        self._cursor.executemany(
+            self._sql(_SETTLE_USER),
+            [
+                (
+                    money(s.spend),
+                    money(s.released.amount),
+                    s.requests,
+                    s.tokens,
+                    s.released.requests,
+                    s.released.tokens,
+                    s.user_id,
+                )
+                for s in settled
+            ],
+        )
+
+    def release(self, released: dict[str, Held]) -> None:
+        """Shrink hold rows (by hold id) by what they released."""
+        self._cursor.executemany(
+            self._sql(_RELEASE),
+            [
+                (self._money(held.amount), held.requests, held.tokens, hold_id)
+                for hold_id, held in released.items()
+            ],
+        )
+
+    def settle_keys(self, spend: dict[str, Decimal]) -> None:
+        """Add what user-less keys spent (by key id)."""
+        self._cursor.executemany(
+            self._sql(_SETTLE_KEY), [(self._money(cost), key) for key, cost in spend.items()]
+        )
+
     def close(self) -> None:
         """Release the cursor."""
         self._cursor.close()
+
+
+@functools.cache
+def _qmark(statement: str) -> str:
+    # sqlite3's placeholders, for the few fixed statements.
+    return statement.replace("%s", "?")
+
+
+@functools.lru_cache(maxsize=64)
+def _in_list(statement: str, count: int, postgres: bool) -> str:
+    # A statement with `count` placeholders for {ids}: one per batch size, 1 for most.
+    sql = statement.format(ids=", ".join(["%s"] * count))
+    return sql if postgres else sql.replace("%s", "?")
 
 
 def _parsed(value: Any) -> Any:

@@ -29,6 +29,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 
 from otari_server.accounting import budget_rules, rate_limits
+from otari_server.accounting.holds import Holds
 from otari_server.accounting.reservations import Ask, Hold, reserve_all
 from otari_server.accounting.settlements import (
     Settlement,
@@ -70,6 +71,7 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
+        self._holds: Holds | None = None  # the statements on _conn's own cursor
         # Called (from the writer thread) with the users whose spend a committed batch
         # changed; budget alerts hook in here. Must not block.
         self.on_settled: Callable[[set[str]], None] | None = None
@@ -179,7 +181,7 @@ class Ledger:
         Writing settlements costs a transaction, so it is paid only when it can change an
         answer: refusals of users with settlements still queued are retried after them.
         """
-        results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow())
+        results = reserve_all(conn, asks, self._instance_id, self._ttl, utcnow(), self._holds)
         refused = [
             i
             for i, result in results.items()
@@ -190,12 +192,12 @@ class Ledger:
         owed = self._owed({str(asks[i].user_id) for i in refused})
         if not owed:
             return results
-        write_settlements(conn, owed, self._instance_id, self._reject)
+        write_settlements(conn, owed, self._instance_id, self._reject, self._holds)
         # Rate limits were counted on the first pass: the retry holds the budget only.
         again = [
             Ask(asks[i].user_id, asks[i].need, (), asks[i].future, asks[i].clamp) for i in refused
         ]
-        retried = reserve_all(conn, again, self._instance_id, self._ttl, utcnow())
+        retried = reserve_all(conn, again, self._instance_id, self._ttl, utcnow(), self._holds)
         for position, index in enumerate(refused):
             results[index] = retried[position]
         return results
@@ -252,6 +254,8 @@ class Ledger:
                 continue
             self.last_error = None
             if stopping and not self._asks and not self._settlements:
+                if self._holds is not None:
+                    self._holds.close()
                 if self._conn is not None:
                     self._conn.close()
                 return
@@ -261,10 +265,12 @@ class Ledger:
         unwritten = settlements
         try:
             if self._conn is None or self._conn.closed or self._conn.invalidated:
+                self._holds = None
                 self._conn = self._engine.connect()
+                self._holds = Holds(self._conn)
             conn = self._conn
             if settlements:
-                write_settlements(conn, settlements, self._instance_id, self._reject)
+                write_settlements(conn, settlements, self._instance_id, self._reject, self._holds)
                 if self.on_settled is not None:
                     self.on_settled(
                         {s.user_id for s in settlements if s.user_id is not None and s.cost}

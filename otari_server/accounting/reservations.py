@@ -102,14 +102,22 @@ def _advice(affordable: int | None, field: str) -> str:
 
 
 def reserve_all(
-    conn: Connection, asks: list[Ask], instance_id: str, ttl: float, now: datetime
+    conn: Connection,
+    asks: list[Ask],
+    instance_id: str,
+    ttl: float,
+    now: datetime,
+    holds: Holds | None = None,
 ) -> dict[int, Hold | OtariError]:
     """Apply a batch of reservations in one transaction; results by ask index.
 
     Without rate limits to count, the whole transaction runs on the driver's connection
-    (see holds.py): the common case, and the one a request waits on.
+    (see holds.py): the common case, and the one a request waits on. `holds`: the
+    connection's own (the writer keeps one for its connection's lifetime), else one is
+    made for this call.
     """
-    holds = Holds(conn)
+    own = holds is None
+    holds = holds or Holds(conn)
     try:
         if any(ask.limits for ask in asks):
             with conn.begin():
@@ -123,7 +131,8 @@ def reserve_all(
         holds.commit()
         return results
     finally:
-        holds.close()
+        if own:
+            holds.close()
 
 
 def _reserve(

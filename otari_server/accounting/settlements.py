@@ -17,13 +17,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, delete, or_, select, update
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from otari_server.accounting import rate_limits, usage_totals
+from otari_server.accounting.holds import NOTHING, Held, Holds, UserSettled
 from otari_server.accounting.reservations import Hold, hold_id
-from otari_server.storage.tables import APIKey, Reservation, UsageLog, User, utcnow
+from otari_server.storage.tables import Reservation, UsageLog, User, utcnow
 
 log = logging.getLogger("otari.ledger")  # one logger for the whole ledger
 
@@ -61,38 +62,16 @@ class Settlement:
     queued: float = field(default_factory=time.monotonic)
 
 
-# Statements built once: constructing SQLAlchemy expressions costs more than running them.
-_SETTLE_USER = (
-    update(User)
-    .where(User.user_id == bindparam("uid"))
-    .values(
-        spend=User.spend + bindparam("cost", type_=User.spend.type),
-        reserved=User.reserved - bindparam("release", type_=User.reserved.type),
-    )
-)
-
-
-_SETTLE_KEY = (
-    update(APIKey)
-    .where(APIKey.id == bindparam("kid"))
-    .values(spend=APIKey.spend + bindparam("cost", type_=APIKey.spend.type))
-)
-
-
-_SHRINK_HOLD = (
-    update(Reservation)
-    .where(Reservation.id == bindparam("hid"))
-    .values(amount=Reservation.amount - bindparam("amount", type_=Reservation.amount.type))
-)
-
-
-_HELD = select(Reservation.user_id, Reservation.amount).where(
-    Reservation.id.in_(bindparam("ids", expanding=True))
-)
-
-
-def settle_all(conn: Connection, batch: list[Settlement], instance_id: str, now: datetime) -> None:
-    """Apply settlements in the caller's transaction: usage rows, spend, released holds."""
+def settle_all(
+    conn: Connection,
+    batch: list[Settlement],
+    instance_id: str,
+    now: datetime,
+    holds: Holds | None = None,
+) -> None:
+    """Apply settlements in the caller's transaction: usage rows and totals, the users' spend
+    and request and token counts, the keys' spend, and the holds released. `holds`: the
+    connection's own, if the caller keeps one (see reservations.reserve_all)."""
     rows = [_usage_row(s) for s in batch]
     _insert_usage(conn, rows)
     usage_totals.add(conn, rows, usage_totals.shard_of(instance_id))
@@ -102,113 +81,64 @@ def settle_all(conn: Connection, batch: list[Settlement], instance_id: str, now:
             rate_tokens[subject] += (s.prompt_tokens or 0) + (s.completion_tokens or 0)
     if rate_tokens:
         rate_limits.add_tokens(conn, rate_tokens, now)
-    user_spend: dict[str, Decimal] = defaultdict(Decimal)
+    # Per user: [spend, requests used, tokens used, money, requests and tokens released].
+    per_user: dict[str, list[Any]] = {}
     key_spend: dict[str, Decimal] = defaultdict(Decimal)
-    released: dict[str, Decimal] = defaultdict(Decimal)
     for s in batch:
-        if s.hold.user_id is not None and s.hold.amount:
-            released[s.hold.user_id] += s.hold.amount
-        if not s.cost or not s.counts_toward_budget:
+        hold = s.hold
+        if hold.user_id is not None and (hold.amount or hold.requests or hold.tokens):
+            sums = per_user.get(hold.user_id) or per_user.setdefault(hold.user_id, _sums())
+            sums[3] += hold.amount
+            sums[4] += hold.requests
+            sums[5] += hold.tokens
+        if not s.counts_toward_budget:
             continue
         if s.user_id is not None:
-            user_spend[s.user_id] += s.cost
-        elif s.api_key_id is not None:
+            sums = per_user.get(s.user_id) or per_user.setdefault(s.user_id, _sums())
+            if s.cost:
+                sums[0] += s.cost
+            if served(s):
+                sums[1] += 1
+                sums[2] += (s.prompt_tokens or 0) + (s.completion_tokens or 0)
+        elif s.api_key_id is not None and s.cost:
             key_spend[s.api_key_id] += s.cost
-    held = _held(conn, instance_id, list(released))
-    users, holds = [], []
-    for user_id in user_spend.keys() | released.keys():
-        # A hold reclaimed meanwhile (it expired) was given back already: release no more
-        # than this instance still holds.
-        release = min(released.get(user_id, Decimal(0)), held.get(user_id, Decimal(0)))
-        users.append(
-            {"uid": user_id, "cost": user_spend.get(user_id, Decimal(0)), "release": release}
-        )
-        if release:
-            holds.append({"hid": hold_id(instance_id, user_id), "amount": release})
-    if users:
-        conn.execute(_SETTLE_USER, users)
-    if holds:
-        conn.execute(_SHRINK_HOLD, holds)
-    if key_spend:
-        conn.execute(_SETTLE_KEY, [{"kid": k, "cost": v} for k, v in key_spend.items()])
-    settle_counts(conn, batch, instance_id)
+    if not per_user and not key_spend:
+        return
+    own = holds is None
+    holds = holds or Holds(conn)
+    try:
+        ids = {user_id: hold_id(instance_id, user_id) for user_id, sums in per_user.items()}
+        held = holds.held([ids[user_id] for user_id, sums in per_user.items() if sums[3:] != _NONE])
+        settled, released = [], {}
+        for user_id, (spend, requests, tokens, *freed) in per_user.items():
+            # A hold reclaimed meanwhile (it expired) was given back already: release no
+            # more than this instance still holds.
+            release = Held(*freed).at_most(held.get(ids[user_id], NOTHING))
+            settled.append(UserSettled(user_id, spend, requests, tokens, release))
+            if release:
+                released[ids[user_id]] = release
+        if settled:
+            holds.settle_users(settled)
+        if released:
+            holds.release(released)
+        if key_spend:
+            holds.settle_keys(key_spend)
+    finally:
+        if own:
+            holds.close()
 
 
-_COUNT_USER = (
-    update(User)
-    .where(User.user_id == bindparam("uid"))
-    .values(
-        requests=User.requests + bindparam("n"),
-        tokens=User.tokens + bindparam("t"),
-        reserved_requests=User.reserved_requests - bindparam("rn"),
-        reserved_tokens=User.reserved_tokens - bindparam("rt"),
-    )
-)
+_NONE = [Decimal(0), 0, 0]
 
 
-_SHRINK_COUNTS = (
-    update(Reservation)
-    .where(Reservation.id == bindparam("hid"))
-    .values(
-        requests=Reservation.requests - bindparam("rn"), tokens=Reservation.tokens - bindparam("rt")
-    )
-)
-
-
-_HELD_COUNTS = select(Reservation.user_id, Reservation.requests, Reservation.tokens).where(
-    Reservation.id.in_(bindparam("ids", expanding=True))
-)
+def _sums() -> list[Any]:
+    return [Decimal(0), 0, 0, Decimal(0), 0, 0]
 
 
 def served(s: Settlement) -> bool:
     """Whether a settled request counts toward its user's requests: it succeeded, or the
     provider consumed tokens for it (a failure before that costs nothing, like money)."""
     return s.status == "success" or bool(s.prompt_tokens or s.completion_tokens)
-
-
-def settle_counts(conn: Connection, batch: list[Settlement], instance_id: str) -> None:
-    """Apply settlements to the users' request and token counts (in the caller's
-    transaction): add what was used, release what the holds reserved."""
-    used: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    released: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for s in batch:
-        if s.hold.user_id is not None and (s.hold.requests or s.hold.tokens):
-            pair = released[s.hold.user_id]
-            pair[0] += s.hold.requests
-            pair[1] += s.hold.tokens
-        if s.user_id is not None and s.counts_toward_budget and served(s):
-            pair = used[s.user_id]
-            pair[0] += 1
-            pair[1] += (s.prompt_tokens or 0) + (s.completion_tokens or 0)
-    if not used and not released:
-        return
-    held: dict[str, tuple[int, int]] = {}
-    if released:
-        ids = [hold_id(instance_id, user_id) for user_id in released]
-        held = {
-            str(user_id): (requests, tokens)
-            for user_id, requests, tokens in conn.execute(_HELD_COUNTS, {"ids": ids})
-        }
-    users, shrink = [], []
-    for user_id in used.keys() | released.keys():
-        # As for money: release no more than this instance still holds (see settle_all).
-        still = held.get(user_id, (0, 0))
-        freed = released.get(user_id, [0, 0])
-        rn, rt = min(freed[0], still[0]), min(freed[1], still[1])
-        n, t = used.get(user_id, [0, 0])
-        users.append({"uid": user_id, "n": n, "t": t, "rn": rn, "rt": rt})
-        if rn or rt:
-            shrink.append({"hid": hold_id(instance_id, user_id), "rn": rn, "rt": rt})
-    conn.execute(_COUNT_USER, users)
-    if shrink:
-        conn.execute(_SHRINK_COUNTS, shrink)
-
-
-def _held(conn: Connection, instance_id: str, user_ids: list[str]) -> dict[str, Decimal]:
-    if not user_ids:
-        return {}
-    ids = [hold_id(instance_id, user_id) for user_id in user_ids]
-    return {str(user_id): amount for user_id, amount in conn.execute(_HELD, {"ids": ids})}
 
 
 def _insert_usage(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -338,6 +268,7 @@ def write_settlements(
     batch: list[Settlement],
     instance_id: str,
     reject: Callable[[Settlement, BaseException], None],
+    holds: Holds | None = None,
 ) -> None:
     """Write settlements, each batch in one transaction; one bad row never holds back the rest.
 
@@ -350,7 +281,7 @@ def write_settlements(
         part = parts.pop()
         try:
             with conn.begin():
-                settle_all(conn, part, instance_id, utcnow())
+                settle_all(conn, part, instance_id, utcnow(), holds)
             continue
         except Exception as exc:
             transient = isinstance(exc, _TRANSIENT) or (
