@@ -7,19 +7,20 @@ from __future__ import annotations
 import asyncio
 import stat
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import create_engine, func, insert, select, text, update
 
 from otari_server.accounting import spool
 from otari_server.accounting.ledger import Ledger
-from otari_server.accounting.reservations import NO_HOLD
+from otari_server.accounting.reservations import NO_HOLD, Hold, hold_id
 from otari_server.accounting.settlements import Settlement
 from otari_server.storage import db
-from otari_server.storage.tables import UsageLog, User
+from otari_server.storage.tables import APIKey, Reservation, UsageLog, User, utcnow
 from tests.support.gateway import Gateway
 from tests.support.procs import wait_until
 
@@ -166,3 +167,65 @@ def test_readiness_says_503_while_usage_cannot_be_written_and_recovers(
     )
     [row] = gateway.usage(1)
     assert row["cost"] == CENT and row["status_code"] == 200
+
+
+def test_one_batch_settles_spend_counts_releases_and_key_spend_together(
+    database_url: str,
+) -> None:
+    """A batch's users, holds and user-less keys are settled in one round: spend and request
+    and token counts added, holds released but never below what they still hold (part of
+    this one was reclaimed meanwhile), a failure before any token uses nothing up."""
+    engine = _engine_with_user(database_url)
+    now = utcnow()
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            update(User)
+            .where(User.user_id == "u")
+            .values(reserved=Decimal("0.05"), reserved_requests=2, reserved_tokens=300)
+        )
+        conn.execute(
+            insert(APIKey).values(
+                id="k-solo", key_hash="h" * 64, key_prefix="sk-", spend=0, metadata_={}
+            )
+        )
+        # What this instance still holds for "u": less than the batch releases.
+        conn.execute(
+            insert(Reservation).values(
+                id=hold_id("test-instance", "u"),
+                user_id="u",
+                amount=Decimal("0.05"),
+                requests=2,
+                tokens=300,
+                instance_id="test-instance",
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+    served = _row("a", Decimal("0.0123456789"))
+    served.hold = Hold("u", Decimal("0.04"), 1, 200)
+    failed = _row("b", Decimal(0))
+    failed.status, failed.prompt_tokens, failed.completion_tokens = "error", None, None
+    failed.hold = Hold("u", Decimal("0.03"), 1, 200)
+    solo = _row("c", Decimal("0.002"), user_id=None)  # type: ignore[arg-type]
+    solo.api_key_id = "k-solo"
+    _write(engine, [served, failed, solo])
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        user = conn.execute(
+            select(
+                User.spend,
+                User.reserved,
+                User.requests,
+                User.tokens,
+                User.reserved_requests,
+                User.reserved_tokens,
+            ).where(User.user_id == "u")
+        ).one()
+        hold = conn.execute(
+            select(Reservation.amount, Reservation.requests, Reservation.tokens)
+        ).one()
+        key_spend = conn.execute(select(APIKey.spend).where(APIKey.id == "k-solo")).scalar_one()
+    # 0.07 and 400 tokens released, but only 0.05 and 300 were still held.
+    assert tuple(user) == (Decimal("0.0123456789"), Decimal(0), 1, 6, 0, 0)
+    assert tuple(hold) == (Decimal(0), 0, 0)
+    assert key_spend == Decimal("0.002")
+    engine.dispose()  # type: ignore[attr-defined]
