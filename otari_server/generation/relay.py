@@ -3,13 +3,12 @@ response that notices when the client goes away and stops the relay."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
-import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -35,29 +34,56 @@ class RelayResponse(StreamingResponse):
 
     Starlette skips the watch under ASGI 2.4 and relies on a failing send, which never comes
     while the provider is quiet; we must know at once, to stop paying for tokens nobody reads
-    and to record the disconnect.
+    and to record the disconnect. The watch is one asyncio task that cancels the stream's own
+    task: an anyio task group (two more tasks, cancel scopes, a task repr per cancel) was a
+    large share of a streamed request's CPU (bench/README, "streams at the floor").
+
+    The relay's `Last` bytes go out with the end of the body, in one write: the client has
+    its whole answer before the relay lets go of the provider's connection and settles.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
+        task = asyncio.current_task()
+        assert task is not None
+        streaming, gone = True, False
 
-            async def stream() -> None:
-                # An OSError means the client is gone; the watcher sees the disconnect.
-                with contextlib.suppress(OSError):
-                    await self.stream_response(send)
-                group.cancel_scope.cancel()
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if streaming:  # uvicorn also answers http.disconnect once the response is complete
+                gone = True
+                task.cancel()
 
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                group.cancel_scope.cancel()
-
-            group.start_soon(stream)
-            group.start_soon(watch)
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await self.stream_response(send)
+        except OSError:
+            pass  # a send failed: the client is gone
+        except asyncio.CancelledError:
+            # Ours (the client left) is handled here; any other (shutdown) goes on.
+            if not gone or task.uncancel() > 0:
+                raise
+        finally:
+            # Set before anything can await: the watcher must not cancel what comes next.
+            streaming = False
+            watcher.cancel()
         # Close the relay generator now, not at garbage collection, so it settles promptly.
         close = getattr(self.body_iterator, "aclose", None)
         if close is not None:
             await close()
+
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's, but the relay's `Last` bytes go with the end of the body."""
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            last = isinstance(chunk, Last)
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 # -- the one relay loop --------------------------------------------------------------------------
@@ -145,14 +171,15 @@ async def relay(
                 status, error, cause = _closed(provider, translator)
                 if finished is not None:
                     await finished()
-            yield scrub(first + (translator.finish() if translator.done else b""))
+            out = scrub(first + (translator.finish() if translator.done else b""))
+            yield Last(out) if response is None or translator.done else out
         if response is not None and not translator.done:
             async for data in response.content.iter_any():
                 out = translator.feed(data)
                 if max_output is not None and translator.output_tokens > max_output + 1:
                     status, cause = ERROR, "output_limit"
                     error = f"stream cut: the output passed the {max_output} reserved output tokens"
-                    yield scrub(out + translator.fail(error, "output_limit_exceeded"))
+                    yield Last(scrub(out + translator.fail(error, "output_limit_exceeded")))
                     return
                 if translator.done:
                     break
@@ -165,35 +192,72 @@ async def relay(
             if finished is not None and translator.done:
                 await finished()
             if out:
-                yield scrub(out)
+                yield Last(scrub(out))
     except TRANSPORT_ERRORS as exc:
         failed = failure(provider, exc)
         status, error, cause = ERROR, failed.message, "transport"
         if not translator.text:
             raise ConnectionAbortedError(error) from None  # no in-band error: break the transfer
-        yield scrub(translator.fail(sanitize(provider, error), "stream_interrupted"))
+        yield Last(scrub(translator.fail(sanitize(provider, error), "stream_interrupted")))
     finally:
-        if response is not None:
-            if translator.done:
-                response.release()
-            else:
-                response.close()  # stop the provider generating what nobody will read
-        if status == CLIENT_DISCONNECTED and translator.error is not None:
-            # The client read the provider's error, then left before the stream closed.
-            status, error, cause = ERROR, sanitize(provider, translator.error), "provider"
-        used = translator.used()
-        estimated = used is None
-        if used is None:
-            used = Consumption(
-                prompt_tokens=prompt_estimate, completion_tokens=translator.output_tokens
-            )
-        if translator.malformed:
-            log.warning(
-                "provider %s: skipped %d malformed stream event(s)",
-                provider.name,
-                translator.malformed,
-            )
-        settle(Ending(status, error, cause, used, estimated, translator.malformed, failed))
+        try:
+            if response is not None:
+                await _let_go(response, translator.done)
+        finally:
+            if status == CLIENT_DISCONNECTED and translator.error is not None:
+                # The client read the provider's error, then left before the stream closed.
+                status, error, cause = ERROR, sanitize(provider, translator.error), "provider"
+            used = translator.used()
+            estimated = used is None
+            if used is None:
+                used = Consumption(
+                    prompt_tokens=prompt_estimate, completion_tokens=translator.output_tokens
+                )
+            if translator.malformed:
+                log.warning(
+                    "provider %s: skipped %d malformed stream event(s)",
+                    provider.name,
+                    translator.malformed,
+                )
+            settle(Ending(status, error, cause, used, estimated, translator.malformed, failed))
+
+
+class Last(bytes):
+    """The last bytes of a relayed stream: `RelayResponse` sends them with the end of the
+    body, in one write, and then closes the relay (which settles)."""
+
+
+# A stream's body once its last event is in hand: what may still come (the chunked
+# terminator, normally already here) is read, within these bounds, so that the connection
+# goes back to aiohttp's pool; closing it with bytes unread would reset it, and the next
+# request would pay for a new connection (and, to a real provider, a TLS handshake).
+DRAIN_SECONDS = 1.0
+DRAIN_BYTES = 65536
+
+
+async def _let_go(response: aiohttp.ClientResponse, done: bool) -> None:
+    """Give the provider's connection back (a finished stream) or close it (cut short)."""
+    if not done:
+        response.close()  # stop the provider generating what nobody will read
+        return
+    try:
+        if not response.content.at_eof():
+            async with asyncio.timeout(DRAIN_SECONDS):
+                left = DRAIN_BYTES
+                while not response.content.at_eof() and left >= 0:
+                    data = await response.content.readany()
+                    if not data:
+                        break
+                    left -= len(data)
+    except TRANSPORT_ERRORS:
+        pass  # the stream is whole: a failing drain only costs the connection
+    except asyncio.CancelledError:
+        response.close()
+        raise
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
 
 
 def _closed(provider: Provider, translator: StreamTranslator) -> tuple[str, str | None, str | None]:

@@ -38,6 +38,14 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Parse what `chunk` completes; an unfinished event waits for the next call."""
+        return events(self.complete(chunk))
+
+    def complete(self, chunk: bytes) -> bytes:
+        """The events `chunk` completes, as bytes: line endings normalized to LF, a leading
+        BOM removed, each event ending in its blank line (b"" when none is complete yet).
+
+        For a caller that can relay well-formed events as they are; `events()` parses them.
+        """
         # Fast path for a large event arriving in many pieces: remember the piece, scan nothing.
         if (
             self._parts
@@ -47,12 +55,16 @@ class SSEParser:
             and not (chunk[:1] == b"\n" and self._parts[-1][-1:] == b"\n")
         ):
             self._parts.append(chunk)
-            return []
-        buffer = b"".join(self._parts) + (b"\r" if self._cr else b"") + chunk
+            return b""
+        buffer = (
+            b"".join(self._parts) + (b"\r" if self._cr else b"") + chunk
+            if self._parts or self._cr
+            else chunk
+        )
         if not self._started:
             if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
                 self._parts, self._cr = [buffer], False
-                return []
+                return b""
             self._started = True
             buffer = buffer.removeprefix(_BOM)
         self._cr = buffer.endswith(b"\r")
@@ -60,10 +72,12 @@ class SSEParser:
             buffer = buffer[:-1]
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        blocks = buffer.split(b"\n\n")
-        rest = blocks.pop()
-        self._parts = [rest] if rest else []
-        return [event for block in blocks if (event := _parse(block)) is not None]
+        end = buffer.rfind(b"\n\n") + 2
+        if end == 1:  # no blank line yet
+            self._parts = [buffer] if buffer else []
+            return b""
+        self._parts = [buffer[end:]] if end < len(buffer) else []
+        return buffer[:end]
 
     def close(self) -> list[Event]:
         """End of stream: dispatch a final event that lacked its blank line."""
@@ -71,6 +85,48 @@ class SSEParser:
         self._parts, self._cr = [], False
         event = _parse(rest)
         return [] if event is None else [event]
+
+
+def events(complete: bytes) -> list[Event]:
+    """The events in `complete` (what `SSEParser.complete` returned)."""
+    return [event for block in complete.split(b"\n\n") if (event := _parse(block)) is not None]
+
+
+def plain_prefix(complete: bytes, markers: tuple[bytes, ...], end: bytes) -> tuple[int, int]:
+    """The run of plain events `complete` (what `SSEParser.complete` returned) starts with,
+    which a pass-through may relay as they came: (its length in bytes, its event count).
+
+    Plain events are `data: {...}` lines of valid UTF-8, one line each, and the run stops
+    before the first event holding one of `markers` (what the caller must parse) and before
+    `end` (the stream's last event) when `complete` ends with it. (0, 0) when the run is not
+    plain throughout (comments, `event:` or `id:` fields, data over several lines): parse it.
+    Checked by counting, with no work per event: when the only line breaks are the blank
+    lines after each event, every event starts with `data: {` and ends with `}`.
+    """
+    cut = len(complete)
+    for marker in markers:
+        found = complete.find(marker, 0, cut)
+        if found >= 0:
+            cut = found
+    if cut < len(complete):
+        cut = complete.rfind(b"\n\n", 0, cut) + 2 if cut else 0
+    elif complete.endswith(end):
+        cut -= len(end)
+    run = complete[:cut]
+    if not (run.startswith(b"data: {") and run.endswith(b"}\n\n")):
+        return 0, 0
+    count = run.count(b"}\n\ndata: {") + 1
+    if run.count(b"\n") != 2 * count or not (run.isascii() or _utf8(run)):
+        return 0, 0
+    return cut, count
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parse(block: bytes) -> Event | None:

@@ -35,7 +35,7 @@ from otari_server.accounting.prices import Consumption
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import ChatStreamTranslator, chat_usage
 from otari_server.translate.messages_via_chat import MessageStreamTranslator
-from otari_server.translate.sse import DONE_EVENT, Event, SSEParser, encode
+from otari_server.translate.sse import DONE_EVENT, Event, SSEParser, encode, events, plain_prefix
 
 # Events of a passed-through Anthropic stream that carry usage or an error.
 _METERED = frozenset({"message_start", "message_delta", "error"})
@@ -254,9 +254,25 @@ class ChatPassThrough(StreamTranslator):
         self.done = self._closed = True
         return b"".join(encode(chunk) for chunk in chunks) + DONE_EVENT
 
+    def feed(self, data: bytes) -> bytes:
+        # The hot path of every OpenAI-type stream: the plain content events of a read (all
+        # but the last few of a stream) are relayed as they came, with no per-event work;
+        # the events from the first that may carry usage or an error, or is not plain, are
+        # parsed one by one.
+        complete = self._parser.complete(data)
+        cut, count = plain_prefix(complete, _PARSED, DONE_EVENT)
+        out = b""
+        if count:
+            out = self._without_null_usage(complete[:cut])
+            self.chunks += count
+            self.deltas += count
+        if cut < len(complete):
+            out += self._relay(events(complete[cut:]))
+        return out
+
     def _relay(self, events: list[Event]) -> bytes:
-        # The hot path of every OpenAI-type stream: no JSON parse but for the rare events
-        # that may carry usage or an error, counters kept local.
+        # What `feed` could not relay as it came: only events that may carry usage or an
+        # error are decoded, counters kept local.
         out = []
         passed = 0
         for event in events:
@@ -292,7 +308,9 @@ class ChatPassThrough(StreamTranslator):
             self.deltas += passed
         if not out:
             return b""
-        relayed = b"".join(out)
+        return self._without_null_usage(b"".join(out))
+
+    def _without_null_usage(self, relayed: bytes) -> bytes:
         if self._strip and b'"usage":' in relayed:
             # Once per read, not per event: `,"usage":null` can only be JSON structure (in a
             # string value its quotes would be escaped).
@@ -300,6 +318,11 @@ class ChatPassThrough(StreamTranslator):
             if b', "usage": null' in relayed:
                 relayed = relayed.replace(b', "usage": null', b"")
         return relayed
+
+
+# What sends an event of a passed-through chat stream down the parsing path: usage or an
+# error (a key, or a whole string value: inside a string a quote is escaped).
+_PARSED = (b'"usage":{', b'"usage": {', b'"error"')
 
 
 def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:

@@ -31,6 +31,9 @@ class Script:
     parts: tuple[bytes, ...] | list[bytes]
     content_type: str = "text/event-stream"
     hold: bool = False
+    # Set by the test: the body's end (the chunked terminator) is written only then, as a
+    # provider's can come in a later packet than its last event.
+    end_when: threading.Event | None = None
 
 
 def sse(payload: dict[str, Any], event: str | None = None) -> bytes:
@@ -48,6 +51,7 @@ class ScriptedProvider(LoopbackServer):
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[dict[str, Any]] = []
+        self.peers: list[tuple[str, int]] = []  # the connection (client address) of each request
         self._scripts: deque[Script] = deque()
         self._lock = threading.Lock()
         self._closed = 0
@@ -75,6 +79,8 @@ class ScriptedProvider(LoopbackServer):
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(json.loads(await request.read()))
+        transport = request.transport
+        self.peers.append(transport.get_extra_info("peername") if transport else ("", 0))
         with self._lock:
             script = self._scripts.popleft()
         response = web.StreamResponse(headers={"Content-Type": script.content_type})
@@ -84,6 +90,8 @@ class ScriptedProvider(LoopbackServer):
                 await response.write(part)
             if script.hold:
                 await asyncio.Event().wait()  # until the gateway hangs up (cancelled)
+            if script.end_when is not None:
+                await asyncio.get_running_loop().run_in_executor(None, script.end_when.wait, 10)
         except (asyncio.CancelledError, ConnectionError):
             with self._condition:
                 self._closed += 1

@@ -7,6 +7,7 @@ well-behaved fakes do not; the official SDKs read the gateway's answers.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -384,6 +385,28 @@ def test_a_stream_read_to_its_last_event_is_a_success(world: World) -> None:
     world.fake.push(Script(chat_stream("Hello", " there"), hold=True))
     assert chat_text(world.openai(), "raw:m")[0] == "Hello there"
     billed(world, "raw:m")
+    # A body that never ends is not waited for past the drain's bound: the gateway hangs up.
+    world.fake.wait_closed()
+
+
+@pytest.mark.parametrize("model", ["raw:m", "rawclaude:m"])
+def test_a_finished_stream_gives_its_connection_back_to_the_pool(world: World, model: str) -> None:
+    # The provider's end of body (the chunked terminator) comes after its last event. The
+    # client gets its whole answer without waiting for it; the gateway then reads it, so the
+    # connection is reused. Before, it was closed with bytes unread (reset), and the next
+    # request opened a new one: to a real provider, a new TLS handshake.
+    stream = chat_stream if model == "raw:m" else anthropic_stream
+    for count in (1, 2):
+        ended = threading.Event()
+        world.fake.push(Script(stream("Hello", " there"), end_when=ended))
+        if model == "raw:m":
+            assert chat_text(world.openai(), model)[0] == "Hello there"
+        else:
+            assert messages_text(world.anthropic(), model) == "Hello there"
+        ended.set()
+        world.usage(count)  # settled: after the connection went back to the pool
+    assert world.fake.peers[0] == world.fake.peers[1]
+    assert all(row["status"] == "success" for row in world.usage(2))
 
 
 # -- the usage chunk otari asked for is removed whatever its shape -------------------------------

@@ -169,3 +169,69 @@ def test_chat_pass_through_flushes_skips_and_strips_in_any_split() -> None:
         assert relay.malformed == 1 and relay.done
         used = relay.used()
         assert used is not None and (used.prompt_tokens, used.completion_tokens) == (2, 1)
+
+
+# -- the pass-through's plain runs: relayed as they came, exactly as parsing would relay them ----
+
+_CONTENT = b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"%s"}}],"usage":null}\n\n'
+# Every kind of event a provider may put between plain content events.
+_ODD_EVENTS = [
+    b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}\n\n',
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"x"}}],'
+    b'"usage": {"prompt_tokens":1}}\n\n',
+    b'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n',
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"error"}}]}\n\n',
+    b"data: [DONE]\n\n",
+    b": keep-alive\n\n",
+    b'event: chunk\ndata: {"id":"c1","choices":[]}\n\n',
+    b'id: 7\ndata: {"id":"c1","choices":[]}\n\n',
+    b'data: {"id":"c1",\ndata: "choices":[]}\n\n',
+    b'data:{"id":"c1","choices":[]}\n\n',
+    b"data: not json\n\n",
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"\xff\xfe"}}]}\n\n',
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"h\xc3\xa9"}}]}\n\n',
+    b'data: {"id":"c1","choices":[]}\r\n\r\n',
+    b"\n\n\n",
+]
+
+
+def _parsed_relay(stream: bytes, strip: bool) -> tuple[bytes, ChatPassThrough]:
+    """What the pass-through relays when every event goes through the parser."""
+    relay = ChatPassThrough(strip_usage=strip)
+    parser = SSEParser()
+    out = relay._relay(parser.feed(stream)) + relay.finish()
+    return out, relay
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_plain_runs_relay_exactly_what_parsing_relays(seed: int) -> None:
+    rng = random.Random(seed)
+    parts = [_CONTENT % f"w{i}".encode() for i in range(rng.randint(0, 30))]
+    for _ in range(rng.randint(0, 4)):
+        parts.insert(rng.randint(0, len(parts)), rng.choice(_ODD_EVENTS))
+    stream = b"".join(parts)
+    strip = rng.random() < 0.5
+    expected, reference = _parsed_relay(stream, strip)
+    relay = ChatPassThrough(strip_usage=strip)
+    pieces = [stream] if seed % 3 == 0 else splits(stream, seed)
+    out = b"".join(relay.feed(piece) for piece in pieces) + relay.finish()
+    assert out == expected
+    assert (relay.chunks, relay.deltas, relay.malformed, relay.error, relay.done) == (
+        reference.chunks,
+        reference.deltas,
+        reference.malformed,
+        reference.error,
+        reference.done,
+    )
+    assert relay.used() == reference.used()
+
+
+def test_a_plain_run_is_relayed_as_it_came_and_counted() -> None:
+    words = [_CONTENT % f"w{i}".encode() for i in range(5)]
+    usage = _ODD_EVENTS[0]
+    relay = ChatPassThrough(strip_usage=False)
+    assert relay.feed(b"".join(words)) == b"".join(words)
+    assert relay.deltas == 5 and relay.output_tokens == 4
+    assert relay.feed(usage + b"data: [DONE]\n\n") == usage + DONE_EVENT
+    used = relay.used()
+    assert relay.done and used is not None and used.completion_tokens == 2
