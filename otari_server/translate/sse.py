@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 DONE = "[DONE]"
 _BOM = b"\xef\xbb\xbf"
 
@@ -89,7 +91,9 @@ class SSEParser:
 
 def events(complete: bytes) -> list[Event]:
     """The events in `complete` (what `SSEParser.complete` returned)."""
-    return [event for block in complete.split(b"\n\n") if (event := _parse(block)) is not None]
+    blocks = complete.split(b"\n\n")
+    blocks.pop()  # what follows the last blank line: nothing
+    return [event for block in blocks if (event := _parse(block)) is not None]
 
 
 def plain_prefix(complete: bytes, markers: tuple[bytes, ...], end: bytes) -> tuple[int, int]:
@@ -132,8 +136,18 @@ def _utf8(data: bytes) -> bool:
 def _parse(block: bytes) -> Event | None:
     if not block:
         return None
+    # The shapes providers send, without the general loop: `data: ...` (OpenAI) and
+    # `event: ...` then `data: ...` (Anthropic), one line each.
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return Event(data=block[6:].decode("utf-8", "replace"))
+    if block.startswith(b"event: ") and block.count(b"\n") == 1:
+        head, _, tail = block.partition(b"\n")
+        if tail.startswith(b"data: "):
+            kind = head[7:].decode("utf-8", "replace")
+            return Event(data=tail[6:].decode("utf-8", "replace"), event=kind or None)
     data: list[str] = []
-    name = ident = None
+    name: str | None = None
+    ident: str | None = None
     for line in block.decode("utf-8", "replace").split("\n"):
         if not line or line[0] == ":":
             continue  # blank separator or comment (keep-alive)
@@ -151,21 +165,27 @@ def _parse(block: bytes) -> Event | None:
     return Event(data="\n".join(data), event=name or None, id=ident)
 
 
-# What json.dumps(data, separators=(",", ":")) builds on every call (it only reuses its
-# encoder for the default separators): the same bytes, without a new encoder per event.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# For what orjson cannot write (an integer past 64 bits, a key that is not a string).
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def encode(data: Any, event: str | None = None) -> bytes:
-    """Serialize one event; dicts and lists become compact JSON, strings go as they are."""
-    text = data if isinstance(data, str) else _COMPACT.encode(data)
-    if "\n" in text:  # compact JSON never has one: only a string given as it is
-        lines = "".join(f"data: {line}\n" for line in text.split("\n"))
+    """Serialize one event; dicts and lists become compact JSON (UTF-8, as the providers
+    write it), strings go as they are."""
+    if isinstance(data, str):
+        if "\n" in data:
+            lines = "".join(f"data: {line}\n" for line in data.split("\n")).encode()
+        else:
+            lines = f"data: {data}\n".encode()
     else:
-        lines = f"data: {text}\n"
+        try:
+            payload = orjson.dumps(data)
+        except TypeError:
+            payload = _COMPACT.encode(data).encode()
+        lines = b"data: " + payload + b"\n"  # compact JSON has no line break
     if event:
-        return f"event: {event}\n{lines}\n".encode()
-    return f"{lines}\n".encode()
+        return b"event: " + event.encode() + b"\n" + lines + b"\n"
+    return lines + b"\n"
 
 
 DONE_EVENT = encode(DONE)

@@ -235,3 +235,18 @@ def test_a_plain_run_is_relayed_as_it_came_and_counted() -> None:
     assert relay.feed(usage + b"data: [DONE]\n\n") == usage + DONE_EVENT
     used = relay.used()
     assert relay.done and used is not None and used.completion_tokens == 2
+
+
+def test_the_usual_shapes_parse_as_the_general_rule_does() -> None:
+    # One line of data, or an event name then one line of data: parsed without the loop;
+    # the same events as the field order or extra spaces the general rule handles.
+    assert parse_all([b'data: {"a":1}\n\n']) == parse_all([b'data:{"a":1}\n\n'])
+    assert parse_all([b"event: ping\ndata: {}\n\n"]) == parse_all([b"data: {}\nevent: ping\n\n"])
+    assert parse_all([b"event: \ndata: x\n\n"]) == [Event(data="x")]
+    assert parse_all([b"data: h\xc3\xa9 \xff\n\n"]) == [Event(data="hé \ufffd")]
+
+
+def test_encode_writes_utf8_and_falls_back_for_what_orjson_cannot_write() -> None:
+    assert encode({"text": "hé"}) == 'data: {"text":"hé"}\n\n'.encode()
+    assert encode({"n": 2**70}, "big") == b'event: big\ndata: {"n":1180591620717411303424}\n\n'
+    assert encode({1: "a"}) == b'data: {"1":"a"}\n\n'
