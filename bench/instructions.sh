@@ -23,7 +23,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 command -v valgrind >/dev/null || { echo "valgrind missing: apt-get install -y valgrind" >&2; exit 69; }
 TREE=$(cd "$1" && pwd)
 N=${2:-1000}
-PY=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
+# sys.executable, not the command: a pyenv shim is a shell script valgrind cannot run, and the
+# path is not resolved further so that a virtual environment's packages stay on the path.
+PY=$(python3 -c 'import sys; print(sys.executable)')
 WORK=${BENCH_WORK:-/tmp/otari-instructions}
 MOCK_PORT=${MOCK_PORT:-18000}
 PORT=${OTARI_BENCH_PORT:-18300}

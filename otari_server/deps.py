@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Annotated
 
-from anyio import to_thread
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
@@ -66,11 +66,11 @@ async def authenticate(request: Request) -> auth.Caller:
     if runtime.master.matches(token):
         return auth.MASTER
     token_hash = auth.hash_token(token)
-    hit, snapshot = runtime.keys.get(token_hash)
+    hit, snapshot, due = runtime.keys.lookup(token_hash)
     if not hit:
-        version = runtime.keys.version
-        snapshot = await to_thread.run_sync(_lookup, runtime, token_hash)
-        runtime.keys.put(token_hash, snapshot, version)
+        snapshot = await runtime.keys.read(token_hash, partial(_lookup, runtime, token_hash))
+    elif due:
+        runtime.keys.refresh(token_hash, partial(_lookup, runtime, token_hash))
     caller = auth.check(snapshot, utcnow(), presented.header)
     if caller.key_id is not None:
         runtime.activity.touch(caller.key_id)

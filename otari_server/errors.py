@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger("otari.errors")
@@ -378,8 +379,26 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500)
 
 
+# The status access logs give a request whose client closed the connection first (nginx's
+# "client closed request"): nothing reads the answer, and it is not a server error.
+CLIENT_CLOSED = 499
+
+
+async def _on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up before its body arrived (a timeout, a cancelled call, a load tool
+    # stopping): nothing was reserved or written yet, and there is no traceback to show.
+    log.info(
+        "client closed the connection before its request body arrived: %s %s",
+        request.method,
+        request.url.path,
+    )
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def respond(request: Request, exc: Exception) -> Response:
     """The response for any exception, as the app's handlers would render it."""
+    if isinstance(exc, ClientDisconnect):
+        return await _on_client_gone(request, exc)
     if isinstance(exc, OtariError):
         return render(request, exc)
     if isinstance(exc, DBAPIError):
@@ -395,4 +414,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(DBAPIError, _on_database_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_gone)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from otari_server.accounting.rate_limits import Limit
 from otari_server.errors import AuthenticationFailed
+from otari_server.storage.flights import Flights
 from otari_server.storage.tables import APIKey, User, utcnow
 
 KEY_PREFIX = "gw-"
@@ -219,7 +220,9 @@ class KeyCache:
     Mutations through this instance's management API clear it at once; other instances see
     a change within `ttl`, which bounds how long a revoked key keeps working elsewhere.
     Unknown tokens are remembered apart, in a smaller cache of their own: a flood of random
-    bearer tokens evicts other random tokens, never a valid key.
+    bearer tokens evicts other random tokens, never a valid key. Reads of the database go
+    through `read` and `refresh` (one per key at a time, valid keys refreshed ahead of their
+    expiry: storage/flights.py).
     """
 
     def __init__(
@@ -229,19 +232,30 @@ class KeyCache:
         known: int = 100_000,
         unknown: int = 10_000,
     ) -> None:
-        self._known: TTLCache[str, KeySnapshot] = TTLCache(known, ttl, timer=clock)
+        self._clock = clock
+        self._refresh_after = ttl / 2
+        # (snapshot, when it was stored): the age decides when to refresh ahead.
+        self._known: TTLCache[str, tuple[KeySnapshot, float]] = TTLCache(known, ttl, timer=clock)
         self._unknown: TTLCache[str, bool] = TTLCache(unknown, ttl, timer=clock)
+        self._flights: Flights[str, KeySnapshot | None] = Flights()
         # Bumped by clear(): a lookup that started before a change must not store what it
         # read after the change was announced (a revoked key would live on for `ttl`).
         self.version = 0
 
     def get(self, token_hash: str) -> tuple[bool, KeySnapshot | None]:
         """(hit, snapshot); a hit may be a cached 'unknown key' (None)."""
+        hit, snapshot, _ = self.lookup(token_hash)
+        return hit, snapshot
+
+    def lookup(self, token_hash: str) -> tuple[bool, KeySnapshot | None, bool]:
+        """(hit, snapshot, due): `due` when a valid key's entry is past half its TTL and
+        should be read again in the background (`refresh`)."""
         try:
             # Indexing is cachetools' cheapest hit (get() checks the entry's age twice).
-            return True, self._known[token_hash]
+            snapshot, stored = self._known[token_hash]
         except KeyError:
-            return token_hash in self._unknown, None
+            return token_hash in self._unknown, None, False
+        return True, snapshot, self._clock() - stored >= self._refresh_after
 
     def put(
         self, token_hash: str, snapshot: KeySnapshot | None, version: int | None = None
@@ -254,16 +268,33 @@ class KeyCache:
         if version is not None and version != self.version:
             return
         if snapshot is None:
+            self._known.pop(token_hash, None)
             self._unknown[token_hash] = True
         else:
             self._unknown.pop(token_hash, None)
-            self._known[token_hash] = snapshot
+            self._known[token_hash] = (snapshot, self._clock())
+
+    async def read(
+        self, token_hash: str, load: Callable[[], KeySnapshot | None]
+    ) -> KeySnapshot | None:
+        """Look the key up with `load` (blocking; run in a worker thread), sharing the read
+        already in flight for this hash, and remember the result."""
+        return await self._flights.read(token_hash, load, self._storer(token_hash))
+
+    def refresh(self, token_hash: str, load: Callable[[], KeySnapshot | None]) -> None:
+        """Read the key again in the background (when `lookup` said it is due)."""
+        self._flights.refresh(token_hash, load, self._storer(token_hash))
+
+    def _storer(self, token_hash: str) -> Callable[[KeySnapshot | None], None]:
+        version = self.version
+        return lambda snapshot: self.put(token_hash, snapshot, version)
 
     def clear(self) -> None:
         """Forget everything (after any management change)."""
         self.version += 1
         self._known.clear()
         self._unknown.clear()
+        self._flights.forget()
 
 
 class KeyActivity:

@@ -7,13 +7,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from anyio import to_thread
 from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from otari_server.storage.flights import Flights
 from otari_server.storage.tables import Pricing, quantize
 
 _MILLION = Decimal(1_000_000)
@@ -217,6 +218,8 @@ def load_prices(session: Session, model_key: str) -> list[Price]:
 class PriceBook:
     """Prices by model, cached for `ttl` seconds and cleared when pricing changes here.
 
+    Reads of the database go one per model at a time, and a model's prices are read again
+    in the background once past half their TTL (storage/flights.py).
     `fallback(model_key, when)` prices a model that has no entry in effect (the
     [pricing] fallback); None: such a model is unpriced.
     """
@@ -230,10 +233,14 @@ class PriceBook:
     ) -> None:
         self._sessions = sessions
         self._fallback = fallback
-        # LRU with TTL (cachetools). Models without an entry are remembered apart, so a
-        # flood of unknown model names never pushes out a real price.
-        self._entries: TTLCache[str, list[Price]] = TTLCache(10_000, ttl, timer=clock)
+        self._clock = clock
+        self._refresh_after = ttl / 2
+        # LRU with TTL (cachetools), each entry with when it was stored. Models without an
+        # entry are remembered apart, so a flood of unknown model names never pushes out a
+        # real price.
+        self._entries: TTLCache[str, tuple[list[Price], float]] = TTLCache(10_000, ttl, timer=clock)
         self._unpriced: TTLCache[str, bool] = TTLCache(10_000, ttl, timer=clock)
+        self._flights: Flights[str, list[Price]] = Flights()
         self._version = 0  # bumped by clear(): a load across a change is not stored
 
     def _load(self, model_key: str) -> list[Price]:
@@ -242,26 +249,44 @@ class PriceBook:
 
     async def at(self, model_key: str, when: datetime) -> Price | None:
         """The price of `model_key` in effect at `when`, or None when it has none."""
+        prices: list[Price] | None
         try:
             # Indexing is cachetools' cheapest hit (get() checks the entry's age twice).
-            prices: list[Price] | None = self._entries[model_key]
+            prices, stored = self._entries[model_key]
         except KeyError:
             prices = [] if model_key in self._unpriced else None
+        else:
+            if self._clock() - stored >= self._refresh_after:
+                self._flights.refresh(
+                    model_key, partial(self._load, model_key), self._storer(model_key)
+                )
         if prices is None:
-            version = self._version
-            prices = await to_thread.run_sync(self._load, model_key)
-            if version == self._version:
-                if prices:
-                    self._entries[model_key] = prices
-                else:
-                    self._unpriced[model_key] = True
+            prices = await self._flights.read(
+                model_key, partial(self._load, model_key), self._storer(model_key)
+            )
         price = next((p for p in prices if p.effective_at <= when), None)
         if price is None and self._fallback is not None:
             price = self._fallback(model_key, when)
         return price
+
+    def _storer(self, model_key: str) -> Callable[[list[Price]], None]:
+        version = self._version
+
+        def store(prices: list[Price]) -> None:
+            if version != self._version:
+                return  # read across a pricing change: not kept
+            if prices:
+                self._unpriced.pop(model_key, None)
+                self._entries[model_key] = (prices, self._clock())
+            else:
+                self._entries.pop(model_key, None)
+                self._unpriced[model_key] = True
+
+        return store
 
     def clear(self) -> None:
         """Forget cached prices (after a pricing change)."""
         self._version += 1
         self._entries.clear()
         self._unpriced.clear()
+        self._flights.forget()

@@ -1,8 +1,11 @@
-"""The key cache under a flood: random bearer tokens never push out a valid key."""
+"""The key cache: under a flood random bearer tokens never push out a valid key; one read per
+key at a time, valid keys refreshed ahead of their expiry, nothing kept across a clear."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import threading
 
 from otari_server.access.auth import KeyCache, KeySnapshot, hash_token
 
@@ -92,3 +95,85 @@ def test_a_lookup_that_spans_a_change_is_not_stored() -> None:
     assert cache.get("h") == (False, None)
     cache.put("h", snapshot("k"), cache.version)
     assert cache.get("h") == (True, snapshot("k"))
+
+
+def test_concurrent_misses_share_one_read_and_a_cancelled_waiter_leaves_it_running() -> None:
+    # The expiry herd: every request in flight missed at once and each read the key itself.
+    cache = KeyCache(ttl=60, clock=Clock())
+    reads: list[str] = []
+    release = threading.Event()
+
+    def load() -> KeySnapshot | None:
+        reads.append("h")
+        release.wait(30)
+        return snapshot("k")
+
+    async def run() -> list[KeySnapshot | None]:
+        waiters = [asyncio.ensure_future(cache.read("h", load)) for _ in range(20)]
+        await asyncio.sleep(0)  # one turn: every waiter has asked
+        waiters[0].cancel()  # its client hung up
+        release.set()
+        return await asyncio.gather(*waiters[1:])
+
+    got = asyncio.run(run())
+    assert reads == ["h"]
+    assert got == [snapshot("k")] * 19
+    assert cache.get("h") == (True, snapshot("k"))
+
+
+def test_a_key_past_half_its_ttl_is_read_again_in_the_background_and_served_meanwhile() -> None:
+    clock = Clock()
+    cache = KeyCache(ttl=10, clock=clock)
+    cache.put("h", snapshot("old"))
+    clock.now += 4.9
+    assert cache.lookup("h") == (True, snapshot("old"), False)
+    clock.now += 0.2
+    assert cache.lookup("h") == (True, snapshot("old"), True)  # due, still served
+
+    def unused() -> KeySnapshot | None:
+        raise AssertionError("a second read while the refresh is in flight")
+
+    async def run() -> KeySnapshot | None:
+        cache.refresh("h", lambda: snapshot("new"))
+        cache.refresh("h", unused)  # one refresh at a time
+        assert cache.get("h") == (True, snapshot("old"))
+        return await cache.read("h", unused)  # joins the refresh in flight
+
+    assert asyncio.run(run()) == snapshot("new")
+    assert cache.lookup("h") == (True, snapshot("new"), False)  # stored anew: fresh again
+    clock.now += 9.9
+    assert cache.get("h") == (True, snapshot("new"))
+    clock.now += 0.2
+    assert cache.get("h") == (False, None)  # never served past the ttl of its own read
+
+
+def test_a_refresh_that_finds_the_key_gone_forgets_the_valid_entry() -> None:
+    clock = Clock()
+    cache = KeyCache(ttl=10, clock=clock)
+    cache.put("h", snapshot("k"))
+    clock.now += 6
+    asyncio.run(cache.read("h", lambda: None))  # the key was deleted meanwhile
+    assert cache.lookup("h") == (True, None, False)
+
+
+def test_a_read_that_began_before_a_clear_is_not_joined_after_it() -> None:
+    # A revoke clears the cache while a read of the key is in flight: the next request must
+    # read the key itself, not take what the earlier read saw before the revoke.
+    cache = KeyCache(ttl=60, clock=Clock())
+    release = threading.Event()
+
+    def before() -> KeySnapshot | None:
+        release.wait(30)
+        return snapshot("active")
+
+    async def run() -> tuple[KeySnapshot | None, KeySnapshot | None]:
+        early = asyncio.ensure_future(cache.read("h", before))
+        await asyncio.sleep(0)
+        cache.clear()  # the revoke
+        late = await cache.read("h", lambda: None)
+        release.set()
+        return await early, late
+
+    early, late = asyncio.run(run())
+    assert early == snapshot("active") and late is None
+    assert cache.get("h") == (True, None)  # the earlier read was not stored over it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -16,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, func, insert, select, text, update
 
 from otari_server.accounting import spool
-from otari_server.accounting.ledger import Ledger
+from otari_server.accounting.ledger import SETTLE_CHUNK, Ledger
 from otari_server.accounting.reservations import NO_HOLD, Hold, hold_id
 from otari_server.accounting.settlements import Settlement
 from otari_server.storage import db
@@ -228,4 +229,53 @@ def test_one_batch_settles_spend_counts_releases_and_key_spend_together(
     assert tuple(user) == (Decimal("0.0123456789"), Decimal(0), 1, 6, 0, 0)
     assert tuple(hold) == (Decimal(0), 0, 0)
     assert key_spend == Decimal("0.002")
+    engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_a_reservation_waits_for_one_chunk_of_a_settlement_backlog_not_all_of_it(
+    database_url: str,
+) -> None:
+    """A backlog of settlements is written SETTLE_CHUNK rows per transaction, and a
+    reservation queued meanwhile is answered between chunks: the writer is held inside its
+    first and third chunks, and the reservation comes back while the fourth is still
+    queued. Written in one piece, the backlog would have been gone before the answer."""
+    engine = _engine_with_user(database_url)
+    rows = [_row(f"r{i}", CENT) for i in range(4 * SETTLE_CHUNK)]
+    in_first, release_first, release_third = threading.Event(), threading.Event(), threading.Event()
+    chunks = 0
+
+    def settled(users: set[str]) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 1:
+            in_first.set()
+            release_first.wait(30)
+        elif chunks == 3:
+            release_third.wait(30)
+
+    async def run() -> tuple[Hold, int, Ledger]:
+        writer = Ledger(engine, "test-instance", 3600, 0.01)  # type: ignore[arg-type]
+        writer.on_settled = settled
+        for row in rows:
+            writer.record(row)
+        writer.start()
+        assert await asyncio.to_thread(in_first.wait, 30)
+        reservation = asyncio.ensure_future(writer.reserve("u", CENT))
+        await asyncio.sleep(0)  # one turn of the loop: the ask is queued
+        release_first.set()
+        hold = await asyncio.wait_for(reservation, 30)
+        queued = writer.depth
+        release_third.set()
+        await asyncio.to_thread(writer.stop, 30)
+        return hold, queued, writer
+
+    hold, queued, writer = asyncio.run(run())
+    assert isinstance(hold, Hold)  # answered (a user without a budget holds nothing)
+    assert queued >= SETTLE_CHUNK
+    assert chunks == 4 and writer.depth == 0 and writer.rejected == 0
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        written = conn.execute(select(func.count()).select_from(UsageLog)).scalar_one()
+        spend = conn.execute(select(User.spend).where(User.user_id == "u")).scalar_one()
+    assert written == len(rows)
+    assert spend == CENT * len(rows)
     engine.dispose()  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""The price cache: LRU with TTL, unknown models kept apart, a change never undone by a load."""
+"""The price cache: LRU with TTL, unknown models kept apart, a change never undone by a load,
+one read per model at a time, prices refreshed ahead of their expiry."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from otari_server.accounting.prices import PriceBook
@@ -90,3 +93,47 @@ def test_clear_forgets_prices_and_unknown_models(tmp_path: Path) -> None:
     prices.clear()
     found = asyncio.run(prices.at("p:new", WHEN))
     assert found is not None and found.input_per_million == Decimal("1")
+
+
+def test_a_price_past_half_its_ttl_is_read_again_in_the_background(tmp_path: Path) -> None:
+    clock = Clock()
+    prices, session = book(tmp_path, clock)  # ttl 10 s
+
+    async def run() -> Decimal:
+        first = await prices.at("p:m", WHEN)
+        assert first is not None and first.input_per_million == Decimal("2")
+        session.query(Pricing).update({"input_price_per_million": Decimal("3")})
+        session.commit()
+        clock.now += 6  # past half the ttl, before its end
+        served = await prices.at("p:m", WHEN)  # from the cache; the refresh starts
+        assert served is not None and served.input_per_million == Decimal("2")
+        for _ in range(1000):  # the refresh lands with no request waiting for it
+            current = await prices.at("p:m", WHEN)
+            assert current is not None
+            if current.input_per_million != Decimal("2"):
+                return current.input_per_million
+            await asyncio.sleep(0.01)
+        return Decimal("2")
+
+    assert asyncio.run(run()) == Decimal("3")
+    assert clock.now < 50 + 10  # read anew before the entry expired
+
+
+def test_concurrent_misses_of_one_model_read_the_database_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'prices.db'}"
+    migrate(url)
+    engine = create_db_engine(url)
+    reads: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if "FROM pricing" in statement:
+            reads.append(statement)
+
+    prices = PriceBook(session_factory(engine), ttl=10, clock=Clock())
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(prices.at("p:none", WHEN) for _ in range(32)))
+
+    assert asyncio.run(run()) == [None] * 32
+    assert len(reads) == 1

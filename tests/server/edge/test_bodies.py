@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -141,3 +143,35 @@ def test_the_master_key_reaches_the_route(url: str) -> None:
         url + "/v1/users", json={"user_id": "u1"}, headers={"Authorization": f"Bearer {MASTER_KEY}"}
     )
     assert reply.status_code == 200 and reply.json()["user_id"] == "u1"
+
+
+@pytest.mark.parametrize(
+    "path,status",
+    [
+        ("/v1/chat/completions", 499),
+        ("/v1/messages", 499),
+        ("/v1/embeddings", 499),
+        ("/api/v1/responses", 499),
+        ("/v1/users", 400),  # FastAPI's own "error parsing the body"
+    ],
+)
+def test_a_client_that_hangs_up_before_its_body_ends_is_no_server_error(
+    url: str, path: str, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every load tool that stops, every client timeout: no "unhandled error" with a
+    # traceback at ERROR level, but the access line (499: the client closed the request).
+    caplog.set_level(logging.INFO, logger="otari")
+    key = httpx.post(url + "/v1/keys", json={}, headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    secret = MASTER_KEY if path == "/v1/users" else key.json()["key"]
+    conn = open_request(url, "POST", path, {"Authorization": f"Bearer {secret}"})
+    conn.close()
+    line = f"POST {path} "
+    for _ in range(1000):
+        if any(r.getMessage().startswith(line) for r in caplog.records):
+            break
+        time.sleep(0.01)
+    access = [r.getMessage() for r in caplog.records if r.getMessage().startswith(line)]
+    assert len(access) == 1 and access[0].startswith(f"{line}{status} "), access
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    usage = httpx.get(url + "/v1/usage", headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    assert usage.status_code == 200 and usage.json() == []  # nothing written

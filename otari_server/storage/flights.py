@@ -1,0 +1,82 @@
+"""Database reads shared by the requests in flight (the API key and price caches).
+
+A cache entry that expires under load sends every request then in flight to the database for
+the same row: at concurrency 64 that was up to 64 reads of one key in the worker threads,
+every `auth_cache_ttl` seconds, and the requests behind them waited 30-45 ms, most of the
+gateway's p99 (bench/README.md, "the tail behind the caches"). Two rules keep it away:
+
+- one read per key at a time: a request that misses while the key is being read waits for
+  that read instead of starting its own (single flight);
+- refresh ahead: an entry past half its TTL is read again in the background by the first
+  request that sees it, and served meanwhile, so under steady traffic an entry is replaced
+  before it expires and no request waits for the database.
+
+Neither lengthens what the TTL promises: an entry is still served at most `ttl` seconds after
+it was stored, and `forget()` (a cache cleared after a management change) makes the next
+request start a read of its own rather than join one that began before the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+from functools import partial
+from typing import Generic, TypeVar
+
+from anyio import to_thread
+
+log = logging.getLogger("otari.cache")
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Flights(Generic[K, V]):
+    """The reads in flight, by key. Use from the event loop's thread only."""
+
+    def __init__(self) -> None:
+        self._running: dict[K, asyncio.Task[V]] = {}
+
+    async def read(self, key: K, load: Callable[[], V], store: Callable[[V], None]) -> V:
+        """The value of `key`: from the read already in flight, or from a new one.
+
+        A new read runs `load` in a worker thread, hands the result to `store` (once, before
+        any waiter resumes), then to every waiter. Raises what `load` raises. A waiter that
+        is cancelled (its client hung up) leaves the read running for the others.
+        """
+        task = self._running.get(key)
+        if task is None:
+            task = self._start(key, load, store)
+        return await asyncio.shield(task)
+
+    def refresh(self, key: K, load: Callable[[], V], store: Callable[[V], None]) -> None:
+        """Start a background read of `key` unless one is in flight; never waits. A failed
+        refresh is logged at debug level: the entry it meant to replace expires at its TTL,
+        and the next request then reads (and reports the failure) itself."""
+        if key not in self._running:
+            self._start(key, load, store)
+
+    def forget(self) -> None:
+        """Let later requests start reads of their own (the reads in flight still finish)."""
+        self._running = {}
+
+    def _start(self, key: K, load: Callable[[], V], store: Callable[[V], None]) -> asyncio.Task[V]:
+        task = asyncio.ensure_future(_read(load, store))
+        self._running[key] = task
+        task.add_done_callback(partial(self._landed, self._running, key))
+        return task
+
+    @staticmethod
+    def _landed(running: dict[K, asyncio.Task[V]], key: K, task: asyncio.Task[V]) -> None:
+        if running.get(key) is task:
+            del running[key]
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here, so a refresh nobody awaited does not warn at exit.
+            log.debug("cache read of %r failed", key, exc_info=task.exception())
+
+
+async def _read(load: Callable[[], V], store: Callable[[V], None]) -> V:
+    value = await to_thread.run_sync(load)
+    store(value)
+    return value
