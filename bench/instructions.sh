@@ -12,6 +12,8 @@
 # Under valgrind a request takes about twenty times as long, so the write-behind window is
 # stretched by as much (usage_flush_interval FLUSH=4 s instead of 0.2 s): each usage batch
 # then holds as many rows as in real time, and per-batch costs weigh what they really weigh.
+# The key and price caches' TTL is stretched alike (auth_cache_ttl TTL=40 s instead of 2 s):
+# their periodic reads then weigh per request what they weigh in real time.
 #
 #   git worktree add /tmp/otari-before <commit>
 #   bash bench/instructions.sh /tmp/otari-before; bash bench/instructions.sh "$PWD"
@@ -38,7 +40,8 @@ export MOCK_URL=http://127.0.0.1:$MOCK_PORT/v1 MOCK_API_KEY=${MOCK_API_KEY:-sk-m
 . "$HERE/common.sh"
 MOCK_PORT=$MOCK_PORT "$MOCK_PYTHON" "$HERE/harness/mock_upstream.py" >"$WORK/mock.log" 2>&1 &
 pids+=($!)
-gateway_config "$WORK/otari.db" "$PORT" "usage_flush_interval = ${FLUSH:-4}" >"$WORK/config.toml"
+gateway_config "$WORK/otari.db" "$PORT" "usage_flush_interval = ${FLUSH:-4}" \
+  "auth_cache_ttl = ${TTL:-40}" >"$WORK/config.toml"
 KEY=$(PYTHONPATH=$TREE "$PY" "$HERE/prepare.py" "sqlite:///$WORK/otari.db" mock)
 # Instrumentation starts switched off (start-up at near full speed) and is switched on
 # for the measured requests only.
