@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -233,11 +234,16 @@ class KeyCache:
         unknown: int = 10_000,
     ) -> None:
         self._clock = clock
+        self._ttl = ttl
+        self._sizes = (known, unknown)
         self._refresh_after = ttl / 2
         # (snapshot, when it was stored): the age decides when to refresh ahead.
         self._known: TTLCache[str, tuple[KeySnapshot, float]] = TTLCache(known, ttl, timer=clock)
         self._unknown: TTLCache[str, bool] = TTLCache(unknown, ttl, timer=clock)
-        self._flights: Flights[str, KeySnapshot | None] = Flights()
+        self._flights: Flights[str, KeySnapshot | None] = Flights(ttl, clock)
+        # clear() runs on the management endpoints' worker threads, put() on the event loop:
+        # the version check and the store are one step against the version bump and the swap.
+        self._lock = threading.Lock()
         # Bumped by clear(): a lookup that started before a change must not store what it
         # read after the change was announced (a revoked key would live on for `ttl`).
         self.version = 0
@@ -265,14 +271,15 @@ class KeyCache:
         `version` is `self.version` read before the lookup began: a result read across a
         clear() is dropped instead of stored.
         """
-        if version is not None and version != self.version:
-            return
-        if snapshot is None:
-            self._known.pop(token_hash, None)
-            self._unknown[token_hash] = True
-        else:
-            self._unknown.pop(token_hash, None)
-            self._known[token_hash] = (snapshot, self._clock())
+        with self._lock:
+            if version is not None and version != self.version:
+                return
+            if snapshot is None:
+                self._known.pop(token_hash, None)
+                self._unknown[token_hash] = True
+            else:
+                self._unknown.pop(token_hash, None)
+                self._known[token_hash] = (snapshot, self._clock())
 
     async def read(
         self, token_hash: str, load: Callable[[], KeySnapshot | None]
@@ -290,11 +297,17 @@ class KeyCache:
         return lambda snapshot: self.put(token_hash, snapshot, version)
 
     def clear(self) -> None:
-        """Forget everything (after any management change)."""
-        self.version += 1
-        self._known.clear()
-        self._unknown.clear()
-        self._flights.forget()
+        """Forget everything (after any management change; from any thread).
+
+        The caches are replaced, not emptied in place: the event loop may be inside one of
+        them (cachetools' LRU bookkeeping is not thread-safe), and finishes on the old one.
+        """
+        known, unknown = self._sizes
+        with self._lock:
+            self.version += 1
+            self._known = TTLCache(known, self._ttl, timer=self._clock)
+            self._unknown = TTLCache(unknown, self._ttl, timer=self._clock)
+            self._flights.forget()
 
 
 class KeyActivity:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -234,14 +235,18 @@ class PriceBook:
         self._sessions = sessions
         self._fallback = fallback
         self._clock = clock
+        self._ttl = ttl
         self._refresh_after = ttl / 2
         # LRU with TTL (cachetools), each entry with when it was stored. Models without an
         # entry are remembered apart, so a flood of unknown model names never pushes out a
         # real price.
         self._entries: TTLCache[str, tuple[list[Price], float]] = TTLCache(10_000, ttl, timer=clock)
         self._unpriced: TTLCache[str, bool] = TTLCache(10_000, ttl, timer=clock)
-        self._flights: Flights[str, list[Price]] = Flights()
+        self._flights: Flights[str, list[Price]] = Flights(ttl, clock)
         self._version = 0  # bumped by clear(): a load across a change is not stored
+        # clear() runs on the management endpoints' worker threads, stores on the event
+        # loop: the version check and the store are one step against the bump and the swap.
+        self._lock = threading.Lock()
 
     def _load(self, model_key: str) -> list[Price]:
         with self._sessions() as session:
@@ -273,20 +278,23 @@ class PriceBook:
         version = self._version
 
         def store(prices: list[Price]) -> None:
-            if version != self._version:
-                return  # read across a pricing change: not kept
-            if prices:
-                self._unpriced.pop(model_key, None)
-                self._entries[model_key] = (prices, self._clock())
-            else:
-                self._entries.pop(model_key, None)
-                self._unpriced[model_key] = True
+            with self._lock:
+                if version != self._version:
+                    return  # read across a pricing change: not kept
+                if prices:
+                    self._unpriced.pop(model_key, None)
+                    self._entries[model_key] = (prices, self._clock())
+                else:
+                    self._entries.pop(model_key, None)
+                    self._unpriced[model_key] = True
 
         return store
 
     def clear(self) -> None:
-        """Forget cached prices (after a pricing change)."""
-        self._version += 1
-        self._entries.clear()
-        self._unpriced.clear()
-        self._flights.forget()
+        """Forget cached prices (after a pricing change; from any thread). The caches are
+        replaced, not emptied in place: the event loop may be inside one of them."""
+        with self._lock:
+            self._version += 1
+            self._entries = TTLCache(10_000, self._ttl, timer=self._clock)
+            self._unpriced = TTLCache(10_000, self._ttl, timer=self._clock)
+            self._flights.forget()

@@ -13,13 +13,17 @@ gateway's p99 (bench/README.md, "the tail behind the caches"). Two rules keep it
 
 Neither lengthens what the TTL promises: an entry is still served at most `ttl` seconds after
 it was stored, and `forget()` (a cache cleared after a management change) makes the next
-request start a read of its own rather than join one that began before the change.
+request start a read of its own rather than join one that began before the change. A read
+that has run longer than `patience` seconds (a connection that hangs) is not joined either:
+the next request starts another, so one stuck read holds up only the requests that joined
+it in time, as without the sharing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Hashable
 from functools import partial
 from typing import Generic, TypeVar
@@ -33,10 +37,14 @@ V = TypeVar("V")
 
 
 class Flights(Generic[K, V]):
-    """The reads in flight, by key. Use from the event loop's thread only."""
+    """The reads in flight, by key. `read` and `refresh` from the event loop's thread only;
+    `forget` from any thread."""
 
-    def __init__(self) -> None:
-        self._running: dict[K, asyncio.Task[V]] = {}
+    def __init__(self, patience: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._patience = patience
+        self._clock = clock
+        # key -> (the read, when it started)
+        self._running: dict[K, tuple[asyncio.Task[V], float]] = {}
 
     async def read(self, key: K, load: Callable[[], V], store: Callable[[V], None]) -> V:
         """The value of `key`: from the read already in flight, or from a new one.
@@ -45,7 +53,7 @@ class Flights(Generic[K, V]):
         any waiter resumes), then to every waiter. Raises what `load` raises. A waiter that
         is cancelled (its client hung up) leaves the read running for the others.
         """
-        task = self._running.get(key)
+        task = self._joinable(key)
         if task is None:
             task = self._start(key, load, store)
         return await asyncio.shield(task)
@@ -54,22 +62,32 @@ class Flights(Generic[K, V]):
         """Start a background read of `key` unless one is in flight; never waits. A failed
         refresh is logged at debug level: the entry it meant to replace expires at its TTL,
         and the next request then reads (and reports the failure) itself."""
-        if key not in self._running:
+        if self._joinable(key) is None:
             self._start(key, load, store)
 
     def forget(self) -> None:
-        """Let later requests start reads of their own (the reads in flight still finish)."""
+        """Let later requests start reads of their own (the reads in flight still finish).
+        One assignment: safe from the worker threads the management endpoints run in."""
         self._running = {}
+
+    def _joinable(self, key: K) -> asyncio.Task[V] | None:
+        running = self._running.get(key)
+        if running is None or self._clock() - running[1] > self._patience:
+            return None
+        return running[0]
 
     def _start(self, key: K, load: Callable[[], V], store: Callable[[V], None]) -> asyncio.Task[V]:
         task = asyncio.ensure_future(_read(load, store))
-        self._running[key] = task
+        self._running[key] = (task, self._clock())
         task.add_done_callback(partial(self._landed, self._running, key))
         return task
 
     @staticmethod
-    def _landed(running: dict[K, asyncio.Task[V]], key: K, task: asyncio.Task[V]) -> None:
-        if running.get(key) is task:
+    def _landed(
+        running: dict[K, tuple[asyncio.Task[V], float]], key: K, task: asyncio.Task[V]
+    ) -> None:
+        entry = running.get(key)
+        if entry is not None and entry[0] is task:
             del running[key]
         if not task.cancelled() and task.exception() is not None:
             # Retrieved here, so a refresh nobody awaited does not warn at exit.

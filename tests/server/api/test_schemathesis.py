@@ -117,8 +117,11 @@ def test_no_server_error_and_responses_match_our_schema(sqlite_url: str, tmp_pat
             "--no-shrink",
             "--request-timeout",
             "60",
+            # One worker: with two threads, CPython 3.11's AST constructor (which the value
+            # generation reaches) now and then fails with "SystemError: AST constructor
+            # recursion depth mismatch" (python/cpython#106905), a runtime error, no request.
             "--workers",
-            "2",
+            "1",
             "--no-color",
         ]
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
