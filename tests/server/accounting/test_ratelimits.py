@@ -14,10 +14,10 @@ from tests.support.gateway import Gateway
 
 @pytest.fixture(autouse=True)
 def _inside_one_window() -> None:
-    """Limits count per clock minute: start with 15 s or more left in this one, so that a
+    """Limits count per clock minute: start with 8 s or more left in this one, so that a
     test's requests (and its gateway's start) never straddle two windows, where the count
     starts again and a request the test expects refused is served."""
-    while datetime.now(UTC).second >= 45:
+    while datetime.now(UTC).second >= 52:
         time.sleep(0.1)
 
 
