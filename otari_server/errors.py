@@ -387,7 +387,7 @@ CLIENT_CLOSED = 499
 async def _on_client_gone(request: Request, exc: Exception) -> Response:
     # The client hung up before its body arrived (a timeout, a cancelled call, a load tool
     # stopping): nothing was reserved or written yet, and there is no traceback to show.
-    log.info(
+    log.debug(
         "client closed the connection before its request body arrived: %s %s",
         request.method,
         request.url.path,

@@ -5,19 +5,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cachetools import TTLCache
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from otari_server.accounting.rate_limits import Limit
 from otari_server.errors import AuthenticationFailed
-from otari_server.storage.flights import Flights
+from otari_server.storage.flights import ReadCache
 from otari_server.storage.tables import APIKey, User, utcnow
 
 KEY_PREFIX = "gw-"
@@ -215,15 +213,14 @@ class MasterKey:
         return hmac.compare_digest(presented, self._digest)
 
 
-class KeyCache:
-    """Key snapshots by token hash, kept for `ttl` seconds (cachetools TTLCache: LRU + TTL).
+class KeyCache(ReadCache[str, KeySnapshot | None]):
+    """Key snapshots by token hash, kept for `ttl` seconds (storage/flights.py: one database
+    read per key at a time, valid keys refreshed ahead of their expiry).
 
     Mutations through this instance's management API clear it at once; other instances see
     a change within `ttl`, which bounds how long a revoked key keeps working elsewhere.
     Unknown tokens are remembered apart, in a smaller cache of their own: a flood of random
-    bearer tokens evicts other random tokens, never a valid key. Reads of the database go
-    through `read` and `refresh` (one per key at a time, valid keys refreshed ahead of their
-    expiry: storage/flights.py).
+    bearer tokens evicts other random tokens, never a valid key.
     """
 
     def __init__(
@@ -233,81 +230,12 @@ class KeyCache:
         known: int = 100_000,
         unknown: int = 10_000,
     ) -> None:
-        self._clock = clock
-        self._ttl = ttl
-        self._sizes = (known, unknown)
-        self._refresh_after = ttl / 2
-        # (snapshot, when it was stored): the age decides when to refresh ahead.
-        self._known: TTLCache[str, tuple[KeySnapshot, float]] = TTLCache(known, ttl, timer=clock)
-        self._unknown: TTLCache[str, bool] = TTLCache(unknown, ttl, timer=clock)
-        self._flights: Flights[str, KeySnapshot | None] = Flights(ttl, clock)
-        # clear() runs on the management endpoints' worker threads, put() on the event loop:
-        # the version check and the store are one step against the version bump and the swap.
-        self._lock = threading.Lock()
-        # Bumped by clear(): a lookup that started before a change must not store what it
-        # read after the change was announced (a revoked key would live on for `ttl`).
-        self.version = 0
+        super().__init__(ttl, known, unknown, clock)
 
     def get(self, token_hash: str) -> tuple[bool, KeySnapshot | None]:
         """(hit, snapshot); a hit may be a cached 'unknown key' (None)."""
         hit, snapshot, _ = self.lookup(token_hash)
         return hit, snapshot
-
-    def lookup(self, token_hash: str) -> tuple[bool, KeySnapshot | None, bool]:
-        """(hit, snapshot, due): `due` when a valid key's entry is past half its TTL and
-        should be read again in the background (`refresh`)."""
-        try:
-            # Indexing is cachetools' cheapest hit (get() checks the entry's age twice).
-            snapshot, stored = self._known[token_hash]
-        except KeyError:
-            return token_hash in self._unknown, None, False
-        return True, snapshot, self._clock() - stored >= self._refresh_after
-
-    def put(
-        self, token_hash: str, snapshot: KeySnapshot | None, version: int | None = None
-    ) -> None:
-        """Remember a lookup result (bounded: the least recently used goes first).
-
-        `version` is `self.version` read before the lookup began: a result read across a
-        clear() is dropped instead of stored.
-        """
-        with self._lock:
-            if version is not None and version != self.version:
-                return
-            if snapshot is None:
-                self._known.pop(token_hash, None)
-                self._unknown[token_hash] = True
-            else:
-                self._unknown.pop(token_hash, None)
-                self._known[token_hash] = (snapshot, self._clock())
-
-    async def read(
-        self, token_hash: str, load: Callable[[], KeySnapshot | None]
-    ) -> KeySnapshot | None:
-        """Look the key up with `load` (blocking; run in a worker thread), sharing the read
-        already in flight for this hash, and remember the result."""
-        return await self._flights.read(token_hash, load, self._storer(token_hash))
-
-    def refresh(self, token_hash: str, load: Callable[[], KeySnapshot | None]) -> None:
-        """Read the key again in the background (when `lookup` said it is due)."""
-        self._flights.refresh(token_hash, load, self._storer(token_hash))
-
-    def _storer(self, token_hash: str) -> Callable[[KeySnapshot | None], None]:
-        version = self.version
-        return lambda snapshot: self.put(token_hash, snapshot, version)
-
-    def clear(self) -> None:
-        """Forget everything (after any management change; from any thread).
-
-        The caches are replaced, not emptied in place: the event loop may be inside one of
-        them (cachetools' LRU bookkeeping is not thread-safe), and finishes on the old one.
-        """
-        known, unknown = self._sizes
-        with self._lock:
-            self.version += 1
-            self._known = TTLCache(known, self._ttl, timer=self._clock)
-            self._unknown = TTLCache(unknown, self._ttl, timer=self._clock)
-            self._flights.forget()
 
 
 class KeyActivity:

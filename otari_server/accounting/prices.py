@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -11,11 +10,10 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from otari_server.storage.flights import Flights
+from otari_server.storage.flights import ReadCache
 from otari_server.storage.tables import Pricing, quantize
 
 _MILLION = Decimal(1_000_000)
@@ -217,10 +215,11 @@ def load_prices(session: Session, model_key: str) -> list[Price]:
 
 
 class PriceBook:
-    """Prices by model, cached for `ttl` seconds and cleared when pricing changes here.
+    """Prices by model, cached for `ttl` seconds and cleared when pricing changes here (one
+    database read per model at a time, refreshed ahead of their expiry: storage/flights.py).
+    Models without an entry are remembered apart, so a flood of unknown model names never
+    pushes out a real price.
 
-    Reads of the database go one per model at a time, and a model's prices are read again
-    in the background once past half their TTL (storage/flights.py).
     `fallback(model_key, when)` prices a model that has no entry in effect (the
     [pricing] fallback); None: such a model is unpriced.
     """
@@ -234,19 +233,7 @@ class PriceBook:
     ) -> None:
         self._sessions = sessions
         self._fallback = fallback
-        self._clock = clock
-        self._ttl = ttl
-        self._refresh_after = ttl / 2
-        # LRU with TTL (cachetools), each entry with when it was stored. Models without an
-        # entry are remembered apart, so a flood of unknown model names never pushes out a
-        # real price.
-        self._entries: TTLCache[str, tuple[list[Price], float]] = TTLCache(10_000, ttl, timer=clock)
-        self._unpriced: TTLCache[str, bool] = TTLCache(10_000, ttl, timer=clock)
-        self._flights: Flights[str, list[Price]] = Flights(ttl, clock)
-        self._version = 0  # bumped by clear(): a load across a change is not stored
-        # clear() runs on the management endpoints' worker threads, stores on the event
-        # loop: the version check and the store are one step against the bump and the swap.
-        self._lock = threading.Lock()
+        self._cache: ReadCache[str, list[Price]] = ReadCache(ttl, 10_000, 10_000, clock)
 
     def _load(self, model_key: str) -> list[Price]:
         with self._sessions() as session:
@@ -254,47 +241,16 @@ class PriceBook:
 
     async def at(self, model_key: str, when: datetime) -> Price | None:
         """The price of `model_key` in effect at `when`, or None when it has none."""
-        prices: list[Price] | None
-        try:
-            # Indexing is cachetools' cheapest hit (get() checks the entry's age twice).
-            prices, stored = self._entries[model_key]
-        except KeyError:
-            prices = [] if model_key in self._unpriced else None
-        else:
-            if self._clock() - stored >= self._refresh_after:
-                self._flights.refresh(
-                    model_key, partial(self._load, model_key), self._storer(model_key)
-                )
+        _, prices, due = self._cache.lookup(model_key)
         if prices is None:
-            prices = await self._flights.read(
-                model_key, partial(self._load, model_key), self._storer(model_key)
-            )
+            prices = await self._cache.read(model_key, partial(self._load, model_key))
+        elif due:
+            self._cache.refresh(model_key, partial(self._load, model_key))
         price = next((p for p in prices if p.effective_at <= when), None)
         if price is None and self._fallback is not None:
             price = self._fallback(model_key, when)
         return price
 
-    def _storer(self, model_key: str) -> Callable[[list[Price]], None]:
-        version = self._version
-
-        def store(prices: list[Price]) -> None:
-            with self._lock:
-                if version != self._version:
-                    return  # read across a pricing change: not kept
-                if prices:
-                    self._unpriced.pop(model_key, None)
-                    self._entries[model_key] = (prices, self._clock())
-                else:
-                    self._entries.pop(model_key, None)
-                    self._unpriced[model_key] = True
-
-        return store
-
     def clear(self) -> None:
-        """Forget cached prices (after a pricing change; from any thread). The caches are
-        replaced, not emptied in place: the event loop may be inside one of them."""
-        with self._lock:
-            self._version += 1
-            self._entries = TTLCache(10_000, self._ttl, timer=self._clock)
-            self._unpriced = TTLCache(10_000, self._ttl, timer=self._clock)
-            self._flights.forget()
+        """Forget cached prices (after a pricing change; from any thread)."""
+        self._cache.clear()

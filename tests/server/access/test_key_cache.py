@@ -8,6 +8,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from otari_server.access.auth import KeyCache, KeySnapshot, hash_token
 
@@ -32,6 +33,17 @@ def snapshot(key_id: str) -> KeySnapshot:
         user_blocked=False,
         user_deleted=False,
     )
+
+
+def held(value: KeySnapshot | None) -> tuple[Callable[[], KeySnapshot | None], threading.Event]:
+    """A database read that answers `value` only once the event is set (at most 30 s)."""
+    release = threading.Event()
+
+    def load() -> KeySnapshot | None:
+        release.wait(30)
+        return value
+
+    return load, release
 
 
 def test_a_flood_of_unknown_tokens_keeps_every_valid_key() -> None:
@@ -162,11 +174,7 @@ def test_a_read_that_began_before_a_clear_is_not_joined_after_it() -> None:
     # A revoke clears the cache while a read of the key is in flight: the next request must
     # read the key itself, not take what the earlier read saw before the revoke.
     cache = KeyCache(ttl=60, clock=Clock())
-    release = threading.Event()
-
-    def before() -> KeySnapshot | None:
-        release.wait(30)
-        return snapshot("active")
+    before, release = held(snapshot("active"))
 
     async def run() -> tuple[KeySnapshot | None, KeySnapshot | None]:
         early = asyncio.ensure_future(cache.read("h", before))
@@ -186,11 +194,7 @@ def test_a_read_stuck_past_the_ttl_is_not_joined_by_later_requests() -> None:
     # was young wait for it, as they would have waited for their own; later ones read anew.
     clock = Clock()
     cache = KeyCache(ttl=2, clock=clock)
-    release = threading.Event()
-
-    def stuck() -> KeySnapshot | None:
-        release.wait(30)
-        return snapshot("late")
+    stuck, release = held(snapshot("late"))
 
     async def run() -> tuple[KeySnapshot | None, KeySnapshot | None]:
         first = asyncio.ensure_future(cache.read("h", stuck))
