@@ -332,6 +332,10 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):
+        # FastAPI reads a management route's body itself and turns a hang-up into its 400
+        # "There was an error parsing the body": the client is gone all the same.
+        return await _on_client_gone(request, exc.__cause__)
     shape = shape_for(request.url.path)
     message = str(exc.detail)
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"

@@ -165,8 +165,10 @@ def _parse(block: bytes) -> Event | None:
     return Event(data="\n".join(data), event=name or None, id=ident)
 
 
-# For what orjson cannot write (an integer past 64 bits, a key that is not a string).
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# For what orjson cannot write (an integer past 64 bits, a key that is not a string, a lone
+# surrogate such as "\ud83d", which the standard decoder lets through): ASCII with escapes,
+# which is valid JSON and UTF-8 whatever the strings hold.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode(data: Any, event: str | None = None) -> bytes:

@@ -250,3 +250,5 @@ def test_encode_writes_utf8_and_falls_back_for_what_orjson_cannot_write() -> Non
     assert encode({"text": "hé"}) == 'data: {"text":"hé"}\n\n'.encode()
     assert encode({"n": 2**70}, "big") == b'event: big\ndata: {"n":1180591620717411303424}\n\n'
     assert encode({1: "a"}) == b'data: {"1":"a"}\n\n'
+    # Half of an emoji split across two events: escaped, not a UnicodeEncodeError mid-stream.
+    assert encode({"text": "A \ud83d"}) == b'data: {"text":"A \\ud83d"}\n\n'
