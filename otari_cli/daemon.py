@@ -81,6 +81,25 @@ def start_time(pid: int) -> str | None:
     return fields[19] if fields and len(fields) > 19 else None
 
 
+def serves_for(pid: int, answering: object) -> bool:
+    """Whether the process that answered (its /health `pid`, a string) is `pid` or one of its
+    uvicorn workers (a child of `pid`).
+
+    A port freed by a restart can be taken by another program before the new daemon binds it;
+    without this check its answers would pass for ours. Without /proc, any pid is accepted.
+    """
+    try:
+        other = int(str(answering))
+    except ValueError:
+        return False
+    if other == pid:
+        return True
+    fields = _proc_stat(other)
+    if fields is None:
+        return not Path("/proc/self/stat").exists()
+    return len(fields) > 1 and fields[1] == str(pid)  # field 4 of stat: the parent's pid
+
+
 def is_alive(record: Record) -> bool:
     """Whether the recorded daemon still runs: the pid exists, is no zombie, and is the same
     process (same start time, or an otari command line where start times are unavailable)."""
@@ -176,11 +195,11 @@ def start(
     logfile: Path,
     command: list[str],
     record: Record,
-    ready: Callable[[], bool],
+    ready: Callable[[int], bool],
     timeout: float,
     env: Mapping[str, str] | None = None,
 ) -> Record:
-    """Spawn the daemon, record it, and return once `ready()` holds.
+    """Spawn the daemon, record it, and return once `ready(pid)` holds for the spawned pid.
 
     `record` describes it (pid is filled in). On an early exit or after `timeout` the daemon is
     stopped, the pidfile removed, and StartFailed carries this run's last log lines.
@@ -190,7 +209,7 @@ def start(
     started = Record(proc.pid, record.url, start_time(proc.pid), record.config, record.args)
     write_record(pidfile, started)
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and not ready():
+    while proc.poll() is None and not ready(proc.pid):
         if time.monotonic() >= deadline:
             terminate(started, grace=5.0)
             proc.wait()

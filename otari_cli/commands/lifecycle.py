@@ -244,7 +244,7 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
             )
             rt.output.item(_describe(rt, running), id_field="pid")
             return
-        if _probe(record.url, 2.0)[0]:
+        if _probe(record.url, 2.0).health:
             raise UsageError(  # a busy port, as below: exit 2
                 f"a gateway already answers at {record.url} but was not started by "
                 "`otari start`: stop it first, or choose another --port"
@@ -256,7 +256,13 @@ def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait
         debug = ["--debug"] if rt.options.debug else []
         command = [sys.executable, "-m", "otari_cli", *debug, "serve", *record.args]
         started = daemon.start(
-            pidfile, rt.dirs.logfile, command, record, lambda: _probe(record.url, 2.0)[1], wait, env
+            pidfile,
+            rt.dirs.logfile,
+            command,
+            record,
+            lambda pid: ready_as(record.url, pid),
+            wait,
+            env,
         )
     rt.output.message(
         f"otari is running at {started.url} (pid {started.pid}); logs: {rt.dirs.logfile}"
@@ -284,15 +290,30 @@ def _describe(rt: Runtime, record: daemon.Record) -> dict[str, Any]:
     }
 
 
-def _probe(url: str, timeout: float) -> tuple[dict[str, Any], bool]:
-    """The gateway's /health body ({} if it does not answer) and whether it is ready."""
+@dataclass(frozen=True)
+class Probe:
+    """What a gateway's /health and /health/readiness said."""
+
+    health: dict[str, Any]  # {} if /health did not answer
+    ready: bool
+    error: str | None = None  # why /health or /health/readiness did not answer
+
+
+def _probe(url: str, timeout: float) -> Probe:
+    """Ask the gateway at `url` for /health and /health/readiness (`timeout` in seconds)."""
     with Gateway(url, None, timeout=timeout) as gateway:
         try:
             health = gateway.get("/health")
             ready, _ = gateway.readiness()
-        except CliError:
-            return {}, False
-    return (health if isinstance(health, dict) else {}), ready
+        except CliError as exc:
+            return Probe({}, False, str(exc))
+    return Probe(health if isinstance(health, dict) else {}, ready)
+
+
+def ready_as(url: str, pid: int) -> bool:
+    """Whether the gateway at `url` is ready and is the process `pid` (or its worker)."""
+    probe = _probe(url, 2.0)
+    return probe.ready and daemon.serves_for(pid, probe.health.get("pid"))
 
 
 def uptime(value: object) -> str:
@@ -313,7 +334,8 @@ def status(ctx: typer.Context) -> None:
         # A gateway may answer at the configured URL without `otari start` (a systemd unit,
         # `otari serve` in another terminal): report it rather than "not running".
         url = rt.local().url
-        health, ready = _probe(url, min(rt.options.timeout, 2.0))
+        probe = _probe(url, min(rt.options.timeout, 2.0))
+        health, ready = probe.health, probe.ready
         if health:
             rt.output.item(
                 {
@@ -330,7 +352,19 @@ def status(ctx: typer.Context) -> None:
             return
         rt.output.item({"running": False, "pidfile": str(rt.dirs.pidfile)}, id_field="running")
         raise NotRunning("otari is not running" + (" (removed a stale pidfile)" if stale else ""))
-    health, ready = _probe(record.url, rt.options.timeout)
+    probe = _probe(record.url, rt.options.timeout)
+    health, ready = probe.health, probe.ready
+    if probe.error:
+        rt.output.warning(
+            f"otari (pid {record.pid}) does not answer at {record.url}: {probe.error}"
+        )
+    elif not daemon.serves_for(record.pid, health.get("pid")):
+        # The port was taken by another program: its answers are not this daemon's.
+        rt.output.warning(
+            f"{record.url} is answered by another process (pid {health.get('pid')}), "
+            f"not by otari (pid {record.pid})"
+        )
+        health, ready = {}, False
     rt.output.item(
         {
             "running": True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import pytest
 
 from otari_cli.config import Dirs
 from tests.cli.fakes import Script, fake_gateway
+from tests.support.servers import free_port as free_port  # below the ephemeral ports
 
 ISOLATED = (
     "OTARI_URL",
@@ -41,13 +41,6 @@ def isolated_env(root: Path) -> dict[str, str]:
         "XDG_DATA_HOME": str(root / "data"),
         "XDG_CACHE_HOME": str(root / "cache"),
     }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def started(dirs: Dirs, tmp_path: Path) -> Iterator[daemon.Record]:
         dirs.logfile,
         [sys.executable, "-c", FAKE, str(marker), "polite"],
         daemon.Record(0, "http://127.0.0.1:1", config="/c.toml", args=["--port", "1"]),
-        marker.exists,
+        lambda _pid: marker.exists(),
         timeout=30,
     )
     yield record
@@ -112,7 +112,7 @@ def test_stop_kills_a_process_ignoring_sigterm(dirs: Dirs, tmp_path: Path) -> No
         dirs.logfile,
         [sys.executable, "-c", FAKE, str(marker), "stubborn"],
         daemon.Record(0, "u"),
-        marker.exists,
+        lambda _pid: marker.exists(),
         timeout=30,
     )
     stopped = daemon.stop(dirs.pidfile, grace=0.5)
@@ -131,7 +131,7 @@ def test_start_fails_with_the_log_when_the_process_exits(dirs: Dirs) -> None:
             dirs.logfile,
             [sys.executable, "-c", script],
             daemon.Record(0, "u"),
-            lambda: False,
+            lambda _pid: False,
             timeout=30,
         )
     assert caught.value.exit_code == ExitCode.USAGE
@@ -146,7 +146,7 @@ def test_start_crash_is_a_server_error(dirs: Dirs) -> None:
             dirs.logfile,
             [sys.executable, "-c", "raise SystemExit(1)"],
             daemon.Record(0, "u"),
-            lambda: False,
+            lambda _pid: False,
             timeout=30,
         )
     assert caught.value.exit_code == ExitCode.SERVER
@@ -162,7 +162,7 @@ def test_start_gives_up_after_the_deadline_and_stops_the_process(
             dirs.logfile,
             [sys.executable, "-c", FAKE, str(marker), "polite"],
             daemon.Record(0, "u"),
-            lambda: False,
+            lambda _pid: False,
             timeout=1.0,
         )
     assert caught.value.exit_code == ExitCode.UNREACHABLE
@@ -191,3 +191,35 @@ def test_follow_yields_new_lines(tmp_path: Path) -> None:
     with log.open("a") as handle:
         handle.write("ve\n")
     assert next(lines) == "five"
+
+
+def test_serves_for_accepts_the_process_and_its_workers_only() -> None:
+    me = os.getpid()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert daemon.serves_for(me, str(me))  # /health gives the pid as a string
+        assert daemon.serves_for(me, str(child.pid))  # a uvicorn worker: a child of ours
+        assert not daemon.serves_for(child.pid, str(me))  # its parent is not its worker
+        assert not daemon.serves_for(me, str(os.getppid()))
+        assert not daemon.serves_for(me, None)
+        assert not daemon.serves_for(me, "not a pid")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_start_is_not_ready_while_another_process_answers(dirs: Dirs, tmp_path: Path) -> None:
+    # The ready check receives the spawned pid, so an answer from anyone else cannot pass.
+    marker = tmp_path / "ready"
+    others = os.getpid()
+    with pytest.raises(StartFailed) as caught:
+        daemon.start(
+            dirs.pidfile,
+            dirs.logfile,
+            [sys.executable, "-c", FAKE, str(marker), "polite"],
+            daemon.Record(0, "u"),
+            lambda pid: marker.exists() and daemon.serves_for(pid, str(others)),
+            timeout=1.0,
+        )
+    assert caught.value.exit_code == ExitCode.UNREACHABLE
+    assert marker.exists()  # it did say it was ready; the answer was not its own

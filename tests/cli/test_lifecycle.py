@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from otari_cli import daemon
+from otari_cli.commands import lifecycle
 from otari_cli.errors import ExitCode
 from tests.cli.conftest import Executable, Result, free_port
+from tests.cli.fakes import Script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -294,6 +297,44 @@ def test_start_on_a_busy_port_is_one_line_and_exit_2(cli: Executable) -> None:
         "or choose another --port"
     )
     assert not cli.dirs.pidfile.exists()
+
+
+def test_a_gateway_answering_for_another_pid_is_not_the_one_started(
+    fake: tuple[str, Script],
+) -> None:
+    # A restart frees the port for a moment: whatever takes it must not pass for the new daemon.
+    url, script = fake
+    script.answer("GET", "/health/readiness", 200, {"status": "ready"})
+    script.answer("GET", "/health", 200, {"status": "healthy", "pid": str(os.getppid())})
+    assert not lifecycle.ready_as(url, os.getpid())
+    script.answer("GET", "/health", 200, {"status": "healthy", "pid": str(os.getpid())})
+    assert lifecycle.ready_as(url, os.getpid())
+
+
+def test_status_says_when_the_port_is_answered_by_another_process(
+    cli: Executable, fake: tuple[str, Script]
+) -> None:
+    url, script = fake
+    script.answer("GET", "/health/readiness", 200, {"status": "ready"})
+    script.answer("GET", "/health", 200, {"status": "healthy", "version": "9", "pid": "1"})
+    ours = subprocess.Popen(["sleep", "60"])
+    try:
+        record = daemon.Record(ours.pid, url, daemon.start_time(ours.pid))
+        daemon.write_record(cli.dirs.pidfile, record)
+        seen = ok(cli("status"))
+        assert (seen.json()["pid"], seen.json()["ready"], seen.json()["version"]) == (
+            ours.pid,
+            False,
+            None,
+        )
+        assert f"answered by another process (pid 1), not by otari (pid {ours.pid})" in seen.err
+        script.routes.pop(("GET", "/health"))  # now /health fails: status says why
+        seen = ok(cli("status"))
+        assert seen.json()["ready"] is False
+        assert f"otari (pid {ours.pid}) does not answer at {url}: " in seen.err
+    finally:
+        ours.kill()
+        ours.wait()
 
 
 def test_status_reports_a_gateway_not_started_by_otari_start(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -75,9 +74,7 @@ def test_timeout_becomes_504(gateway_factory: Callable[..., Gateway]) -> None:
 
 
 def test_unreachable_provider_becomes_502(database_url: str) -> None:
-    with socket.socket() as closed:  # a port that refuses connections
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # a port that refuses connections (this worker's range)
     providers = {"dead": {"type": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}}
     settings = make_settings(database_url, providers=providers, require_pricing=False)
     with TestClient(create_app(settings)) as client:
