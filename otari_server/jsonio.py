@@ -1,4 +1,5 @@
-"""Exact JSON for management APIs: numbers in as Decimal, Decimal out as plain JSON numbers.
+"""Exact JSON for management APIs: numbers in as Decimal, Decimal out as plain JSON numbers;
+and `parse`, which reads what providers and tools send.
 
 orjson is the one library that writes money: a Decimal becomes an ``orjson.Fragment`` holding
 its plain decimal notation (``0.0000000375``, never ``3.75E-8``).
@@ -7,6 +8,7 @@ its plain decimal notation (``0.0000000375``, never ``3.75E-8``).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -26,6 +28,44 @@ def _reject_constant(name: str) -> Any:
 def loads(body: bytes | str) -> Any:
     """Parse JSON keeping every non-integer number as an exact Decimal."""
     return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+
+
+# A \\uXXXX escape of a UTF-16 surrogate: orjson refuses the text when one is unpaired.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def parse(data: bytes | str) -> Any:
+    """A provider's or a tool's JSON, as orjson reads it.
+
+    JSON's grammar (RFC 8259, section 7) allows an escaped UTF-16 surrogate without its pair
+    (`"\\ud83d"`, half an emoji, which models do emit); orjson refuses such text, the standard
+    library reads it into a string no UTF-8 encoder or database can take. Here each unpaired
+    surrogate becomes U+FFFD, as undecodable bytes do, so the rest of the answer is kept.
+
+    Raises orjson.JSONDecodeError (a ValueError) for what is not JSON, NaN and Infinity included.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as refused:
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        if _SURROGATE_ESCAPE.search(raw) is None:
+            raise
+        try:
+            parsed = json.loads(raw, parse_constant=_reject_constant)
+        except ValueError:
+            raise refused from None  # not JSON for another reason: orjson's error says where
+        return _mend(parsed)
+
+
+def _mend(value: Any) -> Any:
+    """`value` with every unpaired surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_mend(key): _mend(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mend(item) for item in value]
+    return value
 
 
 def plain(value: Decimal) -> str:

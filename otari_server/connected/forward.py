@@ -13,6 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from otari_server import jsonio
 from otari_server.accounting.estimates import estimated_prompt
 from otari_server.connected.addresses import url_refusal
 from otari_server.connected.attempts import Attempt, Route, provider_for
@@ -277,7 +278,7 @@ async def _complete(
     if response.status >= 400:
         raise call.refused(response.status, content, response.headers)
     try:
-        answer = orjson.loads(content)
+        answer = jsonio.parse(content)
         original_usage = answer.get("usage")
         if call.provider.type == "anthropic":
             answer = anthropic_wire.to_chat_completion(answer, model=body["model"])

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from otari_server import jsonio
 from otari_server.connected.attempts import MalformedRoute, Route, parse_route, split_model
 from otari_server.connected.config import PlatformConfig, redacted
 from otari_server.errors import (
@@ -109,7 +110,7 @@ class Platform:
             raise BadGateway(UNAVAILABLE, code="authorization_unavailable") from None
         if status == 200:
             try:
-                return parse_route(orjson.loads(content))
+                return parse_route(jsonio.parse(content))
             except (orjson.JSONDecodeError, MalformedRoute) as exc:
                 log.warning("platform resolve answered an unusable body: %s", exc)
                 raise BadGateway(UNAVAILABLE, code="authorization_unavailable") from None
@@ -176,7 +177,7 @@ class Platform:
 def _detail(content: bytes) -> str:
     """The platform's `detail` message, or a generic one when it sent none."""
     try:
-        parsed = orjson.loads(content)
+        parsed = jsonio.parse(content)
     except orjson.JSONDecodeError:
         parsed = None
     detail = parsed.get("detail") if isinstance(parsed, dict) else None

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.orm import Session
 
+from otari_server import jsonio
 from otari_server.access.auth import Caller
 from otari_server.accounting import budget_rules
 from otari_server.accounting.counts import consumption
@@ -281,7 +282,7 @@ async def _download(runtime: Runtime, provider: Provider, file_id: str) -> list[
         if not raw.strip():
             continue
         try:
-            line = orjson.loads(raw)
+            line = jsonio.parse(raw)
         except orjson.JSONDecodeError:
             line = None
         if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):

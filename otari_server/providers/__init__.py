@@ -4,7 +4,7 @@ Lives here: `[providers.NAME]` configuration and model addressing (`registry`), 
 the one pooled aiohttp client (`upstream`), provider error bodies, and the scrubbing of provider
 keys from what clients see.
 
-May import: `errors`, `settings`.
+May import: `errors`, `settings`, `jsonio`.
 Imported by: `generation/`, `routing/`, `tools/`, `connected/`, `api/`, `runtime`.
 """
 

@@ -15,6 +15,7 @@ import orjson
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from otari_server import jsonio
 from otari_server.errors import (
     BadGateway,
     GatewayTimeout,
@@ -216,7 +217,7 @@ def parse_upstream(provider: Provider, content: bytes) -> dict[str, Any]:
     (`{"error": ...}`, Anthropic's `{"type": "error"}`), is a 502. A Responses object keeps
     its `error` field: a failed response is an answer."""
     try:
-        parsed = orjson.loads(content)
+        parsed = jsonio.parse(content)
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -258,7 +259,7 @@ def scrubbed(provider: Provider, data: bytes) -> bytes:
 def error_message(body: bytes) -> str:
     """The human message inside a provider error body, whatever its shape."""
     try:
-        parsed = orjson.loads(body)
+        parsed = jsonio.parse(body)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace").strip() or "no details"
     _, message = error_details(parsed)

@@ -6,7 +6,7 @@ one of the client's tools). Every model call is metered into one usage row; the 
 hold grows before each call to cover its worst case (see loop.cover).
 
 May import: `generation/`, `translate/`, `providers/`, `accounting/`, `access/`, `errors`,
-`settings`, `runtime`.
+`settings`, `runtime`, `jsonio`.
 Imported by: `generation.chat` (a request that asks for gateway-run tools), `app`.
 """
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from otari_server import jsonio
 from otari_server.tools.config import ToolsConfig
 from otari_server.tools.plan import CODE_EXECUTION, CodeExecution
 from otari_server.tools.results import ToolFailure, read_capped
@@ -109,7 +110,7 @@ class Sandbox:
         if not data.strip():
             return {}
         try:
-            answer = orjson.loads(data)
+            answer = jsonio.parse(data)
         except orjson.JSONDecodeError:
             raise ToolFailure("the sandbox did not answer JSON") from None
         if not isinstance(answer, dict):
@@ -119,7 +120,7 @@ class Sandbox:
 
 def _message(data: bytes) -> str:
     try:
-        answer = orjson.loads(data)
+        answer = jsonio.parse(data)
     except orjson.JSONDecodeError:
         return data[:300].decode("utf-8", errors="replace")
     if isinstance(answer, dict):

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from otari_server import jsonio
 from otari_server.tools.config import ToolsConfig
 from otari_server.tools.plan import WEB_SEARCH, WebSearch
 from otari_server.tools.results import ToolFailure, read_capped
@@ -49,7 +50,7 @@ class WebSearcher:
             if response.status >= 400:
                 raise ToolFailure(f"the search backend answered HTTP {response.status}")
         try:
-            answer = orjson.loads(data)
+            answer = jsonio.parse(data)
         except orjson.JSONDecodeError:
             raise ToolFailure("the search backend did not answer JSON") from None
         found = answer.get("results") if isinstance(answer, dict) else None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from otari_server import jsonio
 from otari_server.tools import sandbox, search
 from otari_server.tools.config import ToolsConfig
 from otari_server.tools.plan import Plan
@@ -107,7 +108,7 @@ def _arguments(raw: object) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
-        parsed = orjson.loads(raw or "{}") if isinstance(raw, str | bytes) else None
+        parsed = jsonio.parse(raw or "{}") if isinstance(raw, str | bytes) else None
     except orjson.JSONDecodeError:
         raise ToolFailure("the arguments are not valid JSON") from None
     if not isinstance(parsed, dict):

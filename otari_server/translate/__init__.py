@@ -5,7 +5,7 @@
 Responses API from a Chat Completions provider; `streams` holds the incremental stream translators
 (provider event bytes in, client event bytes out) and `sse` the event-stream parser and writer.
 
-May import: `accounting/`, `errors`.
+May import: `accounting/`, `errors`, `jsonio`.
 Imported by: `generation/`, `tools/`, `connected/`. (`accounting/` for `prices.Consumption` and
 `counts`, the rules every provider number passes.)
 """

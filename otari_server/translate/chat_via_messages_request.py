@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from otari_server import jsonio
 from otari_server.translate.chat_via_messages import TranslationError, thinking_block
 
 DEFAULT_MAX_TOKENS = 4096
@@ -237,7 +238,7 @@ def _tool_use(call: Mapping[str, Any], where: str) -> dict[str, Any]:
     function = call.get("function") or {}
     arguments = function.get("arguments") or "{}"
     try:
-        tool_input = json.loads(arguments) if isinstance(arguments, str) else arguments
+        tool_input = jsonio.parse(arguments) if isinstance(arguments, str) else arguments
     except json.JSONDecodeError:
         raise TranslationError(f"{where}.function.arguments: not valid JSON") from None
     if not isinstance(tool_input, dict):

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from otari_server import jsonio
 from otari_server.accounting import counts
 from otari_server.translate.chat_via_messages import TranslationError
 
@@ -475,7 +476,7 @@ def _tool_use(call: Mapping[str, Any]) -> dict[str, Any]:
     function = call.get("function") or {}
     arguments = function.get("arguments") or "{}"
     try:
-        tool_input = json.loads(arguments)
+        tool_input = jsonio.parse(arguments)
     except (TypeError, json.JSONDecodeError):
         tool_input = None
     # Anthropic requires an object; a model's malformed arguments degrade to an empty one.

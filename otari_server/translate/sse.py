@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from otari_server import jsonio
+
 DONE = "[DONE]"
 _BOM = b"\xef\xbb\xbf"
 
@@ -27,7 +29,7 @@ class Event:
 
     def json(self) -> Any:
         """The data decoded as JSON."""
-        return json.loads(self.data)
+        return jsonio.parse(self.data)
 
 
 class SSEParser:

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from otari_server import jsonio
 from otari_server.accounting import counts
 from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
@@ -96,7 +97,7 @@ class StreamTranslator:
 def decoded(data: str) -> dict[str, Any] | None:
     """An event's JSON object, or None when it is not one."""
     try:
-        parsed = orjson.loads(data)
+        parsed = jsonio.parse(data)
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
