@@ -309,6 +309,7 @@ class Output:
         broken and a long value ends in an ellipsis (-o wide, JSON and CSV show it whole); off
         a terminal, or with -o wide, nothing is cut or wrapped."""
         # Rich is imported only here: JSON output and scripts never pay for it.
+        from rich.cells import cell_len
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
@@ -317,8 +318,10 @@ class Output:
             self.message(empty)
             return
         fit = self.format is Format.TABLE and _isatty(self.stdout)
+        # Widths in terminal cells, not characters: 東 or an emoji takes two.
         widths = [
-            max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)
+            max(cell_len(header), *(cell_len(row[i]) for row in rows))
+            for i, header in enumerate(headers)
         ]
         console = Console(
             file=self.stdout,
@@ -333,7 +336,7 @@ class Output:
             floors = [
                 width
                 if all(_NUMBER.fullmatch(row[i]) or row[i] in _EMPTY for row in rows)
-                else len(header)
+                else cell_len(header)
                 for i, (header, width) in enumerate(zip(headers, widths, strict=True))
             ]
             # The id gives way too (down to a recognisable prefix): names before UUIDs.
@@ -344,7 +347,7 @@ class Output:
             table.add_column(
                 header,
                 no_wrap=True,
-                min_width=min(len(header), width),
+                min_width=min(cell_len(header), width),
                 max_width=width,
                 overflow="ellipsis",
             )

@@ -228,3 +228,28 @@ def test_an_id_gives_way_and_a_cost_column_with_empty_cells_is_still_never_cut(
     ]  # every header whole ("LAST USED" is one)
     assert lines[1].startswith("8f7c1a2e-") and rows[0][0] not in lines[1]
     assert lines[1].rstrip().endswith("0.0000000376")
+
+
+WIDE_ROWS = [["u1", "東京チームの予算担当者", "1.25"], ["u2", "bob 🚀", "0.5"]]
+
+
+def test_wide_characters_count_as_two_cells_off_and_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.cells import cell_len
+
+    piped = io.StringIO()
+    Output(Format.TABLE, stdout=piped)._table(["ID", "ALIAS", "SPEND"], WIDE_ROWS, "(none)")
+    assert "東京チームの予算担当者" in piped.getvalue() and "…" not in piped.getvalue()
+    lines = piped.getvalue().splitlines()
+    starts = [
+        cell_len(line[: line.index(word)])
+        for line, word in zip(lines, ("SPEND", "1.25", "0.5"), strict=True)
+    ]
+    assert starts[0] == starts[1] == starts[2]  # the columns line up, counted in cells
+    monkeypatch.setenv("COLUMNS", "24")
+    terminal = _Terminal()
+    Output(Format.TABLE, stdout=terminal)._table(["ID", "ALIAS", "SPEND"], WIDE_ROWS, "(none)")
+    shown = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in terminal.getvalue().splitlines()]
+    assert all(cell_len(line) <= 24 for line in shown), shown
+    assert "…" in shown[1] and shown[1].rstrip().endswith("1.25")  # text cut, never the amount
