@@ -6,6 +6,7 @@ import contextlib
 import gc
 import json
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Generator, Mapping
@@ -19,7 +20,7 @@ from otari_server import settings
 from otari_server.app import check_config, create_app
 from otari_server.edge import logs
 from otari_server.runtime import prepare
-from otari_server.storage.db import redact
+from otari_server.storage import db
 
 __all__ = ["ConfigError", "run", "worker_app"]
 ConfigError = settings.ConfigError
@@ -45,7 +46,7 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     target = (
         "connected to a platform"
         if resolved.connected
-        else (f"database {redact(resolved.database_url)}")
+        else (f"database {db.redact(resolved.database_url)}")
     )
     print(
         f"otari: serving on http://{resolved.host}:{resolved.port} ({target}"
@@ -54,6 +55,8 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if resolved.auto_migrate and not resolved.connected:
+        migrate_apart(resolved)
     if resolved.workers > 1:
         _serve_workers(resolved, config_path, overrides, options)
         return
@@ -94,6 +97,55 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+class MigrationFailed(RuntimeError):
+    """The schema upgrade failed; the message is the migration's own error."""
+
+
+def migrate_apart(resolved: settings.Settings) -> None:
+    """Bring the schema to the head in a child process, when it is behind (a first start).
+
+    Alembic, Mako and every SQL dialect they import (about 12 MiB) would otherwise stay in the
+    serving process for its whole life; a database already at the head costs one query and
+    no child. The URL goes to the child on stdin, never on a command line. Its log lines go
+    where this process's go.
+
+    Raises MigrationFailed with the migration's error (the schema is left as it was).
+    """
+    engine = db.create_db_engine(resolved.database_url)
+    try:
+        if db.ping(engine) == db.schema_head():
+            return
+    finally:
+        engine.dispose()
+    request = {
+        "database_url": resolved.database_url,
+        "log_level": resolved.log_level,
+        "log_format": resolved.log_format,
+    }
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "otari_server.daemon", "migrate"],
+        input=json.dumps(request),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        said = done.stdout.strip().splitlines()
+        raise MigrationFailed(said[-1] if said else f"exit status {done.returncode}")
+
+
+def _migrate(stdin: str) -> int:
+    """The child of `migrate_apart`: migrate, and say why not on stdout (exit status 1)."""
+    request = json.loads(stdin)
+    logs.configure(request["log_level"], request["log_format"], access_log=False)
+    try:
+        db.migrate(request["database_url"])
+    except Exception as exc:  # reported by the parent, which stops start-up
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+        return 1
+    return 0
+
+
 def _serve_workers(
     resolved: settings.Settings,
     config_path: Path | None,
@@ -122,7 +174,8 @@ def worker_app() -> FastAPI:
     return app
 
 
-# The serving process of `otari serve`: `python -P -m otari_server.daemon serve JSON`.
+# The serving process of `otari serve`: `python -P -m otari_server.daemon serve JSON` (and
+# `... migrate`, the child of `migrate_apart`, with its JSON on stdin).
 #
 # `otari serve` parses its options with the CLI (Typer), then replaces itself with this entry
 # point (same pid, same signals and exit codes), so that the long-running daemon never holds
@@ -145,6 +198,8 @@ def _error(text: str) -> None:
 
 def main(argv: list[str]) -> int:
     """Serve with the options in argv[1] (see the module docstring); the exit status."""
+    if argv == ["migrate"]:
+        return _migrate(sys.stdin.read())
     if len(argv) != 2 or argv[0] != "serve":
         sys.stderr.write("usage: python -m otari_server.daemon serve JSON (use `otari serve`)\n")
         return 2
@@ -160,6 +215,9 @@ def main(argv: list[str]) -> int:
         except settings.ConfigError as exc:
             _error(f"invalid configuration: {exc}")
             return 2
+        except MigrationFailed as exc:
+            _error(f"the database could not be migrated: {exc}")
+            return 1
     except (EOFError, KeyboardInterrupt):  # as Click reports an interrupt before serving
         sys.stderr.write("\nAborted!\n")
         return 1

@@ -116,3 +116,29 @@ def test_backup_finishes_while_the_database_is_written(tmp_path: Path) -> None:
     with sqlite3.connect(target) as copy:
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert copy.execute("SELECT count(*) FROM t WHERE length(x) = 4000").fetchone() == (10000,)
+
+
+def test_serve_on_a_database_it_cannot_migrate_says_why_in_one_line(tmp_path: Path) -> None:
+    # The first start's migration runs in a child process; its failure still stops start-up.
+    source = tmp_path / "future.db"
+    with sqlite3.connect(source) as made:
+        made.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        made.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
+    cli = Executable(tmp_path)
+    done = cli(
+        "serve",
+        "--database-url",
+        f"sqlite:///{source}",
+        "--master-key",
+        "sk-master-for-a-failed-migration",
+        "--port",
+        str(free_port()),
+    )
+    assert done.code == 1
+    last = done.err.strip().splitlines()[-1]
+    assert last.startswith("error: the database could not be migrated: ")
+    assert "9999_from_the_future" in last and "Traceback" not in done.err
+    with sqlite3.connect(source) as kept:
+        assert kept.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            ("9999_from_the_future",)
+        ]
