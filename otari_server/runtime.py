@@ -75,14 +75,19 @@ class Runtime:
         self.prices.clear()
 
 
-def resolve_master_key(settings: Settings) -> str:
-    """The configured master key, else the one generated on first start (file mode 0600)."""
+def resolve_master_key(settings: Settings, announce: bool = True) -> str:
+    """The configured master key, else the one generated on first start (file mode 0600).
+
+    `announce` logs where it came from (once per serving process: `prepare` does not).
+    """
     if settings.master_key:
-        log.info("master key: from the configuration (config file or OTARI_MASTER_KEY)")
+        if announce:
+            log.info("master key: from the configuration (config file or OTARI_MASTER_KEY)")
         return settings.master_key
     path = master_key_path()
     if path.exists():
-        log.info("master key: from the generated key file %s", path)
+        if announce:
+            log.info("master key: from the generated key file %s", path)
         return path.read_text(encoding="utf-8").strip()
     key = "sk-otari-" + generate_key()[3:]
     secret_files.write(path, key + "\n")
@@ -179,7 +184,7 @@ def prepare(settings: Settings) -> None:
     """
     if settings.auto_migrate:
         db.migrate(settings.database_url)
-    resolve_master_key(settings)
+    resolve_master_key(settings, announce=False)  # generated here on a first start
     engine = db.create_db_engine(settings.database_url)
     try:
         if settings.bootstrap_api_key:

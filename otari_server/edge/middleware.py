@@ -189,16 +189,20 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+# What the edge refuses before any route runs: status -> (OpenAI type, Anthropic type, code).
+# Anthropic documents request_too_large for an oversized request (413); a bad URL and too
+# many header bytes are plain invalid requests in both shapes.
+_REFUSALS = {
+    400: ("invalid_request_error", "invalid_request_error", "invalid_url"),
+    413: ("invalid_request_error", "request_too_large", "request_too_large"),
+    431: ("invalid_request_error", "invalid_request_error", "request_headers_too_large"),
+}
+
+
 async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+    error_type, anthropic_type, code = _REFUSALS[status]
     body = dumps(
-        error_body(
-            shape_for(scope["path"]),
-            status,
-            message,
-            "invalid_request_error",
-            "request_too_large",
-            "request_too_large",
-        )
+        error_body(shape_for(scope["path"]), status, message, error_type, anthropic_type, code)
     ).encode()
     await send(
         {

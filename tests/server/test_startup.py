@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 import subprocess
 import sys
@@ -28,6 +29,21 @@ def test_first_start_generates_a_private_master_key(sqlite_url: str) -> None:
         assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     with TestClient(create_app(resolved)) as client:  # the same key on the next start
         assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_where_the_master_key_comes_from_is_logged_once_per_start(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    generated = f"master key: from the generated key file {settings.master_key_path()}"
+    configured = "master key: from the configuration (config file or OTARI_MASTER_KEY)"
+    # The first start generates the key file, the second reads it, the third is given a key.
+    for given, said in (({}, generated), ({}, generated), ({"master_key": "mk"}, configured)):
+        caplog.clear()
+        resolved = settings.load(None, {"database_url": sqlite_url, **given}, environ={})
+        with caplog.at_level(logging.INFO, logger="otari"), TestClient(create_app(resolved)):
+            pass
+        messages = [record.getMessage() for record in caplog.records]
+        assert [m for m in messages if m.startswith("master key")] == [said]
 
 
 def test_bootstrap_api_key_is_minted_once_and_kept_private(

@@ -85,3 +85,34 @@ def test_oversized_bodies_and_headers_are_refused(sqlite_url: str) -> None:
         assert client.post("/v1/keys", content=b"x" * 2000).status_code == 413
         headers = client.get("/health", headers={"x-filler": "a" * 5000})
         assert headers.status_code == 431
+        filler = {"x-filler": "a" * 5000}
+        assert client.post("/v1/chat/completions", headers=filler).json()["error"] == {
+            "message": "Request headers are over the 4096-byte limit",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_headers_too_large",
+        }
+        assert client.post("/v1/messages", headers=filler).json()["error"] == {
+            "type": "invalid_request_error",
+            "message": "Request headers are over the 4096-byte limit",
+        }
+        assert client.post("/v1/messages", content=b"x" * 2000).json()["error"] == {
+            "type": "request_too_large",
+            "message": "Request body is over the 1000-byte limit",
+        }
+
+
+def test_a_nul_in_the_url_is_an_invalid_request_in_each_shape(sqlite_url: str) -> None:
+    with TestClient(create_app(make_settings(sqlite_url))) as client:
+        chat = client.get("/v1/models%00")
+        assert chat.status_code == 400 and chat.json()["error"] == {
+            "message": "NUL characters are not allowed in URLs",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_url",
+        }
+        messages = client.post("/v1/messages?beta=%00", json={})
+        assert messages.status_code == 400 and messages.json()["error"] == {
+            "type": "invalid_request_error",
+            "message": "NUL characters are not allowed in URLs",
+        }
