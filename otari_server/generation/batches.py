@@ -10,8 +10,10 @@ each batch, which model it runs, and whether its results were metered.
 A batch runs one model: a line naming another model is refused at creation.
 
 Money: creating a batch holds the worst case of every line against the user's budget (402
-when it does not fit), in a `reservations` row of its own (instance "batches", expiring a
-week after the completion window). Collecting the results (once the batch has ended)
+when it does not fit): its money, and, where the budget sets them, its requests (one per
+line) and tokens (every line's prompt estimate and output limit) against `request_limit` and
+`token_limit`; in a `reservations` row of its own (instance "batches", expiring a week after
+the completion window). Collecting the results (once the batch has ended)
 records one usage row per result, at the model's price when the batch was created, adds
 the cost to the user's spend and gives the hold back, in one transaction: once per batch,
 however often the results are fetched.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -37,10 +40,12 @@ from otari_server import jsonio
 from otari_server.access.auth import Caller
 from otari_server.accounting import budget_rules
 from otari_server.accounting.counts import consumption
+from otari_server.accounting.holds import Held
 from otari_server.accounting.prices import Consumption, Price
 from otari_server.accounting.reservations import NO_HOLD, refusal
 from otari_server.accounting.settlements import Settlement, settle_all
 from otari_server.errors import (
+    BudgetExceeded,
     Conflict,
     InvalidRequest,
     NotFound,
@@ -86,10 +91,10 @@ async def create(runtime: Runtime, caller: Caller, body: dict[str, Any]) -> dict
     hold: str | None = None
     amount = Decimal(0)
     if counts and user_id is not None and (caller.is_master or caller.budgeted):
-        if price is not None:
-            amount = worst_case(batch, runtime.settings.default_max_tokens, price)
+        need = worst_case(batch, runtime.settings.default_max_tokens, price)
+        amount = need.amount
         hold = await to_thread.run_sync(
-            _reserve, runtime, user_id, amount, now, _hold_until(batch, now)
+            _reserve, runtime, user_id, need, now, _hold_until(batch, now)
         )
     try:
         created = await _submit(runtime, provider, batch, upstream_model)
@@ -113,13 +118,19 @@ async def create(runtime: Runtime, caller: Caller, body: dict[str, Any]) -> dict
     return created
 
 
-def worst_case(batch: CreateBatchRequest, default_max_tokens: int, price: Price) -> Decimal:
-    """The most the batch can cost: every line's prompt estimate and output limit, priced."""
-    total = Decimal(0)
+def worst_case(
+    batch: CreateBatchRequest, default_max_tokens: int, price: Price | None
+) -> budget_rules.Need:
+    """The most the batch can use: one request per line, every line's prompt estimate and
+    output limit in tokens, and their cost in USD (0 for an unpriced model)."""
+    amount, tokens = Decimal(0), 0
     for item in batch.requests:
         line = {**item.body, "model": batch.model}
-        total += price.cost(proxy_worst_case(CHAT, orjson.dumps(line), line, default_max_tokens))
-    return total
+        worst = proxy_worst_case(CHAT, orjson.dumps(line), line, default_max_tokens)
+        tokens += worst.prompt_tokens + worst.completion_tokens
+        if price is not None:
+            amount += price.cost(worst)
+    return budget_rules.Need(amount, requests=len(batch.requests), tokens=tokens)
 
 
 async def list_batches(
@@ -407,10 +418,19 @@ def _settlement(job: BatchJob, price: Price | None, item: dict[str, Any]) -> Set
 
 
 def _reserve(
-    runtime: Runtime, user_id: str, amount: Decimal, now: datetime, expires_at: datetime
+    runtime: Runtime,
+    user_id: str,
+    need: budget_rules.Need,
+    now: datetime,
+    expires_at: datetime,
 ) -> str:
-    """Hold `amount` of the user's budget for a batch; the hold's id. 402 when it does not
-    fit, or when nothing of the budget is left (a batch of an unpriced model holds 0)."""
+    """Hold what a batch may use against the user's budget; the hold's id.
+
+    Money is held whatever the budget (so that the user's `reserved` shows it); requests and
+    tokens only where the budget limits them, as for a single request. 402 when the money
+    does not fit, or nothing of it is left (a batch of an unpriced model holds 0), or the
+    lines or their tokens are more than the period has left.
+    """
     hold = f"batch:{uuid.uuid4().hex}"
     with runtime.sessions.begin() as session:
         user = session.scalars(
@@ -419,28 +439,63 @@ def _reserve(
         if user is None or user.deleted_at is not None:
             raise NotFound(f"User '{user_id}' not found")
         budget = session.get(Budget, user.budget_id) if user.budget_id else None
-        if budget is None or budget.max_budget is None:
-            return _hold(session, hold, user_id, amount, now, expires_at)
+        if budget is None:
+            return _hold(session, hold, user_id, Held(need.amount), now, expires_at)
         budget_rules.roll_over(
             session, user, budget.budget_duration_sec, now, budget.reset_alignment
         )
-        available = budget.max_budget - user.spend - user.reserved
-        if amount > available or available <= 0:
-            raise refusal(user_id, amount, available, budget.max_budget, user.next_budget_reset_at)
-        return _hold(session, hold, user_id, amount, now, expires_at)
+        until = user.next_budget_reset_at
+        if budget.max_budget is not None:
+            available = budget.max_budget - user.spend - user.reserved
+            if need.amount > available or available <= 0:
+                raise refusal(user_id, need.amount, available, budget.max_budget, until)
+        held = Held(need.amount)
+        if budget.request_limit is not None:
+            left = budget.request_limit - user.requests - user.reserved_requests
+            if need.requests > left:
+                raise _over_limit(
+                    user_id, "requests", need.requests, left, budget.request_limit, until
+                )
+            held = replace(held, requests=need.requests)
+        if budget.token_limit is not None:
+            left = budget.token_limit - user.tokens - user.reserved_tokens
+            if need.tokens > left:
+                raise _over_limit(user_id, "tokens", need.tokens, left, budget.token_limit, until)
+            held = replace(held, tokens=need.tokens)
+        return _hold(session, hold, user_id, held, now, expires_at)
+
+
+def _over_limit(
+    user_id: str, what: str, needed: int, left: int, limit: int, resets_at: datetime | None
+) -> BudgetExceeded:
+    """The 402 for a batch over the budget's request or token limit (`what`)."""
+    until = f" until {resets_at.isoformat()}" if resets_at else ""
+    kind = "Request" if what == "requests" else "Token"
+    return BudgetExceeded(
+        f"{kind} limit exceeded for user '{user_id}': this batch may use up to {needed} "
+        f"{what}, {max(left, 0)} of {limit} remain{until}"
+    )
 
 
 def _hold(
-    session: Session, hold: str, user_id: str, amount: Decimal, now: datetime, expires_at: datetime
+    session: Session, hold: str, user_id: str, held: Held, now: datetime, expires_at: datetime
 ) -> str:
     session.execute(
-        update(User).where(User.user_id == user_id).values(reserved=User.reserved + amount)
+        update(User)
+        .where(User.user_id == user_id)
+        .values(
+            reserved=User.reserved + held.amount,
+            reserved_requests=User.reserved_requests + held.requests,
+            reserved_tokens=User.reserved_tokens + held.tokens,
+        )
     )
     session.add(
         Reservation(
             id=hold,
             user_id=user_id,
-            amount=amount,
+            amount=held.amount,
+            requests=held.requests,
+            tokens=held.tokens,
             instance_id=HOLDER,
             created_at=now,
             expires_at=expires_at,
@@ -454,12 +509,20 @@ def _release(conn: Connection, hold: str) -> None:
     rows = conn.execute(
         delete(Reservation)
         .where(Reservation.id == hold)
-        .returning(Reservation.user_id, Reservation.amount)
+        .returning(
+            Reservation.user_id, Reservation.amount, Reservation.requests, Reservation.tokens
+        )
     ).all()
-    for user_id, amount in rows:
-        if user_id is not None and amount:
+    for user_id, amount, requests, tokens in rows:
+        if user_id is not None and (amount or requests or tokens):
             conn.execute(
-                update(User).where(User.user_id == user_id).values(reserved=User.reserved - amount)
+                update(User)
+                .where(User.user_id == user_id)
+                .values(
+                    reserved=User.reserved - amount,
+                    reserved_requests=User.reserved_requests - (requests or 0),
+                    reserved_tokens=User.reserved_tokens - (tokens or 0),
+                )
             )
 
 

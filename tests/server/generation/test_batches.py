@@ -485,3 +485,73 @@ def test_a_batch_after_a_calendar_month_ended_starts_the_next_month(
     assert datetime.fromisoformat(user["budget_started_at"]) == period.started_at
     assert datetime.fromisoformat(user["next_budget_reset_at"]) == period.resets_at
     assert period.started_at > datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def limited_user(gateway: MediaGateway, user_id: str, **limits: int) -> str:
+    """A user on a budget with the given request/token limits (no money limit); their key."""
+    budget = gateway.admin.post("/v1/budgets", json=limits)
+    assert budget.status_code == 200, budget.text
+    reply = gateway.admin.post(
+        "/v1/users", json={"user_id": user_id, "budget_id": budget.json()["budget_id"]}
+    )
+    assert reply.status_code == 200, reply.text
+    return gateway.key(user_id=user_id)
+
+
+# The worst case in tokens: 34 + 50 for r1, 27 + 4096 (default_max_tokens) for r2.
+WORST_TOKENS = 34 + 50 + 27 + 4096
+
+
+def test_a_batch_with_more_lines_than_the_request_limit_leaves_is_refused(
+    gateway: MediaGateway,
+) -> None:
+    key = limited_user(gateway, "erin", request_limit=1)
+    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS})
+    assert reply.status_code == 402
+    assert reply.json()["error"]["code"] == "budget_exceeded"
+    assert reply.json()["error"]["message"] == (
+        "Request limit exceeded for user 'erin': this batch may use up to 2 requests, 1 of 1 remain"
+    )
+    assert gateway.media.requests == [] and gateway.media.files == {}
+    assert gateway.get_user("erin")["reserved_requests"] == 0
+    one = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS[:1]})
+    assert one.status_code == 200, one.text
+    assert gateway.get_user("erin")["reserved_requests"] == 1
+    # The period's one request is held: not even a single chat call fits beside it.
+    refused = call(
+        gateway,
+        "POST",
+        "/v1/chat/completions",
+        key,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert refused.status_code == 402
+
+
+def test_a_batch_holds_its_worst_case_tokens_and_requests_until_collected(
+    gateway: MediaGateway,
+) -> None:
+    key = limited_user(gateway, "fay", request_limit=10, token_limit=WORST_TOKENS - 1)
+    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS})
+    assert reply.status_code == 402
+    assert reply.json()["error"]["message"] == (
+        f"Token limit exceeded for user 'fay': this batch may use up to {WORST_TOKENS} "
+        f"tokens, {WORST_TOKENS - 1} of {WORST_TOKENS - 1} remain"
+    )
+    assert gateway.media.requests == []
+    # With r2 answering at most 4 tokens: 34 + 50 + 32 + 4 (its line is 95 bytes now).
+    small = [REQUESTS[0], {**REQUESTS[1], "body": {**REQUESTS[1]["body"], "max_tokens": 4}}]
+    reply = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": small})
+    assert reply.status_code == 200, reply.text
+    user = gateway.get_user("fay")
+    assert (user["reserved_requests"], user["reserved_tokens"]) == (2, 34 + 50 + 32 + 4)
+    assert user["reserved"] == Decimal("0.000174")  # money is held too: 66 x $1/M + 54 x $2/M
+    batch_id = reply.json()["id"]
+    gateway.media.finish(batch_id)
+    results = call(gateway, "GET", f"/v1/batches/{batch_id}/results?provider=media", key)
+    assert results.status_code == 200, results.text
+    assert len(gateway.usage(2)) == 2
+    user = gateway.get_user("fay")
+    # What the lines used counts toward the period; the hold is given back in full.
+    assert (user["reserved"], user["reserved_requests"], user["reserved_tokens"]) == (0, 0, 0)
+    assert (user["current_requests"], user["current_tokens"]) == (2, 3 + 5 + 2 + 4)
