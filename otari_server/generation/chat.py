@@ -25,7 +25,7 @@ from otari_server.generation.proxy import (
 from otari_server.generation.relay import open_relay
 from otari_server.generation.routed import routed
 from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
+from otari_server.providers.upstream import parse_upstream, read_upstream, untranslatable
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
 from otari_server.translate.chat_via_messages_request import to_messages_request
@@ -128,8 +128,8 @@ async def _anthropic_chat(
     message = parse_upstream(call.provider, content)
     try:
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
-    except (AttributeError, TypeError):
-        raise malformed(call.provider) from None
+    except (AttributeError, TypeError) as exc:
+        raise untranslatable(call.provider, exc) from None
     settle_answer(
         call, message.get("usage"), lambda _: consumption(completion["usage"]), len(content)
     )

@@ -30,7 +30,7 @@ from otari_server.generation.relay import open_relay
 from otari_server.generation.routed import routed
 from otari_server.providers import Provider
 from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
+from otari_server.providers.upstream import parse_upstream, read_upstream, untranslatable
 from otari_server.translate.chat_via_messages import TranslationError
 from otari_server.translate.messages_via_chat import (
     MessageStreamTranslator,
@@ -218,7 +218,7 @@ async def _translated(
     completion = parse_upstream(call.provider, content)
     try:
         message = to_message(completion, model=body["model"])
-    except (AttributeError, TypeError, IndexError):
-        raise malformed(call.provider) from None
+    except (AttributeError, TypeError, IndexError) as exc:
+        raise untranslatable(call.provider, exc) from None
     settle_answer(call, completion.get("usage"), consumption, len(content))
     return Response(orjson.dumps(message), headers=JSON_HEADERS)

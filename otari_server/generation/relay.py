@@ -19,10 +19,10 @@ from otari_server.providers import Provider
 from otari_server.providers.scrub import is_secret, scrub_bytes
 from otari_server.providers.upstream import (
     failure,
-    malformed,
     parse_upstream,
     read_upstream,
     sanitize,
+    untranslatable,
 )
 from otari_server.translate.streams import StreamTranslator
 
@@ -283,8 +283,8 @@ async def stream_start(
         answer = parse_upstream(provider, await read_upstream(provider, response))
         try:
             return translator.whole(answer)
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError):
-            raise malformed(provider) from None
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            raise untranslatable(provider, exc) from None
     response.close()
     raise BadGateway(
         f"Provider '{provider.name}' answered a stream request with "

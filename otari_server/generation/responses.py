@@ -40,7 +40,7 @@ from otari_server.generation.relay import open_relay
 from otari_server.generation.routed import routed
 from otari_server.generation.stored_responses import check_previous, remember
 from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
+from otari_server.providers.upstream import parse_upstream, read_upstream, untranslatable
 from otari_server.runtime import Runtime
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate import responses_via_chat as responses_wire
@@ -211,8 +211,8 @@ async def _via_messages(
         answer = responses_wire.to_response(
             completion, body, model=body["model"], response_id=response_id
         )
-    except (AttributeError, TypeError):
-        raise malformed(call.provider) from None
+    except (AttributeError, TypeError) as exc:
+        raise untranslatable(call.provider, exc) from None
     settle_answer(
         call, message.get("usage"), lambda _: consumption(completion["usage"]), len(content)
     )

@@ -236,6 +236,22 @@ def malformed(provider: Provider) -> BadGateway:
     return BadGateway(f"Provider '{provider.name}' returned a malformed response")
 
 
+def untranslatable(provider: Provider, exc: BaseException) -> BadGateway:
+    """The 502 for a provider answer a translator failed on, with the traceback logged.
+
+    From the exception alone, an answer of a shape the translator does not expect and a bug
+    in the translator look the same; the client gets a 502 either way, the operator the
+    traceback (no secrets: code lines and the exception's message) to tell them apart.
+    """
+    log.warning(
+        "could not translate an answer of provider '%s' (%s)",
+        provider.name,
+        type(exc).__name__,
+        exc_info=exc,
+    )
+    return malformed(provider)
+
+
 def failure(provider: Provider, exc: BaseException) -> OtariError:
     """A transport-level failure talking to a provider, as the error we answer with."""
     if isinstance(exc, TimeoutError):

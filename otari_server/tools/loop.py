@@ -15,7 +15,7 @@ from otari_server.accounting.prices import Consumption
 from otari_server.errors import InvalidRequest, Unprocessable
 from otari_server.generation.proxy import Call, worst_case
 from otari_server.providers.presets import ANTHROPIC_VERSION
-from otari_server.providers.upstream import malformed, parse_upstream, read_upstream
+from otari_server.providers.upstream import malformed, parse_upstream, read_upstream, untranslatable
 from otari_server.tools.plan import MAX_ITERATIONS, Plan, hints, model_request
 from otari_server.tools.toolbox import Toolbox
 from otari_server.translate import chat_via_messages as anthropic_wire
@@ -135,8 +135,8 @@ async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dic
     message = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
         return anthropic_wire.to_chat_completion(message, model=body["model"])
-    except (AttributeError, TypeError):
-        raise malformed(call.provider) from None
+    except (AttributeError, TypeError) as exc:
+        raise untranslatable(call.provider, exc) from None
 
 
 def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:

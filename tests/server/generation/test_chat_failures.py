@@ -278,3 +278,57 @@ def test_spent_budget_renews_when_its_period_ends(gw: Gateway, database_url: str
     gw.usage(1)
     user = gw.get_user("alice")
     assert user["spend"] == Decimal("0.000011")
+
+
+ANTHROPIC_ODD = {  # a content block that is no object
+    "id": "msg_odd",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet",
+    "content": ["just a string"],
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 3, "output_tokens": 2},
+}
+OPENAI_ODD = {  # a choice that is no object
+    "id": "chatcmpl-odd",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": ["just a string"],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
+
+
+def test_an_answer_a_translator_cannot_read_is_a_502_with_its_traceback_logged(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    import anthropic
+
+    key = gw.key(user_id="alice")
+    gw.anthropic_fake.push(body=ANTHROPIC_ODD)
+    with pytest.raises(openai.InternalServerError) as chat:
+        ask(gw.client(key), model="claude:claude-sonnet")
+    assert chat.value.status_code == 502
+    assert "Provider 'claude' returned a malformed response" in str(chat.value)
+    gw.anthropic_fake.push(body=ANTHROPIC_ODD)
+    with pytest.raises(openai.InternalServerError) as responses:
+        gw.client(key).responses.create(model="claude:claude-sonnet", input="hi")
+    assert responses.value.status_code == 502
+    gw.openai_fake.push(body=OPENAI_ODD)
+    with (
+        anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0) as claude,
+        pytest.raises(anthropic.InternalServerError) as messages,
+    ):
+        claude.messages.create(
+            model="fake:gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert messages.value.status_code == 502
+    logged = [r for r in caplog.records if r.getMessage().startswith("could not translate")]
+    assert [r.getMessage().split(" (")[0] for r in logged] == [
+        "could not translate an answer of provider 'claude'",
+        "could not translate an answer of provider 'claude'",
+        "could not translate an answer of provider 'fake'",
+    ]
+    assert all(r.exc_info is not None for r in logged)  # the traceback tells a bug apart
+    assert all(UPSTREAM_KEY not in r.getMessage() for r in caplog.records)
+    assert [row["status_code"] for row in gw.usage(3)] == [502, 502, 502]
