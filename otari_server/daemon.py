@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -107,9 +110,11 @@ def migrate_apart(resolved: settings.Settings) -> None:
     Alembic, Mako and every SQL dialect they import (about 12 MiB) would otherwise stay in the
     serving process for its whole life; a database already at the head costs one query and
     no child. The URL goes to the child on stdin, never on a command line. Its log lines go
-    where this process's go.
+    where this process's go. The child is in a process group of its own (a terminal's Ctrl-C
+    reaches this process, which kills it) and dies with this process (Linux).
 
-    Raises MigrationFailed with the migration's error (the schema is left as it was).
+    Raises MigrationFailed with the first line of the migration's error (the whole of it is
+    logged); the schema is left as it was.
     """
     engine = db.create_db_engine(resolved.database_url)
     try:
@@ -121,6 +126,7 @@ def migrate_apart(resolved: settings.Settings) -> None:
         "database_url": resolved.database_url,
         "log_level": resolved.log_level,
         "log_format": resolved.log_format,
+        "parent": os.getpid(),
     }
     done = subprocess.run(
         [sys.executable, "-P", "-m", "otari_server.daemon", "migrate"],
@@ -128,20 +134,41 @@ def migrate_apart(resolved: settings.Settings) -> None:
         stdout=subprocess.PIPE,
         text=True,
         check=False,
+        process_group=0,
     )
     if done.returncode != 0:
         said = done.stdout.strip().splitlines()
         raise MigrationFailed(said[-1] if said else f"exit status {done.returncode}")
 
 
+# PR_SET_PDEATHSIG (linux/prctl.h): the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel send SIGTERM when `parent` ends (Linux); exit now if it has ended."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the line above took effect
+        raise SystemExit(1)
+
+
 def _migrate(stdin: str) -> int:
-    """The child of `migrate_apart`: migrate, and say why not on stdout (exit status 1)."""
+    """The child of `migrate_apart`: migrate; on failure, log the whole error and print its
+    first line (the cause, without SQLAlchemy's SQL and link lines) on stdout; exit 1."""
     request = json.loads(stdin)
+    _die_with(int(request["parent"]))
     logs.configure(request["log_level"], request["log_format"], access_log=False)
+    # Alembic announces each of its plugins at INFO: noise in the 20 lines `otari start`
+    # shows when a start fails.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         db.migrate(request["database_url"])
     except Exception as exc:  # reported by the parent, which stops start-up
-        print(f"{type(exc).__name__}: {exc}", flush=True)
+        logging.getLogger("otari").error("migration failed: %s: %s", type(exc).__name__, exc)
+        cause = next((line for line in str(exc).splitlines() if line.strip()), "")
+        print(f"{type(exc).__name__}: {cause}".rstrip(": "), flush=True)
         return 1
     return 0
 

@@ -217,7 +217,8 @@ def restart(
     with daemon.locked(rt.dirs.pidfile):
         stopped = daemon.stop(rt.dirs.pidfile, grace)
     if stopped:
-        rt.output.message(f"Stopped otari (pid {stopped.record.pid})")
+        how = f" (SIGKILL after {grace:g}s)" if stopped.killed else ""
+        rt.output.message(f"Stopped otari (pid {stopped.record.pid}){how}")
     previous = stopped.record if stopped and not flags.given() else None
     _launch(rt, flags, previous, wait)
 
@@ -326,7 +327,8 @@ def uptime(value: object) -> str:
 
 @app.command("status")
 def status(ctx: typer.Context) -> None:
-    """Whether the background gateway runs (exit 0) or not (exit 3), and how it is."""
+    """Whether the background gateway runs (exit 0) or not (exit 3), and how it is (`ready`
+    is false, with a warning saying why, when it runs but does not answer)."""
     rt = runtime(ctx)
     record, stale = daemon.check(rt.dirs.pidfile)
     fields = ("version", "database", "started_at", "uptime_seconds")
@@ -336,7 +338,7 @@ def status(ctx: typer.Context) -> None:
         url = rt.local().url
         probe = _probe(url, min(rt.options.timeout, 2.0))
         health, ready = probe.health, probe.ready
-        if health:
+        if "version" in health and "pid" in health:  # an otari gateway's /health, not any JSON
             rt.output.item(
                 {
                     "running": True,

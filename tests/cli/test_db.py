@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
+from otari_cli.daemon import wait_until
 from otari_cli.errors import ExitCode
 from tests.cli.conftest import Executable, free_port
 
@@ -142,3 +148,98 @@ def test_serve_on_a_database_it_cannot_migrate_says_why_in_one_line(tmp_path: Pa
         assert kept.execute("SELECT version_num FROM alembic_version").fetchall() == [
             ("9999_from_the_future",)
         ]
+
+
+def test_a_migration_error_names_its_cause_not_sqlalchemys_last_line(tmp_path: Path) -> None:
+    source = tmp_path / "clash.db"
+    with sqlite3.connect(source) as made:
+        made.execute("CREATE TABLE budgets (x INTEGER)")  # in the way of the first migration
+    done = Executable(tmp_path)(
+        "serve",
+        "--database-url",
+        f"sqlite:///{source}",
+        "--master-key",
+        "sk-master-for-a-failed-migration",
+        "--port",
+        str(free_port()),
+    )
+    assert done.code == 1
+    assert done.err.strip().splitlines()[-1] == (
+        "error: the database could not be migrated: OperationalError: "
+        "(sqlite3.OperationalError) table budgets already exists"
+    )
+    assert "plugin" not in done.err  # Alembic's plugin announcements are kept out
+
+
+def _children(pid: int, word: bytes) -> list[int]:
+    """Processes whose parent is `pid` and whose command line holds `word`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat_fields[1] == str(pid) and word in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _opened(pid: int, path: Path) -> bool:
+    """Whether process `pid` holds `path` open."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_first_start_stopped_mid_migration_leaves_no_migration_running(
+    tmp_path: Path, how: str
+) -> None:
+    # The migration runs in a child process: it must end with the start, not go on alone.
+    source = tmp_path / "held.db"
+    holder = sqlite3.connect(source, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")  # the child's migration waits for this write lock
+    cli = Executable(tmp_path)
+    serve = subprocess.Popen(
+        [cli.exe, "serve", "--database-url", f"sqlite:///{source}", "--port", str(free_port())],
+        env={**cli.env, "OTARI_MASTER_KEY": "sk-master-for-a-held-migration"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    try:
+        assert wait_until(lambda: bool(_children(serve.pid, b"migrate")), 60)
+        [child] = _children(serve.pid, b"migrate")
+        assert wait_until(lambda: _opened(child, source), 60)  # migrating: waiting for the lock
+        if how == "SIGTERM":
+            serve.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(serve.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+        # Not communicate(): the child shares serve's stderr, so that would wait for it too.
+        assert serve.wait(timeout=60) != 0
+        assert wait_until(lambda: _gone(child), 10), "the migration outlived its start"
+        _, err = serve.communicate(timeout=60)
+        if how == "Ctrl-C":
+            assert err.strip().splitlines()[-1] == "Aborted!" and "Traceback" not in err
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        holder.execute("ROLLBACK")
+        holder.close()
+    with sqlite3.connect(source) as kept:  # nothing of the schema was written
+        assert kept.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []

@@ -337,6 +337,32 @@ def test_status_says_when_the_port_is_answered_by_another_process(
         ours.wait()
 
 
+def test_status_without_a_pidfile_takes_only_an_otari_health_for_a_gateway(
+    cli: Executable, fake: tuple[str, Script]
+) -> None:
+    url, script = fake
+    ok(cli("init", "--port", url.rsplit(":", 1)[1]))
+    script.answer("GET", "/health", 200, {"status": "healthy", "pid": "123"})  # not otari's
+    script.answer("GET", "/health/readiness", 200, {"status": "ready"})
+    seen = cli("status")
+    assert seen.code == ExitCode.UNREACHABLE and seen.json()["running"] is False
+    script.answer("GET", "/health", 200, {"status": "healthy", "pid": "123", "version": "0.1.0"})
+    seen = ok(cli("status"))
+    assert (seen.json()["running"], seen.json()["pid"], seen.json()["ready"]) == (True, "123", True)
+
+
+def test_restart_says_when_the_old_daemon_had_to_be_killed(running: Executable) -> None:
+    pid = running("status").json()["pid"]
+    os.kill(pid, signal.SIGSTOP)  # deaf to SIGTERM until killed
+    try:
+        restarted = ok(running("restart", "--grace", "1"))
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert f"Stopped otari (pid {pid}) (SIGKILL after 1s)" in restarted.err
+    assert restarted.json()["pid"] != pid
+
+
 def test_status_reports_a_gateway_not_started_by_otari_start(
     running: Executable, tmp_path: Path
 ) -> None:
