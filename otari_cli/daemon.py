@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from otari_cli.config import write_private
@@ -29,6 +29,9 @@ class Record:
     started: str | None = None  # kernel start time of pid, to tell a reused pid apart
     config: str | None = None
     args: list[str] = field(default_factory=list)
+    # --database-url as given to `otari start` (it may hold a password: never in `args`,
+    # which become a command line; this file is mode 0600, as the config file).
+    database_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ def read_record(pidfile: Path) -> Record | None:
             started=data.get("started"),
             config=data.get("config"),
             args=[str(a) for a in data.get("args", [])],
+            database_url=data.get("database_url"),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -206,7 +210,7 @@ def start(
     """
     offset = logfile.stat().st_size if logfile.exists() else 0
     proc = spawn(command, logfile, env)
-    started = Record(proc.pid, record.url, start_time(proc.pid), record.config, record.args)
+    started = replace(record, pid=proc.pid, started=start_time(proc.pid))
     write_record(pidfile, started)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and not ready(proc.pid):

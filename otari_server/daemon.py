@@ -208,11 +208,16 @@ def worker_app() -> FastAPI:
 # point (same pid, same signals and exit codes), so that the long-running daemon never holds
 # the CLI's libraries (Typer, Click's command tree, Rich, httpx, the CLI modules) in memory.
 # JSON is `{"config": path | null, "overrides": {setting: value}, "debug": bool}`; a
-# `--master-key` given on the command line travels in the `_OTARI_SERVE_MASTER_KEY`
-# environment variable instead (command lines are readable by every user), removed at once.
-# Errors are reported as the CLI reports them: `error: invalid configuration: ...` with exit
-# status 2, any other start-up error as `error: unexpected ...` with exit status 1.
-MASTER_KEY_VARIABLE = "_OTARI_SERVE_MASTER_KEY"
+# `--master-key` or `--database-url` (which may hold a password) given on the command line
+# travels in an environment variable of SECRET_VARIABLES instead (command lines are readable
+# by every user), removed at once. The CLI's `otari serve` (otari_cli/commands/lifecycle.py)
+# sets the same names. Errors are reported as the CLI reports them: `error: invalid
+# configuration: ...` with exit status 2, any other start-up error as `error: unexpected ...`
+# with exit status 1.
+SECRET_VARIABLES = {
+    "master_key": "_OTARI_SERVE_MASTER_KEY",
+    "database_url": "_OTARI_SERVE_DATABASE_URL",
+}
 
 
 def _error(text: str) -> None:
@@ -232,9 +237,10 @@ def main(argv: list[str]) -> int:
         return 2
     request = json.loads(argv[1])
     overrides = dict(request.get("overrides") or {})
-    master_key = os.environ.pop(MASTER_KEY_VARIABLE, None)
-    if master_key is not None:
-        overrides["master_key"] = master_key
+    for name, variable in SECRET_VARIABLES.items():
+        secret = os.environ.pop(variable, None)
+        if secret is not None:
+            overrides[name] = secret
     config = Path(request["config"]) if request.get("config") else None
     try:
         try:

@@ -77,15 +77,15 @@ class ServeFlags:
         return {k: v for k, v in given.items() if v is not None}
 
     def args(self) -> list[str]:
-        """`otari serve` arguments for the background daemon; the master key is left out
-        (it goes through the environment, never a command line others can read)."""
+        """`otari serve` arguments for the background daemon; the master key and the
+        database URL (which may hold a password) are left out: they go through the
+        environment, never a command line others can read."""
         args: list[str] = []
         if self.config is not None:
             args += ["--config", str(self.config.resolve())]
         for flag, value in (
             ("--host", self.host),
             ("--port", self.port),
-            ("--database-url", self.database_url),
             ("--log-level", self.log_level),
             ("--workers", self.workers),
         ):
@@ -128,6 +128,14 @@ def serve(
         raise UsageError(f"invalid configuration: {exc}") from None
 
 
+# Settings that may hold a secret, and the variables that carry them to the daemon
+# (otari_server/daemon.py reads the same names; a test keeps the two equal).
+SECRET_VARIABLES = {
+    "master_key": "_OTARI_SERVE_MASTER_KEY",
+    "database_url": "_OTARI_SERVE_DATABASE_URL",
+}
+
+
 def _exec_daemon(flags: ServeFlags, debug: bool) -> None:
     """Become `python -m otari_server.daemon serve` (same pid, signals, exit codes; no return).
 
@@ -136,8 +144,9 @@ def _exec_daemon(flags: ServeFlags, debug: bool) -> None:
     """
     overrides = flags.overrides()
     env = dict(os.environ)
-    if "master_key" in overrides:  # never on a command line others can read
-        env["_OTARI_SERVE_MASTER_KEY"] = str(overrides.pop("master_key"))
+    for name, variable in SECRET_VARIABLES.items():  # never on a command line others can read
+        if name in overrides:
+            env[variable] = str(overrides.pop(name))
     request = {
         "config": str(flags.config) if flags.config is not None else None,
         "overrides": overrides,
@@ -226,15 +235,21 @@ def restart(
 def _launch(rt: Runtime, flags: ServeFlags, previous: daemon.Record | None, wait: float) -> None:
     pidfile = rt.dirs.pidfile
     if previous is not None:
-        record = daemon.Record(0, previous.url, None, previous.config, previous.args)
+        record = daemon.Record(
+            0, previous.url, None, previous.config, previous.args, previous.database_url
+        )
     else:
         local = rt.local(flags.config, flags.overrides())
         config = str(local.config_file.resolve()) if local.config_file else None
-        record = daemon.Record(0, local.url, None, config, flags.args())
+        record = daemon.Record(0, local.url, None, config, flags.args(), flags.database_url)
     host, port = _listen_address(rt, flags, previous)
+    # Secrets reach the daemon through its environment (readable by its owner only), and
+    # take precedence over the config file there as --master-key and --database-url would.
     env = dict(os.environ)
     if flags.master_key:
         env["OTARI_MASTER_KEY"] = flags.master_key
+    if record.database_url:
+        env["OTARI_DATABASE_URL"] = record.database_url
     with daemon.locked(pidfile):
         running, stale = daemon.check(pidfile)
         if stale:

@@ -372,3 +372,56 @@ def test_status_reports_a_gateway_not_started_by_otari_start(
     seen = ok(other("status")).json()
     assert seen["running"] is True and seen["url"] == url and seen["ready"] is True
     assert "no pidfile" in seen["started_by"]
+
+
+def test_the_secret_variables_are_the_same_on_both_sides() -> None:
+    from otari_server import daemon as server_daemon
+
+    assert lifecycle.SECRET_VARIABLES == server_daemon.SECRET_VARIABLES
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_a_database_url_never_reaches_a_command_line_and_survives_a_restart(
+    cli: Executable, tmp_path: Path
+) -> None:
+    # A PostgreSQL URL holds its password; this one stands in for it with a marked path.
+    url = f"sqlite:///{tmp_path / 'secret-marker-7f3a.db'}"
+    ok(cli("init", "--port", str(free_port())))
+    started = ok(cli("start", "--database-url", url)).json()
+    try:
+        assert "secret-marker-7f3a" not in _cmdline(started["pid"])
+        record = json.loads(cli.dirs.pidfile.read_text())
+        assert not any("secret-marker-7f3a" in arg for arg in record["args"])
+        assert cli.dirs.pidfile.stat().st_mode & 0o777 == 0o600
+        key = ok(cli("keys", "create", "--name", "kept")).json()["id"]
+        restarted = ok(cli("restart")).json()
+        assert "secret-marker-7f3a" not in _cmdline(restarted["pid"])
+        # The same database after the restart: the key made before is there.
+        assert key in {k["id"] for k in ok(cli("keys", "list")).json()}
+    finally:
+        cli("stop")
+    assert (tmp_path / "secret-marker-7f3a.db").exists()
+
+
+def test_serve_in_the_foreground_keeps_the_database_url_off_its_command_line(
+    cli: Executable, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'secret-marker-91c2.db'}"
+    ok(cli("init", "--port", str(port)))
+    serving = subprocess.Popen(
+        [cli.exe, "serve", "--database-url", url],
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: cli("status").code == 0)
+        assert "secret-marker-91c2" not in _cmdline(serving.pid)
+        assert (tmp_path / "secret-marker-91c2.db").exists()  # and it serves that database
+    finally:
+        serving.terminate()
+        serving.wait(timeout=60)
