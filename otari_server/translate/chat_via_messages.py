@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otari_server.accounting import counts
+from otari_server.translate.escapes import SurrogateMender
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -140,6 +141,7 @@ class ChatStreamTranslator:
         self._tools: dict[int, int] = {}  # content block index -> tool call index
         # Content block index -> the arguments its start implies; None once arguments went out.
         self._arguments: dict[int, str | None] = {}
+        self._menders: dict[int, SurrogateMender] = {}  # content block index -> its arguments'
         self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> block so far
         self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
         self._usage: dict[str, int] = {}
@@ -209,7 +211,10 @@ class ChatStreamTranslator:
         if kind == "text_delta":
             return [self._chunk({"content": delta.get("text", "")})]
         if kind == "input_json_delta" and delta.get("partial_json") and index in self._tools:
-            return self._arguments_chunk(index, str(delta["partial_json"]))
+            mender = self._menders.setdefault(index, SurrogateMender())
+            settled = mender.feed(str(delta["partial_json"]))
+            self._arguments[index] = None  # arguments are streaming: the start's input is moot
+            return self._arguments_chunk(index, settled) if settled else []
         if kind == "thinking_delta":
             text = delta.get("thinking", "")
             if index in self._thinking:
@@ -225,6 +230,8 @@ class ChatStreamTranslator:
         if index in self._tools and (arguments := self._arguments[index]) is not None:
             # No arguments streamed: "{}" (or the start's input), as the JSON answer has it.
             return self._arguments_chunk(index, arguments)
+        if index in self._menders and (rest := self._menders.pop(index).flush()):
+            return self._arguments_chunk(index, rest)
         return []
 
     def _thinking_chunk(self, block: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from otari_server import jsonio
 from otari_server.accounting import counts
 from otari_server.translate.chat_via_messages import TranslationError
+from otari_server.translate.escapes import SurrogateMender, mended
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -161,6 +162,7 @@ class MessageStreamTranslator:
         self._tools: dict[int, int] = {}  # OpenAI tool call index -> content block index
         self._live: int | None = None  # OpenAI tool call index of the open tool_use block
         self._held: dict[int, tuple[dict[str, Any], list[str]]] = {}  # block, argument parts
+        self._menders: dict[int, SurrogateMender] = {}  # OpenAI tool call index -> its mender
         self._usage: Mapping[str, Any] | None = None
         self.stop_reason: str | None = None
         self.stop_sequence: str | None = None
@@ -267,9 +269,15 @@ class MessageStreamTranslator:
             return []
         if arguments:
             index = self._tools[position]
-            # A closed call's late arguments (text came in between) can only name its block.
-            delta = {"type": "input_json_delta", "partial_json": arguments}
-            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+            if position == self._live:
+                arguments = self._menders.setdefault(position, SurrogateMender()).feed(arguments)
+            else:
+                # A closed call's late arguments (text came in between) can only name its
+                # block, and nothing follows to complete an escape cut at their end.
+                arguments = mended(arguments)
+            if arguments:
+                delta = {"type": "input_json_delta", "partial_json": arguments}
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
         return events
 
     def _begin(self, block: dict[str, Any]) -> list[dict[str, Any]]:
@@ -285,6 +293,10 @@ class MessageStreamTranslator:
         """Stop the open block, then send each held tool call whole, in order."""
         events: list[dict[str, Any]] = []
         if self._open is not None:
+            mender = self._menders.pop(self._live, None) if self._live is not None else None
+            if mender is not None and (rest := mender.flush()):
+                delta = {"type": "input_json_delta", "partial_json": rest}
+                events.append({"type": "content_block_delta", "index": self._open, "delta": delta})
             events.append({"type": "content_block_stop", "index": self._open})
             self._open, self._open_kind, self._live = None, None, None
         for position in sorted(self._held):
@@ -292,7 +304,7 @@ class MessageStreamTranslator:
             events += self._begin(block)
             index = self._tools[position] = self._blocks - 1
             if parts:
-                delta = {"type": "input_json_delta", "partial_json": "".join(parts)}
+                delta = {"type": "input_json_delta", "partial_json": mended("".join(parts))}
                 events.append({"type": "content_block_delta", "index": index, "delta": delta})
             events.append({"type": "content_block_stop", "index": index})
             self._open, self._open_kind = None, None

@@ -4,6 +4,7 @@ half character as U+FFFD, instead of a 502 or a silently dropped delta."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -99,3 +100,47 @@ def test_messages_keep_text_and_tool_input_from_an_openai_type_provider(
     )
     assert [b.input for b in message.content if b.type == "tool_use"] == [{"city": MENDED}]
     assert len(gateway.usage(3)) == 3
+
+
+# The fakes stream a call's arguments in pieces of 7 characters: `{"city"`, `:"ab\ud`,
+# `83d"}`, so the escape of the half emoji is cut in two on the wire.
+CUT = {"city": "ab\ud83d"}
+CUT_MENDED = {"city": "ab\ufffd"}
+CHAT_TOOLS: Any = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+]
+
+
+def test_streamed_tool_arguments_are_mended_in_both_translated_directions(
+    gateway: Gateway, claude: Callable[[str], anthropic.Anthropic]
+) -> None:
+    key = gateway.key()
+    # /v1/messages from an OpenAI-type provider: the anthropic SDK parses the arguments.
+    gateway.openai_fake.push(tool_calls=(ToolCall("get_weather", CUT),))
+    with claude(key).messages.stream(
+        model="fake:gpt-4o-mini", max_tokens=100, messages=HELLO, tools=TOOLS
+    ) as stream:
+        final = stream.get_final_message()
+    assert [b.input for b in final.content if b.type == "tool_use"] == [CUT_MENDED]
+    # Chat from an Anthropic-type provider: the arguments text parses to a UTF-8 string.
+    gateway.anthropic_fake.push(tool_calls=(ToolCall("get_weather", CUT),))
+    chunks = gateway.client(key).chat.completions.create(
+        model="claude:claude-sonnet", messages=HELLO, tools=CHAT_TOOLS, stream=True
+    )
+    arguments = "".join(
+        call.function.arguments or ""
+        for chunk in chunks
+        if chunk.choices
+        for call in chunk.choices[0].delta.tool_calls or ()
+        if call.function
+    )
+    assert json.loads(arguments) == CUT_MENDED
+    # The Responses API from an Anthropic-type provider goes through the same translator.
+    gateway.anthropic_fake.push(tool_calls=(ToolCall("get_weather", CUT),))
+    with gateway.client(key).responses.stream(
+        model="claude:claude-sonnet",
+        input="weather?",
+        tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+    ) as events:
+        calls = [i for i in events.get_final_response().output if i.type == "function_call"]
+    assert [json.loads(c.arguments) for c in calls] == [CUT_MENDED]
