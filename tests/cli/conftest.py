@@ -43,6 +43,15 @@ def isolated_env(root: Path) -> dict[str, str]:
     }
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is neither a zombie nor dead (Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's own HOME and XDG directories, with no OTARI_* variables set."""

@@ -14,7 +14,7 @@ import pytest
 
 from otari_cli.daemon import wait_until
 from otari_cli.errors import ExitCode
-from tests.cli.conftest import Executable, free_port
+from tests.cli.conftest import Executable, Result, free_port, pid_alive
 
 
 def test_backup_of_a_running_gateway_is_complete_and_private(tmp_path: Path) -> None:
@@ -124,22 +124,26 @@ def test_backup_finishes_while_the_database_is_written(tmp_path: Path) -> None:
         assert copy.execute("SELECT count(*) FROM t WHERE length(x) = 4000").fetchone() == (10000,)
 
 
+def serve_once(home: Path, database: Path) -> Result:
+    """`otari serve` on the SQLite file `database`, for a start that is expected to fail."""
+    return Executable(home)(
+        "serve",
+        "--database-url",
+        f"sqlite:///{database}",
+        "--master-key",
+        "sk-master-for-a-failed-migration",
+        "--port",
+        str(free_port()),
+    )
+
+
 def test_serve_on_a_database_it_cannot_migrate_says_why_in_one_line(tmp_path: Path) -> None:
     # The first start's migration runs in a child process; its failure still stops start-up.
     source = tmp_path / "future.db"
     with sqlite3.connect(source) as made:
         made.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
         made.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
-    cli = Executable(tmp_path)
-    done = cli(
-        "serve",
-        "--database-url",
-        f"sqlite:///{source}",
-        "--master-key",
-        "sk-master-for-a-failed-migration",
-        "--port",
-        str(free_port()),
-    )
+    done = serve_once(tmp_path, source)
     assert done.code == 1
     last = done.err.strip().splitlines()[-1]
     assert last.startswith("error: the database could not be migrated: ")
@@ -154,15 +158,7 @@ def test_a_migration_error_names_its_cause_not_sqlalchemys_last_line(tmp_path: P
     source = tmp_path / "clash.db"
     with sqlite3.connect(source) as made:
         made.execute("CREATE TABLE budgets (x INTEGER)")  # in the way of the first migration
-    done = Executable(tmp_path)(
-        "serve",
-        "--database-url",
-        f"sqlite:///{source}",
-        "--master-key",
-        "sk-master-for-a-failed-migration",
-        "--port",
-        str(free_port()),
-    )
+    done = serve_once(tmp_path, source)
     assert done.code == 1
     assert done.err.strip().splitlines()[-1] == (
         "error: the database could not be migrated: OperationalError: "
@@ -195,14 +191,6 @@ def _opened(pid: int, path: Path) -> bool:
         return False
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
-
-
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 def test_a_first_start_stopped_mid_migration_leaves_no_migration_running(
     tmp_path: Path, how: str
@@ -231,7 +219,7 @@ def test_a_first_start_stopped_mid_migration_leaves_no_migration_running(
             os.killpg(serve.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
         # Not communicate(): the child shares serve's stderr, so that would wait for it too.
         assert serve.wait(timeout=60) != 0
-        assert wait_until(lambda: _gone(child), 10), "the migration outlived its start"
+        assert wait_until(lambda: not pid_alive(child), 10), "the migration outlived its start"
         _, err = serve.communicate(timeout=60)
         if how == "Ctrl-C":
             assert err.strip().splitlines()[-1] == "Aborted!" and "Traceback" not in err

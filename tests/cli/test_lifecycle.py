@@ -19,7 +19,7 @@ import pytest
 from otari_cli import daemon
 from otari_cli.commands import lifecycle
 from otari_cli.errors import ExitCode
-from tests.cli.conftest import Executable, Result, free_port
+from tests.cli.conftest import Executable, Result, free_port, pid_alive
 from tests.cli.fakes import Script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,14 +63,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def test_walkthrough(cli: Executable) -> None:

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 
@@ -28,11 +29,17 @@ class Gateway:
     openai_fake: FakeOpenAI
     anthropic_fake: FakeAnthropic
     admin: httpx.Client
-    clients: list[openai.OpenAI] = field(default_factory=list)
+    clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
 
     def client(self, key: str, **kwargs: Any) -> openai.OpenAI:
         """An official SDK client for the gateway (closed when the test ends)."""
         client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def anthropic(self, key: str) -> anthropic.Anthropic:
+        """The official anthropic SDK for the gateway (closed when the test ends)."""
+        client = anthropic.Anthropic(base_url=self.url, api_key=key, max_retries=0)
         self.clients.append(client)
         return client
 

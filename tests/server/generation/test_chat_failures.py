@@ -315,11 +315,8 @@ def test_an_answer_a_translator_cannot_read_is_a_502_with_its_traceback_logged(
         gw.client(key).responses.create(model="claude:claude-sonnet", input="hi")
     assert responses.value.status_code == 502
     gw.openai_fake.push(body=OPENAI_ODD)
-    with (
-        anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0) as claude,
-        pytest.raises(anthropic.InternalServerError) as messages,
-    ):
-        claude.messages.create(
+    with pytest.raises(anthropic.InternalServerError) as messages:
+        gw.anthropic(key).messages.create(
             model="fake:gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
         )
     assert messages.value.status_code == 502

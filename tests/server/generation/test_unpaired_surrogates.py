@@ -5,7 +5,7 @@ half character as U+FFFD, instead of a 502 or a silently dropped delta."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -25,16 +25,8 @@ TOOLS: Any = [
 
 
 @pytest.fixture
-def claude(gateway: Gateway) -> Iterator[Callable[[str], anthropic.Anthropic]]:
-    clients: list[anthropic.Anthropic] = []
-
-    def make(key: str) -> anthropic.Anthropic:
-        clients.append(anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
+def claude(gateway: Gateway) -> Callable[[str], anthropic.Anthropic]:
+    return gateway.anthropic
 
 
 def test_parse_mends_unpaired_surrogates_and_keeps_pairs() -> None:

@@ -62,16 +62,8 @@ def vllm_gateway(database_url: str) -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def claude(gateway: Gateway) -> Iterator[Callable[..., anthropic.Anthropic]]:
-    clients: list[anthropic.Anthropic] = []
-
-    def make(key: str) -> anthropic.Anthropic:
-        clients.append(anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
+def claude(gateway: Gateway) -> Callable[[str], anthropic.Anthropic]:
+    return gateway.anthropic
 
 
 def streamed_arguments(stream: Any) -> dict[int, str]:
