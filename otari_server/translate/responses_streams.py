@@ -196,7 +196,7 @@ class AnthropicToResponses(StreamTranslator):
                 continue
             if parsed.get("type") == "content_block_delta":
                 self.deltas += 1
-            for chunk in self._chunks.feed(parsed):
+            for chunk in self._translate(self._chunks.feed, parsed):
                 out += self._events.feed(chunk)
         if self._events.error is not None:
             self.error = str(self._events.error["message"])

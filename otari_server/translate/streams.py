@@ -22,8 +22,9 @@ JSON object from `{` to `}`) before they are relayed.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +38,8 @@ from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import ChatStreamTranslator, chat_usage
 from otari_server.translate.messages_via_chat import MessageStreamTranslator
 from otari_server.translate.sse import DONE_EVENT, Event, SSEParser, encode, events, plain_prefix
+
+log = logging.getLogger("otari.relay")
 
 # Events of a passed-through Anthropic stream that carry usage or an error.
 _METERED = frozenset({"message_start", "message_delta", "error"})
@@ -53,6 +56,7 @@ class StreamTranslator:
         self.chunks = 0
         self.deltas = 0  # content events seen: the output estimate
         self.malformed = 0
+        self._misread = False  # whether an event's shape made the translator fail
         self.error: str | None = None
         self.done = False
         self._closed = False
@@ -92,6 +96,27 @@ class StreamTranslator:
 
     def _end(self) -> bytes:
         return b""
+
+    def _translate(
+        self, feed: Callable[[dict[str, Any]], list[dict[str, Any]]], parsed: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """`feed(parsed)`: one provider event through a translator; an event of a shape the
+        translator cannot read (`"delta": "x"`, `"message": 5`) is skipped and counted as
+        malformed, as unparsable JSON is, instead of cutting the client's stream.
+
+        The first such event of a stream is logged with its traceback: from the exception
+        alone, a provider's odd event and a bug in a translator look the same.
+        """
+        try:
+            return feed(parsed)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+            self.malformed += 1
+            if not self._misread:
+                self._misread = True
+                log.warning(
+                    "skipped a provider stream event the translator could not read", exc_info=True
+                )
+            return []
 
 
 def decoded(data: str) -> dict[str, Any] | None:
@@ -389,7 +414,7 @@ class AnthropicToChat(StreamTranslator):
                 continue
             if parsed.get("type") == "content_block_delta":
                 self.deltas += 1
-            for chunk in self._translator.feed(parsed):
+            for chunk in self._translate(self._translator.feed, parsed):
                 if "error" in chunk:
                     self.error = str(chunk["error"].get("message", "upstream stream failed"))
                 else:
@@ -575,7 +600,7 @@ class ChatToMessages(StreamTranslator):
                 self.malformed += 1
                 continue
             self.deltas += 1
-            translated = self._translator.feed(parsed)
+            translated = self._translate(self._translator.feed, parsed)
             for item in translated:
                 if item["type"] == "error":
                     self.error = str(item["error"]["message"])

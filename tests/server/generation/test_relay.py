@@ -312,6 +312,44 @@ def test_messages_from_openai_malformed_event_is_skipped(world: World) -> None:
     billed(world, "raw:m", SKIPPED)
 
 
+# Valid JSON of a shape the translators cannot read: skipped and counted the same way, where
+# they cut the client's stream before (the usage row then blamed the client).
+ODD_ANTHROPIC = [
+    b'event: message_start\ndata: {"type": "message_start", "message": "x"}\n\n',
+    b'event: content_block_start\ndata: {"type": "content_block_start", "index": 5, '
+    b'"content_block": "x"}\n\n',
+    b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+    b'"delta": ["x"]}\n\n',
+]
+ODD_CHAT = [
+    b'data: {"id": "odd", "choices": [{"index": 0, "delta": "x"}]}\n\n',
+    b'data: {"id": "odd", "choices": [{"index": 0, "delta": {"tool_calls": '
+    b'[{"index": 0, "function": ["x"]}]}}]}\n\n',
+]
+
+
+@pytest.mark.parametrize("odd", range(len(ODD_ANTHROPIC)))
+def test_an_odd_anthropic_event_is_skipped_by_every_translator(
+    world: World, odd: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = anthropic_stream("Hello", " there")
+    world.fake.push(Script([*parts[:3], ODD_ANTHROPIC[odd], *parts[3:]]))
+    assert chat_text(world.openai(), "rawclaude:m")[0] == "Hello there"
+    billed(world, "rawclaude:m", SKIPPED)
+    world.fake.push(Script([*parts[:3], ODD_ANTHROPIC[odd], *parts[3:]]))
+    assert responses_text(world.openai(), "rawclaude:m") == "Hello there"
+    said = [r for r in caplog.records if r.getMessage().startswith("skipped a provider stream")]
+    assert len(said) == 2 and all(r.exc_info for r in said)  # once a stream, with traceback
+
+
+@pytest.mark.parametrize("odd", range(len(ODD_CHAT)))
+def test_an_odd_chat_chunk_is_skipped_by_the_messages_translator(world: World, odd: int) -> None:
+    parts = chat_stream("Hello", " there")
+    world.fake.push(Script([*parts[:2], ODD_CHAT[odd], *parts[2:]]))
+    assert messages_text(world.anthropic(), "raw:m") == "Hello there"
+    billed(world, "raw:m", SKIPPED)
+
+
 # -- a provider error mid-stream -----------------------------------------------------------------
 
 
