@@ -29,7 +29,7 @@ from otari_server.providers.upstream import parse_upstream, read_upstream, untra
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
 from otari_server.translate.chat_via_messages_request import to_messages_request
-from otari_server.translate.streams import AnthropicToChat, ChatPassThrough
+from otari_server.translate.streams import AnthropicToChat, ChatPassThrough, anthropic_consumption
 
 
 async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
@@ -130,7 +130,5 @@ async def _anthropic_chat(
         completion = anthropic_wire.to_chat_completion(message, model=body["model"])
     except (AttributeError, TypeError) as exc:
         raise untranslatable(call.provider, exc) from None
-    settle_answer(
-        call, message.get("usage"), lambda _: consumption(completion["usage"]), len(content)
-    )
+    settle_answer(call, message.get("usage"), anthropic_consumption, len(content))
     return Response(orjson.dumps(completion), headers=JSON_HEADERS)

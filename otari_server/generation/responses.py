@@ -21,7 +21,6 @@ from fastapi import Request
 from starlette.responses import Response
 
 from otari_server.access.auth import Caller
-from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
 from otari_server.errors import InvalidRequest, OtariError
 from otari_server.generation.endpoints import RESPONSES, Endpoint
@@ -52,6 +51,7 @@ from otari_server.translate.responses_streams import (
     responses_consumption,
 )
 from otari_server.translate.responses_via_chat_request import STATEFUL, to_chat_request
+from otari_server.translate.streams import anthropic_consumption
 
 
 async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Response:
@@ -213,7 +213,5 @@ async def _via_messages(
         )
     except (AttributeError, TypeError) as exc:
         raise untranslatable(call.provider, exc) from None
-    settle_answer(
-        call, message.get("usage"), lambda _: consumption(completion["usage"]), len(content)
-    )
+    settle_answer(call, message.get("usage"), anthropic_consumption, len(content))
     return Response(orjson.dumps(answer), headers=JSON_HEADERS)

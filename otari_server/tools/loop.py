@@ -21,6 +21,7 @@ from otari_server.tools.toolbox import Toolbox
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
 from otari_server.translate.chat_via_messages_request import to_messages_request
+from otari_server.translate.streams import anthropic_consumption
 
 
 @dataclass(slots=True)
@@ -30,9 +31,9 @@ class Meter:
     used: Consumption = field(default_factory=lambda: Consumption(requests=1))
     calls: int = 0
 
-    def add(self, usage: object) -> None:
-        """Count one model call's usage (an OpenAI-style usage object)."""
-        self.used = plus(self.used, consumption(usage))
+    def add(self, used: Consumption) -> None:
+        """Count one model call's usage."""
+        self.used = plus(self.used, used)
         self.calls += 1
 
     def consumption(self) -> Consumption | None:
@@ -61,8 +62,8 @@ async def run(
     for iteration in range(plan.max_iterations + 1):
         body = model_request(plan, messages, toolbox.functions, first=iteration == 0)
         await cover(call, meter, body)
-        completion = await complete(call, body, upstream_model)
-        meter.add(completion.get("usage"))
+        completion, used = await complete(call, body, upstream_model)
+        meter.add(used)
         message = _message(call, completion)
         calls = message.get("tool_calls") or []
         ours = [tool_call for tool_call in calls if _name(tool_call) in toolbox]
@@ -115,14 +116,19 @@ async def cover(call: Call, meter: Meter, body: dict[str, Any]) -> None:
         )
 
 
-async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
-    """One model call, not streamed; request and completion in the OpenAI chat shape."""
+async def complete(
+    call: Call, body: dict[str, Any], upstream_model: str
+) -> tuple[dict[str, Any], Consumption]:
+    """One model call, not streamed: the completion (request and completion in the OpenAI
+    chat shape) and what it used, read from the provider's own usage numbers (a translated
+    usage has numbers it could not take read as 0)."""
     runtime = call.runtime
     if call.provider.type != "anthropic":
         response = await runtime.upstream.post(
             call.provider, call.endpoint.upstream_path, dict(body, model=upstream_model)
         )
-        return parse_upstream(call.provider, await read_upstream(call.provider, response))
+        answer = parse_upstream(call.provider, await read_upstream(call.provider, response))
+        return answer, consumption(answer.get("usage"))
     try:
         outgoing = to_messages_request(
             body, model=upstream_model, default_max_tokens=runtime.settings.default_max_tokens
@@ -134,9 +140,10 @@ async def complete(call: Call, body: dict[str, Any], upstream_model: str) -> dic
     )
     message = parse_upstream(call.provider, await read_upstream(call.provider, response))
     try:
-        return anthropic_wire.to_chat_completion(message, model=body["model"])
+        completion = anthropic_wire.to_chat_completion(message, model=body["model"])
     except (AttributeError, TypeError) as exc:
         raise untranslatable(call.provider, exc) from None
+    return completion, anthropic_consumption(message.get("usage"))
 
 
 def _message(call: Call, completion: dict[str, Any]) -> dict[str, Any]:

@@ -145,6 +145,7 @@ class ChatStreamTranslator:
         self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> block so far
         self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
         self._usage: dict[str, int] = {}
+        self._reported: dict[str, Any] = {}  # the provider's own numbers, for metering to check
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
         self.done = False
@@ -153,6 +154,12 @@ class ChatStreamTranslator:
     def usage(self) -> dict[str, Any] | None:
         """OpenAI usage so far (final once `done`), None before the upstream reported any."""
         return chat_usage(self._usage) if self._usage else None
+
+    @property
+    def reported(self) -> dict[str, Any] | None:
+        """The provider's Anthropic usage as it sent it (cumulative), None before any: what
+        metering checks (`usage` has numbers it could not take read as 0)."""
+        return self._reported or None
 
     def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Translate one event into zero or more chunks."""
@@ -259,9 +266,9 @@ class ChatStreamTranslator:
     def _count(self, usage: Mapping[str, Any] | None) -> None:
         # Anthropic reports cumulative totals, so later numbers replace earlier ones.
         if usage:
-            self._usage.update(
-                {k: counts.clean(v) for k, v in usage.items() if k.endswith("_tokens")}
-            )
+            reported = {k: v for k, v in usage.items() if k.endswith("_tokens")}
+            self._reported.update(reported)
+            self._usage.update({k: counts.clean(v) for k, v in reported.items()})
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk = self._envelope()

@@ -174,6 +174,12 @@ class MessageStreamTranslator:
         """Anthropic usage once the upstream reported it."""
         return anthropic_usage(self._usage) if self._usage else None
 
+    @property
+    def reported(self) -> Mapping[str, Any] | None:
+        """The provider's OpenAI usage as it sent it, None before any: what metering checks
+        (`usage` has numbers it could not take read as 0)."""
+        return self._usage or None
+
     def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Translate one chunk into zero or more events."""
         if self.done:

@@ -166,7 +166,7 @@ class AnthropicToResponses(StreamTranslator):
         self._model = model
         self._chunks = ChatStreamTranslator(model=model, include_usage=True)
         self._events = ResponseStreamTranslator(request, model=model, response_id=response_id)
-        self._whole_usage: dict[str, Any] | None = None
+        self._whole_usage: object = None  # a whole JSON answer's usage, as the provider sent it
 
     def used(self) -> Consumption | None:
         return anthropic_used(self._whole_usage, self._chunks, self.deltas)
@@ -176,7 +176,7 @@ class AnthropicToResponses(StreamTranslator):
 
     def whole(self, answer: dict[str, Any]) -> bytes:
         completion = anthropic_wire.to_chat_completion(answer, model=self._model)
-        self._whole_usage = completion["usage"]
+        self._whole_usage = answer.get("usage")
         out = [
             typed
             for chunk in completion_chunks(completion, include_usage=True)

@@ -364,18 +364,21 @@ def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def anthropic_used(
-    whole_usage: dict[str, Any] | None, translator: ChatStreamTranslator, deltas: int
+    whole_usage: object, translator: ChatStreamTranslator, deltas: int
 ) -> Consumption | None:
     """What an Anthropic stream read through `translator` consumed: the usage of a whole
-    JSON answer when the provider sent one, else the stream's own; None when it reported none.
-    A stream cut short counts at least `deltas` output tokens (one per content delta relayed):
-    message_start's output count is only a placeholder."""
-    if whole_usage is not None:
-        return consumption(whole_usage)
-    if translator.usage is None:
+    JSON answer (`whole_usage`, as the provider sent it) when the provider sent one, else the
+    stream's own; None when it reported none. The provider's numbers are checked as they
+    came (the translated ones read what breaks the rules as 0). A stream cut short counts at
+    least `deltas` output tokens (one per content delta relayed): message_start's output
+    count is only a placeholder."""
+    if isinstance(whole_usage, dict):
+        return anthropic_consumption(whole_usage)
+    reported = translator.reported
+    if reported is None:
         return None
-    used = consumption(translator.usage)
-    if not translator.done:
+    used = anthropic_consumption(reported)
+    if used.invalid is None and not translator.done:
         used = replace(used, completion_tokens=max(used.completion_tokens, deltas))
     return used
 
@@ -389,7 +392,7 @@ class AnthropicToChat(StreamTranslator):
         self._model = model
         self._include_usage = include_usage
         self._translator = ChatStreamTranslator(model=model, include_usage=include_usage)
-        self._whole_usage: dict[str, Any] | None = None
+        self._whole_usage: object = None  # a whole JSON answer's usage, as the provider sent it
 
     def used(self) -> Consumption | None:
         return anthropic_used(self._whole_usage, self._translator, self.deltas)
@@ -399,7 +402,7 @@ class AnthropicToChat(StreamTranslator):
 
     def whole(self, answer: dict[str, Any]) -> bytes:
         completion = anthropic_wire.to_chat_completion(answer, model=self._model)
-        self._whole_usage = completion["usage"]
+        self._whole_usage = answer.get("usage")
         chunks = completion_chunks(completion, self._include_usage)
         self.chunks = self.deltas = len(chunks)
         self.done = self._closed = True
@@ -571,8 +574,9 @@ class ChatToMessages(StreamTranslator):
         return max(self.deltas - 1, 0)  # less the role chunk
 
     def used(self) -> Consumption | None:
-        usage = self._translator.usage
-        return None if usage is None else anthropic_consumption(usage)
+        # The provider's OpenAI usage as it sent it: checked before any translation.
+        reported = self._translator.reported
+        return None if reported is None else consumption(reported)
 
     def fail(self, message: str, code: str) -> bytes:
         return anthropic_error_event(message)

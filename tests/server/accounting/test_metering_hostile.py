@@ -363,3 +363,63 @@ def test_responses_cache_write_tokens_are_checked_too(
         assert user["spend"] == Decimal("0.033") and user["reserved"] == 0
     finally:
         factory.close()
+
+
+ABSURD = [10**40, 7.5, True]  # past 64 bits (orjson reads it as a float), a fraction, a bool
+
+
+def anthropic_answer(output_tokens: object) -> dict[str, Any]:
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet",
+        "content": [{"type": "text", "text": "served anyway"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 4, "output_tokens": output_tokens},
+    }
+
+
+def refused_and_billed_the_worst_case(gateway: Gateway, rows: int) -> None:
+    for row in gateway.usage(rows):
+        assert row["status"] == "invalid_usage", row
+        assert "provider usage refused (" in row["error_message"]
+        assert row["completion_tokens"] == 100  # the request's max_tokens, never 0
+
+
+@pytest.mark.parametrize("output_tokens", ABSURD, ids=repr)
+def test_translated_answers_check_the_providers_own_numbers(
+    gateway: Gateway, output_tokens: object
+) -> None:
+    # A translation reads a number it cannot carry as 0; metering reads the provider's own
+    # numbers first, so that such an answer is refused and billed the worst case, not 0.
+    client = gateway.client(gateway.key())
+    for stream in (False, True):  # a JSON answer to a stream request is translated whole
+        gateway.anthropic_fake.push(body=anthropic_answer(output_tokens))
+        reply = client.chat.completions.create(
+            model="claude:claude-sonnet", messages=HI, max_tokens=100, stream=stream
+        )
+        if stream:
+            assert "served anyway" in "".join(
+                c.choices[0].delta.content or ""
+                for c in reply
+                if c.choices  # type: ignore[union-attr]
+            )
+        gateway.anthropic_fake.push(body=anthropic_answer(output_tokens))
+        answer = client.responses.create(
+            model="claude:claude-sonnet", input="hi", max_output_tokens=100, stream=stream
+        )
+        if stream:
+            assert list(answer)[-1].type == "response.completed"  # type: ignore[arg-type]
+        gateway.openai_fake.push(
+            body=chat_answer({"prompt_tokens": 4, "completion_tokens": output_tokens})
+        )
+        with httpx.Client(base_url=gateway.url, timeout=30) as http:
+            reply = http.post(
+                "/v1/messages",
+                headers={"x-api-key": gateway.key()},
+                json={"model": MODEL, "max_tokens": 100, "messages": HI, "stream": stream},
+            )
+        assert reply.status_code == 200 and "served anyway" in reply.text
+    refused_and_billed_the_worst_case(gateway, 6)

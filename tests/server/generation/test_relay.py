@@ -350,6 +350,32 @@ def test_an_odd_chat_chunk_is_skipped_by_the_messages_translator(world: World, o
     billed(world, "raw:m", SKIPPED)
 
 
+def test_absurd_counts_in_a_translated_stream_are_refused_not_read_as_zero(
+    world: World,
+) -> None:
+    # 10^40 is past 64 bits: orjson reads it as a float, which a translation carries as 0.
+    absurd = str(10**40).encode()
+    parts = [
+        p.replace(b'"output_tokens": 3', b'"output_tokens": ' + absurd)
+        for p in anthropic_stream("Hello", " there")
+    ]
+    assert any(absurd in p for p in parts)
+    world.fake.push(Script(parts))
+    assert chat_text(world.openai(), "rawclaude:m")[0] == "Hello there"
+    world.fake.push(Script(parts))
+    assert responses_text(world.openai(), "rawclaude:m") == "Hello there"
+    chat = [
+        p.replace(b'"completion_tokens": 3', b'"completion_tokens": ' + absurd)
+        for p in chat_stream("Hello", " there")
+    ]
+    assert any(absurd in p for p in chat)
+    world.fake.push(Script(chat))
+    assert messages_text(world.anthropic(), "raw:m") == "Hello there"
+    rows = world.usage(3)
+    assert [row["status"] for row in rows] == ["invalid_usage"] * 3, rows
+    assert all("is over the ceiling" in row["error_message"] for row in rows)
+
+
 # -- a provider error mid-stream -----------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from otari_server.accounting.counts import consumption
 from otari_server.errors import InvalidRequest
 from otari_server.settings import ConfigError, Settings
 from otari_server.tools import answer, plan, search, urls
@@ -296,9 +297,15 @@ def test_describe_looks_inside_exception_groups() -> None:
 
 def test_stream_events_carry_the_answer_tool_calls_and_usage() -> None:
     meter = Meter()
-    meter.add({"prompt_tokens": 3, "completion_tokens": 4})
+    meter.add(consumption({"prompt_tokens": 3, "completion_tokens": 4}))
     meter.add(
-        {"prompt_tokens": 5, "completion_tokens": 6, "prompt_tokens_details": {"cached_tokens": 2}}
+        consumption(
+            {
+                "prompt_tokens": 5,
+                "completion_tokens": 6,
+                "prompt_tokens_details": {"cached_tokens": 2},
+            }
+        )
     )
     summed = answer.usage(meter)
     assert summed == {
