@@ -560,6 +560,22 @@ async def _job(
     return job
 
 
+def _roll_over(conn: Connection, user_id: str, now: datetime) -> None:
+    """Start the user's next budget period first if the last one ended while the batch ran:
+    its use then counts in the period it is collected in. Added to the ended period, it
+    would be wiped by the next roll-over and counted in none."""
+    with Session(bind=conn) as session:  # inside conn's transaction
+        user = session.scalars(
+            select(User).where(User.user_id == user_id).with_for_update()
+        ).first()
+        budget = session.get(Budget, user.budget_id) if user and user.budget_id else None
+        if user is not None and budget is not None:
+            budget_rules.roll_over(
+                session, user, budget.budget_duration_sec, now, budget.reset_alignment
+            )
+        session.flush()
+
+
 def _claim(runtime: Runtime, job: BatchJob, settlements: list[Settlement]) -> bool:
     """Mark the batch metered, write its usage rows and spend and give its hold back, in one
     transaction; True only for the one caller that did it."""
@@ -575,8 +591,11 @@ def _claim(runtime: Runtime, job: BatchJob, settlements: list[Settlement]) -> bo
         )
         if claimed.rowcount != 1:
             return False
+        now = utcnow()
+        if settlements and job.user_id is not None and job.counts_toward_budget:
+            _roll_over(conn, job.user_id, now)
         if settlements:
-            settle_all(conn, settlements, HOLDER, utcnow())
+            settle_all(conn, settlements, HOLDER, now)
         if job.hold_id is not None:
             _release(conn, job.hold_id)
         return True

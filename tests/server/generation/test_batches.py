@@ -555,3 +555,47 @@ def test_a_batch_holds_its_worst_case_tokens_and_requests_until_collected(
     # What the lines used counts toward the period; the hold is given back in full.
     assert (user["reserved"], user["reserved_requests"], user["reserved_tokens"]) == (0, 0, 0)
     assert (user["current_requests"], user["current_tokens"]) == (2, 3 + 5 + 2 + 4)
+
+
+def test_a_batch_collected_after_its_budget_period_ended_counts_in_the_new_one(
+    gateway: MediaGateway, database_url: str
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from otari_server.storage.db import create_db_engine, session_factory
+    from otari_server.storage.tables import User, utcnow
+
+    budget = gateway.admin.post("/v1/budgets", json={"max_budget": 1, "budget_duration_sec": 3600})
+    assert budget.status_code == 200, budget.text
+    reply = gateway.admin.post(
+        "/v1/users", json={"user_id": "gil", "budget_id": budget.json()["budget_id"]}
+    )
+    assert reply.status_code == 200, reply.text
+    key = gateway.key(user_id="gil")
+    created = call(gateway, "POST", "/v1/batches", key, json={"model": MODEL, "requests": REQUESTS})
+    assert created.status_code == 200, created.text
+    # The hour ends while the batch runs, and nothing rolls the period over before collection.
+    engine = create_db_engine(database_url)
+    with session_factory(engine).begin() as session:
+        now = utcnow()
+        session.execute(
+            update(User)
+            .where(User.user_id == "gil")
+            .values(
+                budget_started_at=now - timedelta(hours=2),
+                next_budget_reset_at=now - timedelta(hours=1),
+            )
+        )
+    engine.dispose()
+    batch_id = created.json()["id"]
+    gateway.media.finish(batch_id)
+    assert call(gateway, "GET", f"/v1/batches/{batch_id}/results?provider=media", key).is_success
+    rows = meter_mark(gateway, key, 3)  # a chat call after: it would roll over an ended period
+    user = gateway.get_user("gil")
+    assert user["next_budget_reset_at"] > utcnow().isoformat()
+    # The batch's two results and the chat call, all in the new period.
+    assert user["current_requests"] == 3
+    assert user["spend"] == R1_COST + R2_COST + CHAT_COST == sum(r["cost"] for r in rows)
+    assert user["reserved"] == 0
