@@ -87,3 +87,21 @@ def test_forwarded_for_is_ignored_from_an_untrusted_peer(tmp_path: Path, sqlite_
         )
         [line] = [line for line in access_lines(gateway.log()) if line["path"] == "/health"]
     assert line["client"] == "127.0.0.1"
+
+
+def test_what_a_client_puts_in_a_url_cannot_forge_or_break_a_text_log_line(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    forged = "2026-12-02 16:00:00,000 WARNING otari: FAKE LINE"
+    with served(tmp_path, sqlite_url, log_level="info") as gateway:
+        for path in (
+            "/v1/models%0a" + forged.replace(" ", "%20") + "%1b%5b31m",  # newline and ESC
+            "/v1/chat/completions%00",  # NUL, refused at the edge
+        ):
+            httpx.get(f"{gateway.url}{path}", timeout=30)
+        wait_until(lambda: gateway.log().count("/v1/") >= 2, 10, "both access lines")
+        raw = gateway.log_path.read_bytes()
+    assert b"\x00" not in raw and b"\x1b" not in raw
+    assert not any(line.startswith(forged) for line in raw.decode().splitlines())
+    assert "GET /v1/models\\n" + forged + "\\x1b[31m 404" in raw.decode()
+    assert "GET /v1/chat/completions\\x00 400" in raw.decode()
