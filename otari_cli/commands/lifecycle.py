@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -98,6 +98,26 @@ class ServeFlags:
     def given(self) -> bool:
         """Whether any option was given."""
         return bool(self.overrides()) or self.config is not None
+
+    def over(self, record: daemon.Record) -> ServeFlags:
+        """These options over those `record`'s daemon was started with (its `args` and
+        database URL): what `otari restart --workers 2` runs, the rest kept."""
+        kept: dict[str, Any] = {"database_url": record.database_url}
+        args = iter(record.args)
+        for arg in args:
+            if arg in ("--auto-migrate", "--no-auto-migrate"):
+                kept["auto_migrate"] = arg == "--auto-migrate"
+                continue
+            name = arg.removeprefix("--").replace("-", "_")
+            value = next(args, None)
+            if name in ("port", "workers") and value is not None:
+                kept[name] = int(value)
+            elif name == "config" and value is not None:
+                kept[name] = Path(value)
+            elif name in ("host", "log_level"):
+                kept[name] = value
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        return replace(ServeFlags(**kept), **given)
 
 
 @app.command("serve")
@@ -217,18 +237,23 @@ def restart(
     wait: Wait = 30.0,
     grace: Annotated[float, typer.Option("--grace", min=0.0)] = 40.0,
 ) -> None:
-    """Stop and start again; without options, with those it was started with (but for
-    --master-key, which is never stored: give it again, or keep it in the config file)."""
+    """Stop and start again, with the options it was started with; options given here
+    replace those (--master-key is never stored: give it again, or keep it in the config
+    file)."""
     rt = runtime(ctx)
     flags = ServeFlags(
         config, host, port, database_url, master_key, log_level, auto_migrate, workers
     )
     with daemon.locked(rt.dirs.pidfile):
         stopped = daemon.stop(rt.dirs.pidfile, grace)
+    previous = None
     if stopped:
         how = f" (SIGKILL after {grace:g}s)" if stopped.killed else ""
         rt.output.message(f"Stopped otari (pid {stopped.record.pid}){how}")
-    previous = stopped.record if stopped and not flags.given() else None
+        if flags.given():
+            flags = flags.over(stopped.record)  # what was given, over how it was started
+        else:
+            previous = stopped.record
     _launch(rt, flags, previous, wait)
 
 

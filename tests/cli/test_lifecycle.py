@@ -417,3 +417,26 @@ def test_serve_in_the_foreground_keeps_the_database_url_off_its_command_line(
     finally:
         serving.terminate()
         serving.wait(timeout=60)
+
+
+def test_restart_with_an_option_keeps_the_others_it_was_started_with(
+    cli: Executable, tmp_path: Path
+) -> None:
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    ok(cli("init", "--port", str(free_port())))
+    ok(cli("start", "--database-url", first, "--log-level", "warning"))
+    try:
+        key = ok(cli("keys", "create", "--name", "kept")).json()["id"]
+        ok(cli("restart", "--workers", "2"))  # the database URL and log level stay
+        record = json.loads(cli.dirs.pidfile.read_text())
+        assert record["args"] == ["--log-level", "warning", "--workers", "2"]
+        assert record["database_url"] == first
+        assert key in {k["id"] for k in ok(cli("keys", "list")).json()}
+        second = f"sqlite:///{tmp_path / 'second.db'}"
+        ok(cli("restart", "--database-url", second))  # the workers and log level stay
+        record = json.loads(cli.dirs.pidfile.read_text())
+        assert record["args"] == ["--log-level", "warning", "--workers", "2"]
+        assert record["database_url"] == second
+        assert key not in {k["id"] for k in ok(cli("keys", "list")).json()}
+    finally:
+        cli("stop")
