@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from otari_server.deps import CallerDep, RuntimeDep
+from otari_server.errors import BudgetExceeded
 from otari_server.generation import batches
-from otari_server.generation.proxy import JSON_HEADERS, read_body
+from otari_server.generation.endpoints import BATCHES
+from otari_server.generation.proxy import JSON_HEADERS, read_body, refusal_row
 from otari_server.generation.wire import CreateBatchRequest, body_of
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -24,8 +27,15 @@ def _json(content: dict[str, Any]) -> Response:
 @router.post("", openapi_extra=body_of(CreateBatchRequest))
 async def create_batch(request: Request, caller: CallerDep, runtime: RuntimeDep) -> Response:
     """Create a batch of chat completion requests for asynchronous processing."""
+    started = time.perf_counter()
     _, body = await read_body(request, runtime.settings.max_body_bytes)
-    return _json(await batches.create(runtime, caller, body))
+    try:
+        return _json(await batches.create(runtime, caller, body))
+    except BudgetExceeded as exc:
+        # Refused for the budget, like a chat request: a usage row says so (nothing spent).
+        request_id = request.scope.get("otari.request_id")
+        runtime.ledger.record(refusal_row(runtime, caller, BATCHES, body, request_id, exc, started))
+        raise
 
 
 @router.get("")

@@ -334,7 +334,7 @@ def _one_model(batch: CreateBatchRequest, names: set[str], model_key: str) -> No
                 param=f"requests.{index}.body.model",
                 code="model_mismatch",
             )
-        for name in CHAT.output_limits:
+        for name in (*CHAT.output_limits, "n"):  # what the hold is computed from
             value = item.body.get(name)
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1

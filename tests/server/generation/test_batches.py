@@ -278,6 +278,10 @@ def test_a_batch_whose_worst_case_does_not_fit_is_refused_before_the_provider(
     )
     assert gateway.media.requests == [] and gateway.media.files == {}
     assert gateway.get_user("carol")["reserved"] == 0
+    [row] = gateway.usage(1)  # refused, as a chat request is: a row, nothing spent
+    assert (row["status"], row["status_code"], row["endpoint"]) == ("refused", 402, "/v1/batches")
+    assert (row["user_id"], row["model"], row["cost"]) == ("carol", MODEL, None)
+    assert row["request_id"] == reply.headers["x-request-id"]
     # Lowering the lines' max_tokens makes it fit: 34 + 32 tokens in (99 and 95 bytes),
     # 2 x 4 out at most: 66 x $1/M + 8 x $2/M.
     small = [{**r, "body": {**r["body"], "max_tokens": 4}} for r in REQUESTS]
@@ -385,6 +389,16 @@ def test_a_batch_hold_outlives_a_restart_until_collection(database_url: str) -> 
                 "requests": [{"custom_id": "x", "body": {"max_completion_tokens": True}}],
             },
             "requests.0.body.max_completion_tokens",
+        ),
+        *(  # n is what the hold multiplies the output by: the same rule as on chat
+            (
+                {
+                    "model": MODEL,
+                    "requests": [REQUESTS[0], {"custom_id": "x", "body": {"n": bad}}],
+                },
+                "requests.1.body.n",
+            )
+            for bad in ("3", 1.5, True, 0, -100)
         ),
     ],
 )
@@ -550,7 +564,7 @@ def test_a_batch_holds_its_worst_case_tokens_and_requests_until_collected(
     gateway.media.finish(batch_id)
     results = call(gateway, "GET", f"/v1/batches/{batch_id}/results?provider=media", key)
     assert results.status_code == 200, results.text
-    assert len(gateway.usage(2)) == 2
+    assert [r["status"] for r in gateway.usage(3)] == ["success", "success", "refused"]
     user = gateway.get_user("fay")
     # What the lines used counts toward the period; the hold is given back in full.
     assert (user["reserved"], user["reserved_requests"], user["reserved_tokens"]) == (0, 0, 0)
