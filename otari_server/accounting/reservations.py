@@ -95,6 +95,19 @@ def limit_refusal(
     )
 
 
+def over_limit(
+    user_id: str, what: str, needed: int, left: int, limit: int, resets_at: datetime | None
+) -> BudgetExceeded:
+    """The 402 for a batch over the budget's request or token limit (`what`: "requests" or
+    "tokens"; `needed` of them asked, `left` of `limit` remain)."""
+    until = f" until {resets_at.isoformat()}" if resets_at else ""
+    kind = "Request" if what == "requests" else "Token"
+    return BudgetExceeded(
+        f"{kind} limit exceeded for user '{user_id}': this batch may use up to {needed} "
+        f"{what}, {max(left, 0)} of {limit} remain{until}"
+    )
+
+
 def _advice(affordable: int | None, field: str) -> str:
     if not affordable:
         return ""

@@ -42,10 +42,9 @@ from otari_server.accounting import budget_rules
 from otari_server.accounting.counts import consumption
 from otari_server.accounting.holds import Held
 from otari_server.accounting.prices import Consumption, Price
-from otari_server.accounting.reservations import NO_HOLD, refusal
+from otari_server.accounting.reservations import NO_HOLD, over_limit, refusal
 from otari_server.accounting.settlements import Settlement, settle_all
 from otari_server.errors import (
-    BudgetExceeded,
     Conflict,
     InvalidRequest,
     NotFound,
@@ -453,28 +452,16 @@ def _reserve(
         if budget.request_limit is not None:
             left = budget.request_limit - user.requests - user.reserved_requests
             if need.requests > left:
-                raise _over_limit(
+                raise over_limit(
                     user_id, "requests", need.requests, left, budget.request_limit, until
                 )
             held = replace(held, requests=need.requests)
         if budget.token_limit is not None:
             left = budget.token_limit - user.tokens - user.reserved_tokens
             if need.tokens > left:
-                raise _over_limit(user_id, "tokens", need.tokens, left, budget.token_limit, until)
+                raise over_limit(user_id, "tokens", need.tokens, left, budget.token_limit, until)
             held = replace(held, tokens=need.tokens)
         return _hold(session, hold, user_id, held, now, expires_at)
-
-
-def _over_limit(
-    user_id: str, what: str, needed: int, left: int, limit: int, resets_at: datetime | None
-) -> BudgetExceeded:
-    """The 402 for a batch over the budget's request or token limit (`what`)."""
-    until = f" until {resets_at.isoformat()}" if resets_at else ""
-    kind = "Request" if what == "requests" else "Token"
-    return BudgetExceeded(
-        f"{kind} limit exceeded for user '{user_id}': this batch may use up to {needed} "
-        f"{what}, {max(left, 0)} of {limit} remain{until}"
-    )
 
 
 def _hold(

@@ -29,7 +29,8 @@ from otari_server.providers.upstream import parse_upstream, read_upstream, untra
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
 from otari_server.translate.chat_via_messages_request import to_messages_request
-from otari_server.translate.streams import AnthropicToChat, ChatPassThrough, anthropic_consumption
+from otari_server.translate.streams import AnthropicToChat, ChatPassThrough
+from otari_server.translate.usage import anthropic_consumption
 
 
 async def forward_chat(request: Request, caller: Caller, endpoint: Endpoint) -> Response:

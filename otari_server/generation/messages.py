@@ -37,11 +37,8 @@ from otari_server.translate.messages_via_chat import (
     to_chat_request,
     to_message,
 )
-from otari_server.translate.streams import (
-    ChatToMessages,
-    MessagesPassThrough,
-    anthropic_consumption,
-)
+from otari_server.translate.streams import ChatToMessages, MessagesPassThrough
+from otari_server.translate.usage import anthropic_consumption
 
 # Client headers an Anthropic upstream must see: the API version and opted-in beta features.
 _CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")

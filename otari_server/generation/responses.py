@@ -51,7 +51,7 @@ from otari_server.translate.responses_streams import (
     responses_consumption,
 )
 from otari_server.translate.responses_via_chat_request import STATEFUL, to_chat_request
-from otari_server.translate.streams import anthropic_consumption
+from otari_server.translate.usage import anthropic_consumption
 
 
 async def forward(request: Request, caller: Caller, endpoint: Endpoint) -> Response:

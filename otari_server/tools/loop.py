@@ -21,7 +21,7 @@ from otari_server.tools.toolbox import Toolbox
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages import TranslationError
 from otari_server.translate.chat_via_messages_request import to_messages_request
-from otari_server.translate.streams import anthropic_consumption
+from otari_server.translate.usage import anthropic_consumption
 
 
 @dataclass(slots=True)

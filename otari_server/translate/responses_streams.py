@@ -21,11 +21,11 @@ from otari_server.translate.sse import Event, encode
 from otari_server.translate.streams import (
     StreamTranslator,
     _typed,
-    anthropic_used,
     completion_chunks,
     decoded,
     framed,
 )
+from otari_server.translate.usage import anthropic_used
 
 # Responses stream events that end a response and carry it whole, usage included.
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})

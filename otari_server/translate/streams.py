@@ -25,19 +25,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from otari_server import jsonio
-from otari_server.accounting import counts
 from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
 from otari_server.translate import chat_via_messages as anthropic_wire
-from otari_server.translate.chat_via_messages import ChatStreamTranslator, chat_usage
+from otari_server.translate.chat_via_messages import ChatStreamTranslator
 from otari_server.translate.messages_via_chat import MessageStreamTranslator
 from otari_server.translate.sse import DONE_EVENT, Event, SSEParser, encode, events, plain_prefix
+from otari_server.translate.usage import anthropic_consumption, anthropic_used
 
 log = logging.getLogger("otari.relay")
 
@@ -193,29 +192,6 @@ def completion_chunks(completion: Mapping[str, Any], include_usage: bool) -> lis
     return chunks
 
 
-def anthropic_consumption(usage: object) -> Consumption:
-    """Consumption from an Anthropic usage object (prompt tokens include cache traffic).
-
-    Each count is checked by counts.count first: chat_usage (made for translation) reads a
-    fraction, a boolean or text as 0, which would under-bill a native answer."""
-    if not isinstance(usage, dict):
-        return Consumption()
-    try:
-        for name in _ANTHROPIC_COUNTS:
-            counts.count(usage.get(name), name)
-    except counts.BadCount as exc:
-        return Consumption(invalid=str(exc))
-    return consumption(chat_usage(usage))
-
-
-_ANTHROPIC_COUNTS = (
-    "input_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_input_tokens",
-    "output_tokens",
-)
-
-
 class AudioPassThrough(StreamTranslator):
     """Audio bytes passed on unbuffered and unread; the input's characters are billed.
 
@@ -361,26 +337,6 @@ def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
     ):
         return None
     return {key: value for key, value in chunk.items() if key != "usage"}
-
-
-def anthropic_used(
-    whole_usage: object, translator: ChatStreamTranslator, deltas: int
-) -> Consumption | None:
-    """What an Anthropic stream read through `translator` consumed: the usage of a whole
-    JSON answer (`whole_usage`, as the provider sent it) when the provider sent one, else the
-    stream's own; None when it reported none. The provider's numbers are checked as they
-    came (the translated ones read what breaks the rules as 0). A stream cut short counts at
-    least `deltas` output tokens (one per content delta relayed): message_start's output
-    count is only a placeholder."""
-    if isinstance(whole_usage, dict):
-        return anthropic_consumption(whole_usage)
-    reported = translator.reported
-    if reported is None:
-        return None
-    used = anthropic_consumption(reported)
-    if used.invalid is None and not translator.done:
-        used = replace(used, completion_tokens=max(used.completion_tokens, deltas))
-    return used
 
 
 class AnthropicToChat(StreamTranslator):
@@ -621,6 +577,3 @@ class ChatToMessages(StreamTranslator):
 def _typed(events: Iterable[dict[str, Any]]) -> bytes:
     # The event name of an Anthropic or Responses stream event is its type.
     return b"".join(encode(event, event["type"]) for event in events)
-
-
-# -- /v1/responses -----------------------------------------------------------------------------
