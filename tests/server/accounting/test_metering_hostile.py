@@ -113,21 +113,24 @@ def test_missing_usage_still_settles(gateway: Gateway) -> None:
     assert gateway.get_user("u")["reserved"] == 0
 
 
+def anthropic_answer(output_tokens: object, input_tokens: object = 4) -> dict[str, Any]:
+    """An Anthropic message reporting these counts verbatim."""
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet",
+        "content": [{"type": "text", "text": "served anyway"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
 def test_bad_counts_from_an_anthropic_provider_are_refused_too(gateway: Gateway) -> None:
     gateway.user("u", max_budget="1")
     # 3 input + 15 output per million (the fixture's claude price); max_tokens 100.
-    gateway.anthropic_fake.push(
-        body={
-            "id": "msg_1",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude-sonnet",
-            "content": [{"type": "text", "text": "served anyway"}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": 10**14, "output_tokens": 7},
-        }
-    )
+    gateway.anthropic_fake.push(body=anthropic_answer(7, input_tokens=10**14))
     client = anthropic.Anthropic(
         base_url=gateway.url, api_key=gateway.key(user_id="u"), max_retries=0
     )
@@ -153,18 +156,7 @@ def test_non_integer_counts_on_the_native_messages_path_are_refused(
     # /v1/messages to an Anthropic provider is not a translation: the same rules as on
     # every other native path (true is not 1, 7.5 is not a count), never read as 0.
     gateway.user("u", max_budget="1")
-    gateway.anthropic_fake.push(
-        body={
-            "id": "msg_1",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude-sonnet",
-            "content": [{"type": "text", "text": "served anyway"}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": 4, "output_tokens": output_tokens},
-        }
-    )
+    gateway.anthropic_fake.push(body=anthropic_answer(output_tokens))
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         reply = http.post(
             "/v1/messages",
@@ -366,19 +358,6 @@ def test_responses_cache_write_tokens_are_checked_too(
 
 
 ABSURD = [10**40, 7.5, True]  # past 64 bits (orjson reads it as a float), a fraction, a bool
-
-
-def anthropic_answer(output_tokens: object) -> dict[str, Any]:
-    return {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-sonnet",
-        "content": [{"type": "text", "text": "served anyway"}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 4, "output_tokens": output_tokens},
-    }
 
 
 def refused_and_billed_the_worst_case(gateway: Gateway, rows: int) -> None:
