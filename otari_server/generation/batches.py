@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -432,36 +431,49 @@ def _reserve(
     """
     hold = f"batch:{uuid.uuid4().hex}"
     with runtime.sessions.begin() as session:
-        user = session.scalars(
-            select(User).where(User.user_id == user_id).with_for_update()
-        ).first()
+        user, budget = _current(session, user_id, now)
         if user is None or user.deleted_at is not None:
             raise NotFound(f"User '{user_id}' not found")
-        budget = session.get(Budget, user.budget_id) if user.budget_id else None
         if budget is None:
             return _hold(session, hold, user_id, Held(need.amount), now, expires_at)
+        until = user.next_budget_reset_at
+        left = budget_rules.Remaining(
+            None if budget.max_budget is None else budget.max_budget - user.spend - user.reserved,
+            None
+            if budget.request_limit is None
+            else budget.request_limit - user.requests - user.reserved_requests,
+            None
+            if budget.token_limit is None
+            else budget.token_limit - user.tokens - user.reserved_tokens,
+        )
+        money, limit = left.money, budget.max_budget
+        # Nothing left refuses even a batch that holds 0 (an unpriced model's).
+        if money is not None and limit is not None and (need.amount > money or money <= 0):
+            raise refusal(user_id, need.amount, money, limit, until)
+        # Requests and tokens: the rule every request is admitted by.
+        verdict = budget_rules.judge(need, left, clamp=False)
+        if verdict.refused == "requests" and budget.request_limit is not None:
+            raise over_limit(
+                user_id, "requests", need.requests, left.requests or 0, budget.request_limit, until
+            )
+        if verdict.refused == "tokens" and budget.token_limit is not None:
+            raise over_limit(
+                user_id, "tokens", need.tokens, left.tokens or 0, budget.token_limit, until
+            )
+        held = Held(need.amount, verdict.requests, verdict.tokens)
+        return _hold(session, hold, user_id, held, now, expires_at)
+
+
+def _current(session: Session, user_id: str, now: datetime) -> tuple[User | None, Budget | None]:
+    """The user's row, locked for this transaction, and their budget (None without one),
+    the budget's period rolled over first if it has ended."""
+    user = session.scalars(select(User).where(User.user_id == user_id).with_for_update()).first()
+    budget = session.get(Budget, user.budget_id) if user is not None and user.budget_id else None
+    if user is not None and budget is not None:
         budget_rules.roll_over(
             session, user, budget.budget_duration_sec, now, budget.reset_alignment
         )
-        until = user.next_budget_reset_at
-        if budget.max_budget is not None:
-            available = budget.max_budget - user.spend - user.reserved
-            if need.amount > available or available <= 0:
-                raise refusal(user_id, need.amount, available, budget.max_budget, until)
-        held = Held(need.amount)
-        if budget.request_limit is not None:
-            left = budget.request_limit - user.requests - user.reserved_requests
-            if need.requests > left:
-                raise over_limit(
-                    user_id, "requests", need.requests, left, budget.request_limit, until
-                )
-            held = replace(held, requests=need.requests)
-        if budget.token_limit is not None:
-            left = budget.token_limit - user.tokens - user.reserved_tokens
-            if need.tokens > left:
-                raise over_limit(user_id, "tokens", need.tokens, left, budget.token_limit, until)
-            held = replace(held, tokens=need.tokens)
-        return _hold(session, hold, user_id, held, now, expires_at)
+    return user, budget
 
 
 def _hold(
@@ -552,14 +564,7 @@ def _roll_over(conn: Connection, user_id: str, now: datetime) -> None:
     its use then counts in the period it is collected in. Added to the ended period, it
     would be wiped by the next roll-over and counted in none."""
     with Session(bind=conn) as session:  # inside conn's transaction
-        user = session.scalars(
-            select(User).where(User.user_id == user_id).with_for_update()
-        ).first()
-        budget = session.get(Budget, user.budget_id) if user and user.budget_id else None
-        if user is not None and budget is not None:
-            budget_rules.roll_over(
-                session, user, budget.budget_duration_sec, now, budget.reset_alignment
-            )
+        _current(session, user_id, now)
         session.flush()
 
 
