@@ -144,7 +144,6 @@ class ChatStreamTranslator:
         self._menders: dict[int, SurrogateMender] = {}  # content block index -> its arguments'
         self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> block so far
         self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
-        self._usage: dict[str, int] = {}
         self._reported: dict[str, Any] = {}  # the provider's own numbers, for metering to check
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -153,7 +152,7 @@ class ChatStreamTranslator:
     @property
     def usage(self) -> dict[str, Any] | None:
         """OpenAI usage so far (final once `done`), None before the upstream reported any."""
-        return chat_usage(self._usage) if self._usage else None
+        return chat_usage(self._reported) if self._reported else None
 
     @property
     def reported(self) -> dict[str, Any] | None:
@@ -266,9 +265,7 @@ class ChatStreamTranslator:
     def _count(self, usage: Mapping[str, Any] | None) -> None:
         # Anthropic reports cumulative totals, so later numbers replace earlier ones.
         if usage:
-            reported = {k: v for k, v in usage.items() if k.endswith("_tokens")}
-            self._reported.update(reported)
-            self._usage.update({k: counts.clean(v) for k, v in reported.items()})
+            self._reported.update({k: v for k, v in usage.items() if k.endswith("_tokens")})
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk = self._envelope()
