@@ -244,7 +244,12 @@ def terminate(record: Record, grace: float) -> bool:
     if wait_until(lambda: not is_alive(record), grace):
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.kill(record.pid, signal.SIGKILL)
+        # The daemon leads its own process group (spawn starts a session): its uvicorn
+        # workers go with it, where they would go on serving the port on their own.
+        if os.getpgid(record.pid) == record.pid:
+            os.killpg(record.pid, signal.SIGKILL)
+        else:
+            os.kill(record.pid, signal.SIGKILL)
     wait_until(lambda: not is_alive(record), 5.0)
     return True
 

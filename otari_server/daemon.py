@@ -146,7 +146,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with(parent: int) -> None:
-    """Have the kernel send SIGTERM when `parent` ends (Linux); exit now if it has ended."""
+    """Have the kernel send SIGTERM when `parent` ends (Linux); exit now if it has ended.
+    For the migrate child and the uvicorn workers."""
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -194,6 +195,7 @@ def _serve_workers(
 
 def worker_app() -> FastAPI:
     """The app of one worker process (settings from the environment set by the parent)."""
+    _die_with(os.getppid())  # a worker left behind by a killed parent would go on serving
     resolved = settings.load()
     logs.configure(resolved.log_level, resolved.log_format, resolved.access_log)
     app = create_app(resolved)

@@ -440,3 +440,37 @@ def test_restart_with_an_option_keeps_the_others_it_was_started_with(
         assert key not in {k["id"] for k in ok(cli("keys", "list")).json()}
     finally:
         cli("stop")
+
+
+def _workers(pid: int) -> list[int]:
+    """The child processes of `pid` that serve (uvicorn's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if parent == str(pid) and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_workers_never_outlive_their_daemon(cli: Executable, how: str) -> None:
+    ok(cli("init", "--port", str(free_port())))
+    pid = ok(cli("start", "--workers", "2")).json()["pid"]
+    try:
+        assert wait_until(lambda: len(_workers(pid)) == 2)
+        workers = _workers(pid)
+        if how == "killed":  # the OOM killer's way: the workers are told to stop
+            os.kill(pid, signal.SIGKILL)
+        else:  # a hung daemon: stop's SIGKILL takes its whole process group
+            os.kill(pid, signal.SIGSTOP)
+            assert ok(cli("stop", "--grace", "1")).json()["killed"] is True
+        assert wait_until(lambda: not any(pid_alive(w) for w in workers), 30)
+    finally:
+        for leftover in [pid, *_workers(pid)]:
+            if pid_alive(leftover):
+                os.kill(leftover, signal.SIGKILL)
