@@ -174,6 +174,10 @@ def _migrate(stdin: str) -> int:
     return 0
 
 
+# The environment variable through which `_serve_workers` tells its workers its pid.
+_DAEMON_PID = "OTARI_DAEMON_PID"
+
+
 def _serve_workers(
     resolved: settings.Settings,
     config_path: Path | None,
@@ -190,12 +194,15 @@ def _serve_workers(
         os.environ[f"OTARI_{key.upper()}"] = str(value)
     os.environ["OTARI_AUTO_MIGRATE"] = "false"
     os.environ["OTARI_BOOTSTRAP_API_KEY"] = "false"
+    # The workers' parent, named here: a worker that asked os.getppid() after this process
+    # died (while it was still importing) would get its new parent and serve on, orphaned.
+    os.environ[_DAEMON_PID] = str(os.getpid())
     uvicorn.run("otari_server.daemon:worker_app", factory=True, workers=resolved.workers, **options)
 
 
 def worker_app() -> FastAPI:
     """The app of one worker process (settings from the environment set by the parent)."""
-    _die_with(os.getppid())  # a worker left behind by a killed parent would go on serving
+    _die_with(int(os.environ[_DAEMON_PID]))  # an orphaned worker would go on serving
     resolved = settings.load()
     logs.configure(resolved.log_level, resolved.log_format, resolved.access_log)
     app = create_app(resolved)

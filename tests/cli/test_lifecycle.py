@@ -457,6 +457,31 @@ def _workers(pid: int) -> list[int]:
     return found
 
 
+def test_workers_killed_with_their_daemon_while_starting_end_too(
+    cli: Executable, tmp_path: Path
+) -> None:
+    # The daemon dies while its workers are still importing, before they ask the kernel to
+    # stop them with it: they must notice that their parent is gone, not adopt a new one.
+    ok(cli("init", "--port", str(free_port())))
+    serving = subprocess.Popen(
+        [cli.exe, "serve", "--workers", "2"],
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    try:
+        assert wait_until(lambda: len(_workers(serving.pid)) == 2, 60)
+        workers = _workers(serving.pid)
+        serving.kill()
+        serving.wait(timeout=60)
+        assert wait_until(lambda: not any(pid_alive(w) for w in workers), 30)
+    finally:
+        for leftover in workers:
+            if pid_alive(leftover):
+                os.kill(leftover, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_workers_never_outlive_their_daemon(cli: Executable, how: str) -> None:
     ok(cli("init", "--port", str(free_port())))
