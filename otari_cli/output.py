@@ -41,6 +41,21 @@ def cell(value: object) -> str:
     return str(value)
 
 
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(text: str, lines: bool = False) -> str:
+    """`text` safe for a terminal: each control character written as its escape (`\\x1b`,
+    `\\r`, `\\u2028`), newlines kept only with `lines`. A model or key name is whatever a
+    client sent; shown raw, ESC sequences in it would drive the operator's terminal."""
+    if text.isprintable():  # nearly every value: no regex pass
+        return text
+    pattern = _CONTROL_BUT_NEWLINE if lines else _CONTROL
+    return pattern.sub(lambda found: found[0].encode("unicode_escape").decode("ascii"), text)
+
+
 def limit(value: object) -> str:
     """A limit in a detail view: None is `unlimited` (a list's `-` would read as unknown)."""
     return "unlimited" if value is None else cell(value)
@@ -124,7 +139,7 @@ class Output:
     ) -> None:
         """A list: a table of `columns`, a JSON array, CSV of every field, or ids."""
         if self.quiet:
-            self._write("".join(f"{row.get(id_field)}\n" for row in rows))
+            self._write("".join(_id_line(row.get(id_field)) for row in rows))
         elif self.format is Format.JSON:
             self._json(list(rows))
         elif self.format is Format.JSONL:
@@ -153,7 +168,7 @@ class Output:
         every field as the API names it.
         """
         if self.quiet:
-            self._write(f"{data.get(id_field)}\n")
+            self._write(_id_line(data.get(id_field)))
         elif self.format is Format.JSON:
             self._json(data)
         elif self.format is Format.JSONL:
@@ -192,7 +207,7 @@ class Output:
         writer: Any = None
         for row in self._progress(rows):
             if self.quiet:
-                self.stdout.write(f"{row.get(id_field)}\n")
+                self.stdout.write(_id_line(row.get(id_field)))
             elif self.format is Format.JSONL:
                 self.stdout.write(_json_line(row))
             elif self.format is Format.CSV:
@@ -317,6 +332,10 @@ class Output:
         if not rows:
             self.message(empty)
             return
+        # Values come from the server, and from whoever named a model or a key: a control
+        # character (ESC, CR, BEL) would drive the operator's terminal, so it is shown as an
+        # escape such as \x1b, before the widths are measured.
+        rows = [[shown(value) for value in row] for row in rows]
         fit = self.format is Format.TABLE and _isatty(self.stdout)
         # Widths in terminal cells, not characters: 東 or an emoji takes two.
         widths = [
@@ -357,6 +376,7 @@ class Output:
         console.print(table)
 
     def _err(self, text: str, style: str | None) -> None:
+        text = shown(text, lines=True)  # messages quote names from the server (see _table)
         if style and _isatty(self.stderr):
             from rich.console import Console
             from rich.text import Text
@@ -367,6 +387,11 @@ class Output:
         else:
             self.stderr.write(text + "\n")
             self.stderr.flush()
+
+
+def _id_line(value: object) -> str:
+    """An id on its own line (--quiet): a newline in it cannot make a second id."""
+    return shown(str(value)) + "\n"
 
 
 def _json_line(data: object) -> str:

@@ -253,3 +253,56 @@ def test_wide_characters_count_as_two_cells_off_and_on_a_terminal(
     shown = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in terminal.getvalue().splitlines()]
     assert all(cell_len(line) <= 24 for line in shown), shown
     assert "…" in shown[1] and shown[1].rstrip().endswith("1.25")  # text cut, never the amount
+
+
+# A model name as a client may send it: clear the screen, ring, rewrite the line, fake a row.
+HOSTILE = "gpt-4o\x1b[2J\x07\rspend 0\nk9\u2028\x9b31m"
+ESCAPED = "gpt-4o\\x1b[2J\\x07\\rspend 0\\nk9\\u2028\\x9b31m"
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def without_our_styles(text: str) -> str:
+    """`text` without the colours and bold the renderer itself writes on a terminal."""
+    return re.sub("\x1b\\[[0-9;]*m", "", text)
+
+
+@pytest.mark.parametrize("fmt", [Format.TABLE, Format.WIDE])
+@pytest.mark.parametrize("tty", [True, False])
+def test_tables_show_control_characters_as_escapes(fmt: Format, tty: bool) -> None:
+    out = make(fmt, tty=tty)
+    out.items([{"id": "k1", "key_name": HOSTILE, "spend": Decimal("1")}], COLUMNS)
+    out.item({"id": "k1", "model": HOSTILE})
+    out.item({"id": "k1", "model": HOSTILE}, fields=[Column("MODEL", "model")])
+    text = without_our_styles(stdout(out))
+    assert not CONTROL.search(text)
+    assert text.count(ESCAPED) == 3
+    assert len(text.splitlines()) == 2 + 3 + 2  # no row was split by the newline
+
+
+def test_messages_show_control_characters_as_escapes_but_keep_lines() -> None:
+    for tty in (True, False):
+        out = make(Format.TABLE, tty=tty)
+        out.stderr = Tty() if tty else io.StringIO()
+        out.error(f"unknown model {HOSTILE}\nsee otari models list")
+        out.warning(HOSTILE)
+        out.message(HOSTILE)
+        text = without_our_styles(stderr(out))
+        assert not CONTROL.search(text)
+        assert text.count("gpt-4o\\x1b[2J\\x07\\rspend 0") == 3
+        assert "\nsee otari models list" in text  # a message's own line break stays
+
+
+def test_quiet_ids_are_one_per_line_whatever_they_hold() -> None:
+    out = make(quiet=True)
+    out.items([{"id": "a\nb"}, {"id": "c"}], COLUMNS)
+    out.item({"id": "d\x1b[2J"})
+    assert stdout(out).splitlines() == ["a\\nb", "c", "d\\x1b[2J"]
+
+
+def test_json_and_csv_keep_the_exact_value() -> None:
+    out = make(Format.JSON)
+    out.items([{"id": "k1", "key_name": HOSTILE}], COLUMNS)
+    assert json.loads(stdout(out))[0]["key_name"] == HOSTILE
+    out = make(Format.CSV)
+    out.items([{"id": "k1", "key_name": HOSTILE}], COLUMNS)
+    assert list(csv.reader(io.StringIO(stdout(out))))[1][1] == HOSTILE
