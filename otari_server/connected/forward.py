@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from otari_server import jsonio
+from otari_server.accounting.counts import consumption
 from otari_server.accounting.estimates import estimated_prompt
+from otari_server.accounting.prices import Consumption
 from otari_server.connected.addresses import url_refusal
 from otari_server.connected.attempts import Attempt, Route, provider_for
 from otari_server.connected.config import redacted
@@ -50,6 +52,7 @@ from otari_server.providers.upstream import failure, refusal, sanitize
 from otari_server.translate import chat_via_messages as anthropic_wire
 from otari_server.translate.chat_via_messages_request import to_messages_request
 from otari_server.translate.streams import AnthropicToChat, ChatPassThrough, StreamTranslator
+from otari_server.translate.usage import anthropic_consumption
 
 log = logging.getLogger("otari.connected")
 
@@ -279,28 +282,27 @@ async def _complete(
         raise call.refused(response.status, content, response.headers)
     try:
         answer = jsonio.parse(content)
-        original_usage = answer.get("usage")
         if call.provider.type == "anthropic":
+            # Metered from the provider's own numbers: the translation writes one it cannot
+            # carry (text, a fraction) as 0.
+            usage = answer.get("usage")
+            used = anthropic_consumption(usage) if isinstance(usage, dict) else None
             answer = anthropic_wire.to_chat_completion(answer, model=body["model"])
             content = orjson.dumps(answer)
-        usage = answer.get("usage")
+        else:
+            usage = answer.get("usage")
+            used = consumption(usage) if isinstance(usage, dict) else None
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         raise call.broken("returned a malformed response", MALFORMED, retryable=False) from None
-    if isinstance(usage, dict) and (
-        call.provider.type != "anthropic" or isinstance(original_usage, dict)
-    ):
-        call.reporter.success(call.attempt.attempt_id, usage_numbers(usage))
-    else:  # no usage in the answer: the gateway's estimate, a token per four bytes of output
-        output = -(-len(content) // 4)
-        call.reporter.success(
-            call.attempt.attempt_id,
-            {
-                "prompt_tokens": prompt_estimate,
-                "completion_tokens": output,
-                "total_tokens": prompt_estimate + output,
-            },
-            estimated=True,
+    if used is not None and used.invalid is None:
+        call.reporter.success(call.attempt.attempt_id, usage_numbers(used))
+    else:  # no usage, or refused numbers: the gateway's estimate, a token per 4 bytes of output
+        if used is not None:
+            _refused(call, used.invalid)
+        estimate = Consumption(
+            prompt_tokens=prompt_estimate, completion_tokens=-(-len(content) // 4)
         )
+        call.reporter.success(call.attempt.attempt_id, usage_numbers(estimate), estimated=True)
     return Response(content, headers=JSON_HEADERS)
 
 
@@ -337,7 +339,7 @@ async def _stream(
             response.release()
 
     def settle(ending: Ending) -> None:
-        _report(call, ending)
+        _report(call, ending, prompt_estimate, translator.output_tokens)
 
     return RelayResponse(
         relay(
@@ -377,17 +379,26 @@ async def _first_chunk(
             return out
 
 
-def _report(call: Call, ending: Ending) -> None:
+def _refused(call: Call, reason: str | None) -> None:
+    log.warning(
+        "provider %s: usage refused (%s); reported the gateway's estimate",
+        call.provider.name,
+        reason,
+    )
+
+
+def _report(call: Call, ending: Ending, prompt_estimate: int, output_tokens: int) -> None:
     """The attempt's usage report: what was consumed, however the stream ended (provider
-    usage when seen, else the gateway's estimate, marked `usage_estimated`)."""
-    used = ending.used
-    usage = {
-        "prompt_tokens": used.prompt_tokens,
-        "completion_tokens": used.completion_tokens,
-        "total_tokens": used.prompt_tokens + used.completion_tokens,
-    }
+    usage when seen, else the gateway's estimate, marked `usage_estimated`): `output_tokens`
+    is the output relayed (about a token per content event)."""
+    used, estimated = ending.used, ending.estimated
+    if used.invalid is not None:
+        _refused(call, used.invalid)
+        used = Consumption(prompt_tokens=prompt_estimate, completion_tokens=output_tokens)
+        estimated = True
+    usage = usage_numbers(used)
     if ending.status == SUCCESS:
-        call.reporter.success(call.attempt.attempt_id, usage, estimated=ending.estimated)
+        call.reporter.success(call.attempt.attempt_id, usage, estimated=estimated)
         return
     if ending.cause == "client":
         error_class = CLIENT_DISCONNECTED
@@ -395,6 +406,4 @@ def _report(call: Call, ending: Ending) -> None:
         error_class = transport_failure(ending.failure).error_class
     else:
         error_class = STREAM_ERROR
-    call.reporter.error(
-        call.attempt.attempt_id, error_class, usage=usage, estimated=ending.estimated
-    )
+    call.reporter.error(call.attempt.attempt_id, error_class, usage=usage, estimated=estimated)

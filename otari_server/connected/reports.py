@@ -10,13 +10,12 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from otari_server.accounting import counts
+from otari_server.accounting.prices import Consumption
 from otari_server.connected.config import redacted
 from otari_server.connected.platform import TRANSPORT_ERRORS, Platform
 from otari_server.connected.queue import Queued, UsageQueue
@@ -27,31 +26,15 @@ log = logging.getLogger("otari.platform")
 POLL = 5.0
 
 
-def usage_numbers(usage: Mapping[str, Any] | None, chunks: int = 0) -> dict[str, int]:
-    """The token counts the platform bills by; a stream cut before its usage counts chunks.
-
-    Numbers are checked by counts.count like standalone mode's: one that breaks the rules
-    (2^63+5, 10^15, "12.5", true, -1) is not reported; the prompt then counts 0 and the
-    completion is estimated from the chunks relayed.
-    """
-    usage = usage or {}
-    prompt = _count(usage, "prompt_tokens")
-    completion = _count(usage, "completion_tokens")
-    if completion is None:
-        completion = max(chunks - 1, 0)  # about a token per chunk, less the role chunk
-    total = _count(usage, "total_tokens") or (prompt or 0) + completion
-    return {"prompt_tokens": prompt or 0, "completion_tokens": completion, "total_tokens": total}
-
-
-def _count(usage: Mapping[str, Any], name: str) -> int | None:
-    """A checked count, or None when it is missing or breaks the rules (logged)."""
-    if name not in usage:
-        return None
-    try:
-        return counts.count(usage[name], name)
-    except counts.BadCount as exc:
-        log.warning("provider usage refused (%s); not reported as such", exc)
-        return None
+def usage_numbers(used: Consumption) -> dict[str, int]:
+    """The token counts the platform bills by: `{"prompt_tokens", "completion_tokens",
+    "total_tokens"}` of what the attempt consumed (tokens)."""
+    total = used.prompt_tokens + used.completion_tokens
+    return {
+        "prompt_tokens": used.prompt_tokens,
+        "completion_tokens": used.completion_tokens,
+        "total_tokens": total,
+    }
 
 
 def backoff(

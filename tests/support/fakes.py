@@ -135,6 +135,9 @@ class Behaviour:
     thinking: str | None = None  # Anthropic: a signed thinking block before the answer
     redacted_thinking: str | None = None  # Anthropic: then a redacted_thinking block (its data)
     interleave: bool = False  # OpenAI streams: parallel calls' argument deltas interleaved
+    # Report these counts verbatim (streams too), merged over the computed usage: a
+    # misbehaving provider's `-5`, `"12.5"` or 10**40.
+    usage: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -405,6 +408,7 @@ class FakeOpenAI(FakeServer):
             return self.error_response(failure)
         answer = self.answer(body, behaviour, body.get("stop"))
         usage = _openai_usage(answer.prompt_tokens, answer.completion_tokens)
+        usage.update(behaviour.usage or {})
         call.usage = usage
         finish = behaviour.finish_reason or self.FINISH[answer.stop]
         completion_id = self._id("chatcmpl-fake")
@@ -613,6 +617,7 @@ class FakeAnthropic(FakeServer):
         }
         thinking = _thinking_content(behaviour)
         usage["output_tokens"] += sum(count_tokens(b.get("thinking", "")) for b in thinking)
+        usage.update(behaviour.usage or {})
         call.usage = usage
         stop_reason = behaviour.finish_reason or (
             "tool_use" if answer.stop == "tool_calls" else self.STOP[answer.stop]

@@ -267,6 +267,75 @@ def test_a_stream_is_relayed_and_reported(gw: World) -> None:
     ]
 
 
+# Provider usage that breaks the counting rules: past 64 bits, negative, a fraction, text, a
+# boolean. Reported as 0 it would bill nothing; the platform gets the gateway's estimate.
+BAD_COUNTS = [2**63 + 5, -5, 12.5, "12x", True]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("bad", BAD_COUNTS, ids=repr)
+def test_refused_provider_counts_are_reported_as_the_estimate(
+    world: World, provider: str, stream: bool, bad: object
+) -> None:
+    if provider == "anthropic":
+        world.platform.route(world.anthropic())
+        world.claude.push(usage={"input_tokens": bad})  # translated to the chat format
+    else:
+        world.primary.push(usage={"prompt_tokens": bad})
+    world.start()
+    body = json.dumps({"model": f"{provider}:m", "messages": MESSAGES, "stream": stream}).encode()
+    reply = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {USER_TOKEN}", "content-type": "application/json"},
+        timeout=30,
+    )
+    assert reply.status_code == 200 and "Hello" in reply.text  # served anyway
+    if stream:  # a token per event relayed: OpenAI's content chunks and the one that ends
+        output = count_tokens(DEFAULT_TEXT) + (provider == "openai")
+    else:
+        output = -(-len(reply.content) // 4)  # a token per four bytes of the answer
+    prompt = -(-len(body) // 4)
+    [report] = world.platform.wait_usage(1)
+    assert report["status"] == "success" and report["usage_estimated"] is True
+    assert report["usage"] == {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
+    }
+
+
+def test_counts_the_rules_accept_are_reported_as_numbers(gw: World) -> None:
+    # The same rules as standalone mode's: a numeric string and a whole float are counts.
+    gw.primary.push(usage={"prompt_tokens": "7", "completion_tokens": 2.0, "total_tokens": True})
+    gw.ask()
+    assert gw.platform.wait_usage(1) == [
+        {
+            "correlation_id": "att-primary",
+            "status": "success",
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        }
+    ]
+
+
+def test_anthropic_usage_is_reported_from_the_providers_numbers(world: World) -> None:
+    # Cache traffic counts as prompt: 3 + 20 + 100 tokens, as the translated answer says.
+    world.platform.route(world.anthropic())
+    cache = {"cache_creation_input_tokens": 20, "cache_read_input_tokens": 100}
+    world.claude.push(usage={"input_tokens": 3, **cache})
+    world.start()
+    completion = world.ask("anthropic:m").parse()
+    assert completion.usage.prompt_tokens == 123
+    [report] = world.platform.wait_usage(1)
+    output = count_tokens(DEFAULT_TEXT)
+    assert report == {
+        "correlation_id": "att-claude",
+        "status": "success",
+        "usage": {"prompt_tokens": 123, "completion_tokens": output, "total_tokens": 123 + output},
+    }
+
+
 def test_a_stream_keeps_the_usage_chunk_when_asked(gw: World) -> None:
     _, chunks, _ = stream_text(gw, stream_options={"include_usage": True})
     assert chunks[-1].usage.completion_tokens == count_tokens(DEFAULT_TEXT)
