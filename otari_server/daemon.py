@@ -51,19 +51,17 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
         if resolved.connected
         else (f"database {db.redact(resolved.database_url)}")
     )
-    print(
-        f"otari: serving on http://{resolved.host}:{resolved.port} ({target}"
-        + (f", {resolved.workers} workers" if resolved.workers > 1 else "")
-        + ")",
-        file=sys.stderr,
-        flush=True,
-    )
+    # Said once the socket is bound and start-up is done (the database reached, migrated):
+    # a start that fails on the way says only why.
+    where = f"http://{resolved.host}:{resolved.port} ({target})"
     if resolved.auto_migrate and not resolved.connected:
         migrate_apart(resolved)
     if resolved.workers > 1:
+        # uvicorn starts the workers and says when each one has started.
+        _say(f"otari: starting {resolved.workers} workers on {where}")
         _serve_workers(resolved, config_path, overrides, options)
         return
-    server = _Server(uvicorn.Config(create_app(resolved), **options))
+    server = _Server(uvicorn.Config(create_app(resolved), **options), f"otari: serving on {where}")
     server.run()
     if not server.started:
         raise SystemExit(1)
@@ -76,6 +74,10 @@ class _Server(uvicorn.Server):
     (exit status 143) to supervisors and scripts.
     """
 
+    def __init__(self, config: uvicorn.Config, serving: str) -> None:
+        super().__init__(config)
+        self._serving = serving
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         with super().capture_signals():
@@ -84,7 +86,13 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)
+        if self.started:
+            _say(self._serving)
         settle_heap()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def settle_heap() -> None:

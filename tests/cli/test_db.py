@@ -148,6 +148,7 @@ def test_serve_on_a_database_it_cannot_migrate_says_why_in_one_line(tmp_path: Pa
     last = done.err.strip().splitlines()[-1]
     assert last.startswith("error: the database could not be migrated: ")
     assert "9999_from_the_future" in last and "Traceback" not in done.err
+    assert "serving on" not in done.err  # said only once it serves
     with sqlite3.connect(source) as kept:
         assert kept.execute("SELECT version_num FROM alembic_version").fetchall() == [
             ("9999_from_the_future",)

@@ -155,6 +155,18 @@ def test_start_failure_exits_non_zero_with_the_last_log_lines(cli: Executable) -
     assert cli("status").code == ExitCode.UNREACHABLE
 
 
+def test_the_log_says_serving_once_the_gateway_serves(cli: Executable) -> None:
+    port = free_port()
+    ok(cli("init", "--port", str(port)))
+    ok(cli("start"))
+    try:
+        log = cli.dirs.logfile.read_text()
+        serving = log.index(f"otari: serving on http://127.0.0.1:{port} (database sqlite:///")
+        assert log.index("Application startup complete") < serving
+    finally:
+        cli("stop")
+
+
 def test_start_refuses_a_port_another_gateway_answers_on(
     running: Executable, tmp_path: Path
 ) -> None:
