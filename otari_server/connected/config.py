@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from otari_server.settings import ConfigError, Settings, state_dir
 from otari_server.tools.urls import Network, policy_settings
@@ -61,12 +62,23 @@ class PlatformConfig:
         )
 
 
+# Query parameters that carry a credential (`?api_key=`, `?token=`, `?password=`).
+_SECRET_PARAMETER = re.compile("pass|secret|token|key|auth|sig|cred", re.IGNORECASE)
+
+
 def redacted(url: str) -> str:
-    """`url` without any user:password@ part, for /health (no credentials needed) and logs."""
+    """`url` without any user:password@ part, and with the values of query parameters that
+    carry a credential hidden, for /health (no credentials needed) and logs."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2]))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="[redacted]@" + parts.netloc.rpartition("@")[2])
+    if parts.query and _SECRET_PARAMETER.search(parts.query):
+        query = [
+            (name, "[redacted]" if _SECRET_PARAMETER.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="[]"))
+    return urlunsplit(parts)
 
 
 _SECONDS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +50,17 @@ def upsert_insert(dialect: str, table: Any) -> Any:
     return sqlite.insert(table)
 
 
+# Query parameters that carry a secret: libpq's `password` and `sslpassword` (a DSN may
+# give the password there instead of `user:password@`), and any driver's token or secret.
+_SECRET_PARAMETER = re.compile("pass|secret|token", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """A URL safe to print: the password is hidden."""
+    """A URL safe to print: the password is hidden, in `user:password@` and in the query."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        hidden = {name: "hidden" for name in parsed.query if _SECRET_PARAMETER.search(name)}
+        return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
     except Exception:  # a URL too broken to parse is shown by scheme only
         return url.split(":", 1)[0] + "://..."
 

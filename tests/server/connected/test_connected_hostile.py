@@ -13,6 +13,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from otari_server.connected.config import redacted
 from tests.support.fakes import DEFAULT_TEXT, FakeOpenAI
 from tests.support.loopback import LoopbackServer
 from tests.support.platform_fake import (
@@ -360,6 +361,26 @@ def test_health_and_logs_redact_credentials_in_the_platform_url(
     assert "hunter2" not in health.text and "admin" not in health.text
     assert health.json()["platform_url"] == platform.url.replace("http://", "http://[redacted]@")
     assert "redirect (HTTP 307)" in caplog.text and "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://plat.example/v1?api_key=hunter2&region=eu",
+            "https://plat.example/v1?api_key=[redacted]&region=eu",
+        ),
+        ("https://a:hunter2@h/p?token=hunter2", "https://[redacted]@h/p?token=[redacted]"),
+        (
+            "https://h/o?X-Amz-Signature=hunter2&X-Amz-Credential=hunter2&n=1",
+            "https://h/o?X-Amz-Signature=[redacted]&X-Amz-Credential=[redacted]&n=1",
+        ),
+        ("https://h/v1?api-version=2024-10-21", "https://h/v1?api-version=2024-10-21"),
+    ],
+)
+def test_credentials_in_a_url_query_are_redacted_too(url: str, shown: str) -> None:
+    # Provider addresses come from the platform and are logged when refused.
+    assert redacted(url) == shown and "hunter2" not in redacted(url)
 
 
 def test_max_header_bytes_applies(
