@@ -21,11 +21,24 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+# Characters JSON may carry raw that a terminal acts on or that hide what text says: the C1
+# controls (U+009B is a CSI), the line and paragraph separators, the bidirectional
+# overrides and isolates, and invisible ones. Written as \u escapes: the same JSON value.
+_HIDDEN = (*range(0x80, 0xA0), 0x200B, 0x200E, 0x200F, *range(0x2028, 0x202F), 0x2060)
+_ESCAPES = {code: f"\\u{code:04x}" for code in (*_HIDDEN, *range(0x2066, 0x206A), 0xFEFF)}
+
+
+def escaped(text: str) -> str:
+    """JSON text with the characters above written as escapes (`\\u202e`)."""
+    return text if text.isascii() else text.translate(_ESCAPES)
+
+
 def dumps(value: Any, *, pretty: bool = False, sort_keys: bool = False) -> str:
-    """JSON text of `value`; Decimals as exact plain numbers. Raises TypeError on other types."""
+    """JSON text of `value`; Decimals as exact plain numbers; characters a terminal acts on
+    escaped (see `escaped`). Raises TypeError on other types."""
     option = orjson.OPT_NON_STR_KEYS
     if pretty:
         option |= orjson.OPT_INDENT_2
     if sort_keys:
         option |= orjson.OPT_SORT_KEYS
-    return orjson.dumps(value, default=_default, option=option).decode("utf-8")
+    return escaped(orjson.dumps(value, default=_default, option=option).decode("utf-8"))

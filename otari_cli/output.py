@@ -41,9 +41,12 @@ def cell(value: object) -> str:
     return str(value)
 
 
-# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 and C1 control characters, DEL, the Unicode line and paragraph separators, and the
+# characters that reorder or hide text (bidirectional overrides and isolates, zero-width
+# space, word joiner, byte order mark): a name must read as what it is.
+_HIDING = "\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff"
+_CONTROL = re.compile(f"[\x00-\x1f\x7f-\x9f{_HIDING}]")
+_CONTROL_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_HIDING}]")
 
 
 def shown(text: str, lines: bool = False) -> str:
@@ -234,7 +237,7 @@ class Output:
         write = self.stdout.write
         jsonl = self.format is Format.JSONL
         for line in self._progress(lines):
-            text = line.decode("utf-8")
+            text = jsontext.escaped(line.decode("utf-8"))
             if jsonl:
                 write(text + "\n")
             else:
@@ -295,7 +298,7 @@ class Output:
         """Ask on a terminal; without one, refuse (exit 2) so scripts must pass --yes."""
         if not _isatty(self.stdin):
             raise UsageError("refusing to proceed without confirmation: pass --yes")
-        self.stderr.write(f"{question} [y/N]: ")
+        self.stderr.write(f"{shown(question)} [y/N]: ")  # one line, whatever it quotes
         self.stderr.flush()
         answer = self.stdin.readline().strip().lower()
         return answer in ("y", "yes")

@@ -116,6 +116,13 @@ def test_confirm_without_a_terminal_refuses() -> None:
         make().confirm("Delete it?")
 
 
+def test_confirm_shows_the_question_escaped() -> None:
+    # The question quotes what the server sent (a price source's version, a name).
+    out = Output(Format.JSON, stdout=io.StringIO(), stderr=io.StringIO(), stdin=Tty("n\n"))
+    assert out.confirm(f"Write prices from {HOSTILE}?") is False
+    assert not CONTROL.search(stderr(out)) and ESCAPED in stderr(out)
+
+
 @pytest.mark.parametrize(
     ("answer", "expected"), [("y\n", True), ("yes\n", True), ("\n", False), ("n\n", False)]
 )
@@ -256,9 +263,10 @@ def test_wide_characters_count_as_two_cells_off_and_on_a_terminal(
 
 
 # A model name as a client may send it: clear the screen, ring, rewrite the line, fake a row.
-HOSTILE = "gpt-4o\x1b[2J\x07\rspend 0\nk9\u2028\x9b31m"
-ESCAPED = "gpt-4o\\x1b[2J\\x07\\rspend 0\\nk9\\u2028\\x9b31m"
-CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+HOSTILE = "gpt-4o\x1b[2J\x07\rspend 0\nk9\u2028\x9b31m\u202eevil\u2066\u200b"
+ESCAPED = "gpt-4o\\x1b[2J\\x07\\rspend 0\\nk9\\u2028\\x9b31m\\u202eevil\\u2066\\u200b"
+# What must never reach the terminal raw: controls, separators, bidi overrides and isolates.
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\u200b]")
 
 
 def without_our_styles(text: str) -> str:
@@ -300,9 +308,16 @@ def test_quiet_ids_are_one_per_line_whatever_they_hold() -> None:
 
 
 def test_json_and_csv_keep_the_exact_value() -> None:
+    # JSON writes what a terminal would act on as \u escapes: the same value when parsed.
     out = make(Format.JSON)
     out.items([{"id": "k1", "key_name": HOSTILE}], COLUMNS)
+    assert not CONTROL.search(stdout(out).replace("\n", ""))
     assert json.loads(stdout(out))[0]["key_name"] == HOSTILE
+    lines = make(Format.JSONL)
+    lines.items([{"id": "k1", "key_name": HOSTILE}], COLUMNS)
+    lines.stream_lines([json.dumps({"key_name": HOSTILE}, ensure_ascii=False).encode()])
+    assert not CONTROL.search(stdout(lines).replace("\n", ""))
+    assert [json.loads(line)["key_name"] for line in stdout(lines).splitlines()] == [HOSTILE] * 2
     out = make(Format.CSV)
     out.items([{"id": "k1", "key_name": HOSTILE}], COLUMNS)
     assert list(csv.reader(io.StringIO(stdout(out))))[1][1] == HOSTILE
