@@ -163,6 +163,11 @@ def settle_answer(
     if isinstance(usage, dict):
         call.settle("success", read(usage))
         return
+    if usage is not None:  # "usage": "lots" is a refused report, not a missing one
+        call.settle(
+            "success", Consumption(invalid=f"usage is not an object ({type(usage).__name__})")
+        )
+        return
     output = -(-answer_size // 4)
     if call.max_output is not None:
         output = min(output, call.max_output)

@@ -79,7 +79,8 @@ def to_chat_completion(
                 "finish_reason": finish_reason(message.get("stop_reason")),
             }
         ],
-        "usage": chat_usage(message.get("usage") or {}),
+        # A usage that is not an object reads as none here; metering refuses it.
+        "usage": chat_usage(usage if isinstance(usage := message.get("usage"), Mapping) else {}),
     }
 
 
@@ -145,6 +146,7 @@ class ChatStreamTranslator:
         self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> block so far
         self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
         self._reported: dict[str, Any] = {}  # the provider's own numbers, for metering to check
+        self._unread: set[str] = set()  # usage events not read (and not superseded since)
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
         self.done = False
@@ -172,7 +174,7 @@ class ChatStreamTranslator:
         if kind == "content_block_stop":
             return self._block_stop(event.get("index", 0))
         if kind == "message_delta":
-            self._count(event.get("usage"))
+            self._count(event.get("usage"), kind)
             self.finish_reason = finish_reason((event.get("delta") or {}).get("stop_reason"))
             return [self._chunk({}, self.finish_reason)]
         if kind == "message_stop":
@@ -182,10 +184,27 @@ class ChatStreamTranslator:
             return [self._error(event.get("error") or {})]
         return []  # ping and event types added later
 
+    @property
+    def unreadable(self) -> str | None:
+        """Why the provider's usage cannot be known, when it cannot: metering then refuses
+        the numbers instead of billing what was read (message_start's placeholder output
+        count, no input count)."""
+        if self._unread:
+            return f"the provider's {min(self._unread)} event could not be read"
+        return None
+
+    def unread(self, kind: object) -> None:
+        """An event of type `kind` (or its usage) could not be read. A message_start matters
+        until an input count is known; a message_delta until a later one is read (its totals
+        are cumulative)."""
+        started = "input_tokens" in self._reported
+        if kind == "message_delta" or (kind == "message_start" and not started):
+            self._unread.add(kind)
+
     def _start(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
         self._id = message.get("id", "")
         self._model = message.get("model") or self._model
-        self._count(message.get("usage"))
+        self._count(message.get("usage"), "message_start")
         return [self._chunk({"role": "assistant", "content": ""})]
 
     def _block_start(self, index: int, block: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -262,10 +281,18 @@ class ChatStreamTranslator:
         }
         return {"error": self.error}
 
-    def _count(self, usage: Mapping[str, Any] | None) -> None:
-        # Anthropic reports cumulative totals, so later numbers replace earlier ones.
-        if usage:
-            self._reported.update({k: v for k, v in usage.items() if k.endswith("_tokens")})
+    def _count(self, usage: object, kind: str) -> None:
+        # Anthropic reports cumulative totals, so later numbers replace earlier ones; a null
+        # is no report (the SDK's MessageDeltaUsage has optional input and cache counts).
+        if isinstance(usage, Mapping):
+            self._reported.update(
+                {k: v for k, v in usage.items() if k.endswith("_tokens") and v is not None}
+            )
+            self._unread.discard(kind)
+            if "input_tokens" in self._reported:
+                self._unread.discard("message_start")
+        elif usage is not None:  # "usage": "lots": the event's numbers cannot be read
+            self.unread(kind)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk = self._envelope()

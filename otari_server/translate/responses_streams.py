@@ -193,10 +193,11 @@ class AnthropicToResponses(StreamTranslator):
             parsed = decoded(event.data)
             if parsed is None:
                 self.malformed += 1
+                self._chunks.unread(event.event)
                 continue
             if parsed.get("type") == "content_block_delta":
                 self.deltas += 1
-            for chunk in self._translate(self._chunks.feed, parsed):
+            for chunk in self._translate(self._chunks.feed, parsed, self._chunks.unread):
                 out += self._events.feed(chunk)
         if self._events.error is not None:
             self.error = str(self._events.error["message"])

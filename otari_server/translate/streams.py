@@ -97,19 +97,25 @@ class StreamTranslator:
         return b""
 
     def _translate(
-        self, feed: Callable[[dict[str, Any]], list[dict[str, Any]]], parsed: dict[str, Any]
+        self,
+        feed: Callable[[dict[str, Any]], list[dict[str, Any]]],
+        parsed: dict[str, Any],
+        unread: Callable[[object], None] | None = None,
     ) -> list[dict[str, Any]]:
         """`feed(parsed)`: one provider event through a translator; an event of a shape the
         translator cannot read (`"delta": "x"`, `"message": 5`) is skipped and counted as
         malformed, as unparsable JSON is, instead of cutting the client's stream.
 
         The first such event of a stream is logged with its traceback: from the exception
-        alone, a provider's odd event and a bug in a translator look the same.
+        alone, a provider's odd event and a bug in a translator look the same. `unread` is
+        told the skipped event's type.
         """
         try:
             return feed(parsed)
         except (AttributeError, TypeError, KeyError, IndexError, ValueError):
             self.malformed += 1
+            if unread is not None:
+                unread(parsed.get("type"))
             if not self._misread:
                 self._misread = True
                 log.warning(
@@ -370,10 +376,11 @@ class AnthropicToChat(StreamTranslator):
             parsed = decoded(event.data)
             if parsed is None:
                 self.malformed += 1
+                self._translator.unread(event.event)
                 continue
             if parsed.get("type") == "content_block_delta":
                 self.deltas += 1
-            for chunk in self._translate(self._translator.feed, parsed):
+            for chunk in self._translate(self._translator.feed, parsed, self._translator.unread):
                 if "error" in chunk:
                     self.error = str(chunk["error"].get("message", "upstream stream failed"))
                 else:

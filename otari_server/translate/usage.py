@@ -21,8 +21,10 @@ def anthropic_consumption(usage: object) -> Consumption:
 
     Each count is checked by counts.count first: chat_usage (made for translation) reads a
     fraction, a boolean or text as 0, which would under-bill a native answer."""
-    if not isinstance(usage, dict):
+    if usage is None:
         return Consumption()
+    if not isinstance(usage, dict):
+        return Consumption(invalid=f"usage is not an object ({type(usage).__name__})")
     try:
         for name in _ANTHROPIC_COUNTS:
             counts.count(usage.get(name), name)
@@ -48,8 +50,10 @@ def anthropic_used(
     came (the translated ones read what breaks the rules as 0). A stream cut short counts at
     least `deltas` output tokens (one per content delta relayed): message_start's output
     count is only a placeholder."""
-    if isinstance(whole_usage, dict):
+    if whole_usage is not None:
         return anthropic_consumption(whole_usage)
+    if translator.unreadable is not None:
+        return Consumption(invalid=translator.unreadable)
     reported = translator.reported
     if reported is None:
         return None

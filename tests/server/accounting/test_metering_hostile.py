@@ -147,6 +147,33 @@ def test_bad_counts_from_an_anthropic_provider_are_refused_too(gateway: Gateway)
     assert ANTHROPIC_KEY not in row["error_message"]
 
 
+@pytest.mark.parametrize("usage", ["lots", [4, 7], 7], ids=repr)
+def test_a_translated_answer_whose_usage_is_not_an_object_is_served_and_refused(
+    gateway: Gateway, usage: object
+) -> None:
+    # The translation reads such a usage as none; metering refuses it (the worst case).
+    client = gateway.client(gateway.key())
+    for stream in (False, True):
+        gateway.anthropic_fake.push(body={**anthropic_answer(7), "usage": usage})
+        reply = client.chat.completions.create(
+            model="claude:claude-sonnet", messages=HI, max_tokens=100, stream=stream
+        )
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices)  # type: ignore[union-attr]
+        else:
+            text = reply.choices[0].message.content  # type: ignore[union-attr]
+        assert text == "served anyway"
+        gateway.anthropic_fake.push(body={**anthropic_answer(7), "usage": usage})
+        answer = client.responses.create(
+            model="claude:claude-sonnet", input="hi", max_output_tokens=100
+        )
+        assert answer.output_text == "served anyway"
+    for row in gateway.usage(4):
+        assert row["status"] == "invalid_usage" and row["status_code"] == 200, row
+        assert "usage is not an object" in row["error_message"]
+        assert row["completion_tokens"] == 100  # the request's max_tokens, never 0
+
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("output_tokens", [True, 7.5, "7x", [7]], ids=repr)
 def test_non_integer_counts_on_the_native_messages_path_are_refused(

@@ -306,6 +306,45 @@ def test_refused_provider_counts_are_reported_as_the_estimate(
     }
 
 
+ANSWERS: dict[str, dict[str, Any]] = {
+    "openai": {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi"}}
+        ],
+    },
+    "anthropic": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "text", "text": "Hi"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+    },
+}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_usage_that_is_not_an_object_is_reported_as_the_estimate(
+    world: World, provider: str
+) -> None:
+    if provider == "anthropic":
+        world.platform.route(world.anthropic())
+    fake = world.claude if provider == "anthropic" else world.primary
+    fake.push(body={**ANSWERS[provider], "usage": "lots"})
+    world.start()
+    raw = world.ask(f"{provider}:m")
+    assert raw.parse().choices[0].message.content == "Hi"  # served, translated or not
+    [report] = world.platform.wait_usage(1)
+    assert report["status"] == "success" and report["usage_estimated"] is True
+    output = -(-len(raw.http_response.content) // 4)
+    assert report["usage"]["completion_tokens"] == output > 0
+
+
 def test_counts_the_rules_accept_are_reported_as_numbers(gw: World) -> None:
     # The same rules as standalone mode's: a numeric string and a whole float are counts.
     gw.primary.push(usage={"prompt_tokens": "7", "completion_tokens": 2.0, "total_tokens": True})

@@ -376,6 +376,55 @@ def test_absurd_counts_in_a_translated_stream_are_refused_not_read_as_zero(
     assert all("is over the ceiling" in row["error_message"] for row in rows)
 
 
+# Anthropic usage events as providers may send them. message_delta's usage is cumulative and
+# the SDK types its input and cache counts as optional: a null is no report. A usage event the
+# gateway cannot read (and no later one supersedes) leaves the usage unknown: refused and
+# billed the estimate, never message_start's placeholder output count or no input count.
+DELTA = b'"usage": {"output_tokens": 3}'
+USAGE_SHAPES = {
+    "null counts": ([(DELTA, b'"usage": {"input_tokens": null, "output_tokens": 3}')], None),
+    "usage not an object": (
+        [(b'"usage": {"input_tokens": 7, "output_tokens": 1}', b'"usage": "lots"')],
+        "message_start",
+    ),
+    "message_delta usage a list": ([(DELTA, b'"usage": [3]')], "message_delta"),
+    "message_delta not JSON": ([(DELTA, b'"usage": {"output_tokens": 1e400}')], "message_delta"),
+}
+
+
+@pytest.mark.parametrize("shape", list(USAGE_SHAPES))
+def test_anthropic_usage_events_are_read_or_refused_by_every_translator(
+    world: World, shape: str
+) -> None:
+    edits, refused = USAGE_SHAPES[shape]
+    parts = anthropic_stream("Hello", " there")
+    for old, new in edits:
+        assert any(old in p for p in parts)
+        parts = [p.replace(old, new) for p in parts]
+    world.fake.push(Script(parts))
+    assert chat_text(world.openai(), "rawclaude:m")[0] == "Hello there"
+    world.fake.push(Script(parts))
+    assert responses_text(world.openai(), "rawclaude:m") == "Hello there"
+    rows = world.usage(2)
+    for row in rows:
+        if refused is None:
+            assert row["status"] == "success", row
+            assert (row["prompt_tokens"], row["completion_tokens"]) == (7, 3)
+        else:
+            assert row["status"] == "invalid_usage", row
+            assert refused in row["error_message"]
+
+
+def test_an_unreadable_message_delta_is_superseded_by_a_later_one(world: World) -> None:
+    parts = anthropic_stream("Hello", " there")
+    [delta] = [p for p in parts if DELTA in p]
+    parts.insert(parts.index(delta), delta.replace(DELTA, b'"usage": [3]'))
+    world.fake.push(Script(parts))
+    assert chat_text(world.openai(), "rawclaude:m")[0] == "Hello there"
+    [row] = world.usage(1)
+    assert row["status"] == "success" and (row["prompt_tokens"], row["completion_tokens"]) == (7, 3)
+
+
 # -- a provider error mid-stream -----------------------------------------------------------------
 
 
