@@ -7,7 +7,9 @@ standalone and connected mode:
 - a count is a non-negative integer no larger than its ceiling (MAX_TOKENS, MAX_IMAGES);
 - an integral float (12.0) or a string of decimal digits ("12") is converted on purpose;
 - anything else (a fraction, a negative number, a boolean, text, a list, NaN) is refused;
-- a missing count (None) is 0 and is not an error: many answers report only some fields.
+- a missing count (None) is 0 and is not an error: many answers report only some fields;
+  but a usage without an input count (`{}`, only nulls, only an output count) is no
+  report, and the answer is billed from the gateway's estimate (`reports_tokens`).
 
 Audio seconds are a non-negative, finite decimal no larger than MAX_AUDIO_SECONDS.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard
 
 from otari_server.accounting.prices import Consumption
 
@@ -62,6 +64,17 @@ def count(value: object, name: str, ceiling: int = MAX_TOKENS) -> int:
     if number > ceiling:
         raise BadCount(f"{name}: {number} is over the ceiling of {ceiling}")
     return number
+
+
+# The input count of each usage object providers send: OpenAI chat and embeddings
+# (`prompt_tokens`), the Responses API and Anthropic (`input_tokens`).
+_INPUT_COUNTS = ("prompt_tokens", "input_tokens")
+
+
+def reports_tokens(usage: object) -> TypeGuard[dict[str, Any]]:
+    """Whether `usage` is an object that reports an input count (a null is no report):
+    without one, nothing says what the prompt cost."""
+    return isinstance(usage, dict) and any(usage.get(name) is not None for name in _INPUT_COUNTS)
 
 
 def seconds(value: object, name: str = "duration") -> Decimal:

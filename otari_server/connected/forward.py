@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from otari_server import jsonio
+from otari_server.accounting import counts
 from otari_server.accounting.counts import consumption
 from otari_server.accounting.estimates import estimated_prompt
 from otari_server.accounting.prices import Consumption
@@ -286,7 +287,7 @@ async def _complete(
             # Metered from the provider's own numbers: the translation writes one it cannot
             # carry (text, a fraction) as 0.
             usage = answer.get("usage")
-            used = anthropic_consumption(usage) if isinstance(usage, dict) else None
+            used = None if usage is None else anthropic_consumption(usage)
             answer = anthropic_wire.to_chat_completion(answer, model=body["model"])
             content = orjson.dumps(answer)
         else:
@@ -294,10 +295,10 @@ async def _complete(
             used = consumption(usage) if isinstance(usage, dict) else None
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         raise call.broken("returned a malformed response", MALFORMED, retryable=False) from None
-    if used is not None and used.invalid is None:
+    if used is not None and used.invalid is None and counts.reports_tokens(usage):
         call.reporter.success(call.attempt.attempt_id, usage_numbers(used))
     else:  # no usage, or refused numbers: the gateway's estimate, a token per 4 bytes of output
-        if used is not None:
+        if used is not None and used.invalid is not None:
             _refused(call, used.invalid)
         estimate = Consumption(
             prompt_tokens=prompt_estimate, completion_tokens=-(-len(content) // 4)

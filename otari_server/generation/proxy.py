@@ -26,6 +26,7 @@ from otari_server.accounting.prices import (
     IMAGES,
     MAX_MONEY,
     REQUESTS,
+    TOKENS,
     Consumption,
     Price,
 )
@@ -158,12 +159,13 @@ def settle_answer(
     call: Call, usage: object, read: Callable[[dict[str, Any]], Consumption], answer_size: int
 ) -> None:
     """Settle a whole (non-streamed) answer from its `usage` (read by `read`); an answer
-    without usage is billed from the gateway's estimate: the prompt's, and a token per four
+    without usage (or with one that reports no token count) is billed from the gateway's
+    estimate: the prompt's, and a token per four
     bytes of the answer (at most the reserved output), the row saying it is estimated."""
-    if isinstance(usage, dict):
+    if counts.reports_tokens(usage):
         call.settle("success", read(usage))
         return
-    if usage is not None:  # "usage": "lots" is a refused report, not a missing one
+    if usage is not None and not isinstance(usage, dict):  # "lots": refused, not missing
         call.settle(
             "success", Consumption(invalid=f"usage is not an object ({type(usage).__name__})")
         )
@@ -521,7 +523,11 @@ async def forward_json(request: Request, caller: Caller, endpoint: Endpoint) -> 
             openai_only=True,
         )
     call, content, answer = await exchange_json(request, caller, endpoint, (raw, body))
-    call.settle("success", metered(endpoint, answer))
+    if endpoint.billing == TOKENS and not counts.reports_tokens(answer.get("usage")):
+        # An embedding without usage: its prompt as the gateway estimates it.
+        settle_answer(call, answer.get("usage"), consumption, 0)
+    else:
+        call.settle("success", metered(endpoint, answer))
     return Response(content, headers=JSON_HEADERS)
 
 

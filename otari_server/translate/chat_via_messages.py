@@ -147,6 +147,8 @@ class ChatStreamTranslator:
         self._thinking_blocks = 0  # thinking blocks sent so far: the next entry's index
         self._reported: dict[str, Any] = {}  # the provider's own numbers, for metering to check
         self._unread: set[str] = set()  # usage events not read (and not superseded since)
+        # Whether a message_delta gave the output count: message_start's is a placeholder.
+        self.output_final = False
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
         self.done = False
@@ -289,6 +291,8 @@ class ChatStreamTranslator:
                 {k: v for k, v in usage.items() if k.endswith("_tokens") and v is not None}
             )
             self._unread.discard(kind)
+            if kind == "message_delta" and usage.get("output_tokens") is not None:
+                self.output_final = True
             if "input_tokens" in self._reported:
                 self._unread.discard("message_start")
         elif usage is not None:  # "usage": "lots": the event's numbers cannot be read

@@ -59,7 +59,7 @@ class ResponsesPassThrough(StreamTranslator):
         self.stored_id: str | None = None
 
     def used(self) -> Consumption | None:
-        return None if self._usage is None else responses_consumption(self._usage)
+        return responses_consumption(self._usage) if counts.reports_tokens(self._usage) else None
 
     def _finished(self, answer: dict[str, Any]) -> None:
         if isinstance(answer.get("usage"), dict):

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from otari_server import jsonio
+from otari_server.accounting import counts
 from otari_server.accounting.counts import consumption
 from otari_server.accounting.prices import Consumption
 from otari_server.translate import chat_via_messages as anthropic_wire
@@ -250,7 +251,7 @@ class ChatPassThrough(StreamTranslator):
         return max(self.deltas - 1, 0)  # less the role chunk
 
     def used(self) -> Consumption | None:
-        return None if self._usage is None else consumption(self._usage)
+        return consumption(self._usage) if counts.reports_tokens(self._usage) else None
 
     def fail(self, message: str, code: str) -> bytes:
         return chat_error_event(message, code)
@@ -406,7 +407,7 @@ class MessagesPassThrough(StreamTranslator):
         self._finished = False
 
     def used(self) -> Consumption | None:
-        if not self._usage:
+        if not counts.reports_tokens(self._usage):
             return None
         usage = dict(self._usage)
         if not self._finished:  # cut short: message_start's output count is a placeholder
@@ -539,7 +540,7 @@ class ChatToMessages(StreamTranslator):
     def used(self) -> Consumption | None:
         # The provider's OpenAI usage as it sent it: checked before any translation.
         reported = self._translator.reported
-        return None if reported is None else consumption(reported)
+        return consumption(reported) if counts.reports_tokens(reported) else None
 
     def fail(self, message: str, code: str) -> bytes:
         return anthropic_error_event(message)

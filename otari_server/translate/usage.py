@@ -47,17 +47,19 @@ def anthropic_used(
     """What an Anthropic stream read through `translator` consumed: the usage of a whole
     JSON answer (`whole_usage`, as the provider sent it) when the provider sent one, else the
     stream's own; None when it reported none. The provider's numbers are checked as they
-    came (the translated ones read what breaks the rules as 0). A stream cut short counts at
-    least `deltas` output tokens (one per content delta relayed): message_start's output
-    count is only a placeholder."""
-    if whole_usage is not None:
+    came (the translated ones read what breaks the rules as 0). A stream cut short, or whose
+    message_delta gave no output count, counts at least `deltas` output tokens (one per
+    content delta relayed): message_start's output count is only a placeholder."""
+    if whole_usage is not None and (
+        counts.reports_tokens(whole_usage) or not isinstance(whole_usage, dict)
+    ):
         return anthropic_consumption(whole_usage)
     if translator.unreadable is not None:
         return Consumption(invalid=translator.unreadable)
     reported = translator.reported
-    if reported is None:
+    if not counts.reports_tokens(reported):
         return None
     used = anthropic_consumption(reported)
-    if used.invalid is None and not translator.done:
+    if used.invalid is None and not (translator.done and translator.output_final):
         used = replace(used, completion_tokens=max(used.completion_tokens, deltas))
     return used

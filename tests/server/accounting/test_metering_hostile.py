@@ -112,6 +112,51 @@ def test_missing_usage_still_settles(gateway: Gateway) -> None:
     assert gateway.get_user("u")["reserved"] == 0
 
 
+NO_COUNTS = {
+    "prompt_tokens": None,
+    "completion_tokens": None,
+    "input_tokens": None,
+    "output_tokens": None,
+}
+ESTIMATED = "usage estimated by the gateway (no usage"
+
+
+@pytest.mark.parametrize("usage", [{}, NO_COUNTS], ids=["empty", "nulls"])
+def test_a_usage_without_counts_is_no_report_and_billed_the_estimate(
+    gateway: Gateway, usage: dict[str, Any]
+) -> None:
+    # Billed as reported, such an answer would be free.
+    priced(gateway, input_price="1000")
+    gateway.price("claude:claude-sonnet", "1000", "2000")
+    gateway.price("fake:text-embedding-3-small", "1000", "0")
+    client = gateway.client(gateway.key())
+    gateway.openai_fake.push(body=chat_answer(usage))
+    client.chat.completions.create(model=MODEL, messages=HI, max_tokens=5)
+    gateway.openai_fake.push(usage=usage or NO_COUNTS)  # the stream's usage chunk
+    list(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=5, stream=True))
+    gateway.anthropic_fake.push(usage=usage or NO_COUNTS)
+    list(
+        client.chat.completions.create(
+            model="claude:claude-sonnet", messages=HI, max_tokens=5, stream=True
+        )
+    )
+    gateway.anthropic_fake.push(body={**anthropic_answer(7), "usage": usage})
+    client.chat.completions.create(model="claude:claude-sonnet", messages=HI, max_tokens=5)
+    gateway.openai_fake.push(
+        body={
+            "object": "list",
+            "model": "text-embedding-3-small",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}],
+            "usage": usage,
+        }
+    )
+    client.embeddings.create(model="fake:text-embedding-3-small", input="hello there")
+    rows = gateway.usage(5)
+    for row in rows:
+        assert row["status"] == "success" and row["error_message"].startswith(ESTIMATED), row
+        assert row["prompt_tokens"] > 0 and row["cost"] > 0
+
+
 def anthropic_answer(output_tokens: object, input_tokens: object = 4) -> dict[str, Any]:
     """An Anthropic message reporting these counts verbatim."""
     return {

@@ -328,14 +328,16 @@ ANSWERS: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.parametrize("usage", ["lots", {}, {"prompt_tokens": None, "input_tokens": None}])
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-def test_a_usage_that_is_not_an_object_is_reported_as_the_estimate(
-    world: World, provider: str
+def test_a_usage_that_reports_no_counts_is_reported_as_the_estimate(
+    world: World, provider: str, usage: object
 ) -> None:
+    # Not an object, empty, or without an input count: reported as such, the answer is free.
     if provider == "anthropic":
         world.platform.route(world.anthropic())
     fake = world.claude if provider == "anthropic" else world.primary
-    fake.push(body={**ANSWERS[provider], "usage": "lots"})
+    fake.push(body={**ANSWERS[provider], "usage": usage})
     world.start()
     raw = world.ask(f"{provider}:m")
     assert raw.parse().choices[0].message.content == "Hi"  # served, translated or not
