@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import traceback
@@ -54,15 +55,19 @@ def run(config_path: Path | None, overrides: Mapping[str, Any]) -> None:
     # Said once the socket is bound and start-up is done (the database reached, migrated):
     # a start that fails on the way says only why.
     where = f"http://{resolved.host}:{resolved.port} ({target})"
+    # Bound before any start-up work, so a port in use stops the start in one line before
+    # the database is touched (uvicorn binds after the lifespan). Connections are refused
+    # until the server listens on it.
+    listening = _bound(resolved.host, resolved.port) if resolved.workers == 1 else None
     if resolved.auto_migrate and not resolved.connected:
         migrate_apart(resolved)
-    if resolved.workers > 1:
+    if listening is None:
         # uvicorn starts the workers and says when each one has started.
         _say(f"otari: starting {resolved.workers} workers on {where}")
         _serve_workers(resolved, config_path, overrides, options)
         return
     server = _Server(uvicorn.Config(create_app(resolved), **options), f"otari: serving on {where}")
-    server.run()
+    server.run(sockets=[listening])
     if not server.started:
         raise SystemExit(1)
 
@@ -110,6 +115,24 @@ def settle_heap() -> None:
 
 class MigrationFailed(RuntimeError):
     """The schema upgrade failed; the message is the migration's own error."""
+
+
+class PortUnavailable(RuntimeError):
+    """The address to serve on cannot be bound (in use, or not this host's)."""
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, as uvicorn binds it (IPv6 for a host with a colon).
+    Raises PortUnavailable."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise PortUnavailable(f"cannot serve on {host}:{port}: {reason.lower()}") from None
+    return sock
 
 
 def migrate_apart(resolved: settings.Settings) -> None:
@@ -268,13 +291,18 @@ def main(argv: list[str]) -> int:
         except MigrationFailed as exc:
             _error(f"the database could not be migrated: {exc}")
             return 1
+        except PortUnavailable as exc:
+            _error(str(exc))
+            return 1
     except (EOFError, KeyboardInterrupt):  # as Click reports an interrupt before serving
         sys.stderr.write("\nAborted!\n")
         return 1
     except Exception as exc:  # the CLI's rendering of an unexpected error
         if request.get("debug"):
             sys.stderr.write("".join(traceback.format_exception(exc)))
-        _error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
+        # The first line: a database error goes on with its SQL and a link.
+        cause = next((line for line in str(exc).splitlines() if line.strip()), "")
+        _error(f"unexpected {type(exc).__name__}: {cause} (run with --debug for details)")
         return 1
     return 0
 

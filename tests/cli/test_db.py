@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -153,6 +154,39 @@ def test_serve_on_a_database_it_cannot_migrate_says_why_in_one_line(tmp_path: Pa
         assert kept.execute("SELECT version_num FROM alembic_version").fetchall() == [
             ("9999_from_the_future",)
         ]
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_before_touching_the_database(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = Executable(tmp_path)(
+            "serve", "--database-url", f"sqlite:///{tmp_path / 'never.db'}", "--port", str(port)
+        )
+    assert done.code == 1
+    assert done.err.strip().splitlines() == [
+        f"error: cannot serve on 127.0.0.1:{port}: address already in use"
+    ]
+    assert not (tmp_path / "never.db").exists()  # nothing was migrated or written
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(tmp_path: Path) -> None:
+    done = Executable(tmp_path)(
+        "serve",
+        "--database-url",
+        "postgresql://otari:pw-4d1e@127.0.0.1:1/otari",
+        "--port",
+        str(free_port()),
+    )
+    assert done.code == 1
+    last = done.err.strip().splitlines()[-1]
+    assert last.startswith("error: unexpected OperationalError: ")
+    assert last.endswith("(run with --debug for details)")
+    assert "sqlalche.me" not in done.err and "pw-4d1e" not in done.err
+    assert "serving on" not in done.err
 
 
 def test_a_migration_error_names_its_cause_not_sqlalchemys_last_line(tmp_path: Path) -> None:
