@@ -16,7 +16,7 @@ from starlette.responses import Response
 from otari_server import jsonio
 from otari_server.accounting import counts
 from otari_server.accounting.counts import consumption
-from otari_server.accounting.estimates import estimated_prompt
+from otari_server.accounting.estimates import estimated_prompt, output_tokens
 from otari_server.accounting.prices import Consumption
 from otari_server.connected.addresses import url_refusal
 from otari_server.connected.attempts import Attempt, Route, provider_for
@@ -300,9 +300,13 @@ async def _complete(
     else:  # no usage, or refused numbers: the gateway's estimate, a token per 4 bytes of output
         if used is not None and used.invalid is not None:
             _refused(call, used.invalid)
-        estimate = Consumption(
-            prompt_tokens=prompt_estimate, completion_tokens=-(-len(content) // 4)
+        # At most the output the request allowed, as standalone mode's estimate: the answer's
+        # JSON around its text is no output.
+        limit = output_tokens(
+            body, call.runtime.settings.default_max_tokens, "max_completion_tokens", "max_tokens"
         )
+        output = min(-(-len(content) // 4), limit)
+        estimate = Consumption(prompt_tokens=prompt_estimate, completion_tokens=output)
         call.reporter.success(call.attempt.attempt_id, usage_numbers(estimate), estimated=True)
     return Response(content, headers=JSON_HEADERS)
 

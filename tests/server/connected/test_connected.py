@@ -347,6 +347,15 @@ def test_a_usage_that_reports_no_counts_is_reported_as_the_estimate(
     assert report["usage"]["completion_tokens"] == output > 0
 
 
+def test_the_estimate_of_a_whole_answer_is_at_most_the_output_allowed(gw: World) -> None:
+    # A token per four bytes of the answer's JSON (about 40 here), but max_tokens allows 5.
+    gw.primary.push(usage={"prompt_tokens": -1})
+    raw = gw.ask(max_tokens=5)
+    assert len(raw.http_response.content) > 4 * 5
+    [report] = gw.platform.wait_usage(1)
+    assert report["usage_estimated"] is True and report["usage"]["completion_tokens"] == 5
+
+
 def test_counts_the_rules_accept_are_reported_as_numbers(gw: World) -> None:
     # The same rules as standalone mode's: a numeric string and a whole float are counts.
     gw.primary.push(usage={"prompt_tokens": "7", "completion_tokens": 2.0, "total_tokens": True})
